@@ -1,0 +1,55 @@
+# credit-grants: `make run` starts both services on SQLite; `make test` runs every test
+# on SQLite and on a PostgreSQL server it starts itself. Both set everything up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+INSTALLED := $(VENV)/.installed
+PROTOS := $(sort $(shell find protos -name '*.proto'))
+GENERATED := catalog_service/v1/catalog_service_pb2.py grant_service/v1/grant_service_pb2.py
+PYTEST_ARGS ?=
+
+.PHONY: help setup protos run test lint bench demo clean
+
+help:
+	@echo "make run    - set up and start both services on SQLite (catalog :50051, grant :50052)"
+	@echo "make test   - set up and run every test on SQLite and PostgreSQL"
+	@echo "make lint   - ruff + buf lint + no float/double in protos"
+	@echo "make protos - regenerate the Python stubs from protos/"
+	@echo "make clean  - remove the virtualenv, generated stubs and local data"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): pyproject.toml | $(PY)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+$(GENERATED) &: $(PROTOS) $(INSTALLED)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	@touch $(GENERATED)
+
+setup: $(GENERATED)
+
+protos: setup
+
+run: setup
+	@mkdir -p data
+	@trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \
+	GRANT_ENABLE_TEST_CLOCKS=$${GRANT_ENABLE_TEST_CLOCKS:-true} $(PY) -m grant_service serve --migrate & \
+	$(PY) -m catalog_service serve --migrate & \
+	wait
+
+test: setup
+	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/buf lint protos
+	@! grep -nE '^\s*(repeated\s+)?(float|double)\s' $(PROTOS) || (echo "float/double found in protos" && false)
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis
+	find . -name '*_pb2*.py*' -not -path './.git/*' -delete

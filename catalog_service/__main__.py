@@ -1,0 +1,20 @@
+"""`python -m catalog_service [serve|migrate] [flags]`: see --help."""
+
+from __future__ import annotations
+
+import sys
+
+from catalog_service.entrypoints.app import DEFINITION, build
+from credit_common.config import parse_service_args
+from credit_common.runtime import main
+
+
+def run(argv: list[str] | None = None) -> int:
+    settings = parse_service_args(
+        service=DEFINITION.name, env_prefix="CATALOG", default_port=50051, database_file="catalog.db", argv=argv
+    )
+    return main(DEFINITION, settings, build)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,92 @@
+"""Command line and environment configuration shared by both services.
+
+Every flag has an environment variable, `<PREFIX>_<FLAG>` (e.g. CATALOG_LISTEN,
+GRANT_DATABASE_URL); a flag given on the command line wins over the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from credit_common.db.engine import DatabaseSettings
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    command: str  # "serve" or "migrate"
+    listen: str
+    database: DatabaseSettings
+    log_level: str
+    shutdown_grace_s: float
+    migrate_on_start: bool
+    max_workers: int
+    extra: argparse.Namespace
+
+
+def _env(prefix: str, name: str, default: str | None) -> str | None:
+    return os.environ.get(f"{prefix}_{name}", default)
+
+
+def parse_service_args(
+    *,
+    service: str,
+    env_prefix: str,
+    default_port: int,
+    database_file: str,
+    argv: list[str] | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser, Callable[[str, str | None], str | None]], None]
+    | None = None,
+) -> ServiceSettings:
+    def env(name: str, default: str | None) -> str | None:
+        return _env(env_prefix, name, default)
+
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {service}",
+        description=f"The credit-grants {service}. Every flag can also be set by the environment "
+        f"variable {env_prefix}_<FLAG> (e.g. {env_prefix}_DATABASE_URL).",
+    )
+    parser.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve",
+                        help="serve (default): run the server; migrate: upgrade the database schema and exit")
+    parser.add_argument("--listen", default=env("LISTEN", f"127.0.0.1:{default_port}"),
+                        help=f"host:port to listen on (default 127.0.0.1:{default_port}; port 0 picks one)")
+    data_dir = os.environ.get("CREDIT_GRANTS_DATA_DIR", "data")
+    parser.add_argument("--database-url",
+                        default=env("DATABASE_URL", f"sqlite:///{os.path.join(data_dir, database_file)}"),
+                        help="SQLAlchemy URL: sqlite:///path.db (default: under $CREDIT_GRANTS_DATA_DIR, "
+                        "./data) or postgresql://user:pass@host:5432/db")
+    parser.add_argument("--db-pool-size", type=int, default=int(env("DB_POOL_SIZE", "10")),
+                        help="connections kept open to the database (default 10)")
+    parser.add_argument("--db-max-overflow", type=int, default=int(env("DB_MAX_OVERFLOW", "10")),
+                        help="extra connections allowed under load (default 10)")
+    parser.add_argument("--db-statement-timeout-ms", type=int,
+                        default=int(env("DB_STATEMENT_TIMEOUT_MS", "30000")),
+                        help="PostgreSQL statement and lock timeout (default 30000)")
+    parser.add_argument("--max-workers", type=int, default=int(env("MAX_WORKERS", "32")),
+                        help="RPC worker threads (default 32)")
+    parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"), help="DEBUG, INFO (default), WARNING")
+    parser.add_argument("--shutdown-grace", type=float, default=float(env("SHUTDOWN_GRACE", "10")),
+                        help="seconds in-flight RPCs get to finish on SIGTERM (default 10)")
+    parser.add_argument("--migrate", action="store_true",
+                        default=env("MIGRATE", "false").lower() in ("1", "true", "yes"),
+                        help="upgrade the schema before serving (development; production runs `migrate`)")
+    if add_arguments:
+        add_arguments(parser, env)
+    args = parser.parse_args(argv)
+    return ServiceSettings(
+        command=args.command,
+        listen=args.listen,
+        database=DatabaseSettings(
+            url=args.database_url,
+            pool_size=args.db_pool_size,
+            max_overflow=args.db_max_overflow,
+            statement_timeout_ms=args.db_statement_timeout_ms,
+        ),
+        log_level=args.log_level,
+        shutdown_grace_s=args.shutdown_grace,
+        migrate_on_start=args.migrate,
+        max_workers=args.max_workers,
+        extra=args,
+    )

@@ -1,0 +1,1 @@
+"""The database kit: engines, exact column types, the unit of work, migrations."""

@@ -1,0 +1,113 @@
+"""Domain errors: one class per canonical status, free of gRPC.
+
+Services raise these; the gRPC layer (credit_common.grpc.errors) turns each
+into a status with a google.rpc.ErrorInfo and, for bad fields, a
+google.rpc.BadRequest. Codes are the canonical status names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One problem with one field: `field` is a path such as
+    "plan.credit_entitlements[0].cadence" or "entitlement_values[seats]"."""
+
+    field: str
+    description: str
+    reason: str = ""
+
+
+class DomainError(Exception):
+    """Base of every error a caller can cause or be told about."""
+
+    code: str = "UNKNOWN"
+    default_reason: str = "UNKNOWN"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        violations: Iterable[FieldViolation] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata: dict[str, str] = {k: str(v) for k, v in (metadata or {}).items()}
+        self.violations: tuple[FieldViolation, ...] = tuple(violations)
+
+
+class InvalidArgument(DomainError):
+    code = "INVALID_ARGUMENT"
+    default_reason = "INVALID_ARGUMENT"
+
+
+class NotFound(DomainError):
+    code = "NOT_FOUND"
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(DomainError):
+    code = "ALREADY_EXISTS"
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(DomainError):
+    code = "FAILED_PRECONDITION"
+    default_reason = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(DomainError):
+    code = "RESOURCE_EXHAUSTED"
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class Aborted(DomainError):
+    """A conflict with a concurrent change; the caller may retry."""
+
+    code = "ABORTED"
+    default_reason = "CONCURRENT_MODIFICATION"
+
+
+class Unavailable(DomainError):
+    """A dependency (the database, another service) is down; retryable."""
+
+    code = "UNAVAILABLE"
+    default_reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(DomainError):
+    code = "DEADLINE_EXCEEDED"
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class Violations:
+    """Collects field violations so that one request reports every problem at once."""
+
+    def __init__(self) -> None:
+        self._items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str, reason: str = "") -> None:
+        self._items.append(FieldViolation(field, description, reason))
+
+    def extend(self, items: Iterable[FieldViolation]) -> None:
+        self._items.extend(items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def raise_if_any(self, message: str = "the request has invalid fields", *, reason: str | None = None,
+                     metadata: Mapping[str, str] | None = None) -> None:
+        if self._items:
+            raise InvalidArgument(message, reason=reason, metadata=metadata, violations=self._items)

@@ -1,0 +1,1 @@
+"""The gRPC transport kit both servers are built from."""

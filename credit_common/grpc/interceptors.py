@@ -1,0 +1,71 @@
+"""One server interceptor: maps domain errors to statuses, turns anything
+unexpected into a generic INTERNAL (traceback logged, never sent), and logs
+one structured line per RPC (method, code, duration)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from credit_common.errors import DomainError, Unavailable
+from credit_common.grpc.errors import internal_status, to_rpc_status
+
+log = logging.getLogger("credit_grants.rpc")
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):
+    def __init__(self, error_domain: str, translate: Callable[[Exception], DomainError | None] | None = None):
+        """`translate` maps infrastructure exceptions (e.g. a lost database
+        connection) to domain errors such as Unavailable; None means unexpected."""
+        self._domain = error_domain
+        self._translate = translate
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        inner = handler.unary_unary
+
+        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            reason = ""
+            try:
+                return inner(request, context)
+            except DomainError as error:
+                code, reason = grpc.StatusCode[error.code], error.reason
+                context.abort_with_status(to_rpc_status(error, self._domain))
+            except Exception as error:
+                if context.code() not in (None, grpc.StatusCode.OK):
+                    code = context.code()  # the handler aborted on its own
+                    raise
+                translated = self._translate(error) if self._translate else None
+                if translated is not None:
+                    code, reason = grpc.StatusCode[translated.code], translated.reason
+                    if isinstance(translated, Unavailable):
+                        log.warning("rpc dependency unavailable", extra={"method": method, "error": str(error)})
+                    context.abort_with_status(to_rpc_status(translated, self._domain))
+                code, reason = grpc.StatusCode.INTERNAL, "INTERNAL"
+                log.exception("unexpected error", extra={"method": method})
+                context.abort_with_status(internal_status(self._domain))
+            finally:
+                log.info(
+                    "rpc",
+                    extra={
+                        "method": method,
+                        "code": code.name,
+                        "reason": reason,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    },
+                )
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

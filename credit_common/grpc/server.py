@@ -1,0 +1,95 @@
+"""Building and running a gRPC server: health (per service name), reflection,
+the service interceptor, graceful shutdown on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from credit_common.grpc.interceptors import ServiceInterceptor
+
+log = logging.getLogger("credit_grants.server")
+
+
+@dataclass
+class RunningServer:
+    """A started server. `stop()` runs the shutdown in the documented order:
+    health NOT_SERVING, stop accepting and drain RPCs, then the background work."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    service_names: Sequence[str]
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
+    _stopped: threading.Event = field(default_factory=threading.Event)
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        for callback in reversed(self.on_stop):
+            try:
+                callback()
+            except Exception:
+                log.exception("error during shutdown")
+
+    def wait_for_termination(self) -> None:
+        self.server.wait_for_termination()
+
+
+def start_server(
+    *,
+    address: str,
+    service_names: Sequence[str],
+    register: Callable[[grpc.Server], None],
+    interceptor: ServiceInterceptor,
+    max_workers: int = 32,
+) -> RunningServer:
+    """Start a server on `address` ("host:port"; port 0 picks a free one).
+
+    `register` adds the service implementations; `service_names` are their
+    full names, used for the health service and reflection.
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        interceptors=[interceptor],
+        options=[("grpc.so_reuseport", 0)],
+    )
+    register(server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    server.start()
+    for name in (*service_names, ""):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server=server, port=port, health=health_servicer, service_names=service_names)
+
+
+def run_until_signal(running: RunningServer, grace: float) -> None:
+    """Block until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = threading.Event()
+
+    def handle(signum, _frame):
+        log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    stop.wait()
+    running.stop(grace)
+    log.info("stopped")

@@ -1,0 +1,27 @@
+"""Conversions between google.protobuf.Timestamp and aware UTC datetimes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
+
+from credit_common.clock import ensure_utc
+
+
+def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A Timestamp for `value`, or None (leave the field unset) for None."""
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(ensure_utc(value))
+    return ts
+
+
+def from_timestamp(message: Message, field: str) -> datetime | None:
+    """The aware UTC datetime of `message.<field>`, or None if the field is unset."""
+    if not message.HasField(field):
+        return None
+    ts: timestamp_pb2.Timestamp = getattr(message, field)
+    return ts.ToDatetime(tzinfo=UTC)

@@ -1,0 +1,83 @@
+"""The life of a service process: configuration, database, server, background
+work, signals. Each service supplies only what is its own."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from sqlalchemy import Engine
+
+from credit_common.config import ServiceSettings
+from credit_common.db.engine import create_db_engine, translate_db_error
+from credit_common.db.migrations import SchemaNotCurrent, check_current, upgrade
+from credit_common.grpc.interceptors import ServiceInterceptor
+from credit_common.grpc.server import RunningServer, run_until_signal, start_server
+from credit_common.logging import configure_logging
+
+log = logging.getLogger("credit_grants.runtime")
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    name: str  # "catalog_service"
+    error_domain: str  # ErrorInfo.domain, e.g. "catalog.credit-grants"
+    service_names: Sequence[str]  # full gRPC service names
+    migrations: str  # Alembic script location, e.g. "catalog_service.adapters:migrations"
+
+
+def open_engine(definition: ServiceDefinition, settings: ServiceSettings, *, migrate: bool) -> Engine:
+    """Engine for the configured database; upgrades the schema if asked, else
+    refuses a schema that is behind."""
+    engine = create_db_engine(settings.database)
+    if migrate:
+        upgrade(definition.migrations, engine)
+    else:
+        check_current(definition.migrations, engine, f"python -m {definition.name} migrate")
+    return engine
+
+
+def start(
+    definition: ServiceDefinition,
+    *,
+    listen: str,
+    register: Callable[[grpc.Server], None],
+    max_workers: int = 32,
+) -> RunningServer:
+    return start_server(
+        address=listen,
+        service_names=definition.service_names,
+        register=register,
+        interceptor=ServiceInterceptor(definition.error_domain, translate=translate_db_error),
+        max_workers=max_workers,
+    )
+
+
+def main(
+    definition: ServiceDefinition,
+    settings: ServiceSettings,
+    build: Callable[[ServiceSettings, Engine], RunningServer],
+) -> int:
+    """`python -m <service>`: migrate, or serve until SIGTERM/SIGINT."""
+    configure_logging(definition.name, settings.log_level)
+    if settings.command == "migrate":
+        engine = create_db_engine(settings.database)
+        upgrade(definition.migrations, engine)
+        engine.dispose()
+        log.info("schema upgraded", extra={"database": engine.url.render_as_string(hide_password=True)})
+        return 0
+    try:
+        engine = open_engine(definition, settings, migrate=settings.migrate_on_start)
+    except SchemaNotCurrent as error:
+        log.error(str(error))
+        print(f"{definition.name}: {error}", file=sys.stderr)
+        return 2
+    running = build(settings, engine)
+    running.on_stop.insert(0, engine.dispose)
+    log.info("serving", extra={"address": settings.listen, "port": running.port,
+                               "database": engine.url.render_as_string(hide_password=True)})
+    run_until_signal(running, settings.shutdown_grace_s)
+    return 0

@@ -1,0 +1,1 @@
+"""Support for tests and benchmarks: a real PostgreSQL server started on demand."""

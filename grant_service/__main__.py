@@ -1,0 +1,20 @@
+"""`python -m grant_service [serve|migrate] [flags]`: see --help."""
+
+from __future__ import annotations
+
+import sys
+
+from credit_common.config import parse_service_args
+from credit_common.runtime import main
+from grant_service.entrypoints.app import DEFINITION, build
+
+
+def run(argv: list[str] | None = None) -> int:
+    settings = parse_service_args(
+        service=DEFINITION.name, env_prefix="GRANT", default_port=50052, database_file="grant.db", argv=argv
+    )
+    return main(DEFINITION, settings, build)
+
+
+if __name__ == "__main__":
+    sys.exit(run())
