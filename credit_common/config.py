@@ -37,8 +37,7 @@ def parse_service_args(
     default_port: int,
     database_file: str,
     argv: list[str] | None = None,
-    add_arguments: Callable[[argparse.ArgumentParser, Callable[[str, str | None], str | None]], None]
-    | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser, Callable[[str, str | None], str | None]], None] | None = None,
 ) -> ServiceSettings:
     def env(name: str, default: str | None) -> str | None:
         return _env(env_prefix, name, default)
@@ -48,30 +47,59 @@ def parse_service_args(
         description=f"The credit-grants {service}. Every flag can also be set by the environment "
         f"variable {env_prefix}_<FLAG> (e.g. {env_prefix}_DATABASE_URL).",
     )
-    parser.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve",
-                        help="serve (default): run the server; migrate: upgrade the database schema and exit")
-    parser.add_argument("--listen", default=env("LISTEN", f"127.0.0.1:{default_port}"),
-                        help=f"host:port to listen on (default 127.0.0.1:{default_port}; port 0 picks one)")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=["serve", "migrate"],
+        default="serve",
+        help="serve (default): run the server; migrate: upgrade the database schema and exit",
+    )
+    parser.add_argument(
+        "--listen",
+        default=env("LISTEN", f"127.0.0.1:{default_port}"),
+        help=f"host:port to listen on (default 127.0.0.1:{default_port}; port 0 picks one)",
+    )
     data_dir = os.environ.get("CREDIT_GRANTS_DATA_DIR", "data")
-    parser.add_argument("--database-url",
-                        default=env("DATABASE_URL", f"sqlite:///{os.path.join(data_dir, database_file)}"),
-                        help="SQLAlchemy URL: sqlite:///path.db (default: under $CREDIT_GRANTS_DATA_DIR, "
-                        "./data) or postgresql://user:pass@host:5432/db")
-    parser.add_argument("--db-pool-size", type=int, default=int(env("DB_POOL_SIZE", "10")),
-                        help="connections kept open to the database (default 10)")
-    parser.add_argument("--db-max-overflow", type=int, default=int(env("DB_MAX_OVERFLOW", "10")),
-                        help="extra connections allowed under load (default 10)")
-    parser.add_argument("--db-statement-timeout-ms", type=int,
-                        default=int(env("DB_STATEMENT_TIMEOUT_MS", "30000")),
-                        help="PostgreSQL statement and lock timeout (default 30000)")
-    parser.add_argument("--max-workers", type=int, default=int(env("MAX_WORKERS", "32")),
-                        help="RPC worker threads (default 32)")
+    parser.add_argument(
+        "--database-url",
+        default=env("DATABASE_URL", f"sqlite:///{os.path.join(data_dir, database_file)}"),
+        help="SQLAlchemy URL: sqlite:///path.db (default: under $CREDIT_GRANTS_DATA_DIR, "
+        "./data) or postgresql://user:pass@host:5432/db",
+    )
+    parser.add_argument(
+        "--db-pool-size",
+        type=int,
+        default=int(env("DB_POOL_SIZE", "10")),
+        help="connections kept open to the database (default 10)",
+    )
+    parser.add_argument(
+        "--db-max-overflow",
+        type=int,
+        default=int(env("DB_MAX_OVERFLOW", "10")),
+        help="extra connections allowed under load (default 10)",
+    )
+    parser.add_argument(
+        "--db-statement-timeout-ms",
+        type=int,
+        default=int(env("DB_STATEMENT_TIMEOUT_MS", "30000")),
+        help="PostgreSQL statement and lock timeout (default 30000)",
+    )
+    parser.add_argument(
+        "--max-workers", type=int, default=int(env("MAX_WORKERS", "32")), help="RPC worker threads (default 32)"
+    )
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"), help="DEBUG, INFO (default), WARNING")
-    parser.add_argument("--shutdown-grace", type=float, default=float(env("SHUTDOWN_GRACE", "10")),
-                        help="seconds in-flight RPCs get to finish on SIGTERM (default 10)")
-    parser.add_argument("--migrate", action="store_true",
-                        default=env("MIGRATE", "false").lower() in ("1", "true", "yes"),
-                        help="upgrade the schema before serving (development; production runs `migrate`)")
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=float(env("SHUTDOWN_GRACE", "10")),
+        help="seconds in-flight RPCs get to finish on SIGTERM (default 10)",
+    )
+    parser.add_argument(
+        "--migrate",
+        action="store_true",
+        default=env("MIGRATE", "false").lower() in ("1", "true", "yes"),
+        help="upgrade the schema before serving (development; production runs `migrate`)",
+    )
     if add_arguments:
         add_arguments(parser, env)
     args = parser.parse_args(argv)

@@ -37,10 +37,10 @@ def parse_decimal(
     INPUT_INTEGER_DIGITS integer digits or `max_scale` fractional digits.
     """
     if not isinstance(text, str) or not text:
-        raise DecimalFormatError("must be a decimal string such as \"100\" or \"2.5\"")
+        raise DecimalFormatError('must be a decimal string such as "100" or "2.5"')
     match = _DECIMAL_RE.match(text)
     if not match:
-        raise DecimalFormatError(f"{text!r} is not a decimal string such as \"100\" or \"2.5\"")
+        raise DecimalFormatError(f'{text!r} is not a decimal string such as "100" or "2.5"')
     integer_digits, fraction_digits = match.group(1), match.group(2) or ""
     if len(integer_digits.lstrip("0")) > INPUT_INTEGER_DIGITS:
         raise DecimalFormatError(f"has more than {INPUT_INTEGER_DIGITS} digits before the decimal point")

@@ -107,7 +107,12 @@ class Violations:
     def __len__(self) -> int:
         return len(self._items)
 
-    def raise_if_any(self, message: str = "the request has invalid fields", *, reason: str | None = None,
-                     metadata: Mapping[str, str] | None = None) -> None:
+    def raise_if_any(
+        self,
+        message: str = "the request has invalid fields",
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
         if self._items:
             raise InvalidArgument(message, reason=reason, metadata=metadata, violations=self._items)

@@ -77,7 +77,13 @@ def main(
         return 2
     running = build(settings, engine)
     running.on_stop.insert(0, engine.dispose)
-    log.info("serving", extra={"address": settings.listen, "port": running.port,
-                               "database": engine.url.render_as_string(hide_password=True)})
+    log.info(
+        "serving",
+        extra={
+            "address": settings.listen,
+            "port": running.port,
+            "database": engine.url.render_as_string(hide_password=True),
+        },
+    )
     run_until_signal(running, settings.shutdown_grace_s)
     return 0

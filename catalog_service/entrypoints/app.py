@@ -22,6 +22,8 @@ def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None)
     clock = clock or SystemClock()
 
     def register(server) -> None:
-        catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(catalog_service_pb2_grpc.CatalogServiceServicer(), server)
+        catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(
+            catalog_service_pb2_grpc.CatalogServiceServicer(), server
+        )
 
     return start(DEFINITION, listen=settings.listen, register=register, max_workers=settings.max_workers)

@@ -24,18 +24,14 @@ def to_rpc_status(error: DomainError, domain: str) -> grpc.Status:
     if error.violations:
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description, reason=v.reason
-                )
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description, reason=v.reason)
                 for v in error.violations
             ]
         )
         packed = any_pb2.Any()
         packed.Pack(bad_request)
         details.append(packed)
-    status = status_pb2.Status(
-        code=code_pb2.Code.Value(error.code), message=error.message, details=details
-    )
+    status = status_pb2.Status(code=code_pb2.Code.Value(error.code), message=error.message, details=details)
     return rpc_status.to_status(status)
 
 
@@ -44,9 +40,7 @@ def internal_status(domain: str) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason="INTERNAL", domain=domain)
     packed = any_pb2.Any()
     packed.Pack(info)
-    status = status_pb2.Status(
-        code=code_pb2.INTERNAL, message="internal error; it has been logged", details=[packed]
-    )
+    status = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; it has been logged", details=[packed])
     return rpc_status.to_status(status)
 
 
@@ -57,8 +51,9 @@ def status_code(error: DomainError) -> grpc.StatusCode:
 # --- client side -----------------------------------------------------------------------------
 
 
-def error_details(call: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None,
-                                                  list[error_details_pb2.BadRequest.FieldViolation]]:
+def error_details(
+    call: grpc.RpcError,
+) -> tuple[error_details_pb2.ErrorInfo | None, list[error_details_pb2.BadRequest.FieldViolation]]:
     """ErrorInfo and field violations carried by a failed call (for clients and tests)."""
     status = rpc_status.from_call(call)
     info: error_details_pb2.ErrorInfo | None = None

@@ -76,9 +76,24 @@ class PostgresServer:
         if self._user is not None:
             os.chown(self.base, self._user.pw_uid, self._user.pw_gid)
         subprocess.run(
-            [str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres", "-A", "trust",
-             "-E", "UTF8", "--no-sync", "--locale=C"],
-            check=True, capture_output=True, preexec_fn=self._demote, env=self._env, cwd=self.base,
+            [
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--locale=C",
+            ],
+            check=True,
+            capture_output=True,
+            preexec_fn=self._demote,
+            env=self._env,
+            cwd=self.base,
         )
 
     def start(self, timeout: float = 30.0) -> None:
@@ -86,10 +101,32 @@ class PostgresServer:
             self.init()
         log = open(self.base / "server.log", "ab")  # noqa: SIM115 - kept open for the server's life
         self.process = subprocess.Popen(
-            [str(self.bindir / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
-             "-h", "127.0.0.1", "-k", "", "-c", "fsync=off", "-c", "synchronous_commit=off",
-             "-c", "full_page_writes=off", "-c", "max_connections=400", "-c", "shared_buffers=128MB"],
-            stdout=log, stderr=log, preexec_fn=self._demote, env=self._env, cwd=self.base,
+            [
+                str(self.bindir / "postgres"),
+                "-D",
+                str(self.datadir),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                "",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=400",
+                "-c",
+                "shared_buffers=128MB",
+            ],
+            stdout=log,
+            stderr=log,
+            preexec_fn=self._demote,
+            env=self._env,
+            cwd=self.base,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout

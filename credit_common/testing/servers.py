@@ -27,7 +27,10 @@ def serving(
     """Start `definition`'s server on 127.0.0.1:0 over `database_url` (migrated
     first) and yield it with a channel to it; stop both afterwards."""
     settings: ServiceSettings = parse_service_args(
-        service=definition.name, env_prefix="UNUSED_IN_TESTS", default_port=0, database_file="unused.db",
+        service=definition.name,
+        env_prefix="UNUSED_IN_TESTS",
+        default_port=0,
+        database_file="unused.db",
         argv=["--listen", "127.0.0.1:0", "--database-url", database_url, "--max-workers", "16", *args],
         add_arguments=getattr(build, "add_arguments", None),
     )
