@@ -17,7 +17,7 @@ INPUT_SCALE = 6
 STORAGE_SCALE = 2 * INPUT_SCALE
 STORAGE_PRECISION = 38
 
-_DECIMAL_RE = re.compile(r"^-?(\d+)(?:\.(\d+))?$")
+_DECIMAL_RE = re.compile(r"^-?([0-9]+)(?:\.([0-9]+))?$", re.ASCII)
 
 
 class DecimalFormatError(ValueError):
