@@ -31,7 +31,7 @@ class VariableSpec:
 
     min: str = ""
     max: str = ""
-    default: str = ""
+    default_value: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,9 @@ def _parse_variable(spec: VariableSpec, path: str, violations: Violations, *, al
     def one(text: str, name: str) -> Decimal | None:
         return parse_amount(text, f"{path}.{name}", violations, allow_zero=allow_zero) if text else None
 
-    return VariableValue(min=one(spec.min, "min"), max=one(spec.max, "max"), default=one(spec.default, "default_value"))
+    return VariableValue(
+        min=one(spec.min, "min"), max=one(spec.max, "max"), default=one(spec.default_value, "default_value")
+    )
 
 
 def _parse_credit(spec: CreditEntitlementSpec, path: str, violations: Violations) -> CreditEntitlement:

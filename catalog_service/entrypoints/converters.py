@@ -87,7 +87,7 @@ def currency_pb(c: CreditCurrency) -> pb.CreditCurrency:
 
 
 def _variable_in(v: pb.VariableValue) -> VariableSpec:
-    return VariableSpec(min=v.min, max=v.max, default=v.default_value)
+    return VariableSpec(min=v.min, max=v.max, default_value=v.default_value)
 
 
 def plan_spec(p: pb.Plan) -> PlanSpec:
