@@ -4,14 +4,14 @@ DomainErrors raised below; the interceptor maps them to statuses."""
 from __future__ import annotations
 
 from catalog_service.entrypoints import converters as conv
-from catalog_service.service_layer.idempotency import request_key
+from catalog_service.service_layer.idempotency import RequestKey, request_key
 from catalog_service.service_layer.services import CatalogService
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
 from credit_common.grpc.timestamps import from_timestamp
 
 
-def _key(method: str, request) -> object:
+def _key(method: str, request) -> RequestKey | None:
     return request_key(method, request.request_id, conv.fingerprint(request))
 
 

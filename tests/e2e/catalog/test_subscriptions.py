@@ -3,15 +3,20 @@ outbox row, test clocks, listing."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 
+from catalog_service.entrypoints import app
 from catalog_service.service_layer.unit_of_work import UnitsOfWork
 from catalog_service.v1 import catalog_service_pb2 as pb
+from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
 from credit_common.db.engine import DatabaseSettings, create_db_engine
 from credit_common.grpc.timestamps import to_timestamp
+from credit_common.testing.postgres import free_port
+from credit_common.testing.servers import serving
 from grant_service.v1 import grant_service_pb2 as grant_pb2
 from tests.e2e.catalog.conftest import boolean_feature, currency, metered_feature, rpc_error
 
@@ -328,3 +333,33 @@ def test_list_subscriptions_newest_first_by_customer_and_plan(catalog, world):
         INVALID,
     )
     assert info.reason == "INVALID_PAGE_TOKEN"
+
+
+def test_concurrent_retries_with_one_request_id_provision_once(catalog, world):
+    acme = customer(catalog)
+    request = pb.ProvisionSubscriptionRequest(
+        request_id=f"race-{acme}",
+        customer_key=acme,
+        plan_key=world["plan"],
+        entitlement_values={"ai-credits-monthly": "5000"},
+    )
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda _: catalog.stub.ProvisionSubscription(request).subscription, range(6)))
+    assert len({s.subscription_id for s in results}) == 1
+    listed = catalog.stub.ListSubscriptions(pb.ListSubscriptionsRequest(customer_key=acme)).subscriptions
+    assert len(listed) == 1
+    assert len(outbox(catalog, listed[0].subscription_id)) == 1
+
+
+def test_grant_service_down_is_unavailable(tmp_path):
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    args = ["--grant-service-address", f"127.0.0.1:{free_port()}"]
+    with serving(app.DEFINITION, app.build, url, args=args) as (_running, channel):
+        stub = pb_grpc.CatalogServiceStub(channel)
+        info, _ = rpc_error(
+            lambda: stub.CreateCustomer(pb.CreateCustomerRequest(customer=pb.Customer(key="c", test_clock_id="clk_1"))),
+            grpc.StatusCode.UNAVAILABLE,
+        )
+        assert info.reason == "GRANT_SERVICE_UNAVAILABLE"
+        # nothing was created
+        rpc_error(lambda: stub.GetCustomer(pb.GetCustomerRequest(key="c")), grpc.StatusCode.NOT_FOUND)
