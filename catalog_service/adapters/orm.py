@@ -95,14 +95,14 @@ class SubscriptionRow(Base):
 
 
 class IdempotencyRow(Base):
-    """One row per (method, request_id) seen: the request's fingerprint and a
-    reference to its result, written in the same transaction as the effect."""
+    """One row per (method, request_id) seen: the request's fingerprint and the
+    response it got, written in the same transaction as the effect."""
 
     __tablename__ = "idempotency_keys"
     method: Mapped[str] = mapped_column(String(64), primary_key=True)
     request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
-    result_ref: Mapped[str] = mapped_column(String(200))
+    response: Mapped[bytes] = mapped_column(LargeBinary)
     create_time: Mapped[datetime] = mapped_column(UtcDateTime())
 
 

@@ -443,7 +443,7 @@ class SubscriptionRepository:
 @dataclass(frozen=True)
 class IdempotencyRecord:
     fingerprint: str
-    result_ref: str
+    response: bytes
 
 
 class IdempotencyRepository:
@@ -452,12 +452,12 @@ class IdempotencyRepository:
 
     def get(self, method: str, request_id: str) -> IdempotencyRecord | None:
         row = self.session.get(IdempotencyRow, (method, request_id))
-        return IdempotencyRecord(row.fingerprint, row.result_ref) if row else None
+        return IdempotencyRecord(row.fingerprint, row.response) if row else None
 
-    def add(self, method: str, request_id: str, fingerprint: str, result_ref: str, now: datetime) -> None:
+    def add(self, method: str, request_id: str, fingerprint: str, response: bytes, now: datetime) -> None:
         self.session.add(
             IdempotencyRow(
-                method=method, request_id=request_id, fingerprint=fingerprint, result_ref=result_ref, create_time=now
+                method=method, request_id=request_id, fingerprint=fingerprint, response=response, create_time=now
             )
         )
         self.session.flush()

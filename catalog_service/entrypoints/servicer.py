@@ -3,16 +3,36 @@ DomainErrors raised below; the interceptor maps them to statuses."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
 from catalog_service.entrypoints import converters as conv
-from catalog_service.service_layer.idempotency import RequestKey, request_key
+from catalog_service.service_layer.idempotency import Replayed, RequestKey, request_key
 from catalog_service.service_layer.services import CatalogService
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
 from credit_common.grpc.timestamps import from_timestamp
 
+R = TypeVar("R", bound=Message)
 
-def _key(method: str, request) -> RequestKey | None:
-    return request_key(method, request.request_id, conv.fingerprint(request))
+
+def _mutate(
+    method: str, request: Message, response_type: type[R], call: Callable[[RequestKey | None], Any], respond
+) -> R:
+    """Run a mutation with the request's idempotency key: the response is
+    `respond(result)`, or the stored first response on a replay."""
+    key = request_key(
+        method,
+        request.request_id,
+        conv.fingerprint(request),
+        lambda result: respond(result).SerializeToString(deterministic=True),
+    )
+    result = call(key)
+    if isinstance(result, Replayed):
+        return response_type.FromString(result.response)
+    return respond(result)
 
 
 class CatalogServicer(pb_grpc.CatalogServiceServicer):
@@ -23,10 +43,15 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
 
     def CreateFeature(self, request: pb.CreateFeatureRequest, context) -> pb.CreateFeatureResponse:
         f = request.feature
-        feature = self.service.create_feature(
-            f.key, f.display_name, conv.FEATURE_TYPES.get(f.type), f.unit_name, _key("CreateFeature", request)
+        return _mutate(
+            "CreateFeature",
+            request,
+            pb.CreateFeatureResponse,
+            lambda key: self.service.create_feature(
+                f.key, f.display_name, conv.FEATURE_TYPES.get(f.type), f.unit_name, key
+            ),
+            lambda feature: pb.CreateFeatureResponse(feature=conv.feature_pb(feature)),
         )
-        return pb.CreateFeatureResponse(feature=conv.feature_pb(feature))
 
     def GetFeature(self, request: pb.GetFeatureRequest, context) -> pb.GetFeatureResponse:
         return pb.GetFeatureResponse(feature=conv.feature_pb(self.service.get_feature(request.key)))
@@ -39,22 +64,25 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
 
     def CreateCreditCurrency(self, request: pb.CreateCreditCurrencyRequest, context) -> pb.CreateCreditCurrencyResponse:
         c = request.credit_currency
-        currency = self.service.create_credit_currency(
-            c.key, c.display_name, c.unit_name, conv.rates_in(c), _key("CreateCreditCurrency", request)
+        return _mutate(
+            "CreateCreditCurrency",
+            request,
+            pb.CreateCreditCurrencyResponse,
+            lambda key: self.service.create_credit_currency(c.key, c.display_name, c.unit_name, conv.rates_in(c), key),
+            lambda currency: pb.CreateCreditCurrencyResponse(credit_currency=conv.currency_pb(currency)),
         )
-        return pb.CreateCreditCurrencyResponse(credit_currency=conv.currency_pb(currency))
 
     def UpdateCreditCurrency(self, request: pb.UpdateCreditCurrencyRequest, context) -> pb.UpdateCreditCurrencyResponse:
         c = request.credit_currency
-        currency = self.service.update_credit_currency(
-            c.key,
-            c.display_name,
-            c.unit_name,
-            conv.rates_in(c),
-            list(request.update_mask.paths),
-            _key("UpdateCreditCurrency", request),
+        return _mutate(
+            "UpdateCreditCurrency",
+            request,
+            pb.UpdateCreditCurrencyResponse,
+            lambda key: self.service.update_credit_currency(
+                c.key, c.display_name, c.unit_name, conv.rates_in(c), list(request.update_mask.paths), key
+            ),
+            lambda currency: pb.UpdateCreditCurrencyResponse(credit_currency=conv.currency_pb(currency)),
         )
-        return pb.UpdateCreditCurrencyResponse(credit_currency=conv.currency_pb(currency))
 
     def GetCreditCurrency(self, request: pb.GetCreditCurrencyRequest, context) -> pb.GetCreditCurrencyResponse:
         return pb.GetCreditCurrencyResponse(
@@ -70,17 +98,24 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
     # --------------------------------------------------------------- plans
 
     def CreatePlan(self, request: pb.CreatePlanRequest, context) -> pb.CreatePlanResponse:
-        view = self.service.create_plan(request.plan.key, conv.plan_spec(request.plan), _key("CreatePlan", request))
-        return pb.CreatePlanResponse(plan=conv.plan_pb(view))
+        return _mutate(
+            "CreatePlan",
+            request,
+            pb.CreatePlanResponse,
+            lambda key: self.service.create_plan(request.plan.key, conv.plan_spec(request.plan), key),
+            lambda view: pb.CreatePlanResponse(plan=conv.plan_pb(view)),
+        )
 
     def UpdatePlan(self, request: pb.UpdatePlanRequest, context) -> pb.UpdatePlanResponse:
-        view = self.service.update_plan(
-            request.plan.key,
-            conv.plan_spec(request.plan),
-            list(request.update_mask.paths),
-            _key("UpdatePlan", request),
+        return _mutate(
+            "UpdatePlan",
+            request,
+            pb.UpdatePlanResponse,
+            lambda key: self.service.update_plan(
+                request.plan.key, conv.plan_spec(request.plan), list(request.update_mask.paths), key
+            ),
+            lambda view: pb.UpdatePlanResponse(plan=conv.plan_pb(view)),
         )
-        return pb.UpdatePlanResponse(plan=conv.plan_pb(view))
 
     def GetPlan(self, request: pb.GetPlanRequest, context) -> pb.GetPlanResponse:
         view = self.service.get_plan(request.key, request.version, request.draft)
@@ -93,19 +128,34 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
         return pb.ListPlansResponse(plans=[conv.plan_pb(v) for v in views], next_page_token=token)
 
     def PublishPlan(self, request: pb.PublishPlanRequest, context) -> pb.PublishPlanResponse:
-        view = self.service.publish_plan(request.key, _key("PublishPlan", request))
-        return pb.PublishPlanResponse(plan=conv.plan_pb(view))
+        return _mutate(
+            "PublishPlan",
+            request,
+            pb.PublishPlanResponse,
+            lambda key: self.service.publish_plan(request.key, key),
+            lambda view: pb.PublishPlanResponse(plan=conv.plan_pb(view)),
+        )
 
     def ArchivePlan(self, request: pb.ArchivePlanRequest, context) -> pb.ArchivePlanResponse:
-        view = self.service.archive_plan(request.key, _key("ArchivePlan", request))
-        return pb.ArchivePlanResponse(plan=conv.plan_pb(view))
+        return _mutate(
+            "ArchivePlan",
+            request,
+            pb.ArchivePlanResponse,
+            lambda key: self.service.archive_plan(request.key, key),
+            lambda view: pb.ArchivePlanResponse(plan=conv.plan_pb(view)),
+        )
 
     # ----------------------------------------------------------- customers
 
     def CreateCustomer(self, request: pb.CreateCustomerRequest, context) -> pb.CreateCustomerResponse:
         c = request.customer
-        customer = self.service.create_customer(c.key, c.display_name, c.test_clock_id, _key("CreateCustomer", request))
-        return pb.CreateCustomerResponse(customer=conv.customer_pb(customer))
+        return _mutate(
+            "CreateCustomer",
+            request,
+            pb.CreateCustomerResponse,
+            lambda key: self.service.create_customer(c.key, c.display_name, c.test_clock_id, key),
+            lambda customer: pb.CreateCustomerResponse(customer=conv.customer_pb(customer)),
+        )
 
     def GetCustomer(self, request: pb.GetCustomerRequest, context) -> pb.GetCustomerResponse:
         return pb.GetCustomerResponse(customer=conv.customer_pb(self.service.get_customer(request.key)))
@@ -119,17 +169,22 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
     def ProvisionSubscription(
         self, request: pb.ProvisionSubscriptionRequest, context
     ) -> pb.ProvisionSubscriptionResponse:
-        view = self.service.provision_subscription(
-            customer_key=request.customer_key,
-            plan_key=request.plan_key,
-            plan_version=request.plan_version,
-            values=dict(request.entitlement_values),
-            start_time=from_timestamp(request, "start_time"),
-            end_time=from_timestamp(request, "end_time"),
-            test_clock_id=request.test_clock_id,
-            request=_key("ProvisionSubscription", request),
+        return _mutate(
+            "ProvisionSubscription",
+            request,
+            pb.ProvisionSubscriptionResponse,
+            lambda key: self.service.provision_subscription(
+                customer_key=request.customer_key,
+                plan_key=request.plan_key,
+                plan_version=request.plan_version,
+                values=dict(request.entitlement_values),
+                start_time=from_timestamp(request, "start_time"),
+                end_time=from_timestamp(request, "end_time"),
+                test_clock_id=request.test_clock_id,
+                request=key,
+            ),
+            lambda view: pb.ProvisionSubscriptionResponse(subscription=conv.subscription_pb(view)),
         )
-        return pb.ProvisionSubscriptionResponse(subscription=conv.subscription_pb(view))
 
     def GetSubscription(self, request: pb.GetSubscriptionRequest, context) -> pb.GetSubscriptionResponse:
         view = self.service.get_subscription(request.subscription_id)

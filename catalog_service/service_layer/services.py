@@ -33,7 +33,7 @@ from catalog_service.domain.plans import (
     referenced_keys,
 )
 from catalog_service.domain.provisioning import resolve_entitlements
-from catalog_service.service_layer.idempotency import RequestKey, replayed, run_once
+from catalog_service.service_layer.idempotency import Replayed, RequestKey, replayed, run_once
 from catalog_service.service_layer.ports import TestClockReader
 from catalog_service.service_layer.unit_of_work import CatalogUnitOfWork, UnitsOfWork
 from credit_common.clock import Clock
@@ -77,6 +77,9 @@ def _page(items: list[T], size: int, sort_key: Callable[[T], tuple[Any, ...]], f
 
 
 class CatalogService:
+    """Mutations return their result, or `Replayed` (the stored first response)
+    when their request_id was seen before with the same request."""
+
     def __init__(self, uows: UnitsOfWork, clock: Clock, test_clocks: TestClockReader) -> None:
         self.uows = uows
         self.clock = clock
@@ -86,7 +89,7 @@ class CatalogService:
 
     def create_feature(
         self, key: str, display_name: str, type_: FeatureType | None, unit_name: str, request: RequestKey | None
-    ) -> Feature:
+    ) -> Feature | Replayed:
         violations = Violations()
         check_key(key, "feature.key", violations)
         check_text(display_name, "feature.display_name", violations, 200)
@@ -94,16 +97,16 @@ class CatalogService:
         violations.raise_if_any()
         assert type_ is not None
 
-        def effect(uow: CatalogUnitOfWork) -> tuple[Feature, str]:
+        def effect(uow: CatalogUnitOfWork) -> Feature:
             if uow.features.get(key) is not None:
                 raise AlreadyExists(
                     f"feature {key!r} already exists", reason="KEY_ALREADY_EXISTS", metadata={"key": key}
                 )
             feature = Feature(key, display_name, type_, unit_name, self.clock.now())
             uow.features.add(feature)
-            return feature, key
+            return feature
 
-        return run_once(self.uows, self.clock, request, effect, lambda uow, ref: uow.features.get(ref))
+        return run_once(self.uows, self.clock, request, effect)
 
     def get_feature(self, key: str) -> Feature:
         with self.uows.read() as uow:
@@ -127,13 +130,13 @@ class CatalogService:
         unit_name: str,
         rates: Sequence[tuple[str, str]],
         request: RequestKey | None,
-    ) -> CreditCurrency:
+    ) -> CreditCurrency | Replayed:
         violations = Violations()
         check_key(key, "credit_currency.key", violations)
         check_text(display_name, "credit_currency.display_name", violations, 200)
         check_text(unit_name, "credit_currency.unit_name", violations, 200)
 
-        def effect(uow: CatalogUnitOfWork) -> tuple[CreditCurrency, str]:
+        def effect(uow: CatalogUnitOfWork) -> CreditCurrency:
             parsed = parse_rates(rates, uow.features.types_of({k for k, _ in rates}), violations)
             violations.raise_if_any()
             if uow.currencies.get(key) is not None:
@@ -144,9 +147,9 @@ class CatalogService:
             currency = CreditCurrency(key, display_name, unit_name, parsed, 1, now, now)
             uow.currencies.save(currency, rates_changed=True)
             uow.outbox.add_credit_currency(currency, now)
-            return currency, key
+            return currency
 
-        return run_once(self.uows, self.clock, request, effect, lambda uow, ref: uow.currencies.get(ref))
+        return run_once(self.uows, self.clock, request, effect)
 
     def update_credit_currency(
         self,
@@ -156,7 +159,7 @@ class CatalogService:
         rates: Sequence[tuple[str, str]],
         mask: Sequence[str],
         request: RequestKey | None,
-    ) -> CreditCurrency:
+    ) -> CreditCurrency | Replayed:
         violations = Violations()
         _check_mask(mask, CURRENCY_UPDATABLE_FIELDS, violations)
         if "display_name" in mask:
@@ -164,7 +167,7 @@ class CatalogService:
         if "unit_name" in mask:
             check_text(unit_name, "credit_currency.unit_name", violations, 200)
 
-        def effect(uow: CatalogUnitOfWork) -> tuple[CreditCurrency, str]:
+        def effect(uow: CatalogUnitOfWork) -> CreditCurrency:
             parsed = None
             if "rates" in mask:
                 parsed = parse_rates(rates, uow.features.types_of({k for k, _ in rates}), violations)
@@ -179,14 +182,14 @@ class CatalogService:
                 rates=parsed if parsed is not None else current.rates,
             )
             if changed == current:
-                return current, key
+                return current
             now = self.clock.now()
             changed = replace(changed, revision=current.revision + 1, update_time=now)
             uow.currencies.save(changed, rates_changed=changed.rates != current.rates)
             uow.outbox.add_credit_currency(changed, now)
-            return changed, key
+            return changed
 
-        return run_once(self.uows, self.clock, request, effect, lambda uow, ref: uow.currencies.get(ref))
+        return run_once(self.uows, self.clock, request, effect)
 
     def get_credit_currency(self, key: str) -> CreditCurrency:
         with self.uows.read() as uow:
@@ -238,12 +241,12 @@ class CatalogService:
         assert version is not None
         return PlanView(plan, version.version, version.content, version.publish_time)
 
-    def create_plan(self, key: str, spec: PlanSpec, request: RequestKey | None) -> PlanView:
+    def create_plan(self, key: str, spec: PlanSpec, request: RequestKey | None) -> PlanView | Replayed:
         violations = Violations()
         check_key(key, "plan.key", violations)
         content = build_content(PlanContent(), spec, PLAN_UPDATABLE_FIELDS, violations)
 
-        def effect(uow: CatalogUnitOfWork) -> tuple[PlanView, str]:
+        def effect(uow: CatalogUnitOfWork) -> PlanView:
             self._check_against_catalog(uow, content, violations)
             violations.raise_if_any()
             if uow.plans.get(key) is not None:
@@ -251,16 +254,18 @@ class CatalogService:
             now = self.clock.now()
             plan = Plan(key, content, 0, now, now, None)
             uow.plans.save(plan)
-            return self._draft_view(plan), key
+            return self._draft_view(plan)
 
-        return run_once(self.uows, self.clock, request, effect, lambda uow, ref: self._draft_view(self._plan(uow, ref)))
+        return run_once(self.uows, self.clock, request, effect)
 
-    def update_plan(self, key: str, spec: PlanSpec, mask: Sequence[str], request: RequestKey | None) -> PlanView:
+    def update_plan(
+        self, key: str, spec: PlanSpec, mask: Sequence[str], request: RequestKey | None
+    ) -> PlanView | Replayed:
         violations = Violations()
         _check_mask(mask, PLAN_UPDATABLE_FIELDS, violations)
         violations.raise_if_any()
 
-        def effect(uow: CatalogUnitOfWork) -> tuple[PlanView, str]:
+        def effect(uow: CatalogUnitOfWork) -> PlanView:
             plan = self._plan(uow, key)
             self._not_archived(plan)
             content = build_content(plan.draft, spec, mask, violations)
@@ -270,12 +275,12 @@ class CatalogService:
             violations.raise_if_any()
             plan = replace(plan, draft=content, update_time=self.clock.now())
             uow.plans.save(plan)
-            return self._draft_view(plan), key
+            return self._draft_view(plan)
 
-        return run_once(self.uows, self.clock, request, effect, lambda uow, ref: self._draft_view(self._plan(uow, ref)))
+        return run_once(self.uows, self.clock, request, effect)
 
-    def publish_plan(self, key: str, request: RequestKey | None) -> PlanView:
-        def effect(uow: CatalogUnitOfWork) -> tuple[PlanView, str]:
+    def publish_plan(self, key: str, request: RequestKey | None) -> PlanView | Replayed:
+        def effect(uow: CatalogUnitOfWork) -> PlanView:
             plan = self._plan(uow, key)
             self._not_archived(plan)
             if not plan.draft.has_entitlements:
@@ -300,25 +305,19 @@ class CatalogService:
             uow.plans.add_version(version)
             plan = replace(plan, latest_version=version.version)
             uow.plans.save(plan)
-            return PlanView(plan, version.version, version.content, now), f"{key}@{version.version}"
+            return PlanView(plan, version.version, version.content, now)
 
-        def replay(uow: CatalogUnitOfWork, ref: str) -> PlanView:
-            plan_key, number = ref.rsplit("@", 1)
-            return self._version_view(uow, self._plan(uow, plan_key), int(number))
+        return run_once(self.uows, self.clock, request, effect)
 
-        return run_once(self.uows, self.clock, request, effect, replay)
-
-    def archive_plan(self, key: str, request: RequestKey | None) -> PlanView:
-        def effect(uow: CatalogUnitOfWork) -> tuple[PlanView, str]:
+    def archive_plan(self, key: str, request: RequestKey | None) -> PlanView | Replayed:
+        def effect(uow: CatalogUnitOfWork) -> PlanView:
             plan = self._plan(uow, key)
             if plan.archive_time is None:
                 plan = replace(plan, archive_time=self.clock.now())
                 uow.plans.save(plan)
-            return self._latest_view(uow, plan), key
+            return self._latest_view(uow, plan)
 
-        return run_once(
-            self.uows, self.clock, request, effect, lambda uow, ref: self._latest_view(uow, self._plan(uow, ref))
-        )
+        return run_once(self.uows, self.clock, request, effect)
 
     def _version_view(self, uow: CatalogUnitOfWork, plan: Plan, number: int) -> PlanView:
         version = uow.plans.get_version(plan.key, number)
@@ -360,7 +359,9 @@ class CatalogService:
 
     # ----------------------------------------------------------- customers
 
-    def create_customer(self, key: str, display_name: str, test_clock_id: str, request: RequestKey | None) -> Customer:
+    def create_customer(
+        self, key: str, display_name: str, test_clock_id: str, request: RequestKey | None
+    ) -> Customer | Replayed:
         violations = Violations()
         check_key(key, "customer.key", violations)
         check_text(display_name, "customer.display_name", violations, 200)
@@ -369,16 +370,16 @@ class CatalogService:
         if test_clock_id:
             self.test_clocks.now_of(test_clock_id)  # NotFound for an unknown clock
 
-        def effect(uow: CatalogUnitOfWork) -> tuple[Customer, str]:
+        def effect(uow: CatalogUnitOfWork) -> Customer:
             if uow.customers.get(key) is not None:
                 raise AlreadyExists(
                     f"customer {key!r} already exists", reason="KEY_ALREADY_EXISTS", metadata={"key": key}
                 )
             customer = Customer(key, display_name, test_clock_id or None, self.clock.now())
             uow.customers.add(customer)
-            return customer, key
+            return customer
 
-        return run_once(self.uows, self.clock, request, effect, lambda uow, ref: uow.customers.get(ref))
+        return run_once(self.uows, self.clock, request, effect)
 
     def get_customer(self, key: str) -> Customer:
         with self.uows.read() as uow:
@@ -417,7 +418,7 @@ class CatalogService:
         end_time: datetime | None,
         test_clock_id: str,
         request: RequestKey | None,
-    ) -> SubscriptionView:
+    ) -> SubscriptionView | Replayed:
         violations = Violations()
         if not customer_key:
             violations.add("customer_key", "is required")
@@ -429,11 +430,9 @@ class CatalogService:
 
         # Reads outside the write transaction: a replay, the customer, the clock.
         with self.uows.read() as uow:
-            ref = replayed(uow, request)
-            if ref is not None:
-                subscription = uow.subscriptions.get(ref)
-                assert subscription is not None
-                return self._views([subscription])[0]
+            earlier = replayed(uow, request)
+            if earlier is not None:
+                return earlier
             customer = uow.customers.get(customer_key)
         if customer is None:
             raise _not_found("customer", customer_key, "CUSTOMER_NOT_FOUND")
@@ -451,7 +450,7 @@ class CatalogService:
         clock_id = test_clock_id or customer.test_clock_id
         now = self._now(clock_id)
 
-        def effect(uow: CatalogUnitOfWork) -> tuple[SubscriptionView, str]:
+        def effect(uow: CatalogUnitOfWork) -> SubscriptionView:
             plan = uow.plans.get(plan_key)
             if plan is None:
                 raise _not_found("plan", plan_key, "PLAN_NOT_FOUND")
@@ -490,14 +489,9 @@ class CatalogService:
             )
             uow.subscriptions.add(subscription)
             uow.outbox.add_subscription(subscription, self.clock.now())
-            return SubscriptionView(subscription, subscription.status_at(now)), subscription.subscription_id
+            return SubscriptionView(subscription, subscription.status_at(now))
 
-        def replay(uow: CatalogUnitOfWork, ref: str) -> SubscriptionView:
-            subscription = uow.subscriptions.get(ref)
-            assert subscription is not None
-            return self._views([subscription])[0]
-
-        return run_once(self.uows, self.clock, request, effect, replay)
+        return run_once(self.uows, self.clock, request, effect)
 
     def get_subscription(self, subscription_id: str) -> SubscriptionView:
         with self.uows.read() as uow:

@@ -214,3 +214,26 @@ def test_list_currencies(catalog):
     page = catalog.stub.ListCreditCurrencies(pb.ListCreditCurrenciesRequest(page_size=1000))
     assert keys <= {c.key for c in page.credit_currencies}
     assert page.next_page_token == ""
+
+
+def test_request_id_replays_the_first_response_even_after_later_changes(catalog):
+    calls = metered_feature(catalog)
+    key = catalog.unique("c")
+    create = pb.CreateCreditCurrencyRequest(
+        credit_currency=pb.CreditCurrency(
+            key=key, display_name="v1", rates=[pb.CreditRate(feature_key=calls, credits_per_unit="1")]
+        ),
+        request_id=f"create-{key}",
+    )
+    first = catalog.stub.CreateCreditCurrency(create).credit_currency
+    update = pb.UpdateCreditCurrencyRequest(
+        credit_currency=pb.CreditCurrency(key=key, display_name="v2"),
+        update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+        request_id=f"update-{key}",
+    )
+    updated = catalog.stub.UpdateCreditCurrency(update).credit_currency
+    assert updated.revision == 2
+    assert catalog.stub.CreateCreditCurrency(create).credit_currency == first
+    assert catalog.stub.UpdateCreditCurrency(update).credit_currency == updated
+    assert catalog.stub.GetCreditCurrency(pb.GetCreditCurrencyRequest(key=key)).credit_currency.revision == 2
+    assert [d.revision for d in _outbox(catalog, "credit_currency", key)] == [1, 2]

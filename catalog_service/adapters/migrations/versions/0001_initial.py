@@ -103,7 +103,7 @@ def upgrade() -> None:
         sa.Column("method", sa.String(64), nullable=False),
         sa.Column("request_id", sa.String(128), nullable=False),
         sa.Column("fingerprint", sa.String(64), nullable=False),
-        sa.Column("result_ref", sa.String(200), nullable=False),
+        sa.Column("response", sa.LargeBinary(), nullable=False),
         sa.Column("create_time", UtcDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("method", "request_id", name=op.f("pk_idempotency_keys")),
     )
