@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import sys
 
-from catalog_service.entrypoints.app import DEFINITION, build
+from catalog_service.entrypoints.app import DEFINITION, add_arguments, build
 from credit_common.config import parse_service_args
 from credit_common.runtime import main
 
 
 def run(argv: list[str] | None = None) -> int:
     settings = parse_service_args(
-        service=DEFINITION.name, env_prefix="CATALOG", default_port=50051, database_file="catalog.db", argv=argv
+        service=DEFINITION.name,
+        env_prefix="CATALOG",
+        default_port=50051,
+        database_file="catalog.db",
+        argv=argv,
+        add_arguments=add_arguments,
     )
     return main(DEFINITION, settings, build)
 

@@ -1,0 +1,51 @@
+"""Client of the grant service. One channel per process, created here; every
+call has a deadline; UNAVAILABLE and DEADLINE_EXCEEDED become the domain's
+Unavailable, NOT_FOUND its NotFound."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import grpc
+
+from credit_common.errors import DomainError, NotFound, Unavailable
+from grant_service.v1 import grant_service_pb2 as grant_pb2
+from grant_service.v1 import grant_service_pb2_grpc as grant_pb2_grpc
+
+DEFAULT_TIMEOUT_S = 5.0
+
+
+class GrantServiceClient:
+    """The catalog's view of the grant service (also its TestClockReader)."""
+
+    def __init__(self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(address)
+        self._stub = grant_pb2_grpc.GrantServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def now_of(self, test_clock_id: str) -> datetime:
+        """The current time of a test clock; NotFound if the grant service has no such clock."""
+        try:
+            reply = self._stub.GetTestClock(
+                grant_pb2.GetTestClockRequest(test_clock_id=test_clock_id), timeout=self.timeout_s
+            )
+        except grpc.RpcError as error:
+            translated = _translate(error, f"test clock {test_clock_id!r}", not_found_reason="TEST_CLOCK_NOT_FOUND")
+            if translated is None:
+                raise
+            raise translated from error
+        return reply.test_clock.frozen_time.ToDatetime(tzinfo=UTC)
+
+
+def _translate(error: grpc.RpcError, what: str, *, not_found_reason: str) -> DomainError | None:
+    """The domain error for a failed call, or None for an unexpected one."""
+    code = error.code() if isinstance(error, grpc.Call) else None
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(f"{what} does not exist", reason=not_found_reason)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return Unavailable(f"the grant service is unavailable ({what}); retry", reason="GRANT_SERVICE_UNAVAILABLE")
+    return None

@@ -1,0 +1,199 @@
+"""The gRPC servicer: proto in, one service-layer call, proto out. Errors are
+DomainErrors raised below; the interceptor maps them to statuses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+from catalog_service.entrypoints import converters as conv
+from catalog_service.service_layer.idempotency import Replayed, RequestKey, request_key
+from catalog_service.service_layer.services import CatalogService
+from catalog_service.v1 import catalog_service_pb2 as pb
+from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
+from credit_common.grpc.timestamps import from_timestamp
+
+R = TypeVar("R", bound=Message)
+
+
+def _mutate(
+    method: str, request: Message, response_type: type[R], call: Callable[[RequestKey | None], Any], respond
+) -> R:
+    """Run a mutation with the request's idempotency key: the response is
+    `respond(result)`, or the stored first response on a replay."""
+    key = request_key(
+        method,
+        request.request_id,
+        conv.fingerprint(request),
+        lambda result: respond(result).SerializeToString(deterministic=True),
+    )
+    result = call(key)
+    if isinstance(result, Replayed):
+        return response_type.FromString(result.response)
+    return respond(result)
+
+
+class CatalogServicer(pb_grpc.CatalogServiceServicer):
+    def __init__(self, service: CatalogService) -> None:
+        self.service = service
+
+    # ------------------------------------------------------------ features
+
+    def CreateFeature(self, request: pb.CreateFeatureRequest, context) -> pb.CreateFeatureResponse:
+        f = request.feature
+        return _mutate(
+            "CreateFeature",
+            request,
+            pb.CreateFeatureResponse,
+            lambda key: self.service.create_feature(
+                f.key, f.display_name, conv.FEATURE_TYPES.get(f.type), f.unit_name, key
+            ),
+            lambda feature: pb.CreateFeatureResponse(feature=conv.feature_pb(feature)),
+        )
+
+    def GetFeature(self, request: pb.GetFeatureRequest, context) -> pb.GetFeatureResponse:
+        return pb.GetFeatureResponse(feature=conv.feature_pb(self.service.get_feature(request.key)))
+
+    def ListFeatures(self, request: pb.ListFeaturesRequest, context) -> pb.ListFeaturesResponse:
+        items, token = self.service.list_features(request.page_size, request.page_token)
+        return pb.ListFeaturesResponse(features=[conv.feature_pb(f) for f in items], next_page_token=token)
+
+    # --------------------------------------------------- credit currencies
+
+    def CreateCreditCurrency(self, request: pb.CreateCreditCurrencyRequest, context) -> pb.CreateCreditCurrencyResponse:
+        c = request.credit_currency
+        return _mutate(
+            "CreateCreditCurrency",
+            request,
+            pb.CreateCreditCurrencyResponse,
+            lambda key: self.service.create_credit_currency(c.key, c.display_name, c.unit_name, conv.rates_in(c), key),
+            lambda currency: pb.CreateCreditCurrencyResponse(credit_currency=conv.currency_pb(currency)),
+        )
+
+    def UpdateCreditCurrency(self, request: pb.UpdateCreditCurrencyRequest, context) -> pb.UpdateCreditCurrencyResponse:
+        c = request.credit_currency
+        return _mutate(
+            "UpdateCreditCurrency",
+            request,
+            pb.UpdateCreditCurrencyResponse,
+            lambda key: self.service.update_credit_currency(
+                c.key, c.display_name, c.unit_name, conv.rates_in(c), list(request.update_mask.paths), key
+            ),
+            lambda currency: pb.UpdateCreditCurrencyResponse(credit_currency=conv.currency_pb(currency)),
+        )
+
+    def GetCreditCurrency(self, request: pb.GetCreditCurrencyRequest, context) -> pb.GetCreditCurrencyResponse:
+        return pb.GetCreditCurrencyResponse(
+            credit_currency=conv.currency_pb(self.service.get_credit_currency(request.key))
+        )
+
+    def ListCreditCurrencies(self, request: pb.ListCreditCurrenciesRequest, context) -> pb.ListCreditCurrenciesResponse:
+        items, token = self.service.list_credit_currencies(request.page_size, request.page_token)
+        return pb.ListCreditCurrenciesResponse(
+            credit_currencies=[conv.currency_pb(c) for c in items], next_page_token=token
+        )
+
+    # --------------------------------------------------------------- plans
+
+    def CreatePlan(self, request: pb.CreatePlanRequest, context) -> pb.CreatePlanResponse:
+        return _mutate(
+            "CreatePlan",
+            request,
+            pb.CreatePlanResponse,
+            lambda key: self.service.create_plan(request.plan.key, conv.plan_spec(request.plan), key),
+            lambda view: pb.CreatePlanResponse(plan=conv.plan_pb(view)),
+        )
+
+    def UpdatePlan(self, request: pb.UpdatePlanRequest, context) -> pb.UpdatePlanResponse:
+        return _mutate(
+            "UpdatePlan",
+            request,
+            pb.UpdatePlanResponse,
+            lambda key: self.service.update_plan(
+                request.plan.key, conv.plan_spec(request.plan), list(request.update_mask.paths), key
+            ),
+            lambda view: pb.UpdatePlanResponse(plan=conv.plan_pb(view)),
+        )
+
+    def GetPlan(self, request: pb.GetPlanRequest, context) -> pb.GetPlanResponse:
+        view = self.service.get_plan(request.key, request.version, request.draft)
+        return pb.GetPlanResponse(plan=conv.plan_pb(view))
+
+    def ListPlans(self, request: pb.ListPlansRequest, context) -> pb.ListPlansResponse:
+        views, token = self.service.list_plans(
+            conv.PLAN_STATUSES.get(request.status), request.page_size, request.page_token
+        )
+        return pb.ListPlansResponse(plans=[conv.plan_pb(v) for v in views], next_page_token=token)
+
+    def PublishPlan(self, request: pb.PublishPlanRequest, context) -> pb.PublishPlanResponse:
+        return _mutate(
+            "PublishPlan",
+            request,
+            pb.PublishPlanResponse,
+            lambda key: self.service.publish_plan(request.key, key),
+            lambda view: pb.PublishPlanResponse(plan=conv.plan_pb(view)),
+        )
+
+    def ArchivePlan(self, request: pb.ArchivePlanRequest, context) -> pb.ArchivePlanResponse:
+        return _mutate(
+            "ArchivePlan",
+            request,
+            pb.ArchivePlanResponse,
+            lambda key: self.service.archive_plan(request.key, key),
+            lambda view: pb.ArchivePlanResponse(plan=conv.plan_pb(view)),
+        )
+
+    # ----------------------------------------------------------- customers
+
+    def CreateCustomer(self, request: pb.CreateCustomerRequest, context) -> pb.CreateCustomerResponse:
+        c = request.customer
+        return _mutate(
+            "CreateCustomer",
+            request,
+            pb.CreateCustomerResponse,
+            lambda key: self.service.create_customer(c.key, c.display_name, c.test_clock_id, key),
+            lambda customer: pb.CreateCustomerResponse(customer=conv.customer_pb(customer)),
+        )
+
+    def GetCustomer(self, request: pb.GetCustomerRequest, context) -> pb.GetCustomerResponse:
+        return pb.GetCustomerResponse(customer=conv.customer_pb(self.service.get_customer(request.key)))
+
+    def ListCustomers(self, request: pb.ListCustomersRequest, context) -> pb.ListCustomersResponse:
+        items, token = self.service.list_customers(request.page_size, request.page_token)
+        return pb.ListCustomersResponse(customers=[conv.customer_pb(c) for c in items], next_page_token=token)
+
+    # ------------------------------------------------------- subscriptions
+
+    def ProvisionSubscription(
+        self, request: pb.ProvisionSubscriptionRequest, context
+    ) -> pb.ProvisionSubscriptionResponse:
+        return _mutate(
+            "ProvisionSubscription",
+            request,
+            pb.ProvisionSubscriptionResponse,
+            lambda key: self.service.provision_subscription(
+                customer_key=request.customer_key,
+                plan_key=request.plan_key,
+                plan_version=request.plan_version,
+                values=dict(request.entitlement_values),
+                start_time=from_timestamp(request, "start_time"),
+                end_time=from_timestamp(request, "end_time"),
+                test_clock_id=request.test_clock_id,
+                request=key,
+            ),
+            lambda view: pb.ProvisionSubscriptionResponse(subscription=conv.subscription_pb(view)),
+        )
+
+    def GetSubscription(self, request: pb.GetSubscriptionRequest, context) -> pb.GetSubscriptionResponse:
+        view = self.service.get_subscription(request.subscription_id)
+        return pb.GetSubscriptionResponse(subscription=conv.subscription_pb(view))
+
+    def ListSubscriptions(self, request: pb.ListSubscriptionsRequest, context) -> pb.ListSubscriptionsResponse:
+        views, token = self.service.list_subscriptions(
+            request.customer_key, request.plan_key, request.page_size, request.page_token
+        )
+        return pb.ListSubscriptionsResponse(
+            subscriptions=[conv.subscription_pb(v) for v in views], next_page_token=token
+        )

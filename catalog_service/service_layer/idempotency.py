@@ -1,0 +1,87 @@
+"""request_id idempotency for every mutation (AIP-155), in one helper.
+
+The first call with a request_id runs its effect and records (method,
+request_id, fingerprint of the request, the response it returns) in the same
+transaction. A later call with the same request_id and the same fingerprint
+changes nothing and gets that first response back (`Replayed`); with another
+fingerprint it is ALREADY_EXISTS (REQUEST_ID_REUSED). The response is opaque
+bytes rendered by the caller's transport (`RequestKey.render`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import IntegrityError
+
+from catalog_service.service_layer.unit_of_work import CatalogUnitOfWork, UnitsOfWork
+from credit_common.clock import Clock
+from credit_common.errors import AlreadyExists, FieldViolation, InvalidArgument
+from credit_common.ids import REQUEST_ID_MAX_LENGTH
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    method: str
+    request_id: str
+    fingerprint: str  # identifies the request's payload (everything but its request_id)
+    render: Callable[[Any], bytes]  # the response to the result, as it is stored for replays
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """The stored response of the first call with the same request_id."""
+
+    response: bytes
+
+
+def request_key(method: str, request_id: str, fingerprint: str, render: Callable[[Any], bytes]) -> RequestKey | None:
+    """The idempotency key of a call, None without a request_id."""
+    if len(request_id) > REQUEST_ID_MAX_LENGTH:
+        raise InvalidArgument(
+            "request_id is too long",
+            violations=[FieldViolation("request_id", f"must be at most {REQUEST_ID_MAX_LENGTH} characters")],
+        )
+    return RequestKey(method, request_id, fingerprint, render) if request_id else None
+
+
+def replayed(uow: CatalogUnitOfWork, key: RequestKey | None) -> Replayed | None:
+    """The first response to this key, None if there was no call with it yet."""
+    if key is None:
+        return None
+    record = uow.idempotency.get(key.method, key.request_id)
+    if record is None:
+        return None
+    if record.fingerprint != key.fingerprint:
+        raise AlreadyExists(
+            f"request_id {key.request_id!r} was already used for a different {key.method} request",
+            reason="REQUEST_ID_REUSED",
+            metadata={"request_id": key.request_id, "method": key.method},
+        )
+    return Replayed(record.response)
+
+
+def run_once(
+    uows: UnitsOfWork, clock: Clock, key: RequestKey | None, effect: Callable[[CatalogUnitOfWork], T]
+) -> T | Replayed:
+    """Run `effect` in one write transaction, at most once per request key. A
+    unique-constraint race with a concurrent call is retried once, which then
+    replays or reports the conflict."""
+    for attempt in range(2):
+        try:
+            with uows.write() as uow:
+                earlier = replayed(uow, key)
+                if earlier is not None:
+                    return earlier
+                result = effect(uow)
+                if key is not None:
+                    uow.idempotency.add(key.method, key.request_id, key.fingerprint, key.render(result), clock.now())
+                uow.commit()
+                return result
+        except IntegrityError:
+            if attempt == 1:
+                raise
+    raise AssertionError("unreachable")

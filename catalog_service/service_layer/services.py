@@ -1,0 +1,511 @@
+"""The catalog's use cases, each one transaction over a unit of work. Inputs are
+plain values (decimal strings as the caller sent them); every caller mistake
+is a DomainError."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, TypeVar
+
+from catalog_service.domain.catalog import CURRENCY_UPDATABLE_FIELDS, check_feature, parse_rates
+from catalog_service.domain.model import (
+    CreditCurrency,
+    Customer,
+    Feature,
+    FeatureType,
+    Plan,
+    PlanContent,
+    PlanStatus,
+    PlanVersion,
+    PlanView,
+    Subscription,
+    SubscriptionStatus,
+)
+from catalog_service.domain.plans import (
+    PLAN_UPDATABLE_FIELDS,
+    PlanSpec,
+    build_content,
+    check_key,
+    check_plan_rules,
+    check_text,
+    referenced_keys,
+)
+from catalog_service.domain.provisioning import resolve_entitlements
+from catalog_service.service_layer.idempotency import Replayed, RequestKey, replayed, run_once
+from catalog_service.service_layer.ports import TestClockReader
+from catalog_service.service_layer.unit_of_work import CatalogUnitOfWork, UnitsOfWork
+from credit_common.clock import Clock
+from credit_common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Violations,
+)
+from credit_common.ids import new_id
+from credit_common.pagination import next_page_token, page_request
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SubscriptionView:
+    subscription: Subscription
+    status: SubscriptionStatus
+
+
+def _check_mask(mask: Sequence[str], allowed: Collection[str], violations: Violations) -> None:
+    if not mask:
+        violations.add("update_mask", f"is required: any of {', '.join(allowed)}")
+    for path in mask:
+        if path not in allowed:
+            violations.add("update_mask", f"{path!r} cannot be updated: use any of {', '.join(allowed)}")
+
+
+def _not_found(kind: str, key: str, reason: str) -> NotFound:
+    return NotFound(f"{kind} {key!r} does not exist", reason=reason, metadata={"key": key})
+
+
+def _page(items: list[T], size: int, sort_key: Callable[[T], tuple[Any, ...]], filters: Sequence[Any]) -> tuple:
+    """The page of `items` (fetched with one extra) and the next page's token."""
+    if len(items) > size:
+        return items[:size], next_page_token(sort_key(items[size - 1]), filters)
+    return items, ""
+
+
+class CatalogService:
+    """Mutations return their result, or `Replayed` (the stored first response)
+    when their request_id was seen before with the same request."""
+
+    def __init__(self, uows: UnitsOfWork, clock: Clock, test_clocks: TestClockReader) -> None:
+        self.uows = uows
+        self.clock = clock
+        self.test_clocks = test_clocks
+
+    # ------------------------------------------------------------ features
+
+    def create_feature(
+        self, key: str, display_name: str, type_: FeatureType | None, unit_name: str, request: RequestKey | None
+    ) -> Feature | Replayed:
+        violations = Violations()
+        check_key(key, "feature.key", violations)
+        check_text(display_name, "feature.display_name", violations, 200)
+        check_feature(type_, unit_name, violations)
+        violations.raise_if_any()
+        assert type_ is not None
+
+        def effect(uow: CatalogUnitOfWork) -> Feature:
+            if uow.features.get(key) is not None:
+                raise AlreadyExists(
+                    f"feature {key!r} already exists", reason="KEY_ALREADY_EXISTS", metadata={"key": key}
+                )
+            feature = Feature(key, display_name, type_, unit_name, self.clock.now())
+            uow.features.add(feature)
+            return feature
+
+        return run_once(self.uows, self.clock, request, effect)
+
+    def get_feature(self, key: str) -> Feature:
+        with self.uows.read() as uow:
+            feature = uow.features.get(key)
+        if feature is None:
+            raise _not_found("feature", key, "FEATURE_NOT_FOUND")
+        return feature
+
+    def list_features(self, page_size: int, page_token: str) -> tuple[list[Feature], str]:
+        page = page_request(page_size, page_token)
+        with self.uows.read() as uow:
+            items = uow.features.list(page.after, page.size + 1)
+        return _page(items, page.size, lambda f: (f.key,), ())
+
+    # --------------------------------------------------- credit currencies
+
+    def create_credit_currency(
+        self,
+        key: str,
+        display_name: str,
+        unit_name: str,
+        rates: Sequence[tuple[str, str]],
+        request: RequestKey | None,
+    ) -> CreditCurrency | Replayed:
+        violations = Violations()
+        check_key(key, "credit_currency.key", violations)
+        check_text(display_name, "credit_currency.display_name", violations, 200)
+        check_text(unit_name, "credit_currency.unit_name", violations, 200)
+
+        def effect(uow: CatalogUnitOfWork) -> CreditCurrency:
+            parsed = parse_rates(rates, uow.features.types_of({k for k, _ in rates}), violations)
+            violations.raise_if_any()
+            if uow.currencies.get(key) is not None:
+                raise AlreadyExists(
+                    f"credit currency {key!r} already exists", reason="KEY_ALREADY_EXISTS", metadata={"key": key}
+                )
+            now = self.clock.now()
+            currency = CreditCurrency(key, display_name, unit_name, parsed, 1, now, now)
+            uow.currencies.save(currency, rates_changed=True)
+            uow.outbox.add_credit_currency(currency, now)
+            return currency
+
+        return run_once(self.uows, self.clock, request, effect)
+
+    def update_credit_currency(
+        self,
+        key: str,
+        display_name: str,
+        unit_name: str,
+        rates: Sequence[tuple[str, str]],
+        mask: Sequence[str],
+        request: RequestKey | None,
+    ) -> CreditCurrency | Replayed:
+        violations = Violations()
+        _check_mask(mask, CURRENCY_UPDATABLE_FIELDS, violations)
+        if "display_name" in mask:
+            check_text(display_name, "credit_currency.display_name", violations, 200)
+        if "unit_name" in mask:
+            check_text(unit_name, "credit_currency.unit_name", violations, 200)
+
+        def effect(uow: CatalogUnitOfWork) -> CreditCurrency:
+            parsed = None
+            if "rates" in mask:
+                parsed = parse_rates(rates, uow.features.types_of({k for k, _ in rates}), violations)
+            violations.raise_if_any()
+            current = uow.currencies.get(key)
+            if current is None:
+                raise _not_found("credit currency", key, "CREDIT_CURRENCY_NOT_FOUND")
+            changed = replace(
+                current,
+                display_name=display_name if "display_name" in mask else current.display_name,
+                unit_name=unit_name if "unit_name" in mask else current.unit_name,
+                rates=parsed if parsed is not None else current.rates,
+            )
+            if changed == current:
+                return current
+            now = self.clock.now()
+            changed = replace(changed, revision=current.revision + 1, update_time=now)
+            uow.currencies.save(changed, rates_changed=changed.rates != current.rates)
+            uow.outbox.add_credit_currency(changed, now)
+            return changed
+
+        return run_once(self.uows, self.clock, request, effect)
+
+    def get_credit_currency(self, key: str) -> CreditCurrency:
+        with self.uows.read() as uow:
+            currency = uow.currencies.get(key)
+        if currency is None:
+            raise _not_found("credit currency", key, "CREDIT_CURRENCY_NOT_FOUND")
+        return currency
+
+    def list_credit_currencies(self, page_size: int, page_token: str) -> tuple[list[CreditCurrency], str]:
+        page = page_request(page_size, page_token)
+        with self.uows.read() as uow:
+            items = uow.currencies.list(page.after, page.size + 1)
+        return _page(items, page.size, lambda c: (c.key,), ())
+
+    # --------------------------------------------------------------- plans
+
+    @staticmethod
+    def _check_against_catalog(uow: CatalogUnitOfWork, content: PlanContent, violations: Violations) -> None:
+        feature_keys, currency_keys = referenced_keys(content)
+        check_plan_rules(
+            content,
+            feature_types=uow.features.types_of(feature_keys),
+            currency_keys=uow.currencies.existing_keys(currency_keys),
+            violations=violations,
+        )
+
+    @staticmethod
+    def _draft_view(plan: Plan) -> PlanView:
+        return PlanView(plan, 0, plan.draft, None)
+
+    @staticmethod
+    def _plan(uow: CatalogUnitOfWork, key: str) -> Plan:
+        plan = uow.plans.get(key, for_update=True)
+        if plan is None:
+            raise _not_found("plan", key, "PLAN_NOT_FOUND")
+        return plan
+
+    @staticmethod
+    def _not_archived(plan: Plan) -> None:
+        if plan.archive_time is not None:
+            raise FailedPrecondition(
+                f"plan {plan.key!r} is archived", reason="PLAN_ARCHIVED", metadata={"plan_key": plan.key}
+            )
+
+    def _latest_view(self, uow: CatalogUnitOfWork, plan: Plan) -> PlanView:
+        if plan.latest_version == 0:
+            return self._draft_view(plan)
+        version = uow.plans.get_version(plan.key, plan.latest_version)
+        assert version is not None
+        return PlanView(plan, version.version, version.content, version.publish_time)
+
+    def create_plan(self, key: str, spec: PlanSpec, request: RequestKey | None) -> PlanView | Replayed:
+        violations = Violations()
+        check_key(key, "plan.key", violations)
+        content = build_content(PlanContent(), spec, PLAN_UPDATABLE_FIELDS, violations)
+
+        def effect(uow: CatalogUnitOfWork) -> PlanView:
+            self._check_against_catalog(uow, content, violations)
+            violations.raise_if_any()
+            if uow.plans.get(key) is not None:
+                raise AlreadyExists(f"plan {key!r} already exists", reason="KEY_ALREADY_EXISTS", metadata={"key": key})
+            now = self.clock.now()
+            plan = Plan(key, content, 0, now, now, None)
+            uow.plans.save(plan)
+            return self._draft_view(plan)
+
+        return run_once(self.uows, self.clock, request, effect)
+
+    def update_plan(
+        self, key: str, spec: PlanSpec, mask: Sequence[str], request: RequestKey | None
+    ) -> PlanView | Replayed:
+        violations = Violations()
+        _check_mask(mask, PLAN_UPDATABLE_FIELDS, violations)
+        violations.raise_if_any()
+
+        def effect(uow: CatalogUnitOfWork) -> PlanView:
+            plan = self._plan(uow, key)
+            self._not_archived(plan)
+            content = build_content(plan.draft, spec, mask, violations)
+            if plan.latest_version > 0 and content.custom != plan.draft.custom:
+                violations.add("plan.custom", "cannot change after the plan's first publication", "IMMUTABLE")
+            self._check_against_catalog(uow, content, violations)
+            violations.raise_if_any()
+            plan = replace(plan, draft=content, update_time=self.clock.now())
+            uow.plans.save(plan)
+            return self._draft_view(plan)
+
+        return run_once(self.uows, self.clock, request, effect)
+
+    def publish_plan(self, key: str, request: RequestKey | None) -> PlanView | Replayed:
+        def effect(uow: CatalogUnitOfWork) -> PlanView:
+            plan = self._plan(uow, key)
+            self._not_archived(plan)
+            if not plan.draft.has_entitlements:
+                raise FailedPrecondition(
+                    f"the draft of plan {key!r} has no entitlements: add at least one before publishing",
+                    reason="PLAN_HAS_NO_ENTITLEMENTS",
+                    metadata={"plan_key": key},
+                )
+            if plan.latest_version > 0:
+                latest = uow.plans.get_version(key, plan.latest_version)
+                if latest is not None and latest.content == plan.draft:
+                    raise FailedPrecondition(
+                        f"the draft of plan {key!r} is unchanged since version {plan.latest_version}",
+                        reason="PLAN_DRAFT_UNCHANGED",
+                        metadata={"plan_key": key, "latest_version": str(plan.latest_version)},
+                    )
+            violations = Violations()
+            self._check_against_catalog(uow, plan.draft, violations)
+            violations.raise_if_any("the draft is not valid")
+            now = self.clock.now()
+            version = PlanVersion(key, plan.latest_version + 1, plan.draft, now)
+            uow.plans.add_version(version)
+            plan = replace(plan, latest_version=version.version)
+            uow.plans.save(plan)
+            return PlanView(plan, version.version, version.content, now)
+
+        return run_once(self.uows, self.clock, request, effect)
+
+    def archive_plan(self, key: str, request: RequestKey | None) -> PlanView | Replayed:
+        def effect(uow: CatalogUnitOfWork) -> PlanView:
+            plan = self._plan(uow, key)
+            if plan.archive_time is None:
+                plan = replace(plan, archive_time=self.clock.now())
+                uow.plans.save(plan)
+            return self._latest_view(uow, plan)
+
+        return run_once(self.uows, self.clock, request, effect)
+
+    def _version_view(self, uow: CatalogUnitOfWork, plan: Plan, number: int) -> PlanView:
+        version = uow.plans.get_version(plan.key, number)
+        if version is None:
+            raise NotFound(
+                f"plan {plan.key!r} has no published version {number}",
+                reason="PLAN_VERSION_NOT_FOUND",
+                metadata={"plan_key": plan.key, "version": str(number), "latest_version": str(plan.latest_version)},
+            )
+        return PlanView(plan, version.version, version.content, version.publish_time)
+
+    def get_plan(self, key: str, version: int, draft: bool) -> PlanView:
+        if version < 0 or (draft and version != 0):
+            raise InvalidArgument(
+                "version must be 0 (latest) or a published version, and 0 with draft",
+                violations=[FieldViolation("version", "must be >= 0, and 0 when draft is true")],
+            )
+        with self.uows.read() as uow:
+            plan = uow.plans.get(key)
+            if plan is None:
+                raise _not_found("plan", key, "PLAN_NOT_FOUND")
+            if draft:
+                return self._draft_view(plan)
+            if version == 0 and plan.latest_version == 0:
+                raise NotFound(
+                    f"plan {key!r} has no published version yet (ask for its draft)",
+                    reason="PLAN_VERSION_NOT_FOUND",
+                    metadata={"plan_key": key},
+                )
+            return self._version_view(uow, plan, version or plan.latest_version)
+
+    def list_plans(self, status: PlanStatus | None, page_size: int, page_token: str) -> tuple[list[PlanView], str]:
+        filters = [status.value if status else ""]
+        page = page_request(page_size, page_token, filters)
+        with self.uows.read() as uow:
+            plans = uow.plans.list(status, page.after, page.size + 1)
+            plans, token = _page(plans, page.size, lambda p: (p.key,), filters)
+            return [self._latest_view(uow, p) for p in plans], token
+
+    # ----------------------------------------------------------- customers
+
+    def create_customer(
+        self, key: str, display_name: str, test_clock_id: str, request: RequestKey | None
+    ) -> Customer | Replayed:
+        violations = Violations()
+        check_key(key, "customer.key", violations)
+        check_text(display_name, "customer.display_name", violations, 200)
+        check_text(test_clock_id, "customer.test_clock_id", violations, 128)
+        violations.raise_if_any()
+        if test_clock_id:
+            self.test_clocks.now_of(test_clock_id)  # NotFound for an unknown clock
+
+        def effect(uow: CatalogUnitOfWork) -> Customer:
+            if uow.customers.get(key) is not None:
+                raise AlreadyExists(
+                    f"customer {key!r} already exists", reason="KEY_ALREADY_EXISTS", metadata={"key": key}
+                )
+            customer = Customer(key, display_name, test_clock_id or None, self.clock.now())
+            uow.customers.add(customer)
+            return customer
+
+        return run_once(self.uows, self.clock, request, effect)
+
+    def get_customer(self, key: str) -> Customer:
+        with self.uows.read() as uow:
+            customer = uow.customers.get(key)
+        if customer is None:
+            raise _not_found("customer", key, "CUSTOMER_NOT_FOUND")
+        return customer
+
+    def list_customers(self, page_size: int, page_token: str) -> tuple[list[Customer], str]:
+        page = page_request(page_size, page_token)
+        with self.uows.read() as uow:
+            items = uow.customers.list(page.after, page.size + 1)
+        return _page(items, page.size, lambda c: (c.key,), ())
+
+    # ------------------------------------------------------- subscriptions
+
+    def _now(self, test_clock_id: str | None) -> datetime:
+        return self.test_clocks.now_of(test_clock_id) if test_clock_id else self.clock.now()
+
+    def _views(self, subscriptions: Sequence[Subscription]) -> list[SubscriptionView]:
+        nows: dict[str | None, datetime] = {}
+        views = []
+        for s in subscriptions:
+            if s.test_clock_id not in nows:
+                nows[s.test_clock_id] = self._now(s.test_clock_id)
+            views.append(SubscriptionView(s, s.status_at(nows[s.test_clock_id])))
+        return views
+
+    def provision_subscription(
+        self,
+        customer_key: str,
+        plan_key: str,
+        plan_version: int,
+        values: Mapping[str, str],
+        start_time: datetime | None,
+        end_time: datetime | None,
+        test_clock_id: str,
+        request: RequestKey | None,
+    ) -> SubscriptionView | Replayed:
+        violations = Violations()
+        if not customer_key:
+            violations.add("customer_key", "is required")
+        if not plan_key:
+            violations.add("plan_key", "is required")
+        if plan_version < 0:
+            violations.add("plan_version", "must be 0 (latest) or a published version")
+        violations.raise_if_any()
+
+        # Reads outside the write transaction: a replay, the customer, the clock.
+        with self.uows.read() as uow:
+            earlier = replayed(uow, request)
+            if earlier is not None:
+                return earlier
+            customer = uow.customers.get(customer_key)
+        if customer is None:
+            raise _not_found("customer", customer_key, "CUSTOMER_NOT_FOUND")
+        if test_clock_id and customer.test_clock_id and test_clock_id != customer.test_clock_id:
+            raise InvalidArgument(
+                "test_clock_id differs from the customer's test clock",
+                reason="TEST_CLOCK_MISMATCH",
+                violations=[
+                    FieldViolation(
+                        "test_clock_id",
+                        f"must be the customer's test clock {customer.test_clock_id!r} or empty",
+                    )
+                ],
+            )
+        clock_id = test_clock_id or customer.test_clock_id
+        now = self._now(clock_id)
+
+        def effect(uow: CatalogUnitOfWork) -> SubscriptionView:
+            plan = uow.plans.get(plan_key)
+            if plan is None:
+                raise _not_found("plan", plan_key, "PLAN_NOT_FOUND")
+            self._not_archived(plan)
+            if plan.latest_version == 0:
+                raise FailedPrecondition(
+                    f"plan {plan_key!r} has no published version",
+                    reason="PLAN_NOT_PUBLISHED",
+                    metadata={"plan_key": plan_key},
+                )
+            version = self._version_view(uow, plan, plan_version or plan.latest_version)
+            resolved = resolve_entitlements(version.content, values, violations)
+            start = start_time or now
+            if end_time is not None and end_time <= start:
+                violations.add("end_time", "must be after start_time", "END_BEFORE_START")
+            if resolved.missing or any(v.field.startswith("entitlement_values") for v in violations):
+                violations.raise_if_any(
+                    "the entitlement values do not fit the plan version"
+                    + (f"; missing values for: {', '.join(resolved.missing)}" if resolved.missing else ""),
+                    reason="INVALID_ENTITLEMENT_VALUES",
+                    metadata={"missing_entitlements": ",".join(resolved.missing)} if resolved.missing else None,
+                )
+            violations.raise_if_any()
+            subscription = Subscription(
+                subscription_id=new_id("sub"),
+                customer_key=customer_key,
+                plan_key=plan_key,
+                plan_version=version.version,
+                start_time=start,
+                end_time=end_time,
+                credit_entitlements=tuple(resolved.credit_entitlements),
+                feature_entitlements=tuple(resolved.feature_entitlements),
+                test_clock_id=clock_id,
+                revision=1,
+                create_time=self.clock.now(),
+            )
+            uow.subscriptions.add(subscription)
+            uow.outbox.add_subscription(subscription, self.clock.now())
+            return SubscriptionView(subscription, subscription.status_at(now))
+
+        return run_once(self.uows, self.clock, request, effect)
+
+    def get_subscription(self, subscription_id: str) -> SubscriptionView:
+        with self.uows.read() as uow:
+            subscription = uow.subscriptions.get(subscription_id)
+        if subscription is None:
+            raise _not_found("subscription", subscription_id, "SUBSCRIPTION_NOT_FOUND")
+        return self._views([subscription])[0]
+
+    def list_subscriptions(
+        self, customer_key: str, plan_key: str, page_size: int, page_token: str
+    ) -> tuple[list[SubscriptionView], str]:
+        filters = [customer_key, plan_key]
+        page = page_request(page_size, page_token, filters)
+        with self.uows.read() as uow:
+            items = uow.subscriptions.list(customer_key, plan_key, page.after, page.size + 1)
+        items, token = _page(items, page.size, lambda s: (s.create_time.isoformat(), s.subscription_id), filters)
+        return self._views(items), token
