@@ -159,6 +159,14 @@ class SqlOutboxRepository:
             .order_by(t.c.next_attempt_at, t.c.id)
             .limit(limit)
         )
+        # A cheap read first: most polls find nothing due, and on SQLite the claim's
+        # write transaction would take the database's write lock for nothing.
+        with self._sessions.read() as session:
+            due = session.execute(
+                select(t.c.id).where(t.c.status == STATUS_PENDING, t.c.next_attempt_at <= now).limit(1)
+            ).first()
+        if due is None:
+            return []
         with self._sessions.write() as session, session.begin():
             if session.get_bind().dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True, of=t)

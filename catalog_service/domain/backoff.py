@@ -27,7 +27,7 @@ class RandomSource(Protocol):
 @dataclass(frozen=True, slots=True)
 class BackoffPolicy:
     base: timedelta = timedelta(milliseconds=500)
-    cap: timedelta = timedelta(minutes=5)
+    cap: timedelta = timedelta(minutes=1)
 
     def __post_init__(self) -> None:
         if self.base <= timedelta(0):

@@ -82,6 +82,15 @@ class PassReport:
     parked: int = 0
     fenced: int = 0  # outcomes not written because another claim took over
 
+    def __add__(self, other: PassReport) -> PassReport:
+        return PassReport(
+            self.claimed + other.claimed,
+            self.delivered + other.delivered,
+            self.retried + other.retried,
+            self.parked + other.parked,
+            self.fenced + other.fenced,
+        )
+
 
 class Dispatcher:
     def __init__(
@@ -118,11 +127,9 @@ class Dispatcher:
         self._lease = lease
         self._poll_interval = poll_interval
         self._name = name
-        self._pool = (
-            ThreadPoolExecutor(max_workers=send_concurrency, thread_name_prefix=f"{name}-send")
-            if send_concurrency > 1
-            else None
-        )
+        self._send_concurrency = send_concurrency
+        self._pool: ThreadPoolExecutor | None = None
+        self._totals = PassReport()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,8 +144,8 @@ class Dispatcher:
         claims = self._outbox.claim_due(now, now + self._lease, self._batch_size)
         if not claims:
             return PassReport()
-        if self._pool is not None and len(claims) > 1:
-            outcomes = list(self._pool.map(self._send, claims))
+        if self._send_concurrency > 1 and len(claims) > 1:
+            outcomes = list(self._executor().map(self._send, claims))
         else:
             outcomes = [self._send(claim) for claim in claims]
         finished = self._clock.now()
@@ -156,13 +163,29 @@ class Dispatcher:
                     "outbox claim was taken over; outcome not recorded",
                     extra=_fields(resolution.claim, outcome=outcome.kind.value, detail=outcome.detail),
                 )
-        return PassReport(
+        report = PassReport(
             claimed=len(claims),
             delivered=counts[OutcomeKind.DELIVERED],
             retried=counts[OutcomeKind.RETRY],
             parked=counts[OutcomeKind.PARKED],
             fenced=fenced,
         )
+        with self._lifecycle:
+            self._totals = self._totals + report
+        return report
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lifecycle:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self._send_concurrency, thread_name_prefix=f"{self._name}-send"
+                )
+            return self._pool
+
+    @property
+    def totals(self) -> PassReport:
+        """What this dispatcher has done since it was created (for metrics and tests)."""
+        return self._totals
 
     def _send(self, claim: ClaimedDelivery) -> DeliveryOutcome:
         try:
@@ -229,9 +252,10 @@ class Dispatcher:
             self._wake.set()
             thread.join(timeout)
             log.info("outbox dispatcher stopped", extra={"dispatcher": self._name})
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        with self._lifecycle:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     @property
     def running(self) -> bool:

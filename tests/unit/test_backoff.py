@@ -75,8 +75,8 @@ def test_rejects_bad_parameters():
         POLICY.ceiling(0)
 
 
-def test_default_policy_is_half_a_second_capped_at_five_minutes():
+def test_default_policy_is_half_a_second_capped_at_a_minute():
     policy = BackoffPolicy()
     assert policy.ceiling(1) == timedelta(milliseconds=500)
-    assert policy.ceiling(100) == timedelta(minutes=5)
+    assert policy.ceiling(100) == timedelta(minutes=1)
     assert isinstance(seeded(0), random.Random)
