@@ -682,3 +682,31 @@ def test_the_channel_is_reused_across_calls_and_a_restarted_server(grant):
     )
     assert delivery._channel is channel
     delivery.close()
+
+
+# --- the wiring ---------------------------------------------------------------------------------
+
+
+def test_worker_from_command_line_flags_delivers_and_stops(outbox, grant):
+    from catalog_service.entrypoints.outbox_worker import add_outbox_arguments, start_outbox_worker_from_args
+    from credit_common.config import parse_service_args
+
+    settings = parse_service_args(
+        service="catalog_service",
+        env_prefix="UNUSED_IN_TESTS",
+        default_port=0,
+        database_file="unused.db",
+        argv=["--grant-target", grant.target, "--grant-deadline-ms", "2000", "--outbox-poll-interval-ms", "3600000"],
+        add_arguments=add_outbox_arguments,
+    )
+    assert (settings.extra.outbox_batch_size, settings.extra.outbox_lease_s) == (20, 60)
+    worker = start_outbox_worker_from_args(settings.extra, outbox.engine, outbox.table, SystemClock())
+    try:
+        assert worker.delivery.deadline == timedelta(seconds=2)
+        wait_until(lambda: worker.dispatcher.completed_passes >= 1, what="the first pass")
+        outbox.queue((KIND_CREDIT_CURRENCY, "ai-credits", 1))
+        worker.nudge()
+        wait_until(lambda: outbox.statuses() == Counter({STATUS_DELIVERED: 1}), what="delivery after the nudge")
+    finally:
+        worker.stop()
+    assert not worker.dispatcher.running
