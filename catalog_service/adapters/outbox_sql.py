@@ -47,6 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from catalog_service.domain.outbox import (
+    KIND_CREDIT_CURRENCY,
     KIND_SUBSCRIPTION,
     STATUS_DELIVERED,
     STATUS_FAILED,
@@ -59,6 +60,7 @@ from catalog_service.domain.outbox import (
 )
 from credit_common.db.engine import SessionFactories
 from credit_common.db.types import UtcDateTime
+from grant_service.v1 import grant_service_pb2
 
 TABLE_NAME = "outbox_deliveries"
 
@@ -109,6 +111,34 @@ def add_pending(
             next_attempt_at=now,
             created_at=now,
         )
+    )
+
+
+def add_apply_request(
+    session: Session,
+    table: Table,
+    request: grant_service_pb2.ApplySubscriptionRequest | grant_service_pb2.ApplyCreditCurrencyRequest,
+    *,
+    now: datetime,
+) -> None:
+    """Queue an Apply request, with the kind, key and revision taken from the
+    request itself so that the row can never disagree with its payload."""
+    if isinstance(request, grant_service_pb2.ApplySubscriptionRequest):
+        kind, key = KIND_SUBSCRIPTION, request.subscription_id
+    elif isinstance(request, grant_service_pb2.ApplyCreditCurrencyRequest):
+        kind, key = KIND_CREDIT_CURRENCY, request.currency_key
+    else:
+        raise TypeError(f"not an Apply request: {type(request).__name__}")
+    if not key or request.revision < 1:
+        raise ValueError(f"an Apply request needs a key and a revision >= 1, got {key!r} revision {request.revision}")
+    add_pending(
+        session,
+        table,
+        kind=kind,
+        aggregate_key=key,
+        revision=request.revision,
+        payload=request.SerializeToString(deterministic=True),
+        now=now,
     )
 
 

@@ -18,10 +18,10 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from sqlalchemy import Engine, MetaData, Table, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from catalog_service.adapters.grant_delivery import GrantDelivery
-from catalog_service.adapters.outbox_sql import SqlOutboxRepository, add_pending, outbox_table
+from catalog_service.adapters.outbox_sql import SqlOutboxRepository, add_apply_request, add_pending, outbox_table
 from catalog_service.domain.backoff import BackoffPolicy, seeded
 from catalog_service.domain.outbox import (
     KIND_CREDIT_CURRENCY,
@@ -455,6 +455,55 @@ def test_two_dispatchers_on_one_database_deliver_each_revision_once(outbox, gran
     assert all(r.attempts == 1 for r in outbox.rows())
     assert first.totals.delivered + second.totals.delivered == len(items)
     assert first.totals.delivered > 0 and second.totals.delivered > 0, (first.totals, second.totals)
+
+
+def test_dispatchers_keep_order_while_new_revisions_are_queued(outbox, grant, started):
+    """Two replicas run while the catalog keeps committing revisions 1, 2, 3 of each
+    subscription (each in its own transaction, through add_apply_request)."""
+    sessions = session_factories(outbox.engine)
+    replicas = [
+        started(dispatcher(repo, delivery_to(grant), batch_size=5, name=f"replica-{n}"))
+        for n, repo in enumerate((outbox.repo, outbox.another_repository()))
+    ]
+    keys = [f"sub-{i:02d}" for i in range(15)]
+    for revision in (1, 2, 3):
+        for key in keys:
+            request = pb.ApplySubscriptionRequest(subscription_id=key, customer_key="cus-acme", revision=revision)
+            with sessions.write() as session, session.begin():
+                add_apply_request(session, outbox.table, request, now=SystemClock().now())
+            replicas[revision % 2].nudge()
+    wait_until(lambda: outbox.statuses() == Counter({STATUS_DELIVERED: 45}), what="all delivered")
+
+    assert set(grant.service.ok_counts().values()) == {1}
+    for key in keys:
+        assert grant.service.ok_order(KIND_SUBSCRIPTION, key) == [1, 2, 3]
+        assert outbox.repo.handoff_state(key).latest_delivered_revision == 3
+    assert outbox.rows()[0].payload == pb.ApplySubscriptionRequest(
+        subscription_id="sub-00", customer_key="cus-acme", revision=1
+    ).SerializeToString(deterministic=True)
+
+
+def test_add_apply_request_takes_kind_key_and_revision_from_the_request(outbox):
+    sessions = session_factories(outbox.engine)
+    with sessions.write() as session, session.begin():
+        add_apply_request(session, outbox.table, pb.ApplyCreditCurrencyRequest(currency_key="ai", revision=4), now=T0)
+    [row] = outbox.rows()
+    assert (row.kind, row.aggregate_key, row.revision, row.status, row.attempts) == (
+        KIND_CREDIT_CURRENCY,
+        "ai",
+        4,
+        STATUS_PENDING,
+        0,
+    )
+    assert (row.next_attempt_at, row.created_at, row.delivered_at, row.last_error) == (T0, T0, None, None)
+    with pytest.raises(ValueError), sessions.write() as session, session.begin():
+        add_apply_request(session, outbox.table, pb.ApplySubscriptionRequest(subscription_id="sub-1"), now=T0)
+    with pytest.raises(TypeError), sessions.write() as session, session.begin():
+        add_apply_request(session, outbox.table, pb.GetBalanceRequest(), now=T0)
+    # The unique (kind, aggregate_key, revision) refuses the same revision twice.
+    with pytest.raises(IntegrityError), sessions.write() as session, session.begin():
+        add_apply_request(session, outbox.table, pb.ApplyCreditCurrencyRequest(currency_key="ai", revision=4), now=T0)
+    assert len(outbox.rows()) == 1
 
 
 def test_a_crashed_dispatchers_claims_are_delivered_once_its_lease_ends(outbox, grant):
