@@ -9,7 +9,8 @@ here creates tables.
 
 Claiming: one write transaction selects a bounded batch of due pending rows,
 only the lowest pending revision of each (kind, aggregate_key), and leases them
-by moving `next_attempt_at` to the end of the lease. On PostgreSQL the select
+by moving `next_attempt_at` to the end of the lease; `attempts` counts claims, so
+an attempt that never recorded an outcome (its dispatcher crashed) is counted too. On PostgreSQL the select
 is FOR UPDATE SKIP LOCKED, so dispatchers in several replicas claim disjoint
 rows without waiting on each other; on SQLite the write transaction (BEGIN
 IMMEDIATE) serialises claimers. A dispatcher that dies after claiming leaves
@@ -203,7 +204,11 @@ class SqlOutboxRepository:
             rows = session.execute(query).all()
             if not rows:
                 return []
-            session.execute(update(t).where(t.c.id.in_([r.id for r in rows])).values(next_attempt_at=lease_until))
+            session.execute(
+                update(t)
+                .where(t.c.id.in_([r.id for r in rows]))
+                .values(next_attempt_at=lease_until, attempts=t.c.attempts + 1)
+            )
         return [
             ClaimedDelivery(
                 id=r.id,
@@ -211,7 +216,7 @@ class SqlOutboxRepository:
                 aggregate_key=r.aggregate_key,
                 revision=r.revision,
                 payload=bytes(r.payload),
-                attempts=r.attempts,
+                attempts=r.attempts + 1,
                 lease_until=lease_until,
             )
             for r in rows
@@ -236,7 +241,6 @@ class SqlOutboxRepository:
                     .where(condition)
                     .values(
                         status=r.status,
-                        attempts=r.attempts,
                         next_attempt_at=r.next_attempt_at,
                         last_error=r.last_error,
                         delivered_at=r.delivered_at,

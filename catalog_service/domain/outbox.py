@@ -64,7 +64,7 @@ class ClaimedDelivery:
     aggregate_key: str
     revision: int
     payload: bytes
-    attempts: int
+    attempts: int  # the number of this attempt, counting it (1 for the first)
     lease_until: datetime
 
 
@@ -138,7 +138,7 @@ class Resolution:
 
     claim: ClaimedDelivery
     status: str  # STATUS_PENDING (retry), STATUS_DELIVERED or STATUS_FAILED (parked)
-    attempts: int
+    attempts: int  # attempts so far, this one included (counted when claimed)
     next_attempt_at: datetime
     last_error: str | None
     delivered_at: datetime | None = None

@@ -4,11 +4,11 @@ to the grant service, reliably and in revision order per aggregate.
 One pass (`Dispatcher.run_once`):
 1. claims, in one short write transaction, a bounded batch of due pending
    deliveries, only the lowest pending revision of each aggregate, leased until
-   now + `lease` (see catalog_service.adapters.outbox_sql);
+   now + `lease`, counting the attempt (see catalog_service.adapters.outbox_sql);
 2. sends them outside any transaction, up to `send_concurrency` at a time, each
    call with the delivery client's deadline;
 3. records the outcomes in one write transaction: delivered (status, delivered_at);
-   retry (attempts + 1, next_attempt_at = now + backoff, last_error); parked
+   retry (next_attempt_at = now + backoff(attempts), last_error); parked
    (status failed, last_error with the status code and message, one warning in
    the log; never claimed again unless requeued by an operator).
 
@@ -195,7 +195,7 @@ class Dispatcher:
             return DeliveryOutcome.retry(f"{type(error).__name__}: {error}")
 
     def _resolve(self, claim: ClaimedDelivery, outcome: DeliveryOutcome, now: datetime) -> Resolution:
-        attempts = claim.attempts + 1
+        attempts = claim.attempts
         if outcome.kind is OutcomeKind.DELIVERED:
             return Resolution(claim, STATUS_DELIVERED, attempts, now, None, delivered_at=now)
         if outcome.kind is OutcomeKind.PARKED:

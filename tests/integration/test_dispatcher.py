@@ -525,6 +525,7 @@ def test_a_crashed_dispatchers_claims_are_delivered_once_its_lease_ends(outbox, 
     assert (report.claimed, report.delivered) == (2, 2)
     assert outbox.statuses() == Counter({STATUS_DELIVERED: 2})
     assert set(grant.service.ok_counts().values()) == {1}
+    assert [r.attempts for r in outbox.rows()] == [2, 2]  # the crashed attempt is counted
     survivor.stop()
 
 
@@ -541,7 +542,8 @@ def test_a_claim_whose_lease_was_taken_over_cannot_overwrite_the_outcome(outbox,
     park_from_stale = Resolution(stale, STATUS_FAILED, 1, clock.now(), "INVALID_ARGUMENT: no")
     assert outbox.repo.record([retry_from_stale, park_from_stale]) == [False, False]
     [row] = outbox.rows()
-    assert (row.status, row.next_attempt_at, row.attempts) == (STATUS_PENDING, fresh.lease_until, 0)
+    assert (row.status, row.next_attempt_at, row.attempts) == (STATUS_PENDING, fresh.lease_until, 2)
+    assert (stale.attempts, fresh.attempts) == (1, 2)
 
     delivered = Resolution(fresh, STATUS_DELIVERED, 1, clock.now(), None, delivered_at=clock.now())
     assert outbox.repo.record([delivered]) == [True]
