@@ -226,9 +226,13 @@ class SqlOutboxRepository:
         """Write the outcomes in one transaction; for each, whether it was applied
         (False: the claim was fenced out, see the module docstring)."""
         t = self._table
-        applied: list[bool] = []
+        applied = [False] * len(resolutions)
+        # Rows are updated in id order, so two dispatchers writing overlapping
+        # batches (after a lease takeover) cannot deadlock on PostgreSQL.
+        order = sorted(range(len(resolutions)), key=lambda i: resolutions[i].claim.id)
         with self._sessions.write() as session, session.begin():
-            for r in resolutions:
+            for i in order:
+                r = resolutions[i]
                 condition = and_(t.c.id == r.claim.id, t.c.status == STATUS_PENDING)
                 if r.status != STATUS_DELIVERED:
                     condition = and_(
@@ -246,7 +250,7 @@ class SqlOutboxRepository:
                         delivered_at=r.delivered_at,
                     )
                 )
-                applied.append(result.rowcount == 1)
+                applied[i] = result.rowcount == 1
         return applied
 
     # -- operators ------------------------------------------------------------------------------

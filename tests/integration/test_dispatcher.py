@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -550,6 +550,19 @@ def test_a_claim_whose_lease_was_taken_over_cannot_overwrite_the_outcome(outbox,
     assert outbox.repo.record([retry_from_stale]) == [False]
     [row] = outbox.rows()
     assert (row.status, row.delivered_at) == (STATUS_DELIVERED, clock.now())
+
+
+def test_record_answers_in_the_order_given_whatever_the_row_order(outbox):
+    clock = ManualClock(T0)
+    outbox.queue((KIND_SUBSCRIPTION, "sub-1", 1), (KIND_SUBSCRIPTION, "sub-2", 1), now=T0)
+    first, second = outbox.repo.claim_due(clock.now(), clock.now() + timedelta(minutes=1), 10)
+    assert first.id < second.id
+    stale_first = Resolution(
+        replace(first, lease_until=first.lease_until - timedelta(seconds=1)), STATUS_FAILED, 1, T0, "x"
+    )
+    delivered_second = Resolution(second, STATUS_DELIVERED, 1, T0, None, delivered_at=T0)
+    assert outbox.repo.record([delivered_second, stale_first]) == [True, False]
+    assert [r.status for r in outbox.rows()] == [STATUS_PENDING, STATUS_DELIVERED]
 
 
 def test_a_call_past_its_deadline_is_retried_and_answers_already_applied(outbox, grant):
