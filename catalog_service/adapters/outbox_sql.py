@@ -1,0 +1,306 @@
+"""The outbox table in SQL: claiming due deliveries, recording outcomes, and
+the handoff state of a subscription.
+
+The repository works on any `Table` with the agreed columns (see
+`outbox_table`), so the catalog passes its own model's table
+(`OutboxDelivery.__table__`) and its migration owns the schema. `outbox_table`
+defines the same table for tests and as the reference of the contract; nothing
+here creates tables.
+
+Claiming: one write transaction selects a bounded batch of due pending rows,
+only the lowest pending revision of each (kind, aggregate_key), and leases them
+by moving `next_attempt_at` to the end of the lease; `attempts` counts claims, so
+an attempt that never recorded an outcome (its dispatcher crashed) is counted too. On PostgreSQL the select
+is FOR UPDATE SKIP LOCKED, so dispatchers in several replicas claim disjoint
+rows without waiting on each other; on SQLite the write transaction (BEGIN
+IMMEDIATE) serialises claimers. A dispatcher that dies after claiming leaves
+its rows leased: they become due again when the lease ends.
+
+Fencing: the lease end is also the claim's token. A retry or a park is written
+only while the row is still pending with the same `next_attempt_at` and
+`attempts` as when claimed, so a dispatcher whose lease ran out (and whose rows
+were claimed again by another) cannot overwrite the newer claim. "Delivered" is
+written whenever the row is still pending: it is true whoever holds the lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from catalog_service.domain.outbox import (
+    KIND_CREDIT_CURRENCY,
+    KIND_SUBSCRIPTION,
+    STATUS_DELIVERED,
+    STATUS_FAILED,
+    STATUS_PENDING,
+    ClaimedDelivery,
+    DeliveryRecord,
+    HandoffState,
+    Resolution,
+    summarize,
+)
+from credit_common.db.engine import SessionFactories
+from credit_common.db.types import UtcDateTime
+from grant_service.v1 import grant_service_pb2
+
+TABLE_NAME = "outbox_deliveries"
+
+
+def outbox_table(metadata: MetaData, name: str = TABLE_NAME) -> Table:
+    """The agreed outbox table, defined in `metadata` (tests create it with
+    `metadata.create_all`; production uses the catalog's model and migration)."""
+    return Table(
+        name,
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("kind", String(32), nullable=False),
+        Column("aggregate_key", String(128), nullable=False),
+        Column("revision", BigInteger, nullable=False),
+        Column("payload", LargeBinary, nullable=False),
+        Column("status", String(16), nullable=False, default=STATUS_PENDING),
+        Column("attempts", Integer, nullable=False, default=0),
+        Column("next_attempt_at", UtcDateTime, nullable=False),
+        Column("last_error", Text, nullable=True),
+        Column("created_at", UtcDateTime, nullable=False),
+        Column("delivered_at", UtcDateTime, nullable=True),
+        UniqueConstraint("kind", "aggregate_key", "revision"),
+        Index(f"ix_{name}_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+
+def add_pending(
+    session: Session,
+    table: Table,
+    *,
+    kind: str,
+    aggregate_key: str,
+    revision: int,
+    payload: bytes,
+    now: datetime,
+) -> None:
+    """Queue one delivery in the caller's transaction (the one that changes the
+    aggregate), due at once. The unique (kind, aggregate_key, revision) makes a
+    second insert of the same revision fail with the transaction."""
+    session.execute(
+        insert(table).values(
+            kind=kind,
+            aggregate_key=aggregate_key,
+            revision=revision,
+            payload=payload,
+            status=STATUS_PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )
+
+
+def add_apply_request(
+    session: Session,
+    table: Table,
+    request: grant_service_pb2.ApplySubscriptionRequest | grant_service_pb2.ApplyCreditCurrencyRequest,
+    *,
+    now: datetime,
+) -> None:
+    """Queue an Apply request, with the kind, key and revision taken from the
+    request itself so that the row can never disagree with its payload."""
+    if isinstance(request, grant_service_pb2.ApplySubscriptionRequest):
+        kind, key = KIND_SUBSCRIPTION, request.subscription_id
+    elif isinstance(request, grant_service_pb2.ApplyCreditCurrencyRequest):
+        kind, key = KIND_CREDIT_CURRENCY, request.currency_key
+    else:
+        raise TypeError(f"not an Apply request: {type(request).__name__}")
+    if not key or request.revision < 1:
+        raise ValueError(f"an Apply request needs a key and a revision >= 1, got {key!r} revision {request.revision}")
+    add_pending(
+        session,
+        table,
+        kind=kind,
+        aggregate_key=key,
+        revision=request.revision,
+        payload=request.SerializeToString(deterministic=True),
+        now=now,
+    )
+
+
+class SqlOutboxRepository:
+    """The dispatcher's OutboxRepository and the handoff-state queries, over `table`."""
+
+    def __init__(self, sessions: SessionFactories, table: Table) -> None:
+        self._sessions = sessions
+        self._table = table
+        missing = {
+            "id",
+            "kind",
+            "aggregate_key",
+            "revision",
+            "payload",
+            "status",
+            "attempts",
+            "next_attempt_at",
+            "last_error",
+            "created_at",
+            "delivered_at",
+        } - set(table.c.keys())
+        if missing:
+            raise ValueError(f"table {table.name} lacks the outbox columns {sorted(missing)}")
+
+    @property
+    def table(self) -> Table:
+        return self._table
+
+    # -- the dispatcher's side ------------------------------------------------------------------
+
+    def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[ClaimedDelivery]:
+        t = self._table
+        earlier = t.alias("earlier")
+        lower_pending = (
+            select(literal(1))
+            .where(
+                earlier.c.kind == t.c.kind,
+                earlier.c.aggregate_key == t.c.aggregate_key,
+                earlier.c.status == STATUS_PENDING,
+                earlier.c.revision < t.c.revision,
+            )
+            .exists()
+        )
+        query = (
+            select(t.c.id, t.c.kind, t.c.aggregate_key, t.c.revision, t.c.payload, t.c.attempts)
+            .where(t.c.status == STATUS_PENDING, t.c.next_attempt_at <= now, ~lower_pending)
+            .order_by(t.c.next_attempt_at, t.c.id)
+            .limit(limit)
+        )
+        # A cheap read first: most polls find nothing due, and on SQLite the claim's
+        # write transaction would take the database's write lock for nothing.
+        with self._sessions.read() as session:
+            due = session.execute(
+                select(t.c.id).where(t.c.status == STATUS_PENDING, t.c.next_attempt_at <= now).limit(1)
+            ).first()
+        if due is None:
+            return []
+        with self._sessions.write() as session, session.begin():
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True, of=t)
+            rows = session.execute(query).all()
+            if not rows:
+                return []
+            session.execute(
+                update(t)
+                .where(t.c.id.in_([r.id for r in rows]))
+                .values(next_attempt_at=lease_until, attempts=t.c.attempts + 1)
+            )
+        return [
+            ClaimedDelivery(
+                id=r.id,
+                kind=r.kind,
+                aggregate_key=r.aggregate_key,
+                revision=r.revision,
+                payload=bytes(r.payload),
+                attempts=r.attempts + 1,
+                lease_until=lease_until,
+            )
+            for r in rows
+        ]
+
+    def record(self, resolutions: Sequence[Resolution]) -> list[bool]:
+        """Write the outcomes in one transaction; for each, whether it was applied
+        (False: the claim was fenced out, see the module docstring)."""
+        t = self._table
+        applied = [False] * len(resolutions)
+        # Rows are updated in id order, so two dispatchers writing overlapping
+        # batches (after a lease takeover) cannot deadlock on PostgreSQL.
+        order = sorted(range(len(resolutions)), key=lambda i: resolutions[i].claim.id)
+        with self._sessions.write() as session, session.begin():
+            for i in order:
+                r = resolutions[i]
+                condition = and_(t.c.id == r.claim.id, t.c.status == STATUS_PENDING)
+                if r.status != STATUS_DELIVERED:
+                    condition = and_(
+                        condition,
+                        t.c.next_attempt_at == r.claim.lease_until,
+                        t.c.attempts == r.claim.attempts,
+                    )
+                result = session.execute(
+                    update(t)
+                    .where(condition)
+                    .values(
+                        status=r.status,
+                        next_attempt_at=r.next_attempt_at,
+                        last_error=r.last_error,
+                        delivered_at=r.delivered_at,
+                    )
+                )
+                applied[i] = result.rowcount == 1
+        return applied
+
+    # -- operators ------------------------------------------------------------------------------
+
+    def requeue_failed(self, kind: str, aggregate_key: str, now: datetime) -> int:
+        """Put the parked deliveries of one aggregate back in the queue, due now
+        (after the cause was fixed). Returns how many."""
+        t = self._table
+        with self._sessions.write() as session, session.begin():
+            result = session.execute(
+                update(t)
+                .where(t.c.kind == kind, t.c.aggregate_key == aggregate_key, t.c.status == STATUS_FAILED)
+                .values(status=STATUS_PENDING, next_attempt_at=now)
+            )
+            return result.rowcount
+
+    # -- the catalog's Get/List ------------------------------------------------------------------
+
+    def handoff_state(self, subscription_id: str) -> HandoffState:
+        """Pending, delivered or failed (with the reason) and the latest delivered
+        revision of one subscription."""
+        return self.handoff_states([subscription_id])[subscription_id]
+
+    def handoff_states(self, subscription_ids: Iterable[str], kind: str = KIND_SUBSCRIPTION) -> dict[str, HandoffState]:
+        """The handoff state of each of several aggregates in one query (for List)."""
+        keys = list(dict.fromkeys(subscription_ids))
+        t = self._table
+        records: dict[str, list[DeliveryRecord]] = {key: [] for key in keys}
+        if keys:
+            with self._sessions.read() as session:
+                rows = session.execute(
+                    select(
+                        t.c.aggregate_key,
+                        t.c.revision,
+                        t.c.status,
+                        t.c.attempts,
+                        t.c.last_error,
+                        t.c.next_attempt_at,
+                        t.c.delivered_at,
+                    ).where(t.c.kind == kind, t.c.aggregate_key.in_(keys))
+                ).all()
+            for r in rows:
+                records[r.aggregate_key].append(
+                    DeliveryRecord(
+                        revision=r.revision,
+                        status=r.status,
+                        attempts=r.attempts,
+                        last_error=r.last_error,
+                        next_attempt_at=r.next_attempt_at,
+                        delivered_at=r.delivered_at,
+                    )
+                )
+        return {key: summarize(rows) for key, rows in records.items()}

@@ -1,0 +1,301 @@
+"""The outbox dispatcher: delivers queued subscription and currency revisions
+to the grant service, reliably and in revision order per aggregate.
+
+One pass (`Dispatcher.run_once`):
+1. claims, in one short write transaction, a bounded batch of due pending
+   deliveries, only the lowest pending revision of each aggregate, leased until
+   now + `lease`, counting the attempt (see catalog_service.adapters.outbox_sql);
+2. sends them outside any transaction, up to `send_concurrency` at a time, each
+   call with the delivery client's deadline;
+3. records the outcomes in one write transaction: delivered (status, delivered_at);
+   retry (next_attempt_at = now + backoff(attempts), last_error); parked
+   (status failed, last_error with the status code and message, one warning in
+   the log; never claimed again unless requeued by an operator).
+
+The worker: `start()` runs passes in a daemon thread, a new pass every
+`poll_interval`, at once after a pass that delivered something (the next
+revisions of those aggregates may be waiting), or at once when `nudge()`d (call
+it right after committing a transaction that queued a delivery). A thread and
+not an APScheduler job: the nudge needs a wake-up event, and a 0.2 s interval
+job would fill APScheduler's logs and misfire under load. `stop()` wakes the
+thread, waits for its pass to finish (bounded by the call deadline) and joins
+it. All state is in the database, so a restarted process carries on where the
+last one stopped; several processes (replicas) may run dispatchers on one
+PostgreSQL database.
+
+Exactly-once, in effect: a revision is sent again only if the dispatcher that
+claimed it died (or stalled longer than the lease) before recording the
+outcome, or if the call failed in a way that hides whether the grant service
+applied it (DEADLINE_EXCEEDED). The grant service is idempotent by (key,
+revision), so such a repeat answers ALREADY_APPLIED and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from catalog_service.domain.backoff import BackoffPolicy, RandomSource
+from catalog_service.domain.outbox import (
+    STATUS_DELIVERED,
+    STATUS_FAILED,
+    STATUS_PENDING,
+    ClaimedDelivery,
+    DeliveryOutcome,
+    OutcomeKind,
+    Resolution,
+)
+from credit_common.clock import Clock
+
+log = logging.getLogger("catalog_service.dispatcher")
+
+
+class OutboxRepository(Protocol):
+    def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[ClaimedDelivery]:
+        """Lease up to `limit` due pending deliveries, at most one per aggregate
+        (its lowest pending revision), until `lease_until`."""
+        ...
+
+    def record(self, resolutions: Sequence[Resolution]) -> list[bool]:
+        """Write the outcomes; for each, whether it applied (False if the claim was fenced out)."""
+        ...
+
+
+class Delivery(Protocol):
+    deadline: timedelta  # the longest a `deliver` call may take
+
+    def deliver(self, kind: str, payload: bytes) -> DeliveryOutcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PassReport:
+    claimed: int = 0
+    delivered: int = 0
+    retried: int = 0
+    parked: int = 0
+    fenced: int = 0  # outcomes not written because another claim took over
+
+    def __add__(self, other: PassReport) -> PassReport:
+        return PassReport(
+            self.claimed + other.claimed,
+            self.delivered + other.delivered,
+            self.retried + other.retried,
+            self.parked + other.parked,
+            self.fenced + other.fenced,
+        )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        outbox: OutboxRepository,
+        delivery: Delivery,
+        *,
+        clock: Clock,
+        backoff: BackoffPolicy | None = None,
+        rng: RandomSource | None = None,
+        batch_size: int = 20,
+        send_concurrency: int = 4,
+        lease: timedelta = timedelta(seconds=60),
+        poll_interval: timedelta = timedelta(milliseconds=200),
+        name: str = "outbox-dispatcher",
+    ) -> None:
+        if batch_size < 1 or send_concurrency < 1:
+            raise ValueError("batch_size and send_concurrency must be at least 1")
+        # A healthy dispatcher must finish sending its batch inside the lease, or
+        # another one could claim the same rows while the first is still sending.
+        rounds = math.ceil(batch_size / send_concurrency)
+        worst_send = delivery.deadline * rounds
+        if lease < worst_send * 2:
+            raise ValueError(
+                f"lease {lease} is too short: a batch of {batch_size} sent {send_concurrency} at a time "
+                f"with a {delivery.deadline} deadline may take {worst_send}; use at least twice that"
+            )
+        self._outbox = outbox
+        self._delivery = delivery
+        self._clock = clock
+        self._backoff = backoff or BackoffPolicy()
+        self._rng: RandomSource = rng or random.SystemRandom()
+        self._batch_size = batch_size
+        self._lease = lease
+        self._poll_interval = poll_interval
+        self._name = name
+        self._send_concurrency = send_concurrency
+        self._pool: ThreadPoolExecutor | None = None
+        self._totals = PassReport()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lifecycle = threading.Lock()
+        self._passes = 0
+
+    # -- one pass -------------------------------------------------------------------------------
+
+    def run_once(self) -> PassReport:
+        """Claim, send and record one batch. Safe to call from several threads or processes."""
+        now = self._clock.now()
+        claims = self._outbox.claim_due(now, now + self._lease, self._batch_size)
+        if not claims:
+            return PassReport()
+        if self._send_concurrency > 1 and len(claims) > 1:
+            outcomes = list(self._executor().map(self._send, claims))
+        else:
+            outcomes = [self._send(claim) for claim in claims]
+        finished = self._clock.now()
+        resolutions = [self._resolve(claim, outcome, finished) for claim, outcome in zip(claims, outcomes, strict=True)]
+        applied = self._outbox.record(resolutions)
+        counts = {OutcomeKind.DELIVERED: 0, OutcomeKind.RETRY: 0, OutcomeKind.PARKED: 0}
+        fenced = 0
+        for resolution, outcome, ok in zip(resolutions, outcomes, applied, strict=True):
+            if ok:
+                counts[outcome.kind] += 1
+                self._log(resolution, outcome)
+            else:
+                fenced += 1
+                log.info(
+                    "outbox claim was taken over; outcome not recorded",
+                    extra=_fields(resolution.claim, outcome=outcome.kind.value, detail=outcome.detail),
+                )
+        report = PassReport(
+            claimed=len(claims),
+            delivered=counts[OutcomeKind.DELIVERED],
+            retried=counts[OutcomeKind.RETRY],
+            parked=counts[OutcomeKind.PARKED],
+            fenced=fenced,
+        )
+        with self._lifecycle:
+            self._totals = self._totals + report
+        return report
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lifecycle:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self._send_concurrency, thread_name_prefix=f"{self._name}-send"
+                )
+            return self._pool
+
+    @property
+    def totals(self) -> PassReport:
+        """What this dispatcher has done since it was created (for metrics and tests)."""
+        return self._totals
+
+    def _send(self, claim: ClaimedDelivery) -> DeliveryOutcome:
+        try:
+            return self._delivery.deliver(claim.kind, claim.payload)
+        except Exception as error:  # a bug in the client must not lose the delivery: retry it
+            log.exception("outbox delivery raised", extra=_fields(claim))
+            return DeliveryOutcome.retry(f"{type(error).__name__}: {error}")
+
+    def _resolve(self, claim: ClaimedDelivery, outcome: DeliveryOutcome, now: datetime) -> Resolution:
+        attempts = claim.attempts
+        if outcome.kind is OutcomeKind.DELIVERED:
+            return Resolution(claim, STATUS_DELIVERED, attempts, now, None, delivered_at=now)
+        if outcome.kind is OutcomeKind.PARKED:
+            return Resolution(claim, STATUS_FAILED, attempts, now, outcome.detail)
+        delay = self._backoff.delay(attempts, self._rng)
+        return Resolution(claim, STATUS_PENDING, attempts, now + delay, outcome.detail)
+
+    def _log(self, resolution: Resolution, outcome: DeliveryOutcome) -> None:
+        claim = resolution.claim
+        if outcome.kind is OutcomeKind.DELIVERED:
+            log.info(
+                "outbox delivery delivered", extra=_fields(claim, attempts=resolution.attempts, detail=outcome.detail)
+            )
+        elif outcome.kind is OutcomeKind.PARKED:
+            log.warning(
+                "outbox delivery rejected by the grant service; parked",
+                extra=_fields(claim, attempts=resolution.attempts, code=outcome.code, error=outcome.detail),
+            )
+        else:
+            log.info(
+                "outbox delivery failed; will retry",
+                extra=_fields(
+                    claim,
+                    attempts=resolution.attempts,
+                    code=outcome.code,
+                    error=outcome.detail,
+                    next_attempt_at=resolution.next_attempt_at.isoformat(),
+                ),
+            )
+
+    # -- the worker -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run passes in a background thread until `stop()`."""
+        with self._lifecycle:
+            if self._thread is not None:
+                raise RuntimeError("the dispatcher is already started")
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+        log.info("outbox dispatcher started", extra={"dispatcher": self._name})
+
+    def nudge(self) -> None:
+        """Run a pass now instead of at the next poll (cheap; safe from any thread)."""
+        self._wake.set()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the worker: the pass in progress finishes (calls are bounded by the
+        deadline), then the thread is joined. Idempotent."""
+        with self._lifecycle:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stopping.set()
+            self._wake.set()
+            thread.join(timeout)
+            log.info("outbox dispatcher stopped", extra={"dispatcher": self._name})
+        with self._lifecycle:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    @property
+    def completed_passes(self) -> int:
+        """Passes the worker thread has completed (for health checks and tests)."""
+        return self._passes
+
+    def _run(self) -> None:
+        failures = 0
+        wait = timedelta(0)
+        while not self._stopping.is_set():
+            if wait > timedelta(0):
+                self._wake.wait(wait.total_seconds())
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                report = self.run_once()
+            except Exception:
+                failures += 1
+                wait = max(self._poll_interval, self._backoff.delay(failures, self._rng))
+                log.exception(
+                    "outbox dispatch pass failed",
+                    extra={"dispatcher": self._name, "failures": failures, "retry_in_s": wait.total_seconds()},
+                )
+                continue
+            failures = 0
+            self._passes += 1
+            wait = timedelta(0) if report.delivered else self._poll_interval
+
+
+def _fields(claim: ClaimedDelivery, **more: object) -> dict[str, object]:
+    return {
+        "delivery_id": claim.id,
+        "kind": claim.kind,
+        "aggregate_key": claim.aggregate_key,
+        "revision": claim.revision,
+        **more,
+    }
