@@ -89,6 +89,7 @@ def debits_by_grant(session: Session, grant_ids: Sequence[str], at: datetime | N
 def grants_active_at(
     session: Session, customer_key: str, currency_key: str, at: datetime, *, for_update: bool = False
 ) -> list[GrantRow]:
+    """Grants active at `at`. With `for_update` (to debit them): only those still open, locked in id order."""
     query = (
         select(GrantRow)
         .where(
@@ -101,7 +102,7 @@ def grants_active_at(
         .order_by(GrantRow.grant_id)
     )
     if for_update:
-        query = locked(session, query)
+        query = locked(session, query.where(GrantRow.closed.is_(False)))
     return list(session.scalars(query))
 
 

@@ -222,7 +222,13 @@ def reconcile_issued(session: Session, row: ScheduleRow) -> None:
                 grant.expire_time = new_expiry
         if k < issued_until:
             have = {g.segment for g in mine}
-            new_segments.extend((row, d) for d in desired if d.segment not in have)
+            # History is never rewritten: no new segment overlaps a grant that already expired or was voided.
+            closed_until = max((g.expire_time or g.effective_time for g in mine if g.closed), default=None)
+            new_segments.extend(
+                (row, d)
+                for d in desired
+                if d.segment not in have and (closed_until is None or d.effective_time >= closed_until)
+            )
     session.flush()
     issue_segments(session, new_segments)
 

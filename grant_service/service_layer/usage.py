@@ -35,7 +35,7 @@ from grant_service.service_layer.context import (
     remember,
     replayed,
 )
-from grant_service.service_layer.issuance import grant_dict, ledger_entry
+from grant_service.service_layer.issuance import grant_dict, issue_due_batch, ledger_entry
 
 SCOPE = "ReportUsage"
 
@@ -112,6 +112,8 @@ def report_usage(
         if seen is not None:
             return load_usage(session, seen)
         now = ctx.now_of(session, customer.clock_key)
+        # A period that started since the catch-up above is issued in this very transaction: never lag.
+        issue_due_batch(session, customer.clock_key, now, customer_key, ctx.batch_size)
         currency, rate = price(session, feature_key, currency_key, now)
         credits = exact_product(quantity, rate)
         rows = {r.grant_id: r for r in grants_active_at(session, customer_key, currency, now, for_update=True)}

@@ -195,3 +195,16 @@ def test_test_clocks_disabled_by_default(database_url_factory):
         ]
         for call in calls:
             expect_error(call, grpc.StatusCode.FAILED_PRECONDITION, "TEST_CLOCKS_DISABLED")
+
+
+def test_a_retroactive_amendment_never_rewrites_expired_periods(grant):
+    stub = grant.stub
+    stub.ApplySubscription(subscription("sub_h", "hist", START, [("10", None)]))
+    before = all_entries(stub, "hist")
+    assert len([e for e in before if e.type == pb.LEDGER_ENTRY_TYPE_GRANT]) == 5
+    stub.ApplySubscription(subscription("sub_h", "hist", START, [("10", None), ("99", utc(2026, 2, 20))], revision=2))
+    after = all_entries(stub, "hist")
+    assert [e.entry_id for e in after] == [e.entry_id for e in before]
+    grant.clock.set(utc(2026, 6, 15, 8))
+    balance = stub.GetBalance(pb.GetBalanceRequest(customer_key="hist", currency_key="ai-credits"))
+    assert balance.balance.available == "99"
