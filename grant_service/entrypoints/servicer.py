@@ -290,6 +290,10 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
         return pb.CreateTestClockResponse(test_clock=_clock(row))
 
     def GetTestClock(self, request: pb.GetTestClockRequest, context) -> pb.GetTestClockResponse:
+        test_clocks.require_test_clocks(self._ctx)
+        fields = _Fields()
+        fields.required("test_clock_id", request.test_clock_id, 40)
+        fields.done()
         return pb.GetTestClockResponse(test_clock=_clock(test_clocks.get_test_clock(self._ctx, request.test_clock_id)))
 
     def ListTestClocks(self, request: pb.ListTestClocksRequest, context) -> pb.ListTestClocksResponse:
@@ -311,6 +315,11 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
         return pb.AdvanceTestClockResponse(test_clock=_clock(row))
 
     def DeleteTestClock(self, request: pb.DeleteTestClockRequest, context) -> pb.DeleteTestClockResponse:
+        test_clocks.require_test_clocks(self._ctx)
+        fields = _Fields()
+        fields.required("test_clock_id", request.test_clock_id, 40)
+        fields.request_id("request_id", request.request_id)
+        fields.done()
         test_clocks.delete_test_clock(self._ctx, request.test_clock_id, request.request_id)
         return pb.DeleteTestClockResponse()
 

@@ -116,3 +116,17 @@ def test_index_at_contains_instant(anchor, cadence, offset_us):
     t = anchor + timedelta(microseconds=offset_us)
     k = period_index_at(anchor, cadence, t)
     assert period_start(anchor, cadence, k) <= t < period_start(anchor, cadence, k + 1)
+
+
+def test_every_month_end_anchor_from_1970_to_2100_matches_the_independent_computation():
+    for year in range(1970, 2101):
+        for month in range(1, 13):
+            for day in (28, 29, 30, 31):
+                try:
+                    anchor = utc(year, month, day, 23, 59, 59)
+                except ValueError:
+                    continue
+                for k in range(14):
+                    assert period_start(anchor, MONTHLY, k) == _independent_start(anchor, k)
+                for k in range(3):
+                    assert period_start(anchor, YEARLY, k) == _independent_start(anchor, 12 * k)
