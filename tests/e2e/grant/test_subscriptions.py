@@ -208,3 +208,13 @@ def test_a_retroactive_amendment_never_rewrites_expired_periods(grant):
     grant.clock.set(utc(2026, 6, 15, 8))
     balance = stub.GetBalance(pb.GetBalanceRequest(customer_key="hist", currency_key="ai-credits"))
     assert balance.balance.available == "99"
+
+
+def test_concurrent_applies_of_a_new_subscription_apply_once(grant):
+    from concurrent.futures import ThreadPoolExecutor
+
+    request = subscription("sub_cc", "fresh", START, [("10", None)])
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(lambda _: grant.stub.ApplySubscription(request, timeout=60).outcome, range(8)))
+    assert sorted(outcomes) == [pb.APPLY_OUTCOME_APPLIED] + [pb.APPLY_OUTCOME_ALREADY_APPLIED] * 7
+    assert len(all_entries(grant.stub, "fresh", type=pb.LEDGER_ENTRY_TYPE_GRANT)) == 5

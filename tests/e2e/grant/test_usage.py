@@ -158,3 +158,15 @@ def test_usage_time_and_rate_follow_the_test_clock(grant):
     usage = stub.ReportUsage(_usage("t1", "2", customer="tester")).usage
     assert usage.usage_time.ToDatetime() == utc(2024, 1, 1).replace(tzinfo=None)
     assert usage.usage_time.ToDatetime() != REAL_NOW.replace(tzinfo=None)
+
+
+def test_the_same_usage_from_many_threads_debits_once(grant):
+    stub = grant.stub
+    _setup(stub)
+    with ThreadPoolExecutor(16) as pool:
+        usages = list(pool.map(lambda _: stub.ReportUsage(_usage("same", "3"), timeout=60).usage, range(32)))
+    assert len({u.usage_id for u in usages}) == 1
+    assert len(all_entries(stub, "acme", type=pb.LEDGER_ENTRY_TYPE_DEBIT)) == 1
+    assert stub.GetBalance(pb.GetBalanceRequest(customer_key="acme", currency_key="ai-credits")).balance.available == (
+        "92.5"
+    )
