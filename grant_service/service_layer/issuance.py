@@ -47,16 +47,18 @@ def catch_up(
 ) -> CatchUpResult:
     """Run the catch-up to `now`, one transaction per batch, until nothing is due."""
     result = CatchUpResult()
-    while True:
-        with factories.write() as session, session.begin():
-            done, issued = issue_due_batch(session, clock_key, now, customer_key, batch_size)
-        result.issued += issued
-        if done < batch_size:
-            break
+    # Expiries first, so that at a period boundary the ledger reads: EXPIRE of the old grant, GRANT of the new.
     while True:
         with factories.write() as session, session.begin():
             done = expire_due_batch(session, clock_key, now, customer_key, batch_size)
         result.expired += done
+        if done < batch_size:
+            break
+    while True:
+        with factories.write() as session, session.begin():
+            done, issued, expired = issue_due_batch(session, clock_key, now, customer_key, batch_size)
+        result.issued += issued
+        result.expired += expired
         if done < batch_size:
             break
     if result.issued or result.expired:
@@ -66,8 +68,9 @@ def catch_up(
 
 def issue_due_batch(
     session: Session, clock_key: str, now: datetime, customer_key: str | None, batch_size: int
-) -> tuple[int, int]:
-    """Issue the due periods of up to `batch_size` schedules; (schedules handled, grants issued)."""
+) -> tuple[int, int, int]:
+    """Issue the due periods of up to `batch_size` schedules; a period already over is expired at
+    once. Returns (schedules handled, grants issued, grants expired)."""
     query = select(ScheduleRow).where(ScheduleRow.next_period_start <= now)
     if customer_key is not None:
         query = query.where(ScheduleRow.customer_key == customer_key)
@@ -89,11 +92,14 @@ def issue_due_batch(
     issued = issue_segments(session, segments)
     if cursors:
         session.execute(update(ScheduleRow), cursors)
-    return len(rows), issued
+    over = [g for g in issued if g["expire_time"] <= now]
+    close_expired(session, over, {})
+    return len(rows), len(issued), len(over)
 
 
-def issue_segments(session: Session, segments: Sequence[tuple[ScheduleRow, GrantSegment]]) -> int:
-    """Insert the grants of `segments` and their GRANT entries; a segment already issued is skipped."""
+def issue_segments(session: Session, segments: Sequence[tuple[ScheduleRow, GrantSegment]]) -> list[dict]:
+    """Insert the grants of `segments` and their GRANT entries; a segment already issued is skipped.
+    Returns the grants inserted."""
     grants = {}
     for row, segment in segments:
         grant_id = new_id("grt")
@@ -125,7 +131,7 @@ def issue_segments(session: Session, segments: Sequence[tuple[ScheduleRow, Grant
         if grant_id in inserted
     ]
     insert_ignoring_conflicts(session, LedgerEntryRow, entries, "entry_id")
-    return len(inserted)
+    return [grants[grant_id] for grant_id in grants if grant_id in inserted]
 
 
 def grant_entry(grant: dict, description: str) -> dict:
@@ -174,18 +180,28 @@ def expire_due_batch(session: Session, clock_key: str, now: datetime, customer_k
     rows = list(session.scalars(locked(session, query, skip_locked=True)))
     if not rows:
         return 0
-    used = debits_by_grant(session, [r.grant_id for r in rows])
-    entries = []
-    for row in rows:
-        remaining = exact_difference(row.amount, used.get(row.grant_id, Decimal(0)))
-        entries.append(
-            ledger_entry(
-                grant_dict(row), "EXPIRE", -remaining, row.expire_time, "unused remainder expired", closes=True
-            )
-        )
-    insert_ignoring_conflicts(session, LedgerEntryRow, entries, "entry_id")
-    session.execute(update(GrantRow), [{"grant_id": r.grant_id, "closed": True} for r in rows])
+    close_expired(session, [grant_dict(r) for r in rows], debits_by_grant(session, [r.grant_id for r in rows]))
     return len(rows)
+
+
+def close_expired(session: Session, grants: Sequence[dict], used: dict[str, Decimal]) -> None:
+    """Record the EXPIRE of each grant (what was left of it at its expiry) and mark it closed; a grant
+    whose closing entry already exists is skipped."""
+    if not grants:
+        return
+    entries = [
+        ledger_entry(
+            grant,
+            "EXPIRE",
+            -exact_difference(grant["amount"], used.get(grant["grant_id"], Decimal(0))),
+            grant["expire_time"],
+            "unused remainder expired",
+            closes=True,
+        )
+        for grant in grants
+    ]
+    insert_ignoring_conflicts(session, LedgerEntryRow, entries, "entry_id")
+    session.execute(update(GrantRow), [{"grant_id": g["grant_id"], "closed": True} for g in grants])
 
 
 def reconcile_issued(session: Session, row: ScheduleRow) -> None:

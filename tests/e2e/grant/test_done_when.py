@@ -59,6 +59,14 @@ def test_fourteen_months_of_month_end_anchored_grants(grant):
         expire = by_grant[entry.grant_id]
         assert expire.effective_time.ToDatetime().replace(tzinfo=anchor.tzinfo) == starts[k + 1]
         assert Decimal(expire.amount) == -(50000 - debited[k])
+    ledger = all_entries(stub, "acme")
+    for k in range(1, 15):  # at each boundary the old remainder leaves before the new grant arrives
+        at_boundary = [
+            e.type for e in ledger if e.effective_time.ToDatetime().replace(tzinfo=anchor.tzinfo) == starts[k]
+        ]
+        assert at_boundary == (
+            [pb.LEDGER_ENTRY_TYPE_EXPIRE, pb.LEDGER_ENTRY_TYPE_GRANT] if k < 14 else [pb.LEDGER_ENTRY_TYPE_EXPIRE]
+        )
     for k in range(14):
         before = stub.GetBalance(
             pb.GetBalanceRequest(
