@@ -336,8 +336,8 @@ def _subscription_spec(request: pb.ApplySubscriptionRequest) -> subscriptions.Su
     start, end = _time(request, "start_time"), _time(request, "end_time")
     if start is None:
         fields.violations.add("start_time", "is required")
-    if start is not None and end is not None and end <= start:
-        fields.violations.add("end_time", "must be after start_time")
+    if start is not None and end is not None and end < start:
+        fields.violations.add("end_time", "must not be before start_time")
     if len(request.test_clock_id) > 40:
         fields.violations.add("test_clock_id", "must be at most 40 characters")
     schedules = []

@@ -218,3 +218,20 @@ def test_concurrent_applies_of_a_new_subscription_apply_once(grant):
         outcomes = list(pool.map(lambda _: grant.stub.ApplySubscription(request, timeout=60).outcome, range(8)))
     assert sorted(outcomes) == [pb.APPLY_OUTCOME_APPLIED] + [pb.APPLY_OUTCOME_ALREADY_APPLIED] * 7
     assert len(all_entries(grant.stub, "fresh", type=pb.LEDGER_ENTRY_TYPE_GRANT)) == 5
+
+
+def test_cancelled_before_it_starts_grants_nothing_and_end_before_start_is_invalid(grant):
+    stub = grant.stub
+    later = REAL_NOW + timedelta(days=10)
+    stub.ApplySubscription(subscription("sub_f", "future", later, [("10", None)]))
+    stub.ApplySubscription(subscription("sub_f", "future", later, [("10", None)], revision=2, end=later))
+    grant.clock.set(later + timedelta(days=100))
+    assert all_entries(stub, "future") == []
+    _, violations = expect_error(
+        lambda: stub.ApplySubscription(
+            subscription("sub_f", "future", later, [("10", None)], revision=3, end=later - timedelta(seconds=1))
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+    assert [v.field for v in violations] == ["end_time"]
