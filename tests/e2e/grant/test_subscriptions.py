@@ -235,3 +235,24 @@ def test_cancelled_before_it_starts_grants_nothing_and_end_before_start_is_inval
         "INVALID_ARGUMENT",
     )
     assert [v.field for v in violations] == ["end_time"]
+
+
+def test_an_amendment_later_in_the_current_period_takes_over_at_its_instant(grant):
+    stub = grant.stub
+    stub.ApplySubscription(subscription("sub_l", "later", START, [("10", None)]))
+    switch = REAL_NOW + timedelta(days=3)
+    stub.ApplySubscription(subscription("sub_l", "later", START, [("10", None), ("70", switch)], revision=2))
+    grants = stub.ListGrants(pb.ListGrantsRequest(customer_key="later")).grants
+    assert [(g.amount, g.status) for g in grants[-2:]] == [
+        ("10", pb.GRANT_STATUS_ACTIVE),
+        ("70", pb.GRANT_STATUS_PENDING),
+    ]
+    assert stub.GetBalance(pb.GetBalanceRequest(customer_key="later", currency_key="ai-credits")).balance.available == (
+        "10"
+    )
+    grant.clock.set(switch)
+    assert stub.GetBalance(pb.GetBalanceRequest(customer_key="later", currency_key="ai-credits")).balance.available == (
+        "70"
+    )
+    expiry = all_entries(stub, "later", type=pb.LEDGER_ENTRY_TYPE_EXPIRE)[-1]
+    assert (expiry.amount, expiry.effective_time.ToDatetime()) == ("-10", switch.replace(tzinfo=None))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import itertools
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from grant_service.domain.balances import GrantView, InsufficientCredits, allocate, available
-from grant_service.domain.periods import Cadence
+from grant_service.domain.periods import Cadence, period_start
 from grant_service.domain.schedules import GrantSegment, Schedule, ScheduledAmount
 
 
@@ -87,3 +90,28 @@ def test_active_window_is_half_open_and_void_counts():
     assert available([g], A) == Decimal(3)
     assert available([g], utc(2025, 2, 10)) == 0
     assert available([g], A.replace(hour=9)) == 0
+
+
+@given(
+    st.lists(st.integers(1, 400 * 24), min_size=0, max_size=6, unique=True),
+    st.one_of(st.none(), st.integers(1, 400 * 24)),
+    st.integers(0, 12),
+)
+def test_segments_tile_each_period_and_carry_the_amount_in_force(change_hours, end_hours, k):
+    amounts = [ScheduledAmount(Decimal(1), A)] + [
+        ScheduledAmount(Decimal(i + 2), A + timedelta(hours=h)) for i, h in enumerate(sorted(change_hours))
+    ]
+    end = A + timedelta(hours=end_hours) if end_hours is not None else None
+    schedule = Schedule(A, Cadence.MONTHLY, tuple(amounts), end)
+    segments = schedule.segments(k)
+    start, stop = period_start(A, Cadence.MONTHLY, k), period_start(A, Cadence.MONTHLY, k + 1)
+    if end is not None and start >= end:
+        assert segments == []
+        return
+    limit = min(stop, end) if end is not None else stop
+    assert segments[0].effective_time == start and segments[-1].expire_time == limit
+    for i, (a, b) in enumerate(itertools.pairwise(segments)):
+        assert a.expire_time == b.effective_time and a.segment == i
+    for segment in segments:
+        assert segment.effective_time < segment.expire_time
+        assert segment.amount == schedule.amount_at(segment.effective_time)
