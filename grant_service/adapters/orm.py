@@ -90,6 +90,9 @@ class GrantRow(Base):
     period_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     segment: Mapped[int | None] = mapped_column(Integer, nullable=True)
     amount: Mapped[Decimal] = mapped_column(ExactDecimal())
+    # Running total of its DEBIT entries, kept in the same transaction under the customer lock, so that a
+    # debit, expiry or void never re-sums the ledger. Balances at past instants sum the ledger instead.
+    used: Mapped[Decimal] = mapped_column(ExactDecimal(), default=Decimal(0))
     effective_time: Mapped[datetime] = mapped_column(UtcDateTime())
     expire_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     priority: Mapped[int] = mapped_column(Integer)

@@ -106,8 +106,10 @@ def grants_active_at(
     return list(session.scalars(query))
 
 
-def views_at(session: Session, rows: Sequence[GrantRow], at: datetime) -> list[GrantView]:
-    used = debits_by_grant(session, [r.grant_id for r in rows], at)
+def views_at(session: Session, rows: Sequence[GrantRow], at: datetime, *, current: bool = False) -> list[GrantView]:
+    """The grants as seen at `at`; `current` (at the customer's now) takes their running totals
+    instead of summing the ledger."""
+    used = {r.grant_id: r.used for r in rows} if current else debits_by_grant(session, [r.grant_id for r in rows], at)
     return [
         GrantView(
             r.grant_id,

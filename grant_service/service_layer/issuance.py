@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from credit_common.db.engine import SessionFactories
 from credit_common.ids import new_id
 from grant_service.adapters.orm import GrantRow, LedgerEntryRow, ScheduleRow
-from grant_service.adapters.repository import debits_by_grant, insert_ignoring_conflicts, locked, schedule_of
+from grant_service.adapters.repository import insert_ignoring_conflicts, locked, schedule_of
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_difference
 from grant_service.domain.periods import period_start
 from grant_service.domain.schedules import GrantSegment
@@ -93,7 +93,7 @@ def issue_due_batch(
     if cursors:
         session.execute(update(ScheduleRow), cursors)
     over = [g for g in issued if g["expire_time"] <= now]
-    close_expired(session, over, {})
+    close_expired(session, over)
     return len(rows), len(issued), len(over)
 
 
@@ -115,6 +115,7 @@ def issue_segments(session: Session, segments: Sequence[tuple[ScheduleRow, Grant
             "period_index": segment.period_index,
             "segment": segment.segment,
             "amount": segment.amount,
+            "used": Decimal(0),
             "effective_time": segment.effective_time,
             "expire_time": segment.expire_time,
             "priority": RECURRING_PRIORITY,
@@ -180,11 +181,11 @@ def expire_due_batch(session: Session, clock_key: str, now: datetime, customer_k
     rows = list(session.scalars(locked(session, query, skip_locked=True)))
     if not rows:
         return 0
-    close_expired(session, [grant_dict(r) for r in rows], debits_by_grant(session, [r.grant_id for r in rows]))
+    close_expired(session, [grant_dict(r) for r in rows])
     return len(rows)
 
 
-def close_expired(session: Session, grants: Sequence[dict], used: dict[str, Decimal]) -> None:
+def close_expired(session: Session, grants: Sequence[dict]) -> None:
     """Record the EXPIRE of each grant (what was left of it at its expiry) and mark it closed; a grant
     whose closing entry already exists is skipped."""
     if not grants:
@@ -193,7 +194,7 @@ def close_expired(session: Session, grants: Sequence[dict], used: dict[str, Deci
         ledger_entry(
             grant,
             "EXPIRE",
-            -exact_difference(grant["amount"], used.get(grant["grant_id"], Decimal(0))),
+            -exact_difference(grant["amount"], grant["used"]),
             grant["expire_time"],
             "unused remainder expired",
             closes=True,

@@ -27,6 +27,8 @@ from grant_service.service_layer.issuance import grant_dict, grant_entry, ledger
 
 def _grant_info(session: Session, ctx: GrantContext, grant_id: str) -> GrantInfo:
     row = session.get(GrantRow, grant_id)
+    if row is None:  # its test clock was deleted since
+        raise NotFound(f"grant {grant_id!r} not found", reason="GRANT_NOT_FOUND", metadata={"grant_id": grant_id})
     customer = get_customer(session, row.customer_key)
     now = ctx.now_of(session, customer.clock_key)
     used = debits_by_grant(session, [grant_id], now).get(grant_id, Decimal(0))
@@ -55,7 +57,7 @@ def void_grant(ctx: GrantContext, grant_id: str, reason: str, request_id: str) -
             raise FailedPrecondition(
                 f"grant {grant_id!r} has expired", reason="GRANT_EXPIRED", metadata={"grant_id": grant_id}
             )
-        used = debits_by_grant(session, [grant_id]).get(grant_id, Decimal(0))
+        used = grant.used
         remaining = exact_difference(grant.amount, used)
         session.add(
             LedgerEntryRow(
@@ -110,6 +112,7 @@ def create_grant(
             period_index=None,
             segment=None,
             amount=amount,
+            used=Decimal(0),
             effective_time=effective,
             expire_time=expire_time,
             priority=RECURRING_PRIORITY if priority is None else priority,

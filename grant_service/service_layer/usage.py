@@ -26,7 +26,14 @@ from grant_service.adapters.repository import (
     rates_in_force,
     views_at,
 )
-from grant_service.domain.balances import InsufficientCredits, allocate, available, exact_difference, exact_product
+from grant_service.domain.balances import (
+    InsufficientCredits,
+    allocate,
+    available,
+    exact_difference,
+    exact_product,
+    exact_sum,
+)
 from grant_service.service_layer.context import (
     GrantContext,
     catch_up_customer,
@@ -117,7 +124,7 @@ def report_usage(
         currency, rate = price(session, feature_key, currency_key, now)
         credits = exact_product(quantity, rate)
         rows = {r.grant_id: r for r in grants_active_at(session, customer_key, currency, now, for_update=True)}
-        views = views_at(session, list(rows.values()), now)
+        views = views_at(session, list(rows.values()), now, current=True)
         try:
             taken = allocate(views, credits, now)
         except InsufficientCredits as error:
@@ -144,6 +151,8 @@ def report_usage(
             balance_after=exact_difference(available(views, now), credits),
         )
         session.add(usage)
+        for grant_id, amount in taken:
+            rows[grant_id].used = exact_sum((rows[grant_id].used, amount))
         session.flush()
         session.add_all(
             LedgerEntryRow(
@@ -166,6 +175,8 @@ def report_usage(
 
 def load_usage(session: Session, usage_id: str) -> UsageResult:
     usage = session.get(UsageRow, usage_id)
+    if usage is None:  # its test clock was deleted since
+        raise NotFound(f"usage {usage_id!r} not found", reason="USAGE_NOT_FOUND", metadata={"usage_id": usage_id})
     debits = session.execute(
         select(LedgerEntryRow.grant_id, LedgerEntryRow.amount)
         .where(LedgerEntryRow.usage_id == usage_id, LedgerEntryRow.type == "DEBIT")
@@ -182,7 +193,7 @@ def check_usage(
     def work(session: Session) -> UsageCheck:
         currency, rate = price(session, feature_key, currency_key, now)
         credits = exact_product(quantity, rate)
-        views = views_at(session, grants_active_at(session, customer_key, currency, now), now)
+        views = views_at(session, grants_active_at(session, customer_key, currency, now), now, current=True)
         total = available(views, now)
         return UsageCheck(total >= credits, currency, rate, credits, total)
 

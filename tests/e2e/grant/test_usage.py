@@ -148,6 +148,12 @@ def test_concurrent_debits_never_overdraw(grant):
     assert sum(-Decimal(e.amount) for e in debits) == sum(Decimal(u.credits) for u in accepted) == Decimal("997.5")
     balance = stub.GetBalance(pb.GetBalanceRequest(customer_key="acme", currency_key="ai-credits")).balance
     assert Decimal(balance.available) == Decimal("2.5") >= 0
+    # The running total a void uses agrees with the ledger's sum of debits.
+    (recurring,) = stub.ListGrants(pb.ListGrantsRequest(customer_key="acme")).grants
+    assert (recurring.used, recurring.remaining) == ("997.5", "2.5")
+    voided = stub.VoidGrant(pb.VoidGrantRequest(grant_id=recurring.grant_id, reason="check")).grant
+    assert all_entries(stub, "acme", type=pb.LEDGER_ENTRY_TYPE_VOID)[0].amount == "-2.5"
+    assert voided.status == pb.GRANT_STATUS_VOIDED
 
 
 def test_usage_time_and_rate_follow_the_test_clock(grant):

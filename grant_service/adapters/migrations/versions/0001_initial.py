@@ -148,6 +148,7 @@ def upgrade() -> None:
         sa.Column("period_index", sa.BigInteger(), nullable=True),
         sa.Column("segment", sa.Integer(), nullable=True),
         sa.Column("amount", ExactDecimal(), nullable=False),
+        sa.Column("used", ExactDecimal(), nullable=False),
         sa.Column("effective_time", UtcDateTime(), nullable=False),
         sa.Column("expire_time", UtcDateTime(), nullable=True),
         sa.Column("priority", sa.Integer(), nullable=False),
