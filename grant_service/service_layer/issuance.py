@@ -213,8 +213,17 @@ def reconcile_issued(session: Session, row: ScheduleRow) -> None:
     Grants already expired or voided are history and stay as they are."""
     schedule = schedule_of(row)
     issued_until = row.next_period_index
+    # Locked (in id order) so that a concurrent expiry either finishes first (and we see the grant closed)
+    # or waits for the new expiry.
     open_grants = list(
-        session.scalars(select(GrantRow).where(GrantRow.schedule_id == row.schedule_id, GrantRow.closed.is_(False)))
+        session.scalars(
+            locked(
+                session,
+                select(GrantRow)
+                .where(GrantRow.schedule_id == row.schedule_id, GrantRow.closed.is_(False))
+                .order_by(GrantRow.grant_id),
+            )
+        )
     )
     periods = {g.period_index for g in open_grants} | {
         k for k in schedule.periods_touched_by_changes() if 0 <= k < issued_until

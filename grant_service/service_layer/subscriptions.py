@@ -130,10 +130,11 @@ def _check_immutable(sub: SubscriptionRow, spec: SubscriptionSpec, clock_key: st
 
 
 def _apply_schedules(session: Session, sub: SubscriptionRow, spec: SubscriptionSpec, now: datetime) -> None:
-    existing = {
-        row.entitlement_key: row
-        for row in session.scalars(select(ScheduleRow).where(ScheduleRow.subscription_id == sub.subscription_id))
-    }
+    # Locked, so that a catch-up issuing these schedules right now finishes first and its cursors are seen.
+    query = (
+        select(ScheduleRow).where(ScheduleRow.subscription_id == sub.subscription_id).order_by(ScheduleRow.schedule_id)
+    )
+    existing = {row.entitlement_key: row for row in session.scalars(locked(session, query))}
     wanted = {s.entitlement_key for s in spec.schedules}
     for position, schedule in enumerate(spec.schedules):
         row = existing.get(schedule.entitlement_key)
