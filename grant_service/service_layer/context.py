@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from credit_common.clock import Clock
@@ -22,6 +22,7 @@ from grant_service.adapters.orm import REAL_TIME, ClockRow, CustomerRow, GrantRo
 from grant_service.service_layer.issuance import catch_up
 
 T = TypeVar("T")
+_RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,15 @@ class GrantContext:
 
     def write(self, work: Callable[[Session], T], attempts: int = 3) -> T:
         """Run `work` in one write transaction and commit. A unique-constraint conflict means a
-        concurrent caller won a race (same request id, same new row): retry, and `work` then sees it."""
+        concurrent caller won a race (same request id, same new row): retry, and `work` then sees it.
+        A PostgreSQL deadlock or serialization failure is retried too."""
         for attempt in range(attempts):
             try:
                 with self.factories.write() as session, session.begin():
                     return work(session)
-            except IntegrityError:
-                if attempt == attempts - 1:
+            except (IntegrityError, OperationalError) as error:
+                retryable = isinstance(error, IntegrityError) or getattr(error.orig, "sqlstate", None) in _RETRYABLE
+                if not retryable or attempt == attempts - 1:
                     raise
         raise AssertionError("unreachable")
 
