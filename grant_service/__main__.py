@@ -6,12 +6,17 @@ import sys
 
 from credit_common.config import parse_service_args
 from credit_common.runtime import main
-from grant_service.entrypoints.app import DEFINITION, build
+from grant_service.entrypoints.app import DEFINITION, add_arguments, build
 
 
 def run(argv: list[str] | None = None) -> int:
     settings = parse_service_args(
-        service=DEFINITION.name, env_prefix="GRANT", default_port=50052, database_file="grant.db", argv=argv
+        service=DEFINITION.name,
+        env_prefix="GRANT",
+        default_port=50052,
+        database_file="grant.db",
+        argv=argv,
+        add_arguments=add_arguments,
     )
     return main(DEFINITION, settings, build)
 

@@ -1,12 +1,174 @@
-"""SQLAlchemy models of the grant service's database."""
+"""SQLAlchemy models of the grant service's database.
+
+Grants and schedules are rows that change (a schedule's issuance cursor, a
+grant's expiry when a subscription is amended, `closed` once its EXPIRE or VOID
+is recorded); the ledger is append-only. Unique constraints make a second
+issuance impossible: one grant per (schedule, period, segment), one GRANT entry
+and one closing (EXPIRE or VOID) entry per grant."""
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
-from sqlalchemy.orm import DeclarativeBase
+from datetime import datetime
+from decimal import Decimal
 
-from credit_common.db.types import NAMING_CONVENTION
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from credit_common.db.types import NAMING_CONVENTION, ExactDecimal, UtcDateTime
+
+# An auto-incrementing 64-bit key (SQLite only auto-increments INTEGER PRIMARY KEY).
+BigIntKey = BigInteger().with_variant(Integer, "sqlite")
+REAL_TIME = ""  # clock_key of everything that runs on real time
 
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ClockRow(Base):
+    __tablename__ = "test_clocks"
+    test_clock_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    frozen_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    __table_args__ = (Index("ix_test_clocks_create_time", "create_time", "test_clock_id"),)
+
+
+class CustomerRow(Base):
+    __tablename__ = "customers"
+    customer_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    clock_key: Mapped[str] = mapped_column(String(40), default=REAL_TIME)
+
+
+class SubscriptionRow(Base):
+    __tablename__ = "subscriptions"
+    subscription_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer_key: Mapped[str] = mapped_column(ForeignKey("customers.customer_key"), index=True)
+    revision: Mapped[int] = mapped_column(BigInteger)
+    start_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    end_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    clock_key: Mapped[str] = mapped_column(String(40), default=REAL_TIME)
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ScheduleRow(Base):
+    """One credit schedule and its issuance cursor: the first period not yet issued
+    (`next_period_start` is NULL once the schedule has ended)."""
+
+    __tablename__ = "schedules"
+    schedule_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("subscriptions.subscription_id"))
+    customer_key: Mapped[str] = mapped_column(String(64))
+    clock_key: Mapped[str] = mapped_column(String(40), default=REAL_TIME)
+    entitlement_key: Mapped[str] = mapped_column(String(64))
+    currency_key: Mapped[str] = mapped_column(String(64))
+    cadence: Mapped[str] = mapped_column(String(16))
+    anchor_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    end_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    amounts: Mapped[str] = mapped_column(Text)  # JSON [[amount, effective_time iso], ...]
+    position: Mapped[int] = mapped_column(Integer, default=0)  # order within the subscription
+    removed: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_period_index: Mapped[int] = mapped_column(BigInteger, default=0)
+    next_period_start: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "entitlement_key"),
+        Index("ix_schedules_due", "clock_key", "next_period_start"),
+        Index("ix_schedules_customer_due", "customer_key", "next_period_start"),
+    )
+
+
+class GrantRow(Base):
+    __tablename__ = "grants"
+    grant_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    customer_key: Mapped[str] = mapped_column(String(64))
+    currency_key: Mapped[str] = mapped_column(String(64))
+    clock_key: Mapped[str] = mapped_column(String(40), default=REAL_TIME)
+    source: Mapped[str] = mapped_column(String(16))  # RECURRING or ONE_OFF
+    subscription_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    schedule_id: Mapped[str | None] = mapped_column(ForeignKey("schedules.schedule_id"), nullable=True)
+    entitlement_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    period_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    segment: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    amount: Mapped[Decimal] = mapped_column(ExactDecimal())
+    # Running total of its DEBIT entries, kept in the same transaction under the customer lock, so that a
+    # debit, expiry or void never re-sums the ledger. Balances at past instants sum the ledger instead.
+    used: Mapped[Decimal] = mapped_column(ExactDecimal(), default=Decimal(0))
+    effective_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    expire_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    priority: Mapped[int] = mapped_column(Integer)
+    void_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    closed: Mapped[bool] = mapped_column(Boolean, default=False)  # its EXPIRE or VOID is recorded
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "period_index", "segment"),
+        Index("ix_grants_customer", "customer_key", "currency_key", "effective_time"),
+        Index("ix_grants_due_expiry", "clock_key", "closed", "expire_time"),
+        Index("ix_grants_customer_due_expiry", "customer_key", "closed", "expire_time"),
+    )
+
+
+class LedgerEntryRow(Base):
+    __tablename__ = "ledger_entries"
+    seq: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    entry_id: Mapped[str] = mapped_column(String(40), unique=True)
+    customer_key: Mapped[str] = mapped_column(String(64))
+    currency_key: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[Decimal] = mapped_column(ExactDecimal())
+    grant_id: Mapped[str] = mapped_column(ForeignKey("grants.grant_id"), index=True)
+    effective_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    usage_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    subscription_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    opens_grant_id: Mapped[str | None] = mapped_column(String(40), nullable=True, unique=True)  # GRANT
+    closes_grant_id: Mapped[str | None] = mapped_column(String(40), nullable=True, unique=True)  # EXPIRE, VOID
+    __table_args__ = (Index("ix_ledger_entries_customer", "customer_key", "effective_time", "seq"),)
+
+
+class UsageRow(Base):
+    __tablename__ = "usages"
+    usage_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(128), unique=True)
+    customer_key: Mapped[str] = mapped_column(String(64), index=True)
+    feature_key: Mapped[str] = mapped_column(String(64))
+    quantity: Mapped[Decimal] = mapped_column(ExactDecimal())
+    currency_key: Mapped[str] = mapped_column(String(64))
+    credits_per_unit: Mapped[Decimal] = mapped_column(ExactDecimal())
+    credits: Mapped[Decimal] = mapped_column(ExactDecimal())
+    usage_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    balance_after: Mapped[Decimal] = mapped_column(ExactDecimal())
+
+
+class RequestIdRow(Base):
+    """Idempotency keys: recorded in the transaction of the effect they guard."""
+
+    __tablename__ = "request_ids"
+    scope: Mapped[str] = mapped_column(String(40), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class CurrencyRow(Base):
+    __tablename__ = "currencies"
+    currency_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger)
+
+
+class RateSetRow(Base):
+    """The complete rates of one revision of a currency, in force from `effective_time`."""
+
+    __tablename__ = "rate_sets"
+    rate_set_id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    currency_key: Mapped[str] = mapped_column(ForeignKey("currencies.currency_key"))
+    revision: Mapped[int] = mapped_column(BigInteger)
+    effective_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    __table_args__ = (UniqueConstraint("currency_key", "revision"),)
+
+
+class RateRow(Base):
+    __tablename__ = "rates"
+    rate_set_id: Mapped[int] = mapped_column(ForeignKey("rate_sets.rate_set_id"), primary_key=True)
+    feature_key: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    credits_per_unit: Mapped[Decimal] = mapped_column(ExactDecimal())

@@ -1,13 +1,21 @@
-"""Wiring of the grant service: database, service layer, gRPC servicer, server."""
+"""Wiring of the grant service: database, service layer, gRPC servicer, server,
+and the catch-up timer."""
 
 from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
 
 from sqlalchemy import Engine
 
 from credit_common.clock import Clock, SystemClock
 from credit_common.config import ServiceSettings
+from credit_common.db.engine import session_factories
 from credit_common.grpc.server import RunningServer
 from credit_common.runtime import ServiceDefinition, start
+from grant_service.entrypoints.servicer import GrantServicer
+from grant_service.entrypoints.timer import start_catch_up_timer
+from grant_service.service_layer.context import GrantContext
 from grant_service.v1 import grant_service_pb2, grant_service_pb2_grpc
 
 DEFINITION = ServiceDefinition(
@@ -18,10 +26,51 @@ DEFINITION = ServiceDefinition(
 )
 
 
+def _truthy(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes", "on")
+
+
+def add_arguments(parser: argparse.ArgumentParser, env: Callable[[str, str | None], str | None]) -> None:
+    """The grant service's own flags (each also GRANT_<FLAG> in the environment)."""
+    parser.add_argument(
+        "--catch-up-interval",
+        type=float,
+        default=float(env("CATCH_UP_INTERVAL", "1.0")),
+        help="seconds between two runs of the issuance/expiry catch-up (default 1.0; 0 disables the timer)",
+    )
+    parser.add_argument(
+        "--catch-up-batch-size",
+        type=int,
+        default=int(env("CATCH_UP_BATCH_SIZE", "500")),
+        help="schedules or grants handled per catch-up transaction (default 500)",
+    )
+    parser.add_argument(
+        "--enable-test-clocks",
+        action="store_true",
+        default=_truthy(env("ENABLE_TEST_CLOCKS", "false")),
+        help="enable the test clock methods (default false)",
+    )
+
+
 def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None) -> RunningServer:
-    clock = clock or SystemClock()
+    extra = settings.extra
+    ctx = GrantContext(
+        factories=session_factories(engine),
+        clock=clock or SystemClock(),
+        test_clocks_enabled=bool(getattr(extra, "enable_test_clocks", False)),
+        batch_size=int(getattr(extra, "catch_up_batch_size", 500)),
+    )
+    servicer = GrantServicer(ctx)
 
     def register(server) -> None:
-        grant_service_pb2_grpc.add_GrantServiceServicer_to_server(grant_service_pb2_grpc.GrantServiceServicer(), server)
+        grant_service_pb2_grpc.add_GrantServiceServicer_to_server(servicer, server)
 
-    return start(DEFINITION, listen=settings.listen, register=register, max_workers=settings.max_workers)
+    running = start(DEFINITION, listen=settings.listen, register=register, max_workers=settings.max_workers)
+    interval = float(getattr(extra, "catch_up_interval", 1.0))
+    if interval > 0:
+        stop_timer = start_catch_up_timer(ctx, interval)
+        running.on_stop.append(stop_timer)
+    return running
+
+
+build.add_arguments = add_arguments  # type: ignore[attr-defined]

@@ -1,0 +1,160 @@
+"""Queries and writes of the grant service, over one SQLAlchemy session.
+
+Writes that must happen at most once (a period's grant, a grant's GRANT and
+closing entries) are inserts that skip on a unique-constraint conflict, so two
+processes racing on the same work cannot both succeed and neither crashes."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from grant_service.adapters.orm import CustomerRow, GrantRow, LedgerEntryRow, RateRow, RateSetRow, ScheduleRow
+from grant_service.domain.balances import GrantView, exact_sum
+from grant_service.domain.periods import Cadence
+from grant_service.domain.schedules import Schedule, ScheduledAmount
+
+
+def is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def insert_ignoring_conflicts(session: Session, model: type, rows: Sequence[dict[str, Any]], key: str) -> set[Any]:
+    """Insert `rows` (in bulk), skipping any that violates a unique constraint; returns the values
+    of column `key` of the rows actually inserted."""
+    if not rows:
+        return set()
+    dialect = postgresql if is_postgres(session) else sqlite
+    table = model.__table__
+    statement = dialect.insert(table).on_conflict_do_nothing().returning(table.c[key])
+    inserted: set[Any] = set()
+    for start in range(0, len(rows), 1000):
+        inserted.update(session.execute(statement, list(rows[start : start + 1000])).scalars())
+    return inserted
+
+
+def locked(session: Session, statement: Select, *, skip_locked: bool = False) -> Select:
+    """`statement` with FOR UPDATE on PostgreSQL (SQLite serialises writers with BEGIN IMMEDIATE)."""
+    if is_postgres(session):
+        return statement.with_for_update(skip_locked=skip_locked)
+    return statement
+
+
+def lock_customer(session: Session, customer_key: str) -> CustomerRow | None:
+    return session.scalars(locked(session, select(CustomerRow).where(CustomerRow.customer_key == customer_key))).first()
+
+
+# ------------------------------------------------------------------------------ schedules
+
+
+def encode_amounts(amounts: Iterable[ScheduledAmount]) -> str:
+    return json.dumps([[str(a.amount), a.effective_time.isoformat()] for a in amounts])
+
+
+def decode_amounts(text: str) -> tuple[ScheduledAmount, ...]:
+    return tuple(ScheduledAmount(Decimal(amount), datetime.fromisoformat(t)) for amount, t in json.loads(text))
+
+
+def schedule_of(row: ScheduleRow) -> Schedule:
+    return Schedule(row.anchor_time, Cadence(row.cadence), decode_amounts(row.amounts), row.end_time)
+
+
+# ------------------------------------------------------------------------------ grants
+
+
+def debits_by_grant(session: Session, grant_ids: Sequence[str], at: datetime | None = None) -> dict[str, Decimal]:
+    """Credits debited from each grant (at or before `at`, if given), summed exactly in Python."""
+    totals: dict[str, list[Decimal]] = defaultdict(list)
+    if not grant_ids:
+        return {}
+    for start in range(0, len(grant_ids), 500):
+        query = select(LedgerEntryRow.grant_id, LedgerEntryRow.amount).where(
+            LedgerEntryRow.grant_id.in_(grant_ids[start : start + 500]), LedgerEntryRow.type == "DEBIT"
+        )
+        if at is not None:
+            query = query.where(LedgerEntryRow.effective_time <= at)
+        for grant_id, amount in session.execute(query):
+            totals[grant_id].append(-amount)
+    return {grant_id: exact_sum(values) for grant_id, values in totals.items()}
+
+
+def grants_active_at(
+    session: Session, customer_key: str, currency_key: str, at: datetime, *, for_update: bool = False
+) -> list[GrantRow]:
+    """Grants active at `at`. With `for_update` (to debit them): only those still open, locked in id order."""
+    query = (
+        select(GrantRow)
+        .where(
+            GrantRow.customer_key == customer_key,
+            GrantRow.currency_key == currency_key,
+            GrantRow.effective_time <= at,
+            (GrantRow.expire_time.is_(None)) | (GrantRow.expire_time > at),
+            (GrantRow.void_time.is_(None)) | (GrantRow.void_time > at),
+        )
+        .order_by(GrantRow.grant_id)
+    )
+    if for_update:
+        query = locked(session, query.where(GrantRow.closed.is_(False)))
+    return list(session.scalars(query))
+
+
+def views_at(session: Session, rows: Sequence[GrantRow], at: datetime, *, current: bool = False) -> list[GrantView]:
+    """The grants as seen at `at`; `current` (at the customer's now) takes their running totals
+    instead of summing the ledger."""
+    used = {r.grant_id: r.used for r in rows} if current else debits_by_grant(session, [r.grant_id for r in rows], at)
+    return [
+        GrantView(
+            r.grant_id,
+            r.amount,
+            used.get(r.grant_id, Decimal(0)),
+            r.priority,
+            r.effective_time,
+            r.expire_time,
+            r.void_time,
+        )
+        for r in rows
+    ]
+
+
+# ------------------------------------------------------------------------------ rates
+
+
+def rates_in_force(session: Session, feature_key: str, at: datetime) -> dict[str, Decimal]:
+    """currency_key -> credits per unit of `feature_key`, for every currency whose rate set in force
+    at `at` (the latest effective at or before it; ties to the higher revision) names the feature."""
+    latest = (
+        select(RateSetRow.currency_key, RateSetRow.rate_set_id)
+        .where(RateSetRow.effective_time <= at)
+        .order_by(RateSetRow.currency_key, RateSetRow.effective_time.desc(), RateSetRow.revision.desc())
+    )
+    in_force: dict[str, int] = {}
+    for currency_key, rate_set_id in session.execute(latest):
+        in_force.setdefault(currency_key, rate_set_id)
+    if not in_force:
+        return {}
+    rows = session.execute(
+        select(RateSetRow.currency_key, RateRow.credits_per_unit)
+        .join(RateRow, RateRow.rate_set_id == RateSetRow.rate_set_id)
+        .where(RateRow.feature_key == feature_key, RateSetRow.rate_set_id.in_(list(in_force.values())))
+    )
+    return {currency_key: rate for currency_key, rate in rows}
+
+
+def feature_known(session: Session, feature_key: str) -> bool:
+    return session.scalar(select(func.count()).select_from(RateRow).where(RateRow.feature_key == feature_key)) > 0
+
+
+def currency_exists(session: Session, currency_key: str) -> bool:
+    """Known from ApplyCreditCurrency, a credit schedule or a grant."""
+    for column in (RateSetRow.currency_key, ScheduleRow.currency_key, GrantRow.currency_key):
+        if session.scalar(select(column).where(column == currency_key).limit(1)) is not None:
+            return True
+    return False

@@ -1,0 +1,166 @@
+"""GetBalance, ListGrants, ListLedgerEntries. Each first brings the customer up to its
+"now" (the same catch-up the timer runs), so a due grant always counts."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from credit_common.errors import InvalidArgument, NotFound
+from credit_common.pagination import PageRequest, next_page_token
+from grant_service.adapters.orm import GrantRow, LedgerEntryRow
+from grant_service.adapters.repository import currency_exists, debits_by_grant, grants_active_at, views_at
+from grant_service.domain.balances import active_in_burn_order, exact_difference, exact_sum
+from grant_service.service_layer.context import GrantContext, catch_up_customer
+
+
+class GrantStatus(enum.Enum):
+    PENDING = 1
+    ACTIVE = 2
+    EXPIRED = 3
+    VOIDED = 4
+
+
+@dataclass(frozen=True)
+class GrantInfo:
+    """A grant evaluated at one instant."""
+
+    row: GrantRow
+    used: Decimal
+    remaining: Decimal
+    status: GrantStatus
+
+
+@dataclass(frozen=True)
+class BalanceInfo:
+    customer_key: str
+    currency_key: str
+    as_of: datetime
+    available: Decimal
+    grants: list[GrantInfo]
+
+
+def evaluate(row: GrantRow, used: Decimal, at: datetime) -> GrantInfo:
+    if row.void_time is not None and row.void_time <= at:
+        status = GrantStatus.VOIDED
+    elif row.effective_time > at:
+        status = GrantStatus.PENDING
+    elif row.expire_time is not None and row.expire_time <= at:
+        status = GrantStatus.EXPIRED
+    else:
+        status = GrantStatus.ACTIVE
+    remaining = exact_difference(row.amount, used) if status in (GrantStatus.ACTIVE, GrantStatus.PENDING) else 0
+    return GrantInfo(row, used, Decimal(remaining), status)
+
+
+def require_currency(session: Session, currency_key: str) -> None:
+    if not currency_exists(session, currency_key):
+        raise NotFound(
+            f"credit currency {currency_key!r} not found",
+            reason="CURRENCY_NOT_FOUND",
+            metadata={"currency_key": currency_key},
+        )
+
+
+def balance_at(session: Session, customer_key: str, currency_key: str, at: datetime) -> tuple[Decimal, list[GrantInfo]]:
+    """The balance at `at` and the grants active then, in burn-down order."""
+    rows = {r.grant_id: r for r in grants_active_at(session, customer_key, currency_key, at)}
+    views = active_in_burn_order(views_at(session, list(rows.values()), at), at)
+    infos = [evaluate(rows[v.grant_id], v.used, at) for v in views]
+    return exact_sum(v.remaining for v in views), infos
+
+
+def get_balance(
+    ctx: GrantContext, customer_key: str, currency_key: str, as_of: datetime | None, with_grants: bool
+) -> BalanceInfo:
+    _, now = catch_up_customer(ctx, customer_key)
+    if as_of is not None and as_of > now:
+        raise InvalidArgument(
+            "as_of_time must not be after the customer's current time",
+            reason="AS_OF_TIME_IN_FUTURE",
+            metadata={"now": now.isoformat()},
+        )
+    at = as_of or now
+
+    def work(session: Session) -> BalanceInfo:
+        require_currency(session, currency_key)
+        total, infos = balance_at(session, customer_key, currency_key, at)
+        return BalanceInfo(customer_key, currency_key, at, total, infos if with_grants else [])
+
+    return ctx.read(work)
+
+
+def list_grants(
+    ctx: GrantContext, customer_key: str, currency_key: str, subscription_id: str, page: PageRequest, filters: tuple
+) -> tuple[list[GrantInfo], str]:
+    _, now = catch_up_customer(ctx, customer_key)
+
+    def work(session: Session) -> tuple[list[GrantInfo], str]:
+        query = select(GrantRow).where(GrantRow.customer_key == customer_key)
+        if currency_key:
+            query = query.where(GrantRow.currency_key == currency_key)
+        if subscription_id:
+            query = query.where(GrantRow.subscription_id == subscription_id)
+        if page.after is not None:
+            after_time, after_id = datetime.fromisoformat(page.after[0]), page.after[1]
+            query = query.where(
+                or_(
+                    GrantRow.effective_time > after_time,
+                    (GrantRow.effective_time == after_time) & (GrantRow.grant_id > after_id),
+                )
+            )
+        rows = list(session.scalars(query.order_by(GrantRow.effective_time, GrantRow.grant_id).limit(page.size + 1)))
+        more = len(rows) > page.size
+        rows = rows[: page.size]
+        used = debits_by_grant(session, [r.grant_id for r in rows], now)
+        infos = [evaluate(r, used.get(r.grant_id, Decimal(0)), now) for r in rows]
+        token = next_page_token([rows[-1].effective_time.isoformat(), rows[-1].grant_id], filters) if more else ""
+        return infos, token
+
+    return ctx.read(work)
+
+
+def list_ledger_entries(
+    ctx: GrantContext,
+    customer_key: str,
+    currency_key: str,
+    start: datetime | None,
+    end: datetime | None,
+    entry_type: str | None,
+    page: PageRequest,
+    filters: tuple,
+) -> tuple[list[LedgerEntryRow], str]:
+    catch_up_customer(ctx, customer_key)
+
+    def work(session: Session) -> tuple[list[LedgerEntryRow], str]:
+        query = select(LedgerEntryRow).where(LedgerEntryRow.customer_key == customer_key)
+        if currency_key:
+            query = query.where(LedgerEntryRow.currency_key == currency_key)
+        if start is not None:
+            query = query.where(LedgerEntryRow.effective_time >= start)
+        if end is not None:
+            query = query.where(LedgerEntryRow.effective_time < end)
+        if entry_type:
+            query = query.where(LedgerEntryRow.type == entry_type)
+        if page.after is not None:
+            after_time, after_seq = datetime.fromisoformat(page.after[0]), int(page.after[1])
+            query = query.where(
+                or_(
+                    LedgerEntryRow.effective_time > after_time,
+                    (LedgerEntryRow.effective_time == after_time) & (LedgerEntryRow.seq > after_seq),
+                )
+            )
+        rows = list(
+            session.scalars(query.order_by(LedgerEntryRow.effective_time, LedgerEntryRow.seq).limit(page.size + 1))
+        )
+        more = len(rows) > page.size
+        rows = rows[: page.size]
+        token = next_page_token([rows[-1].effective_time.isoformat(), rows[-1].seq], filters) if more else ""
+        return rows, token
+
+    return ctx.read(work)

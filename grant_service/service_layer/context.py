@@ -1,0 +1,136 @@
+"""What every use case of the grant service needs: sessions, the clock, settings;
+plus the helpers shared by them (a customer's "now", transactions that retry a
+lost race, request-id idempotency)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from credit_common.clock import Clock
+from credit_common.db.engine import SessionFactories
+from credit_common.errors import AlreadyExists, FailedPrecondition, NotFound
+from grant_service.adapters.orm import REAL_TIME, ClockRow, CustomerRow, GrantRow, RequestIdRow, ScheduleRow
+from grant_service.service_layer.issuance import catch_up
+
+T = TypeVar("T")
+_RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
+
+
+@dataclass(frozen=True)
+class GrantContext:
+    factories: SessionFactories
+    clock: Clock
+    test_clocks_enabled: bool = False
+    batch_size: int = 500
+
+    def now_of(self, session: Session, clock_key: str) -> datetime:
+        """Real time, or the time of test clock `clock_key`."""
+        if clock_key == REAL_TIME:
+            return self.clock.now()
+        frozen = session.scalar(select(ClockRow.frozen_time).where(ClockRow.test_clock_id == clock_key))
+        if frozen is None:
+            raise NotFound(f"test clock {clock_key!r} not found", reason="TEST_CLOCK_NOT_FOUND")
+        return frozen
+
+    def write(self, work: Callable[[Session], T], attempts: int = 3) -> T:
+        """Run `work` in one write transaction and commit. A unique-constraint conflict means a
+        concurrent caller won a race (same request id, same new row): retry, and `work` then sees it.
+        A PostgreSQL deadlock or serialization failure is retried too."""
+        for attempt in range(attempts):
+            try:
+                with self.factories.write() as session, session.begin():
+                    return work(session)
+            except (IntegrityError, OperationalError) as error:
+                retryable = isinstance(error, IntegrityError) or getattr(error.orig, "sqlstate", None) in _RETRYABLE
+                if not retryable or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def read(self, work: Callable[[Session], T]) -> T:
+        with self.factories.read() as session, session.begin():
+            return work(session)
+
+
+def get_customer(session: Session, customer_key: str) -> CustomerRow:
+    customer = session.get(CustomerRow, customer_key)
+    if customer is None:
+        raise NotFound(
+            f"customer {customer_key!r} not found", reason="CUSTOMER_NOT_FOUND", metadata={"customer_key": customer_key}
+        )
+    return customer
+
+
+def catch_up_customer(ctx: GrantContext, customer_key: str) -> tuple[CustomerRow, datetime]:
+    """Bring one customer's grants up to its "now" (issue and expire what is due), so that reads
+    never depend on the timer having run; returns the customer and that instant."""
+
+    def due(session: Session) -> tuple[CustomerRow, datetime, bool]:
+        customer = get_customer(session, customer_key)
+        now = ctx.now_of(session, customer.clock_key)
+        schedule_due = session.scalar(
+            select(ScheduleRow.schedule_id)
+            .where(ScheduleRow.customer_key == customer_key, ScheduleRow.next_period_start <= now)
+            .limit(1)
+        )
+        expiry_due = session.scalar(
+            select(GrantRow.grant_id)
+            .where(GrantRow.customer_key == customer_key, GrantRow.closed.is_(False), GrantRow.expire_time <= now)
+            .limit(1)
+        )
+        return customer, now, schedule_due is not None or expiry_due is not None
+
+    customer, now, anything_due = ctx.read(due)
+    if anything_due:
+        catch_up(
+            ctx.factories, clock_key=customer.clock_key, now=now, customer_key=customer_key, batch_size=ctx.batch_size
+        )
+    return customer, now
+
+
+def fingerprint(*values: Any) -> str:
+    return hashlib.sha256(json.dumps(values, default=str, sort_keys=True).encode()).hexdigest()
+
+
+def replayed(session: Session, scope: str, request_id: str, print_: str) -> str | None:
+    """The resource id recorded for `request_id` in `scope`, if it was seen with the same request;
+    ALREADY_EXISTS (REQUEST_ID_REUSED) if it was seen with another; None if it is new."""
+    if not request_id:
+        return None
+    row = session.get(RequestIdRow, (scope, request_id))
+    if row is None:
+        return None
+    if row.fingerprint != print_:
+        raise AlreadyExists(
+            f"request_id {request_id!r} was already used with a different request",
+            reason="REQUEST_ID_REUSED",
+            metadata={"request_id": request_id},
+        )
+    return row.resource_id
+
+
+def remember(session: Session, scope: str, request_id: str, print_: str, resource_id: str, now: datetime) -> None:
+    """Record `request_id` in the transaction of the effect it guards."""
+    if request_id:
+        session.add(
+            RequestIdRow(
+                scope=scope, request_id=request_id, fingerprint=print_, resource_id=resource_id, create_time=now
+            )
+        )
+        session.flush()
+
+
+def require_test_clocks(ctx: GrantContext) -> None:
+    if not ctx.test_clocks_enabled:
+        raise FailedPrecondition(
+            "test clocks are disabled on this server (start it with --enable-test-clocks)",
+            reason="TEST_CLOCKS_DISABLED",
+        )

@@ -1,0 +1,268 @@
+"""The idempotent catch-up: issue every grant whose period has started and expire
+every grant whose end has passed, up to `now`, for one clock (real time or a test
+clock), optionally for one customer only.
+
+The database is the source of truth: each schedule keeps a cursor (the first
+period not yet issued), selected with one indexed query in bounded batches, and
+unique constraints make a second issuance or expiry impossible, so the catch-up
+can run any number of times, in any number of processes, after any crash.
+A period already over when it is issued is issued and expired at its end, so
+the ledger tells the full story."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from credit_common.db.engine import SessionFactories
+from credit_common.ids import new_id
+from grant_service.adapters.orm import GrantRow, LedgerEntryRow, ScheduleRow
+from grant_service.adapters.repository import insert_ignoring_conflicts, locked, schedule_of
+from grant_service.domain.balances import RECURRING_PRIORITY, exact_difference
+from grant_service.domain.periods import period_start
+from grant_service.domain.schedules import GrantSegment
+
+log = logging.getLogger("credit_grants.grant.issuance")
+
+
+@dataclass
+class CatchUpResult:
+    issued: int = 0
+    expired: int = 0
+
+
+def catch_up(
+    factories: SessionFactories,
+    *,
+    clock_key: str,
+    now: datetime,
+    customer_key: str | None = None,
+    batch_size: int = 500,
+) -> CatchUpResult:
+    """Run the catch-up to `now`, one transaction per batch, until nothing is due."""
+    result = CatchUpResult()
+    # Expiries first, so that at a period boundary the ledger reads: EXPIRE of the old grant, GRANT of the new.
+    while True:
+        with factories.write() as session, session.begin():
+            done = expire_due_batch(session, clock_key, now, customer_key, batch_size)
+        result.expired += done
+        if done < batch_size:
+            break
+    while True:
+        with factories.write() as session, session.begin():
+            done, issued, expired = issue_due_batch(session, clock_key, now, customer_key, batch_size)
+        result.issued += issued
+        result.expired += expired
+        if done < batch_size:
+            break
+    if result.issued or result.expired:
+        log.info("catch-up", extra={"clock": clock_key or "real", "issued": result.issued, "expired": result.expired})
+    return result
+
+
+def issue_due_batch(
+    session: Session, clock_key: str, now: datetime, customer_key: str | None, batch_size: int
+) -> tuple[int, int, int]:
+    """Issue the due periods of up to `batch_size` schedules; a period already over is expired at
+    once. Returns (schedules handled, grants issued, grants expired)."""
+    query = select(ScheduleRow).where(ScheduleRow.next_period_start <= now)
+    if customer_key is not None:
+        query = query.where(ScheduleRow.customer_key == customer_key)
+    else:
+        query = query.where(ScheduleRow.clock_key == clock_key)
+    query = query.order_by(ScheduleRow.next_period_start, ScheduleRow.schedule_id).limit(batch_size)
+    rows = list(session.scalars(locked(session, query, skip_locked=True)))
+    segments: list[tuple[ScheduleRow, GrantSegment]] = []
+    cursors: list[dict] = []
+    for row in rows:
+        schedule = schedule_of(row)
+        k = row.next_period_index
+        next_start: datetime | None = period_start(schedule.anchor, schedule.cadence, k)
+        while next_start is not None and next_start <= now:
+            segments.extend((row, segment) for segment in schedule.segments(k))
+            k += 1
+            next_start = period_start(schedule.anchor, schedule.cadence, k) if schedule.has_period(k) else None
+        cursors.append({"schedule_id": row.schedule_id, "next_period_index": k, "next_period_start": next_start})
+    issued = issue_segments(session, segments)
+    if cursors:
+        session.execute(update(ScheduleRow), cursors)
+    over = [g for g in issued if g["expire_time"] <= now]
+    close_expired(session, over)
+    return len(rows), len(issued), len(over)
+
+
+def issue_segments(session: Session, segments: Sequence[tuple[ScheduleRow, GrantSegment]]) -> list[dict]:
+    """Insert the grants of `segments` and their GRANT entries; a segment already issued is skipped.
+    Returns the grants inserted."""
+    grants = {}
+    for row, segment in segments:
+        grant_id = new_id("grt")
+        grants[grant_id] = {
+            "grant_id": grant_id,
+            "customer_key": row.customer_key,
+            "currency_key": row.currency_key,
+            "clock_key": row.clock_key,
+            "source": "RECURRING",
+            "subscription_id": row.subscription_id,
+            "schedule_id": row.schedule_id,
+            "entitlement_key": row.entitlement_key,
+            "period_index": segment.period_index,
+            "segment": segment.segment,
+            "amount": segment.amount,
+            "used": Decimal(0),
+            "effective_time": segment.effective_time,
+            "expire_time": segment.expire_time,
+            "priority": RECURRING_PRIORITY,
+            "void_time": None,
+            "reason": "",
+            "closed": False,
+        }
+    inserted = insert_ignoring_conflicts(session, GrantRow, list(grants.values()), "grant_id")
+    entries = [
+        grant_entry(
+            grants[grant_id], f"period {grants[grant_id]['period_index']} of {grants[grant_id]['entitlement_key']}"
+        )
+        for grant_id in grants
+        if grant_id in inserted
+    ]
+    insert_ignoring_conflicts(session, LedgerEntryRow, entries, "entry_id")
+    return [grants[grant_id] for grant_id in grants if grant_id in inserted]
+
+
+def grant_entry(grant: dict, description: str) -> dict:
+    return ledger_entry(grant, "GRANT", grant["amount"], grant["effective_time"], description, opens=True)
+
+
+def ledger_entry(
+    grant: dict,
+    type_: str,
+    amount: Decimal,
+    effective_time: datetime,
+    description: str,
+    *,
+    opens: bool = False,
+    closes: bool = False,
+    usage_id: str | None = None,
+) -> dict:
+    return {
+        "entry_id": new_id("led"),
+        "customer_key": grant["customer_key"],
+        "currency_key": grant["currency_key"],
+        "type": type_,
+        "amount": amount,
+        "grant_id": grant["grant_id"],
+        "effective_time": effective_time,
+        "usage_id": usage_id,
+        "subscription_id": grant["subscription_id"],
+        "description": description,
+        "opens_grant_id": grant["grant_id"] if opens else None,
+        "closes_grant_id": grant["grant_id"] if closes else None,
+    }
+
+
+def grant_dict(row: GrantRow) -> dict:
+    return {c.key: getattr(row, c.key) for c in GrantRow.__table__.columns}
+
+
+def expire_due_batch(session: Session, clock_key: str, now: datetime, customer_key: str | None, batch_size: int) -> int:
+    """Record the EXPIRE of up to `batch_size` grants whose expiry has passed; how many were handled."""
+    query = select(GrantRow).where(GrantRow.closed.is_(False), GrantRow.expire_time <= now)
+    if customer_key is not None:
+        query = query.where(GrantRow.customer_key == customer_key)
+    else:
+        query = query.where(GrantRow.clock_key == clock_key)
+    query = query.order_by(GrantRow.expire_time, GrantRow.grant_id).limit(batch_size)
+    rows = list(session.scalars(locked(session, query, skip_locked=True)))
+    if not rows:
+        return 0
+    close_expired(session, [grant_dict(r) for r in rows])
+    return len(rows)
+
+
+def close_expired(session: Session, grants: Sequence[dict]) -> None:
+    """Record the EXPIRE of each grant (what was left of it at its expiry) and mark it closed; a grant
+    whose closing entry already exists is skipped."""
+    if not grants:
+        return
+    entries = [
+        ledger_entry(
+            grant,
+            "EXPIRE",
+            -exact_difference(grant["amount"], grant["used"]),
+            grant["expire_time"],
+            "unused remainder expired",
+            closes=True,
+        )
+        for grant in grants
+    ]
+    insert_ignoring_conflicts(session, LedgerEntryRow, entries, "entry_id")
+    session.execute(update(GrantRow), [{"grant_id": g["grant_id"], "closed": True} for g in grants])
+
+
+def reconcile_issued(session: Session, row: ScheduleRow) -> None:
+    """After an amendment or a new end time: bring the periods already issued in line with the
+    schedule. An open grant's expiry becomes the end of the segment it now belongs to (an
+    immediate amendment or the end cuts it; its EXPIRE then follows at that instant); segments
+    that now exist in an issued period (the new amount after an immediate amendment) are issued.
+    Grants already expired or voided are history and stay as they are."""
+    schedule = schedule_of(row)
+    issued_until = row.next_period_index
+    # Locked (in id order) so that a concurrent expiry either finishes first (and we see the grant closed)
+    # or waits for the new expiry.
+    open_grants = list(
+        session.scalars(
+            locked(
+                session,
+                select(GrantRow)
+                .where(GrantRow.schedule_id == row.schedule_id, GrantRow.closed.is_(False))
+                .order_by(GrantRow.grant_id),
+            )
+        )
+    )
+    periods = {g.period_index for g in open_grants} | {
+        k for k in schedule.periods_touched_by_changes() if 0 <= k < issued_until
+    }
+    if not periods:
+        return
+    existing = list(
+        session.scalars(
+            select(GrantRow).where(GrantRow.schedule_id == row.schedule_id, GrantRow.period_index.in_(periods))
+        )
+    )
+    new_segments: list[tuple[ScheduleRow, GrantSegment]] = []
+    for k in sorted(periods):
+        desired = schedule.segments(k)
+        mine = [g for g in existing if g.period_index == k]
+        for grant in mine:
+            if grant.closed:
+                continue
+            containing = [d for d in desired if d.effective_time <= grant.effective_time < d.expire_time]
+            new_expiry = containing[0].expire_time if containing else grant.effective_time
+            if new_expiry != grant.expire_time:
+                grant.expire_time = new_expiry
+        if k < issued_until:
+            have = {g.segment for g in mine}
+            # History is never rewritten: no new segment overlaps a grant that already expired or was voided.
+            closed_until = max((g.expire_time or g.effective_time for g in mine if g.closed), default=None)
+            new_segments.extend(
+                (row, d)
+                for d in desired
+                if d.segment not in have and (closed_until is None or d.effective_time >= closed_until)
+            )
+    session.flush()
+    issue_segments(session, new_segments)
+
+
+def reset_cursor(row: ScheduleRow) -> None:
+    """The cursor's next start after the end time changed (NULL once no period starts before the end)."""
+    schedule = schedule_of(row)
+    k = row.next_period_index
+    row.next_period_start = (
+        period_start(schedule.anchor, schedule.cadence, k) if not row.removed and schedule.has_period(k) else None
+    )
