@@ -223,3 +223,16 @@ def test_test_clock_lifecycle(grant):
         grpc.StatusCode.NOT_FOUND,
         "SUBSCRIPTION_NOT_FOUND",
     )
+
+
+def test_list_filters_by_currency_and_subscription(grant):
+    stub = grant.stub
+    stub.ApplySubscription(subscription("sub_a", "acme", START, [("1", None)]))
+    stub.ApplySubscription(subscription("sub_b", "acme", START, [("2", None)], currency="gpu-credits"))
+    by_sub = stub.ListGrants(pb.ListGrantsRequest(customer_key="acme", subscription_id="sub_b")).grants
+    assert [(g.subscription_id, g.currency_key, g.amount) for g in by_sub] == [("sub_b", "gpu-credits", "2")]
+    by_currency = all_entries(stub, "acme", currency_key="ai-credits")
+    assert {e.currency_key for e in by_currency} == {"ai-credits"} and len(by_currency) == 1
+    assert (
+        stub.GetBalance(pb.GetBalanceRequest(customer_key="acme", currency_key="gpu-credits")).balance.available == "2"
+    )
