@@ -1,37 +1,48 @@
-"""Client of the grant service. One channel per process, created here; every
-call has a deadline; UNAVAILABLE and DEADLINE_EXCEEDED become the domain's
-Unavailable, NOT_FOUND its NotFound."""
+"""Client of the grant service. It owns the process's one channel to the grant
+service (`channel`, shared with the outbox's GrantDelivery); every call has a
+deadline; UNAVAILABLE and DEADLINE_EXCEEDED become the domain's Unavailable,
+NOT_FOUND its NotFound."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 
+from catalog_service.adapters.grant_delivery import channel_options
 from credit_common.errors import DomainError, NotFound, Unavailable
 from grant_service.v1 import grant_service_pb2 as grant_pb2
 from grant_service.v1 import grant_service_pb2_grpc as grant_pb2_grpc
 
-DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_DEADLINE = timedelta(seconds=5)
 
 
 class GrantServiceClient:
     """The catalog's view of the grant service (also its TestClockReader)."""
 
-    def __init__(self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        deadline: timedelta = DEFAULT_DEADLINE,
+        max_reconnect_backoff: timedelta = timedelta(seconds=5),
+        keepalive: timedelta = timedelta(minutes=5),
+    ) -> None:
+        if deadline <= timedelta(0):
+            raise ValueError("the deadline must be positive")
         self.address = address
-        self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address)
-        self._stub = grant_pb2_grpc.GrantServiceStub(self._channel)
+        self.deadline = deadline
+        self.channel = grpc.insecure_channel(address, options=channel_options(max_reconnect_backoff, keepalive))
+        self._stub = grant_pb2_grpc.GrantServiceStub(self.channel)
 
     def close(self) -> None:
-        self._channel.close()
+        self.channel.close()
 
     def now_of(self, test_clock_id: str) -> datetime:
         """The current time of a test clock; NotFound if the grant service has no such clock."""
         try:
             reply = self._stub.GetTestClock(
-                grant_pb2.GetTestClockRequest(test_clock_id=test_clock_id), timeout=self.timeout_s
+                grant_pb2.GetTestClockRequest(test_clock_id=test_clock_id), timeout=self.deadline.total_seconds()
             )
         except grpc.RpcError as error:
             translated = _translate(error, f"test clock {test_clock_id!r}", not_found_reason="TEST_CLOCK_NOT_FOUND")

@@ -14,7 +14,9 @@ _CADENCES = {Cadence.MONTHLY: grant_pb2.CADENCE_MONTHLY, Cadence.YEARLY: grant_p
 
 def apply_subscription_request(subscription: Subscription) -> grant_pb2.ApplySubscriptionRequest:
     """The complete state of the subscription's current revision: one credit
-    schedule per credit entitlement, its amount in force from the start."""
+    schedule per credit entitlement with its full amount history (the
+    provisioned amount from the start, then every amendment), and the end time
+    a cancel set."""
     return grant_pb2.ApplySubscriptionRequest(
         subscription_id=subscription.subscription_id,
         customer_key=subscription.customer_key,
@@ -28,8 +30,9 @@ def apply_subscription_request(subscription: Subscription) -> grant_pb2.ApplySub
                 cadence=_CADENCES[e.cadence],
                 amounts=[
                     grant_pb2.ScheduledAmount(
-                        amount=format_decimal(e.amount), effective_time=to_timestamp(subscription.start_time)
+                        amount=format_decimal(c.amount), effective_time=to_timestamp(c.effective_time)
                     )
+                    for c in e.history(subscription.start_time)
                 ],
             )
             for e in subscription.credit_entitlements
@@ -40,7 +43,9 @@ def apply_subscription_request(subscription: Subscription) -> grant_pb2.ApplySub
 
 def apply_credit_currency_request(currency: CreditCurrency) -> grant_pb2.ApplyCreditCurrencyRequest:
     """The currency's complete rate list at its current revision, effective
-    from the currency's last change."""
+    from the currency's last change; the first revision's rates carry no
+    effective time, so the grant service prices any usage with them (also usage
+    of a test clock set before the currency was created)."""
     return grant_pb2.ApplyCreditCurrencyRequest(
         currency_key=currency.key,
         revision=currency.revision,
@@ -48,5 +53,5 @@ def apply_credit_currency_request(currency: CreditCurrency) -> grant_pb2.ApplyCr
             grant_pb2.CreditRate(feature_key=r.feature_key, credits_per_unit=format_decimal(r.credits_per_unit))
             for r in currency.rates
         ],
-        effective_time=to_timestamp(currency.update_time),
+        effective_time=to_timestamp(currency.update_time) if currency.revision > 1 else None,
     )

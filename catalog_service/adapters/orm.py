@@ -90,8 +90,10 @@ class SubscriptionRow(Base):
     end_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     test_clock_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     revision: Mapped[int] = mapped_column(Integer)
-    entitlements: Mapped[dict[str, Any]] = mapped_column(JSON)  # resolved, decimals as strings
+    entitlements: Mapped[dict[str, Any]] = mapped_column(JSON)  # resolved, with amount history; decimals as strings
     create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    cancel_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    cancel_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)  # "IMMEDIATELY", "AT_PERIOD_END"
 
 
 class IdempotencyRow(Base):

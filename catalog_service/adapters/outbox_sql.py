@@ -276,31 +276,40 @@ class SqlOutboxRepository:
 
     def handoff_states(self, subscription_ids: Iterable[str], kind: str = KIND_SUBSCRIPTION) -> dict[str, HandoffState]:
         """The handoff state of each of several aggregates in one query (for List)."""
-        keys = list(dict.fromkeys(subscription_ids))
-        t = self._table
-        records: dict[str, list[DeliveryRecord]] = {key: [] for key in keys}
-        if keys:
-            with self._sessions.read() as session:
-                rows = session.execute(
-                    select(
-                        t.c.aggregate_key,
-                        t.c.revision,
-                        t.c.status,
-                        t.c.attempts,
-                        t.c.last_error,
-                        t.c.next_attempt_at,
-                        t.c.delivered_at,
-                    ).where(t.c.kind == kind, t.c.aggregate_key.in_(keys))
-                ).all()
-            for r in rows:
-                records[r.aggregate_key].append(
-                    DeliveryRecord(
-                        revision=r.revision,
-                        status=r.status,
-                        attempts=r.attempts,
-                        last_error=r.last_error,
-                        next_attempt_at=r.next_attempt_at,
-                        delivered_at=r.delivered_at,
-                    )
+        with self._sessions.read() as session:
+            return handoff_states(session, self._table, subscription_ids, kind)
+
+
+def handoff_states(
+    session: Session, table: Table, aggregate_keys: Iterable[str], kind: str = KIND_SUBSCRIPTION
+) -> dict[str, HandoffState]:
+    """The handoff state of each of several aggregates, in one query over `session`
+    (the catalog's unit of work uses it inside its transaction, so a mutation's
+    response already shows the revision it queued)."""
+    keys = list(dict.fromkeys(aggregate_keys))
+    t = table
+    records: dict[str, list[DeliveryRecord]] = {key: [] for key in keys}
+    if keys:
+        rows = session.execute(
+            select(
+                t.c.aggregate_key,
+                t.c.revision,
+                t.c.status,
+                t.c.attempts,
+                t.c.last_error,
+                t.c.next_attempt_at,
+                t.c.delivered_at,
+            ).where(t.c.kind == kind, t.c.aggregate_key.in_(keys))
+        ).all()
+        for r in rows:
+            records[r.aggregate_key].append(
+                DeliveryRecord(
+                    revision=r.revision,
+                    status=r.status,
+                    attempts=r.attempts,
+                    last_error=r.last_error,
+                    next_attempt_at=r.next_attempt_at,
+                    delivered_at=r.delivered_at,
                 )
-        return {key: summarize(rows) for key, rows in records.items()}
+            )
+    return {key: summarize(rows) for key, rows in records.items()}

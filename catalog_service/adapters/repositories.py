@@ -10,10 +10,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from catalog_service.adapters import grant_payloads
+from catalog_service.adapters import grant_payloads, outbox_sql
 from catalog_service.adapters.orm import (
     CreditCurrencyRow,
     CreditRateRow,
@@ -26,7 +26,9 @@ from catalog_service.adapters.orm import (
     SubscriptionRow,
 )
 from catalog_service.domain.model import (
+    AmountChange,
     Cadence,
+    CancelMode,
     CreditCurrency,
     CreditEntitlement,
     CreditRate,
@@ -43,6 +45,7 @@ from catalog_service.domain.model import (
     Subscription,
     VariableValue,
 )
+from catalog_service.domain.outbox import HandoffState
 from credit_common.decimals import format_decimal
 
 # ------------------------------------------------------------ JSON snapshots
@@ -355,6 +358,7 @@ def _entitlements_to_json(s: Subscription) -> dict[str, Any]:
                 "cadence": e.cadence.value,
                 "amount": format_decimal(e.amount),
                 "negotiated": e.negotiated,
+                "changes": [[format_decimal(c.amount), c.effective_time.isoformat()] for c in e.changes],
             }
             for e in s.credit_entitlements
         ],
@@ -387,7 +391,12 @@ class SubscriptionRepository:
             end_time=row.end_time,
             credit_entitlements=tuple(
                 ResolvedCreditEntitlement(
-                    e["key"], e["currency_key"], Cadence(e["cadence"]), Decimal(e["amount"]), e["negotiated"]
+                    e["key"],
+                    e["currency_key"],
+                    Cadence(e["cadence"]),
+                    Decimal(e["amount"]),
+                    e["negotiated"],
+                    tuple(AmountChange(Decimal(a), datetime.fromisoformat(t)) for a, t in e.get("changes", ())),
                 )
                 for e in ents["credit"]
             ),
@@ -398,6 +407,8 @@ class SubscriptionRepository:
             test_clock_id=row.test_clock_id,
             revision=row.revision,
             create_time=row.create_time,
+            cancel_time=row.cancel_time,
+            cancel_mode=CancelMode(row.cancel_mode) if row.cancel_mode else None,
         )
 
     def add(self, s: Subscription) -> None:
@@ -413,13 +424,30 @@ class SubscriptionRepository:
                 revision=s.revision,
                 entitlements=_entitlements_to_json(s),
                 create_time=s.create_time,
+                cancel_time=s.cancel_time,
+                cancel_mode=s.cancel_mode.value if s.cancel_mode else None,
             )
         )
         self.session.flush()
 
-    def get(self, subscription_id: str) -> Subscription | None:
-        row = self.session.get(SubscriptionRow, subscription_id)
+    def get(self, subscription_id: str, *, for_update: bool = False) -> Subscription | None:
+        stmt = select(SubscriptionRow).where(SubscriptionRow.subscription_id == subscription_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        row = self.session.scalars(stmt).one_or_none()
         return self._to_domain(row) if row else None
+
+    def save_revision(self, s: Subscription) -> None:
+        """Store the next revision of an existing subscription (what a cancel or
+        an amendment may change); the caller read it `for_update`."""
+        row = self.session.get(SubscriptionRow, s.subscription_id)
+        assert row is not None and row.revision == s.revision - 1
+        row.end_time = s.end_time
+        row.entitlements = _entitlements_to_json(s)
+        row.revision = s.revision
+        row.cancel_time = s.cancel_time
+        row.cancel_mode = s.cancel_mode.value if s.cancel_mode else None
+        self.session.flush()
 
     def list(self, customer_key: str, plan_key: str, after: Sequence[Any] | None, limit: int) -> list[Subscription]:
         """Newest first: by (create_time, subscription_id) descending."""
@@ -465,114 +493,27 @@ class IdempotencyRepository:
 
 # ------------------------------------------------------------------- outbox
 
-SUBSCRIPTION = "subscription"
-CREDIT_CURRENCY = "credit_currency"
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
-
-
-@dataclass(frozen=True)
-class OutboxDelivery:
-    id: int
-    kind: str
-    aggregate_key: str
-    revision: int
-    payload: bytes
-    status: str
-    attempts: int
-    next_attempt_at: datetime
-    last_error: str | None
-    created_at: datetime
-    delivered_at: datetime | None
-
 
 class OutboxRepository:
-    """The `outbox_deliveries` table. Writers add rows in the transaction of
-    the change; the dispatcher reads due rows and records attempts."""
+    """The unit of work's side of the outbox (`outbox_deliveries`): queue an
+    Apply request in the transaction of the change it describes, and read the
+    handoff state of subscriptions. The dispatcher's side (claims, outcomes) is
+    `outbox_sql.SqlOutboxRepository`; both go through `outbox_sql`."""
+
+    table = OutboxDeliveryRow.__table__
 
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    @staticmethod
-    def _to_domain(row: OutboxDeliveryRow) -> OutboxDelivery:
-        return OutboxDelivery(
-            row.id,
-            row.kind,
-            row.aggregate_key,
-            row.revision,
-            row.payload,
-            row.status,
-            row.attempts,
-            row.next_attempt_at,
-            row.last_error,
-            row.created_at,
-            row.delivered_at,
-        )
-
-    def add(self, kind: str, aggregate_key: str, revision: int, payload: bytes, now: datetime) -> None:
-        self.session.add(
-            OutboxDeliveryRow(
-                kind=kind,
-                aggregate_key=aggregate_key,
-                revision=revision,
-                payload=payload,
-                status=PENDING,
-                attempts=0,
-                next_attempt_at=now,
-                created_at=now,
-            )
-        )
-        self.session.flush()
-
     def add_subscription(self, subscription: Subscription, now: datetime) -> None:
-        payload = grant_payloads.apply_subscription_request(subscription).SerializeToString(deterministic=True)
-        self.add(SUBSCRIPTION, subscription.subscription_id, subscription.revision, payload, now)
+        outbox_sql.add_apply_request(
+            self.session, self.table, grant_payloads.apply_subscription_request(subscription), now=now
+        )
 
     def add_credit_currency(self, currency: CreditCurrency, now: datetime) -> None:
-        payload = grant_payloads.apply_credit_currency_request(currency).SerializeToString(deterministic=True)
-        self.add(CREDIT_CURRENCY, currency.key, currency.revision, payload, now)
-
-    def due(self, now: datetime, limit: int = 100, *, skip_locked: bool = False) -> list[OutboxDelivery]:
-        """Pending rows whose next attempt is due, oldest first (optionally
-        locked FOR UPDATE SKIP LOCKED on PostgreSQL)."""
-        stmt = (
-            select(OutboxDeliveryRow)
-            .where(OutboxDeliveryRow.status == PENDING, OutboxDeliveryRow.next_attempt_at <= now)
-            .order_by(OutboxDeliveryRow.id)
-            .limit(limit)
-        )
-        if skip_locked:
-            stmt = stmt.with_for_update(skip_locked=True)
-        return [self._to_domain(r) for r in self.session.scalars(stmt)]
-
-    def for_aggregate(self, kind: str, aggregate_key: str) -> list[OutboxDelivery]:
-        rows = self.session.scalars(
-            select(OutboxDeliveryRow)
-            .where(OutboxDeliveryRow.kind == kind, OutboxDeliveryRow.aggregate_key == aggregate_key)
-            .order_by(OutboxDeliveryRow.revision)
-        )
-        return [self._to_domain(r) for r in rows]
-
-    def count(self, status: str | None = None) -> int:
-        stmt = select(func.count()).select_from(OutboxDeliveryRow)
-        if status:
-            stmt = stmt.where(OutboxDeliveryRow.status == status)
-        return self.session.scalar(stmt) or 0
-
-    def mark_delivered(self, delivery_id: int, now: datetime) -> None:
-        self.session.execute(
-            update(OutboxDeliveryRow)
-            .where(OutboxDeliveryRow.id == delivery_id)
-            .values(status=DELIVERED, delivered_at=now, attempts=OutboxDeliveryRow.attempts + 1, last_error=None)
+        outbox_sql.add_apply_request(
+            self.session, self.table, grant_payloads.apply_credit_currency_request(currency), now=now
         )
 
-    def mark_attempt_failed(self, delivery_id: int, error: str, next_attempt_at: datetime, *, final: bool) -> None:
-        self.session.execute(
-            update(OutboxDeliveryRow)
-            .where(OutboxDeliveryRow.id == delivery_id)
-            .values(
-                status=FAILED if final else PENDING,
-                attempts=OutboxDeliveryRow.attempts + 1,
-                last_error=error,
-                next_attempt_at=next_attempt_at,
-            )
-        )
+    def handoff_states(self, subscription_ids: Collection[str]) -> dict[str, HandoffState]:
+        return outbox_sql.handoff_states(self.session, self.table, subscription_ids)

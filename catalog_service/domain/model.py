@@ -8,15 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from credit_common.periods import Cadence  # the one cadence of both services
+
 
 class FeatureType(enum.Enum):
     METERED = "METERED"
     BOOLEAN = "BOOLEAN"
-
-
-class Cadence(enum.Enum):
-    MONTHLY = "MONTHLY"
-    YEARLY = "YEARLY"
 
 
 class PlanStatus(enum.Enum):
@@ -28,6 +25,16 @@ class PlanStatus(enum.Enum):
 class SubscriptionStatus(enum.Enum):
     ACTIVE = "ACTIVE"
     ENDED = "ENDED"
+
+
+class CancelMode(enum.Enum):
+    IMMEDIATELY = "IMMEDIATELY"
+    AT_PERIOD_END = "AT_PERIOD_END"
+
+
+class AmendmentTiming(enum.Enum):
+    NEXT_PERIOD = "NEXT_PERIOD"
+    IMMEDIATELY = "IMMEDIATELY"
 
 
 @dataclass(frozen=True)
@@ -157,12 +164,36 @@ class Customer:
 
 
 @dataclass(frozen=True)
+class AmountChange:
+    """An amendment of a credit amount: `amount` per period from `effective_time` on."""
+
+    amount: Decimal
+    effective_time: datetime
+
+
+@dataclass(frozen=True)
 class ResolvedCreditEntitlement:
+    """`amount` is the amount provisioned (in force from the subscription
+    start); `changes` the amendments, ordered by strictly later effective_time."""
+
     key: str
     currency_key: str
     cadence: Cadence
     amount: Decimal
     negotiated: bool
+    changes: tuple[AmountChange, ...] = ()
+
+    def amount_at(self, t: datetime) -> Decimal:
+        """The amount in force at `t` (the provisioned one before any change)."""
+        amount = self.amount
+        for change in self.changes:
+            if change.effective_time <= t:
+                amount = change.amount
+        return amount
+
+    def history(self, start_time: datetime) -> tuple[AmountChange, ...]:
+        """The full amount history: the provisioned amount from `start_time`, then every change."""
+        return (AmountChange(self.amount, start_time), *self.changes)
 
 
 @dataclass(frozen=True)
@@ -189,6 +220,8 @@ class Subscription:
     test_clock_id: str | None = None
     revision: int = 1
     create_time: datetime | None = None
+    cancel_time: datetime | None = None
+    cancel_mode: CancelMode | None = None
 
     def status_at(self, now: datetime) -> SubscriptionStatus:
         if self.end_time is not None and now >= self.end_time:

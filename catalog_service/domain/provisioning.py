@@ -79,3 +79,33 @@ def resolve_entitlements(content: PlanContent, values: Mapping[str, str], violat
     for key in sorted(set(values) - known):
         violations.add(f"entitlement_values[{key}]", f"the plan version has no entitlement {key!r}", "UNKNOWN")
     return res
+
+
+def amendment_amounts(content: PlanContent, values: Mapping[str, str], violations: Violations) -> dict[str, Decimal]:
+    """The new amounts of an amendment (entitlement key -> decimal string),
+    checked with the provisioning rules and paths against the subscription's
+    plan version: only variable credit entitlements, within their bounds, > 0.
+    One violation per problem; the valid amounts are returned."""
+    if not values:
+        violations.add("entitlement_values", "is required: at least one entitlement key and its new amount")
+    amounts: dict[str, Decimal] = {}
+    credit = {e.key: e for e in content.credit_entitlements}
+    feature = {e.key for e in content.feature_entitlements}
+    unused = Resolution()
+    for key in sorted(values):
+        path = f"entitlement_values[{key}]"
+        e = credit.get(key)
+        if e is None:
+            if key in feature:
+                violations.add(
+                    path, f"{key!r} is a feature entitlement: only credit amounts can be amended", "NOT_AMENDABLE"
+                )
+            else:
+                violations.add(path, f"the plan version has no entitlement {key!r}", "UNKNOWN")
+        elif e.variable is None:
+            violations.add(path, f"entitlement {key!r} is not variable", "NOT_VARIABLE")
+        else:
+            amount = _negotiated(key, e.variable, values, violations, unused, zero=False)
+            if amount is not None:
+                amounts[key] = amount
+    return amounts

@@ -1,13 +1,15 @@
-"""Wiring of the catalog service: database, service layer, gRPC servicer, server."""
+"""Wiring of the catalog service: database, service layer, the outbox
+dispatcher, gRPC servicer, server."""
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
+from datetime import timedelta
 
 from sqlalchemy import Engine
 
 from catalog_service.adapters.grant_client import GrantServiceClient
+from catalog_service.adapters.orm import OutboxDeliveryRow
+from catalog_service.entrypoints.outbox_worker import add_outbox_arguments, start_outbox_worker_from_args
 from catalog_service.entrypoints.servicer import CatalogServicer
 from catalog_service.service_layer.services import CatalogService
 from catalog_service.service_layer.unit_of_work import UnitsOfWork
@@ -24,29 +26,36 @@ DEFINITION = ServiceDefinition(
     migrations="catalog_service.adapters:migrations",
 )
 
-DEFAULT_GRANT_SERVICE_ADDRESS = "127.0.0.1:50052"
-
-
-def add_arguments(parser: argparse.ArgumentParser, env: Callable[[str, str | None], str | None]) -> None:
-    parser.add_argument(
-        "--grant-service-address",
-        default=env("GRANT_SERVICE_ADDRESS", DEFAULT_GRANT_SERVICE_ADDRESS),
-        help=f"host:port of the grant service (default {DEFAULT_GRANT_SERVICE_ADDRESS})",
-    )
-
 
 def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None) -> RunningServer:
+    """Start the catalog: its server and its outbox dispatcher, over one channel
+    to the grant service. Shutdown (`running.stop`): health NOT_SERVING, the
+    server drains, then the dispatcher stops, then the channel closes."""
     clock = clock or SystemClock()
-    address = getattr(settings.extra, "grant_service_address", None) or DEFAULT_GRANT_SERVICE_ADDRESS
-    grant_client = GrantServiceClient(address)
-    service = CatalogService(UnitsOfWork(engine), clock, test_clocks=grant_client)
+    args = settings.extra
+    grant_client = GrantServiceClient(
+        args.grant_service_address, deadline=timedelta(milliseconds=args.grant_deadline_ms)
+    )
+    try:
+        worker = start_outbox_worker_from_args(args, engine, OutboxDeliveryRow.__table__, clock, grant_client.channel)
+    except Exception:
+        grant_client.close()
+        raise
+    service = CatalogService(UnitsOfWork(engine), clock, test_clocks=grant_client, on_queued=worker.nudge)
 
     def register(server) -> None:
         catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(service), server)
 
-    running = start(DEFINITION, listen=settings.listen, register=register, max_workers=settings.max_workers)
+    try:
+        running = start(DEFINITION, listen=settings.listen, register=register, max_workers=settings.max_workers)
+    except Exception:
+        worker.stop()
+        grant_client.close()
+        raise
+    # on_stop runs in reverse order after the server drained: the worker stops before the channel closes.
     running.on_stop.append(grant_client.close)
+    running.on_stop.append(worker.stop)
     return running
 
 
-build.add_arguments = add_arguments  # type: ignore[attr-defined]
+build.add_arguments = add_outbox_arguments  # type: ignore[attr-defined]

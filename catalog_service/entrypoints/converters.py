@@ -7,7 +7,9 @@ import hashlib
 from google.protobuf.message import Message
 
 from catalog_service.domain.model import (
+    AmendmentTiming,
     Cadence,
+    CancelMode,
     CreditCurrency,
     Customer,
     Feature,
@@ -17,6 +19,7 @@ from catalog_service.domain.model import (
     SubscriptionStatus,
     VariableValue,
 )
+from catalog_service.domain.outbox import HandoffState, HandoffStatus
 from catalog_service.domain.plans import CreditEntitlementSpec, FeatureEntitlementSpec, PlanSpec, VariableSpec
 from catalog_service.service_layer.services import SubscriptionView
 from catalog_service.v1 import catalog_service_pb2 as pb
@@ -33,6 +36,22 @@ PLAN_STATUSES = {
     pb.PLAN_STATUS_ARCHIVED: PlanStatus.ARCHIVED,
 }
 PLAN_STATUSES_PB = {v: k for k, v in PLAN_STATUSES.items()}
+CANCEL_MODES = {
+    pb.CANCEL_MODE_IMMEDIATELY: CancelMode.IMMEDIATELY,
+    pb.CANCEL_MODE_AT_PERIOD_END: CancelMode.AT_PERIOD_END,
+}
+CANCEL_MODES_PB = {v: k for k, v in CANCEL_MODES.items()}
+AMENDMENT_TIMINGS = {
+    pb.AMENDMENT_TIMING_UNSPECIFIED: AmendmentTiming.NEXT_PERIOD,
+    pb.AMENDMENT_TIMING_NEXT_PERIOD: AmendmentTiming.NEXT_PERIOD,
+    pb.AMENDMENT_TIMING_IMMEDIATELY: AmendmentTiming.IMMEDIATELY,
+}
+HANDOFF_STATUSES_PB = {
+    HandoffStatus.NONE: pb.HANDOFF_STATUS_UNSPECIFIED,
+    HandoffStatus.PENDING: pb.HANDOFF_STATUS_PENDING,
+    HandoffStatus.DELIVERED: pb.HANDOFF_STATUS_DELIVERED,
+    HandoffStatus.FAILED: pb.HANDOFF_STATUS_FAILED,
+}
 SUBSCRIPTION_STATUSES_PB = {
     SubscriptionStatus.ACTIVE: pb.SUBSCRIPTION_STATUS_ACTIVE,
     SubscriptionStatus.ENDED: pb.SUBSCRIPTION_STATUS_ENDED,
@@ -166,6 +185,17 @@ def customer_pb(c: Customer) -> pb.Customer:
     )
 
 
+def handoff_pb(state: HandoffState) -> pb.HandoffState:
+    pending = state.status is HandoffStatus.PENDING
+    return pb.HandoffState(
+        status=HANDOFF_STATUSES_PB[state.status],
+        delivered_revision=state.latest_delivered_revision or 0,
+        failure_reason=(state.reason or "") if state.status is not HandoffStatus.DELIVERED else "",
+        attempts=state.attempts,
+        next_attempt_time=to_timestamp(state.next_attempt_at) if pending else None,
+    )
+
+
 def subscription_pb(view: SubscriptionView) -> pb.Subscription:
     s = view.subscription
     message = pb.Subscription(
@@ -181,14 +211,21 @@ def subscription_pb(view: SubscriptionView) -> pb.Subscription:
                 key=e.key,
                 currency_key=e.currency_key,
                 cadence=CADENCES_PB[e.cadence],
-                amount=format_decimal(e.amount),
+                amount=format_decimal(e.amount_at(view.now)),
                 negotiated=e.negotiated,
+                amount_history=[
+                    pb.AmountChange(amount=format_decimal(c.amount), effective_time=to_timestamp(c.effective_time))
+                    for c in e.history(s.start_time)
+                ],
             )
             for e in s.credit_entitlements
         ],
         test_clock_id=s.test_clock_id or "",
         revision=s.revision,
         create_time=to_timestamp(s.create_time),
+        handoff=handoff_pb(view.handoff),
+        cancel_time=to_timestamp(s.cancel_time),
+        cancel_mode=CANCEL_MODES_PB[s.cancel_mode] if s.cancel_mode else pb.CANCEL_MODE_UNSPECIFIED,
     )
     for e in s.feature_entitlements:
         entry = message.feature_entitlements.add(key=e.key, feature_key=e.feature_key, negotiated=e.negotiated)

@@ -1,14 +1,15 @@
-"""Wiring of the outbox dispatcher into the catalog process.
+"""Wiring of the outbox dispatcher into the catalog process (used by
+`catalog_service.entrypoints.app.build`).
 
-In `catalog_service.entrypoints.app`:
+The flags of the handoff to the grant service, each with the variable
+CATALOG_<FLAG>: `--grant-service-address`, `--grant-deadline-ms` (one address
+and one deadline for every call the catalog makes to the grant service),
+`--outbox-poll-interval-ms`, `--outbox-batch-size`, `--outbox-backoff-base-ms`,
+`--outbox-backoff-cap-ms`, `--outbox-lease-s`.
 
-    build.add_arguments = add_outbox_arguments          # flags, chained with any others
-    ...
-    worker = start_outbox_worker_from_args(settings.extra, engine, OutboxDelivery.__table__, clock)
-    running.on_stop.append(worker.stop)                  # runs after server.stop(grace)
-    # pass worker.nudge to the service layer: call it after each commit that queued a delivery
-
-Every flag has the variable CATALOG_<FLAG> (e.g. CATALOG_GRANT_TARGET).
+The worker reuses the process's one channel to the grant service (owned by
+`GrantServiceClient`); stopping the worker stops the dispatcher, the channel is
+closed by its owner.
 """
 
 from __future__ import annotations
@@ -18,39 +19,56 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+import grpc
 from sqlalchemy import Engine, Table
 
 from catalog_service.adapters.grant_delivery import GrantDelivery
 from catalog_service.adapters.outbox_sql import SqlOutboxRepository
+from catalog_service.domain.backoff import BackoffPolicy
 from catalog_service.service_layer.dispatcher import Dispatcher
 from credit_common.clock import Clock
 from credit_common.db.engine import session_factories
+
+DEFAULT_GRANT_SERVICE_ADDRESS = "127.0.0.1:50052"
 
 
 def add_outbox_arguments(parser: argparse.ArgumentParser, env: Callable[[str, str | None], str | None]) -> None:
     group = parser.add_argument_group("handoff to the grant service")
     group.add_argument(
-        "--grant-target",
-        default=env("GRANT_TARGET", "127.0.0.1:50052"),
-        help="host:port of the grant service (default 127.0.0.1:50052)",
+        "--grant-service-address",
+        default=env("GRANT_SERVICE_ADDRESS", DEFAULT_GRANT_SERVICE_ADDRESS),
+        help=f"host:port of the grant service (default {DEFAULT_GRANT_SERVICE_ADDRESS})",
     )
     group.add_argument(
         "--grant-deadline-ms",
         type=int,
         default=int(env("GRANT_DEADLINE_MS", "5000") or "5000"),
-        help="deadline of each call to the grant service (default 5000)",
+        help="deadline of each call to the grant service: deliveries and test clock reads (default 5000)",
     )
     group.add_argument(
         "--outbox-poll-interval-ms",
         type=int,
         default=int(env("OUTBOX_POLL_INTERVAL_MS", "200") or "200"),
-        help="how often the dispatcher looks for due deliveries (default 200)",
+        help="how often the dispatcher looks for due deliveries (default 200; a commit that queues one "
+        "wakes it at once)",
     )
     group.add_argument(
         "--outbox-batch-size",
         type=int,
         default=int(env("OUTBOX_BATCH_SIZE", "20") or "20"),
         help="deliveries claimed per pass (default 20)",
+    )
+    group.add_argument(
+        "--outbox-backoff-base-ms",
+        type=int,
+        default=int(env("OUTBOX_BACKOFF_BASE_MS", "500") or "500"),
+        help="retry backoff after the first failed attempt; doubles per attempt, with full jitter (default 500)",
+    )
+    group.add_argument(
+        "--outbox-backoff-cap-ms",
+        type=int,
+        default=int(env("OUTBOX_BACKOFF_CAP_MS", "60000") or "60000"),
+        help="longest retry backoff (default 60000)",
     )
     group.add_argument(
         "--outbox-lease-s",
@@ -62,7 +80,7 @@ def add_outbox_arguments(parser: argparse.ArgumentParser, env: Callable[[str, st
 
 @dataclass
 class OutboxWorker:
-    """A running dispatcher and its client; `stop()` stops both."""
+    """A running dispatcher and its delivery client; `stop()` stops the dispatcher."""
 
     dispatcher: Dispatcher
     delivery: GrantDelivery
@@ -73,7 +91,7 @@ class OutboxWorker:
 
     def stop(self) -> None:
         self.dispatcher.stop()
-        self.delivery.close()
+        self.delivery.close()  # a no-op for a shared channel: its owner closes it
 
 
 def start_outbox_worker(
@@ -81,38 +99,42 @@ def start_outbox_worker(
     table: Table,
     clock: Clock,
     *,
-    grant_target: str,
+    channel: grpc.Channel,
     deadline: timedelta = timedelta(seconds=5),
     poll_interval: timedelta = timedelta(milliseconds=200),
     batch_size: int = 20,
     lease: timedelta = timedelta(seconds=60),
+    backoff: BackoffPolicy | None = None,
 ) -> OutboxWorker:
     repository = SqlOutboxRepository(session_factories(engine), table)
-    delivery = GrantDelivery(grant_target, deadline=deadline)
-    try:
-        dispatcher = Dispatcher(
-            repository,
-            delivery,
-            clock=clock,
-            batch_size=batch_size,
-            lease=lease,
-            poll_interval=poll_interval,
-        )
-        dispatcher.start()
-    except Exception:
-        delivery.close()
-        raise
+    delivery = GrantDelivery(channel=channel, deadline=deadline)
+    dispatcher = Dispatcher(
+        repository,
+        delivery,
+        clock=clock,
+        batch_size=batch_size,
+        lease=lease,
+        poll_interval=poll_interval,
+        backoff=backoff,
+    )
+    dispatcher.start()
     return OutboxWorker(dispatcher, delivery, repository)
 
 
-def start_outbox_worker_from_args(args: argparse.Namespace, engine: Engine, table: Table, clock: Clock) -> OutboxWorker:
+def start_outbox_worker_from_args(
+    args: argparse.Namespace, engine: Engine, table: Table, clock: Clock, channel: grpc.Channel
+) -> OutboxWorker:
     return start_outbox_worker(
         engine,
         table,
         clock,
-        grant_target=args.grant_target,
+        channel=channel,
         deadline=timedelta(milliseconds=args.grant_deadline_ms),
         poll_interval=timedelta(milliseconds=args.outbox_poll_interval_ms),
         batch_size=args.outbox_batch_size,
         lease=timedelta(seconds=args.outbox_lease_s),
+        backoff=BackoffPolicy(
+            base=timedelta(milliseconds=args.outbox_backoff_base_ms),
+            cap=timedelta(milliseconds=args.outbox_backoff_cap_ms),
+        ),
     )

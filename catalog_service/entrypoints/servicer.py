@@ -13,6 +13,7 @@ from catalog_service.service_layer.idempotency import Replayed, RequestKey, requ
 from catalog_service.service_layer.services import CatalogService
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
+from credit_common.errors import FieldViolation, InvalidArgument
 from credit_common.grpc.timestamps import from_timestamp
 
 R = TypeVar("R", bound=Message)
@@ -196,4 +197,32 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
         )
         return pb.ListSubscriptionsResponse(
             subscriptions=[conv.subscription_pb(v) for v in views], next_page_token=token
+        )
+
+    def CancelSubscription(self, request: pb.CancelSubscriptionRequest, context) -> pb.CancelSubscriptionResponse:
+        return _mutate(
+            "CancelSubscription",
+            request,
+            pb.CancelSubscriptionResponse,
+            lambda key: self.service.cancel_subscription(
+                request.subscription_id, conv.CANCEL_MODES.get(request.mode), key
+            ),
+            lambda view: pb.CancelSubscriptionResponse(subscription=conv.subscription_pb(view)),
+        )
+
+    def AmendSubscription(self, request: pb.AmendSubscriptionRequest, context) -> pb.AmendSubscriptionResponse:
+        timing = conv.AMENDMENT_TIMINGS.get(request.timing)
+        if timing is None:
+            raise InvalidArgument(
+                "timing is not a known AmendmentTiming",
+                violations=[FieldViolation("timing", f"unknown value {request.timing}")],
+            )
+        return _mutate(
+            "AmendSubscription",
+            request,
+            pb.AmendSubscriptionResponse,
+            lambda key: self.service.amend_subscription(
+                request.subscription_id, dict(request.entitlement_values), timing, key
+            ),
+            lambda view: pb.AmendSubscriptionResponse(subscription=conv.subscription_pb(view)),
         )

@@ -9,8 +9,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
+from catalog_service.domain import lifecycle
 from catalog_service.domain.catalog import CURRENCY_UPDATABLE_FIELDS, check_feature, parse_rates
 from catalog_service.domain.model import (
+    AmendmentTiming,
+    CancelMode,
     CreditCurrency,
     Customer,
     Feature,
@@ -23,6 +26,7 @@ from catalog_service.domain.model import (
     Subscription,
     SubscriptionStatus,
 )
+from catalog_service.domain.outbox import HandoffState
 from catalog_service.domain.plans import (
     PLAN_UPDATABLE_FIELDS,
     PlanSpec,
@@ -32,7 +36,7 @@ from catalog_service.domain.plans import (
     check_text,
     referenced_keys,
 )
-from catalog_service.domain.provisioning import resolve_entitlements
+from catalog_service.domain.provisioning import amendment_amounts, resolve_entitlements
 from catalog_service.service_layer.idempotency import Replayed, RequestKey, replayed, run_once
 from catalog_service.service_layer.ports import TestClockReader
 from catalog_service.service_layer.unit_of_work import CatalogUnitOfWork, UnitsOfWork
@@ -53,8 +57,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class SubscriptionView:
+    """A subscription as shown at `now` (its clock's time), with its handoff state."""
+
     subscription: Subscription
     status: SubscriptionStatus
+    now: datetime
+    handoff: HandoffState
 
 
 def _check_mask(mask: Sequence[str], allowed: Collection[str], violations: Violations) -> None:
@@ -80,10 +88,22 @@ class CatalogService:
     """Mutations return their result, or `Replayed` (the stored first response)
     when their request_id was seen before with the same request."""
 
-    def __init__(self, uows: UnitsOfWork, clock: Clock, test_clocks: TestClockReader) -> None:
+    def __init__(
+        self,
+        uows: UnitsOfWork,
+        clock: Clock,
+        test_clocks: TestClockReader,
+        on_queued: Callable[[], None] = lambda: None,
+    ) -> None:
         self.uows = uows
         self.clock = clock
         self.test_clocks = test_clocks
+        self._on_queued = on_queued  # wakes the outbox dispatcher
+
+    def _queued(self, result: T) -> T:
+        """After a commit that queued a delivery (or its replay): deliver now, not at the next poll."""
+        self._on_queued()
+        return result
 
     # ------------------------------------------------------------ features
 
@@ -149,7 +169,7 @@ class CatalogService:
             uow.outbox.add_credit_currency(currency, now)
             return currency
 
-        return run_once(self.uows, self.clock, request, effect)
+        return self._queued(run_once(self.uows, self.clock, request, effect))
 
     def update_credit_currency(
         self,
@@ -189,7 +209,7 @@ class CatalogService:
             uow.outbox.add_credit_currency(changed, now)
             return changed
 
-        return run_once(self.uows, self.clock, request, effect)
+        return self._queued(run_once(self.uows, self.clock, request, effect))
 
     def get_credit_currency(self, key: str) -> CreditCurrency:
         with self.uows.read() as uow:
@@ -399,13 +419,16 @@ class CatalogService:
     def _now(self, test_clock_id: str | None) -> datetime:
         return self.test_clocks.now_of(test_clock_id) if test_clock_id else self.clock.now()
 
-    def _views(self, subscriptions: Sequence[Subscription]) -> list[SubscriptionView]:
+    def _views(self, uow: CatalogUnitOfWork, subscriptions: Sequence[Subscription]) -> list[SubscriptionView]:
+        """The views of a page of subscriptions: one handoff-state query, one clock read per clock."""
+        handoffs = uow.outbox.handoff_states([s.subscription_id for s in subscriptions])
         nows: dict[str | None, datetime] = {}
         views = []
         for s in subscriptions:
             if s.test_clock_id not in nows:
                 nows[s.test_clock_id] = self._now(s.test_clock_id)
-            views.append(SubscriptionView(s, s.status_at(nows[s.test_clock_id])))
+            now = nows[s.test_clock_id]
+            views.append(SubscriptionView(s, s.status_at(now), now, handoffs[s.subscription_id]))
         return views
 
     def provision_subscription(
@@ -488,17 +511,81 @@ class CatalogService:
                 create_time=self.clock.now(),
             )
             uow.subscriptions.add(subscription)
-            uow.outbox.add_subscription(subscription, self.clock.now())
-            return SubscriptionView(subscription, subscription.status_at(now))
+            return self._queue(uow, subscription, now)
 
-        return run_once(self.uows, self.clock, request, effect)
+        return self._queued(run_once(self.uows, self.clock, request, effect))
+
+    def _queue(self, uow: CatalogUnitOfWork, subscription: Subscription, now: datetime) -> SubscriptionView:
+        """Queue the subscription's new revision for the grant service (same transaction) and view it."""
+        uow.outbox.add_subscription(subscription, self.clock.now())
+        handoff = uow.outbox.handoff_states([subscription.subscription_id])[subscription.subscription_id]
+        return SubscriptionView(subscription, subscription.status_at(now), now, handoff)
+
+    def _change_subscription(
+        self,
+        subscription_id: str,
+        change: Callable[[CatalogUnitOfWork, Subscription, datetime], Subscription],
+        request: RequestKey | None,
+    ) -> SubscriptionView | Replayed:
+        """Read the subscription and its clock's time, then in one write
+        transaction lock it, apply `change` and queue the new revision."""
+        with self.uows.read() as uow:
+            earlier = replayed(uow, request)
+            if earlier is not None:
+                return earlier
+            current = uow.subscriptions.get(subscription_id)
+        if current is None:
+            raise _not_found("subscription", subscription_id, "SUBSCRIPTION_NOT_FOUND")
+        now = self._now(current.test_clock_id)
+
+        def effect(uow: CatalogUnitOfWork) -> SubscriptionView:
+            subscription = uow.subscriptions.get(subscription_id, for_update=True)
+            assert subscription is not None  # subscriptions are never deleted
+            changed = change(uow, subscription, now)
+            uow.subscriptions.save_revision(changed)
+            return self._queue(uow, changed, now)
+
+        return self._queued(run_once(self.uows, self.clock, request, effect))
+
+    def cancel_subscription(
+        self, subscription_id: str, mode: CancelMode | None, request: RequestKey | None
+    ) -> SubscriptionView | Replayed:
+        """A new revision ending at now or at the end of the current period (see domain.lifecycle)."""
+        if mode is None:
+            raise InvalidArgument(
+                "mode is required",
+                violations=[FieldViolation("mode", "must be CANCEL_MODE_IMMEDIATELY or CANCEL_MODE_AT_PERIOD_END")],
+            )
+        return self._change_subscription(subscription_id, lambda _uow, s, now: lifecycle.cancel(s, mode, now), request)
+
+    def amend_subscription(
+        self,
+        subscription_id: str,
+        values: Mapping[str, str],
+        timing: AmendmentTiming,
+        request: RequestKey | None,
+    ) -> SubscriptionView | Replayed:
+        """A new revision whose credit entitlements in `values` gain an amount
+        change at their next period start or now (see domain.lifecycle)."""
+
+        def change(uow: CatalogUnitOfWork, subscription: Subscription, now: datetime) -> Subscription:
+            version = uow.plans.get_version(subscription.plan_key, subscription.plan_version)
+            assert version is not None  # published versions are never deleted
+            violations = Violations()
+            amounts = amendment_amounts(version.content, values, violations)
+            violations.raise_if_any(
+                "the entitlement values do not fit the plan version", reason="INVALID_ENTITLEMENT_VALUES"
+            )
+            return lifecycle.amend(subscription, amounts, timing, now)
+
+        return self._change_subscription(subscription_id, change, request)
 
     def get_subscription(self, subscription_id: str) -> SubscriptionView:
         with self.uows.read() as uow:
             subscription = uow.subscriptions.get(subscription_id)
-        if subscription is None:
-            raise _not_found("subscription", subscription_id, "SUBSCRIPTION_NOT_FOUND")
-        return self._views([subscription])[0]
+            if subscription is None:
+                raise _not_found("subscription", subscription_id, "SUBSCRIPTION_NOT_FOUND")
+            return self._views(uow, [subscription])[0]
 
     def list_subscriptions(
         self, customer_key: str, plan_key: str, page_size: int, page_token: str
@@ -507,5 +594,5 @@ class CatalogService:
         page = page_request(page_size, page_token, filters)
         with self.uows.read() as uow:
             items = uow.subscriptions.list(customer_key, plan_key, page.after, page.size + 1)
-        items, token = _page(items, page.size, lambda s: (s.create_time.isoformat(), s.subscription_id), filters)
-        return self._views(items), token
+            items, token = _page(items, page.size, lambda s: (s.create_time.isoformat(), s.subscription_id), filters)
+            return self._views(uow, items), token

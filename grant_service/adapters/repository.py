@@ -17,9 +17,9 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from credit_common.periods import Cadence
 from grant_service.adapters.orm import CustomerRow, GrantRow, LedgerEntryRow, RateRow, RateSetRow, ScheduleRow
 from grant_service.domain.balances import GrantView, exact_sum
-from grant_service.domain.periods import Cadence
 from grant_service.domain.schedules import Schedule, ScheduledAmount
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from grant_service.domain.periods import Cadence, period_index_at, period_start
+from credit_common.periods import Cadence, period_index_at, period_start
 
 
 @dataclass(frozen=True, slots=True)

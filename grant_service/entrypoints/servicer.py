@@ -11,9 +11,9 @@ from credit_common.errors import Violations
 from credit_common.grpc.timestamps import from_timestamp, to_timestamp
 from credit_common.ids import KEY_RULE, REQUEST_ID_MAX_LENGTH, is_valid_key
 from credit_common.pagination import page_request
+from credit_common.periods import Cadence
 from grant_service.adapters.orm import REAL_TIME, ClockRow, GrantRow, LedgerEntryRow
 from grant_service.adapters.repository import decode_amounts
-from grant_service.domain.periods import Cadence
 from grant_service.domain.schedules import ScheduledAmount
 from grant_service.service_layer import balances, operators, subscriptions, test_clocks, usage
 from grant_service.service_layer.balances import GrantInfo

@@ -22,10 +22,10 @@ from sqlalchemy.orm import Session
 
 from credit_common.db.engine import SessionFactories
 from credit_common.ids import new_id
+from credit_common.periods import period_start
 from grant_service.adapters.orm import GrantRow, LedgerEntryRow, ScheduleRow
 from grant_service.adapters.repository import insert_ignoring_conflicts, locked, schedule_of
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_difference
-from grant_service.domain.periods import period_start
 from grant_service.domain.schedules import GrantSegment
 
 log = logging.getLogger("credit_grants.grant.issuance")

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from credit_common.errors import FailedPrecondition, NotFound
 from credit_common.ids import new_id
+from credit_common.periods import Cadence
 from grant_service.adapters.orm import (
     REAL_TIME,
     ClockRow,
@@ -24,7 +25,6 @@ from grant_service.adapters.orm import (
     SubscriptionRow,
 )
 from grant_service.adapters.repository import encode_amounts, lock_customer, locked
-from grant_service.domain.periods import Cadence
 from grant_service.domain.schedules import ScheduledAmount
 from grant_service.service_layer.context import GrantContext, require_test_clocks
 from grant_service.service_layer.issuance import reconcile_issued, reset_cursor

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import Engine, MetaData, Table, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from catalog_service.adapters.grant_client import GrantServiceClient
 from catalog_service.adapters.grant_delivery import GrantDelivery
 from catalog_service.adapters.outbox_sql import SqlOutboxRepository, add_apply_request, add_pending, outbox_table
 from catalog_service.domain.backoff import BackoffPolicy, seeded
@@ -758,11 +759,19 @@ def test_worker_from_command_line_flags_delivers_and_stops(outbox, grant):
         env_prefix="UNUSED_IN_TESTS",
         default_port=0,
         database_file="unused.db",
-        argv=["--grant-target", grant.target, "--grant-deadline-ms", "2000", "--outbox-poll-interval-ms", "3600000"],
+        argv=[
+            "--grant-service-address",
+            grant.target,
+            "--grant-deadline-ms",
+            "2000",
+            "--outbox-poll-interval-ms",
+            "3600000",
+        ],
         add_arguments=add_outbox_arguments,
     )
     assert (settings.extra.outbox_batch_size, settings.extra.outbox_lease_s) == (20, 60)
-    worker = start_outbox_worker_from_args(settings.extra, outbox.engine, outbox.table, SystemClock())
+    client = GrantServiceClient(settings.extra.grant_service_address)
+    worker = start_outbox_worker_from_args(settings.extra, outbox.engine, outbox.table, SystemClock(), client.channel)
     try:
         assert worker.delivery.deadline == timedelta(seconds=2)
         wait_until(lambda: worker.dispatcher.completed_passes >= 1, what="the first pass")
@@ -771,4 +780,5 @@ def test_worker_from_command_line_flags_delivers_and_stops(outbox, grant):
         wait_until(lambda: outbox.statuses() == Counter({STATUS_DELIVERED: 1}), what="delivery after the nudge")
     finally:
         worker.stop()
+        client.close()
     assert not worker.dispatcher.running

@@ -5,6 +5,8 @@ server, so each uses its own keys (the `unique` fixture)."""
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent import futures
@@ -13,10 +15,14 @@ from datetime import datetime
 
 import grpc
 import pytest
+from google.protobuf.message import Message
+from sqlalchemy import select
 
+from catalog_service.adapters.orm import OutboxDeliveryRow
 from catalog_service.entrypoints import app
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
+from credit_common.db.engine import DatabaseSettings, create_db_engine
 from credit_common.grpc.errors import error_details
 from credit_common.grpc.timestamps import to_timestamp
 from credit_common.testing.servers import serving
@@ -26,10 +32,32 @@ from tests.conftest import BACKENDS
 
 
 class FakeGrantService(grant_pb2_grpc.GrantServiceServicer):
-    """Only GetTestClock, over a dict of clocks the tests set."""
+    """GetTestClock over a dict of clocks the tests set, and the two Apply
+    methods, which keep the highest revision of each key (`applied`)."""
 
     def __init__(self) -> None:
         self.clocks: dict[str, datetime] = {}
+        self.applied: dict[str, Message] = {}
+        self._lock = threading.Lock()
+
+    def _apply(self, key: str, request: Message, response_type):
+        with self._lock:
+            current = self.applied.get(key)
+            if current is not None and current.revision >= request.revision:
+                outcome = (
+                    grant_pb2.APPLY_OUTCOME_ALREADY_APPLIED
+                    if current.revision == request.revision
+                    else grant_pb2.APPLY_OUTCOME_STALE
+                )
+                return response_type(outcome=outcome, current_revision=current.revision)
+            self.applied[key] = request
+            return response_type(outcome=grant_pb2.APPLY_OUTCOME_APPLIED, current_revision=request.revision)
+
+    def ApplySubscription(self, request, context):
+        return self._apply(request.subscription_id, request, grant_pb2.ApplySubscriptionResponse)
+
+    def ApplyCreditCurrency(self, request, context):
+        return self._apply(request.currency_key, request, grant_pb2.ApplyCreditCurrencyResponse)
 
     def GetTestClock(self, request, context):
         now = self.clocks.get(request.test_clock_id)
@@ -115,3 +143,31 @@ def rpc_error(call, code: grpc.StatusCode):
     info, violations = error_details(caught.value)
     assert info is not None and info.domain == "catalog.credit-grants"
     return info, {v.field: v.description for v in violations}
+
+
+def outbox_rows(catalog: Catalog, kind: str, key: str) -> list[OutboxDeliveryRow]:
+    """The outbox rows of one aggregate, by revision (read straight from the table)."""
+    engine = create_db_engine(DatabaseSettings(url=catalog.engine_url))
+    try:
+        with engine.connect() as connection:
+            return list(
+                connection.execute(
+                    select(OutboxDeliveryRow.__table__)
+                    .where(OutboxDeliveryRow.kind == kind, OutboxDeliveryRow.aggregate_key == key)
+                    .order_by(OutboxDeliveryRow.revision)
+                )
+            )
+    finally:
+        engine.dispose()
+
+
+def wait_for(predicate, what: str, timeout_s: float = 30.0):
+    """Poll `predicate` until it returns something truthy (returned); fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)

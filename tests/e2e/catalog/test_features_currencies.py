@@ -11,7 +11,7 @@ from catalog_service.service_layer.unit_of_work import UnitsOfWork
 from catalog_service.v1 import catalog_service_pb2 as pb
 from credit_common.db.engine import DatabaseSettings, create_db_engine
 from grant_service.v1 import grant_service_pb2 as grant_pb2
-from tests.e2e.catalog.conftest import boolean_feature, currency, metered_feature, rpc_error
+from tests.e2e.catalog.conftest import boolean_feature, currency, metered_feature, outbox_rows, rpc_error, wait_for
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -86,12 +86,7 @@ def test_list_features_paginates_by_key(catalog):
 
 
 def _outbox(catalog, kind: str, key: str):
-    engine = create_db_engine(DatabaseSettings(url=catalog.engine_url))
-    try:
-        with UnitsOfWork(engine).read() as uow:
-            return uow.outbox.for_aggregate(kind, key)
-    finally:
-        engine.dispose()
+    return outbox_rows(catalog, kind, key)
 
 
 def test_currency_create_update_revisions_rate_history_and_outbox(catalog):
@@ -137,14 +132,16 @@ def test_currency_create_update_revisions_rate_history_and_outbox(catalog):
     assert len(rows) == 3
 
     deliveries = _outbox(catalog, "credit_currency", key)
-    assert [(d.revision, d.status, d.attempts) for d in deliveries] == [
-        (1, "pending", 0),
-        (2, "pending", 0),
-        (3, "pending", 0),
-    ]
+    assert [(d.kind, d.revision) for d in deliveries] == [("credit_currency", n) for n in (1, 2, 3)]
+    first = grant_pb2.ApplyCreditCurrencyRequest.FromString(deliveries[0].payload)
+    assert not first.HasField("effective_time")  # the first rates price any usage, also on a past test clock
     payload = grant_pb2.ApplyCreditCurrencyRequest.FromString(deliveries[1].payload)
     assert payload.currency_key == key and payload.revision == 2
+    assert payload.effective_time == updated.update_time
     assert {(r.feature_key, r.credits_per_unit) for r in payload.rates} == {(calls, "3"), (tokens, "0.000001")}
+    # the dispatcher delivers every revision, in order, and the grant service keeps the latest
+    wait_for(lambda: getattr(catalog.grant.applied.get(key), "revision", 0) == 3, "revision 3 delivered")
+    assert catalog.grant.applied[key].rates == payload.rates
 
 
 def test_currency_rate_errors(catalog):

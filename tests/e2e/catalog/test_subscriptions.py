@@ -10,15 +10,13 @@ import grpc
 import pytest
 
 from catalog_service.entrypoints import app
-from catalog_service.service_layer.unit_of_work import UnitsOfWork
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
-from credit_common.db.engine import DatabaseSettings, create_db_engine
 from credit_common.grpc.timestamps import to_timestamp
 from credit_common.testing.postgres import free_port
 from credit_common.testing.servers import serving
 from grant_service.v1 import grant_service_pb2 as grant_pb2
-from tests.e2e.catalog.conftest import boolean_feature, currency, metered_feature, rpc_error
+from tests.e2e.catalog.conftest import boolean_feature, currency, metered_feature, outbox_rows, rpc_error, wait_for
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 START = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
@@ -80,12 +78,14 @@ def provision(catalog, world, customer_key, values, **kwargs):
 
 
 def outbox(catalog, subscription_id):
-    engine = create_db_engine(DatabaseSettings(url=catalog.engine_url))
-    try:
-        with UnitsOfWork(engine).read() as uow:
-            return uow.outbox.for_aggregate("subscription", subscription_id)
-    finally:
-        engine.dispose()
+    return outbox_rows(catalog, "subscription", subscription_id)
+
+
+def without_handoff(subscription: pb.Subscription) -> pb.Subscription:
+    copy = pb.Subscription()
+    copy.CopyFrom(subscription)
+    copy.ClearField("handoff")
+    return copy
 
 
 def test_customers(catalog):
@@ -144,12 +144,12 @@ def test_missing_variable_value_then_negotiated_amount(catalog, world):
     }
     features = {e.key: (e.WhichOneof("value"), e.access, e.limit, e.negotiated) for e in sub.feature_entitlements}
     assert features == {"sso": ("access", True, "", False), "calls-limit": ("limit", False, "25", True)}
-    assert (
-        catalog.stub.GetSubscription(pb.GetSubscriptionRequest(subscription_id=sub.subscription_id)).subscription == sub
-    )
+    assert sub.handoff.status == pb.HANDOFF_STATUS_PENDING and sub.handoff.delivered_revision == 0
+    got = catalog.stub.GetSubscription(pb.GetSubscriptionRequest(subscription_id=sub.subscription_id)).subscription
+    assert without_handoff(got) == without_handoff(sub)
 
     (delivery,) = outbox(catalog, sub.subscription_id)
-    assert (delivery.kind, delivery.revision, delivery.status, delivery.attempts) == ("subscription", 1, "pending", 0)
+    assert (delivery.kind, delivery.revision) == ("subscription", 1)
     payload = grant_pb2.ApplySubscriptionRequest.FromString(delivery.payload)
     assert (payload.subscription_id, payload.customer_key, payload.revision) == (sub.subscription_id, acme, 1)
     assert payload.start_time == to_timestamp(START) and not payload.HasField("end_time")
@@ -161,6 +161,18 @@ def test_missing_variable_value_then_negotiated_amount(catalog, world):
         "ai-credits-monthly": (world["currency"], grant_pb2.CADENCE_MONTHLY, [("50000", to_timestamp(START))]),
         "bonus-yearly": (world["currency"], grant_pb2.CADENCE_YEARLY, [("500", to_timestamp(START))]),
     }
+
+    # the dispatcher delivers it (nudged by the commit) and Get shows the handoff state
+    def delivered():
+        got = catalog.stub.GetSubscription(pb.GetSubscriptionRequest(subscription_id=sub.subscription_id))
+        return got.subscription.handoff.status == pb.HANDOFF_STATUS_DELIVERED and got.subscription.handoff
+
+    handoff = wait_for(delivered, "the handoff")
+    assert (handoff.delivered_revision, handoff.attempts, handoff.failure_reason) == (1, 1, "")
+    assert not handoff.HasField("next_attempt_time")
+    assert catalog.grant.applied[sub.subscription_id] == payload
+    listed = catalog.stub.ListSubscriptions(pb.ListSubscriptionsRequest(customer_key=acme)).subscriptions
+    assert [s.handoff for s in listed] == [handoff]
 
 
 def test_every_bad_value_is_one_violation(catalog, world):
@@ -245,7 +257,7 @@ def test_not_found_and_preconditions(catalog, world):
     assert info.reason == "PLAN_ARCHIVED"
     # existing subscriptions are untouched
     got = catalog.stub.GetSubscription(pb.GetSubscriptionRequest(subscription_id=fixed.subscription_id)).subscription
-    assert got == fixed
+    assert without_handoff(got) == without_handoff(fixed)
     info, _ = rpc_error(
         lambda: catalog.stub.GetSubscription(pb.GetSubscriptionRequest(subscription_id="sub_nope")),
         grpc.StatusCode.NOT_FOUND,

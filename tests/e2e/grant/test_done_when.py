@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-from grant_service.domain.periods import Cadence, period_start
+from credit_common.periods import Cadence, period_start
 from grant_service.v1 import grant_service_pb2 as pb
 from tests.e2e.grant.conftest import all_entries, subscription, ts, utc
 

@@ -15,9 +15,9 @@ from sqlalchemy import func, select, update
 from credit_common.clock import ManualClock
 from credit_common.db.engine import DatabaseSettings, create_db_engine, session_factories
 from credit_common.db.migrations import upgrade
+from credit_common.periods import Cadence
 from credit_common.testing.servers import serving
 from grant_service.adapters.orm import Base, GrantRow, LedgerEntryRow, ScheduleRow
-from grant_service.domain.periods import Cadence
 from grant_service.domain.schedules import ScheduledAmount
 from grant_service.entrypoints import app
 from grant_service.service_layer.context import GrantContext

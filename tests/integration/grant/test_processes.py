@@ -16,8 +16,8 @@ from sqlalchemy import func, insert, select
 
 from credit_common.db.engine import DatabaseSettings, create_db_engine
 from credit_common.db.migrations import upgrade
+from credit_common.periods import Cadence, period_index_at, period_start
 from grant_service.adapters.orm import CustomerRow, GrantRow, LedgerEntryRow, ScheduleRow, SubscriptionRow
-from grant_service.domain.periods import Cadence, period_index_at, period_start
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from credit_common.periods import Cadence, period_start
 from grant_service.domain.balances import GrantView, InsufficientCredits, allocate, available
-from grant_service.domain.periods import Cadence, period_start
 from grant_service.domain.schedules import GrantSegment, Schedule, ScheduledAmount
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grant_service.domain.periods import Cadence, period_index_at, period_start
+from credit_common.periods import Cadence, period_index_at, period_start
 
 MONTHLY, YEARLY = Cadence.MONTHLY, Cadence.YEARLY
 

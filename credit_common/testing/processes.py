@@ -1,0 +1,156 @@
+"""Real service processes for tests and benchmarks: `python -m catalog_service`
+or `python -m grant_service` on a fixed free port, started, stopped (SIGTERM),
+killed (SIGKILL) and restarted on the same address and database.
+
+    grant = ServiceProcess.grant(database_url, log_dir=tmp_path, args=["--enable-test-clocks"])
+    catalog = ServiceProcess.catalog(database_url, grant_address=grant.address, log_dir=tmp_path)
+    with grant, catalog:            # started and ready (health SERVING); stopped on exit
+        catalog.restart(signal.SIGKILL)
+
+Each process writes its log (stderr) to `<log_dir>/<name>.log`, appended
+across restarts, so a failing test can show it (`log_tail()`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from credit_common.testing.postgres import free_port
+
+
+class ProcessFailed(RuntimeError):
+    pass
+
+
+class ServiceProcess:
+    def __init__(
+        self,
+        module: str,
+        database_url: str,
+        *,
+        log_dir: Path,
+        args: Sequence[str] = (),
+        port: int | None = None,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.module = module
+        self.database_url = database_url
+        self.port = port or free_port()
+        self.name = name or module
+        self.args = list(args)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.log_path = Path(log_dir) / f"{self.name}.log"
+        self.process: subprocess.Popen | None = None
+
+    @classmethod
+    def grant(cls, database_url: str, *, log_dir: Path, args: Sequence[str] = (), **kwargs) -> ServiceProcess:
+        return cls("grant_service", database_url, log_dir=log_dir, args=args, **kwargs)
+
+    @classmethod
+    def catalog(
+        cls, database_url: str, *, grant_address: str, log_dir: Path, args: Sequence[str] = (), **kwargs
+    ) -> ServiceProcess:
+        return cls(
+            "catalog_service",
+            database_url,
+            log_dir=log_dir,
+            args=["--grant-service-address", grant_address, *args],
+            **kwargs,
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, *, ready_timeout_s: float = 60.0) -> ServiceProcess:
+        """Start the process (schema migrated with --migrate) and wait until it serves."""
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running")
+        command = [
+            sys.executable,
+            "-m",
+            self.module,
+            "serve",
+            "--migrate",
+            "--listen",
+            self.address,
+            "--database-url",
+            self.database_url,
+            "--shutdown-grace",
+            "5",
+            *self.args,
+        ]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        self.wait_ready(ready_timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Poll the health service until SERVING; fail if the process exits first."""
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if not self.running:
+                    raise ProcessFailed(
+                        f"{self.name} exited with {self.process and self.process.returncode}: {self.log_tail()}"
+                    )
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ProcessFailed(f"{self.name} did not become ready in {timeout_s} s: {self.log_tail()}")
+                time.sleep(0.05)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
+        """Send `sig` (SIGTERM: graceful, SIGKILL: a crash) and wait for the exit; the exit code."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=timeout_s)
+                raise ProcessFailed(f"{self.name} did not exit within {timeout_s} s of {sig.name}") from None
+        return process.returncode
+
+    def kill(self) -> int | None:
+        return self.stop(signal.SIGKILL)
+
+    def restart(self, sig: signal.Signals = signal.SIGTERM) -> ServiceProcess:
+        self.stop(sig)
+        return self.start()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> ServiceProcess:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
