@@ -16,6 +16,7 @@ help:
 	@echo "make run    - set up and start both services on SQLite (catalog :50051, grant :50052)"
 	@echo "make test   - set up and run every test on SQLite and PostgreSQL"
 	@echo "make lint   - ruff + buf lint + no float/double in protos"
+	@echo "make demo   - run the story against running services (start them with make run; DEMO_ARGS=--catalog/--grant)"
 	@echo "make protos - regenerate the Python stubs from protos/"
 	@echo "make clean  - remove the virtualenv, generated stubs and local data"
 
@@ -44,6 +45,9 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) scripts/demo.py $(DEMO_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
