@@ -83,7 +83,9 @@ def test_catalog_restarted_in_the_middle_of_the_backlog(deployment, sig):
     subscriptions = provision_many(stub, COUNT)  # the backlog: the proxy answers UNAVAILABLE
     d.proxy.paused = False
     wait_for(lambda: d.proxy.forwarded >= 10, "some deliveries", (d.catalog, d.grant))
-    d.catalog.stop(sig)
+    exit_code = d.catalog.stop(sig)
+    if sig == signal.SIGTERM:
+        assert exit_code == 0  # drained, dispatcher stopped, channel closed
     grant_stub = d.grant_stub
     delivered_at_stop = sum(applied_revision(grant_stub, s.subscription_id) == 1 for s in subscriptions)
     assert 10 <= delivered_at_stop < COUNT  # it really stopped in the middle of the backlog
