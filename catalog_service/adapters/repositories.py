@@ -47,6 +47,7 @@ from catalog_service.domain.model import (
 )
 from catalog_service.domain.outbox import HandoffState
 from credit_common.decimals import format_decimal
+from credit_common.idempotency import SeenRequest
 
 # ------------------------------------------------------------ JSON snapshots
 
@@ -468,19 +469,15 @@ class SubscriptionRepository:
         return [self._to_domain(r) for r in self.session.scalars(stmt)]
 
 
-@dataclass(frozen=True)
-class IdempotencyRecord:
-    fingerprint: str
-    response: bytes
-
-
 class IdempotencyRepository:
+    """The catalog's `RequestStore` (credit_common.idempotency): the first response of each request_id."""
+
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def get(self, method: str, request_id: str) -> IdempotencyRecord | None:
+    def get(self, method: str, request_id: str) -> SeenRequest[bytes] | None:
         row = self.session.get(IdempotencyRow, (method, request_id))
-        return IdempotencyRecord(row.fingerprint, row.response) if row else None
+        return SeenRequest(row.fingerprint, row.response) if row else None
 
     def add(self, method: str, request_id: str, fingerprint: str, response: bytes, now: datetime) -> None:
         self.session.add(

@@ -1,11 +1,8 @@
 """request_id idempotency for every mutation (AIP-155), in one helper.
 
-The first call with a request_id runs its effect and records (method,
-request_id, fingerprint of the request, the response it returns) in the same
-transaction. A later call with the same request_id and the same fingerprint
-changes nothing and gets that first response back (`Replayed`); with another
-fingerprint it is ALREADY_EXISTS (REQUEST_ID_REUSED). The response is opaque
-bytes rendered by the caller's transport (`RequestKey.render`)."""
+The rule is credit_common.idempotency's; here a result is the first response,
+as opaque bytes rendered by the caller's transport (`RequestKey.render`), and
+a replay returns it as `Replayed`."""
 
 from __future__ import annotations
 
@@ -17,8 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from catalog_service.service_layer.unit_of_work import CatalogUnitOfWork, UnitsOfWork
 from credit_common.clock import Clock
-from credit_common.errors import AlreadyExists, FieldViolation, InvalidArgument
-from credit_common.ids import REQUEST_ID_MAX_LENGTH
+from credit_common.idempotency import check_request_id, remember, replay
 
 T = TypeVar("T")
 
@@ -40,11 +36,7 @@ class Replayed:
 
 def request_key(method: str, request_id: str, fingerprint: str, render: Callable[[Any], bytes]) -> RequestKey | None:
     """The idempotency key of a call, None without a request_id."""
-    if len(request_id) > REQUEST_ID_MAX_LENGTH:
-        raise InvalidArgument(
-            "request_id is too long",
-            violations=[FieldViolation("request_id", f"must be at most {REQUEST_ID_MAX_LENGTH} characters")],
-        )
+    check_request_id(request_id)
     return RequestKey(method, request_id, fingerprint, render) if request_id else None
 
 
@@ -52,16 +44,8 @@ def replayed(uow: CatalogUnitOfWork, key: RequestKey | None) -> Replayed | None:
     """The first response to this key, None if there was no call with it yet."""
     if key is None:
         return None
-    record = uow.idempotency.get(key.method, key.request_id)
-    if record is None:
-        return None
-    if record.fingerprint != key.fingerprint:
-        raise AlreadyExists(
-            f"request_id {key.request_id!r} was already used for a different {key.method} request",
-            reason="REQUEST_ID_REUSED",
-            metadata={"request_id": key.request_id, "method": key.method},
-        )
-    return Replayed(record.response)
+    response = replay(uow.idempotency, key.method, key.request_id, key.fingerprint)
+    return None if response is None else Replayed(response)
 
 
 def run_once(
@@ -78,7 +62,9 @@ def run_once(
                     return earlier
                 result = effect(uow)
                 if key is not None:
-                    uow.idempotency.add(key.method, key.request_id, key.fingerprint, key.render(result), clock.now())
+                    remember(
+                        uow.idempotency, key.method, key.request_id, key.fingerprint, key.render(result), clock.now()
+                    )
                 uow.commit()
                 return result
         except IntegrityError:

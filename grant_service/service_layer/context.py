@@ -4,20 +4,20 @@ lost race, request-id idempotency)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from credit_common import idempotency
 from credit_common.clock import Clock
 from credit_common.db.engine import SessionFactories
-from credit_common.errors import AlreadyExists, FailedPrecondition, NotFound
+from credit_common.errors import FailedPrecondition, NotFound
+from credit_common.idempotency import SeenRequest
 from grant_service.adapters.orm import REAL_TIME, ClockRow, CustomerRow, GrantRow, RequestIdRow, ScheduleRow
 from grant_service.service_layer.issuance import catch_up
 
@@ -96,36 +96,34 @@ def catch_up_customer(ctx: GrantContext, customer_key: str) -> tuple[CustomerRow
     return customer, now
 
 
-def fingerprint(*values: Any) -> str:
-    return hashlib.sha256(json.dumps(values, default=str, sort_keys=True).encode()).hexdigest()
+class RequestIds:
+    """The grant service's `RequestStore` (credit_common.idempotency): the id of
+    the resource each request_id created or changed."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, scope: str, request_id: str) -> SeenRequest[str] | None:
+        row = self.session.get(RequestIdRow, (scope, request_id))
+        return None if row is None else SeenRequest(row.fingerprint, row.resource_id)
+
+    def add(self, scope: str, request_id: str, fingerprint: str, result: str, now: datetime) -> None:
+        self.session.add(
+            RequestIdRow(
+                scope=scope, request_id=request_id, fingerprint=fingerprint, resource_id=result, create_time=now
+            )
+        )
+        self.session.flush()
 
 
 def replayed(session: Session, scope: str, request_id: str, print_: str) -> str | None:
-    """The resource id recorded for `request_id` in `scope`, if it was seen with the same request;
-    ALREADY_EXISTS (REQUEST_ID_REUSED) if it was seen with another; None if it is new."""
-    if not request_id:
-        return None
-    row = session.get(RequestIdRow, (scope, request_id))
-    if row is None:
-        return None
-    if row.fingerprint != print_:
-        raise AlreadyExists(
-            f"request_id {request_id!r} was already used with a different request",
-            reason="REQUEST_ID_REUSED",
-            metadata={"request_id": request_id},
-        )
-    return row.resource_id
+    """The resource id recorded for `request_id` in `scope`, None if the request is new."""
+    return idempotency.replay(RequestIds(session), scope, request_id, print_)
 
 
 def remember(session: Session, scope: str, request_id: str, print_: str, resource_id: str, now: datetime) -> None:
     """Record `request_id` in the transaction of the effect it guards."""
-    if request_id:
-        session.add(
-            RequestIdRow(
-                scope=scope, request_id=request_id, fingerprint=print_, resource_id=resource_id, create_time=now
-            )
-        )
-        session.flush()
+    idempotency.remember(RequestIds(session), scope, request_id, print_, resource_id, now)
 
 
 def require_test_clocks(ctx: GrantContext) -> None:

@@ -9,19 +9,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from credit_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from credit_common.idempotency import fingerprint
 from credit_common.ids import new_id
 from grant_service.adapters.orm import GrantRow, LedgerEntryRow
 from grant_service.adapters.repository import debits_by_grant, lock_customer, locked
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_difference
 from grant_service.service_layer.balances import GrantInfo, evaluate, require_currency
-from grant_service.service_layer.context import (
-    GrantContext,
-    catch_up_customer,
-    fingerprint,
-    get_customer,
-    remember,
-    replayed,
-)
+from grant_service.service_layer.context import GrantContext, catch_up_customer, get_customer, remember, replayed
 from grant_service.service_layer.issuance import grant_dict, grant_entry, ledger_entry
 
 

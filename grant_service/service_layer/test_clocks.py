@@ -10,6 +10,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from credit_common.errors import InvalidArgument, NotFound
+from credit_common.idempotency import fingerprint
 from credit_common.ids import new_id
 from credit_common.pagination import PageRequest, next_page_token
 from grant_service.adapters.orm import (
@@ -22,7 +23,7 @@ from grant_service.adapters.orm import (
     UsageRow,
 )
 from grant_service.adapters.repository import locked
-from grant_service.service_layer.context import GrantContext, fingerprint, remember, replayed, require_test_clocks
+from grant_service.service_layer.context import GrantContext, remember, replayed, require_test_clocks
 from grant_service.service_layer.issuance import catch_up
 
 

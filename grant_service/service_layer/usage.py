@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from credit_common.decimals import format_decimal
 from credit_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ResourceExhausted
+from credit_common.idempotency import fingerprint
 from credit_common.ids import new_id
 from grant_service.adapters.orm import LedgerEntryRow, UsageRow
 from grant_service.adapters.repository import (
@@ -34,14 +35,7 @@ from grant_service.domain.balances import (
     exact_product,
     exact_sum,
 )
-from grant_service.service_layer.context import (
-    GrantContext,
-    catch_up_customer,
-    fingerprint,
-    get_customer,
-    remember,
-    replayed,
-)
+from grant_service.service_layer.context import GrantContext, catch_up_customer, get_customer, remember, replayed
 from grant_service.service_layer.issuance import grant_dict, issue_due_batch, ledger_entry
 
 SCOPE = "ReportUsage"
