@@ -45,7 +45,11 @@ def catch_up(
     customer_key: str | None = None,
     batch_size: int = 500,
 ) -> CatchUpResult:
-    """Run the catch-up to `now`, one transaction per batch, until nothing is due."""
+    """Run the catch-up to `now`, one transaction per batch, until nothing is due.
+
+    The timer's sweep (no `customer_key`) skips rows another replica has locked: that replica is
+    issuing them. A read's catch-up for one customer waits for such locks instead, so that a
+    balance read never misses a grant that a concurrent sweep is committing right now."""
     result = CatchUpResult()
     # Expiries first, so that at a period boundary the ledger reads: EXPIRE of the old grant, GRANT of the new.
     while True:
@@ -77,7 +81,7 @@ def issue_due_batch(
     else:
         query = query.where(ScheduleRow.clock_key == clock_key)
     query = query.order_by(ScheduleRow.next_period_start, ScheduleRow.schedule_id).limit(batch_size)
-    rows = list(session.scalars(locked(session, query, skip_locked=True)))
+    rows = list(session.scalars(locked(session, query, skip_locked=customer_key is None)))
     segments: list[tuple[ScheduleRow, GrantSegment]] = []
     cursors: list[dict] = []
     for row in rows:
@@ -178,7 +182,7 @@ def expire_due_batch(session: Session, clock_key: str, now: datetime, customer_k
     else:
         query = query.where(GrantRow.clock_key == clock_key)
     query = query.order_by(GrantRow.expire_time, GrantRow.grant_id).limit(batch_size)
-    rows = list(session.scalars(locked(session, query, skip_locked=True)))
+    rows = list(session.scalars(locked(session, query, skip_locked=customer_key is None)))
     if not rows:
         return 0
     close_expired(session, [grant_dict(r) for r in rows])
