@@ -93,12 +93,41 @@ def issue_due_batch(
             k += 1
             next_start = period_start(schedule.anchor, schedule.cadence, k) if schedule.has_period(k) else None
         cursors.append({"schedule_id": row.schedule_id, "next_period_index": k, "next_period_start": next_start})
-    issued = issue_segments(session, segments)
+    issued, over = issue_in_time_order(session, segments, now)
     if cursors:
         session.execute(update(ScheduleRow), cursors)
-    over = [g for g in issued if g["expire_time"] <= now]
-    close_expired(session, over)
     return len(rows), len(issued), len(over)
+
+
+def issue_in_time_order(
+    session: Session, segments: Sequence[tuple[ScheduleRow, GrantSegment]], now: datetime
+) -> tuple[list[dict], list[dict]]:
+    """Issue `segments` (each schedule's in time order) and record the EXPIRE of those already over
+    at `now`, in waves: wave j holds the j-th segment of every schedule. Before a wave is issued,
+    the grants of earlier waves that are over are closed, so where a schedule's grant ends and its
+    next begins (a period boundary, an immediate amendment) the ledger records EXPIRE then GRANT,
+    however many periods one catch-up covers; a wave is still one statement for the whole batch.
+    Returns (grants issued, grants expired)."""
+    waves: list[list[tuple[ScheduleRow, GrantSegment]]] = []
+    position: dict[str, int] = {}
+    for row, segment in segments:
+        j = position.get(row.schedule_id, 0)
+        position[row.schedule_id] = j + 1
+        if j == len(waves):
+            waves.append([])
+        waves[j].append((row, segment))
+    issued: list[dict] = []
+    expired: list[dict] = []
+    open_over: list[dict] = []  # issued here, over at `now`, not yet closed
+    for wave in waves:
+        close_expired(session, open_over)
+        expired.extend(open_over)
+        new = issue_segments(session, wave)
+        issued.extend(new)
+        open_over = [g for g in new if g["expire_time"] <= now]
+    close_expired(session, open_over)
+    expired.extend(open_over)
+    return issued, expired
 
 
 def issue_segments(session: Session, segments: Sequence[tuple[ScheduleRow, GrantSegment]]) -> list[dict]:
@@ -209,12 +238,14 @@ def close_expired(session: Session, grants: Sequence[dict]) -> None:
     session.execute(update(GrantRow), [{"grant_id": g["grant_id"], "closed": True} for g in grants])
 
 
-def reconcile_issued(session: Session, row: ScheduleRow) -> None:
+def reconcile_issued(session: Session, row: ScheduleRow, now: datetime) -> None:
     """After an amendment or a new end time: bring the periods already issued in line with the
     schedule. An open grant's expiry becomes the end of the segment it now belongs to (an
-    immediate amendment or the end cuts it; its EXPIRE then follows at that instant); segments
-    that now exist in an issued period (the new amount after an immediate amendment) are issued.
-    Grants already expired or voided are history and stay as they are."""
+    immediate amendment or the end cuts it; if that instant has come (`now`, the customer's
+    time), its EXPIRE is recorded at once, before the replacement's GRANT, so the ledger reads
+    EXPIRE then GRANT at that instant as at every period boundary); segments that now exist in
+    an issued period (the new amount after an immediate amendment) are issued. Grants already
+    expired or voided are history and stay as they are."""
     schedule = schedule_of(row)
     issued_until = row.next_period_index
     # Locked (in id order) so that a concurrent expiry either finishes first (and we see the grant closed)
@@ -240,6 +271,7 @@ def reconcile_issued(session: Session, row: ScheduleRow) -> None:
         )
     )
     new_segments: list[tuple[ScheduleRow, GrantSegment]] = []
+    cut: list[GrantRow] = []
     for k in sorted(periods):
         desired = schedule.segments(k)
         mine = [g for g in existing if g.period_index == k]
@@ -250,6 +282,8 @@ def reconcile_issued(session: Session, row: ScheduleRow) -> None:
             new_expiry = containing[0].expire_time if containing else grant.effective_time
             if new_expiry != grant.expire_time:
                 grant.expire_time = new_expiry
+                if new_expiry <= now:
+                    cut.append(grant)
         if k < issued_until:
             have = {g.segment for g in mine}
             # History is never rewritten: no new segment overlaps a grant that already expired or was voided.
@@ -260,6 +294,7 @@ def reconcile_issued(session: Session, row: ScheduleRow) -> None:
                 if d.segment not in have and (closed_until is None or d.effective_time >= closed_until)
             )
     session.flush()
+    close_expired(session, [grant_dict(g) for g in cut])
     issue_segments(session, new_segments)
 
 

@@ -171,7 +171,7 @@ def _apply_schedules(session: Session, sub: SubscriptionRow, spec: SubscriptionS
         )
         reset_cursor(row)
         session.flush()
-        reconcile_issued(session, row)
+        reconcile_issued(session, row, now)
     for key, row in existing.items():
         if key in wanted or row.removed:
             continue
@@ -180,7 +180,7 @@ def _apply_schedules(session: Session, sub: SubscriptionRow, spec: SubscriptionS
         row.end_time = now if row.end_time is None else min(row.end_time, now)
         reset_cursor(row)
         session.flush()
-        reconcile_issued(session, row)
+        reconcile_issued(session, row, now)
     session.flush()
 
 

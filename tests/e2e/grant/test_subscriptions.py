@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import grpc
 
@@ -80,8 +80,9 @@ def test_immediate_amendment_splits_the_current_period(grant):
     assert balance.balance.available == "4000"
     entries = all_entries(stub, "acme", start_time=ts(utc(2026, 5, 15, 8)))
     summary = [(e.type, e.amount, e.effective_time.ToDatetime()) for e in entries]
-    assert (pb.LEDGER_ENTRY_TYPE_EXPIRE, "-1000", amended_at.replace(tzinfo=None)) in summary
-    assert (pb.LEDGER_ENTRY_TYPE_GRANT, "4000", amended_at.replace(tzinfo=None)) in summary
+    at_amendment = [(t, a) for t, a, when in summary if when == amended_at.replace(tzinfo=None)]
+    # The old grant's remainder leaves first, then the new amount arrives (as at every period boundary).
+    assert at_amendment == [(pb.LEDGER_ENTRY_TYPE_EXPIRE, "-1000"), (pb.LEDGER_ENTRY_TYPE_GRANT, "4000")]
     grants = stub.ListGrants(pb.ListGrantsRequest(customer_key="acme")).grants
     current = [g for g in grants if g.status == pb.GRANT_STATUS_ACTIVE]
     assert len(current) == 1 and current[0].expire_time.ToDatetime() == utc(2026, 6, 15, 8).replace(tzinfo=None)
@@ -256,3 +257,20 @@ def test_an_amendment_later_in_the_current_period_takes_over_at_its_instant(gran
     )
     expiry = all_entries(stub, "later", type=pb.LEDGER_ENTRY_TYPE_EXPIRE)[-1]
     assert (expiry.amount, expiry.effective_time.ToDatetime()) == ("-10", switch.replace(tzinfo=None))
+
+
+def test_catch_up_over_several_periods_records_each_boundary_as_expire_then_grant(grant):
+    # Started three months before "now" and never issued (the timer is off): one read catches up
+    # three periods at once, as after downtime; the ledger still tells the story in order.
+    start = utc(2026, 2, 28, 9)
+    grant.stub.ApplySubscription(subscription("sub_late", "late", start, [("300", None)]))
+    entries = all_entries(grant.stub, "late")
+    assert [(e.type, e.amount, e.effective_time.ToDatetime(tzinfo=UTC)) for e in entries] == [
+        (pb.LEDGER_ENTRY_TYPE_GRANT, "300", utc(2026, 2, 28, 9)),
+        (pb.LEDGER_ENTRY_TYPE_EXPIRE, "-300", utc(2026, 3, 28, 9)),
+        (pb.LEDGER_ENTRY_TYPE_GRANT, "300", utc(2026, 3, 28, 9)),
+        (pb.LEDGER_ENTRY_TYPE_EXPIRE, "-300", utc(2026, 4, 28, 9)),
+        (pb.LEDGER_ENTRY_TYPE_GRANT, "300", utc(2026, 4, 28, 9)),
+        (pb.LEDGER_ENTRY_TYPE_EXPIRE, "-300", utc(2026, 5, 28, 9)),
+        (pb.LEDGER_ENTRY_TYPE_GRANT, "300", utc(2026, 5, 28, 9)),
+    ]

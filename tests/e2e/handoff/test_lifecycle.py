@@ -107,12 +107,9 @@ def test_amend_next_period_then_immediately_then_cancel_at_period_end_on_a_test_
         grant_pb2.ListLedgerEntriesRequest(customer_key="acme", page_size=100), timeout=DEADLINE_S
     ).entries
 
-    # Entry by entry, in time order; two entries at one instant are compared in a fixed order (the
-    # grant service writes an immediate amendment's new GRANT before the old grant's EXPIRE).
-    def in_time_order(items):
-        return sorted(items, key=lambda x: (x[2], x[0]))
-
-    assert in_time_order((x.type, x.amount, x.effective_time.ToDatetime(tzinfo=UTC)) for x in entries) == in_time_order(
+    # Entry by entry, exactly in the order the ledger lists them: at an instant where one grant ends
+    # and another begins (a period boundary, an immediate amendment) the EXPIRE comes first.
+    assert [(x.type, x.amount, x.effective_time.ToDatetime(tzinfo=UTC)) for x in entries] == (
         [
             (GRANT, "50000", utc(2026, 1, 31, 12)),
             (DEBIT, "-250", utc(2026, 2, 10)),
