@@ -53,8 +53,12 @@ def free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self, bindir: Path | None = None) -> None:
+    def __init__(self, bindir: Path | None = None, *, crash_safe: bool = False) -> None:
+        """`crash_safe`: a commit is in the WAL on disk before it returns (synchronous_commit=on), so
+        that a crash of the server ("immediate" stop) loses nothing that was committed. Off by
+        default for speed; fsync stays off either way (the machine itself does not crash)."""
         self.bindir = bindir or find_bindir()
+        self.crash_safe = crash_safe
         self.base = Path(tempfile.mkdtemp(prefix="credit-grants-pg-"))
         self.datadir = self.base / "data"
         self.port = free_port()
@@ -67,10 +71,13 @@ class PostgresServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _demote(self) -> None:
-        if self._user is not None:
-            os.setgid(self._user.pw_gid)
-            os.setuid(self._user.pw_uid)
+    def _as_user(self) -> dict:
+        """Popen arguments that run the child as `nobody` under root. Not a preexec_fn: a Python
+        callback in the forked child runs the at-fork handlers of a gRPC already running in this
+        process, which can kill the child before it execs PostgreSQL."""
+        if self._user is None:
+            return {}
+        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
 
     def init(self) -> None:
         if self._user is not None:
@@ -91,7 +98,7 @@ class PostgresServer:
             ],
             check=True,
             capture_output=True,
-            preexec_fn=self._demote,
+            **self._as_user(),
             env=self._env,
             cwd=self.base,
         )
@@ -114,7 +121,7 @@ class PostgresServer:
                 "-c",
                 "fsync=off",
                 "-c",
-                "synchronous_commit=off",
+                f"synchronous_commit={'on' if self.crash_safe else 'off'}",
                 "-c",
                 "full_page_writes=off",
                 "-c",
@@ -124,7 +131,7 @@ class PostgresServer:
             ],
             stdout=log,
             stderr=log,
-            preexec_fn=self._demote,
+            **self._as_user(),
             env=self._env,
             cwd=self.base,
             start_new_session=True,
