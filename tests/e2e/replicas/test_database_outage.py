@@ -5,6 +5,8 @@ process serves again. No service restart."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,6 +14,7 @@ from grpc_health.v1 import health_pb2
 
 from catalog_service.v1 import catalog_service_pb2 as cpb
 from catalog_service.v1 import catalog_service_pb2_grpc as cpb_grpc
+from credit_common.testing.postgres import free_port
 from credit_common.testing.processes import health_status
 from grant_service.v1 import grant_service_pb2 as gpb
 from grant_service.v1 import grant_service_pb2_grpc as gpb_grpc
@@ -101,3 +104,19 @@ def test_catalog_service_rides_out_a_postgres_restart(own_postgres, services):
     assert catalog.alive()
     assert not [r for r in catalog.log_records() if r["level"] in ("error", "critical")]
     assert catalog.stop() == 0
+
+
+@pytest.mark.parametrize("module", ["catalog_service", "grant_service"])
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_a_database_down_at_start_is_one_clear_line_and_exit_status_3(module, command):
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing_listens_here"
+    args = ["--listen", "127.0.0.1:0"] if command == "serve" else []
+    result = subprocess.run(
+        [sys.executable, "-m", module, command, "--database-url", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3, result.stderr
+    assert f"{module}: cannot reach the database: connection failed" in result.stderr
+    assert "Traceback" not in result.stderr
