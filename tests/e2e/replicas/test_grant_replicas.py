@@ -5,13 +5,18 @@ whether all replicas stay up, one is SIGKILLed in the middle, or PostgreSQL itse
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import grpc
 import pytest
 
+from credit_common.grpc.errors import error_details
 from grant_service.adapters.orm import GrantRow
 from grant_service.v1 import grant_service_pb2 as gpb
 from grant_service.v1 import grant_service_pb2_grpc as gpb_grpc
+from tests.e2e.grant.conftest import all_entries, subscription
 from tests.e2e.replicas.conftest import (
     GRANT_MIGRATIONS,
     assert_each_seeded_subscription_granted_once,
@@ -117,3 +122,54 @@ def test_replicas_under_load_ride_out_a_postgres_crash_and_restart(own_postgres,
     for replica in replicas:
         assert replica.stop() == 0
     assert_each_seeded_subscription_granted_once(url, count)
+
+
+def test_debits_spread_over_two_replicas_never_overdraw_and_replay_across_them(postgres_server, services):
+    url = migrated_database(postgres_server, "grant_debits", GRANT_MIGRATIONS)
+    # no timers: the first debits race, on both replicas, to issue the period that is due
+    replicas = [services("grant_service", "--database-url", url, "--catch-up-interval", "0") for _ in range(2)]
+    channels = [r.channel() for r in replicas]
+    stubs = [gpb_grpc.GrantServiceStub(c) for c in channels]
+    try:
+        stubs[0].ApplyCreditCurrency(
+            gpb.ApplyCreditCurrencyRequest(
+                currency_key="ai-credits",
+                revision=1,
+                rates=[gpb.CreditRate(feature_key="gpt-call", credits_per_unit="2.5")],
+            ),
+            timeout=30,
+        )
+        start = datetime.now(UTC) - timedelta(hours=1)
+        stubs[1].ApplySubscription(subscription("sub_d", "acme", start, [("1000", None)]), timeout=30)
+
+        def report(job: tuple[int, int]):
+            n, replica = job
+            request = gpb.ReportUsageRequest(
+                request_id=f"u-{n}", customer_key="acme", feature_key="gpt-call", quantity="14"
+            )
+            try:
+                return stubs[replica].ReportUsage(request, timeout=60).usage.usage_id
+            except grpc.RpcError as error:
+                info, _ = error_details(error)
+                assert (error.code(), info.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "INSUFFICIENT_CREDITS")
+                return None
+
+        # 40 usages of 35 credits (28 fit in 1000), each sent to both replicas, interleaved
+        jobs = [(n, replica) for n in range(40) for replica in ((0, 1) if n % 2 else (1, 0))]
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(report, jobs))
+        by_request: dict[int, set] = {}
+        for (n, _), answer in zip(jobs, answers, strict=True):
+            by_request.setdefault(n, set()).add(answer)
+        assert all(len(seen) == 1 for seen in by_request.values()), "the two replicas answered one request differently"
+        accepted = [seen.pop() for seen in by_request.values()]
+        assert len([a for a in accepted if a is not None]) == 28
+        debits = [e for e in all_entries(stubs[0], "acme") if e.type == gpb.LEDGER_ENTRY_TYPE_DEBIT]
+        assert len(debits) == 28 and sum(-Decimal(e.amount) for e in debits) == Decimal("980")
+        grants = [e for e in all_entries(stubs[1], "acme") if e.type == gpb.LEDGER_ENTRY_TYPE_GRANT]
+        assert [e.amount for e in grants] == ["1000"]
+        balance = stubs[1].GetBalance(gpb.GetBalanceRequest(customer_key="acme", currency_key="ai-credits"), timeout=30)
+        assert balance.balance.available == "20"
+    finally:
+        for channel in channels:
+            channel.close()
