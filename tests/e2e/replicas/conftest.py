@@ -20,8 +20,8 @@ from credit_common.db.engine import DatabaseSettings, create_db_engine
 from credit_common.db.migrations import upgrade
 from credit_common.grpc.errors import error_details
 from credit_common.testing.postgres import PostgresServer
-from credit_common.testing.processes import ServiceProcess, start_service
 from grant_service.adapters.orm import CustomerRow, GrantRow, LedgerEntryRow, ScheduleRow, SubscriptionRow
+from tests.e2e.replicas.processes import ServiceProcess, start_service
 
 GRANT_MIGRATIONS = "grant_service.adapters:migrations"
 CATALOG_MIGRATIONS = "catalog_service.adapters:migrations"

@@ -1,6 +1,7 @@
 """A service as a real subprocess (`python -m <module> serve ...`) on a free loopback port, for
-tests and benchmarks: started, waited for (health SERVING), its JSON log lines read back, stopped
-with SIGTERM or killed with SIGKILL."""
+the replica tests: started, waited for (health SERVING), its JSON log lines read back, stopped
+with SIGTERM or killed with SIGKILL. (Kept next to these tests: the issue-4 branch adds a fuller
+`credit_common.testing.processes`; once both are merged these tests can move onto it.)"""
 
 from __future__ import annotations
 
