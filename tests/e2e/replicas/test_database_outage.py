@@ -102,7 +102,8 @@ def test_catalog_service_rides_out_a_postgres_restart(own_postgres, services):
         keys = [f.key for f in stub.ListFeatures(cpb.ListFeaturesRequest(), timeout=TIMEOUT_S).features]
         assert sorted(keys) == ["after", "before"]
     assert catalog.alive()
-    assert not [r for r in catalog.log_records() if r["level"] in ("error", "critical")]
+    # no RPC ended in INTERNAL ("unexpected error"); background work may log its failed passes
+    assert not [r for r in catalog.log_records() if r["logger"] == "credit_grants.rpc" and r["level"] == "error"]
     assert catalog.stop() == 0
 
 
