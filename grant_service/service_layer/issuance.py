@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from credit_common.db.engine import SessionFactories
 from credit_common.ids import new_id
 from credit_common.periods import period_start
-from grant_service.adapters.orm import GrantRow, LedgerEntryRow, ScheduleRow
+from grant_service.adapters.orm import REAL_TIME, GrantRow, LedgerEntryRow, ScheduleRow
 from grant_service.adapters.repository import insert_ignoring_conflicts, locked, schedule_of
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_difference
 from grant_service.domain.schedules import GrantSegment
@@ -47,24 +47,23 @@ def catch_up(
 ) -> CatchUpResult:
     """Run the catch-up to `now`, one transaction per batch, until nothing is due.
 
-    The timer's sweep (no `customer_key`) skips rows another replica has locked: that replica is
-    issuing them. A read's catch-up for one customer waits for such locks instead, so that a
-    balance read never misses a grant that a concurrent sweep is committing right now."""
+    Only the real-time timer's sweep skips rows another transaction has locked (replicas share that
+    work: whoever holds a row is issuing it). Every other catch-up must not return before what is
+    due is committed, so it waits for such locks: a customer's own catch-up before a read or a
+    debit, and a test clock's advance (its reply promises everything due is issued)."""
+    skip_locked = customer_key is None and clock_key == REAL_TIME
     result = CatchUpResult()
     # Expiries first, so that at a period boundary the ledger reads: EXPIRE of the old grant, GRANT of the new.
     while True:
         with factories.write() as session, session.begin():
-            done = expire_due_batch(session, clock_key, now, customer_key, batch_size)
+            done = expire_due_batch(session, clock_key, now, customer_key, batch_size, skip_locked=skip_locked)
         result.expired += done
         if done < batch_size:
             break
     while True:
         with factories.write() as session, session.begin():
-            # The timer's batches skip schedules another transaction holds (replicas share the work). A
-            # customer's own catch-up (before a read or a debit) waits for them instead: skipping would
-            # let the read miss a grant that is due but still being issued by a timer batch.
             done, issued, expired = issue_due_batch(
-                session, clock_key, now, customer_key, batch_size, skip_locked=customer_key is None
+                session, clock_key, now, customer_key, batch_size, skip_locked=skip_locked
             )
         result.issued += issued
         result.expired += expired
@@ -215,7 +214,9 @@ def grant_dict(row: GrantRow) -> dict:
     return {c.key: getattr(row, c.key) for c in GrantRow.__table__.columns}
 
 
-def expire_due_batch(session: Session, clock_key: str, now: datetime, customer_key: str | None, batch_size: int) -> int:
+def expire_due_batch(
+    session: Session, clock_key: str, now: datetime, customer_key: str | None, batch_size: int, *, skip_locked: bool
+) -> int:
     """Record the EXPIRE of up to `batch_size` grants whose expiry has passed; how many were handled."""
     query = select(GrantRow).where(GrantRow.closed.is_(False), GrantRow.expire_time <= now)
     if customer_key is not None:
@@ -223,7 +224,7 @@ def expire_due_batch(session: Session, clock_key: str, now: datetime, customer_k
     else:
         query = query.where(GrantRow.clock_key == clock_key)
     query = query.order_by(GrantRow.expire_time, GrantRow.grant_id).limit(batch_size)
-    rows = list(session.scalars(locked(session, query, skip_locked=customer_key is None)))
+    rows = list(session.scalars(locked(session, query, skip_locked=skip_locked)))
     if not rows:
         return 0
     close_expired(session, [grant_dict(r) for r in rows])
