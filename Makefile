@@ -9,6 +9,7 @@ INSTALLED := $(VENV)/.installed
 PROTOS := $(sort $(shell find protos -name '*.proto'))
 GENERATED := catalog_service/v1/catalog_service_pb2.py grant_service/v1/grant_service_pb2.py
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help setup protos run test lint bench demo clean
 
@@ -16,6 +17,7 @@ help:
 	@echo "make run    - set up and start both services on SQLite (catalog :50051, grant :50052)"
 	@echo "make test   - set up and run every test on SQLite and PostgreSQL"
 	@echo "make lint   - ruff + buf lint + no float/double in protos"
+	@echo "make bench  - load benchmarks on SQLite and PostgreSQL (BENCH_ARGS='--size small')"
 	@echo "make protos - regenerate the Python stubs from protos/"
 	@echo "make clean  - remove the virtualenv, generated stubs and local data"
 
@@ -49,6 +51,9 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/buf lint protos
 	@! grep -nE '^\s*(repeated\s+)?(float|double)\s' $(PROTOS) || (echo "float/double found in protos" && false)
+
+bench: setup
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis
