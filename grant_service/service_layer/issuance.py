@@ -67,17 +67,24 @@ def catch_up(
 
 
 def issue_due_batch(
-    session: Session, clock_key: str, now: datetime, customer_key: str | None, batch_size: int
+    session: Session,
+    clock_key: str,
+    now: datetime,
+    customer_key: str | None,
+    batch_size: int,
+    *,
+    skip_locked: bool = True,
 ) -> tuple[int, int, int]:
     """Issue the due periods of up to `batch_size` schedules; a period already over is expired at
-    once. Returns (schedules handled, grants issued, grants expired)."""
+    once. Returns (schedules handled, grants issued, grants expired). `skip_locked=False` waits for
+    a schedule another transaction is issuing (then sees it issued) instead of skipping it."""
     query = select(ScheduleRow).where(ScheduleRow.next_period_start <= now)
     if customer_key is not None:
         query = query.where(ScheduleRow.customer_key == customer_key)
     else:
         query = query.where(ScheduleRow.clock_key == clock_key)
     query = query.order_by(ScheduleRow.next_period_start, ScheduleRow.schedule_id).limit(batch_size)
-    rows = list(session.scalars(locked(session, query, skip_locked=True)))
+    rows = list(session.scalars(locked(session, query, skip_locked=skip_locked)))
     segments: list[tuple[ScheduleRow, GrantSegment]] = []
     cursors: list[dict] = []
     for row in rows:

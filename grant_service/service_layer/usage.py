@@ -120,7 +120,9 @@ def report_usage(
             return load_usage(session, seen)
         now = ctx.now_of(session, customer.clock_key)
         # A period that started since the catch-up above is issued in this very transaction: never lag.
-        issue_due_batch(session, customer.clock_key, now, customer_key, ctx.batch_size)
+        # Not skip_locked: a concurrent catch-up may be issuing this customer's period right now (ours
+        # above skipped it); waiting for it, then seeing its grant, beats rejecting for want of credits.
+        issue_due_batch(session, customer.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
         currency, rate = price(session, feature_key, currency_key, now)
         credits = exact_product(quantity, rate)
         rows = {r.grant_id: r for r in grants_active_at(session, customer_key, currency, now, for_update=True)}
