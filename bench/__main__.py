@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         "--scenario", default="all", help=f"comma-separated, among {', '.join(SCENARIOS)} (default: all)"
     )
     parser.add_argument("--output", default="bench/results.json", help="where the JSON goes")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="sample every server process with py-spy; collapsed stacks go to DIR"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run directory (databases, server logs)")
     args = parser.parse_args(argv)
     scenarios = SCENARIOS if args.scenario == "all" else tuple(s.strip() for s in args.scenario.split(","))
@@ -84,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     size = SIZES[args.size]
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        os.environ["BENCH_PROFILE_DIR"] = str(Path(args.profile).resolve())
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     run_dir = Path(tempfile.mkdtemp(prefix="credit-grants-bench-"))
 

@@ -45,6 +45,13 @@ class ServiceProcess:
         return _status_kb(self.pid, "VmRSS") / 1024
 
     def stop(self) -> None:
+        profiler = self.extra.pop("profiler", None)
+        if profiler is not None:  # py-spy writes its profile on SIGINT
+            profiler.send_signal(signal.SIGINT)
+            try:
+                profiler.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                profiler.kill()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -92,6 +99,26 @@ def start_service(
     except Exception:
         service.stop()
         raise
+    profile_dir = os.environ.get("BENCH_PROFILE_DIR")
+    if profile_dir:  # sample the server with py-spy (collapsed stacks, one file per server process)
+        out = Path(profile_dir) / f"{module}-{port}.collapsed"
+        service.extra["profiler"] = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(process.pid),
+                "--format",
+                "raw",
+                "--rate",
+                "50",
+                "--nonblocking",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     return service
 
 
