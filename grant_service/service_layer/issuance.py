@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from credit_common.db.engine import SessionFactories
@@ -83,7 +83,11 @@ def issue_due_batch(
         query = query.where(ScheduleRow.customer_key == customer_key)
     else:
         query = query.where(ScheduleRow.clock_key == clock_key)
-    query = query.order_by(ScheduleRow.next_period_start, ScheduleRow.schedule_id).limit(batch_size)
+    # Ordered by the indexed column only: with a tie-break on schedule_id (not in ix_schedules_due), a
+    # storm of N schedules due at the same instant was sorted whole for every batch of 500 (quadratic;
+    # py-spy showed this SELECT at 44% of the catch-up at N=100,000). Lock order needs no tie-break:
+    # SKIP LOCKED never waits, and a customer's own catch-up holds its customer lock.
+    query = query.order_by(ScheduleRow.next_period_start).limit(batch_size)
     rows = list(session.scalars(locked(session, query, skip_locked=skip_locked)))
     segments: list[tuple[ScheduleRow, GrantSegment]] = []
     cursors: list[dict] = []
@@ -95,13 +99,23 @@ def issue_due_batch(
             segments.extend((row, segment) for segment in schedule.segments(k))
             k += 1
             next_start = period_start(schedule.anchor, schedule.cadence, k) if schedule.has_period(k) else None
-        cursors.append({"schedule_id": row.schedule_id, "next_period_index": k, "next_period_start": next_start})
+        cursors.append({"b_schedule_id": row.schedule_id, "b_index": k, "b_start": next_start})
     issued = issue_segments(session, segments)
     if cursors:
-        session.execute(update(ScheduleRow), cursors)
+        session.execute(_ADVANCE_CURSOR, cursors)
     over = [g for g in issued if g["expire_time"] <= now]
     close_expired(session, over)
     return len(rows), len(issued), len(over)
+
+
+# A Core executemany: the ORM bulk UPDATE by primary key spent ~28% of a catch-up batch building its
+# per-row parameters (py-spy, bench renewal storm). The schedules are not in the session's identity map.
+_SCHEDULES = ScheduleRow.__table__
+_ADVANCE_CURSOR = (
+    update(_SCHEDULES)
+    .where(_SCHEDULES.c.schedule_id == bindparam("b_schedule_id"))
+    .values(next_period_index=bindparam("b_index"), next_period_start=bindparam("b_start"))
+)
 
 
 def issue_segments(session: Session, segments: Sequence[tuple[ScheduleRow, GrantSegment]]) -> list[dict]:
@@ -184,7 +198,7 @@ def expire_due_batch(session: Session, clock_key: str, now: datetime, customer_k
         query = query.where(GrantRow.customer_key == customer_key)
     else:
         query = query.where(GrantRow.clock_key == clock_key)
-    query = query.order_by(GrantRow.expire_time, GrantRow.grant_id).limit(batch_size)
+    query = query.order_by(GrantRow.expire_time).limit(batch_size)  # indexed column only, as above
     rows = list(session.scalars(locked(session, query, skip_locked=True)))
     if not rows:
         return 0
