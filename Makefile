@@ -9,6 +9,7 @@ INSTALLED := $(VENV)/.installed
 PROTOS := $(sort $(shell find protos -name '*.proto'))
 GENERATED := catalog_service/v1/catalog_service_pb2.py grant_service/v1/grant_service_pb2.py
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help setup protos run test lint bench demo clean
 
@@ -17,6 +18,7 @@ help:
 	@echo "make test   - set up and run every test on SQLite and PostgreSQL"
 	@echo "make lint   - ruff + buf lint + no float/double in protos"
 	@echo "make demo   - run the story against running services (start them with make run; DEMO_ARGS=--catalog/--grant)"
+	@echo "make bench  - load benchmarks on SQLite and PostgreSQL (BENCH_ARGS='--size small')"
 	@echo "make protos - regenerate the Python stubs from protos/"
 	@echo "make clean  - remove the virtualenv, generated stubs and local data"
 
@@ -53,6 +55,9 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/buf lint protos
 	@! grep -nE '^\s*(repeated\s+)?(float|double)\s' $(PROTOS) || (echo "float/double found in protos" && false)
+
+bench: setup
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis

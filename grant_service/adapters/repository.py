@@ -13,8 +13,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Boolean, Integer, Select, func, select, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from credit_common.periods import Cadence
@@ -32,12 +32,46 @@ def insert_ignoring_conflicts(session: Session, model: type, rows: Sequence[dict
     of column `key` of the rows actually inserted."""
     if not rows:
         return set()
-    dialect = postgresql if is_postgres(session) else sqlite
     table = model.__table__
-    statement = dialect.insert(table).on_conflict_do_nothing().returning(table.c[key])
+    if is_postgres(session):
+        return _insert_unnest(session, table, rows, key)
+    statement = sqlite.insert(table).on_conflict_do_nothing().returning(table.c[key])
     inserted: set[Any] = set()
     for start in range(0, len(rows), 1000):
         inserted.update(session.execute(statement, list(rows[start : start + 1000])).scalars())
+    return inserted
+
+
+def _pg_array_type(column) -> str:
+    type_ = column.type
+    impl = getattr(type_, "impl", type_)
+    if type_.__class__.__name__ == "ExactDecimal":
+        return "numeric[]"
+    if type_.__class__.__name__ == "UtcDateTime":
+        return "timestamptz[]"
+    if isinstance(impl, Boolean):
+        return "boolean[]"
+    if isinstance(impl, Integer):  # BigInteger included
+        return "bigint[]"
+    return "text[]"
+
+
+def _insert_unnest(session: Session, table, rows: Sequence[dict[str, Any]], key: str) -> set[Any]:
+    """PostgreSQL: one INSERT ... SELECT FROM unnest(array per column) per 5,000 rows. A multi-row
+    VALUES of 18 columns x 1,000 rows made psycopg re-parse 18,000 placeholders in Python for every
+    batch (39% of a catch-up batch, py-spy, bench renewal storm); here the query text is constant."""
+    columns = [c for c in table.columns if c.key in rows[0]]
+    names = ", ".join(f'"{c.name}"' for c in columns)
+    arrays = ", ".join(f"CAST(:{c.key} AS {_pg_array_type(c)})" for c in columns)
+    statement = text(
+        f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays}) '
+        f'ON CONFLICT DO NOTHING RETURNING "{table.c[key].name}"'
+    )
+    inserted: set[Any] = set()
+    for start in range(0, len(rows), 5000):
+        chunk = rows[start : start + 5000]
+        params = {c.key: [row[c.key] for row in chunk] for c in columns}
+        inserted.update(session.execute(statement, params).scalars())
     return inserted
 
 

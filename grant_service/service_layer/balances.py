@@ -16,7 +16,7 @@ from credit_common.pagination import PageRequest, next_page_token
 from grant_service.adapters.orm import GrantRow, LedgerEntryRow
 from grant_service.adapters.repository import currency_exists, debits_by_grant, grants_active_at, views_at
 from grant_service.domain.balances import active_in_burn_order, exact_difference, exact_sum
-from grant_service.service_layer.context import GrantContext, catch_up_customer
+from grant_service.service_layer.context import GrantContext, catch_up_customer, customer_due
 
 
 class GrantStatus(enum.Enum):
@@ -67,10 +67,13 @@ def require_currency(session: Session, currency_key: str) -> None:
         )
 
 
-def balance_at(session: Session, customer_key: str, currency_key: str, at: datetime) -> tuple[Decimal, list[GrantInfo]]:
-    """The balance at `at` and the grants active then, in burn-down order."""
+def balance_at(
+    session: Session, customer_key: str, currency_key: str, at: datetime, *, current: bool = False
+) -> tuple[Decimal, list[GrantInfo]]:
+    """The balance at `at` and the grants active then, in burn-down order. `current` (at the customer's
+    now, nothing being due) takes the grants' running debit totals instead of summing the ledger."""
     rows = {r.grant_id: r for r in grants_active_at(session, customer_key, currency_key, at)}
-    views = active_in_burn_order(views_at(session, list(rows.values()), at), at)
+    views = active_in_burn_order(views_at(session, list(rows.values()), at, current=current), at)
     infos = [evaluate(rows[v.grant_id], v.used, at) for v in views]
     return exact_sum(v.remaining for v in views), infos
 
@@ -78,21 +81,33 @@ def balance_at(session: Session, customer_key: str, currency_key: str, at: datet
 def get_balance(
     ctx: GrantContext, customer_key: str, currency_key: str, as_of: datetime | None, with_grants: bool
 ) -> BalanceInfo:
-    _, now = catch_up_customer(ctx, customer_key)
-    if as_of is not None and as_of > now:
-        raise InvalidArgument(
-            "as_of_time must not be after the customer's current time",
-            reason="AS_OF_TIME_IN_FUTURE",
-            metadata={"now": now.isoformat()},
-        )
-    at = as_of or now
+    """The common case (nothing due) is one read transaction: the customer, the due check, the grants.
+    Otherwise the customer is caught up first, as every read does."""
 
-    def work(session: Session) -> BalanceInfo:
-        require_currency(session, currency_key)
-        total, infos = balance_at(session, customer_key, currency_key, at)
+    def work(session: Session, caught_up_at: datetime | None) -> BalanceInfo | None:
+        if caught_up_at is None:
+            _, now, anything_due = customer_due(ctx, session, customer_key)
+            if anything_due:
+                return None
+        else:
+            now = caught_up_at
+        if as_of is not None and as_of > now:
+            raise InvalidArgument(
+                "as_of_time must not be after the customer's current time",
+                reason="AS_OF_TIME_IN_FUTURE",
+                metadata={"now": now.isoformat()},
+            )
+        at = as_of or now
+        total, infos = balance_at(session, customer_key, currency_key, at, current=as_of is None)
+        if not infos:
+            require_currency(session, currency_key)
         return BalanceInfo(customer_key, currency_key, at, total, infos if with_grants else [])
 
-    return ctx.read(work)
+    info = ctx.read(lambda session: work(session, None))
+    if info is None:
+        _, now = catch_up_customer(ctx, customer_key)
+        info = ctx.read(lambda session: work(session, now))
+    return info
 
 
 def list_grants(

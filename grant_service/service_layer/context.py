@@ -69,26 +69,31 @@ def get_customer(session: Session, customer_key: str) -> CustomerRow:
     return customer
 
 
+def customer_due(ctx: GrantContext, session: Session, customer_key: str) -> tuple[CustomerRow, datetime, bool]:
+    """The customer, its "now", and whether anything of it is due (a period to issue or a grant to
+    expire) at that instant: one query for both."""
+    customer = get_customer(session, customer_key)
+    now = ctx.now_of(session, customer.clock_key)
+    schedule_due = (
+        select(ScheduleRow.schedule_id)
+        .where(ScheduleRow.customer_key == customer_key, ScheduleRow.next_period_start <= now)
+        .limit(1)
+        .exists()
+    )
+    expiry_due = (
+        select(GrantRow.grant_id)
+        .where(GrantRow.customer_key == customer_key, GrantRow.closed.is_(False), GrantRow.expire_time <= now)
+        .limit(1)
+        .exists()
+    )
+    schedule, expiry = session.execute(select(schedule_due, expiry_due)).one()
+    return customer, now, bool(schedule or expiry)
+
+
 def catch_up_customer(ctx: GrantContext, customer_key: str) -> tuple[CustomerRow, datetime]:
     """Bring one customer's grants up to its "now" (issue and expire what is due), so that reads
     never depend on the timer having run; returns the customer and that instant."""
-
-    def due(session: Session) -> tuple[CustomerRow, datetime, bool]:
-        customer = get_customer(session, customer_key)
-        now = ctx.now_of(session, customer.clock_key)
-        schedule_due = session.scalar(
-            select(ScheduleRow.schedule_id)
-            .where(ScheduleRow.customer_key == customer_key, ScheduleRow.next_period_start <= now)
-            .limit(1)
-        )
-        expiry_due = session.scalar(
-            select(GrantRow.grant_id)
-            .where(GrantRow.customer_key == customer_key, GrantRow.closed.is_(False), GrantRow.expire_time <= now)
-            .limit(1)
-        )
-        return customer, now, schedule_due is not None or expiry_due is not None
-
-    customer, now, anything_due = ctx.read(due)
+    customer, now, anything_due = ctx.read(lambda session: customer_due(ctx, session, customer_key))
     if anything_due:
         catch_up(
             ctx.factories, clock_key=customer.clock_key, now=now, customer_key=customer_key, batch_size=ctx.batch_size

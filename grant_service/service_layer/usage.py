@@ -114,8 +114,8 @@ def report_usage(
             return load_usage(session, seen)
         now = ctx.now_of(session, customer.clock_key)
         # A period that started since the catch-up above is issued in this very transaction: never lag.
-        # Not skip_locked: a concurrent catch-up may be issuing this customer's period right now (ours
-        # above skipped it); waiting for it, then seeing its grant, beats rejecting for want of credits.
+        # Not skip_locked: a concurrent sweep may be issuing this customer's period right now; waiting
+        # for it, then seeing its grant, beats rejecting the usage for want of credits.
         issue_due_batch(session, customer.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
         currency, rate = price(session, feature_key, currency_key, now)
         credits = exact_product(quantity, rate)

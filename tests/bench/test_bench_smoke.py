@@ -1,0 +1,53 @@
+"""`make bench` still works: the whole benchmark at its tiny size, on both backends, as real
+processes. No timing assertions: only that every scenario produced its figures and that the
+exactness checks (which raise inside the run) passed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BACKENDS
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.timeout(600)
+def test_tiny_benchmark_runs_every_scenario(backend: str, tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--size", "tiny", "--backend", backend, "--output", str(output)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    rows = json.loads(output.read_text())["rows"]
+    assert {r["backend"] for r in rows} == {backend}
+    figures = {(r["scenario"], r["figure"].split(" (")[0]): r for r in rows}
+    for scenario, figure in [
+        ("renewal storm", "grants issued/s"),
+        ("renewal storm", "peak RSS grant process"),
+        ("no-op baseline", "Health/Check QPS"),
+        ("balance reads", "GetBalance"),
+        ("usage debits", "ReportUsage"),
+        ("provisioning", "provisions/s"),
+    ]:
+        matching = [r for (s, f), r in figures.items() if s == scenario and f.startswith(figure)]
+        assert matching, f"no {scenario} / {figure} row"
+        for row in matching:
+            assert row["value"] > 0, row
+    storm = next(r for r in rows if r["figure"].startswith("grants issued/s"))
+    assert storm["baseline"] > 0 and storm["ratio"] > 0
+    exact = next(r for r in rows if r["figure"] == "ledger debits == accepted usage")
+    assert exact["verdict"] == "ok" and exact["value"] > 0
+    handoff = next(r for r in rows if r["figure"] == "last reply -> every first grant")
+    # Until the catalog delivers to the grant service, the run reports the handoff as not delivered.
+    assert (handoff["value"] or 0) >= 0 and (handoff["value"] is not None or "handoff" in handoff["verdict"])
