@@ -8,11 +8,17 @@ killed (SIGKILL) and restarted on the same address and database.
         catalog.restart(signal.SIGKILL)
 
 Each process writes its log (stderr) to `<log_dir>/<name>.log`, appended
-across restarts, so a failing test can show it (`log_tail()`).
+across restarts, so a failing test can show it (`log_tail()`) or read its JSON
+log lines back (`log_records()`).
+
+With `database_url=None` the database is not passed (give `--database-url` in
+`args`), with `migrate=False` the schema is expected to be there already, and
+with `shutdown_grace_s=None` the service's own default grace applies.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -31,26 +37,37 @@ class ProcessFailed(RuntimeError):
     pass
 
 
+def health_status(channel: grpc.Channel, service: str = "", timeout: float = 2.0) -> int:
+    """The health service's status for `service` (HealthCheckResponse.ServingStatus)."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout).status
+
+
 class ServiceProcess:
     def __init__(
         self,
         module: str,
-        database_url: str,
+        database_url: str | None,
         *,
         log_dir: Path,
         args: Sequence[str] = (),
         port: int | None = None,
         name: str | None = None,
         env: dict[str, str] | None = None,
+        migrate: bool = True,
+        shutdown_grace_s: float | None = 5.0,
     ) -> None:
         self.module = module
         self.database_url = database_url
         self.port = port or free_port()
         self.name = name or module
         self.args = list(args)
+        self.migrate = migrate
+        self.shutdown_grace_s = shutdown_grace_s
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log_path = Path(log_dir) / f"{self.name}.log"
         self.process: subprocess.Popen | None = None
+        self.returncode: int | None = None  # of the last process stopped or killed
 
     @classmethod
     def grant(cls, database_url: str, *, log_dir: Path, args: Sequence[str] = (), **kwargs) -> ServiceProcess:
@@ -76,42 +93,43 @@ class ServiceProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def channel(self) -> grpc.Channel:
+        """A new insecure channel to the process (the caller closes it)."""
+        return grpc.insecure_channel(self.address)
+
     def start(self, *, ready_timeout_s: float = 60.0) -> ServiceProcess:
-        """Start the process (schema migrated with --migrate) and wait until it serves."""
+        """Start the process (schema migrated with --migrate unless `migrate=False`) and wait
+        until it serves; killed again if it does not."""
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
-        command = [
-            sys.executable,
-            "-m",
-            self.module,
-            "serve",
-            "--migrate",
-            "--listen",
-            self.address,
-            "--database-url",
-            self.database_url,
-            "--shutdown-grace",
-            "5",
-            *self.args,
-        ]
+        command = [sys.executable, "-m", self.module, "serve", "--listen", self.address]
+        if self.migrate:
+            command.append("--migrate")
+        if self.database_url is not None:
+            command += ["--database-url", self.database_url]
+        if self.shutdown_grace_s is not None:
+            command += ["--shutdown-grace", f"{self.shutdown_grace_s:g}"]
+        command += self.args
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        self.wait_ready(ready_timeout_s)
+        try:
+            self.wait_ready(ready_timeout_s)
+        except ProcessFailed:
+            self.kill()
+            raise
         return self
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Poll the health service until SERVING; fail if the process exits first."""
         deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
+        with self.channel() as channel:
             while True:
                 if not self.running:
                     raise ProcessFailed(
                         f"{self.name} exited with {self.process and self.process.returncode}: {self.log_tail()}"
                     )
                 try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    if health_status(channel, timeout=1.0) == health_pb2.HealthCheckResponse.SERVING:
                         return
                 except grpc.RpcError:
                     pass
@@ -131,7 +149,9 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=timeout_s)
+                self.returncode = process.returncode
                 raise ProcessFailed(f"{self.name} did not exit within {timeout_s} s of {sig.name}") from None
+        self.returncode = process.returncode
         return process.returncode
 
     def kill(self) -> int | None:
@@ -146,6 +166,22 @@ class ServiceProcess:
             return self.log_path.read_text(errors="replace")[-chars:]
         except FileNotFoundError:
             return ""
+
+    def log_records(self) -> list[dict]:
+        """The JSON log lines written so far (other lines, and a line cut short by a kill, skipped)."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
 
     def __enter__(self) -> ServiceProcess:
         if not self.running:

@@ -20,8 +20,8 @@ from credit_common.db.engine import DatabaseSettings, create_db_engine
 from credit_common.db.migrations import upgrade
 from credit_common.grpc.errors import error_details
 from credit_common.testing.postgres import PostgresServer
+from credit_common.testing.processes import ServiceProcess
 from grant_service.adapters.orm import CustomerRow, GrantRow, LedgerEntryRow, ScheduleRow, SubscriptionRow
-from tests.e2e.replicas.processes import ServiceProcess, start_service
 
 GRANT_MIGRATIONS = "grant_service.adapters:migrations"
 CATALOG_MIGRATIONS = "catalog_service.adapters:migrations"
@@ -53,9 +53,17 @@ def services(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     started: list[ServiceProcess] = []
 
     def start(module: str, *args: str) -> ServiceProcess:
-        process = start_service(module, args, log_path=tmp_path / f"{module}-{len(started)}.log")
+        process = ServiceProcess(
+            module,
+            None,  # in args
+            log_dir=tmp_path,
+            args=args,
+            name=f"{module}-{len(started)}",
+            migrate=False,
+            shutdown_grace_s=None,
+        )
         started.append(process)
-        return process
+        return process.start(ready_timeout_s=30.0)
 
     yield start
     for process in started:
@@ -67,7 +75,7 @@ def wait_until(predicate: Callable[[], bool], what: str, *, processes=(), limit_
     deadline = time.monotonic() + limit_s
     while not predicate():
         for process in processes:
-            if not process.alive():
+            if process.process is not None and not process.running:
                 pytest.fail(f"a service process exited ({process.process.returncode}): {process.log_tail()}")
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")

@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2
 from catalog_service.v1 import catalog_service_pb2 as cpb
 from catalog_service.v1 import catalog_service_pb2_grpc as cpb_grpc
 from credit_common.testing.postgres import free_port
+from credit_common.testing.processes import health_status
 from grant_service.v1 import grant_service_pb2 as gpb
 from grant_service.v1 import grant_service_pb2_grpc as gpb_grpc
 from tests.e2e.grant.conftest import all_entries, subscription
@@ -25,7 +26,6 @@ from tests.e2e.replicas.conftest import (
     migrated_database,
     wait_until,
 )
-from tests.e2e.replicas.processes import health_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -60,7 +60,7 @@ def test_grant_service_rides_out_a_postgres_restart(own_postgres, services, mode
             "the timer to log the outage",
             processes=[grant],
         )
-        assert grant.alive()
+        assert grant.running
 
         own_postgres.start()
         assert _balance(stub, "acme") == "1000"
@@ -71,7 +71,7 @@ def test_grant_service_rides_out_a_postgres_restart(own_postgres, services, mode
         ]
         assert sorted(e.amount for e in grants) == ["1000", "500"]
 
-    assert grant.alive()
+    assert grant.running
     failures = [r for r in grant.log_records() if r["message"] == "catch-up failed; the next run retries"]
     assert all("exception" not in r for r in failures)
     assert not [r for r in grant.log_records() if r["level"] in ("error", "critical")]
@@ -101,7 +101,7 @@ def test_catalog_service_rides_out_a_postgres_restart(own_postgres, services):
         create("after")
         keys = [f.key for f in stub.ListFeatures(cpb.ListFeaturesRequest(), timeout=TIMEOUT_S).features]
         assert sorted(keys) == ["after", "before"]
-    assert catalog.alive()
+    assert catalog.running
     # no RPC ended in INTERNAL ("unexpected error"); background work may log its failed passes
     assert not [r for r in catalog.log_records() if r["logger"] == "credit_grants.rpc" and r["level"] == "error"]
     assert catalog.stop() == 0

@@ -87,7 +87,8 @@ class DispatcherProcess:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
 
-    def alive(self) -> bool:
+    @property
+    def running(self) -> bool:
         return self.process.poll() is None
 
     def log_tail(self) -> str:

@@ -115,7 +115,7 @@ def test_replicas_under_load_ride_out_a_postgres_crash_and_restart(own_postgres,
         stop.set()
         for reader in readers:
             reader.join(timeout=30)
-    assert [r.process.pid for r in replicas] == pids and all(r.alive() for r in replicas)  # never restarted
+    assert [r.process.pid for r in replicas] == pids and all(r.running for r in replicas)  # never restarted
     unexpected = {code for _, code in codes} - {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
     assert not unexpected, f"RPCs failed with {unexpected} (only UNAVAILABLE is expected during the restart)"
     assert balances and set(balances) == {"1000"}
