@@ -334,7 +334,7 @@ def provisioning(backend: Backend, size: Size, log) -> list[Row]:
             backend.run_dir,
             args=["--grant-service-address", grant.address],
             # the outbox dispatcher's target, whatever flag it ends up being wired to
-            env={"CATALOG_GRANT_TARGET": grant.address, "CATALOG_GRANT_SERVICE_ADDRESS": grant.address},
+            env={"CATALOG_GRANT_SERVICE_ADDRESS": grant.address},
         )
         with grpc.insecure_channel(catalog.address) as channel:
             stub = cgrpc.CatalogServiceStub(channel)
