@@ -3,7 +3,6 @@ server that a test may stop and start under them (its own, not the session's).""
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from credit_common.db.engine import DatabaseSettings, create_db_engine
@@ -21,7 +20,8 @@ from credit_common.db.migrations import upgrade
 from credit_common.grpc.errors import error_details
 from credit_common.testing.postgres import PostgresServer
 from credit_common.testing.processes import ServiceProcess
-from grant_service.adapters.orm import CustomerRow, GrantRow, LedgerEntryRow, ScheduleRow, SubscriptionRow
+from grant_service.adapters.orm import GrantRow, LedgerEntryRow, ScheduleRow
+from tests.support.grant_rows import insert_due_subscriptions
 
 GRANT_MIGRATIONS = "grant_service.adapters:migrations"
 CATALOG_MIGRATIONS = "catalog_service.adapters:migrations"
@@ -98,45 +98,10 @@ def seed_due_subscriptions(url: str, count: int) -> datetime:
     inserted in one transaction (the way a migration from another system would load them). Returns
     the instant they were seeded at."""
     now = datetime.now(UTC).replace(microsecond=0)
-    customers, subscriptions, schedules = [], [], []
-    for i in range(count):
-        anchor = now - timedelta(days=1, seconds=i % 40_000)
-        customers.append({"customer_key": f"c{i}", "clock_key": ""})
-        subscriptions.append(
-            {
-                "subscription_id": f"sub_{i}",
-                "customer_key": f"c{i}",
-                "revision": 1,
-                "start_time": anchor,
-                "end_time": None,
-                "clock_key": "",
-                "update_time": now,
-            }
-        )
-        schedules.append(
-            {
-                "schedule_id": f"sch_{i}",
-                "subscription_id": f"sub_{i}",
-                "customer_key": f"c{i}",
-                "clock_key": "",
-                "entitlement_key": "credits",
-                "currency_key": "ai-credits",
-                "cadence": "MONTHLY",
-                "anchor_time": anchor,
-                "end_time": None,
-                "amounts": json.dumps([["1000", anchor.isoformat()]]),
-                "position": 0,
-                "removed": False,
-                "next_period_index": 0,
-                "next_period_start": anchor,
-            }
-        )
+    anchors = [now - timedelta(days=1, seconds=i % 40_000) for i in range(count)]
     engine = create_db_engine(DatabaseSettings(url=url))
     try:
-        with engine.begin() as connection:
-            connection.execute(insert(CustomerRow), customers)
-            connection.execute(insert(SubscriptionRow), subscriptions)
-            connection.execute(insert(ScheduleRow), schedules)
+        insert_due_subscriptions(engine, anchors, now)
     finally:
         engine.dispose()
     return now

@@ -3,7 +3,6 @@ of a catch-up and restarted, and two processes running their timers on one datab
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,12 +11,13 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
 from credit_common.db.engine import DatabaseSettings, create_db_engine
 from credit_common.db.migrations import upgrade
 from credit_common.periods import Cadence, period_index_at, period_start
-from grant_service.adapters.orm import CustomerRow, GrantRow, LedgerEntryRow, ScheduleRow, SubscriptionRow
+from grant_service.adapters.orm import GrantRow, LedgerEntryRow, ScheduleRow
+from tests.support.grant_rows import insert_due_subscriptions
 
 pytestmark = pytest.mark.slow
 
@@ -30,45 +30,9 @@ def _seed(url: str, count: int) -> tuple[object, int]:
     engine = create_db_engine(DatabaseSettings(url=url))
     upgrade("grant_service.adapters:migrations", engine)
     now = datetime.now(UTC)
-    customers, subs, schedules = [], [], []
-    expected = 0
-    for i in range(count):
-        anchor = (now - timedelta(days=20 + i % 30, seconds=i)).replace(microsecond=0)
-        customers.append({"customer_key": f"c{i}", "clock_key": ""})
-        subs.append(
-            {
-                "subscription_id": f"sub_{i}",
-                "customer_key": f"c{i}",
-                "revision": 1,
-                "start_time": anchor,
-                "end_time": None,
-                "clock_key": "",
-                "update_time": now,
-            }
-        )
-        schedules.append(
-            {
-                "schedule_id": f"sch_{i}",
-                "subscription_id": f"sub_{i}",
-                "customer_key": f"c{i}",
-                "clock_key": "",
-                "entitlement_key": "credits",
-                "currency_key": "ai-credits",
-                "cadence": "MONTHLY",
-                "anchor_time": anchor,
-                "end_time": None,
-                "amounts": json.dumps([["1000", anchor.isoformat()]]),
-                "position": 0,
-                "removed": False,
-                "next_period_index": 0,
-                "next_period_start": anchor,
-            }
-        )
-        expected += period_index_at(anchor, Cadence.MONTHLY, now) + 1
-    with engine.begin() as connection:
-        connection.execute(insert(CustomerRow), customers)
-        connection.execute(insert(SubscriptionRow), subs)
-        connection.execute(insert(ScheduleRow), schedules)
+    anchors = [(now - timedelta(days=20 + i % 30, seconds=i)).replace(microsecond=0) for i in range(count)]
+    insert_due_subscriptions(engine, anchors, now)
+    expected = sum(period_index_at(anchor, Cadence.MONTHLY, now) + 1 for anchor in anchors)
     return engine, expected
 
 
