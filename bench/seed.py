@@ -43,6 +43,7 @@ from grant_service.adapters.orm import (
     SubscriptionRow,
 )
 from grant_service.adapters.repository import encode_amounts
+from grant_service.domain.balances import RECURRING_PRIORITY
 from grant_service.domain.schedules import ScheduledAmount
 
 CURRENCY = "ai-credits"
@@ -50,6 +51,18 @@ FEATURE = "gpt-calls"
 ENTITLEMENT = "ai-credits-monthly"
 PLAN = "bench"
 BEGINNING_OF_TIME = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+
+
+# Column order of the INSERT ... SELECTs below (seeding and the storm baseline share it).
+GRANT_COLUMNS = [
+    "grant_id", "customer_key", "currency_key", "clock_key", "source", "subscription_id", "schedule_id",
+    "entitlement_key", "period_index", "segment", "amount", "used", "effective_time", "expire_time",
+    "priority", "void_time", "reason", "closed",
+]  # fmt: skip
+ENTRY_COLUMNS = [
+    "entry_id", "customer_key", "currency_key", "type", "amount", "grant_id", "effective_time",
+    "subscription_id", "description",
+]  # fmt: skip
 
 
 def migrated_engine(url: str, migrations: str) -> Engine:
@@ -165,26 +178,7 @@ def seed_issued_periods(
         grant_id = _key(f"grt_{prefix}{k}_", s.c.i)
         conn.execute(
             insert(GrantRow).from_select(
-                [
-                    "grant_id",
-                    "customer_key",
-                    "currency_key",
-                    "clock_key",
-                    "source",
-                    "subscription_id",
-                    "schedule_id",
-                    "entitlement_key",
-                    "period_index",
-                    "segment",
-                    "amount",
-                    "used",
-                    "effective_time",
-                    "expire_time",
-                    "priority",
-                    "void_time",
-                    "reason",
-                    "closed",
-                ],
+                GRANT_COLUMNS,
                 select(
                     grant_id,
                     customer,
@@ -200,7 +194,7 @@ def seed_issued_periods(
                     _typed(debit, GrantRow.used),
                     _typed(start, GrantRow.effective_time),
                     _typed(stop, GrantRow.expire_time),
-                    literal(100, Integer),
+                    literal(RECURRING_PRIORITY, Integer),
                     _typed(None, GrantRow.void_time),
                     _typed("", GrantRow.reason),
                     _typed(closed, GrantRow.closed),
@@ -213,17 +207,7 @@ def seed_issued_periods(
         if closed:
             entries.append(("e", "EXPIRE", -(amount - debit), stop, "closes_grant_id"))
         for tag, type_, value, effective, link in entries:
-            columns = [
-                "entry_id",
-                "customer_key",
-                "currency_key",
-                "type",
-                "amount",
-                "grant_id",
-                "effective_time",
-                "subscription_id",
-                "description",
-            ]
+            columns = list(ENTRY_COLUMNS)
             values = [
                 _key(f"led_{prefix}{tag}{k}_", s.c.i),
                 customer,
@@ -299,26 +283,7 @@ def storm_baseline(engine: Engine, n: int, now: datetime) -> float:
             with conn.begin():
                 conn.execute(
                     insert(grants).from_select(
-                        [
-                            "grant_id",
-                            "customer_key",
-                            "currency_key",
-                            "clock_key",
-                            "source",
-                            "subscription_id",
-                            "schedule_id",
-                            "entitlement_key",
-                            "period_index",
-                            "segment",
-                            "amount",
-                            "used",
-                            "effective_time",
-                            "expire_time",
-                            "priority",
-                            "void_time",
-                            "reason",
-                            "closed",
-                        ],
+                        GRANT_COLUMNS,
                         select(
                             literal("grt_", String) + sch.c.schedule_id,
                             sch.c.customer_key,
@@ -334,7 +299,7 @@ def storm_baseline(engine: Engine, n: int, now: datetime) -> float:
                             _typed(Decimal(0), GrantRow.used),
                             sch.c.next_period_start,
                             _typed(add_months(now, 1), GrantRow.expire_time),
-                            literal(100, Integer),
+                            literal(RECURRING_PRIORITY, Integer),
                             _typed(None, GrantRow.void_time),
                             _typed("", GrantRow.reason),
                             _typed(False, GrantRow.closed),
@@ -343,18 +308,7 @@ def storm_baseline(engine: Engine, n: int, now: datetime) -> float:
                 )
                 conn.execute(
                     insert(ledger).from_select(
-                        [
-                            "entry_id",
-                            "customer_key",
-                            "currency_key",
-                            "type",
-                            "amount",
-                            "grant_id",
-                            "effective_time",
-                            "subscription_id",
-                            "description",
-                            "opens_grant_id",
-                        ],
+                        [*ENTRY_COLUMNS, "opens_grant_id"],
                         select(
                             literal("led_", String) + grants.c.grant_id,
                             grants.c.customer_key,
