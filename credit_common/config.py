@@ -26,6 +26,11 @@ class ServiceSettings:
     extra: argparse.Namespace
 
 
+def env_flag(value: str | None) -> bool:
+    """A boolean environment variable: 1, true, yes or on (any case) mean true."""
+    return (value or "").lower() in ("1", "true", "yes", "on")
+
+
 def _env(prefix: str, name: str, default: str | None) -> str | None:
     return os.environ.get(f"{prefix}_{name}", default)
 
@@ -97,7 +102,7 @@ def parse_service_args(
     parser.add_argument(
         "--migrate",
         action="store_true",
-        default=env("MIGRATE", "false").lower() in ("1", "true", "yes"),
+        default=env_flag(env("MIGRATE", "false")),
         help="upgrade the schema before serving (development; production runs `migrate`)",
     )
     if add_arguments:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from sqlalchemy import Engine
 
 from credit_common.clock import Clock, SystemClock
-from credit_common.config import ServiceSettings
+from credit_common.config import ServiceSettings, env_flag
 from credit_common.db.engine import session_factories
 from credit_common.grpc.server import RunningServer
 from credit_common.runtime import ServiceDefinition, start
@@ -24,10 +24,6 @@ DEFINITION = ServiceDefinition(
     service_names=(grant_service_pb2.DESCRIPTOR.services_by_name["GrantService"].full_name,),
     migrations="grant_service.adapters:migrations",
 )
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").lower() in ("1", "true", "yes", "on")
 
 
 def add_arguments(parser: argparse.ArgumentParser, env: Callable[[str, str | None], str | None]) -> None:
@@ -47,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser, env: Callable[[str, str | Non
     parser.add_argument(
         "--enable-test-clocks",
         action="store_true",
-        default=_truthy(env("ENABLE_TEST_CLOCKS", "false")),
+        default=env_flag(env("ENABLE_TEST_CLOCKS", "false")),
         help="enable the test clock methods (default false)",
     )
 
