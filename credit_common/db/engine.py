@@ -59,10 +59,13 @@ def _sqlite_engine(settings: DatabaseSettings) -> Engine:
     url = make_url(settings.url)
     if url.database and url.database != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
+    # An SQLite connection is a file handle: the pool keeps every one it opens (pool + overflow),
+    # instead of closing the overflow after each burst and paying the connect and PRAGMAs again
+    # on the next (11% of a GetBalance under 32 callers, py-spy, bench balance reads).
     engine = create_engine(
         url,
-        pool_size=settings.pool_size,
-        max_overflow=settings.max_overflow,
+        pool_size=settings.pool_size + settings.max_overflow,
+        max_overflow=0,
         pool_timeout=settings.pool_timeout_s,
         connect_args={"check_same_thread": False, "timeout": settings.sqlite_busy_timeout_ms / 1000},
     )
