@@ -13,10 +13,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Boolean, Integer, Select, func, select, text
+from sqlalchemy import Boolean, Connection, Integer, Row, Select, and_, bindparam, exists, func, or_, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
+from credit_common.db.types import UtcDateTime
 from credit_common.periods import Cadence
 from grant_service.adapters.orm import CustomerRow, GrantRow, LedgerEntryRow, RateRow, RateSetRow, ScheduleRow
 from grant_service.domain.balances import GrantView, exact_sum
@@ -140,22 +141,71 @@ def grants_active_at(
     return list(session.scalars(query))
 
 
+def view_of(row: GrantRow | Row, used: Decimal) -> GrantView:
+    """A grant (an ORM row or a Core row of `grants`) with `used` credits debited."""
+    return GrantView(row.grant_id, row.amount, used, row.priority, row.effective_time, row.expire_time, row.void_time)
+
+
 def views_at(session: Session, rows: Sequence[GrantRow], at: datetime, *, current: bool = False) -> list[GrantView]:
     """The grants as seen at `at`; `current` (at the customer's now) takes their running totals
     instead of summing the ledger."""
     used = {r.grant_id: r.used for r in rows} if current else debits_by_grant(session, [r.grant_id for r in rows], at)
-    return [
-        GrantView(
-            r.grant_id,
-            r.amount,
-            used.get(r.grant_id, Decimal(0)),
-            r.priority,
-            r.effective_time,
-            r.expire_time,
-            r.void_time,
+    return [view_of(r, used.get(r.grant_id, Decimal(0))) for r in rows]
+
+
+def _current_grants_statement() -> Select:
+    customers, grants, schedules = CustomerRow.__table__, GrantRow.__table__, ScheduleRow.__table__
+    expiring = grants.alias("expiring")
+    now = bindparam("now", type_=UtcDateTime())
+    schedule_due = (
+        exists()
+        .where(schedules.c.customer_key == customers.c.customer_key, schedules.c.next_period_start <= now)
+        .correlate(customers)
+    )
+    expiry_due = (
+        exists()
+        .where(
+            expiring.c.customer_key == customers.c.customer_key,
+            expiring.c.closed.is_(False),
+            expiring.c.expire_time <= now,
         )
-        for r in rows
-    ]
+        .correlate(customers)
+    )
+    return (
+        select(
+            customers.c.clock_key.label("customer_clock_key"),
+            schedule_due.label("schedule_due"),
+            expiry_due.label("expiry_due"),
+            *grants.c,
+        )
+        .select_from(
+            customers.outerjoin(
+                grants,
+                and_(
+                    grants.c.customer_key == customers.c.customer_key,
+                    grants.c.currency_key == bindparam("currency_key"),
+                    grants.c.effective_time <= now,
+                    or_(grants.c.expire_time.is_(None), grants.c.expire_time > now),
+                    or_(grants.c.void_time.is_(None), grants.c.void_time > now),
+                ),
+            )
+        )
+        .where(customers.c.customer_key == bindparam("customer_key"))
+        .order_by(grants.c.grant_id)
+    )
+
+
+# Built once: executing the same statement object reuses its cache key and compiled form.
+_CURRENT_GRANTS = _current_grants_statement()
+
+
+def current_grants(connection: Connection, customer_key: str, currency_key: str, now: datetime) -> list[Row]:
+    """In one statement: the customer's clock, whether anything of it is due at `now` (a period to
+    issue, a grant to expire), and its grants in `currency_key` active at `now` (columns of `grants`).
+    No row: no such customer. One row with grant_id None: no active grant."""
+    return list(
+        connection.execute(_CURRENT_GRANTS, {"customer_key": customer_key, "currency_key": currency_key, "now": now})
+    )
 
 
 # ------------------------------------------------------------------------------ rates

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from credit_common.clock import Clock, SystemClock
 from credit_common.config import ServiceSettings, env_flag
-from credit_common.db.engine import session_factories
+from credit_common.db.engine import create_db_engine, read_engine_settings, session_factories
 from credit_common.grpc.server import RunningServer
 from credit_common.runtime import ServiceDefinition, start
 from grant_service.entrypoints.servicer import GrantServicer
@@ -50,8 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser, env: Callable[[str, str | Non
 
 def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None) -> RunningServer:
     extra = settings.extra
+    # GetBalance's hot path reads on a connection per RPC thread, from a pool of its own.
+    read_engine = create_db_engine(read_engine_settings(settings.database, settings.max_workers))
     ctx = GrantContext(
-        factories=session_factories(engine),
+        factories=session_factories(engine, read_engine),
         clock=clock or SystemClock(),
         test_clocks_enabled=bool(getattr(extra, "enable_test_clocks", False)),
         batch_size=int(getattr(extra, "catch_up_batch_size", 500)),
@@ -62,6 +64,7 @@ def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None)
         grant_service_pb2_grpc.add_GrantServiceServicer_to_server(servicer, server)
 
     running = start(DEFINITION, listen=settings.listen, register=register, max_workers=settings.max_workers)
+    running.on_stop.append(read_engine.dispose)
     interval = float(getattr(extra, "catch_up_interval", 1.0))
     if interval > 0:
         stop_timer = start_catch_up_timer(ctx, interval)

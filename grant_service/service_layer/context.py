@@ -60,12 +60,16 @@ class GrantContext:
             return work(session)
 
 
+def customer_not_found(customer_key: str) -> NotFound:
+    return NotFound(
+        f"customer {customer_key!r} not found", reason="CUSTOMER_NOT_FOUND", metadata={"customer_key": customer_key}
+    )
+
+
 def get_customer(session: Session, customer_key: str) -> CustomerRow:
     customer = session.get(CustomerRow, customer_key)
     if customer is None:
-        raise NotFound(
-            f"customer {customer_key!r} not found", reason="CUSTOMER_NOT_FOUND", metadata={"customer_key": customer_key}
-        )
+        raise customer_not_found(customer_key)
     return customer
 
 
