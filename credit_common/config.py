@@ -90,7 +90,7 @@ def parse_service_args(
         help="PostgreSQL statement and lock timeout (default 30000)",
     )
     parser.add_argument(
-        "--max-workers", type=int, default=int(env("MAX_WORKERS", "32")), help="RPC worker threads (default 32)"
+        "--max-workers", type=int, default=int(env("MAX_WORKERS", "16")), help="RPC worker threads (default 16)"
     )
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"), help="DEBUG, INFO (default), WARNING")
     parser.add_argument(

@@ -45,7 +45,7 @@ def start(
     *,
     listen: str,
     register: Callable[[grpc.Server], None],
-    max_workers: int = 32,
+    max_workers: int = 16,
 ) -> RunningServer:
     return start_server(
         address=listen,

@@ -53,7 +53,7 @@ def start_server(
     service_names: Sequence[str],
     register: Callable[[grpc.Server], None],
     interceptor: ServiceInterceptor,
-    max_workers: int = 32,
+    max_workers: int = 16,
 ) -> RunningServer:
     """Start a server on `address` ("host:port"; port 0 picks a free one).
 
