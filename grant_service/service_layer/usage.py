@@ -118,6 +118,16 @@ class _CatchUpFirst:
     now: datetime
 
 
+@dataclass(frozen=True)
+class _Debit:
+    request_id: str
+    print_: str
+    customer_key: str
+    feature_key: str
+    quantity: Decimal
+    currency_key: str
+
+
 def report_usage(
     ctx: GrantContext, request_id: str, customer_key: str, feature_key: str, quantity: Decimal, currency_key: str
 ) -> UsageResult:
@@ -146,16 +156,6 @@ def report_usage(
             batch_size=ctx.batch_size,
         )
         caught_up = True
-
-
-@dataclass(frozen=True)
-class _Debit:
-    request_id: str
-    print_: str
-    customer_key: str
-    feature_key: str
-    quantity: Decimal
-    currency_key: str
 
 
 def _debit(ctx: GrantContext, debit: _Debit, session: Session, *, caught_up: bool) -> UsageResult | _CatchUpFirst:
