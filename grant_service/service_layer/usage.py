@@ -16,7 +16,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from credit_common.decimals import format_decimal
-from credit_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ResourceExhausted
+from credit_common.errors import (
+    DomainError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from credit_common.idempotency import fingerprint
 from credit_common.ids import new_id
 from grant_service.adapters.orm import REAL_TIME, LedgerEntryRow, UsageRow
@@ -44,6 +51,7 @@ from grant_service.service_layer.context import (
     catch_up_customer,
     customer_not_found,
     remember,
+    replayed,
     replayed_record,
     test_clock_not_found,
 )
@@ -160,7 +168,6 @@ def report_usage(
 
 def _debit(ctx: GrantContext, debit: _Debit, session: Session, *, caught_up: bool) -> UsageResult | _CatchUpFirst:
     request_id, print_, customer_key = debit.request_id, debit.print_, debit.customer_key
-    feature_key, quantity, currency_key = debit.feature_key, debit.quantity, debit.currency_key
     head = debit_head(session, customer_key, SCOPE, request_id)
     if head is None:
         raise customer_not_found(customer_key)
@@ -179,7 +186,24 @@ def _debit(ctx: GrantContext, debit: _Debit, session: Session, *, caught_up: boo
             # Not skip_locked: a concurrent sweep may be issuing this customer's period right now; waiting
             # for it, then seeing its grant, beats rejecting the usage for want of credits.
             issue_due_batch(session, head.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
-    rates = ctx.rates.rates_in_force(session, feature_key, now, head.rates_version)
+    try:
+        return _burn(ctx, debit, session, now, head.rates_version)
+    except DomainError:
+        # On PostgreSQL the DebitHead comes from a snapshot taken before the customer's lock was granted:
+        # a twin of this request (same request_id, e.g. sent to another replica) may have committed in
+        # the meantime, and its result, not this error, is the answer. (Had this debit succeeded, its
+        # usage's insert would have failed on the request_id, and ctx.write's retry replays the twin.)
+        seen = replayed(session, SCOPE, request_id, print_)
+        if seen is not None:
+            return load_usage(session, seen)
+        raise
+
+
+def _burn(ctx: GrantContext, debit: _Debit, session: Session, now: datetime, rates_version: int) -> UsageResult:
+    """Price the debit, burn the customer's grants (locked) and record it all, at `now`."""
+    request_id, print_, customer_key = debit.request_id, debit.print_, debit.customer_key
+    feature_key, quantity, currency_key = debit.feature_key, debit.quantity, debit.currency_key
+    rates = ctx.rates.rates_in_force(session, feature_key, now, rates_version)
     currency, rate = price(session, rates, feature_key, currency_key)
     credits = exact_product(quantity, rate)
     grants = {g.view.grant_id: g for g in debitable_grants(session, customer_key, currency, now)}

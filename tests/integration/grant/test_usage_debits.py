@@ -4,6 +4,8 @@ made by another replica."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from decimal import Decimal
 
@@ -13,11 +15,14 @@ from sqlalchemy import select
 from credit_common.clock import ManualClock
 from credit_common.db.engine import session_factories
 from credit_common.errors import ResourceExhausted
+from credit_common.idempotency import fingerprint
 from grant_service.adapters.orm import LedgerEntryRow
+from grant_service.adapters.repository import lock_customer
 from grant_service.service_layer.context import GrantContext
 from grant_service.service_layer.subscriptions import apply_credit_currency
-from grant_service.service_layer.usage import report_usage
+from grant_service.service_layer.usage import _Debit, _debit, report_usage
 from tests.integration.grant.test_catch_up import NOW, _engine, _subscribe
+from tests.integration.grant.test_read_waits_for_timer_batch import _lock_waits
 
 
 def _ledger(engine, customer_key: str) -> list[tuple[str, Decimal]]:
@@ -62,4 +67,40 @@ def test_a_rate_applied_by_another_replica_is_used_by_the_next_debit(database_ur
     clock.advance(timedelta(seconds=-1))  # a debit before NOW still pays the first revision's rate
     assert report_usage(debiting, "u3", "c0", "gpt", Decimal(1), "").usage.credits_per_unit == 2
     for engine in engines:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_debit_that_waited_for_its_twin_replays_it_instead_of_failing(database_url_factory, backend):
+    """Two replicas get the same request; one debits while the other waits for the customer's lock.
+    The waiting one must answer with the first one's usage, even though what it read with the lock
+    (in a snapshot taken before the wait) does not show that usage, and the credits are now gone."""
+    engine = _engine(database_url_factory("debit_twin"))
+    ctx = GrantContext(session_factories(engine), ManualClock(NOW))
+    apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal("1")}, None)
+    _subscribe(ctx, 1, NOW - timedelta(days=1))
+    report_usage(ctx, "u0", "c0", "gpt", Decimal(1), "")  # the period issued: 6 credits left
+    answers: list = []
+
+    def twin() -> None:
+        try:
+            answers.append(report_usage(ctx, "r", "c0", "gpt", Decimal(6), "").usage.usage_id)
+        except ResourceExhausted as error:
+            answers.append(error)
+
+    try:
+        with ctx.factories.write() as first, first.begin():
+            assert lock_customer(first, "c0") is not None
+            waiting = threading.Thread(target=twin)
+            waiting.start()
+            deadline = time.monotonic() + 20
+            while not _lock_waits(engine):
+                assert time.monotonic() < deadline, f"the twin did not wait for the customer's lock: {answers}"
+                time.sleep(0.02)
+            debit = _Debit("r", fingerprint("c0", "gpt", "6", ""), "c0", "gpt", Decimal(6), "")
+            usage_id = _debit(ctx, debit, first, caught_up=True).usage.usage_id  # all 6 credits taken
+        waiting.join(timeout=20)
+        assert answers == [usage_id]
+    finally:
         engine.dispose()
