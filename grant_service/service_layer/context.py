@@ -5,7 +5,7 @@ lost race, request-id idempotency)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
@@ -19,6 +19,7 @@ from credit_common.db.engine import SessionFactories
 from credit_common.errors import FailedPrecondition, NotFound
 from credit_common.idempotency import SeenRequest
 from grant_service.adapters.orm import REAL_TIME, ClockRow, CustomerRow, GrantRow, RequestIdRow, ScheduleRow
+from grant_service.adapters.repository import RatesCache, insert_request_id
 from grant_service.service_layer.issuance import catch_up
 
 T = TypeVar("T")
@@ -31,6 +32,7 @@ class GrantContext:
     clock: Clock
     test_clocks_enabled: bool = False
     batch_size: int = 500
+    rates: RatesCache = field(default_factory=RatesCache, compare=False, repr=False)
 
     def now_of(self, session: Session, clock_key: str) -> datetime:
         """Real time, or the time of test clock `clock_key`."""
@@ -38,7 +40,7 @@ class GrantContext:
             return self.clock.now()
         frozen = session.scalar(select(ClockRow.frozen_time).where(ClockRow.test_clock_id == clock_key))
         if frozen is None:
-            raise NotFound(f"test clock {clock_key!r} not found", reason="TEST_CLOCK_NOT_FOUND")
+            raise test_clock_not_found(clock_key)
         return frozen
 
     def write(self, work: Callable[[Session], T], attempts: int = 3) -> T:
@@ -71,6 +73,10 @@ def get_customer(session: Session, customer_key: str) -> CustomerRow:
     if customer is None:
         raise customer_not_found(customer_key)
     return customer
+
+
+def test_clock_not_found(clock_key: str) -> NotFound:
+    return NotFound(f"test clock {clock_key!r} not found", reason="TEST_CLOCK_NOT_FOUND")
 
 
 def customer_due(ctx: GrantContext, session: Session, customer_key: str) -> tuple[CustomerRow, datetime, bool]:
@@ -117,17 +123,39 @@ class RequestIds:
         return None if row is None else SeenRequest(row.fingerprint, row.resource_id)
 
     def add(self, scope: str, request_id: str, fingerprint: str, result: str, now: datetime) -> None:
-        self.session.add(
-            RequestIdRow(
-                scope=scope, request_id=request_id, fingerprint=fingerprint, resource_id=result, create_time=now
-            )
+        insert_request_id(
+            self.session,
+            {
+                "scope": scope,
+                "request_id": request_id,
+                "fingerprint": fingerprint,
+                "resource_id": result,
+                "create_time": now,
+            },
         )
-        self.session.flush()
+
+
+class _AlreadyRead:
+    """A `RequestStore` over the one record (or none) a caller has already read."""
+
+    def __init__(self, seen: SeenRequest[str] | None) -> None:
+        self.seen = seen
+
+    def get(self, scope: str, request_id: str) -> SeenRequest[str] | None:
+        return self.seen
+
+    def add(self, scope: str, request_id: str, fingerprint: str, result: str, now: datetime) -> None:
+        raise NotImplementedError
 
 
 def replayed(session: Session, scope: str, request_id: str, print_: str) -> str | None:
     """The resource id recorded for `request_id` in `scope`, None if the request is new."""
     return idempotency.replay(RequestIds(session), scope, request_id, print_)
+
+
+def replayed_record(seen: SeenRequest[str] | None, scope: str, request_id: str, print_: str) -> str | None:
+    """As `replayed`, for the record of `request_id` the caller has already read (None: there is none)."""
+    return idempotency.replay(_AlreadyRead(seen), scope, request_id, print_)
 
 
 def remember(session: Session, scope: str, request_id: str, print_: str, resource_id: str, now: datetime) -> None:

@@ -10,21 +10,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from credit_common.decimals import format_decimal
-from credit_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ResourceExhausted
+from credit_common.errors import (
+    DomainError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from credit_common.idempotency import fingerprint
 from credit_common.ids import new_id
-from grant_service.adapters.orm import LedgerEntryRow, UsageRow
+from grant_service.adapters.orm import REAL_TIME, LedgerEntryRow, UsageRow
 from grant_service.adapters.repository import (
+    DebitableGrant,
     currency_exists,
+    debit_head,
+    debitable_grants,
     feature_known,
     grants_active_at,
-    lock_customer,
     rates_in_force,
+    record_debit,
     views_at,
 )
 from grant_service.domain.balances import (
@@ -35,8 +46,16 @@ from grant_service.domain.balances import (
     exact_product,
     exact_sum,
 )
-from grant_service.service_layer.context import GrantContext, catch_up_customer, get_customer, remember, replayed
-from grant_service.service_layer.issuance import grant_dict, issue_due_batch, ledger_entry
+from grant_service.service_layer.context import (
+    GrantContext,
+    catch_up_customer,
+    customer_not_found,
+    remember,
+    replayed,
+    replayed_record,
+    test_clock_not_found,
+)
+from grant_service.service_layer.issuance import catch_up, issue_due_batch, ledger_entry
 
 SCOPE = "ReportUsage"
 
@@ -56,9 +75,9 @@ class UsageCheck:
     available: Decimal
 
 
-def price(session: Session, feature_key: str, currency_key: str, at: datetime) -> tuple[str, Decimal]:
-    """(currency, credits per unit) for a usage of `feature_key` at `at`."""
-    rates = rates_in_force(session, feature_key, at)
+def price(session: Session, rates: dict[str, Decimal], feature_key: str, currency_key: str) -> tuple[str, Decimal]:
+    """(currency, credits per unit) for a usage of `feature_key`, given the rates in force
+    (`rates_in_force`) for it."""
     if currency_key:
         if currency_key not in rates:
             if not currency_exists(session, currency_key):
@@ -99,74 +118,149 @@ def _feature_not_found(feature_key: str) -> NotFound:
     )
 
 
+@dataclass(frozen=True)
+class _CatchUpFirst:
+    """The customer has a period to issue or a grant to expire at `now`: catch up, then debit."""
+
+    clock_key: str
+    now: datetime
+
+
+@dataclass(frozen=True)
+class _Debit:
+    request_id: str
+    print_: str
+    customer_key: str
+    feature_key: str
+    quantity: Decimal
+    currency_key: str
+
+
 def report_usage(
     ctx: GrantContext, request_id: str, customer_key: str, feature_key: str, quantity: Decimal, currency_key: str
 ) -> UsageResult:
-    print_ = fingerprint(customer_key, feature_key, str(quantity), currency_key)
-    catch_up_customer(ctx, customer_key)
+    """One write transaction: lock the customer and read what the debit needs (DebitHead), price, lock
+    and burn its grants, record. If something of the customer is due at its "now", the transaction
+    is left untouched, the customer caught up (committed by itself, as before a read) and the debit
+    run again; a period that starts in between is then issued in the debit's own transaction."""
+    debit = _Debit(
+        request_id,
+        fingerprint(customer_key, feature_key, str(quantity), currency_key),
+        customer_key,
+        feature_key,
+        quantity,
+        currency_key,
+    )
+    caught_up = False
+    while True:
+        outcome = ctx.write(partial(_debit, ctx, debit, caught_up=caught_up))
+        if isinstance(outcome, UsageResult):
+            return outcome
+        catch_up(
+            ctx.factories,
+            clock_key=outcome.clock_key,
+            now=outcome.now,
+            customer_key=customer_key,
+            batch_size=ctx.batch_size,
+        )
+        caught_up = True
 
-    def work(session: Session) -> UsageResult:
-        customer = lock_customer(session, customer_key)
-        if customer is None:
-            get_customer(session, customer_key)  # raises NOT_FOUND
+
+def _debit(ctx: GrantContext, debit: _Debit, session: Session, *, caught_up: bool) -> UsageResult | _CatchUpFirst:
+    request_id, print_, customer_key = debit.request_id, debit.print_, debit.customer_key
+    head = debit_head(session, customer_key, SCOPE, request_id)
+    if head is None:
+        raise customer_not_found(customer_key)
+    if head.clock_key != REAL_TIME and head.frozen_time is None:
+        raise test_clock_not_found(head.clock_key)
+    seen = replayed_record(head.seen, SCOPE, request_id, print_)
+    if seen is not None:
+        return load_usage(session, seen)
+    # The customer's "now", taken once its lock is held: its debits are in time order.
+    now = ctx.clock.now() if head.clock_key == REAL_TIME else head.frozen_time
+    period_due = head.next_period_start is not None and head.next_period_start <= now
+    if period_due or (head.next_expiry is not None and head.next_expiry <= now):
+        if not caught_up:
+            return _CatchUpFirst(head.clock_key, now)
+        if period_due:
+            # Not skip_locked: a concurrent sweep may be issuing this customer's period right now; waiting
+            # for it, then seeing its grant, beats rejecting the usage for want of credits.
+            issue_due_batch(session, head.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
+    try:
+        return _burn(ctx, debit, session, now, head.rates_version)
+    except DomainError:
+        # On PostgreSQL the DebitHead comes from a snapshot taken before the customer's lock was granted:
+        # a twin of this request (same request_id, e.g. sent to another replica) may have committed in
+        # the meantime, and its result, not this error, is the answer. (Had this debit succeeded, its
+        # usage's insert would have failed on the request_id, and ctx.write's retry replays the twin.)
         seen = replayed(session, SCOPE, request_id, print_)
         if seen is not None:
             return load_usage(session, seen)
-        now = ctx.now_of(session, customer.clock_key)
-        # A period that started since the catch-up above is issued in this very transaction: never lag.
-        # Not skip_locked: a concurrent sweep may be issuing this customer's period right now; waiting
-        # for it, then seeing its grant, beats rejecting the usage for want of credits.
-        issue_due_batch(session, customer.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
-        currency, rate = price(session, feature_key, currency_key, now)
-        credits = exact_product(quantity, rate)
-        rows = {r.grant_id: r for r in grants_active_at(session, customer_key, currency, now, for_update=True)}
-        views = views_at(session, list(rows.values()), now, current=True)
-        try:
-            taken = allocate(views, credits, now)
-        except InsufficientCredits as error:
-            raise ResourceExhausted(
-                f"insufficient credits: {format_decimal(error.available)} available, "
-                f"{format_decimal(error.required)} required",
-                reason="INSUFFICIENT_CREDITS",
-                metadata={
-                    "available": format_decimal(error.available),
-                    "required": format_decimal(error.required),
-                    "currency_key": currency,
-                },
-            ) from None
-        usage = UsageRow(
-            usage_id=new_id("use"),
-            request_id=request_id,
-            customer_key=customer_key,
-            feature_key=feature_key,
-            quantity=quantity,
-            currency_key=currency,
-            credits_per_unit=rate,
-            credits=credits,
-            usage_time=now,
-            balance_after=exact_difference(available(views, now), credits),
-        )
-        session.add(usage)
-        for grant_id, amount in taken:
-            rows[grant_id].used = exact_sum((rows[grant_id].used, amount))
-        session.flush()
-        session.add_all(
-            LedgerEntryRow(
-                **ledger_entry(
-                    grant_dict(rows[grant_id]),
-                    "DEBIT",
-                    -amount,
-                    now,
-                    f"{format_decimal(quantity)} x {feature_key}",
-                    usage_id=usage.usage_id,
-                )
+        raise
+
+
+def _burn(ctx: GrantContext, debit: _Debit, session: Session, now: datetime, rates_version: int) -> UsageResult:
+    """Price the debit, burn the customer's grants (locked) and record it all, at `now`."""
+    request_id, print_, customer_key = debit.request_id, debit.print_, debit.customer_key
+    feature_key, quantity, currency_key = debit.feature_key, debit.quantity, debit.currency_key
+    rates = ctx.rates.rates_in_force(session, feature_key, now, rates_version)
+    currency, rate = price(session, rates, feature_key, currency_key)
+    credits = exact_product(quantity, rate)
+    grants = {g.view.grant_id: g for g in debitable_grants(session, customer_key, currency, now)}
+    views = [g.view for g in grants.values()]
+    try:
+        taken = allocate(views, credits, now)
+    except InsufficientCredits as error:
+        raise ResourceExhausted(
+            f"insufficient credits: {format_decimal(error.available)} available, "
+            f"{format_decimal(error.required)} required",
+            reason="INSUFFICIENT_CREDITS",
+            metadata={
+                "available": format_decimal(error.available),
+                "required": format_decimal(error.required),
+                "currency_key": currency,
+            },
+        ) from None
+    usage = {
+        "usage_id": new_id("use"),
+        "request_id": request_id,
+        "customer_key": customer_key,
+        "feature_key": feature_key,
+        "quantity": quantity,
+        "currency_key": currency,
+        "credits_per_unit": rate,
+        "credits": credits,
+        "usage_time": now,
+        "balance_after": exact_difference(available(views, now), credits),
+    }
+    record_debit(
+        session,
+        usage,
+        [(grant_id, exact_sum((grants[grant_id].view.used, amount))) for grant_id, amount in taken],
+        [
+            ledger_entry(
+                _entry_grant(grants[grant_id]),
+                "DEBIT",
+                -amount,
+                now,
+                f"{format_decimal(quantity)} x {feature_key}",
+                usage_id=usage["usage_id"],
             )
             for grant_id, amount in taken
-        )
-        remember(session, SCOPE, request_id, print_, usage.usage_id, now)
-        return UsageResult(usage, taken)
+        ],
+    )
+    remember(session, SCOPE, request_id, print_, usage["usage_id"], now)
+    return UsageResult(UsageRow(**usage), taken)
 
-    return ctx.write(work)
+
+def _entry_grant(grant: DebitableGrant) -> dict:
+    """What `ledger_entry` takes of a grant."""
+    return {
+        "grant_id": grant.view.grant_id,
+        "customer_key": grant.customer_key,
+        "currency_key": grant.currency_key,
+        "subscription_id": grant.subscription_id,
+    }
 
 
 def load_usage(session: Session, usage_id: str) -> UsageResult:
@@ -187,7 +281,7 @@ def check_usage(
     _, now = catch_up_customer(ctx, customer_key)
 
     def work(session: Session) -> UsageCheck:
-        currency, rate = price(session, feature_key, currency_key, now)
+        currency, rate = price(session, rates_in_force(session, feature_key, now), feature_key, currency_key)
         credits = exact_product(quantity, rate)
         views = views_at(session, grants_active_at(session, customer_key, currency, now), now, current=True)
         total = available(views, now)

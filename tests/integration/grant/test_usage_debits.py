@@ -1,0 +1,106 @@
+"""ReportUsage's single write transaction against a real database: the catch-up it does first when
+something of the customer is due, and its per-process rates cache, which must follow a rate change
+made by another replica."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+
+from credit_common.clock import ManualClock
+from credit_common.db.engine import session_factories
+from credit_common.errors import ResourceExhausted
+from credit_common.idempotency import fingerprint
+from grant_service.adapters.orm import LedgerEntryRow
+from grant_service.adapters.repository import lock_customer
+from grant_service.service_layer.context import GrantContext
+from grant_service.service_layer.subscriptions import apply_credit_currency
+from grant_service.service_layer.usage import _Debit, _debit, report_usage
+from tests.integration.grant.test_catch_up import NOW, _engine, _subscribe
+from tests.integration.grant.test_read_waits_for_timer_batch import _lock_waits
+
+
+def _ledger(engine, customer_key: str) -> list[tuple[str, Decimal]]:
+    with engine.connect() as c:
+        return [
+            (type_, amount)
+            for type_, amount in c.execute(
+                select(LedgerEntryRow.type, LedgerEntryRow.amount)
+                .where(LedgerEntryRow.customer_key == customer_key)
+                .order_by(LedgerEntryRow.seq)
+            )
+        ]
+
+
+def test_a_due_period_is_issued_and_an_old_grant_expired_before_the_debit(database_url_factory):
+    engine = _engine(database_url_factory("debit_due"))
+    clock = ManualClock(NOW)
+    ctx = GrantContext(session_factories(engine), clock)
+    apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal("1")}, None)
+    _subscribe(ctx, 1, NOW - timedelta(days=1))  # customer c0: 7 credits a month, the first period not issued
+    assert report_usage(ctx, "u1", "c0", "gpt", Decimal(7), "").usage.balance_after == 0
+    assert _ledger(engine, "c0") == [("GRANT", Decimal(7)), ("DEBIT", Decimal(-7))]
+    with pytest.raises(ResourceExhausted):
+        report_usage(ctx, "u2", "c0", "gpt", Decimal(1), "")
+    clock.advance(timedelta(days=31))  # the next period has started, nothing has run since
+    usage = report_usage(ctx, "u3", "c0", "gpt", Decimal(2), "").usage
+    assert usage.balance_after == 5
+    assert _ledger(engine, "c0")[2:] == [("EXPIRE", Decimal(0)), ("GRANT", Decimal(7)), ("DEBIT", Decimal(-2))]
+    engine.dispose()
+
+
+def test_a_rate_applied_by_another_replica_is_used_by_the_next_debit(database_url_factory):
+    url = database_url_factory("debit_rates")
+    engines = [_engine(url), _engine(url)]
+    clock = ManualClock(NOW)
+    debiting, applying = (GrantContext(session_factories(e), clock) for e in engines)
+    apply_credit_currency(applying, "ai-credits", 1, {"gpt": Decimal("2")}, NOW - timedelta(days=30))
+    _subscribe(debiting, 1, NOW - timedelta(days=1))
+    assert report_usage(debiting, "u1", "c0", "gpt", Decimal(1), "").usage.credits_per_unit == 2  # rates now cached
+    apply_credit_currency(applying, "ai-credits", 2, {"gpt": Decimal("3")}, None)  # in force from NOW
+    assert report_usage(debiting, "u2", "c0", "gpt", Decimal(1), "").usage.credits_per_unit == 3
+    clock.advance(timedelta(seconds=-1))  # a debit before NOW still pays the first revision's rate
+    assert report_usage(debiting, "u3", "c0", "gpt", Decimal(1), "").usage.credits_per_unit == 2
+    for engine in engines:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_debit_that_waited_for_its_twin_replays_it_instead_of_failing(database_url_factory, backend):
+    """Two replicas get the same request; one debits while the other waits for the customer's lock.
+    The waiting one must answer with the first one's usage, even though what it read with the lock
+    (in a snapshot taken before the wait) does not show that usage, and the credits are now gone."""
+    engine = _engine(database_url_factory("debit_twin"))
+    ctx = GrantContext(session_factories(engine), ManualClock(NOW))
+    apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal("1")}, None)
+    _subscribe(ctx, 1, NOW - timedelta(days=1))
+    report_usage(ctx, "u0", "c0", "gpt", Decimal(1), "")  # the period issued: 6 credits left
+    answers: list = []
+
+    def twin() -> None:
+        try:
+            answers.append(report_usage(ctx, "r", "c0", "gpt", Decimal(6), "").usage.usage_id)
+        except ResourceExhausted as error:
+            answers.append(error)
+
+    try:
+        with ctx.factories.write() as first, first.begin():
+            assert lock_customer(first, "c0") is not None
+            waiting = threading.Thread(target=twin)
+            waiting.start()
+            deadline = time.monotonic() + 20
+            while not _lock_waits(engine):
+                assert time.monotonic() < deadline, f"the twin did not wait for the customer's lock: {answers}"
+                time.sleep(0.02)
+            debit = _Debit("r", fingerprint("c0", "gpt", "6", ""), "c0", "gpt", Decimal(6), "")
+            usage_id = _debit(ctx, debit, first, caught_up=True).usage.usage_id  # all 6 credits taken
+        waiting.join(timeout=20)
+        assert answers == [usage_id]
+    finally:
+        engine.dispose()
