@@ -13,7 +13,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Boolean, Integer, Select, func, select, text
+from sqlalchemy import Boolean, Integer, Select, String, any_, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from credit_common.periods import Cadence
@@ -89,9 +90,10 @@ def _insert_unnest(session: Session, table, rows: Sequence[dict[str, Any]]) -> i
     """PostgreSQL: one INSERT ... SELECT FROM unnest(array per column) ... ON CONFLICT DO NOTHING
     per 5,000 rows; returns the rows inserted. A multi-row VALUES of 18 columns x 1,000 rows made
     psycopg re-parse 18,000 placeholders in Python for every batch (39% of a catch-up batch, py-spy,
-    bench renewal storm); here the query text is constant. A column whose value is the same in
-    every row is bound once, not as an array: psycopg dumps arrays element by element in Python
-    (30% of a batch, cProfile), and most columns of a storm's grants and entries are shared."""
+    bench renewal storm); here the query text is the same from batch to batch. psycopg dumps arrays
+    element by element in Python (30% of a batch, cProfile): a column whose value is the same in
+    every row (most columns of a storm's grants and entries) is bound once, not as an array, and
+    arrays go in binary (%b: the text format checked every element for quoting with a regex)."""
     columns = [c for c in table.columns if c.key in rows[0]]
     names = ", ".join(f'"{c.name}"' for c in columns)
     count = 0
@@ -102,19 +104,41 @@ def _insert_unnest(session: Session, table, rows: Sequence[dict[str, Any]]) -> i
             values = [row[column.key] for row in chunk]
             # The first column is always an array: unnest gives the rows.
             if n and values.count(values[0]) == len(values):
-                selected.append(f"CAST(:p{n} AS {_pg_type(column)})")
+                selected.append(f"CAST(%(p{n})s AS {_pg_type(column)})")
                 params[f"p{n}"] = values[0]
             else:
                 selected.append(f"u.a{n}")
-                arrays.append((f"a{n}", f"CAST(:p{n} AS {_pg_type(column)}[])"))
+                arrays.append((f"a{n}", f"CAST(%(p{n})b AS {_pg_type(column)}[])"))
                 params[f"p{n}"] = values
-        statement = text(
+        statement = (
             f'INSERT INTO "{table.name}" ({names}) SELECT {", ".join(selected)} '
             f"FROM unnest({', '.join(a for _, a in arrays)}) AS u({', '.join(alias for alias, _ in arrays)}) "
             "ON CONFLICT DO NOTHING"
         )
-        count += session.execute(statement, params).rowcount
+        count += session.connection().exec_driver_sql(statement, params).rowcount
     return count
+
+
+_SCHEDULES = ScheduleRow.__table__
+_ADVANCE = update(_SCHEDULES).values(next_period_index=bindparam("b_index"), next_period_start=bindparam("b_start"))
+_ADVANCE_IN = _ADVANCE.where(_SCHEDULES.c.schedule_id.in_(bindparam("ids", expanding=True)))
+_ADVANCE_ANY = _ADVANCE.where(_SCHEDULES.c.schedule_id == any_(bindparam("ids", type_=postgresql.ARRAY(String))))
+
+
+def advance_cursors(
+    session: Session, schedule_ids: Sequence[str], next_index: int, next_start: datetime | None
+) -> None:
+    """Move the issuance cursor of every schedule in `schedule_ids` to period `next_index` starting
+    at `next_start`: one statement for them all (an ORM bulk UPDATE by primary key spent ~28% of a
+    catch-up batch building per-row parameters, py-spy, bench renewal storm). PostgreSQL takes the
+    ids as one array (an IN list of 500 placeholders was rendered and parsed for every batch)."""
+    if is_postgres(session):
+        session.execute(_ADVANCE_ANY, {"ids": list(schedule_ids), "b_index": next_index, "b_start": next_start})
+        return
+    for start in range(0, len(schedule_ids), 1000):
+        session.execute(
+            _ADVANCE_IN, {"ids": list(schedule_ids[start : start + 1000]), "b_index": next_index, "b_start": next_start}
+        )
 
 
 def locked(session: Session, statement: Select, *, skip_locked: bool = False) -> Select:

@@ -18,14 +18,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from credit_common.db.engine import SessionFactories
 from credit_common.ids import new_id, new_ids
 from credit_common.periods import period_start
 from grant_service.adapters.orm import REAL_TIME, GrantRow, LedgerEntryRow, ScheduleRow
-from grant_service.adapters.repository import insert_ignoring_conflicts, locked, schedule_of
+from grant_service.adapters.repository import advance_cursors, insert_ignoring_conflicts, locked, schedule_of
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_difference
 from grant_service.domain.schedules import GrantSegment, Schedule
 
@@ -116,10 +116,7 @@ def issue_due_batch(
         advanced.setdefault((k, next_start), []).append(row.schedule_id)
     issued, over = issue_in_time_order(session, segments, now)
     for (k, next_start), schedule_ids in advanced.items():
-        for start in range(0, len(schedule_ids), 1000):
-            session.execute(
-                _ADVANCE_CURSORS, {"ids": schedule_ids[start : start + 1000], "b_index": k, "b_start": next_start}
-            )
+        advance_cursors(session, schedule_ids, k, next_start)
     return len(rows), len(issued), len(over)
 
 
@@ -167,16 +164,10 @@ def issue_in_time_order(
     return issued, expired
 
 
-# Core statements: the ORM bulk UPDATE by primary key spent ~28% of a catch-up batch building its
-# per-row parameters, loading ORM instances another ~8% (py-spy, cProfile, bench renewal storm).
-# The schedules a batch reads are plain rows, not in the session's identity map.
+# The sweep reads plain rows (Core), not ORM instances (~8% of a catch-up batch, cProfile, bench
+# renewal storm); the schedules are not in the session's identity map.
 _SCHEDULES = ScheduleRow.__table__
 _DUE_COLUMNS = [c for c in _SCHEDULES.c if c.key not in ("position", "removed", "next_period_start")]
-_ADVANCE_CURSORS = (
-    update(_SCHEDULES)
-    .where(_SCHEDULES.c.schedule_id.in_(bindparam("ids", expanding=True)))
-    .values(next_period_index=bindparam("b_index"), next_period_start=bindparam("b_start"))
-)
 
 
 def issue_segments(session: Session, segments: Sequence[tuple[Any, GrantSegment]]) -> list[dict]:
