@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import time
@@ -11,6 +12,8 @@ KEY_RULE = "must be 1 to 63 lowercase letters, digits, '-' or '_', starting with
 REQUEST_ID_MAX_LENGTH = 128
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# RFC 4648 base32 (what the C encoder writes) to Crockford's alphabet, digit for digit.
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
 
 
 def is_valid_key(key: str) -> bool:
@@ -19,10 +22,16 @@ def is_valid_key(key: str) -> bool:
 
 def new_id(prefix: str) -> str:
     """A ULID-style id with a prefix, e.g. "sub_01JBX3Q...": sortable by creation time, 128 bits."""
+    return new_ids(prefix, 1)[0]
+
+
+def new_ids(prefix: str, n: int) -> list[str]:
+    """n ids as `new_id` makes them: 26 Crockford base32 digits of (milliseconds << 80 | 80 random
+    bits), i.e. 10 digits of the time then 16 of randomness. Made in one go for a batch (the renewal
+    storm's catch-up made two ids per grant, one at a time: 8% of a batch, cProfile)."""
     millis = time.time_ns() // 1_000_000
-    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return f"{prefix}_{''.join(reversed(chars))}"
+    # 10 bytes of the time encode to 16 digits, of which the last 10 hold its 50 low bits.
+    head = f"{prefix}_{base64.b32encode(millis.to_bytes(10, 'big')).translate(_TO_CROCKFORD)[-10:].decode()}"
+    # 10 random bytes are exactly 16 digits: the randomness of all n ids encoded at once.
+    tails = base64.b32encode(os.urandom(10 * n)).translate(_TO_CROCKFORD).decode()
+    return [head + tails[i : i + 16] for i in range(0, 16 * n, 16)]

@@ -20,17 +20,18 @@ from sqlalchemy import (
     Integer,
     Row,
     Select,
+    String,
     and_,
+    any_,
     bindparam,
     exists,
     func,
     insert,
     or_,
     select,
-    text,
     update,
 )
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from credit_common.db.types import UtcDateTime
@@ -56,51 +57,117 @@ def is_postgres(session: Session) -> bool:
 
 
 def insert_ignoring_conflicts(session: Session, model: type, rows: Sequence[dict[str, Any]], key: str) -> set[Any]:
-    """Insert `rows` (in bulk), skipping any that violates a unique constraint; returns the values
-    of column `key` of the rows actually inserted."""
+    """Insert `rows` (in bulk, all with the same keys), skipping any that violates a unique
+    constraint; returns the values of column `key` of the rows actually inserted. `key` must be a
+    fresh id of each row (an id made for this insert): a row found with it was inserted here.
+
+    The database counts the rows inserted; only when a conflict skipped some does a query find
+    which (RETURNING every key cost the storm's catch-up a row fetch per grant)."""
     if not rows:
         return set()
     table = model.__table__
-    if is_postgres(session):
-        return _insert_unnest(session, table, rows, key)
-    statement = sqlite.insert(table).on_conflict_do_nothing().returning(table.c[key])
+    insert = _insert_unnest if is_postgres(session) else _insert_executemany
+    count = insert(session, table, rows)
+    keys = [row[key] for row in rows]
+    if count == len(rows):
+        return set(keys)
     inserted: set[Any] = set()
-    for start in range(0, len(rows), 1000):
-        inserted.update(session.execute(statement, list(rows[start : start + 1000])).scalars())
+    column = table.c[key]
+    for start in range(0, len(keys), 500):
+        inserted.update(session.execute(select(column).where(column.in_(keys[start : start + 500]))).scalars())
     return inserted
 
 
-def _pg_array_type(column) -> str:
+def _insert_executemany(session: Session, table, rows: Sequence[dict[str, Any]]) -> int:
+    """SQLite: one prepared INSERT ... ON CONFLICT DO NOTHING run by the driver's executemany over
+    plain tuples; returns the rows inserted. SQLAlchemy's multi-row INSERT ... RETURNING built and
+    type-processed every value of every row in Python (a third of a catch-up batch, cProfile, bench
+    renewal storm); here each column's distinct values go through its bind processor once (a
+    storm's rows share their times and amounts)."""
+    dialect = session.get_bind().dialect
+    columns = [c for c in table.columns if c.key in rows[0]]
+    values = []
+    for column in columns:
+        process = column.type.dialect_impl(dialect).bind_processor(dialect)
+        raw = [row[column.key] for row in rows]
+        if process is None:
+            values.append(raw)
+            continue
+        done: dict[tuple[type, Any], Any] = {}  # by type too: 1 == Decimal(1) == True
+        values.append([done[k] if (k := (v.__class__, v)) in done else done.setdefault(k, process(v)) for v in raw])
+    names = ", ".join(f'"{c.name}"' for c in columns)
+    marks = ", ".join("?" for _ in columns)
+    statement = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING'
+    return session.connection().exec_driver_sql(statement, list(zip(*values, strict=True))).rowcount
+
+
+def _pg_type(column) -> str:
     type_ = column.type
     impl = getattr(type_, "impl", type_)
     if type_.__class__.__name__ == "ExactDecimal":
-        return "numeric[]"
+        return "numeric"
     if type_.__class__.__name__ == "UtcDateTime":
-        return "timestamptz[]"
+        return "timestamptz"
     if isinstance(impl, Boolean):
-        return "boolean[]"
+        return "boolean"
     if isinstance(impl, Integer):  # BigInteger included
-        return "bigint[]"
-    return "text[]"
+        return "bigint"
+    return "text"
 
 
-def _insert_unnest(session: Session, table, rows: Sequence[dict[str, Any]], key: str) -> set[Any]:
-    """PostgreSQL: one INSERT ... SELECT FROM unnest(array per column) per 5,000 rows. A multi-row
-    VALUES of 18 columns x 1,000 rows made psycopg re-parse 18,000 placeholders in Python for every
-    batch (39% of a catch-up batch, py-spy, bench renewal storm); here the query text is constant."""
+def _insert_unnest(session: Session, table, rows: Sequence[dict[str, Any]]) -> int:
+    """PostgreSQL: one INSERT ... SELECT FROM unnest(array per column) ... ON CONFLICT DO NOTHING
+    per 5,000 rows; returns the rows inserted. A multi-row VALUES of 18 columns x 1,000 rows made
+    psycopg re-parse 18,000 placeholders in Python for every batch (39% of a catch-up batch, py-spy,
+    bench renewal storm); here the query text is the same from batch to batch. psycopg dumps arrays
+    element by element in Python (30% of a batch, cProfile): a column whose value is the same in
+    every row (most columns of a storm's grants and entries) is bound once, not as an array, and
+    arrays go in binary (%b: the text format checked every element for quoting with a regex)."""
     columns = [c for c in table.columns if c.key in rows[0]]
     names = ", ".join(f'"{c.name}"' for c in columns)
-    arrays = ", ".join(f"CAST(:{c.key} AS {_pg_array_type(c)})" for c in columns)
-    statement = text(
-        f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays}) '
-        f'ON CONFLICT DO NOTHING RETURNING "{table.c[key].name}"'
-    )
-    inserted: set[Any] = set()
+    count = 0
     for start in range(0, len(rows), 5000):
         chunk = rows[start : start + 5000]
-        params = {c.key: [row[c.key] for row in chunk] for c in columns}
-        inserted.update(session.execute(statement, params).scalars())
-    return inserted
+        selected, arrays, params = [], [], {}
+        for n, column in enumerate(columns):
+            values = [row[column.key] for row in chunk]
+            # The first column is always an array: unnest gives the rows.
+            if n and values.count(values[0]) == len(values):
+                selected.append(f"CAST(%(p{n})s AS {_pg_type(column)})")
+                params[f"p{n}"] = values[0]
+            else:
+                selected.append(f"u.a{n}")
+                arrays.append((f"a{n}", f"CAST(%(p{n})b AS {_pg_type(column)}[])"))
+                params[f"p{n}"] = values
+        statement = (
+            f'INSERT INTO "{table.name}" ({names}) SELECT {", ".join(selected)} '
+            f"FROM unnest({', '.join(a for _, a in arrays)}) AS u({', '.join(alias for alias, _ in arrays)}) "
+            "ON CONFLICT DO NOTHING"
+        )
+        count += session.connection().exec_driver_sql(statement, params).rowcount
+    return count
+
+
+_SCHEDULES = ScheduleRow.__table__
+_ADVANCE = update(_SCHEDULES).values(next_period_index=bindparam("b_index"), next_period_start=bindparam("b_start"))
+_ADVANCE_IN = _ADVANCE.where(_SCHEDULES.c.schedule_id.in_(bindparam("ids", expanding=True)))
+_ADVANCE_ANY = _ADVANCE.where(_SCHEDULES.c.schedule_id == any_(bindparam("ids", type_=postgresql.ARRAY(String))))
+
+
+def advance_cursors(
+    session: Session, schedule_ids: Sequence[str], next_index: int, next_start: datetime | None
+) -> None:
+    """Move the issuance cursor of every schedule in `schedule_ids` to period `next_index` starting
+    at `next_start`: one statement for them all (an ORM bulk UPDATE by primary key spent ~28% of a
+    catch-up batch building per-row parameters, py-spy, bench renewal storm). PostgreSQL takes the
+    ids as one array (an IN list of 500 placeholders was rendered and parsed for every batch)."""
+    if is_postgres(session):
+        session.execute(_ADVANCE_ANY, {"ids": list(schedule_ids), "b_index": next_index, "b_start": next_start})
+        return
+    for start in range(0, len(schedule_ids), 1000):
+        session.execute(
+            _ADVANCE_IN, {"ids": list(schedule_ids[start : start + 1000]), "b_index": next_index, "b_start": next_start}
+        )
 
 
 def locked(session: Session, statement: Select, *, skip_locked: bool = False) -> Select:

@@ -16,17 +16,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from credit_common.db.engine import SessionFactories
-from credit_common.ids import new_id
+from credit_common.ids import new_id, new_ids
 from credit_common.periods import period_start
 from grant_service.adapters.orm import REAL_TIME, GrantRow, LedgerEntryRow, ScheduleRow
-from grant_service.adapters.repository import insert_ignoring_conflicts, locked, schedule_of
+from grant_service.adapters.repository import advance_cursors, insert_ignoring_conflicts, locked, schedule_of
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_difference
-from grant_service.domain.schedules import GrantSegment
+from grant_service.domain.schedules import GrantSegment, Schedule
 
 log = logging.getLogger("credit_grants.grant.issuance")
 
@@ -86,37 +87,54 @@ def issue_due_batch(
     """Issue the due periods of up to `batch_size` schedules; a period already over is expired at
     once. Returns (schedules handled, grants issued, grants expired). `skip_locked=False` waits for
     a schedule another transaction is issuing (then sees it issued) instead of skipping it."""
-    query = select(ScheduleRow).where(ScheduleRow.next_period_start <= now)
+    query = select(*_DUE_COLUMNS).where(_SCHEDULES.c.next_period_start <= now)
     if customer_key is not None:
-        query = query.where(ScheduleRow.customer_key == customer_key)
+        query = query.where(_SCHEDULES.c.customer_key == customer_key)
     else:
-        query = query.where(ScheduleRow.clock_key == clock_key)
+        query = query.where(_SCHEDULES.c.clock_key == clock_key)
     # The sweep (SKIP LOCKED, never waits) orders by the indexed column only: with a tie-break on
     # schedule_id (not in ix_schedules_due), a storm of N schedules due at one instant was sorted
     # whole for every batch (quadratic; py-spy: 44% of the catch-up at N=100,000). A catch-up that
     # waits for locks keeps the tie-break, so that such catch-ups lock in one stable order.
-    order = [ScheduleRow.next_period_start] if skip_locked else [ScheduleRow.next_period_start, ScheduleRow.schedule_id]
+    order = [_SCHEDULES.c.next_period_start]
+    if not skip_locked:
+        order.append(_SCHEDULES.c.schedule_id)
     query = query.order_by(*order).limit(batch_size)
-    rows = list(session.scalars(locked(session, query, skip_locked=skip_locked)))
-    segments: list[tuple[ScheduleRow, GrantSegment]] = []
-    cursors: list[dict] = []
+    rows = session.execute(locked(session, query, skip_locked=skip_locked)).all()
+    segments: list[tuple[Any, GrantSegment]] = []
+    # What is due depends only on the schedule's terms and cursor, which a storm's schedules share:
+    # worked out once per distinct terms in the batch, and the cursors advanced by one UPDATE each.
+    plans: dict[tuple, tuple[list[GrantSegment], int, datetime | None]] = {}
+    advanced: dict[tuple[int, datetime | None], list[str]] = {}
     for row in rows:
-        schedule = schedule_of(row)
-        k = row.next_period_index
-        next_start: datetime | None = period_start(schedule.anchor, schedule.cadence, k)
-        while next_start is not None and next_start <= now:
-            segments.extend((row, segment) for segment in schedule.segments(k))
-            k += 1
-            next_start = period_start(schedule.anchor, schedule.cadence, k) if schedule.has_period(k) else None
-        cursors.append({"b_schedule_id": row.schedule_id, "b_index": k, "b_start": next_start})
+        terms = (row.anchor_time, row.cadence, row.amounts, row.end_time, row.next_period_index)
+        plan = plans.get(terms)
+        if plan is None:
+            plan = plans[terms] = due_segments(schedule_of(row), row.next_period_index, now)
+        due, k, next_start = plan
+        segments.extend((row, segment) for segment in due)
+        advanced.setdefault((k, next_start), []).append(row.schedule_id)
     issued, over = issue_in_time_order(session, segments, now)
-    if cursors:
-        session.execute(_ADVANCE_CURSOR, cursors)
+    for (k, next_start), schedule_ids in advanced.items():
+        advance_cursors(session, schedule_ids, k, next_start)
     return len(rows), len(issued), len(over)
 
 
+def due_segments(schedule: Schedule, k: int, now: datetime) -> tuple[list[GrantSegment], int, datetime | None]:
+    """The segments of periods k, k+1, ... that have started at `now` (period k has: the cursor
+    says so), in time order; and the cursor after them (next period index and its start, None once
+    the schedule has no further period)."""
+    due: list[GrantSegment] = []
+    next_start: datetime | None = period_start(schedule.anchor, schedule.cadence, k)
+    while next_start is not None and next_start <= now:
+        due.extend(schedule.segments(k))
+        k += 1
+        next_start = period_start(schedule.anchor, schedule.cadence, k) if schedule.has_period(k) else None
+    return due, k, next_start
+
+
 def issue_in_time_order(
-    session: Session, segments: Sequence[tuple[ScheduleRow, GrantSegment]], now: datetime
+    session: Session, segments: Sequence[tuple[Any, GrantSegment]], now: datetime
 ) -> tuple[list[dict], list[dict]]:
     """Issue `segments` (each schedule's in time order) and record the EXPIRE of those already over
     at `now`, in waves: wave j holds the j-th segment of every schedule. Before a wave is issued,
@@ -124,7 +142,7 @@ def issue_in_time_order(
     next begins (a period boundary, an immediate amendment) the ledger records EXPIRE then GRANT,
     however many periods one catch-up covers; a wave is still one statement for the whole batch.
     Returns (grants issued, grants expired)."""
-    waves: list[list[tuple[ScheduleRow, GrantSegment]]] = []
+    waves: list[list[tuple[Any, GrantSegment]]] = []
     position: dict[str, int] = {}
     for row, segment in segments:
         j = position.get(row.schedule_id, 0)
@@ -146,23 +164,19 @@ def issue_in_time_order(
     return issued, expired
 
 
-# A Core executemany: the ORM bulk UPDATE by primary key spent ~28% of a catch-up batch building its
-# per-row parameters (py-spy, bench renewal storm). The schedules are not in the session's identity map.
+# The sweep reads plain rows (Core), not ORM instances (~8% of a catch-up batch, cProfile, bench
+# renewal storm); the schedules are not in the session's identity map.
 _SCHEDULES = ScheduleRow.__table__
-_ADVANCE_CURSOR = (
-    update(_SCHEDULES)
-    .where(_SCHEDULES.c.schedule_id == bindparam("b_schedule_id"))
-    .values(next_period_index=bindparam("b_index"), next_period_start=bindparam("b_start"))
-)
+_DUE_COLUMNS = [c for c in _SCHEDULES.c if c.key not in ("position", "removed", "next_period_start")]
 
 
-def issue_segments(session: Session, segments: Sequence[tuple[ScheduleRow, GrantSegment]]) -> list[dict]:
-    """Insert the grants of `segments` and their GRANT entries; a segment already issued is skipped.
-    Returns the grants inserted."""
-    grants = {}
-    for row, segment in segments:
-        grant_id = new_id("grt")
-        grants[grant_id] = {
+def issue_segments(session: Session, segments: Sequence[tuple[Any, GrantSegment]]) -> list[dict]:
+    """Insert the grants of `segments` (each with its schedule: a row of the schedules table) and
+    their GRANT entries; a segment already issued is skipped. Returns the grants inserted."""
+    if not segments:
+        return []
+    grants = [
+        {
             "grant_id": grant_id,
             "customer_key": row.customer_key,
             "currency_key": row.currency_key,
@@ -174,7 +188,7 @@ def issue_segments(session: Session, segments: Sequence[tuple[ScheduleRow, Grant
             "period_index": segment.period_index,
             "segment": segment.segment,
             "amount": segment.amount,
-            "used": Decimal(0),
+            "used": _ZERO,
             "effective_time": segment.effective_time,
             "expire_time": segment.expire_time,
             "priority": RECURRING_PRIORITY,
@@ -182,20 +196,25 @@ def issue_segments(session: Session, segments: Sequence[tuple[ScheduleRow, Grant
             "reason": "",
             "closed": False,
         }
-    inserted = insert_ignoring_conflicts(session, GrantRow, list(grants.values()), "grant_id")
+        for (row, segment), grant_id in zip(segments, new_ids("grt", len(segments)), strict=True)
+    ]
+    inserted = insert_ignoring_conflicts(session, GrantRow, grants, "grant_id")
+    issued = [grant for grant in grants if grant["grant_id"] in inserted]
     entries = [
-        grant_entry(
-            grants[grant_id], f"period {grants[grant_id]['period_index']} of {grants[grant_id]['entitlement_key']}"
-        )
-        for grant_id in grants
-        if grant_id in inserted
+        grant_entry(grant, f"period {grant['period_index']} of {grant['entitlement_key']}", entry_id=entry_id)
+        for grant, entry_id in zip(issued, new_ids("led", len(issued)), strict=True)
     ]
     insert_ignoring_conflicts(session, LedgerEntryRow, entries, "entry_id")
-    return [grants[grant_id] for grant_id in grants if grant_id in inserted]
+    return issued
 
 
-def grant_entry(grant: dict, description: str) -> dict:
-    return ledger_entry(grant, "GRANT", grant["amount"], grant["effective_time"], description, opens=True)
+_ZERO = Decimal(0)
+
+
+def grant_entry(grant: dict, description: str, *, entry_id: str | None = None) -> dict:
+    return ledger_entry(
+        grant, "GRANT", grant["amount"], grant["effective_time"], description, opens=True, entry_id=entry_id
+    )
 
 
 def ledger_entry(
@@ -208,9 +227,11 @@ def ledger_entry(
     opens: bool = False,
     closes: bool = False,
     usage_id: str | None = None,
+    entry_id: str | None = None,
 ) -> dict:
+    """A ledger entry of `grant`; its id is `entry_id` (made in bulk by the caller) or a new one."""
     return {
-        "entry_id": new_id("led"),
+        "entry_id": entry_id or new_id("led"),
         "customer_key": grant["customer_key"],
         "currency_key": grant["currency_key"],
         "type": type_,
@@ -260,8 +281,9 @@ def close_expired(session: Session, grants: Sequence[dict]) -> None:
             grant["expire_time"],
             "unused remainder expired",
             closes=True,
+            entry_id=entry_id,
         )
-        for grant in grants
+        for grant, entry_id in zip(grants, new_ids("led", len(grants)), strict=True)
     ]
     insert_ignoring_conflicts(session, LedgerEntryRow, entries, "entry_id")
     session.execute(update(GrantRow), [{"grant_id": g["grant_id"], "closed": True} for g in grants])

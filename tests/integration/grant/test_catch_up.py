@@ -3,6 +3,7 @@ line of defence, the timer, and a migration that matches the models."""
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from grant_service.service_layer.context import GrantContext
 from grant_service.service_layer.issuance import catch_up
 from grant_service.service_layer.subscriptions import ScheduleSpec, SubscriptionSpec, apply_subscription
 from grant_service.service_layer.test_clocks import create_test_clock
+from tests.support.grant_rows import insert_due_subscriptions
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
@@ -115,3 +117,74 @@ def test_the_timer_issues_real_time_subscriptions_only(database_url_factory):
             time.sleep(0.05)
         assert _counts(engine) == (9, 9, 6)
         engine.dispose()
+
+
+def _history(engine) -> tuple[list, list, list]:
+    """Grants, each schedule's ledger in order, and cursors, without the generated ids."""
+    with engine.connect() as c:
+        grants = sorted(
+            c.execute(
+                select(
+                    GrantRow.schedule_id,
+                    GrantRow.period_index,
+                    GrantRow.segment,
+                    GrantRow.amount,
+                    GrantRow.effective_time,
+                    GrantRow.expire_time,
+                    GrantRow.closed,
+                )
+            ).all()
+        )
+        ledger = c.execute(
+            select(
+                GrantRow.schedule_id,
+                GrantRow.period_index,
+                GrantRow.segment,
+                LedgerEntryRow.type,
+                LedgerEntryRow.amount,
+                LedgerEntryRow.effective_time,
+                LedgerEntryRow.description,
+            )
+            .join(GrantRow, GrantRow.grant_id == LedgerEntryRow.grant_id)
+            .order_by(GrantRow.schedule_id, LedgerEntryRow.seq)
+        ).all()
+        cursors = c.execute(
+            select(ScheduleRow.schedule_id, ScheduleRow.next_period_index, ScheduleRow.next_period_start).order_by(
+                ScheduleRow.schedule_id
+            )
+        ).all()
+    return grants, ledger, cursors
+
+
+def test_a_batch_of_schedules_with_different_terms_issues_as_one_schedule_per_batch(database_url_factory):
+    """The sweep works out what is due once per distinct terms in a batch and advances the cursors
+    by groups: schedules that share an anchor, others that do not, an amendment, an end, a cursor
+    further on and a schedule not yet due, all in one batch, come out as one schedule per batch."""
+    anchors = [datetime(2025, 12, 15, tzinfo=UTC)] * 4 + [datetime(2026, 1, 31, tzinfo=UTC)] * 3
+    anchors += [datetime(2026, 5, 31, 12, tzinfo=UTC), NOW, datetime(2026, 6, 2, tzinfo=UTC)]
+    histories = []
+    for batch_size in (1, 100):
+        engine = _engine(database_url_factory(f"terms{batch_size}"))
+        insert_due_subscriptions(engine, anchors, NOW, amount="7")
+        with engine.begin() as c:
+            amended = [["7", "2025-12-15T00:00:00+00:00"], ["9.5", "2026-03-25T06:00:00+00:00"]]
+            c.execute(update(ScheduleRow).where(ScheduleRow.schedule_id == "sch_1").values(amounts=json.dumps(amended)))
+            c.execute(
+                update(ScheduleRow)
+                .where(ScheduleRow.schedule_id == "sch_2")
+                .values(end_time=datetime(2026, 4, 1, tzinfo=UTC))
+            )
+            c.execute(  # as if periods 0..2 had been issued elsewhere
+                update(ScheduleRow)
+                .where(ScheduleRow.schedule_id == "sch_5")
+                .values(next_period_index=3, next_period_start=datetime(2026, 4, 30, tzinfo=UTC))
+            )
+        catch_up(session_factories(engine), clock_key="", now=NOW, batch_size=batch_size)
+        histories.append(_history(engine))
+        engine.dispose()
+    assert histories[0] == histories[1]
+    grants, _ledger, cursors = histories[1]
+    per_schedule = [sum(1 for g in grants if g.schedule_id == f"sch_{i}") for i in range(10)]
+    # sch_1: one more segment (the amendment); sch_2: Dec..Mar (its end); sch_5: from April (its cursor).
+    assert per_schedule == [6, 7, 4, 6, 5, 2, 5, 1, 1, 0]
+    assert cursors[-1] == ("sch_9", 0, datetime(2026, 6, 2, tzinfo=UTC))

@@ -1,0 +1,37 @@
+"""Server-assigned ids: the batch encoder writes exactly what the one-at-a-time ULID encoding wrote."""
+
+from __future__ import annotations
+
+import os
+
+from credit_common import ids
+
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def reference_id(prefix: str, millis: int, random80: bytes) -> str:
+    """The original definition: 26 Crockford digits of (millis << 80 | 80 random bits)."""
+    value = (millis << 80) | int.from_bytes(random80, "big")
+    digits = []
+    for _ in range(26):
+        digits.append(CROCKFORD[value & 31])
+        value >>= 5
+    return f"{prefix}_{''.join(reversed(digits))}"
+
+
+def test_new_ids_encode_time_and_randomness_as_the_ulid_encoding(monkeypatch):
+    randomness = os.urandom(10 * 5)
+    for millis in (0, 1, 1_767_225_600_123, (1 << 48) - 1):
+        monkeypatch.setattr(ids.time, "time_ns", lambda m=millis: m * 1_000_000 + 999_999)
+        monkeypatch.setattr(ids.os, "urandom", lambda n: randomness[:n])
+        assert ids.new_ids("grt", 5) == [
+            reference_id("grt", millis, randomness[10 * i : 10 * i + 10]) for i in range(5)
+        ]
+        assert ids.new_id("led") == reference_id("led", millis, randomness[:10])
+
+
+def test_new_ids_are_distinct_and_sort_by_creation_time():
+    batch = ids.new_ids("led", 1000)
+    assert len(set(batch)) == 1000
+    assert all(len(i) == len("led_") + 26 and set(i[4:]) <= set(CROCKFORD) for i in batch)
+    assert ids.new_id("led")[4:14] >= batch[0][4:14]
