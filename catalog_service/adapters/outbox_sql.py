@@ -97,10 +97,11 @@ def add_pending(
     revision: int,
     payload: bytes,
     now: datetime,
-) -> None:
+) -> DeliveryRecord:
     """Queue one delivery in the caller's transaction (the one that changes the
-    aggregate), due at once. The unique (kind, aggregate_key, revision) makes a
-    second insert of the same revision fail with the transaction."""
+    aggregate), due at once; returns the row as the handoff state reads it. The
+    unique (kind, aggregate_key, revision) makes a second insert of the same
+    revision fail with the transaction."""
     session.execute(
         insert(table).values(
             kind=kind,
@@ -113,6 +114,9 @@ def add_pending(
             created_at=now,
         )
     )
+    return DeliveryRecord(
+        revision=revision, status=STATUS_PENDING, attempts=0, last_error=None, next_attempt_at=now, delivered_at=None
+    )
 
 
 def add_apply_request(
@@ -121,7 +125,7 @@ def add_apply_request(
     request: grant_service_pb2.ApplySubscriptionRequest | grant_service_pb2.ApplyCreditCurrencyRequest,
     *,
     now: datetime,
-) -> None:
+) -> DeliveryRecord:
     """Queue an Apply request, with the kind, key and revision taken from the
     request itself so that the row can never disagree with its payload."""
     if isinstance(request, grant_service_pb2.ApplySubscriptionRequest):
@@ -132,7 +136,7 @@ def add_apply_request(
         raise TypeError(f"not an Apply request: {type(request).__name__}")
     if not key or request.revision < 1:
         raise ValueError(f"an Apply request needs a key and a revision >= 1, got {key!r} revision {request.revision}")
-    add_pending(
+    return add_pending(
         session,
         table,
         kind=kind,

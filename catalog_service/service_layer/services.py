@@ -26,7 +26,7 @@ from catalog_service.domain.model import (
     Subscription,
     SubscriptionStatus,
 )
-from catalog_service.domain.outbox import HandoffState
+from catalog_service.domain.outbox import HandoffState, summarize
 from catalog_service.domain.plans import (
     PLAN_UPDATABLE_FIELDS,
     PlanSpec,
@@ -517,8 +517,11 @@ class CatalogService:
 
     def _queue(self, uow: CatalogUnitOfWork, subscription: Subscription, now: datetime) -> SubscriptionView:
         """Queue the subscription's new revision for the grant service (same transaction) and view it."""
-        uow.outbox.add_subscription(subscription, self.clock.now())
-        handoff = uow.outbox.handoff_states([subscription.subscription_id])[subscription.subscription_id]
+        queued = uow.outbox.add_subscription(subscription, self.clock.now())
+        if subscription.revision == 1:  # a new subscription: the delivery just queued is its only one
+            handoff = summarize([queued])
+        else:
+            handoff = uow.outbox.handoff_states([subscription.subscription_id])[subscription.subscription_id]
         return SubscriptionView(subscription, subscription.status_at(now), now, handoff)
 
     def _change_subscription(
