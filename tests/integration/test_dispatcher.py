@@ -622,6 +622,35 @@ def test_record_answers_in_the_order_given_whatever_the_row_order(outbox):
     assert [r.status for r in outbox.rows()] == [STATUS_PENDING, STATUS_DELIVERED]
 
 
+def test_record_writes_a_pass_of_deliveries_and_each_other_outcome(outbox):
+    clock = ManualClock(T0)
+    outbox.queue(*[(KIND_SUBSCRIPTION, f"sub-{i}", 1) for i in range(6)], now=T0)
+    claims = outbox.repo.claim_due(clock.now(), clock.now() + timedelta(minutes=1), 10)
+    done = T0 + timedelta(seconds=1)
+    taken_over = replace(claims[4], lease_until=claims[4].lease_until - timedelta(seconds=1))
+    resolutions = [
+        Resolution(claims[0], STATUS_DELIVERED, 1, done, None, delivered_at=done),
+        Resolution(claims[1], STATUS_PENDING, 1, done + timedelta(seconds=5), "UNAVAILABLE: down"),
+        Resolution(claims[2], STATUS_DELIVERED, 1, done, None, delivered_at=done),
+        Resolution(claims[3], STATUS_FAILED, 1, done, "INVALID_ARGUMENT: no"),
+        Resolution(taken_over, STATUS_FAILED, 1, done, "INVALID_ARGUMENT: late"),
+        Resolution(claims[5], STATUS_DELIVERED, 1, done, None, delivered_at=done),
+    ]
+    assert outbox.repo.record(resolutions) == [True, True, True, True, False, True]
+    rows = outbox.rows()
+    assert [(r.status, r.last_error) for r in rows] == [
+        (STATUS_DELIVERED, None),
+        (STATUS_PENDING, "UNAVAILABLE: down"),
+        (STATUS_DELIVERED, None),
+        (STATUS_FAILED, "INVALID_ARGUMENT: no"),
+        (STATUS_PENDING, None),
+        (STATUS_DELIVERED, None),
+    ]
+    assert [r.delivered_at for r in rows if r.status == STATUS_DELIVERED] == [done] * 3
+    # Recorded again (a dispatcher whose lease ran out): deliveries are not written twice.
+    assert outbox.repo.record([resolutions[0], resolutions[2]]) == [False, False]
+
+
 def test_a_call_past_its_deadline_is_retried_and_answers_already_applied(outbox, grant):
     clock = ManualClock(T0)
     grant.service.delay_s = 1.5
