@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import grpc
@@ -136,3 +139,18 @@ def test_the_batch_itself_is_validated(grant):
     )
     assert [v.field for v in violations] == ["requests"]
     expect_error(lambda: get(stub, "sub_0"), grpc.StatusCode.NOT_FOUND, "SUBSCRIPTION_NOT_FOUND")
+
+
+def test_concurrent_batches_over_the_same_customers_in_any_order_apply_each_item_once(grant):
+    items = [subscription(f"sub_k{i}", f"cus_k{i % 10}", START, [("10", None)]) for i in range(30)]
+
+    def send(seed: int) -> list[tuple[str, int]]:
+        shuffled = list(items)
+        random.Random(seed).shuffle(shuffled)
+        return [(r.subscription_id, res.outcome) for r, res in zip(shuffled, batch(grant.stub, *shuffled), strict=True)]
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = [a for answer in pool.map(send, range(6)) for a in answer]
+    applied = Counter(sub for sub, outcome in answers if outcome == APPLIED)
+    assert applied == Counter({r.subscription_id: 1 for r in items})
+    assert {outcome for _, outcome in answers} == {APPLIED, ALREADY}
