@@ -25,14 +25,15 @@ restarted grant service is found again within `max_reconnect_backoff`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from catalog_service.domain.outbox import KIND_CREDIT_CURRENCY, KIND_SUBSCRIPTION, DeliveryOutcome
+from catalog_service.domain.outbox import KIND_CREDIT_CURRENCY, KIND_SUBSCRIPTION, DeliveryOutcome, OutcomeKind
 from credit_common.grpc.errors import error_details
 from grant_service.v1 import grant_service_pb2, grant_service_pb2_grpc
 
@@ -62,6 +63,7 @@ PERMANENT_CODES = frozenset(
         grpc.StatusCode.OUT_OF_RANGE,
     }
 )
+APPLY_BATCH_MAX = 500  # the grant service's limit of items per ApplySubscriptions call
 DELIVERED_OUTCOMES = frozenset(
     {
         grant_service_pb2.APPLY_OUTCOME_APPLIED,
@@ -79,13 +81,25 @@ def is_retryable(code: grpc.StatusCode) -> bool:
 def classify(error: grpc.RpcError) -> DeliveryOutcome:
     """The outcome of a failed call: retry or park, with the code, message and ErrorInfo reason."""
     code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
-    detail = f"{code.name}: {error.details() if callable(getattr(error, 'details', None)) else error}"
     try:
         info, violations = error_details(error)
     except Exception:  # a status without parsable details: the code and message are enough
         info, violations = None, []
-    if info is not None and info.reason:
-        detail += f" [reason={info.reason}]"
+    message = error.details() if callable(getattr(error, "details", None)) else str(error)
+    return _failed(code, message, info.reason if info is not None else "", violations)
+
+
+def classify_rejection(rejection: grant_service_pb2.ApplyRejection) -> DeliveryOutcome:
+    """The outcome of an item that ApplySubscriptions rejected: as `classify` for the same error
+    (an unknown code is retried, like UNKNOWN)."""
+    code = grpc.StatusCode.__members__.get(rejection.code, grpc.StatusCode.UNKNOWN)
+    return _failed(code, rejection.message, rejection.reason, rejection.field_violations)
+
+
+def _failed(code: grpc.StatusCode, message: str, reason: str, violations: Sequence[Any]) -> DeliveryOutcome:
+    detail = f"{code.name}: {message}"
+    if reason:
+        detail += f" [reason={reason}]"
     if violations:
         detail += " [" + "; ".join(f"{v.field}: {v.description}" for v in violations) + "]"
     if is_retryable(code):
@@ -131,30 +145,81 @@ class GrantDelivery:
         )
         self._stub = grant_service_pb2_grpc.GrantServiceStub(self._channel)
         self.deadline = deadline
-        self._senders: dict[str, Callable[[bytes], DeliveryOutcome]] = {
+        self._senders: dict[str, Callable[[bytes, float], DeliveryOutcome]] = {
             KIND_SUBSCRIPTION: self._apply_subscription,
             KIND_CREDIT_CURRENCY: self._apply_credit_currency,
         }
 
     def deliver(self, kind: str, payload: bytes) -> DeliveryOutcome:
+        return self._deliver_one(kind, payload, self._timeout())
+
+    def deliver_many(self, kind: str, payloads: Sequence[bytes]) -> list[DeliveryOutcome]:
+        """The outcome of each payload, in order, within one `deadline` in all. Subscriptions go
+        in one ApplySubscriptions call (at most APPLY_BATCH_MAX payloads); other kinds one call
+        each. A failed batch call is retried as a whole when its code is retryable; otherwise
+        (UNIMPLEMENTED: a grant service without ApplySubscriptions; a rejected batch) each payload
+        is sent alone with what is left of the deadline, and gets its own outcome."""
+        started = time.monotonic()
+        if kind != KIND_SUBSCRIPTION or len(payloads) == 1:
+            return self._one_by_one(kind, payloads, started)
+        if len(payloads) > APPLY_BATCH_MAX:
+            raise ValueError(f"at most {APPLY_BATCH_MAX} subscriptions per call, got {len(payloads)}")
+        outcomes: list[DeliveryOutcome | None] = [None] * len(payloads)
+        sent: list[int] = []
+        requests = []
+        for i, payload in enumerate(payloads):
+            try:
+                requests.append(grant_service_pb2.ApplySubscriptionRequest.FromString(payload))
+                sent.append(i)
+            except DecodeError as error:
+                outcomes[i] = _unparsable(kind, error)
+        if requests:
+            try:
+                response = self._stub.ApplySubscriptions(
+                    grant_service_pb2.ApplySubscriptionsRequest(requests=requests), timeout=self._timeout()
+                )
+            except grpc.RpcError as error:
+                failed = classify(error)
+                if failed.kind is OutcomeKind.RETRY and failed.code != grpc.StatusCode.UNIMPLEMENTED.name:
+                    answers = [failed] * len(sent)
+                else:
+                    answers = self._one_by_one(kind, [payloads[i] for i in sent], started)
+            else:
+                answers = _batch_outcomes(response, len(requests))
+            for i, answer in zip(sent, answers, strict=True):
+                outcomes[i] = answer
+        assert all(o is not None for o in outcomes)
+        return cast(list[DeliveryOutcome], outcomes)
+
+    def _one_by_one(self, kind: str, payloads: Sequence[bytes], started: float) -> list[DeliveryOutcome]:
+        outcomes = []
+        for payload in payloads:
+            left = self._timeout() - (time.monotonic() - started)
+            if left <= 0:
+                outcomes.append(DeliveryOutcome.retry("not sent: the deadline of its batch ran out"))
+            else:
+                outcomes.append(self._deliver_one(kind, payload, left))
+        return outcomes
+
+    def _deliver_one(self, kind: str, payload: bytes, timeout: float) -> DeliveryOutcome:
         sender = self._senders.get(kind)
         if sender is None:
             return DeliveryOutcome.parked(f"unknown delivery kind {kind!r}")
         try:
-            return sender(payload)
+            return sender(payload, timeout)
         except DecodeError as error:
-            return DeliveryOutcome.parked(f"payload of kind {kind!r} does not parse: {error}")
+            return _unparsable(kind, error)
         except grpc.RpcError as error:
             return classify(error)
 
-    def _apply_subscription(self, payload: bytes) -> DeliveryOutcome:
+    def _apply_subscription(self, payload: bytes, timeout: float) -> DeliveryOutcome:
         request = grant_service_pb2.ApplySubscriptionRequest.FromString(payload)
-        response = self._stub.ApplySubscription(request, timeout=self._timeout())
+        response = self._stub.ApplySubscription(request, timeout=timeout)
         return _outcome(response.outcome, response.current_revision)
 
-    def _apply_credit_currency(self, payload: bytes) -> DeliveryOutcome:
+    def _apply_credit_currency(self, payload: bytes, timeout: float) -> DeliveryOutcome:
         request = grant_service_pb2.ApplyCreditCurrencyRequest.FromString(payload)
-        response = self._stub.ApplyCreditCurrency(request, timeout=self._timeout())
+        response = self._stub.ApplyCreditCurrency(request, timeout=timeout)
         return _outcome(response.outcome, response.current_revision)
 
     def _timeout(self) -> float:
@@ -163,6 +228,20 @@ class GrantDelivery:
     def close(self) -> None:
         if self._owns_channel:
             self._channel.close()
+
+
+def _batch_outcomes(response: grant_service_pb2.ApplySubscriptionsResponse, sent: int) -> list[DeliveryOutcome]:
+    if len(response.results) != sent:
+        detail = f"unexpected reply from the grant service: {len(response.results)} results for {sent} requests"
+        return [DeliveryOutcome.retry(detail, "OK")] * sent
+    return [
+        classify_rejection(r.rejection) if r.HasField("rejection") else _outcome(r.outcome, r.current_revision)
+        for r in response.results
+    ]
+
+
+def _unparsable(kind: str, error: DecodeError) -> DeliveryOutcome:
+    return DeliveryOutcome.parked(f"payload of kind {kind!r} does not parse: {error}")
 
 
 def _outcome(outcome: int, current_revision: int) -> DeliveryOutcome:

@@ -97,10 +97,11 @@ def add_pending(
     revision: int,
     payload: bytes,
     now: datetime,
-) -> None:
+) -> DeliveryRecord:
     """Queue one delivery in the caller's transaction (the one that changes the
-    aggregate), due at once. The unique (kind, aggregate_key, revision) makes a
-    second insert of the same revision fail with the transaction."""
+    aggregate), due at once; returns the row as the handoff state reads it. The
+    unique (kind, aggregate_key, revision) makes a second insert of the same
+    revision fail with the transaction."""
     session.execute(
         insert(table).values(
             kind=kind,
@@ -113,6 +114,9 @@ def add_pending(
             created_at=now,
         )
     )
+    return DeliveryRecord(
+        revision=revision, status=STATUS_PENDING, attempts=0, last_error=None, next_attempt_at=now, delivered_at=None
+    )
 
 
 def add_apply_request(
@@ -121,7 +125,7 @@ def add_apply_request(
     request: grant_service_pb2.ApplySubscriptionRequest | grant_service_pb2.ApplyCreditCurrencyRequest,
     *,
     now: datetime,
-) -> None:
+) -> DeliveryRecord:
     """Queue an Apply request, with the kind, key and revision taken from the
     request itself so that the row can never disagree with its payload."""
     if isinstance(request, grant_service_pb2.ApplySubscriptionRequest):
@@ -132,7 +136,7 @@ def add_apply_request(
         raise TypeError(f"not an Apply request: {type(request).__name__}")
     if not key or request.revision < 1:
         raise ValueError(f"an Apply request needs a key and a revision >= 1, got {key!r} revision {request.revision}")
-    add_pending(
+    return add_pending(
         session,
         table,
         kind=kind,
@@ -224,22 +228,31 @@ class SqlOutboxRepository:
 
     def record(self, resolutions: Sequence[Resolution]) -> list[bool]:
         """Write the outcomes in one transaction; for each, whether it was applied
-        (False: the claim was fenced out, see the module docstring)."""
+        (False: the claim was fenced out, see the module docstring). The deliveries of a
+        pass (same status and times) are written by one statement."""
         t = self._table
         applied = [False] * len(resolutions)
-        # Rows are updated in id order, so two dispatchers writing overlapping
-        # batches (after a lease takeover) cannot deadlock on PostgreSQL.
-        order = sorted(range(len(resolutions)), key=lambda i: resolutions[i].claim.id)
         with self._sessions.write() as session, session.begin():
-            for i in order:
-                r = resolutions[i]
-                condition = and_(t.c.id == r.claim.id, t.c.status == STATUS_PENDING)
-                if r.status != STATUS_DELIVERED:
-                    condition = and_(
-                        condition,
-                        t.c.next_attempt_at == r.claim.lease_until,
-                        t.c.attempts == r.claim.attempts,
-                    )
+            if session.get_bind().dialect.name == "postgresql":
+                # Rows are locked in id order, so two dispatchers writing overlapping batches
+                # (after a lease takeover) cannot deadlock.
+                session.execute(
+                    select(t.c.id)
+                    .where(t.c.id.in_(sorted({r.claim.id for r in resolutions})))
+                    .order_by(t.c.id)
+                    .with_for_update()
+                )
+            delivered: dict[tuple[datetime, datetime | None], list[int]] = {}
+            for i, r in enumerate(resolutions):
+                if r.status == STATUS_DELIVERED:
+                    delivered.setdefault((r.next_attempt_at, r.delivered_at), []).append(i)
+                    continue
+                condition = and_(
+                    t.c.id == r.claim.id,
+                    t.c.status == STATUS_PENDING,
+                    t.c.next_attempt_at == r.claim.lease_until,
+                    t.c.attempts == r.claim.attempts,
+                )
                 result = session.execute(
                     update(t)
                     .where(condition)
@@ -251,6 +264,23 @@ class SqlOutboxRepository:
                     )
                 )
                 applied[i] = result.rowcount == 1
+            for (next_attempt_at, delivered_at), indices in delivered.items():
+                ids = [resolutions[i].claim.id for i in indices]
+                written = set(
+                    session.scalars(
+                        update(t)
+                        .where(t.c.id.in_(ids), t.c.status == STATUS_PENDING)
+                        .values(
+                            status=STATUS_DELIVERED,
+                            next_attempt_at=next_attempt_at,
+                            last_error=None,
+                            delivered_at=delivered_at,
+                        )
+                        .returning(t.c.id)
+                    )
+                )
+                for i in indices:
+                    applied[i] = resolutions[i].claim.id in written
         return applied
 
     # -- operators ------------------------------------------------------------------------------

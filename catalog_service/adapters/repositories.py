@@ -45,7 +45,7 @@ from catalog_service.domain.model import (
     Subscription,
     VariableValue,
 )
-from catalog_service.domain.outbox import HandoffState
+from catalog_service.domain.outbox import DeliveryRecord, HandoffState
 from credit_common.decimals import format_decimal
 from credit_common.idempotency import SeenRequest
 
@@ -258,9 +258,30 @@ class CreditCurrencyRepository:
         return [self._to_domain(r) for r in rows]
 
 
+class PublishedVersions:
+    """Plan versions already read from one database. Published versions are only ever inserted,
+    never changed: a version read once, committed by another transaction, is the same forever
+    (in every replica), so it need not be read and parsed again for every subscription
+    provisioned. Bounded: past `limit` versions it starts over. Thread-safe (dict operations)."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._versions: dict[tuple[str, int], PlanVersion] = {}
+        self._limit = limit
+
+    def get(self, key: str, version: int) -> PlanVersion | None:
+        return self._versions.get((key, version))
+
+    def keep(self, found: PlanVersion) -> None:
+        if len(self._versions) >= self._limit:
+            self._versions.clear()
+        self._versions[(found.plan_key, found.version)] = found
+
+
 class PlanRepository:
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, published: PublishedVersions | None = None) -> None:
         self.session = session
+        self._published = published or PublishedVersions()
+        self._added_versions: set[tuple[str, int]] = set()  # inserted by this (uncommitted) transaction
 
     @staticmethod
     def _to_domain(row: PlanRow) -> Plan:
@@ -292,6 +313,7 @@ class PlanRepository:
         self.session.flush()
 
     def add_version(self, version: PlanVersion) -> None:
+        self._added_versions.add((version.plan_key, version.version))
         self.session.add(
             PlanVersionRow(
                 plan_key=version.plan_key,
@@ -303,10 +325,17 @@ class PlanRepository:
         self.session.flush()
 
     def get_version(self, key: str, version: int) -> PlanVersion | None:
+        committed = (key, version) not in self._added_versions
+        cached = self._published.get(key, version) if committed else None
+        if cached is not None:
+            return cached
         row = self.session.get(PlanVersionRow, (key, version))
         if row is None:
             return None
-        return PlanVersion(row.plan_key, row.version, content_from_json(row.content), row.publish_time)
+        found = PlanVersion(row.plan_key, row.version, content_from_json(row.content), row.publish_time)
+        if committed:
+            self._published.keep(found)
+        return found
 
     def list(self, status: PlanStatus | None, after: Sequence[Any] | None, limit: int) -> list[Plan]:
         stmt = select(PlanRow).where(_keyset_after(PlanRow.key, after))
@@ -502,8 +531,8 @@ class OutboxRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def add_subscription(self, subscription: Subscription, now: datetime) -> None:
-        outbox_sql.add_apply_request(
+    def add_subscription(self, subscription: Subscription, now: datetime) -> DeliveryRecord:
+        return outbox_sql.add_apply_request(
             self.session, self.table, grant_payloads.apply_subscription_request(subscription), now=now
         )
 

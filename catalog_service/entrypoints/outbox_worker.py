@@ -4,7 +4,7 @@
 The flags of the handoff to the grant service, each with the variable
 CATALOG_<FLAG>: `--grant-service-address`, `--grant-deadline-ms` (one address
 and one deadline for every call the catalog makes to the grant service),
-`--outbox-poll-interval-ms`, `--outbox-batch-size`, `--outbox-backoff-base-ms`,
+`--outbox-poll-interval-ms`, `--outbox-batch-size`, `--outbox-send-batch-size`, `--outbox-backoff-base-ms`,
 `--outbox-backoff-cap-ms`, `--outbox-lease-s`.
 
 The worker reuses the process's one channel to the grant service (owned by
@@ -22,10 +22,10 @@ from datetime import timedelta
 import grpc
 from sqlalchemy import Engine, Table
 
-from catalog_service.adapters.grant_delivery import GrantDelivery
+from catalog_service.adapters.grant_delivery import APPLY_BATCH_MAX, GrantDelivery
 from catalog_service.adapters.outbox_sql import SqlOutboxRepository
 from catalog_service.domain.backoff import BackoffPolicy
-from catalog_service.service_layer.dispatcher import Dispatcher
+from catalog_service.service_layer.dispatcher import DEFAULT_BATCH_SIZE, DEFAULT_SEND_BATCH_SIZE, Dispatcher
 from credit_common.clock import Clock
 from credit_common.db.engine import session_factories
 
@@ -55,8 +55,15 @@ def add_outbox_arguments(parser: argparse.ArgumentParser, env: Callable[[str, st
     group.add_argument(
         "--outbox-batch-size",
         type=int,
-        default=int(env("OUTBOX_BATCH_SIZE", "20") or "20"),
-        help="deliveries claimed per pass (default 20)",
+        default=int(env("OUTBOX_BATCH_SIZE", str(DEFAULT_BATCH_SIZE)) or DEFAULT_BATCH_SIZE),
+        help=f"deliveries claimed per pass (default {DEFAULT_BATCH_SIZE})",
+    )
+    group.add_argument(
+        "--outbox-send-batch-size",
+        type=int,
+        default=int(env("OUTBOX_SEND_BATCH_SIZE", str(DEFAULT_SEND_BATCH_SIZE)) or DEFAULT_SEND_BATCH_SIZE),
+        help="subscription revisions per ApplySubscriptions call to the grant service "
+        f"(default {DEFAULT_SEND_BATCH_SIZE}, at most {APPLY_BATCH_MAX})",
     )
     group.add_argument(
         "--outbox-backoff-base-ms",
@@ -102,10 +109,13 @@ def start_outbox_worker(
     channel: grpc.Channel,
     deadline: timedelta = timedelta(seconds=5),
     poll_interval: timedelta = timedelta(milliseconds=200),
-    batch_size: int = 20,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    send_batch_size: int = DEFAULT_SEND_BATCH_SIZE,
     lease: timedelta = timedelta(seconds=60),
     backoff: BackoffPolicy | None = None,
 ) -> OutboxWorker:
+    if not 1 <= send_batch_size <= APPLY_BATCH_MAX:
+        raise ValueError(f"the send batch size must be 1 to {APPLY_BATCH_MAX}, got {send_batch_size}")
     repository = SqlOutboxRepository(session_factories(engine), table)
     delivery = GrantDelivery(channel=channel, deadline=deadline)
     dispatcher = Dispatcher(
@@ -113,6 +123,7 @@ def start_outbox_worker(
         delivery,
         clock=clock,
         batch_size=batch_size,
+        send_batch_size=send_batch_size,
         lease=lease,
         poll_interval=poll_interval,
         backoff=backoff,
@@ -132,6 +143,7 @@ def start_outbox_worker_from_args(
         deadline=timedelta(milliseconds=args.grant_deadline_ms),
         poll_interval=timedelta(milliseconds=args.outbox_poll_interval_ms),
         batch_size=args.outbox_batch_size,
+        send_batch_size=args.outbox_send_batch_size,
         lease=timedelta(seconds=args.outbox_lease_s),
         backoff=BackoffPolicy(
             base=timedelta(milliseconds=args.outbox_backoff_base_ms),

@@ -5,8 +5,10 @@ One pass (`Dispatcher.run_once`):
 1. claims, in one short write transaction, a bounded batch of due pending
    deliveries, only the lowest pending revision of each aggregate, leased until
    now + `lease`, counting the attempt (see catalog_service.adapters.outbox_sql);
-2. sends them outside any transaction, up to `send_concurrency` at a time, each
-   call with the delivery client's deadline;
+2. sends them outside any transaction, in calls of up to `send_batch_size`
+   deliveries of one kind (the grant service applies a batch of subscription
+   revisions in one transaction), up to `send_concurrency` calls at a time, each
+   call within the delivery client's deadline;
 3. records the outcomes in one write transaction: delivered (status, delivered_at);
    retry (next_attempt_at = now + backoff(attempts), last_error); parked
    (status failed, last_error with the status code and message, one warning in
@@ -44,6 +46,7 @@ from typing import Protocol
 
 from catalog_service.domain.backoff import BackoffPolicy, RandomSource
 from catalog_service.domain.outbox import (
+    KINDS,
     STATUS_DELIVERED,
     STATUS_FAILED,
     STATUS_PENDING,
@@ -55,6 +58,9 @@ from catalog_service.domain.outbox import (
 from credit_common.clock import Clock
 
 log = logging.getLogger("catalog_service.dispatcher")
+
+DEFAULT_BATCH_SIZE = 200  # deliveries claimed per pass
+DEFAULT_SEND_BATCH_SIZE = 100  # deliveries per call to the grant service
 
 
 class OutboxRepository(Protocol):
@@ -69,9 +75,11 @@ class OutboxRepository(Protocol):
 
 
 class Delivery(Protocol):
-    deadline: timedelta  # the longest a `deliver` call may take
+    deadline: timedelta  # the longest a `deliver_many` call may take
 
-    def deliver(self, kind: str, payload: bytes) -> DeliveryOutcome: ...
+    def deliver_many(self, kind: str, payloads: Sequence[bytes]) -> list[DeliveryOutcome]:
+        """Send payloads of one kind; one outcome per payload, in order."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,22 +109,25 @@ class Dispatcher:
         clock: Clock,
         backoff: BackoffPolicy | None = None,
         rng: RandomSource | None = None,
-        batch_size: int = 20,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        send_batch_size: int = DEFAULT_SEND_BATCH_SIZE,
         send_concurrency: int = 4,
         lease: timedelta = timedelta(seconds=60),
         poll_interval: timedelta = timedelta(milliseconds=200),
         name: str = "outbox-dispatcher",
     ) -> None:
-        if batch_size < 1 or send_concurrency < 1:
-            raise ValueError("batch_size and send_concurrency must be at least 1")
+        if batch_size < 1 or send_batch_size < 1 or send_concurrency < 1:
+            raise ValueError("batch_size, send_batch_size and send_concurrency must be at least 1")
         # A healthy dispatcher must finish sending its batch inside the lease, or
         # another one could claim the same rows while the first is still sending.
-        rounds = math.ceil(batch_size / send_concurrency)
-        worst_send = delivery.deadline * rounds
+        # A batch of each kind may need a call of its own.
+        calls = math.ceil(batch_size / send_batch_size) + len(KINDS) - 1
+        worst_send = delivery.deadline * math.ceil(calls / send_concurrency)
         if lease < worst_send * 2:
             raise ValueError(
-                f"lease {lease} is too short: a batch of {batch_size} sent {send_concurrency} at a time "
-                f"with a {delivery.deadline} deadline may take {worst_send}; use at least twice that"
+                f"lease {lease} is too short: a batch of {batch_size} sent {send_batch_size} per call, "
+                f"{send_concurrency} calls at a time, with a {delivery.deadline} deadline may take {worst_send}; "
+                "use at least twice that"
             )
         self._outbox = outbox
         self._delivery = delivery
@@ -127,6 +138,7 @@ class Dispatcher:
         self._lease = lease
         self._poll_interval = poll_interval
         self._name = name
+        self._send_batch_size = send_batch_size
         self._send_concurrency = send_concurrency
         self._pool: ThreadPoolExecutor | None = None
         self._totals = PassReport()
@@ -144,10 +156,17 @@ class Dispatcher:
         claims = self._outbox.claim_due(now, now + self._lease, self._batch_size)
         if not claims:
             return PassReport()
-        if self._send_concurrency > 1 and len(claims) > 1:
-            outcomes = list(self._executor().map(self._send, claims))
+        calls = self._calls(claims)
+        if self._send_concurrency > 1 and len(calls) > 1:
+            sent = list(self._executor().map(self._send, calls))
         else:
-            outcomes = [self._send(claim) for claim in claims]
+            sent = [self._send(call) for call in calls]
+        outcome_of = {
+            claim.id: outcome
+            for call, outcomes in zip(calls, sent, strict=True)
+            for claim, outcome in zip(call, outcomes, strict=True)
+        }
+        outcomes = [outcome_of[claim.id] for claim in claims]
         finished = self._clock.now()
         resolutions = [self._resolve(claim, outcome, finished) for claim, outcome in zip(claims, outcomes, strict=True)]
         applied = self._outbox.record(resolutions)
@@ -187,12 +206,24 @@ class Dispatcher:
         """What this dispatcher has done since it was created (for metrics and tests)."""
         return self._totals
 
-    def _send(self, claim: ClaimedDelivery) -> DeliveryOutcome:
+    def _calls(self, claims: Sequence[ClaimedDelivery]) -> list[list[ClaimedDelivery]]:
+        """The claims grouped by kind into calls of at most `send_batch_size`. A claim holds an
+        aggregate's lowest pending revision only, so no call has two revisions of one aggregate."""
+        by_kind: dict[str, list[ClaimedDelivery]] = {}
+        for claim in claims:
+            by_kind.setdefault(claim.kind, []).append(claim)
+        size = self._send_batch_size
+        return [group[i : i + size] for group in by_kind.values() for i in range(0, len(group), size)]
+
+    def _send(self, call: Sequence[ClaimedDelivery]) -> list[DeliveryOutcome]:
         try:
-            return self._delivery.deliver(claim.kind, claim.payload)
-        except Exception as error:  # a bug in the client must not lose the delivery: retry it
-            log.exception("outbox delivery raised", extra=_fields(claim))
-            return DeliveryOutcome.retry(f"{type(error).__name__}: {error}")
+            outcomes = self._delivery.deliver_many(call[0].kind, [claim.payload for claim in call])
+            if len(outcomes) != len(call):
+                raise RuntimeError(f"{len(outcomes)} outcomes for {len(call)} deliveries")
+            return outcomes
+        except Exception as error:  # a bug in the client must not lose the deliveries: retry them
+            log.exception("outbox delivery raised", extra=_fields(call[0], deliveries=len(call)))
+            return [DeliveryOutcome.retry(f"{type(error).__name__}: {error}")] * len(call)
 
     def _resolve(self, claim: ClaimedDelivery, outcome: DeliveryOutcome, now: datetime) -> Resolution:
         attempts = claim.attempts

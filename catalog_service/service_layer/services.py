@@ -26,7 +26,7 @@ from catalog_service.domain.model import (
     Subscription,
     SubscriptionStatus,
 )
-from catalog_service.domain.outbox import HandoffState
+from catalog_service.domain.outbox import HandoffState, summarize
 from catalog_service.domain.plans import (
     PLAN_UPDATABLE_FIELDS,
     PlanSpec,
@@ -82,6 +82,15 @@ def _page(items: list[T], size: int, sort_key: Callable[[T], tuple[Any, ...]], f
     if len(items) > size:
         return items[:size], next_page_token(sort_key(items[size - 1]), filters)
     return items, ""
+
+
+class _ClockNeeded(Exception):
+    """Raised inside a write transaction that needs a test clock's time: the caller rolls back,
+    reads it from the grant service, and runs the transaction again."""
+
+    def __init__(self, test_clock_id: str) -> None:
+        super().__init__(test_clock_id)
+        self.test_clock_id = test_clock_id
 
 
 class CatalogService:
@@ -451,29 +460,32 @@ class CatalogService:
             violations.add("plan_version", "must be 0 (latest) or a published version")
         violations.raise_if_any()
 
-        # Reads outside the write transaction: a replay, the customer, the clock.
-        with self.uows.read() as uow:
-            earlier = replayed(uow, request)
-            if earlier is not None:
-                return earlier
-            customer = uow.customers.get(customer_key)
-        if customer is None:
-            raise _not_found("customer", customer_key, "CUSTOMER_NOT_FOUND")
-        if test_clock_id and customer.test_clock_id and test_clock_id != customer.test_clock_id:
-            raise InvalidArgument(
-                "test_clock_id differs from the customer's test clock",
-                reason="TEST_CLOCK_MISMATCH",
-                violations=[
-                    FieldViolation(
-                        "test_clock_id",
-                        f"must be the customer's test clock {customer.test_clock_id!r} or empty",
-                    )
-                ],
-            )
-        clock_id = test_clock_id or customer.test_clock_id
-        now = self._now(clock_id)
+        # One write transaction does it all (a replay, the customer, the plan, the new rows)
+        # except reading a test clock's time from the grant service, never done while holding
+        # the transaction (on SQLite, the write lock): for a customer on a test clock the first
+        # attempt stops once it has read the customer, the clock is read, and the transaction
+        # runs again with that time.
+        clock_times: dict[str, datetime] = {}
 
         def effect(uow: CatalogUnitOfWork) -> SubscriptionView:
+            customer = uow.customers.get(customer_key)
+            if customer is None:
+                raise _not_found("customer", customer_key, "CUSTOMER_NOT_FOUND")
+            if test_clock_id and customer.test_clock_id and test_clock_id != customer.test_clock_id:
+                raise InvalidArgument(
+                    "test_clock_id differs from the customer's test clock",
+                    reason="TEST_CLOCK_MISMATCH",
+                    violations=[
+                        FieldViolation(
+                            "test_clock_id",
+                            f"must be the customer's test clock {customer.test_clock_id!r} or empty",
+                        )
+                    ],
+                )
+            clock_id = test_clock_id or customer.test_clock_id
+            if clock_id and clock_id not in clock_times:
+                raise _ClockNeeded(clock_id)
+            now = clock_times[clock_id] if clock_id else self.clock.now()
             plan = uow.plans.get(plan_key)
             if plan is None:
                 raise _not_found("plan", plan_key, "PLAN_NOT_FOUND")
@@ -513,12 +525,19 @@ class CatalogService:
             uow.subscriptions.add(subscription)
             return self._queue(uow, subscription, now)
 
-        return self._queued(run_once(self.uows, self.clock, request, effect))
+        while True:
+            try:
+                return self._queued(run_once(self.uows, self.clock, request, effect))
+            except _ClockNeeded as needed:
+                clock_times[needed.test_clock_id] = self._now(needed.test_clock_id)
 
     def _queue(self, uow: CatalogUnitOfWork, subscription: Subscription, now: datetime) -> SubscriptionView:
         """Queue the subscription's new revision for the grant service (same transaction) and view it."""
-        uow.outbox.add_subscription(subscription, self.clock.now())
-        handoff = uow.outbox.handoff_states([subscription.subscription_id])[subscription.subscription_id]
+        queued = uow.outbox.add_subscription(subscription, self.clock.now())
+        if subscription.revision == 1:  # a new subscription: the delivery just queued is its only one
+            handoff = summarize([queued])
+        else:
+            handoff = uow.outbox.handoff_states([subscription.subscription_id])[subscription.subscription_id]
         return SubscriptionView(subscription, subscription.status_at(now), now, handoff)
 
     def _change_subscription(

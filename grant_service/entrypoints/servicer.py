@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from credit_common.decimals import DecimalFormatError, format_decimal, parse_decimal
-from credit_common.errors import Violations
+from credit_common.errors import DomainError, Violations
 from credit_common.grpc.timestamps import from_timestamp, to_timestamp
 from credit_common.ids import KEY_RULE, REQUEST_ID_MAX_LENGTH, is_valid_key
 from credit_common.pagination import page_request
@@ -85,6 +85,27 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
         spec = _subscription_spec(request)
         outcome, current = subscriptions.apply_subscription(self._ctx, spec)
         return pb.ApplySubscriptionResponse(outcome=outcome.value, current_revision=current)
+
+    def ApplySubscriptions(self, request: pb.ApplySubscriptionsRequest, context) -> pb.ApplySubscriptionsResponse:
+        fields = _Fields()
+        if not request.requests:
+            fields.violations.add("requests", "must have at least one item")
+        elif len(request.requests) > APPLY_BATCH_MAX:
+            fields.violations.add("requests", f"must have at most {APPLY_BATCH_MAX} items")
+        fields.done()
+        # Each item is validated alone: an invalid one is rejected, the others are applied.
+        results: list[pb.ApplySubscriptionResult | None] = []
+        specs: list[subscriptions.SubscriptionSpec] = []
+        for item in request.requests:
+            try:
+                specs.append(_subscription_spec(item))
+                results.append(None)
+            except DomainError as error:
+                results.append(_rejected(error))
+        applied = iter(subscriptions.apply_subscriptions(self._ctx, specs))
+        return pb.ApplySubscriptionsResponse(
+            results=[result if result is not None else _apply_result(next(applied)) for result in results]
+        )
 
     def GetSubscription(self, request: pb.GetSubscriptionRequest, context) -> pb.GetSubscriptionResponse:
         fields = _Fields()
@@ -325,6 +346,31 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
 
 
 # ---------------------------------------------------------------------- conversions
+
+
+APPLY_BATCH_MAX = 500  # items of one ApplySubscriptions call
+
+
+def _apply_result(result: subscriptions.ApplyResult) -> pb.ApplySubscriptionResult:
+    if result.error is not None:
+        return _rejected(result.error)
+    assert result.outcome is not None
+    return pb.ApplySubscriptionResult(outcome=result.outcome.value, current_revision=result.current_revision)
+
+
+def _rejected(error: DomainError) -> pb.ApplySubscriptionResult:
+    """An item's error as ApplySubscription would have returned it (code, message, ErrorInfo, violations)."""
+    return pb.ApplySubscriptionResult(
+        rejection=pb.ApplyRejection(
+            code=error.code,
+            message=error.message,
+            reason=error.reason,
+            metadata=error.metadata,
+            field_violations=[
+                pb.ApplyFieldViolation(field=v.field, description=v.description) for v in error.violations
+            ],
+        )
+    )
 
 
 def _subscription_spec(request: pb.ApplySubscriptionRequest) -> subscriptions.SubscriptionSpec:

@@ -4,14 +4,15 @@ idempotent by revision."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from credit_common.errors import FailedPrecondition, NotFound
+from credit_common.errors import DomainError, FailedPrecondition, NotFound
 from credit_common.ids import new_id
 from credit_common.periods import Cadence
 from grant_service.adapters.orm import (
@@ -24,7 +25,7 @@ from grant_service.adapters.orm import (
     ScheduleRow,
     SubscriptionRow,
 )
-from grant_service.adapters.repository import encode_amounts, lock_customer, locked
+from grant_service.adapters.repository import encode_amounts, locked
 from grant_service.domain.schedules import ScheduledAmount
 from grant_service.service_layer.context import GrantContext, require_test_clocks
 from grant_service.service_layer.issuance import reconcile_issued, reset_cursor
@@ -65,37 +66,144 @@ class SubscriptionView:
     schedules: list[ScheduleRow]
 
 
-def apply_subscription(ctx: GrantContext, spec: SubscriptionSpec) -> tuple[ApplyOutcome, int]:
-    clock_key = spec.test_clock_id or REAL_TIME
-    if clock_key != REAL_TIME:
-        require_test_clocks(ctx)
+@dataclass(frozen=True)
+class ApplyResult:
+    """The result of one item of `apply_subscriptions`: an outcome and the revision in force, or
+    the domain error that rejected it (then nothing of it was applied)."""
 
-    def work(session: Session) -> tuple[ApplyOutcome, int]:
-        if clock_key != REAL_TIME and session.get(ClockRow, clock_key) is None:
+    outcome: ApplyOutcome | None
+    current_revision: int
+    error: DomainError | None = None
+
+
+class _Rejected(Exception):
+    """An item of a batch failed: the batch's transaction is rolled back and run again without it."""
+
+    def __init__(self, index: int, error: DomainError) -> None:
+        super().__init__(str(error))
+        self.index, self.error = index, error
+
+
+def apply_subscription(ctx: GrantContext, spec: SubscriptionSpec) -> tuple[ApplyOutcome, int]:
+    """Apply one revision; a rejection is raised as its domain error."""
+    result = apply_subscriptions(ctx, [spec])[0]
+    if result.error is not None:
+        raise result.error
+    assert result.outcome is not None
+    return result.outcome, result.current_revision
+
+
+def apply_subscriptions(ctx: GrantContext, specs: Sequence[SubscriptionSpec]) -> list[ApplyResult]:
+    """Apply several revisions in one write transaction; one result per spec, in order.
+
+    The customers and subscriptions of the whole batch are read (and locked, in key order, so
+    that two batches cannot deadlock) with one query each, the new rows are inserted by the
+    flush at commit, many per statement. Items are applied in customer_key order, each
+    customer's items in the order given (so revisions of one subscription follow each other).
+    A rejected item (a DomainError) rolls the transaction back, and the batch runs again
+    without it: a rejected item leaves no trace and the others see exactly what they would
+    have seen had it never been sent. Rejections are rare (the catalog validates what it
+    sends), so the batch normally runs once."""
+    rejected: dict[int, DomainError] = {}
+    for i, spec in enumerate(specs):
+        if spec.test_clock_id:
+            try:
+                require_test_clocks(ctx)
+            except DomainError as error:
+                rejected[i] = error
+
+    def work(session: Session) -> dict[int, tuple[ApplyOutcome, int]]:
+        order = sorted((i for i in range(len(specs)) if i not in rejected), key=lambda i: specs[i].customer_key)
+        if not order:
+            return {}
+        batch = _Batch.load(ctx, session, [specs[i] for i in order])
+        results: dict[int, tuple[ApplyOutcome, int]] = {}
+        for i in order:
+            try:
+                results[i] = batch.apply(specs[i])
+            except DomainError as error:
+                raise _Rejected(i, error) from error
+        batch.flush_new()
+        return results
+
+    while True:
+        try:
+            applied = ctx.write(work)
+            break
+        except _Rejected as rejection:
+            rejected[rejection.index] = rejection.error
+    return [ApplyResult(None, 0, rejected[i]) if i in rejected else ApplyResult(*applied[i]) for i in range(len(specs))]
+
+
+@dataclass
+class _Batch:
+    """The rows a batch of applies works on, read once and kept up to date as items are applied."""
+
+    session: Session
+    real_now: datetime
+    clocks: dict[str, datetime]  # frozen time of each test clock named in the batch that exists
+    customers: dict[str, CustomerRow]
+    subscriptions: dict[str, SubscriptionRow]
+    # New rows, kept out of the session until `flush_new` adds them parent first (the ORM orders
+    # inserts by relationships, and these rows have none), so that each table gets one INSERT.
+    new_rows: tuple[list[CustomerRow], list[SubscriptionRow], list[ScheduleRow]] = field(
+        default_factory=lambda: ([], [], [])
+    )
+
+    @classmethod
+    def load(cls, ctx: GrantContext, session: Session, specs: Sequence[SubscriptionSpec]) -> _Batch:
+        customer_keys = sorted({s.customer_key for s in specs})
+        subscription_ids = sorted({s.subscription_id for s in specs})
+        clock_keys = sorted({s.test_clock_id for s in specs if s.test_clock_id})
+        clocks: dict[str, datetime] = {}
+        if clock_keys:
+            rows = session.execute(
+                select(ClockRow.test_clock_id, ClockRow.frozen_time).where(ClockRow.test_clock_id.in_(clock_keys))
+            )
+            clocks = {key: frozen for key, frozen in rows}
+        customers = session.scalars(
+            locked(
+                session,
+                select(CustomerRow)
+                .where(CustomerRow.customer_key.in_(customer_keys))
+                .order_by(CustomerRow.customer_key),
+            )
+        )
+        subscriptions = session.scalars(
+            locked(
+                session,
+                select(SubscriptionRow)
+                .where(SubscriptionRow.subscription_id.in_(subscription_ids))
+                .order_by(SubscriptionRow.subscription_id),
+            )
+        )
+        return cls(
+            session,
+            ctx.clock.now(),
+            clocks,
+            {c.customer_key: c for c in customers},
+            {s.subscription_id: s for s in subscriptions},
+        )
+
+    def apply(self, spec: SubscriptionSpec) -> tuple[ApplyOutcome, int]:
+        session = self.session
+        clock_key = spec.test_clock_id or REAL_TIME
+        if clock_key != REAL_TIME and clock_key not in self.clocks:
             raise NotFound(f"test clock {clock_key!r} not found", reason="TEST_CLOCK_NOT_FOUND")
-        customer = lock_customer(session, spec.customer_key)
+        customer = self.customers.get(spec.customer_key)
         if customer is None:
             customer = CustomerRow(customer_key=spec.customer_key, clock_key=clock_key)
-            session.add(customer)
-            session.flush()
+            self.new_rows[0].append(customer)
+            self.customers[spec.customer_key] = customer
         elif customer.clock_key != clock_key:
             raise FailedPrecondition(
                 "the subscription's test clock differs from its customer's",
                 reason="TEST_CLOCK_MISMATCH",
                 metadata={"customer_key": spec.customer_key, "customer_test_clock_id": customer.clock_key},
             )
-        sub = session.scalars(
-            locked(session, select(SubscriptionRow).where(SubscriptionRow.subscription_id == spec.subscription_id))
-        ).first()
-        now = ctx.now_of(session, clock_key)
-        if sub is not None:
-            if spec.revision == sub.revision:
-                return ApplyOutcome.ALREADY_APPLIED, sub.revision
-            if spec.revision < sub.revision:
-                return ApplyOutcome.STALE, sub.revision
-            _check_immutable(sub, spec, clock_key)
-            sub.revision, sub.end_time, sub.update_time = spec.revision, spec.end_time, now
-        else:
+        now = self.real_now if clock_key == REAL_TIME else self.clocks[clock_key]
+        sub = self.subscriptions.get(spec.subscription_id)
+        if sub is None:
             sub = SubscriptionRow(
                 subscription_id=spec.subscription_id,
                 customer_key=spec.customer_key,
@@ -105,12 +213,27 @@ def apply_subscription(ctx: GrantContext, spec: SubscriptionSpec) -> tuple[Apply
                 clock_key=clock_key,
                 update_time=now,
             )
-            session.add(sub)
-            session.flush()
+            self.new_rows[1].append(sub)
+            self.new_rows[2].extend(_new_schedule(sub, spec, i, schedule) for i, schedule in enumerate(spec.schedules))
+            self.subscriptions[spec.subscription_id] = sub
+            return ApplyOutcome.APPLIED, spec.revision
+        if spec.revision == sub.revision:
+            return ApplyOutcome.ALREADY_APPLIED, sub.revision
+        if spec.revision < sub.revision:
+            return ApplyOutcome.STALE, sub.revision
+        _check_immutable(sub, spec, clock_key)
+        self.flush_new()  # the schedules are read back from the database
+        sub.revision, sub.end_time, sub.update_time = spec.revision, spec.end_time, now
         _apply_schedules(session, sub, spec, now)
         return ApplyOutcome.APPLIED, spec.revision
 
-    return ctx.write(work)
+    def flush_new(self) -> None:
+        """Insert the new rows, each table after the one it refers to."""
+        for rows in self.new_rows:
+            if rows:
+                self.session.add_all(rows)
+                self.session.flush()
+                rows.clear()
 
 
 def _check_immutable(sub: SubscriptionRow, spec: SubscriptionSpec, clock_key: str) -> None:
@@ -139,23 +262,7 @@ def _apply_schedules(session: Session, sub: SubscriptionRow, spec: SubscriptionS
     for position, schedule in enumerate(spec.schedules):
         row = existing.get(schedule.entitlement_key)
         if row is None:
-            row = ScheduleRow(
-                schedule_id=new_id("sch"),
-                subscription_id=sub.subscription_id,
-                customer_key=sub.customer_key,
-                clock_key=sub.clock_key,
-                entitlement_key=schedule.entitlement_key,
-                currency_key=schedule.currency_key,
-                cadence=schedule.cadence.value,
-                anchor_time=sub.start_time,
-                end_time=spec.end_time,
-                amounts=encode_amounts(schedule.amounts),
-                position=position,
-                removed=False,
-                next_period_index=0,
-            )
-            reset_cursor(row)
-            session.add(row)
+            session.add(_new_schedule(sub, spec, position, schedule))
             continue
         if row.cadence != schedule.cadence.value or row.currency_key != schedule.currency_key:
             raise FailedPrecondition(
@@ -182,6 +289,26 @@ def _apply_schedules(session: Session, sub: SubscriptionRow, spec: SubscriptionS
         session.flush()
         reconcile_issued(session, row, now)
     session.flush()
+
+
+def _new_schedule(sub: SubscriptionRow, spec: SubscriptionSpec, position: int, schedule: ScheduleSpec) -> ScheduleRow:
+    row = ScheduleRow(
+        schedule_id=new_id("sch"),
+        subscription_id=sub.subscription_id,
+        customer_key=sub.customer_key,
+        clock_key=sub.clock_key,
+        entitlement_key=schedule.entitlement_key,
+        currency_key=schedule.currency_key,
+        cadence=schedule.cadence.value,
+        anchor_time=sub.start_time,
+        end_time=spec.end_time,
+        amounts=encode_amounts(schedule.amounts),
+        position=position,
+        removed=False,
+        next_period_index=0,
+    )
+    reset_cursor(row)
+    return row
 
 
 def get_subscription(ctx: GrantContext, subscription_id: str) -> SubscriptionView:

@@ -86,6 +86,7 @@ class FakeGrantService(grant_service_pb2_grpc.GrantServiceServicer):
     code_for: dict[str, grpc.StatusCode] = field(default_factory=dict)
     outcome_for: dict[str, int] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
+    batches: list[int] = field(default_factory=list)  # items of each ApplySubscriptions call
     applied: dict[tuple[str, str], int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _received: int = 0
@@ -125,6 +126,56 @@ class FakeGrantService(grant_service_pb2_grpc.GrantServiceServicer):
             context.abort_with_status(to_rpc_status(error, "grant.credit-grants"))
         if slow:
             time.sleep(self.delay_s)
+        return self._store(kind, key, revision)
+
+    def ApplySubscriptions(self, request, context):
+        """As the grant service: a failure of the call (every other call, a transient, a `code_for`
+        code) fails every item, a rejection only its own item. Each item is recorded as a call."""
+        items = [(KIND_SUBSCRIPTION, r.subscription_id, r.revision) for r in request.requests]
+        with self._lock:
+            self._received += 1
+            number = self._received
+            failure: grpc.StatusCode | None = None
+            if self.fail_every_other and number % 2 == 1:
+                failure = grpc.StatusCode.UNAVAILABLE
+            for _, key, revision in items:
+                if self.transient.get((key, revision), 0) > 0:
+                    self.transient[(key, revision)] -= 1
+                    failure = failure or grpc.StatusCode.UNAVAILABLE
+                elif key in self.code_for:
+                    failure = failure or self.code_for[key]
+            slow = self.delay_s > 0 and (self.slow_calls == 0 or number <= self.slow_calls)
+            self.batches.append(len(items))
+        if failure is not None:
+            for kind, key, revision in items:
+                self._record(Call(kind, key, revision, failure))
+            context.abort(failure, f"fake {failure.name}")
+        if slow:
+            time.sleep(self.delay_s)
+        results = []
+        for kind, key, revision in items:
+            if (key, revision) in self.reject:
+                self._record(Call(kind, key, revision, grpc.StatusCode.INVALID_ARGUMENT))
+                results.append(
+                    pb.ApplySubscriptionResult(
+                        rejection=pb.ApplyRejection(
+                            code="INVALID_ARGUMENT",
+                            message="amount must be greater than zero",
+                            reason="INVALID_AMOUNT",
+                            field_violations=[
+                                pb.ApplyFieldViolation(
+                                    field="credit_schedules[0].amounts[0].amount", description="must be > 0"
+                                )
+                            ],
+                        )
+                    )
+                )
+            else:
+                outcome, current = self._store(kind, key, revision)
+                results.append(pb.ApplySubscriptionResult(outcome=outcome, current_revision=current))
+        return pb.ApplySubscriptionsResponse(results=results)
+
+    def _store(self, kind: str, key: str, revision: int) -> tuple[int, int]:
         with self._lock:
             if key in self.outcome_for:
                 outcome = self.outcome_for[key]
@@ -143,6 +194,10 @@ class FakeGrantService(grant_service_pb2_grpc.GrantServiceServicer):
     def _record(self, call: Call) -> None:
         with self._lock:
             self.calls.append(call)
+
+    def snapshot_batches(self) -> list[int]:
+        with self._lock:
+            return list(self.batches)
 
     def snapshot(self) -> list[Call]:
         with self._lock:
@@ -442,6 +497,7 @@ def test_revisions_of_one_aggregate_are_delivered_in_order(outbox, grant, starte
 def test_two_dispatchers_on_one_database_deliver_each_revision_once(outbox, grant, started):
     items = subscription_items(40, 3) + [(KIND_CREDIT_CURRENCY, f"cur-{i}", rev) for i in range(5) for rev in (1, 2)]
     outbox.queue(*items)
+    grant.service.delay_s = 0.05  # so that the first cannot drain everything before the second starts
     first = started(dispatcher(outbox.repo, delivery_to(grant), batch_size=10, name="replica-a"))
     second = started(dispatcher(outbox.another_repository(), delivery_to(grant), batch_size=10, name="replica-b"))
     wait_until(lambda: outbox.statuses() == Counter({STATUS_DELIVERED: len(items)}), what="all delivered")
@@ -566,6 +622,35 @@ def test_record_answers_in_the_order_given_whatever_the_row_order(outbox):
     assert [r.status for r in outbox.rows()] == [STATUS_PENDING, STATUS_DELIVERED]
 
 
+def test_record_writes_a_pass_of_deliveries_and_each_other_outcome(outbox):
+    clock = ManualClock(T0)
+    outbox.queue(*[(KIND_SUBSCRIPTION, f"sub-{i}", 1) for i in range(6)], now=T0)
+    claims = outbox.repo.claim_due(clock.now(), clock.now() + timedelta(minutes=1), 10)
+    done = T0 + timedelta(seconds=1)
+    taken_over = replace(claims[4], lease_until=claims[4].lease_until - timedelta(seconds=1))
+    resolutions = [
+        Resolution(claims[0], STATUS_DELIVERED, 1, done, None, delivered_at=done),
+        Resolution(claims[1], STATUS_PENDING, 1, done + timedelta(seconds=5), "UNAVAILABLE: down"),
+        Resolution(claims[2], STATUS_DELIVERED, 1, done, None, delivered_at=done),
+        Resolution(claims[3], STATUS_FAILED, 1, done, "INVALID_ARGUMENT: no"),
+        Resolution(taken_over, STATUS_FAILED, 1, done, "INVALID_ARGUMENT: late"),
+        Resolution(claims[5], STATUS_DELIVERED, 1, done, None, delivered_at=done),
+    ]
+    assert outbox.repo.record(resolutions) == [True, True, True, True, False, True]
+    rows = outbox.rows()
+    assert [(r.status, r.last_error) for r in rows] == [
+        (STATUS_DELIVERED, None),
+        (STATUS_PENDING, "UNAVAILABLE: down"),
+        (STATUS_DELIVERED, None),
+        (STATUS_FAILED, "INVALID_ARGUMENT: no"),
+        (STATUS_PENDING, None),
+        (STATUS_DELIVERED, None),
+    ]
+    assert [r.delivered_at for r in rows if r.status == STATUS_DELIVERED] == [done] * 3
+    # Recorded again (a dispatcher whose lease ran out): deliveries are not written twice.
+    assert outbox.repo.record([resolutions[0], resolutions[2]]) == [False, False]
+
+
 def test_a_call_past_its_deadline_is_retried_and_answers_already_applied(outbox, grant):
     clock = ManualClock(T0)
     grant.service.delay_s = 1.5
@@ -662,9 +747,103 @@ def test_lease_shorter_than_a_batch_of_sends_is_refused(outbox, grant):
             delivery_to(grant, deadline=timedelta(seconds=5)),
             clock=SystemClock(),
             batch_size=20,
+            send_batch_size=1,
             send_concurrency=4,
             lease=timedelta(seconds=30),
         )
+    # Sent 100 per call, the same batch fits: one round of calls.
+    Dispatcher(
+        outbox.repo,
+        delivery_to(grant, deadline=timedelta(seconds=5)),
+        clock=SystemClock(),
+        batch_size=20,
+        send_batch_size=100,
+        send_concurrency=4,
+        lease=timedelta(seconds=30),
+    )
+
+
+def test_a_backlog_is_sent_in_batches_of_one_kind_and_each_keeps_its_outcome(outbox, grant, started, caplog):
+    grant.service.reject = {("sub-007", 1), ("sub-150", 2)}
+    items = subscription_items(240, 2) + [(KIND_CREDIT_CURRENCY, "ai-credits", rev) for rev in (1, 2)]
+    outbox.queue(*items)
+    d = dispatcher(outbox.repo, delivery_to(grant), batch_size=200, send_batch_size=50)
+    with caplog.at_level(logging.WARNING, logger="catalog_service.dispatcher"):
+        started(d)
+        wait_until(lambda: outbox.statuses()[STATUS_PENDING] == 0, what="the backlog sent")
+        d.stop()
+    batches = grant.service.snapshot_batches()
+    assert max(batches) == 50 and sum(batches) == 480  # every subscription revision once
+    assert len(batches) < 20
+    assert outbox.statuses() == Counter({STATUS_DELIVERED: len(items) - 2, STATUS_FAILED: 2})
+    for i in range(240):
+        assert grant.service.ok_order(KIND_SUBSCRIPTION, f"sub-{i:03d}") == (
+            [2] if i == 7 else [1] if i == 150 else [1, 2]
+        )
+    assert grant.service.ok_order(KIND_CREDIT_CURRENCY, "ai-credits") == [1, 2]
+    parked = {(r.aggregate_key, r.revision): r.last_error for r in outbox.rows() if r.status == STATUS_FAILED}
+    assert set(parked) == {("sub-007", 1), ("sub-150", 2)}
+    for error in parked.values():
+        assert error == (
+            "INVALID_ARGUMENT: amount must be greater than zero [reason=INVALID_AMOUNT] "
+            "[credit_schedules[0].amounts[0].amount: must be > 0]"
+        )
+    assert sorted((r.aggregate_key, r.revision) for r in caplog.records) == [("sub-007", 1), ("sub-150", 2)]
+    state = outbox.repo.handoff_state("sub-150")
+    assert (state.status, state.latest_delivered_revision) == (HandoffStatus.FAILED, 1)
+
+
+def test_deliver_many_answers_each_payload_in_order(grant):
+    grant.service.reject = {("sub-bad", 1)}
+    delivery = delivery_to(grant)
+    assert delivery.deliver(KIND_SUBSCRIPTION, payload(KIND_SUBSCRIPTION, "sub-old", 2)).kind is OutcomeKind.DELIVERED
+    sent = [
+        payload(KIND_SUBSCRIPTION, "sub-new", 1),
+        b"\xff\xff\xff",
+        payload(KIND_SUBSCRIPTION, "sub-bad", 1),
+        payload(KIND_SUBSCRIPTION, "sub-old", 1),
+        payload(KIND_SUBSCRIPTION, "sub-old", 2),
+    ]
+    outcomes = delivery.deliver_many(KIND_SUBSCRIPTION, sent)
+    assert [(o.kind, o.code) for o in outcomes] == [
+        (OutcomeKind.DELIVERED, "OK"),
+        (PARK, ""),
+        (PARK, "INVALID_ARGUMENT"),
+        (OutcomeKind.DELIVERED, "OK"),
+        (OutcomeKind.DELIVERED, "OK"),
+    ]
+    assert [o.detail for o in outcomes[3:]] == ["STALE current_revision=2", "ALREADY_APPLIED current_revision=2"]
+    assert grant.service.snapshot_batches() == [4]  # the unparsable payload was not sent
+
+    # A failure of the call is every item's: retried.
+    grant.service.transient = {("sub-x", 1): 1}
+    outcomes = delivery.deliver_many(
+        KIND_SUBSCRIPTION, [payload(KIND_SUBSCRIPTION, "sub-x", 1), payload(KIND_SUBSCRIPTION, "sub-y", 1)]
+    )
+    assert [(o.kind, o.code) for o in outcomes] == [(RETRY, "UNAVAILABLE")] * 2
+    delivery.close()
+
+
+class SingleApplyGrantService(FakeGrantService):
+    """A grant service from before ApplySubscriptions: the call answers UNIMPLEMENTED."""
+
+    ApplySubscriptions = grant_service_pb2_grpc.GrantServiceServicer.ApplySubscriptions
+
+
+def test_a_grant_service_without_the_batch_call_gets_one_call_per_revision():
+    server = FakeGrantServer(SingleApplyGrantService()).start()
+    try:
+        server.service.reject = {("sub-bad", 1)}
+        delivery = delivery_to(server)
+        keys = ["sub-a", "sub-bad", "sub-c"]
+        outcomes = delivery.deliver_many(KIND_SUBSCRIPTION, [payload(KIND_SUBSCRIPTION, k, 1) for k in keys])
+        assert [o.kind for o in outcomes] == [OutcomeKind.DELIVERED, PARK, OutcomeKind.DELIVERED]
+        assert server.service.ok_counts() == Counter(
+            {(KIND_SUBSCRIPTION, "sub-a", 1): 1, (KIND_SUBSCRIPTION, "sub-c", 1): 1}
+        )
+        delivery.close()
+    finally:
+        server.stop()
 
 
 # --- the delivery client alone ------------------------------------------------------------------
@@ -769,7 +948,8 @@ def test_worker_from_command_line_flags_delivers_and_stops(outbox, grant):
         ],
         add_arguments=add_outbox_arguments,
     )
-    assert (settings.extra.outbox_batch_size, settings.extra.outbox_lease_s) == (20, 60)
+    assert (settings.extra.outbox_batch_size, settings.extra.outbox_send_batch_size) == (200, 100)
+    assert settings.extra.outbox_lease_s == 60
     client = GrantServiceClient(settings.extra.grant_service_address)
     worker = start_outbox_worker_from_args(settings.extra, outbox.engine, outbox.table, SystemClock(), client.channel)
     try:

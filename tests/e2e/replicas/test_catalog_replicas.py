@@ -1,7 +1,8 @@
 """Two real catalog processes (`python -m catalog_service serve --migrate`) on one PostgreSQL
 catalog database, each with its own outbox dispatcher, in front of the real grant service. Each
-catalog calls the grant service through its own counting proxy, so every ApplySubscription is
-recorded with the catalog that sent it, in arrival order, with the grant service's outcome.
+catalog calls the grant service through its own counting proxy, so every subscription revision
+sent (ApplySubscription, or an item of ApplySubscriptions) is recorded with the catalog that
+sent it, in arrival order, with the grant service's outcome.
 
 Subscriptions are provisioned and amended through both catalogs (revisions 1 to 3), and both
 dispatchers poll the shared outbox: every (subscription, revision) is applied exactly once and
@@ -37,7 +38,7 @@ from tests.e2e.replicas.conftest import wait_until
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 SUBSCRIPTIONS = 100
-BATCH_SIZE = 4  # sent 4 at a time (the dispatcher's default): one round of calls per pass
+BATCH_SIZE = 4  # claimed 4 at a time, sent in one ApplySubscriptions call per pass
 LEASE_S = 5  # the dispatcher wants at least twice a pass's worst case (one 2 s deadline)
 FORWARD_DEADLINE_S = 10.0
 CATALOG_ARGS = [
@@ -102,7 +103,7 @@ class CountingProxy(gpb_grpc.GrantServiceServicer):
             self.mode = mode
             self._changed.notify_all()
 
-    def ApplySubscription(self, request, context):
+    def _gate(self, context) -> None:
         with self._changed:
             if self.mode == "down":
                 with self.recorder.lock:
@@ -110,12 +111,27 @@ class CountingProxy(gpb_grpc.GrantServiceServicer):
                 context.abort(grpc.StatusCode.UNAVAILABLE, "proxy: the grant service is down")
             self.held += self.mode == "hold"
             self._changed.wait_for(lambda: self.mode != "hold")
+
+    def ApplySubscription(self, request, context):
+        self._gate(context)
         record = Call(self.name, request.subscription_id, request.revision)
         with self.recorder.lock:
             self.recorder.calls.append(record)
         reply = self._stub.ApplySubscription(request, timeout=FORWARD_DEADLINE_S)
         with self.recorder.lock:
             record.outcome = reply.outcome
+        return reply
+
+    def ApplySubscriptions(self, request, context):
+        """The batch call (what the dispatcher sends): one recorded call per item."""
+        self._gate(context)
+        records = [Call(self.name, r.subscription_id, r.revision) for r in request.requests]
+        with self.recorder.lock:
+            self.recorder.calls.extend(records)
+        reply = self._stub.ApplySubscriptions(request, timeout=FORWARD_DEADLINE_S)
+        with self.recorder.lock:
+            for record, result in zip(records, reply.results, strict=True):
+                record.outcome = result.outcome
         return reply
 
     def ApplyCreditCurrency(self, request, context):
