@@ -9,7 +9,6 @@ from sqlalchemy import Engine
 
 from catalog_service.adapters.grant_client import GrantServiceClient
 from catalog_service.adapters.orm import OutboxDeliveryRow
-from catalog_service.adapters.sqlite_writers import serialize_sqlite_writers
 from catalog_service.entrypoints.outbox_worker import add_outbox_arguments, start_outbox_worker_from_args
 from catalog_service.entrypoints.servicer import CatalogServicer
 from catalog_service.service_layer.services import CatalogService
@@ -34,7 +33,6 @@ def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None)
     server drains, then the dispatcher stops, then the channel closes."""
     clock = clock or SystemClock()
     args = settings.extra
-    serialize_sqlite_writers(engine, settings.database.sqlite_busy_timeout_ms / 1000)
     grant_client = GrantServiceClient(
         args.grant_service_address, deadline=timedelta(milliseconds=args.grant_deadline_ms)
     )

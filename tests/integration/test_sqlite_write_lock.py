@@ -73,3 +73,25 @@ def test_a_failed_write_transaction_lets_the_next_writer_in(engine):
     assert done.is_set()  # with the lock left held, it would wait for the 30 s busy timeout
     with engine.connect() as c:
         assert c.exec_driver_sql("SELECT v FROM t").scalars().all() == [2]
+
+
+def test_readers_do_not_wait_for_the_writers_lock(engine):
+    factories = session_factories(engine)
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with factories.write() as session, session.begin():
+            session.execute(text("INSERT INTO t (v) VALUES (1)"))
+            entered.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert entered.wait(10)
+    try:
+        with factories.read() as session, session.begin():
+            assert session.execute(text("SELECT count(*) FROM t")).scalar_one() == 0  # uncommitted row unseen
+        assert factories.single_statement.run(lambda c: c.scalar(text("SELECT count(*) FROM t"))) == 0
+    finally:
+        release.set()
+        holder.join(10)
