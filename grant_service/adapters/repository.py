@@ -18,7 +18,6 @@ from sqlalchemy import (
     Boolean,
     Connection,
     Integer,
-    Row,
     Select,
     String,
     and_,
@@ -34,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from credit_common.db.driver import DriverStatement
 from credit_common.db.types import UtcDateTime
 from credit_common.idempotency import SeenRequest
 from credit_common.periods import Cadence
@@ -235,8 +235,8 @@ def grants_active_at(
     return list(session.scalars(query))
 
 
-def view_of(row: GrantRow | Row, used: Decimal) -> GrantView:
-    """A grant (an ORM row or a Core row of `grants`) with `used` credits debited."""
+def view_of(row: Any, used: Decimal) -> GrantView:
+    """A grant (an ORM row, or any row with the columns of `grants`) with `used` credits debited."""
     return GrantView(row.grant_id, row.amount, used, row.priority, row.effective_time, row.expire_time, row.void_time)
 
 
@@ -285,21 +285,19 @@ def _current_grants_statement() -> Select:
             )
         )
         .where(customers.c.customer_key == bindparam("customer_key"))
-        .order_by(grants.c.grant_id)
     )
 
 
 # Built once: executing the same statement object reuses its cache key and compiled form.
-_CURRENT_GRANTS = _current_grants_statement()
+# Run on the driver: GetBalance's hot path (see credit_common.db.driver).
+_CURRENT_GRANTS = DriverStatement(_current_grants_statement())
 
 
-def current_grants(connection: Connection, customer_key: str, currency_key: str, now: datetime) -> list[Row]:
+def current_grants(connection: Connection, customer_key: str, currency_key: str, now: datetime) -> list[tuple]:
     """In one statement: the customer's clock, whether anything of it is due at `now` (a period to
-    issue, a grant to expire), and its grants in `currency_key` active at `now` (columns of `grants`).
-    No row: no such customer. One row with grant_id None: no active grant."""
-    return list(
-        connection.execute(_CURRENT_GRANTS, {"customer_key": customer_key, "currency_key": currency_key, "now": now})
-    )
+    issue, a grant to expire), and its grants in `currency_key` active at `now` (columns of `grants`,
+    in no particular order). No row: no such customer. One row with grant_id None: no active grant."""
+    return _CURRENT_GRANTS.rows(connection, {"customer_key": customer_key, "currency_key": currency_key, "now": now})
 
 
 # ------------------------------------------------------------------------------ rates

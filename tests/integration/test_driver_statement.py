@@ -1,0 +1,88 @@
+"""DriverStatement runs a Core SELECT on the driver and answers exactly what SQLAlchemy's own
+execution answers (same types in and out), with the same errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, bindparam, exists, insert, select, text
+from sqlalchemy.exc import DBAPIError
+
+from credit_common.db.driver import DriverStatement
+from credit_common.db.engine import DatabaseSettings, ThreadConnections, create_db_engine
+from credit_common.db.types import ExactDecimal, UtcDateTime
+
+METADATA = MetaData()
+ITEMS = Table(
+    "items",
+    METADATA,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(20)),
+    Column("amount", ExactDecimal()),
+    Column("at", UtcDateTime(), nullable=True),
+    Column("flag", Boolean),
+)
+T0 = datetime(2026, 1, 31, 10, 0, 0, 123456, tzinfo=UTC)
+SELECT = select(
+    ITEMS.c.id,
+    ITEMS.c.amount,
+    ITEMS.c.at,
+    ITEMS.c.flag,
+    exists().where(ITEMS.c.at > bindparam("after")).label("any_after"),
+).where(ITEMS.c.name == bindparam("name"), (ITEMS.c.at.is_(None)) | (ITEMS.c.at <= bindparam("after")))
+
+
+@pytest.fixture
+def engine(database_url_factory):
+    engine = create_db_engine(DatabaseSettings(url=database_url_factory("driver"), pre_ping=False))
+    METADATA.create_all(engine)
+    with engine.begin() as c:
+        c.execute(
+            insert(ITEMS),
+            [
+                {"id": 1, "name": "a", "amount": Decimal("0.000000000001"), "at": T0, "flag": True},
+                {"id": 2, "name": "a", "amount": Decimal("123456789012345678.5"), "at": None, "flag": False},
+                {"id": 3, "name": "a", "amount": Decimal("-7"), "at": T0 + timedelta(days=1), "flag": True},
+                {"id": 4, "name": "b", "amount": Decimal("1"), "at": T0, "flag": False},
+            ],
+        )
+    yield engine
+    engine.dispose()
+
+
+def test_rows_are_what_sqlalchemy_itself_returns(engine):
+    statement = DriverStatement(SELECT)
+    params = {"name": "a", "after": T0 + timedelta(hours=1)}
+    with engine.connect() as c:
+        expected = sorted(tuple(row) for row in c.execute(SELECT, params))
+        for _ in range(2):  # compiled and typed on the first run, reused on the second
+            got = sorted(statement.rows(c, params))
+            assert got == expected
+        assert [r.id for r in got] == [1, 2]
+        first = got[0]
+        assert isinstance(first.amount, Decimal) and first.amount == Decimal("0.000000000001")
+        assert first.at == T0 and first.at.tzinfo is not None
+        assert first.flag is True and first.any_after is True
+        assert statement.rows(c, {"name": "nobody", "after": T0}) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_lost_connection_is_a_dbapi_error_and_thread_connections_recover(engine, backend):
+    statement = DriverStatement(SELECT)
+    reads = ThreadConnections(engine)
+    params = {"name": "a", "after": T0}
+    pid = reads.run(lambda c: c.scalar(text("SELECT pg_backend_pid()")))
+    with engine.connect() as other:
+        other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    with engine.connect() as doomed:
+        doomed_pid = doomed.scalar(text("SELECT pg_backend_pid()"))
+        with engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": doomed_pid})
+        with pytest.raises(DBAPIError) as raised:
+            statement.rows(doomed, params)
+        assert raised.value.connection_invalidated
+    # the thread's own connection was killed too: the read is run again on a new one
+    assert [r.id for r in reads.run(lambda c: statement.rows(c, params))] == [1, 2]
