@@ -384,23 +384,18 @@ def _debit_head_statement(for_update: bool) -> Select:
     return statement.with_for_update() if for_update else statement
 
 
-_DEBIT_HEAD = {False: _debit_head_statement(False), True: _debit_head_statement(True)}
+_DEBIT_HEAD = {False: DriverStatement(_debit_head_statement(False)), True: DriverStatement(_debit_head_statement(True))}
 
 
 def debit_head(session: Session, customer_key: str, scope: str, request_id: str) -> DebitHead | None:
     """Lock the customer (FOR UPDATE on PostgreSQL; SQLite's write transaction holds the database) and
     read its DebitHead; None if there is no such customer."""
-    row = (
-        session.connection()
-        .execute(
-            _DEBIT_HEAD[is_postgres(session)],
-            {"customer_key": customer_key, "scope": scope, "request_id": request_id},
-        )
-        .first()
+    rows = _DEBIT_HEAD[is_postgres(session)].rows(
+        session.connection(), {"customer_key": customer_key, "scope": scope, "request_id": request_id}
     )
-    if row is None:
+    if not rows:
         return None
-    clock_key, frozen, fingerprint, resource_id, next_start, next_expiry, version = row
+    clock_key, frozen, fingerprint, resource_id, next_start, next_expiry, version = rows[0]
     seen = None if fingerprint is None else SeenRequest(fingerprint, resource_id)
     return DebitHead(clock_key, frozen, seen, next_start, next_expiry, version)
 
@@ -443,14 +438,14 @@ def _debitable_statement(for_update: bool) -> Select:
     return statement.with_for_update() if for_update else statement
 
 
-_DEBITABLE = {False: _debitable_statement(False), True: _debitable_statement(True)}
+_DEBITABLE = {False: DriverStatement(_debitable_statement(False)), True: DriverStatement(_debitable_statement(True))}
 
 
 def debitable_grants(session: Session, customer_key: str, currency_key: str, at: datetime) -> list[DebitableGrant]:
     """The open grants active at `at` (as grants_active_at with for_update), locked in id order, with
     their running totals: what a debit at the customer's "now" burns."""
-    rows = session.connection().execute(
-        _DEBITABLE[is_postgres(session)], {"customer_key": customer_key, "currency_key": currency_key, "at": at}
+    rows = _DEBITABLE[is_postgres(session)].rows(
+        session.connection(), {"customer_key": customer_key, "currency_key": currency_key, "at": at}
     )
     return [
         DebitableGrant(GrantView(g, amount, used, priority, start, expiry, void), customer, currency, subscription)
@@ -458,10 +453,13 @@ def debitable_grants(session: Session, customer_key: str, currency_key: str, at:
     ]
 
 
-_INSERT_USAGE = insert(UsageRow.__table__)
-_INSERT_LEDGER = insert(LedgerEntryRow.__table__)
-_INSERT_REQUEST_ID = insert(_REQUEST_IDS)
-_SET_USED = update(_GRANTS).where(_GRANTS.c.grant_id == bindparam("b_grant_id")).values(used=bindparam("b_used"))
+# Run on the driver (see credit_common.db.driver): each row gives every column.
+_INSERT_USAGE = DriverStatement(insert(UsageRow.__table__))
+_INSERT_LEDGER = DriverStatement(insert(LedgerEntryRow.__table__))
+_INSERT_REQUEST_ID = DriverStatement(insert(_REQUEST_IDS))
+_SET_USED = DriverStatement(
+    update(_GRANTS).where(_GRANTS.c.grant_id == bindparam("b_grant_id")).values(used=bindparam("b_used"))
+)
 
 
 def record_debit(
@@ -470,13 +468,13 @@ def record_debit(
     """Write one debit: its usage (a unique-constraint conflict on its request_id means a concurrent
     twin won), the grants' new running totals (grant id, used) and its DEBIT entries."""
     conn = session.connection()
-    conn.execute(_INSERT_USAGE, usage)
-    conn.execute(_SET_USED, [{"b_grant_id": grant_id, "b_used": value} for grant_id, value in used])
-    conn.execute(_INSERT_LEDGER, list(entries))
+    _INSERT_USAGE.execute(conn, [usage])
+    _SET_USED.execute(conn, [{"b_grant_id": grant_id, "b_used": value} for grant_id, value in used])
+    _INSERT_LEDGER.execute(conn, list(entries))
 
 
 def insert_request_id(session: Session, record: dict[str, Any]) -> None:
-    session.connection().execute(_INSERT_REQUEST_ID, record)
+    _INSERT_REQUEST_ID.execute(session.connection(), [record])
 
 
 # ------------------------------------------------------------------------------ rates cache
