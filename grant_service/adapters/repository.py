@@ -23,7 +23,6 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
-    exists,
     func,
     insert,
     or_,
@@ -49,7 +48,16 @@ from grant_service.adapters.orm import (
     UsageRow,
 )
 from grant_service.domain.balances import GrantView, exact_sum
-from grant_service.domain.schedules import Schedule, ScheduledAmount
+from grant_service.domain.schedules import Pending, Schedule, ScheduledAmount
+
+# The tables, for the Core statements built once below.
+_CUSTOMERS = CustomerRow.__table__
+_GRANTS = GrantRow.__table__
+_SCHEDULES = ScheduleRow.__table__
+_CLOCKS = ClockRow.__table__
+_REQUEST_IDS = RequestIdRow.__table__
+_RATE_SETS = RateSetRow.__table__
+_RATES = RateRow.__table__
 
 
 def is_postgres(session: Session) -> bool:
@@ -148,7 +156,6 @@ def _insert_unnest(session: Session, table, rows: Sequence[dict[str, Any]]) -> i
     return count
 
 
-_SCHEDULES = ScheduleRow.__table__
 _ADVANCE = update(_SCHEDULES).values(next_period_index=bindparam("b_index"), next_period_start=bindparam("b_start"))
 _ADVANCE_IN = _ADVANCE.where(_SCHEDULES.c.schedule_id.in_(bindparam("ids", expanding=True)))
 _ADVANCE_ANY = _ADVANCE.where(_SCHEDULES.c.schedule_id == any_(bindparam("ids", type_=postgresql.ARRAY(String))))
@@ -247,29 +254,30 @@ def views_at(session: Session, rows: Sequence[GrantRow], at: datetime, *, curren
     return [view_of(r, used.get(r.grant_id, Decimal(0))) for r in rows]
 
 
+def _pending_columns(customer_key) -> tuple:
+    """A customer's `Pending` (its earliest period to issue, its earliest open grant to expire) as two
+    scalar subqueries correlated to `customer_key`: the one definition of what a catch-up is owed."""
+    schedules, expiring = _SCHEDULES, _GRANTS.alias("expiring")
+    next_issue = select(func.min(schedules.c.next_period_start)).where(schedules.c.customer_key == customer_key)
+    next_expiry = select(func.min(expiring.c.expire_time)).where(
+        expiring.c.customer_key == customer_key, expiring.c.closed.is_(False)
+    )
+    return next_issue.scalar_subquery().label("next_issue"), next_expiry.scalar_subquery().label("next_expiry")
+
+
+def pending(session: Session, customer_key: str) -> Pending:
+    next_issue, next_expiry = _pending_columns(_CUSTOMERS.c.customer_key)
+    row = session.execute(select(next_issue, next_expiry).where(_CUSTOMERS.c.customer_key == customer_key)).one()
+    return Pending(row.next_issue, row.next_expiry)
+
+
 def _current_grants_statement() -> Select:
-    customers, grants, schedules = CustomerRow.__table__, GrantRow.__table__, ScheduleRow.__table__
-    expiring = grants.alias("expiring")
+    customers, grants = _CUSTOMERS, _GRANTS
     now = bindparam("now", type_=UtcDateTime())
-    schedule_due = (
-        exists()
-        .where(schedules.c.customer_key == customers.c.customer_key, schedules.c.next_period_start <= now)
-        .correlate(customers)
-    )
-    expiry_due = (
-        exists()
-        .where(
-            expiring.c.customer_key == customers.c.customer_key,
-            expiring.c.closed.is_(False),
-            expiring.c.expire_time <= now,
-        )
-        .correlate(customers)
-    )
     return (
         select(
             customers.c.clock_key.label("customer_clock_key"),
-            schedule_due.label("schedule_due"),
-            expiry_due.label("expiry_due"),
+            *_pending_columns(customers.c.customer_key),
             *grants.c,
         )
         .select_from(
@@ -294,8 +302,8 @@ _CURRENT_GRANTS = DriverStatement(_current_grants_statement())
 
 
 def current_grants(connection: Connection, customer_key: str, currency_key: str, now: datetime) -> list[tuple]:
-    """In one statement: the customer's clock, whether anything of it is due at `now` (a period to
-    issue, a grant to expire), and its grants in `currency_key` active at `now` (columns of `grants`,
+    """In one statement: the customer's clock, its `Pending` (next_issue, next_expiry), and its
+    grants in `currency_key` active at `now` (columns of `grants`,
     in no particular order). No row: no such customer. One row with grant_id None: no active grant."""
     return _CURRENT_GRANTS.rows(connection, {"customer_key": customer_key, "currency_key": currency_key, "now": now})
 
@@ -340,12 +348,6 @@ def currency_exists(session: Session, currency_key: str) -> bool:
 # A debit runs under 32 concurrent callers: its statements are built once here (building a select() per
 # call cost its cache key, ~20% of a ReportUsage, cProfile) and run on the session's connection as Core.
 
-_CUSTOMERS = CustomerRow.__table__
-_GRANTS = GrantRow.__table__
-_SCHEDULES = ScheduleRow.__table__
-_REQUEST_IDS = RequestIdRow.__table__
-_RATE_SETS = RateSetRow.__table__
-
 
 @dataclass(frozen=True, slots=True)
 class DebitHead:
@@ -357,8 +359,7 @@ class DebitHead:
     clock_key: str
     frozen_time: datetime | None
     seen: SeenRequest[str] | None
-    next_period_start: datetime | None
-    next_expiry: datetime | None
+    pending: Pending
     rates_version: int
 
 
@@ -367,17 +368,10 @@ def _debit_head_statement(for_update: bool) -> Select:
     request = (_REQUEST_IDS.c.scope == bindparam("scope")) & (_REQUEST_IDS.c.request_id == bindparam("request_id"))
     statement = select(
         _CUSTOMERS.c.clock_key,
-        select(ClockRow.__table__.c.frozen_time)
-        .where(ClockRow.__table__.c.test_clock_id == _CUSTOMERS.c.clock_key)
-        .scalar_subquery(),
+        select(_CLOCKS.c.frozen_time).where(_CLOCKS.c.test_clock_id == _CUSTOMERS.c.clock_key).scalar_subquery(),
         select(_REQUEST_IDS.c.fingerprint).where(request).scalar_subquery(),
         select(_REQUEST_IDS.c.resource_id).where(request).scalar_subquery(),
-        select(func.min(_SCHEDULES.c.next_period_start))
-        .where(_SCHEDULES.c.customer_key == _CUSTOMERS.c.customer_key)
-        .scalar_subquery(),
-        select(func.min(_GRANTS.c.expire_time))
-        .where(_GRANTS.c.customer_key == _CUSTOMERS.c.customer_key, _GRANTS.c.closed.is_(False))
-        .scalar_subquery(),
+        *_pending_columns(_CUSTOMERS.c.customer_key),
         select(func.count()).select_from(_RATE_SETS).scalar_subquery(),
     ).where(customer)
     # FOR UPDATE locks the customers row only (the subqueries are not in FROM).
@@ -397,7 +391,7 @@ def debit_head(session: Session, customer_key: str, scope: str, request_id: str)
         return None
     clock_key, frozen, fingerprint, resource_id, next_start, next_expiry, version = rows[0]
     seen = None if fingerprint is None else SeenRequest(fingerprint, resource_id)
-    return DebitHead(clock_key, frozen, seen, next_start, next_expiry, version)
+    return DebitHead(clock_key, frozen, seen, Pending(next_start, next_expiry), version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,12 +502,12 @@ _RATE_BOOK = (
         _RATE_SETS.c.currency_key,
         _RATE_SETS.c.revision,
         _RATE_SETS.c.effective_time,
-        RateRow.__table__.c.feature_key,
-        RateRow.__table__.c.credits_per_unit,
+        _RATES.c.feature_key,
+        _RATES.c.credits_per_unit,
         select(func.count()).select_from(_RATE_SETS).scalar_subquery(),
     )
     .select_from(_RATE_SETS)
-    .outerjoin(RateRow.__table__, RateRow.__table__.c.rate_set_id == _RATE_SETS.c.rate_set_id)
+    .outerjoin(_RATES, _RATES.c.rate_set_id == _RATE_SETS.c.rate_set_id)
 )
 
 

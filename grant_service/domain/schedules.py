@@ -71,3 +71,19 @@ class GrantSegment:
     amount: Decimal
     effective_time: datetime
     expire_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What of a customer still awaits the catch-up: its earliest period not yet issued and its
+    earliest grant not yet closed that expires (None: nothing)."""
+
+    next_issue: datetime | None
+    next_expiry: datetime | None
+
+    def issue_due(self, now: datetime) -> bool:
+        return self.next_issue is not None and self.next_issue <= now
+
+    def due(self, now: datetime) -> bool:
+        """Whether a period is to be issued or a grant to be expired at `now`."""
+        return self.issue_due(now) or (self.next_expiry is not None and self.next_expiry <= now)

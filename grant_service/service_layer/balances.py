@@ -23,6 +23,7 @@ from grant_service.adapters.repository import (
     views_at,
 )
 from grant_service.domain.balances import active_in_burn_order, exact_difference, exact_sum
+from grant_service.domain.schedules import Pending
 from grant_service.service_layer.context import GrantContext, catch_up_customer, customer_due, customer_not_found
 
 
@@ -94,7 +95,11 @@ def current_balance(ctx: GrantContext, customer_key: str, currency_key: str, wit
     if not rows:
         raise customer_not_found(customer_key)
     first = rows[0]
-    if first.customer_clock_key != REAL_TIME or first.schedule_due or first.expiry_due or first.grant_id is None:
+    if (
+        first.customer_clock_key != REAL_TIME
+        or Pending(first.next_issue, first.next_expiry).due(now)
+        or first.grant_id is None
+    ):
         return None
     views = active_in_burn_order((view_of(row, row.used) for row in rows), now)
     by_id = {row.grant_id: row for row in rows}

@@ -18,8 +18,8 @@ from credit_common.clock import Clock
 from credit_common.db.engine import SessionFactories
 from credit_common.errors import FailedPrecondition, NotFound
 from credit_common.idempotency import SeenRequest
-from grant_service.adapters.orm import REAL_TIME, ClockRow, CustomerRow, GrantRow, RequestIdRow, ScheduleRow
-from grant_service.adapters.repository import RatesCache, insert_request_id
+from grant_service.adapters.orm import REAL_TIME, ClockRow, CustomerRow, RequestIdRow
+from grant_service.adapters.repository import RatesCache, insert_request_id, pending
 from grant_service.service_layer.issuance import catch_up
 
 T = TypeVar("T")
@@ -81,23 +81,10 @@ def test_clock_not_found(clock_key: str) -> NotFound:
 
 def customer_due(ctx: GrantContext, session: Session, customer_key: str) -> tuple[CustomerRow, datetime, bool]:
     """The customer, its "now", and whether anything of it is due (a period to issue or a grant to
-    expire) at that instant: one query for both."""
+    expire) at that instant."""
     customer = get_customer(session, customer_key)
     now = ctx.now_of(session, customer.clock_key)
-    schedule_due = (
-        select(ScheduleRow.schedule_id)
-        .where(ScheduleRow.customer_key == customer_key, ScheduleRow.next_period_start <= now)
-        .limit(1)
-        .exists()
-    )
-    expiry_due = (
-        select(GrantRow.grant_id)
-        .where(GrantRow.customer_key == customer_key, GrantRow.closed.is_(False), GrantRow.expire_time <= now)
-        .limit(1)
-        .exists()
-    )
-    schedule, expiry = session.execute(select(schedule_due, expiry_due)).one()
-    return customer, now, bool(schedule or expiry)
+    return customer, now, pending(session, customer_key).due(now)
 
 
 def catch_up_customer(ctx: GrantContext, customer_key: str) -> tuple[CustomerRow, datetime]:

@@ -178,11 +178,10 @@ def _debit(ctx: GrantContext, debit: _Debit, session: Session, *, caught_up: boo
         return load_usage(session, seen)
     # The customer's "now", taken once its lock is held: its debits are in time order.
     now = ctx.clock.now() if head.clock_key == REAL_TIME else head.frozen_time
-    period_due = head.next_period_start is not None and head.next_period_start <= now
-    if period_due or (head.next_expiry is not None and head.next_expiry <= now):
+    if head.pending.due(now):
         if not caught_up:
             return _CatchUpFirst(head.clock_key, now)
-        if period_due:
+        if head.pending.issue_due(now):
             # Not skip_locked: a concurrent sweep may be issuing this customer's period right now; waiting
             # for it, then seeing its grant, beats rejecting the usage for want of credits.
             issue_due_batch(session, head.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
