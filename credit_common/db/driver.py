@@ -11,6 +11,7 @@ connection is invalidated and reported as such, as SQLAlchemy itself does)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -73,18 +74,10 @@ class DriverStatement:
     @contextmanager
     def _driver_errors(self, connection: Connection, sql: str, args: Any) -> Iterator[Any]:
         """A cursor of `connection`'s driver connection; the driver's errors as SQLAlchemy raises them."""
-        dialect = connection.dialect
-        dbapi_connection = connection.connection.dbapi_connection
-        cursor = dbapi_connection.cursor()
+        cursor = connection.connection.dbapi_connection.cursor()
         try:
-            yield cursor
-        except dialect.loaded_dbapi.Error as error:
-            invalidated = dialect.is_disconnect(error, dbapi_connection, cursor)
-            if invalidated:
-                connection.invalidate(error)
-            raise DBAPIError.instance(
-                sql, args, error, dialect.loaded_dbapi.Error, connection_invalidated=invalidated, dialect=dialect
-            ) from error
+            with _as_sqlalchemy_errors(connection, sql, args, cursor):
+                yield cursor
         finally:
             cursor.close()
 
@@ -98,15 +91,69 @@ class DriverStatement:
 
     def rows(self, connection: Connection, params: Mapping[str, Any]) -> list[tuple]:
         """The rows of the statement with `params`, as named tuples (`self.Row`)."""
-        dialect = connection.dialect
+        return rows_of(connection, (self, params))[0]
+
+    def _query(self, dialect: Dialect, params: Mapping[str, Any]) -> tuple[str, Any]:
         compiled = self._compiled.get((dialect.name, ())) or self._compile(dialect)
-        args = self._args(compiled, params)
-        with self._driver_errors(connection, compiled.sql, args) as cursor:
-            cursor.execute(compiled.sql, args)
-            raw = cursor.fetchall()
-            processors = self._results.get(dialect.name) or self._processors(dialect, cursor.description)
+        return compiled.sql, self._args(compiled, params)
+
+    def _typed(self, dialect: Dialect, cursor: Any) -> list[tuple]:
+        raw = cursor.fetchall()
+        processors = self._results.get(dialect.name) or self._processors(dialect, cursor.description)
         make = self.Row._make
         return [
             make([value if process is None else process(value) for value, process in zip(row, processors, strict=True)])
             for row in raw
         ]
+
+
+def rows_of(connection: Connection, *queries: tuple[DriverStatement, Mapping[str, Any]]) -> list[list[tuple]]:
+    """The rows of each (SELECT statement, params), run in that order. On PostgreSQL they are sent
+    together (psycopg's pipeline mode): one round trip for all. Each still runs after the previous one
+    has finished, so a statement sees the rows its predecessors locked (FOR UPDATE) as they are once
+    locked."""
+    dialect = connection.dialect
+    sent = [(statement, *statement._query(dialect, params)) for statement, params in queries]
+    dbapi_connection = connection.connection.dbapi_connection
+    cursors = [dbapi_connection.cursor() for _ in sent]
+    together = (
+        dbapi_connection.pipeline() if dialect.name == "postgresql" and len(sent) > 1 else contextlib.nullcontext()
+    )
+    try:
+        with _as_sqlalchemy_errors(connection, sent[0][1], sent[0][2], cursors[0]):
+            with together:
+                for cursor, (_, sql, args) in zip(cursors, sent, strict=True):
+                    cursor.execute(sql, args)
+            return [statement._typed(dialect, cursor) for cursor, (statement, _, _) in zip(cursors, sent, strict=True)]
+    finally:
+        for cursor in cursors:
+            cursor.close()
+
+
+@contextmanager
+def _as_sqlalchemy_errors(connection: Connection, sql: str, args: Any, cursor: Any = None) -> Iterator[None]:
+    """The driver's errors raised in the block, as SQLAlchemy raises them (a lost connection invalidated)."""
+    dialect = connection.dialect
+    try:
+        yield
+    except dialect.loaded_dbapi.Error as error:
+        dbapi_connection = connection.connection.dbapi_connection
+        invalidated = dialect.is_disconnect(error, dbapi_connection, cursor)
+        if invalidated:
+            connection.invalidate(error)
+        raise DBAPIError.instance(
+            sql, args, error, dialect.loaded_dbapi.Error, connection_invalidated=invalidated, dialect=dialect
+        ) from error
+
+
+@contextmanager
+def pipelined(connection: Connection) -> Iterator[None]:
+    """On PostgreSQL, the `DriverStatement.execute`s of the block are sent without waiting for each
+    result (psycopg's pipeline mode) and their results read at its end: one round trip for all of
+    them. An error of any of them is raised at the end of the block (the later ones are not run).
+    Only `execute`s: nothing in the block may read a result. Elsewhere a plain block."""
+    if connection.dialect.name != "postgresql":
+        yield
+        return
+    with _as_sqlalchemy_errors(connection, "(pipeline)", None), connection.connection.dbapi_connection.pipeline():
+        yield

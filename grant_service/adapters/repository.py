@@ -6,6 +6,7 @@ processes racing on the same work cannot both succeed and neither crashes."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
+    Table,
     and_,
     any_,
     bindparam,
@@ -32,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from credit_common.db.driver import DriverStatement
+from credit_common.db.driver import DriverStatement, rows_of
 from credit_common.db.types import UtcDateTime
 from credit_common.idempotency import SeenRequest
 from credit_common.periods import Cadence
@@ -361,6 +363,8 @@ class DebitHead:
     seen: SeenRequest[str] | None
     pending: Pending
     rates_version: int
+    # The customer's open grants (of every currency, locked, in id order), read once its lock was held.
+    open_grants: list[DebitableGrant]
 
 
 def _debit_head_statement(for_update: bool) -> Select:
@@ -383,15 +387,19 @@ _DEBIT_HEAD = {False: DriverStatement(_debit_head_statement(False)), True: Drive
 
 def debit_head(session: Session, customer_key: str, scope: str, request_id: str) -> DebitHead | None:
     """Lock the customer (FOR UPDATE on PostgreSQL; SQLite's write transaction holds the database) and
-    read its DebitHead; None if there is no such customer."""
-    rows = _DEBIT_HEAD[is_postgres(session)].rows(
-        session.connection(), {"customer_key": customer_key, "scope": scope, "request_id": request_id}
+    read its DebitHead; None if there is no such customer. Its open grants are read (and locked) by a
+    second statement, run once the first holds the lock: one round trip for both on PostgreSQL."""
+    for_update = is_postgres(session)
+    heads, grants = rows_of(
+        session.connection(),
+        (_DEBIT_HEAD[for_update], {"customer_key": customer_key, "scope": scope, "request_id": request_id}),
+        (_OPEN_GRANTS[for_update], {"customer_key": customer_key}),
     )
-    if not rows:
+    if not heads:
         return None
-    clock_key, frozen, fingerprint, resource_id, next_start, next_expiry, version = rows[0]
+    clock_key, frozen, fingerprint, resource_id, next_start, next_expiry, version = heads[0]
     seen = None if fingerprint is None else SeenRequest(fingerprint, resource_id)
-    return DebitHead(clock_key, frozen, seen, Pending(next_start, next_expiry), version)
+    return DebitHead(clock_key, frozen, seen, Pending(next_start, next_expiry), version, _debitable(grants))
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,8 +412,7 @@ class DebitableGrant:
     subscription_id: str | None
 
 
-def _debitable_statement(for_update: bool) -> Select:
-    at = bindparam("at", type_=UtcDateTime())
+def _open_grants_statement(for_update: bool) -> Select:
     statement = (
         select(
             _GRANTS.c.grant_id,
@@ -419,32 +426,29 @@ def _debitable_statement(for_update: bool) -> Select:
             _GRANTS.c.currency_key,
             _GRANTS.c.subscription_id,
         )
-        .where(
-            _GRANTS.c.customer_key == bindparam("customer_key"),
-            _GRANTS.c.currency_key == bindparam("currency_key"),
-            _GRANTS.c.effective_time <= at,
-            _GRANTS.c.expire_time.is_(None) | (_GRANTS.c.expire_time > at),
-            _GRANTS.c.void_time.is_(None) | (_GRANTS.c.void_time > at),
-            _GRANTS.c.closed.is_(False),
-        )
+        .where(_GRANTS.c.customer_key == bindparam("customer_key"), _GRANTS.c.closed.is_(False))
         .order_by(_GRANTS.c.grant_id)
     )
     return statement.with_for_update() if for_update else statement
 
 
-_DEBITABLE = {False: DriverStatement(_debitable_statement(False)), True: DriverStatement(_debitable_statement(True))}
+_OPEN_GRANTS = {
+    False: DriverStatement(_open_grants_statement(False)),
+    True: DriverStatement(_open_grants_statement(True)),
+}
 
 
-def debitable_grants(session: Session, customer_key: str, currency_key: str, at: datetime) -> list[DebitableGrant]:
-    """The open grants active at `at` (as grants_active_at with for_update), locked in id order, with
-    their running totals: what a debit at the customer's "now" burns."""
-    rows = _DEBITABLE[is_postgres(session)].rows(
-        session.connection(), {"customer_key": customer_key, "currency_key": currency_key, "at": at}
-    )
+def _debitable(rows: Sequence[Any]) -> list[DebitableGrant]:
     return [
         DebitableGrant(GrantView(g, amount, used, priority, start, expiry, void), customer, currency, subscription)
         for g, amount, used, priority, start, expiry, void, customer, currency, subscription in rows
     ]
+
+
+def open_grants(session: Session, customer_key: str) -> list[DebitableGrant]:
+    """The customer's open grants, of every currency, locked in id order, with their running totals:
+    those of them active at the customer's "now" are what a debit burns."""
+    return _debitable(_OPEN_GRANTS[is_postgres(session)].rows(session.connection(), {"customer_key": customer_key}))
 
 
 # Run on the driver (see credit_common.db.driver): each row gives every column.
@@ -457,14 +461,57 @@ _SET_USED = DriverStatement(
 
 
 def record_debit(
-    session: Session, usage: dict[str, Any], used: Sequence[tuple[str, Decimal]], entries: Sequence[dict[str, Any]]
+    session: Session,
+    usage: dict[str, Any],
+    used: Sequence[tuple[str, Decimal]],
+    entries: Sequence[dict[str, Any]],
+    request: dict[str, Any] | None,
 ) -> None:
     """Write one debit: its usage (a unique-constraint conflict on its request_id means a concurrent
-    twin won), the grants' new running totals (grant id, used) and its DEBIT entries."""
+    twin won), the grants' new running totals (grant id, used), its DEBIT entries and the record of its
+    request id (if any). On PostgreSQL all of it is one statement (data-modifying CTEs)."""
     conn = session.connection()
+    if is_postgres(session):
+        params = {f"u_{name}": value for name, value in usage.items()}
+        for i, (grant_id, value) in enumerate(used):
+            params[f"g{i}_id"], params[f"g{i}_used"] = grant_id, value
+        for i, entry in enumerate(entries):
+            params.update({f"l{i}_{name}": value for name, value in entry.items()})
+        if request is not None:
+            params.update({f"r_{name}": value for name, value in request.items()})
+        _debit_writes(len(used), len(entries), request is not None).execute(conn, [params])
+        return
     _INSERT_USAGE.execute(conn, [usage])
     _SET_USED.execute(conn, [{"b_grant_id": grant_id, "b_used": value} for grant_id, value in used])
     _INSERT_LEDGER.execute(conn, list(entries))
+    if request is not None:
+        _INSERT_REQUEST_ID.execute(conn, [request])
+
+
+@functools.cache
+def _debit_writes(grants: int, entries: int, request: bool) -> DriverStatement:
+    """record_debit's one statement on PostgreSQL, for a debit of `grants` grants: the usage's INSERT, with
+    the grants' UPDATEs and the INSERTs of the entries and the request id as CTEs (PostgreSQL runs each
+    data-modifying CTE exactly once, whether the statement reads it or not)."""
+
+    def values(table: Table, prefix: str) -> dict[str, Any]:
+        return {c.name: bindparam(f"{prefix}{c.name}", type_=c.type) for c in table.columns if c.name != "seq"}
+
+    statement = insert(UsageRow.__table__).values(values(UsageRow.__table__, "u_"))
+    for i in range(grants):
+        set_used = (
+            update(_GRANTS)
+            .where(_GRANTS.c.grant_id == bindparam(f"g{i}_id", type_=_GRANTS.c.grant_id.type))
+            .values(used=bindparam(f"g{i}_used", type_=_GRANTS.c.used.type))
+        )
+        statement = statement.add_cte(set_used.cte(f"used_{i}"))
+    ledger = LedgerEntryRow.__table__
+    statement = statement.add_cte(
+        insert(ledger).values([values(ledger, f"l{i}_") for i in range(entries)]).cte("ledger")
+    )
+    if request:
+        statement = statement.add_cte(insert(_REQUEST_IDS).values(values(_REQUEST_IDS, "r_")).cte("request"))
+    return DriverStatement(statement)
 
 
 def insert_request_id(session: Session, record: dict[str, Any]) -> None:

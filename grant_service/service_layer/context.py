@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from credit_common import idempotency
 from credit_common.clock import Clock
 from credit_common.db.engine import SessionFactories
+from credit_common.db.group_commit import GroupCommit
 from credit_common.errors import FailedPrecondition, NotFound
 from credit_common.idempotency import SeenRequest
 from grant_service.adapters.orm import REAL_TIME, ClockRow, CustomerRow, RequestIdRow
@@ -33,6 +34,11 @@ class GrantContext:
     test_clocks_enabled: bool = False
     batch_size: int = 500
     rates: RatesCache = field(default_factory=RatesCache, compare=False, repr=False)
+    # Debits of concurrent callers, committed together (see credit_common.db.group_commit).
+    group_commit: GroupCommit = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "group_commit", GroupCommit(self.factories.write, self.write))
 
     def now_of(self, session: Session, clock_key: str) -> datetime:
         """Real time, or the time of test clock `clock_key`."""
@@ -110,16 +116,7 @@ class RequestIds:
         return None if row is None else SeenRequest(row.fingerprint, row.resource_id)
 
     def add(self, scope: str, request_id: str, fingerprint: str, result: str, now: datetime) -> None:
-        insert_request_id(
-            self.session,
-            {
-                "scope": scope,
-                "request_id": request_id,
-                "fingerprint": fingerprint,
-                "resource_id": result,
-                "create_time": now,
-            },
-        )
+        insert_request_id(self.session, _request_record(scope, request_id, fingerprint, result, now))
 
 
 class _AlreadyRead:
@@ -148,6 +145,36 @@ def replayed_record(seen: SeenRequest[str] | None, scope: str, request_id: str, 
 def remember(session: Session, scope: str, request_id: str, print_: str, resource_id: str, now: datetime) -> None:
     """Record `request_id` in the transaction of the effect it guards."""
     idempotency.remember(RequestIds(session), scope, request_id, print_, resource_id, now)
+
+
+def request_record(scope: str, request_id: str, print_: str, resource_id: str, now: datetime) -> dict | None:
+    """The row `remember` writes, for a caller that writes it with its effect; None: nothing to record."""
+    records: list[dict] = []
+    idempotency.remember(_Collected(records), scope, request_id, print_, resource_id, now)
+    return records[0] if records else None
+
+
+class _Collected:
+    """A `RequestStore` that keeps the records added to it, to be written by the caller."""
+
+    def __init__(self, records: list[dict]) -> None:
+        self.records = records
+
+    def get(self, scope: str, request_id: str) -> SeenRequest[str] | None:
+        raise NotImplementedError
+
+    def add(self, scope: str, request_id: str, fingerprint: str, result: str, now: datetime) -> None:
+        self.records.append(_request_record(scope, request_id, fingerprint, result, now))
+
+
+def _request_record(scope: str, request_id: str, fingerprint: str, resource_id: str, now: datetime) -> dict:
+    return {
+        "scope": scope,
+        "request_id": request_id,
+        "fingerprint": fingerprint,
+        "resource_id": resource_id,
+        "create_time": now,
+    }
 
 
 def require_test_clocks(ctx: GrantContext) -> None:

@@ -15,6 +15,7 @@ from functools import partial
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from credit_common.db.driver import pipelined
 from credit_common.decimals import format_decimal
 from credit_common.errors import (
     DomainError,
@@ -31,9 +32,9 @@ from grant_service.adapters.repository import (
     DebitableGrant,
     currency_exists,
     debit_head,
-    debitable_grants,
     feature_known,
     grants_active_at,
+    open_grants,
     rates_in_force,
     record_debit,
     views_at,
@@ -50,9 +51,9 @@ from grant_service.service_layer.context import (
     GrantContext,
     catch_up_customer,
     customer_not_found,
-    remember,
     replayed,
     replayed_record,
+    request_record,
     test_clock_not_found,
 )
 from grant_service.service_layer.issuance import catch_up, issue_due_batch, ledger_entry
@@ -153,7 +154,7 @@ def report_usage(
     )
     caught_up = False
     while True:
-        outcome = ctx.write(partial(_debit, ctx, debit, caught_up=caught_up))
+        outcome = ctx.group_commit.run(partial(_debit, ctx, debit, caught_up=caught_up), key=customer_key)
         if isinstance(outcome, UsageResult):
             return outcome
         catch_up(
@@ -178,6 +179,7 @@ def _debit(ctx: GrantContext, debit: _Debit, session: Session, *, caught_up: boo
         return load_usage(session, seen)
     # The customer's "now", taken once its lock is held: its debits are in time order.
     now = ctx.clock.now() if head.clock_key == REAL_TIME else head.frozen_time
+    grants = head.open_grants
     if head.pending.due(now):
         if not caught_up:
             return _CatchUpFirst(head.clock_key, now)
@@ -185,8 +187,9 @@ def _debit(ctx: GrantContext, debit: _Debit, session: Session, *, caught_up: boo
             # Not skip_locked: a concurrent sweep may be issuing this customer's period right now; waiting
             # for it, then seeing its grant, beats rejecting the usage for want of credits.
             issue_due_batch(session, head.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
+            grants = open_grants(session, customer_key)
     try:
-        return _burn(ctx, debit, session, now, head.rates_version)
+        return _burn(ctx, debit, session, now, head.rates_version, grants)
     except DomainError:
         # On PostgreSQL the DebitHead comes from a snapshot taken before the customer's lock was granted:
         # a twin of this request (same request_id, e.g. sent to another replica) may have committed in
@@ -198,14 +201,21 @@ def _debit(ctx: GrantContext, debit: _Debit, session: Session, *, caught_up: boo
         raise
 
 
-def _burn(ctx: GrantContext, debit: _Debit, session: Session, now: datetime, rates_version: int) -> UsageResult:
-    """Price the debit, burn the customer's grants (locked) and record it all, at `now`."""
-    request_id, print_, customer_key = debit.request_id, debit.print_, debit.customer_key
+def _burn(
+    ctx: GrantContext,
+    debit: _Debit,
+    session: Session,
+    now: datetime,
+    rates_version: int,
+    customer_grants: list[DebitableGrant],
+) -> UsageResult:
+    """Price the debit, burn the customer's open grants (locked) active at `now`, and record it all."""
+    request_id, customer_key = debit.request_id, debit.customer_key
     feature_key, quantity, currency_key = debit.feature_key, debit.quantity, debit.currency_key
     rates = ctx.rates.rates_in_force(session, feature_key, now, rates_version)
     currency, rate = price(session, rates, feature_key, currency_key)
     credits = exact_product(quantity, rate)
-    grants = {g.view.grant_id: g for g in debitable_grants(session, customer_key, currency, now)}
+    grants = {g.view.grant_id: g for g in customer_grants if g.currency_key == currency}
     views = [g.view for g in grants.values()]
     try:
         taken = allocate(views, credits, now)
@@ -232,6 +242,20 @@ def _burn(ctx: GrantContext, debit: _Debit, session: Session, now: datetime, rat
         "usage_time": now,
         "balance_after": exact_difference(available(views, now), credits),
     }
+    with pipelined(session.connection()):  # on PostgreSQL: the debit's writes in one round trip
+        _record(session, debit, grants, taken, usage, now)
+    return UsageResult(UsageRow(**usage), taken)
+
+
+def _record(
+    session: Session,
+    debit: _Debit,
+    grants: dict[str, DebitableGrant],
+    taken: list[tuple[str, Decimal]],
+    usage: dict,
+    now: datetime,
+) -> None:
+    quantity, feature_key = debit.quantity, debit.feature_key
     record_debit(
         session,
         usage,
@@ -247,9 +271,8 @@ def _burn(ctx: GrantContext, debit: _Debit, session: Session, now: datetime, rat
             )
             for grant_id, amount in taken
         ],
+        request_record(SCOPE, debit.request_id, debit.print_, usage["usage_id"], now),
     )
-    remember(session, SCOPE, request_id, print_, usage["usage_id"], now)
-    return UsageResult(UsageRow(**usage), taken)
 
 
 def _entry_grant(grant: DebitableGrant) -> dict:

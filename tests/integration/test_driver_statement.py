@@ -8,9 +8,9 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, bindparam, exists, insert, select, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from credit_common.db.driver import DriverStatement
+from credit_common.db.driver import DriverStatement, pipelined, rows_of
 from credit_common.db.engine import DatabaseSettings, ThreadConnections, create_db_engine
 from credit_common.db.types import ExactDecimal, UtcDateTime
 
@@ -86,3 +86,32 @@ def test_a_lost_connection_is_a_dbapi_error_and_thread_connections_recover(engin
         assert raised.value.connection_invalidated
     # the thread's own connection was killed too: the read is run again on a new one
     assert [r.id for r in reads.run(lambda c: statement.rows(c, params))] == [1, 2]
+
+
+def test_rows_of_several_statements_are_each_statements_rows_after_the_previous_ones(engine):
+    """`rows_of` sends its statements together on PostgreSQL; each still runs after the previous one."""
+    update = DriverStatement(ITEMS.update().where(ITEMS.c.id == bindparam("b_id")).values(amount=bindparam("b_amount")))
+    by_id = DriverStatement(select(ITEMS.c.id, ITEMS.c.amount).where(ITEMS.c.id == bindparam("id")))
+    matching = DriverStatement(SELECT)
+    params = {"name": "a", "after": T0 + timedelta(hours=1)}
+    with engine.begin() as c:
+        alone = matching.rows(c, params)
+        update.execute(c, [{"b_id": 4, "b_amount": Decimal("2.5")}])
+        first, second, third = rows_of(c, (matching, params), (by_id, {"id": 4}), (by_id, {"id": 99}))
+    assert first == alone and len(alone) == 2
+    assert [tuple(r) for r in second] == [(4, Decimal("2.5"))] and third == []
+
+
+def test_writes_pipelined_are_all_done_and_their_errors_are_sqlalchemys(engine):
+    add = DriverStatement(insert(ITEMS))
+    row = {"name": "c", "amount": Decimal("1"), "at": T0, "flag": True}
+    with engine.begin() as c, pipelined(c):
+        add.execute(c, [{"id": 10, **row}])
+        add.execute(c, [{"id": 11, **row}, {"id": 12, **row}])
+    with engine.connect() as c:
+        assert sorted(c.scalars(select(ITEMS.c.id).where(ITEMS.c.name == "c"))) == [10, 11, 12]
+    with pytest.raises(IntegrityError), engine.begin() as c, pipelined(c):  # what a caller's retry looks for
+        add.execute(c, [{"id": 13, **row}])
+        add.execute(c, [{"id": 10, **row}])
+    with engine.connect() as c:
+        assert sorted(c.scalars(select(ITEMS.c.id).where(ITEMS.c.name == "c"))) == [10, 11, 12]

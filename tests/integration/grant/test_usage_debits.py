@@ -16,9 +16,10 @@ from credit_common.clock import ManualClock
 from credit_common.db.engine import session_factories
 from credit_common.errors import ResourceExhausted
 from credit_common.idempotency import fingerprint
-from grant_service.adapters.orm import LedgerEntryRow
+from grant_service.adapters.orm import GrantRow, LedgerEntryRow
 from grant_service.adapters.repository import lock_customer
 from grant_service.service_layer.context import GrantContext
+from grant_service.service_layer.operators import create_grant
 from grant_service.service_layer.subscriptions import apply_credit_currency
 from grant_service.service_layer.usage import _Debit, _debit, report_usage
 from tests.integration.grant.test_catch_up import NOW, _engine, _subscribe
@@ -104,3 +105,35 @@ def test_a_debit_that_waited_for_its_twin_replays_it_instead_of_failing(database
         assert answers == [usage_id]
     finally:
         engine.dispose()
+
+
+def test_a_debit_burns_only_open_grants_of_its_currency_active_at_its_instant(database_url_factory):
+    """A debit reads all of the customer's open grants with its lock (one round trip on PostgreSQL) and
+    burns those of its currency active at its "now": not a grant of another currency, not one that
+    starts later, not one that has expired."""
+    engine = _engine(database_url_factory("debit_open_grants"))
+    clock = ManualClock(NOW)
+    ctx = GrantContext(session_factories(engine), clock)
+    apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal("1")}, None)
+    apply_credit_currency(ctx, "gpu-credits", 1, {"render": Decimal("1")}, None)
+    _subscribe(ctx, 1, NOW - timedelta(days=1))  # c0: 7 ai-credits this period
+    later, soon = NOW + timedelta(days=2), NOW + timedelta(hours=1)
+    create_grant(ctx, "g1", "c0", "gpu-credits", Decimal(100), None, None, 0, "other currency")
+    create_grant(ctx, "g2", "c0", "ai-credits", Decimal(100), later, None, 0, "starts later")
+    create_grant(ctx, "g3", "c0", "ai-credits", Decimal(3), None, soon, 0, "expires soon")
+    assert report_usage(ctx, "u1", "c0", "gpt", Decimal(4), "").debits == [
+        (_grant_of(engine, "expires soon"), Decimal(3)),  # priority 0 first
+        (_grant_of(engine, "the period's"), Decimal(1)),
+    ]
+    with pytest.raises(ResourceExhausted):
+        report_usage(ctx, "u2", "c0", "gpt", Decimal(7), "")  # 6 left now; the 100 start later
+    clock.advance(timedelta(hours=2))  # "expires soon" has expired (nothing left in it anyway)
+    assert report_usage(ctx, "u3", "c0", "gpt", Decimal(6), "").usage.balance_after == 0
+    engine.dispose()
+
+
+def _grant_of(engine, reason: str) -> str:
+    """The id of c0's grant given with `reason` ("the period's": its subscription's)."""
+    is_it = GrantRow.subscription_id.is_not(None) if reason == "the period's" else GrantRow.reason == reason
+    with engine.connect() as c:
+        return c.scalar(select(GrantRow.grant_id).where(GrantRow.customer_key == "c0", is_it))

@@ -1,0 +1,167 @@
+"""GroupCommit (credit_common.db.group_commit) on a real database: units submitted together share one
+transaction, a unit's domain error is its own answer, a unit that breaks the transaction makes every
+unit of its group run again alone, and a group runs its units in key order."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import Column, MetaData, String, Table, event, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from credit_common.db.engine import DatabaseSettings, create_db_engine, session_factories
+from credit_common.db.group_commit import GroupCommit
+from credit_common.errors import NotFound
+
+_ROWS = Table("rows", MetaData(), Column("key", String(20), primary_key=True))
+
+
+@pytest.fixture
+def engine(database_url_factory):
+    engine = create_db_engine(DatabaseSettings(database_url_factory("group_commit")))
+    _ROWS.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def _committer(engine) -> tuple[GroupCommit, list[str]]:
+    """A GroupCommit over `engine`, and the list of the transactions it commits ("group" or "alone")."""
+    factories = session_factories(engine)
+    commits: list[str] = []
+    event.listen(engine, "commit", lambda _conn: commits.append("commit"))
+
+    def single(work: Callable[[Session], object]) -> object:
+        with factories.write() as session, session.begin():
+            return work(session)
+
+    return GroupCommit(factories.write, single), commits
+
+
+def _insert(key: str) -> Callable[[Session], str]:
+    def work(session: Session) -> str:
+        session.execute(insert(_ROWS).values(key=key))
+        return key
+
+    return work
+
+
+def _keys(engine) -> list[str]:
+    with engine.connect() as c:
+        return sorted(c.scalars(select(_ROWS.c.key)))
+
+
+def _in_one_group(committer: GroupCommit, units: list[tuple[str, Callable[[Session], object]]]) -> list[object]:
+    """Submit `units` (key, work) from as many threads while a first unit holds the lead, so that they
+    all queue and make the next group together; each unit's result or error, in submission order."""
+    leading, release = threading.Event(), threading.Event()
+
+    def hold(_session: Session) -> None:
+        leading.set()
+        release.wait(20)
+
+    first = threading.Thread(target=committer.run, args=(hold,))
+    first.start()
+    assert leading.wait(20)
+    outcomes: list[object] = [None] * len(units)
+
+    def submit(i: int, key: str, work: Callable[[Session], object]) -> None:
+        try:
+            outcomes[i] = committer.run(work, key=key)
+        except Exception as error:
+            outcomes[i] = error
+
+    threads = [threading.Thread(target=submit, args=(i, key, work)) for i, (key, work) in enumerate(units)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while committer.waiting < len(units):
+        assert time.monotonic() < deadline, "the units did not queue"
+        time.sleep(0.005)
+    release.set()
+    for t in (first, *threads):
+        t.join(20)
+    return outcomes
+
+
+def test_units_submitted_together_are_committed_in_one_transaction(engine):
+    committer, commits = _committer(engine)
+    outcomes = _in_one_group(committer, [(f"k{i}", _insert(f"k{i}")) for i in range(8)])
+    assert outcomes == [f"k{i}" for i in range(8)]
+    assert _keys(engine) == [f"k{i}" for i in range(8)]
+    assert len(commits) == 1  # one for the eight (the holding unit ran no statement)
+
+
+def test_a_unit_alone_runs_in_its_own_transaction(engine):
+    committer, commits = _committer(engine)
+    assert committer.run(_insert("a")) == "a"
+    assert _keys(engine) == ["a"] and len(commits) == 1
+
+
+def test_a_domain_error_is_its_units_answer_and_the_others_commit(engine):
+    committer, _ = _committer(engine)
+
+    def not_found(_session: Session) -> None:
+        raise NotFound("no such thing", reason="THING_NOT_FOUND")
+
+    outcomes = _in_one_group(committer, [("a", _insert("a")), ("b", not_found), ("c", _insert("c"))])
+    assert outcomes[0] == "a" and outcomes[2] == "c"
+    assert isinstance(outcomes[1], NotFound)
+    assert _keys(engine) == ["a", "c"]
+
+
+def test_a_unit_that_breaks_the_transaction_makes_each_unit_of_its_group_run_alone(engine):
+    committer, commits = _committer(engine)
+    committer.run(_insert("taken"))
+    commits.clear()
+    runs: list[str] = []
+
+    def counted(key: str) -> Callable[[Session], str]:
+        def work(session: Session) -> str:
+            runs.append(key)
+            return _insert(key)(session)
+
+        return work
+
+    outcomes = _in_one_group(committer, [("a", counted("a")), ("b", counted("taken")), ("c", counted("c"))])
+    assert outcomes[0] == "a" and outcomes[2] == "c"
+    assert isinstance(outcomes[1], IntegrityError)  # its own error, from its own transaction
+    assert _keys(engine) == ["a", "c", "taken"]  # nothing of the broken group was committed twice
+    # In the group: a, then the duplicate (the group rolled back); then each alone: a, taken (fails), c.
+    assert runs == ["a", "taken", "a", "taken", "c"]
+    assert len(commits) == 2  # a and c, alone (the holding unit ran no statement)
+
+
+def test_a_group_runs_its_units_in_key_order_keeping_the_order_of_one_key(engine):
+    committer, _ = _committer(engine)
+    order: list[str] = []
+
+    def note(name: str) -> Callable[[Session], str]:
+        def work(_session: Session) -> str:
+            order.append(name)
+            return name
+
+        return work
+
+    units = [("c", note("c1")), ("a", note("a1")), ("c", note("c2")), ("b", note("b1")), ("a", note("a2"))]
+    # Submitted from threads: the queue's order is the order in which they arrive. Submit one at a time.
+    leading, release = threading.Event(), threading.Event()
+    first = threading.Thread(target=committer.run, args=(lambda _s: (leading.set(), release.wait(20)),))
+    first.start()
+    assert leading.wait(20)
+    threads = []
+    for i, (key, work) in enumerate(units):
+        t = threading.Thread(target=committer.run, args=(work,), kwargs={"key": key})
+        t.start()
+        threads.append(t)
+        deadline = time.monotonic() + 20
+        while committer.waiting < i + 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    release.set()
+    for t in (first, *threads):
+        t.join(20)
+    assert order == ["a1", "a2", "b1", "c1", "c2"]
