@@ -34,11 +34,12 @@ T = TypeVar("T")
 
 
 class _Unit(Generic[T]):
-    __slots__ = ("done", "error", "key", "result", "work")
+    __slots__ = ("done", "error", "key", "result", "subject", "work")
 
-    def __init__(self, work: Callable[[Session], T], key: str) -> None:
+    def __init__(self, work: Callable[[Session], T], key: str, subject: Any) -> None:
         self.work = work
         self.key = key
+        self.subject = subject
         self.done = False
         self.result: T | None = None
         self.error: BaseException | None = RuntimeError("the unit's group ended before running it")
@@ -62,16 +63,20 @@ class GroupCommit:
     transaction of its own (with the caller's usual retries). A unit's `key` orders the units of a
     group (stably: two units of one key keep their order): units that lock rows by that key then
     lock them in one order in every group, so that two groups (of two processes) never wait for each
-    other in a cycle."""
+    other in a cycle. `prepare(session, subjects)`, if given, runs first in each group's transaction
+    with the `subject` of each of its units (in key order), e.g. to read what they all need at once;
+    if it fails, the units run alone."""
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
         single: Callable[[Callable[[Session], Any]], Any],
+        prepare: Callable[[Session, list[Any]], None] | None = None,
         max_units: int = 64,
     ) -> None:
         self._sessions = sessions
         self._single = single
+        self._prepare = prepare
         self._max_units = max_units
         self._queue: list[_Unit] = []
         self._leading = False
@@ -83,9 +88,10 @@ class GroupCommit:
         with self._changed:
             return len(self._queue)
 
-    def run(self, work: Callable[[Session], T], key: str = "") -> T:
-        """Run `work` in a group's transaction; its result (or error) once that group is committed."""
-        unit: _Unit[T] = _Unit(work, key)
+    def run(self, work: Callable[[Session], T], key: str = "", subject: Any = None) -> T:
+        """Run `work` in a group's transaction; its result (or error) once that group is committed.
+        `subject` is what `prepare` is told of the unit."""
+        unit: _Unit[T] = _Unit(work, key, subject)
         with self._changed:
             self._queue.append(unit)
             while True:
@@ -115,7 +121,12 @@ class GroupCommit:
         broken = False
         with self._sessions() as session:
             session.begin()
-            for member in ordered:
+            try:
+                if self._prepare is not None:
+                    self._prepare(session, [member.subject for member in ordered])
+            except Exception:
+                broken = True
+            for member in () if broken else ordered:
                 try:
                     member.succeed(member.work(session))
                 except DomainError as error:

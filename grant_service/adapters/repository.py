@@ -367,16 +367,23 @@ class DebitHead:
     open_grants: list[DebitableGrant]
 
 
+def _head_columns() -> tuple:
+    """A DebitHead's columns of a customer (of `customers` in FROM), but its request id's record."""
+    return (
+        _CUSTOMERS.c.clock_key,
+        select(_CLOCKS.c.frozen_time).where(_CLOCKS.c.test_clock_id == _CUSTOMERS.c.clock_key).scalar_subquery(),
+        *_pending_columns(_CUSTOMERS.c.customer_key),
+        select(func.count()).select_from(_RATE_SETS).scalar_subquery(),
+    )
+
+
 def _debit_head_statement(for_update: bool) -> Select:
     customer = _CUSTOMERS.c.customer_key == bindparam("customer_key")
     request = (_REQUEST_IDS.c.scope == bindparam("scope")) & (_REQUEST_IDS.c.request_id == bindparam("request_id"))
     statement = select(
-        _CUSTOMERS.c.clock_key,
-        select(_CLOCKS.c.frozen_time).where(_CLOCKS.c.test_clock_id == _CUSTOMERS.c.clock_key).scalar_subquery(),
+        *_head_columns(),
         select(_REQUEST_IDS.c.fingerprint).where(request).scalar_subquery(),
         select(_REQUEST_IDS.c.resource_id).where(request).scalar_subquery(),
-        *_pending_columns(_CUSTOMERS.c.customer_key),
-        select(func.count()).select_from(_RATE_SETS).scalar_subquery(),
     ).where(customer)
     # FOR UPDATE locks the customers row only (the subqueries are not in FROM).
     return statement.with_for_update() if for_update else statement
@@ -389,6 +396,10 @@ def debit_head(session: Session, customer_key: str, scope: str, request_id: str)
     """Lock the customer (FOR UPDATE on PostgreSQL; SQLite's write transaction holds the database) and
     read its DebitHead; None if there is no such customer. Its open grants are read (and locked) by a
     second statement, run once the first holds the lock: one round trip for both on PostgreSQL."""
+    prefetched = session.info.get(_PREFETCHED)
+    if prefetched and (entry := prefetched.pop(customer_key, None)) is not None:
+        head, seen, grants = entry
+        return _head(head, seen.get(request_id), grants)
     for_update = is_postgres(session)
     heads, grants = rows_of(
         session.connection(),
@@ -397,9 +408,13 @@ def debit_head(session: Session, customer_key: str, scope: str, request_id: str)
     )
     if not heads:
         return None
-    clock_key, frozen, fingerprint, resource_id, next_start, next_expiry, version = heads[0]
-    seen = None if fingerprint is None else SeenRequest(fingerprint, resource_id)
-    return DebitHead(clock_key, frozen, seen, Pending(next_start, next_expiry), version, _debitable(grants))
+    *head, fingerprint, resource_id = heads[0]
+    return _head(head, None if fingerprint is None else SeenRequest(fingerprint, resource_id), _debitable(grants))
+
+
+def _head(columns: Sequence[Any], seen: SeenRequest[str] | None, grants: list[DebitableGrant]) -> DebitHead:
+    clock_key, frozen, next_start, next_expiry, version = columns
+    return DebitHead(clock_key, frozen, seen, Pending(next_start, next_expiry), version, grants)
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,7 +427,10 @@ class DebitableGrant:
     subscription_id: str | None
 
 
-def _open_grants_statement(for_update: bool) -> Select:
+def _open_grants_statement(for_update: bool, customers: Any = None) -> Select:
+    """Open grants of one customer (`customer_key`), or of those `customers` selects, in id order."""
+    if customers is None:
+        customers = _GRANTS.c.customer_key == bindparam("customer_key")
     statement = (
         select(
             _GRANTS.c.grant_id,
@@ -426,7 +444,7 @@ def _open_grants_statement(for_update: bool) -> Select:
             _GRANTS.c.currency_key,
             _GRANTS.c.subscription_id,
         )
-        .where(_GRANTS.c.customer_key == bindparam("customer_key"), _GRANTS.c.closed.is_(False))
+        .where(customers, _GRANTS.c.closed.is_(False))
         .order_by(_GRANTS.c.grant_id)
     )
     return statement.with_for_update() if for_update else statement
@@ -449,6 +467,50 @@ def open_grants(session: Session, customer_key: str) -> list[DebitableGrant]:
     """The customer's open grants, of every currency, locked in id order, with their running totals:
     those of them active at the customer's "now" are what a debit burns."""
     return _debitable(_OPEN_GRANTS[is_postgres(session)].rows(session.connection(), {"customer_key": customer_key}))
+
+
+# A group of debits (credit_common.db.group_commit) on PostgreSQL: their customers locked in key order
+# and their DebitHeads read, for all of them in one round trip; `debit_head` answers from these.
+_KEYS = bindparam("keys", type_=postgresql.ARRAY(String))
+_GROUP_HEADS = DriverStatement(
+    select(_CUSTOMERS.c.customer_key, *_head_columns())
+    .where(_CUSTOMERS.c.customer_key == any_(_KEYS))
+    .order_by(_CUSTOMERS.c.customer_key)
+    .with_for_update()
+)
+_GROUP_GRANTS = DriverStatement(_open_grants_statement(True, _GRANTS.c.customer_key == any_(_KEYS)))
+_GROUP_REQUESTS = DriverStatement(
+    select(_REQUEST_IDS.c.request_id, _REQUEST_IDS.c.fingerprint, _REQUEST_IDS.c.resource_id).where(
+        _REQUEST_IDS.c.scope == bindparam("scope"),
+        _REQUEST_IDS.c.request_id == any_(bindparam("request_ids", type_=postgresql.ARRAY(String))),
+    )
+)
+_PREFETCHED = "credit_grants.debit_heads"
+
+
+def prefetch_debit_heads(session: Session, debits: Sequence[tuple[str, str, str]]) -> None:
+    """Before a group of debits, each (customer_key, scope, request_id): on PostgreSQL, lock their
+    customers in key order and read their DebitHeads, in one round trip for the group; each customer's
+    first `debit_head` in the transaction then answers from it (a later one, after that debit's
+    writes, reads again). Elsewhere nothing: SQLite's write transaction already holds the database,
+    and its statements cost no round trip."""
+    if not is_postgres(session) or not debits:
+        return
+    scopes = {scope for _, scope, _ in debits}
+    if len(scopes) != 1:
+        raise ValueError("one scope per group")
+    customers = sorted({customer for customer, _, _ in debits})
+    heads, grants, requests = rows_of(
+        session.connection(),
+        (_GROUP_HEADS, {"keys": customers}),
+        (_GROUP_GRANTS, {"keys": customers}),
+        (_GROUP_REQUESTS, {"scope": scopes.pop(), "request_ids": sorted({r for _, _, r in debits if r})}),
+    )
+    by_customer: dict[str, list[Any]] = defaultdict(list)
+    for row in grants:
+        by_customer[row.customer_key].append(row)
+    seen = {request_id: SeenRequest(fingerprint, resource_id) for request_id, fingerprint, resource_id in requests}
+    session.info[_PREFETCHED] = {customer: (head, seen, _debitable(by_customer[customer])) for customer, *head in heads}
 
 
 # Run on the driver (see credit_common.db.driver): each row gives every column.

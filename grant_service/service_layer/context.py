@@ -20,7 +20,7 @@ from credit_common.db.group_commit import GroupCommit
 from credit_common.errors import FailedPrecondition, NotFound
 from credit_common.idempotency import SeenRequest
 from grant_service.adapters.orm import REAL_TIME, ClockRow, CustomerRow, RequestIdRow
-from grant_service.adapters.repository import RatesCache, insert_request_id, pending
+from grant_service.adapters.repository import RatesCache, insert_request_id, pending, prefetch_debit_heads
 from grant_service.service_layer.issuance import catch_up
 
 T = TypeVar("T")
@@ -34,11 +34,12 @@ class GrantContext:
     test_clocks_enabled: bool = False
     batch_size: int = 500
     rates: RatesCache = field(default_factory=RatesCache, compare=False, repr=False)
-    # Debits of concurrent callers, committed together (see credit_common.db.group_commit).
-    group_commit: GroupCommit = field(init=False, compare=False, repr=False)
+    # Debits of concurrent callers, committed together (see credit_common.db.group_commit); each unit's
+    # subject is its (customer_key, scope, request_id), for their DebitHeads read at once.
+    debits: GroupCommit = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "group_commit", GroupCommit(self.factories.write, self.write))
+        object.__setattr__(self, "debits", GroupCommit(self.factories.write, self.write, prefetch_debit_heads))
 
     def now_of(self, session: Session, clock_key: str) -> datetime:
         """Real time, or the time of test clock `clock_key`."""

@@ -154,7 +154,11 @@ def report_usage(
     )
     caught_up = False
     while True:
-        outcome = ctx.group_commit.run(partial(_debit, ctx, debit, caught_up=caught_up), key=customer_key)
+        outcome = ctx.debits.run(
+            partial(_debit, ctx, debit, caught_up=caught_up),
+            key=customer_key,
+            subject=(customer_key, SCOPE, request_id),
+        )
         if isinstance(outcome, UsageResult):
             return outcome
         catch_up(
