@@ -65,6 +65,10 @@ class DriverStatement:
         keys = tuple(rows[0])
         compiled = self._compiled.get((dialect.name, keys)) or self._compile(dialect, keys)
         args = [self._args(compiled, row) for row in rows]
+        deferred = connection.info.get(_DEFERRED)
+        if deferred is not None:
+            deferred.append((compiled.sql, args))
+            return
         with self._driver_errors(connection, compiled.sql, args) as cursor:
             if len(args) == 1:
                 cursor.execute(compiled.sql, args[0])
@@ -108,26 +112,66 @@ class DriverStatement:
 
 
 def rows_of(connection: Connection, *queries: tuple[DriverStatement, Mapping[str, Any]]) -> list[list[tuple]]:
-    """The rows of each (SELECT statement, params), run in that order. On PostgreSQL they are sent
-    together (psycopg's pipeline mode): one round trip for all. Each still runs after the previous one
-    has finished, so a statement sees the rows its predecessors locked (FOR UPDATE) as they are once
-    locked."""
+    """The rows of each (SELECT statement, params), run in that order, after the writes deferred on
+    `connection` (see `deferred_writes`). On PostgreSQL they are all sent together (psycopg's pipeline
+    mode): one round trip. Each statement still runs after the previous one has finished, so it sees
+    what they wrote, and the rows they locked (FOR UPDATE) as they are once locked."""
     dialect = connection.dialect
+    writes = connection.info.get(_DEFERRED) or []
     sent = [(statement, *statement._query(dialect, params)) for statement, params in queries]
+    if not sent and not writes:
+        return []
     dbapi_connection = connection.connection.dbapi_connection
     cursors = [dbapi_connection.cursor() for _ in sent]
+    cursor = dbapi_connection.cursor()
+    first_sql, first_args = writes[0] if writes else sent[0][1:]
     together = (
-        dbapi_connection.pipeline() if dialect.name == "postgresql" and len(sent) > 1 else contextlib.nullcontext()
+        dbapi_connection.pipeline()
+        if dialect.name == "postgresql" and len(sent) + len(writes) > 1
+        else contextlib.nullcontext()
     )
     try:
-        with _as_sqlalchemy_errors(connection, sent[0][1], sent[0][2], cursors[0]):
+        with _as_sqlalchemy_errors(connection, first_sql, first_args, cursor):
             with together:
-                for cursor, (_, sql, args) in zip(cursors, sent, strict=True):
-                    cursor.execute(sql, args)
-            return [statement._typed(dialect, cursor) for cursor, (statement, _, _) in zip(cursors, sent, strict=True)]
+                for sql, args in writes:
+                    if len(args) == 1:
+                        cursor.execute(sql, args[0])
+                    else:
+                        cursor.executemany(sql, args)
+                writes.clear()
+                for each, (_, sql, args) in zip(cursors, sent, strict=True):
+                    each.execute(sql, args)
+            return [statement._typed(dialect, each) for each, (statement, _, _) in zip(cursors, sent, strict=True)]
     finally:
-        for cursor in cursors:
-            cursor.close()
+        for each in (cursor, *cursors):
+            each.close()
+
+
+_DEFERRED = "credit_grants.deferred_writes"
+
+
+@contextmanager
+def deferred_writes(connection: Connection) -> Iterator[None]:
+    """On PostgreSQL, the `DriverStatement.execute`s of the block on `connection` are not sent at once:
+    they go with the next statement run on it (a `rows_of`, or any statement SQLAlchemy runs: see
+    `send_deferred_writes`), or at the end of the block; all in one round trip. An error of one of them
+    is raised there. Elsewhere (SQLite: no round trips) a plain block."""
+    if connection.dialect.name != "postgresql":
+        yield
+        return
+    connection.info[_DEFERRED] = []
+    try:
+        yield
+        send_deferred_writes(connection)
+    finally:
+        connection.info.pop(_DEFERRED, None)
+
+
+def send_deferred_writes(connection: Connection) -> None:
+    """Send the writes deferred on `connection` now (the engine runs this before each statement of its
+    own, so that a statement never misses a write made before it)."""
+    if connection.info.get(_DEFERRED):
+        rows_of(connection)
 
 
 @contextmanager
@@ -144,16 +188,3 @@ def _as_sqlalchemy_errors(connection: Connection, sql: str, args: Any, cursor: A
         raise DBAPIError.instance(
             sql, args, error, dialect.loaded_dbapi.Error, connection_invalidated=invalidated, dialect=dialect
         ) from error
-
-
-@contextmanager
-def pipelined(connection: Connection) -> Iterator[None]:
-    """On PostgreSQL, the `DriverStatement.execute`s of the block are sent without waiting for each
-    result (psycopg's pipeline mode) and their results read at its end: one round trip for all of
-    them. An error of any of them is raised at the end of the block (the later ones are not run).
-    Only `execute`s: nothing in the block may read a result. Elsewhere a plain block."""
-    if connection.dialect.name != "postgresql":
-        yield
-        return
-    with _as_sqlalchemy_errors(connection, "(pipeline)", None), connection.connection.dbapi_connection.pipeline():
-        yield

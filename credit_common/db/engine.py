@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
+from credit_common.db.driver import send_deferred_writes
 from credit_common.errors import Aborted, DomainError, Unavailable
 
 T = TypeVar("T")
@@ -40,7 +41,7 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
     if url.get_backend_name() == "postgresql":
         if url.drivername == "postgresql":
             url = url.set(drivername="postgresql+psycopg")
-        return create_engine(
+        engine = create_engine(
             url,
             pool_size=settings.pool_size,
             max_overflow=settings.max_overflow,
@@ -60,6 +61,9 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
                 "keepalives_count": 3,
             },
         )
+        # Writes deferred by credit_common.db.driver.deferred_writes go before any statement of SQLAlchemy's.
+        event.listen(engine, "before_cursor_execute", lambda conn, *_: send_deferred_writes(conn))
+        return engine
     raise ValueError(f"unsupported database URL {settings.url!r}: use sqlite:/// or postgresql://")
 
 

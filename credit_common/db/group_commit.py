@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -63,20 +64,20 @@ class GroupCommit:
     transaction of its own (with the caller's usual retries). A unit's `key` orders the units of a
     group (stably: two units of one key keep their order): units that lock rows by that key then
     lock them in one order in every group, so that two groups (of two processes) never wait for each
-    other in a cycle. `prepare(session, subjects)`, if given, runs first in each group's transaction
-    with the `subject` of each of its units (in key order), e.g. to read what they all need at once;
-    if it fails, the units run alone."""
+    other in a cycle. A group's units run inside `within(session, subjects)` (if given; `subjects`:
+    each unit's `subject`, in key order), e.g. to read what they all need at once and send their
+    writes together at its end; if it fails, the units run alone."""
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
         single: Callable[[Callable[[Session], Any]], Any],
-        prepare: Callable[[Session, list[Any]], None] | None = None,
+        within: Callable[[Session, list[Any]], AbstractContextManager[object]] | None = None,
         max_units: int = 64,
     ) -> None:
         self._sessions = sessions
         self._single = single
-        self._prepare = prepare
+        self._within = within
         self._max_units = max_units
         self._queue: list[_Unit] = []
         self._leading = False
@@ -90,7 +91,7 @@ class GroupCommit:
 
     def run(self, work: Callable[[Session], T], key: str = "", subject: Any = None) -> T:
         """Run `work` in a group's transaction; its result (or error) once that group is committed.
-        `subject` is what `prepare` is told of the unit."""
+        `subject` is what `within` is told of the unit."""
         unit: _Unit[T] = _Unit(work, key, subject)
         with self._changed:
             self._queue.append(unit)
@@ -121,19 +122,16 @@ class GroupCommit:
         broken = False
         with self._sessions() as session:
             session.begin()
+            subjects = [member.subject for member in ordered]
             try:
-                if self._prepare is not None:
-                    self._prepare(session, [member.subject for member in ordered])
-            except Exception:
+                with self._within(session, subjects) if self._within else contextlib.nullcontext():
+                    for member in ordered:
+                        try:
+                            member.succeed(member.work(session))
+                        except DomainError as error:
+                            member.fail(error)
+            except Exception:  # the transaction is unusable: see the module's docstring
                 broken = True
-            for member in () if broken else ordered:
-                try:
-                    member.succeed(member.work(session))
-                except DomainError as error:
-                    member.fail(error)
-                except Exception:  # the transaction is unusable: see the module's docstring
-                    broken = True
-                    break
             if broken:
                 with contextlib.suppress(Exception):  # a lost connection: the units run again below
                     session.rollback()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -34,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from credit_common.db.driver import DriverStatement, rows_of
+from credit_common.db.driver import DriverStatement, deferred_writes, rows_of
 from credit_common.db.types import UtcDateTime
 from credit_common.idempotency import SeenRequest
 from credit_common.periods import Cadence
@@ -488,14 +489,23 @@ _GROUP_REQUESTS = DriverStatement(
 _PREFETCHED = "credit_grants.debit_heads"
 
 
-def prefetch_debit_heads(session: Session, debits: Sequence[tuple[str, str, str]]) -> None:
-    """Before a group of debits, each (customer_key, scope, request_id): on PostgreSQL, lock their
-    customers in key order and read their DebitHeads, in one round trip for the group; each customer's
-    first `debit_head` in the transaction then answers from it (a later one, after that debit's
-    writes, reads again). Elsewhere nothing: SQLite's write transaction already holds the database,
-    and its statements cost no round trip."""
+@contextmanager
+def debit_group(session: Session, debits: Sequence[tuple[str, str, str]]) -> Iterator[None]:
+    """What a group of debits (credit_common.db.group_commit), each (customer_key, scope, request_id),
+    runs in. On PostgreSQL: their customers locked in key order and their DebitHeads read first, in one
+    round trip for the group (each customer's first `debit_head` in the transaction answers from it; a
+    later one, after that debit's writes, reads again); and their writes sent together at the end
+    (credit_common.db.driver.deferred_writes). Elsewhere nothing: SQLite's statements cost no round
+    trip, and its write transaction already holds the database."""
     if not is_postgres(session) or not debits:
+        yield
         return
+    _prefetch_debit_heads(session, debits)
+    with deferred_writes(session.connection()):
+        yield
+
+
+def _prefetch_debit_heads(session: Session, debits: Sequence[tuple[str, str, str]]) -> None:
     scopes = {scope for _, scope, _ in debits}
     if len(scopes) != 1:
         raise ValueError("one scope per group")

@@ -20,7 +20,7 @@ from credit_common.db.group_commit import GroupCommit
 from credit_common.errors import FailedPrecondition, NotFound
 from credit_common.idempotency import SeenRequest
 from grant_service.adapters.orm import REAL_TIME, ClockRow, CustomerRow, RequestIdRow
-from grant_service.adapters.repository import RatesCache, insert_request_id, pending, prefetch_debit_heads
+from grant_service.adapters.repository import RatesCache, debit_group, insert_request_id, pending
 from grant_service.service_layer.issuance import catch_up
 
 T = TypeVar("T")
@@ -39,7 +39,7 @@ class GrantContext:
     debits: GroupCommit = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "debits", GroupCommit(self.factories.write, self.write, prefetch_debit_heads))
+        object.__setattr__(self, "debits", GroupCommit(self.factories.write, self.write, debit_group))
 
     def now_of(self, session: Session, clock_key: str) -> datetime:
         """Real time, or the time of test clock `clock_key`."""

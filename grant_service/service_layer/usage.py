@@ -15,7 +15,6 @@ from functools import partial
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from credit_common.db.driver import pipelined
 from credit_common.decimals import format_decimal
 from credit_common.errors import (
     DomainError,
@@ -246,8 +245,7 @@ def _burn(
         "usage_time": now,
         "balance_after": exact_difference(available(views, now), credits),
     }
-    with pipelined(session.connection()):  # on PostgreSQL: the debit's writes in one round trip
-        _record(session, debit, grants, taken, usage, now)
+    _record(session, debit, grants, taken, usage, now)
     return UsageResult(UsageRow(**usage), taken)
 
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, bindparam, exists, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from credit_common.db.driver import DriverStatement, pipelined, rows_of
+from credit_common.db.driver import DriverStatement, deferred_writes, rows_of
 from credit_common.db.engine import DatabaseSettings, ThreadConnections, create_db_engine
 from credit_common.db.types import ExactDecimal, UtcDateTime
 
@@ -102,16 +102,22 @@ def test_rows_of_several_statements_are_each_statements_rows_after_the_previous_
     assert [tuple(r) for r in second] == [(4, Decimal("2.5"))] and third == []
 
 
-def test_writes_pipelined_are_all_done_and_their_errors_are_sqlalchemys(engine):
+def test_deferred_writes_are_sent_before_the_next_read_or_at_the_end_with_sqlalchemys_errors(engine):
     add = DriverStatement(insert(ITEMS))
+    ids = DriverStatement(select(ITEMS.c.id).where(ITEMS.c.name == bindparam("name")))
     row = {"name": "c", "amount": Decimal("1"), "at": T0, "flag": True}
-    with engine.begin() as c, pipelined(c):
+    with engine.begin() as c:
+        with deferred_writes(c):
+            add.execute(c, [{"id": 10, **row}])
+            assert [r.id for r in ids.rows(c, {"name": "c"})] == [10]  # sent with the read
+            add.execute(c, [{"id": 11, **row}, {"id": 12, **row}])
+            # and before a statement of SQLAlchemy's own
+            assert sorted(c.scalars(select(ITEMS.c.id).where(ITEMS.c.name == "c"))) == [10, 11, 12]
+            add.execute(c, [{"id": 13, **row}])
+        assert sorted(c.scalars(select(ITEMS.c.id).where(ITEMS.c.name == "c"))) == [10, 11, 12, 13]
+    with pytest.raises(IntegrityError), engine.begin() as c, deferred_writes(c):  # what a caller's retry looks for
+        add.execute(c, [{"id": 14, **row}])
         add.execute(c, [{"id": 10, **row}])
-        add.execute(c, [{"id": 11, **row}, {"id": 12, **row}])
     with engine.connect() as c:
-        assert sorted(c.scalars(select(ITEMS.c.id).where(ITEMS.c.name == "c"))) == [10, 11, 12]
-    with pytest.raises(IntegrityError), engine.begin() as c, pipelined(c):  # what a caller's retry looks for
-        add.execute(c, [{"id": 13, **row}])
-        add.execute(c, [{"id": 10, **row}])
-    with engine.connect() as c:
-        assert sorted(c.scalars(select(ITEMS.c.id).where(ITEMS.c.name == "c"))) == [10, 11, 12]
+        assert sorted(c.scalars(select(ITEMS.c.id).where(ITEMS.c.name == "c"))) == [10, 11, 12, 13]
+        assert "credit_grants.deferred_writes" not in c.info  # nothing left behind on the pooled connection

@@ -8,20 +8,21 @@ import threading
 import time
 from datetime import timedelta
 from decimal import Decimal
+from functools import partial
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from credit_common.clock import ManualClock
 from credit_common.db.engine import session_factories
-from credit_common.errors import ResourceExhausted
+from credit_common.errors import NotFound, ResourceExhausted
 from credit_common.idempotency import fingerprint
 from grant_service.adapters.orm import GrantRow, LedgerEntryRow
 from grant_service.adapters.repository import lock_customer
 from grant_service.service_layer.context import GrantContext
 from grant_service.service_layer.operators import create_grant
 from grant_service.service_layer.subscriptions import apply_credit_currency
-from grant_service.service_layer.usage import _Debit, _debit, report_usage
+from grant_service.service_layer.usage import SCOPE, _Debit, _debit, report_usage
 from tests.integration.grant.test_catch_up import NOW, _engine, _subscribe
 from tests.integration.grant.test_read_waits_for_timer_batch import _lock_waits
 
@@ -137,3 +138,67 @@ def _grant_of(engine, reason: str) -> str:
     is_it = GrantRow.subscription_id.is_not(None) if reason == "the period's" else GrantRow.reason == reason
     with engine.connect() as c:
         return c.scalar(select(GrantRow.grant_id).where(GrantRow.customer_key == "c0", is_it))
+
+
+def test_debits_submitted_together_each_get_their_own_answer_from_one_group(database_url_factory):
+    """Debits queued together run as one group (one transaction): two of one customer (the second sees
+    the first's writes), a twin of the first (replayed), one of another customer, one of an unknown
+    customer and one that the credits left do not cover; each gets exactly its own answer."""
+    engine = _engine(database_url_factory("debit_group"))
+    ctx = GrantContext(session_factories(engine), ManualClock(NOW))
+    apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal("1")}, None)
+    _subscribe(ctx, 2, NOW - timedelta(days=1))  # c0, c1: 7 credits each
+    report_usage(ctx, "warm", "c0", "gpt", Decimal(1), "")  # the periods issued: nothing due in the group
+    report_usage(ctx, "warm1", "c1", "gpt", Decimal(1), "")
+    commits: list[object] = []
+    event.listen(engine, "commit", commits.append)
+    debits = [
+        ("a", "c0", 2),
+        ("b", "c0", 3),
+        ("a", "c0", 2),  # the twin of "a"
+        ("c", "c1", 6),
+        ("d", "nobody", 1),
+        ("e", "c1", 1),  # c1 has nothing left after "c"
+    ]
+    answers = _together(ctx, [partial(report_usage, ctx, r, c, "gpt", Decimal(q), "") for r, c, q in debits])
+    assert len(commits) == 1
+    a, b, twin, c, nobody, e = answers
+    assert (a.usage.balance_after, b.usage.balance_after, c.usage.balance_after) == (4, 1, 0)
+    assert twin.usage.usage_id == a.usage.usage_id
+    assert isinstance(nobody, NotFound) and isinstance(e, ResourceExhausted)
+    assert [amount for kind, amount in _ledger(engine, "c0") if kind == "DEBIT"] == [-1, -2, -3]
+    assert [amount for kind, amount in _ledger(engine, "c1") if kind == "DEBIT"] == [-1, -6]
+    engine.dispose()
+
+
+def _together(ctx: GrantContext, calls: list) -> list:
+    """Run `calls` from as many threads while a first debit group is held open, so that they all
+    queue, in this order, and make the next group together; each call's result or error, in order."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(_session) -> None:
+        holding.set()
+        release.wait(20)
+
+    first = threading.Thread(target=ctx.debits.run, args=(hold,), kwargs={"subject": ("", SCOPE, "")})
+    first.start()
+    assert holding.wait(20)
+    answers: list = [None] * len(calls)
+
+    def call(i: int) -> None:
+        try:
+            answers[i] = calls[i]()
+        except Exception as error:
+            answers[i] = error
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
+    for i, t in enumerate(threads):  # one at a time: they queue in this order
+        t.start()
+        deadline = time.monotonic() + 20
+        while ctx.debits.waiting < i + 1:
+            assert time.monotonic() < deadline, "the debits did not queue"
+            time.sleep(0.002)
+    release.set()
+    for t in (first, *threads):
+        t.join(20)
+    return answers
