@@ -6,10 +6,10 @@ a pooled connection and a session; on PostgreSQL their round trips) and, on a bu
 and the database lock handed from thread to thread between its statements. In a group those costs
 are paid once per group, and one thread does all of the group's database work.
 
-Whoever submits a unit while no group is running leads: it takes every unit queued (up to
-`max_units`), runs them in key order in one transaction, commits, and hands each submitter its
-unit's result or error; units submitted meanwhile wait for the next group. Alone, a unit runs in a
-transaction of its own, as without grouping.
+Groups are made by credit_common.batching: whoever submits a unit while no group is running leads
+it, taking every unit queued (up to `max_units`); it runs them in key order in one transaction,
+commits, and hands each submitter its unit's result or error. Alone, a unit runs in a transaction of
+its own, as without grouping.
 
 A unit's own answer is a `DomainError` raised before it writes anything it would not commit on its
 own: the group goes on and commits the others. Any other error of a unit (a constraint violation,
@@ -22,39 +22,24 @@ the group gets that error, as each would have alone.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from credit_common.batching import Batcher, Slot
 from credit_common.errors import DomainError
 
 T = TypeVar("T")
 
 
-class _Unit(Generic[T]):
-    __slots__ = ("done", "error", "key", "result", "subject", "work")
-
-    def __init__(self, work: Callable[[Session], T], key: str, subject: Any) -> None:
-        self.work = work
-        self.key = key
-        self.subject = subject
-        self.done = False
-        self.result: T | None = None
-        self.error: BaseException | None = RuntimeError("the unit's group ended before running it")
-
-    def succeed(self, result: T) -> None:
-        self.result, self.error = result, None
-
-    def fail(self, error: BaseException) -> None:
-        self.result, self.error = None, error
-
-    def outcome(self) -> T:
-        if self.error is not None:
-            raise self.error
-        return self.result  # type: ignore[return-value]
+@dataclass(frozen=True)
+class _Unit:
+    work: Callable[[Session], Any]
+    key: str
+    subject: Any
 
 
 class GroupCommit:
@@ -78,56 +63,32 @@ class GroupCommit:
         self._sessions = sessions
         self._single = single
         self._within = within
-        self._max_units = max_units
-        self._queue: list[_Unit] = []
-        self._leading = False
-        self._changed = threading.Condition()
+        self._batcher = Batcher(self._run_group, max_units)
 
     @property
     def waiting(self) -> int:
         """Units queued for the next group."""
-        with self._changed:
-            return len(self._queue)
+        return self._batcher.waiting
 
     def run(self, work: Callable[[Session], T], key: str = "", subject: Any = None) -> T:
         """Run `work` in a group's transaction; its result (or error) once that group is committed.
         `subject` is what `within` is told of the unit."""
-        unit: _Unit[T] = _Unit(work, key, subject)
-        with self._changed:
-            self._queue.append(unit)
-            while True:
-                while self._leading and not unit.done:
-                    self._changed.wait()
-                if unit.done:
-                    return unit.outcome()
-                # Lead a group: every unit queued (this one among them, unless more than max_units wait).
-                self._leading = True
-                group = self._queue[: self._max_units]
-                del self._queue[: self._max_units]
-                self._changed.release()
-                try:
-                    self._run_group(group)
-                finally:
-                    self._changed.acquire()
-                    for member in group:
-                        member.done = True
-                    self._leading = False
-                    self._changed.notify_all()
+        return self._batcher.submit(_Unit(work, key, subject))
 
-    def _run_group(self, group: list[_Unit]) -> None:
+    def _run_group(self, group: list[Slot]) -> None:
         if len(group) == 1:
             self._run_alone(group[0])
             return
-        ordered = sorted(group, key=lambda member: member.key)
+        ordered = sorted(group, key=lambda member: member.item.key)
         broken = False
         with self._sessions() as session:
             session.begin()
-            subjects = [member.subject for member in ordered]
+            subjects = [member.item.subject for member in ordered]
             try:
                 with self._within(session, subjects) if self._within else contextlib.nullcontext():
                     for member in ordered:
                         try:
-                            member.succeed(member.work(session))
+                            member.succeed(member.item.work(session))
                         except DomainError as error:
                             member.fail(error)
             except Exception:  # the transaction is unusable: see the module's docstring
@@ -146,8 +107,8 @@ class GroupCommit:
             for member in ordered:
                 self._run_alone(member)
 
-    def _run_alone(self, unit: _Unit) -> None:
+    def _run_alone(self, slot: Slot) -> None:
         try:
-            unit.succeed(self._single(unit.work))
+            slot.succeed(self._single(slot.item.work))
         except Exception as error:
-            unit.fail(error)
+            slot.fail(error)

@@ -274,11 +274,13 @@ def pending(session: Session, customer_key: str) -> Pending:
     return Pending(row.next_issue, row.next_expiry)
 
 
-def _current_grants_statement() -> Select:
+def _current_grants_statement(customers_count: int) -> Select:
     customers, grants = _CUSTOMERS, _GRANTS
     now = bindparam("now", type_=UtcDateTime())
+    keys = [bindparam(f"c{i}", type_=customers.c.customer_key.type) for i in range(customers_count)]
     return (
         select(
+            customers.c.customer_key.label("of_customer"),
             customers.c.clock_key.label("customer_clock_key"),
             *_pending_columns(customers.c.customer_key),
             *grants.c,
@@ -295,20 +297,29 @@ def _current_grants_statement() -> Select:
                 ),
             )
         )
-        .where(customers.c.customer_key == bindparam("customer_key"))
+        .where(customers.c.customer_key.in_(keys))
     )
 
 
-# Built once: executing the same statement object reuses its cache key and compiled form.
-# Run on the driver: GetBalance's hot path (see credit_common.db.driver).
-_CURRENT_GRANTS = DriverStatement(_current_grants_statement())
+@functools.cache
+def _current_grants(customers_count: int) -> DriverStatement:
+    """Built once per number of customers (at most a batch's size); run on the driver: GetBalance's hot
+    path (see credit_common.db.driver)."""
+    return DriverStatement(_current_grants_statement(customers_count))
 
 
-def current_grants(connection: Connection, customer_key: str, currency_key: str, now: datetime) -> list[tuple]:
-    """In one statement: the customer's clock, its `Pending` (next_issue, next_expiry), and its
-    grants in `currency_key` active at `now` (columns of `grants`,
-    in no particular order). No row: no such customer. One row with grant_id None: no active grant."""
-    return _CURRENT_GRANTS.rows(connection, {"customer_key": customer_key, "currency_key": currency_key, "now": now})
+def current_grants(
+    connection: Connection, customer_keys: Sequence[str], currency_key: str, now: datetime
+) -> dict[str, list[tuple]]:
+    """In one statement, for each of `customer_keys` that exists: its clock, its `Pending` (next_issue,
+    next_expiry), and its grants in `currency_key` active at `now` (columns of `grants`, in no
+    particular order), by customer. A customer with no active grant has one row, with grant_id None."""
+    params: dict[str, Any] = {f"c{i}": key for i, key in enumerate(customer_keys)}
+    params.update(currency_key=currency_key, now=now)
+    by_customer: dict[str, list[tuple]] = defaultdict(list)
+    for row in _current_grants(len(customer_keys)).rows(connection, params):
+        by_customer[row.of_customer].append(row)
+    return by_customer
 
 
 # ------------------------------------------------------------------------------ rates

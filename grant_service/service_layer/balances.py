@@ -16,7 +16,6 @@ from credit_common.pagination import PageRequest, next_page_token
 from grant_service.adapters.orm import REAL_TIME, GrantRow, LedgerEntryRow
 from grant_service.adapters.repository import (
     currency_exists,
-    current_grants,
     debits_by_grant,
     grants_active_at,
     view_of,
@@ -90,8 +89,7 @@ def current_balance(ctx: GrantContext, customer_key: str, currency_key: str, wit
     """The hot path of GetBalance: a customer on real time with nothing due, which is one statement
     (the customer, its due flags and its active grants) outside any transaction. None when it does
     not apply (a test clock, something due, no active grant): the general path answers then."""
-    now = ctx.clock.now()
-    rows = ctx.factories.single_statement.run(lambda c: current_grants(c, customer_key, currency_key, now))
+    now, rows = ctx.current_grants(customer_key, currency_key)
     if not rows:
         raise customer_not_found(customer_key)
     first = rows[0]

@@ -15,6 +15,7 @@ from credit_common.db.engine import DatabaseSettings, ThreadConnections, create_
 from credit_common.db.migrations import upgrade
 from credit_common.errors import NotFound
 from credit_common.periods import Cadence
+from grant_service.adapters.repository import current_grants
 from grant_service.domain.schedules import ScheduledAmount
 from grant_service.service_layer.balances import current_balance, get_balance
 from grant_service.service_layer.context import GrantContext
@@ -135,3 +136,55 @@ def test_a_kept_connection_that_went_stale_is_replaced_and_the_read_run_again(da
     assert second != first
     assert reads.run(lambda c: c.scalar(text("SELECT pg_backend_pid()"))) == second
     engine.dispose()
+
+
+def test_the_reads_of_concurrent_callers_answer_each_its_own_customer_and_currency(database_url_factory):
+    """GetBalance's hot-path reads of concurrent callers run as one statement (credit_common.batching):
+    each caller still gets exactly what a read of its own customer and currency alone gives."""
+    clock = ManualClock(ANCHOR + timedelta(days=40))
+    ctx = _context(database_url_factory("batched"), clock)
+    apply_credit_currency(ctx, "ai-credits", 1, {"calls": Decimal("0.25")}, None)
+    apply_credit_currency(ctx, "gpu-credits", 1, {"render": Decimal("1")}, None)
+    customers = [f"c{i}" for i in range(6)]
+    for i, customer in enumerate(customers):
+        _subscribe(ctx, customer)
+        report_usage(ctx, f"u{i}", customer, "calls", Decimal(i + 1), "")
+    asks = [(customer, currency) for customer in (*customers, "nobody") for currency in ("ai-credits", "gpu-credits")]
+    expected = {ask: _alone(ctx, *ask) for ask in asks}
+    wrong: list = []
+
+    def caller(k: int) -> None:
+        for n in range(60):
+            ask = asks[(k * 7 + n) % len(asks)]
+            if _answer(lambda ask=ask: get_balance(ctx, *ask, None, True)) != expected[ask]:
+                wrong.append(ask)
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert wrong == []
+    assert expected[("c3", "ai-credits")][0] == Decimal("100.5") + 1000 - 1  # 4 calls at 0.25
+    # One statement for several customers: each one's rows (two active grants each), none for "nobody".
+    read = ctx.factories.single_statement.run(
+        lambda c: current_grants(c, ["c1", "nobody", "c4"], "ai-credits", clock.now())
+    )
+    assert sorted(read) == ["c1", "c4"]
+    assert all(len(rows) == 2 and {r.customer_key for r in rows} == {k} for k, rows in read.items())
+    assert expected[("nobody", "ai-credits")] == "CUSTOMER_NOT_FOUND"
+
+
+def _answer(read) -> object:
+    try:
+        info = read()
+    except NotFound as error:
+        return error.reason
+    if info is None:
+        return None
+    return info.available, [(g.row.grant_id, g.used, g.remaining, g.status) for g in info.grants]
+
+
+def _alone(ctx: GrantContext, customer: str, currency: str) -> object:
+    """The answer of the general path (asked "as of" the customer's now, it reads in a transaction)."""
+    return _answer(lambda: get_balance(ctx, customer, currency, ctx.clock.now(), True))

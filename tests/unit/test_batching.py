@@ -1,0 +1,88 @@
+"""credit_common.batching: items submitted while a batch runs make the next batch, each submitter gets
+its own item's answer, errors stay with their batch, and nothing is left waiting."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from credit_common.batching import Batcher, Slot
+
+
+def _wait_queued(batcher: Batcher, n: int) -> None:
+    deadline = time.monotonic() + 20
+    while batcher.waiting < n:
+        assert time.monotonic() < deadline, "the items did not queue"
+        time.sleep(0.002)
+
+
+def test_items_submitted_during_a_batch_make_the_next_batch_and_each_gets_its_answer():
+    batches: list[list[int]] = []
+    running, release = threading.Event(), threading.Event()
+
+    def run(slots: list[Slot]) -> None:
+        batches.append([slot.item for slot in slots])
+        if slots[0].item == 0:
+            running.set()
+            release.wait(20)
+        for slot in slots:
+            slot.succeed(slot.item * 10)
+
+    batcher = Batcher(run)
+    answers: dict[int, int] = {}
+    threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, batcher.submit(i))) for i in range(6)]
+    threads[0].start()
+    assert running.wait(20)
+    for i, t in enumerate(threads[1:], start=1):
+        t.start()
+        _wait_queued(batcher, i)
+    release.set()
+    for t in threads:
+        t.join(20)
+    assert batches == [[0], [1, 2, 3, 4, 5]]
+    assert answers == {i: i * 10 for i in range(6)}
+
+
+def test_a_failing_batch_fails_its_items_only_and_an_unanswered_item_fails():
+    def run(slots: list[Slot]) -> None:
+        if any(slot.item == "boom" for slot in slots):
+            raise ValueError("boom")
+        for slot in slots:
+            if slot.item != "forgotten":
+                slot.succeed(slot.item)
+
+    batcher = Batcher(run)
+    with pytest.raises(ValueError):
+        batcher.submit("boom")
+    with pytest.raises(RuntimeError):
+        batcher.submit("forgotten")
+    assert batcher.submit("fine") == "fine"
+
+
+def test_many_threads_get_every_answer_and_batches_never_exceed_their_size():
+    sizes: list[int] = []
+
+    def run(slots: list[Slot]) -> None:
+        sizes.append(len(slots))
+        time.sleep(0.0005)  # a batch takes a while: others queue meanwhile
+        for slot in slots:
+            slot.succeed(-slot.item)
+
+    batcher = Batcher(run, max_items=5)
+    wrong: list[int] = []
+
+    def caller(base: int) -> None:
+        for i in range(base, base + 200):
+            if batcher.submit(i) != -i:
+                wrong.append(i)
+
+    threads = [threading.Thread(target=caller, args=(k * 1000,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a submitter was left waiting"
+    assert wrong == [] and sum(sizes) == 16 * 200
+    assert max(sizes) <= 5 and len(sizes) < 16 * 200  # batched, within the limit
