@@ -4,9 +4,8 @@ unit of its group run again alone, and a group runs its units in key order."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 from sqlalchemy import Column, MetaData, String, Table, event, insert, select
@@ -16,6 +15,7 @@ from sqlalchemy.orm import Session
 from credit_common.db.engine import DatabaseSettings, create_db_engine, session_factories
 from credit_common.db.group_commit import GroupCommit
 from credit_common.errors import NotFound
+from tests.support.batches import one_batch
 
 _ROWS = Table("rows", MetaData(), Column("key", String(20), primary_key=True))
 
@@ -55,36 +55,12 @@ def _keys(engine) -> list[str]:
 
 
 def _in_one_group(committer: GroupCommit, units: list[tuple[str, Callable[[Session], object]]]) -> list[object]:
-    """Submit `units` (key, work) from as many threads while a first unit holds the lead, so that they
-    all queue and make the next group together; each unit's result or error, in submission order."""
-    leading, release = threading.Event(), threading.Event()
-
-    def hold(_session: Session) -> None:
-        leading.set()
-        release.wait(20)
-
-    first = threading.Thread(target=committer.run, args=(hold,))
-    first.start()
-    assert leading.wait(20)
-    outcomes: list[object] = [None] * len(units)
-
-    def submit(i: int, key: str, work: Callable[[Session], object]) -> None:
-        try:
-            outcomes[i] = committer.run(work, key=key)
-        except Exception as error:
-            outcomes[i] = error
-
-    threads = [threading.Thread(target=submit, args=(i, key, work)) for i, (key, work) in enumerate(units)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 20
-    while committer.waiting < len(units):
-        assert time.monotonic() < deadline, "the units did not queue"
-        time.sleep(0.005)
-    release.set()
-    for t in (first, *threads):
-        t.join(20)
-    return outcomes
+    """Each unit's (key, work) result or error, the units having made one group, in this order."""
+    return one_batch(
+        lambda hold: committer.run(lambda _session: hold()),
+        lambda: committer.waiting,
+        [partial(committer.run, work, key=key) for key, work in units],
+    )
 
 
 def test_units_submitted_together_are_committed_in_one_transaction(engine):
@@ -147,21 +123,5 @@ def test_a_group_runs_its_units_in_key_order_keeping_the_order_of_one_key(engine
         return work
 
     units = [("c", note("c1")), ("a", note("a1")), ("c", note("c2")), ("b", note("b1")), ("a", note("a2"))]
-    # Submitted from threads: the queue's order is the order in which they arrive. Submit one at a time.
-    leading, release = threading.Event(), threading.Event()
-    first = threading.Thread(target=committer.run, args=(lambda _s: (leading.set(), release.wait(20)),))
-    first.start()
-    assert leading.wait(20)
-    threads = []
-    for i, (key, work) in enumerate(units):
-        t = threading.Thread(target=committer.run, args=(work,), kwargs={"key": key})
-        t.start()
-        threads.append(t)
-        deadline = time.monotonic() + 20
-        while committer.waiting < i + 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-    release.set()
-    for t in (first, *threads):
-        t.join(20)
+    assert _in_one_group(committer, units) == ["c1", "a1", "c2", "b1", "a2"]  # each its own answer
     assert order == ["a1", "a2", "b1", "c1", "c2"]

@@ -25,6 +25,7 @@ from grant_service.service_layer.subscriptions import apply_credit_currency
 from grant_service.service_layer.usage import SCOPE, _Debit, _debit, report_usage
 from tests.integration.grant.test_catch_up import NOW, _engine, _subscribe
 from tests.integration.grant.test_read_waits_for_timer_batch import _lock_waits
+from tests.support.batches import one_batch
 
 
 def _ledger(engine, customer_key: str) -> list[tuple[str, Decimal]]:
@@ -172,33 +173,9 @@ def test_debits_submitted_together_each_get_their_own_answer_from_one_group(data
 
 
 def _together(ctx: GrantContext, calls: list) -> list:
-    """Run `calls` from as many threads while a first debit group is held open, so that they all
-    queue, in this order, and make the next group together; each call's result or error, in order."""
-    holding, release = threading.Event(), threading.Event()
-
-    def hold(_session) -> None:
-        holding.set()
-        release.wait(20)
-
-    first = threading.Thread(target=ctx.debits.run, args=(hold,), kwargs={"subject": ("", SCOPE, "")})
-    first.start()
-    assert holding.wait(20)
-    answers: list = [None] * len(calls)
-
-    def call(i: int) -> None:
-        try:
-            answers[i] = calls[i]()
-        except Exception as error:
-            answers[i] = error
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
-    for i, t in enumerate(threads):  # one at a time: they queue in this order
-        t.start()
-        deadline = time.monotonic() + 20
-        while ctx.debits.waiting < i + 1:
-            assert time.monotonic() < deadline, "the debits did not queue"
-            time.sleep(0.002)
-    release.set()
-    for t in (first, *threads):
-        t.join(20)
-    return answers
+    """Each call's result or error, the calls' debits having made one group, in this order."""
+    return one_batch(
+        lambda hold: ctx.debits.run(lambda _session: hold(), subject=("", SCOPE, "")),
+        lambda: ctx.debits.waiting,
+        calls,
+    )
