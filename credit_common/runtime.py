@@ -3,6 +3,7 @@ work, signals. Each service supplies only what is its own."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -86,6 +87,7 @@ def main(
         return 3
     running = build(settings, engine)
     running.on_stop.insert(0, engine.dispose)
+    quiet_garbage_collection()
     log.info(
         "serving",
         extra={
@@ -96,3 +98,20 @@ def main(
     )
     run_until_signal(running, settings.shutdown_grace_s)
     return 0
+
+
+# The cyclic garbage collector's thresholds while serving (CPython's defaults: 700, 10, 10).
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def quiet_garbage_collection() -> None:
+    """Once started, the process holds a few hundred thousand long-lived objects (modules, SQLAlchemy's
+    metadata and compiled statements, protobuf descriptors) that every full collection walks again, while
+    each RPC allocates hundreds of short-lived ones, so collections run every few RPCs and now and then
+    stop every thread for a full one: the tail of the latency (GetBalance under 32 callers, p99 27-46 ms
+    with the defaults, 23-24 ms with collections rarer or off). The objects of the start are frozen out of
+    the collector's sight (gc.freeze) and the youngest generation is collected every 50,000 allocations
+    net instead of 700; reference counting still frees everything that is not in a cycle at once."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
