@@ -122,8 +122,8 @@ def rows_of(connection: Connection, *queries: tuple[DriverStatement, Mapping[str
     if not sent and not writes:
         return []
     dbapi_connection = connection.connection.dbapi_connection
-    cursors = [dbapi_connection.cursor() for _ in sent]
-    cursor = dbapi_connection.cursor()
+    # One cursor per SELECT, and one for all the writes (if any).
+    cursors = [dbapi_connection.cursor() for _ in range(len(sent) + bool(writes))]
     first_sql, first_args = writes[0] if writes else sent[0][1:]
     together = (
         dbapi_connection.pipeline()
@@ -131,19 +131,19 @@ def rows_of(connection: Connection, *queries: tuple[DriverStatement, Mapping[str
         else contextlib.nullcontext()
     )
     try:
-        with _as_sqlalchemy_errors(connection, first_sql, first_args, cursor):
+        with _as_sqlalchemy_errors(connection, first_sql, first_args, cursors[0]):
             with together:
                 for sql, args in writes:
                     if len(args) == 1:
-                        cursor.execute(sql, args[0])
+                        cursors[-1].execute(sql, args[0])
                     else:
-                        cursor.executemany(sql, args)
+                        cursors[-1].executemany(sql, args)
                 writes.clear()
-                for each, (_, sql, args) in zip(cursors, sent, strict=True):
+                for each, (_, sql, args) in zip(cursors, sent, strict=False):
                     each.execute(sql, args)
-            return [statement._typed(dialect, each) for each, (statement, _, _) in zip(cursors, sent, strict=True)]
+            return [statement._typed(dialect, each) for each, (statement, _, _) in zip(cursors, sent, strict=False)]
     finally:
-        for each in (cursor, *cursors):
+        for each in cursors:
             each.close()
 
 

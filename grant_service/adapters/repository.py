@@ -225,10 +225,8 @@ def debits_by_grant(session: Session, grant_ids: Sequence[str], at: datetime | N
     return {grant_id: exact_sum(values) for grant_id, values in totals.items()}
 
 
-def grants_active_at(
-    session: Session, customer_key: str, currency_key: str, at: datetime, *, for_update: bool = False
-) -> list[GrantRow]:
-    """Grants active at `at`. With `for_update` (to debit them): only those still open, locked in id order."""
+def grants_active_at(session: Session, customer_key: str, currency_key: str, at: datetime) -> list[GrantRow]:
+    """Grants active at `at`, in id order. (A debit reads its grants with `debit_head`.)"""
     query = (
         select(GrantRow)
         .where(
@@ -240,8 +238,6 @@ def grants_active_at(
         )
         .order_by(GrantRow.grant_id)
     )
-    if for_update:
-        query = locked(session, query.where(GrantRow.closed.is_(False)))
     return list(session.scalars(query))
 
 
@@ -365,10 +361,10 @@ def currency_exists(session: Session, currency_key: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class DebitHead:
-    """What a debit needs to know before it prices anything, read in one statement that also locks the
-    customer: its clock (and that clock's frozen time), the request id's record if any, the earliest
-    issuance and expiry still pending (so the caller tells at its "now" whether a catch-up is due), and
-    the version of the rate sets (see RatesCache)."""
+    """What a debit needs to know, read with the customer's lock held: its clock (and that clock's frozen
+    time), the request id's record if any, the earliest issuance and expiry still pending (so the caller
+    tells at its "now" whether a catch-up is due), the version of the rate sets (see RatesCache), and
+    its open grants."""
 
     clock_key: str
     frozen_time: datetime | None
@@ -469,10 +465,7 @@ _OPEN_GRANTS = {
 
 
 def _debitable(rows: Sequence[Any]) -> list[DebitableGrant]:
-    return [
-        DebitableGrant(GrantView(g, amount, used, priority, start, expiry, void), customer, currency, subscription)
-        for g, amount, used, priority, start, expiry, void, customer, currency, subscription in rows
-    ]
+    return [DebitableGrant(view_of(r, r.used), r.customer_key, r.currency_key, r.subscription_id) for r in rows]
 
 
 def open_grants(session: Session, customer_key: str) -> list[DebitableGrant]:

@@ -177,23 +177,8 @@ def remember(session: Session, scope: str, request_id: str, print_: str, resourc
 
 
 def request_record(scope: str, request_id: str, print_: str, resource_id: str, now: datetime) -> dict | None:
-    """The row `remember` writes, for a caller that writes it with its effect; None: nothing to record."""
-    records: list[dict] = []
-    idempotency.remember(_Collected(records), scope, request_id, print_, resource_id, now)
-    return records[0] if records else None
-
-
-class _Collected:
-    """A `RequestStore` that keeps the records added to it, to be written by the caller."""
-
-    def __init__(self, records: list[dict]) -> None:
-        self.records = records
-
-    def get(self, scope: str, request_id: str) -> SeenRequest[str] | None:
-        raise NotImplementedError
-
-    def add(self, scope: str, request_id: str, fingerprint: str, result: str, now: datetime) -> None:
-        self.records.append(_request_record(scope, request_id, fingerprint, result, now))
+    """The row `remember` writes (none without a request_id), for a caller that writes it with its effect."""
+    return _request_record(scope, request_id, print_, resource_id, now) if request_id else None
 
 
 def _request_record(scope: str, request_id: str, fingerprint: str, resource_id: str, now: datetime) -> dict:
