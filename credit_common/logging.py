@@ -1,7 +1,8 @@
 """Structured logs: one JSON object per line on stderr.
 
 RPC threads only append records to a queue; one writer thread, every 50 ms, formats them
-and writes whatever has piled up with a single write. Writing from the RPC threads cost each
+and writes whatever has piled up with a single write. The access line of each RPC (AccessLog)
+does not even build a LogRecord. Writing from the RPC threads cost each
 RPC a system call and a wait to get the GIL back after it (with 32 threads busy, the
 no-op RPC's throughput was 35% lower with the access log on than off). The writer is
 drained at exit, so a clean shutdown or a crash with a traceback loses no line; a
@@ -14,10 +15,14 @@ import json
 import logging
 import sys
 import threading
+import time
 from collections import deque
 from datetime import UTC, datetime
 from logging.handlers import QueueHandler
 from typing import TextIO
+
+# An AccessLog line on the writer's queue: (created, logger name, message, fields).
+_Line = tuple[float, str, str, dict]
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -28,20 +33,27 @@ class JsonFormatter(logging.Formatter):
         self._service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "service": self._service,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+        fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+        exception = None
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            exception = self.formatException(record.exc_info)
         elif record.exc_text:
-            entry["exception"] = record.exc_text
+            exception = record.exc_text
+        return self.line(record.created, record.levelname, record.name, record.getMessage(), fields, exception)
+
+    def line(
+        self, created: float, level: str, logger: str, message: str, fields: dict, exception: str | None = None
+    ) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+            "level": level.lower(),
+            "service": self._service,
+            "logger": logger,
+            "message": message,
+            **fields,
+        }
+        if exception is not None:
+            entry["exception"] = exception
         return json.dumps(entry, default=str)
 
 
@@ -86,11 +98,14 @@ class BatchingWriter:
         if batch:
             self._write(batch)
 
-    def _write(self, batch: list[logging.LogRecord]) -> None:
+    def _write(self, batch: list[logging.LogRecord | _Line]) -> None:
         lines = []
         for record in batch:
             try:
-                lines.append(self._formatter.format(record))
+                if type(record) is tuple:  # an AccessLog line: (created, logger, message, fields)
+                    lines.append(self._formatter.line(record[0], "INFO", record[1], record[2], record[3]))
+                else:
+                    lines.append(self._formatter.format(record))
             except Exception:  # a record that cannot be formatted must not stop the writer
                 lines.append(json.dumps({"level": "error", "message": "unformattable log record"}))
         try:
@@ -112,22 +127,59 @@ class _Appendable:
     and wakes no one."""
 
     def __init__(self) -> None:
-        self.records: deque[logging.LogRecord] = deque()
+        self.records: deque[logging.LogRecord | _Line] = deque()
 
     def put_nowait(self, record: logging.LogRecord) -> None:
         self.records.append(record)
 
 
 _writer: BatchingWriter | None = None
+_handler: _Enqueue | None = None
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
-    global _writer
+class AccessLog:
+    """The line an RPC leaves at INFO, one per call: the hottest log line of a serving process, so
+    it skips what `logging` does per call (a LogRecord of twenty-odd attributes, a walk up the stack
+    for the caller, the handler chain). The RPC thread appends a tuple to the writer's queue; the
+    writer thread formats it into the same JSON line `logger.info(message, extra=fields)` would
+    write. The access log had cost the no-op RPC 28% of its throughput, GetBalance 14%.
+
+    Where the JSON writer is not the logger's only destination (configure_logging did not run, or
+    a test capture or another handler is attached) it is that ordinary logging call."""
+
+    def __init__(self, logger: str, message: str) -> None:
+        self._logger = logging.getLogger(logger)
+        self._message = message
+
+    def write(self, fields: dict[str, object]) -> None:
+        logger = self._logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        if _writer is None or not self._only_to(_handler):
+            logger.info(self._message, extra=fields)
+            return
+        _writer.queue.records.append((time.time(), logger.name, self._message, fields))
+
+    def _only_to(self, handler: logging.Handler | None) -> bool:
+        """Whether the logger's records reach `handler` and nothing else."""
+        logger: logging.Logger | None = self._logger
+        while logger is not None and logger is not logging.root:
+            if logger.handlers or not logger.propagate:
+                return False
+            logger = logger.parent
+        handlers = logging.root.handlers
+        return len(handlers) == 1 and handlers[0] is handler
+
+
+def configure_logging(service: str, level: str = "INFO", stream: TextIO | None = None) -> None:
+    """JSON lines on `stream` (standard error by default), through the batching writer."""
+    global _writer, _handler
     if _writer is not None:
         _writer.stop()
-    _writer = BatchingWriter(JsonFormatter(service), sys.stderr)
+    _writer = BatchingWriter(JsonFormatter(service), stream or sys.stderr)
+    _handler = _Enqueue(_writer.queue)
     root = logging.getLogger()
-    root.handlers[:] = [_Enqueue(_writer.queue)]
+    root.handlers[:] = [_handler]
     root.setLevel(level.upper())
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     atexit.register(_writer.stop)

@@ -13,8 +13,10 @@ import grpc
 
 from credit_common.errors import DomainError, Unavailable
 from credit_common.grpc.errors import internal_status, to_rpc_status
+from credit_common.logging import AccessLog
 
 log = logging.getLogger("credit_grants.rpc")
+access_log = AccessLog("credit_grants.rpc", "rpc")
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):
@@ -54,14 +56,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 log.exception("unexpected error", extra={"method": method})
                 context.abort_with_status(internal_status(self._domain))
             finally:
-                log.info(
-                    "rpc",
-                    extra={
+                access_log.write(
+                    {
                         "method": method,
                         "code": code.name,
                         "reason": reason,
                         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                    },
+                    }
                 )
 
         return grpc.unary_unary_rpc_method_handler(

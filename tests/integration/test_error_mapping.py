@@ -4,6 +4,8 @@ unexpected becomes a generic INTERNAL whose message has no traceback."""
 
 from __future__ import annotations
 
+import contextlib
+
 import grpc
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -99,3 +101,16 @@ def test_unexpected_error_is_generic_internal(channel, caplog):
     assert "secret-internal-detail" not in error.value.details()
     assert "Traceback" not in error.value.details()
     assert any(record.exc_info for record in caplog.records if record.name == "credit_grants.rpc")
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "reason"),
+    [("ok", "OK", ""), ("missing", "NOT_FOUND", "PLAN_NOT_FOUND"), ("bug", "INTERNAL", "INTERNAL")],
+)
+def test_each_rpc_leaves_one_access_line(channel, caplog, name, code, reason):
+    caplog.set_level("INFO", logger="credit_grants.rpc")
+    with contextlib.suppress(grpc.RpcError):
+        call(channel, name)
+    (line,) = [r for r in caplog.records if r.name == "credit_grants.rpc" and r.getMessage() == "rpc"]
+    assert (line.method, line.code, line.reason) == (f"/test.v1.TestService/{name}", code, reason)
+    assert isinstance(line.duration_ms, float) and line.duration_ms >= 0
