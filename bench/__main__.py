@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.scenarios import SIZES, Backend, Row, provisioning, reads_and_debits, renewal_storm
+from credit_common.config import cpu_list
 
 SCENARIOS = ("storm", "reads", "usage", "provision")
 
@@ -81,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", metavar="DIR", help="sample every server process with py-spy; collapsed stacks go to DIR"
     )
     parser.add_argument("--keep", action="store_true", help="keep the run directory (databases, server logs)")
+    parser.add_argument(
+        "--server-cpus",
+        type=cpu_list,
+        metavar="CPUS",
+        help="start every service pinned to these CPUs (their --cpus flag, e.g. 0); the load generators and "
+        "PostgreSQL stay wherever the OS puts them",
+    )
     args = parser.parse_args(argv)
     scenarios = SCENARIOS if args.scenario == "all" else tuple(s.strip() for s in args.scenario.split(","))
     unknown = set(scenarios) - set(SCENARIOS)
@@ -90,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
         os.environ["BENCH_PROFILE_DIR"] = str(Path(args.profile).resolve())
+    if args.server_cpus is not None:  # the services read GRANT_CPUS / CATALOG_CPUS (start_service passes os.environ)
+        cpus = ",".join(str(cpu) for cpu in sorted(args.server_cpus))
+        os.environ["GRANT_CPUS"] = os.environ["CATALOG_CPUS"] = cpus
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     run_dir = Path(tempfile.mkdtemp(prefix="credit-grants-bench-"))
 
@@ -103,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": size.__dict__,
         "machine": machine(),
         "started": datetime.now(UTC).isoformat(),
+        "server_cpus": sorted(args.server_cpus) if args.server_cpus is not None else None,
     }
-    log(f"bench size={args.size} {size} on {info['machine']}; run directory {run_dir}")
+    pinned = f"; services pinned to CPUs {info['server_cpus']}" if info["server_cpus"] is not None else ""
+    log(f"bench size={args.size} {size} on {info['machine']}{pinned}; run directory {run_dir}")
     try:
         for name in backends:
             backend = Backend(name, run_dir)

@@ -24,11 +24,28 @@ class ServiceSettings:
     migrate_on_start: bool
     max_workers: int
     extra: argparse.Namespace
+    cpus: frozenset[int] | None = None  # pin the process to these CPUs; None: wherever the OS puts it
 
 
 def env_flag(value: str | None) -> bool:
     """A boolean environment variable: 1, true, yes or on (any case) mean true."""
     return (value or "").lower() in ("1", "true", "yes", "on")
+
+
+def cpu_list(text: str) -> frozenset[int]:
+    """A set of CPU numbers written as Linux does (taskset -c, cpuset): "0", "0,2", "2-3", "0-1,4"."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, dash, last = part.strip().partition("-")
+            low = int(first)
+            high = int(last) if dash else low
+            if low < 0 or high < low:
+                raise ValueError
+            cpus.update(range(low, high + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of CPUs such as 0 or 0,2 or 2-3") from None
+    return frozenset(cpus)
 
 
 def _env(prefix: str, name: str, default: str | None) -> str | None:
@@ -92,6 +109,14 @@ def parse_service_args(
     parser.add_argument(
         "--max-workers", type=int, default=int(env("MAX_WORKERS", "16")), help="RPC worker threads (default 16)"
     )
+    parser.add_argument(
+        "--cpus",
+        type=cpu_list,
+        default=env("CPUS", None),
+        help="pin the process to these CPUs (e.g. 0, or 2-3; default: not pinned). The process runs Python "
+        "under one GIL: pinned to one CPU its threads no longer hand the GIL from core to core. Run one "
+        "process per core, each pinned to its own (see README, Benchmarks)",
+    )
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"), help="DEBUG, INFO (default), WARNING")
     parser.add_argument(
         "--shutdown-grace",
@@ -122,4 +147,5 @@ def parse_service_args(
         migrate_on_start=args.migrate,
         max_workers=args.max_workers,
         extra=args,
+        cpus=args.cpus,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,12 @@ def main(
     build: Callable[[ServiceSettings, Engine], RunningServer],
 ) -> int:
     """`python -m <service>`: migrate, or serve until SIGTERM/SIGINT."""
+    if settings.cpus is not None:
+        try:
+            pin_to_cpus(settings.cpus)
+        except OSError as error:
+            print(f"{definition.name}: cannot pin to CPUs {sorted(settings.cpus)}: {error.strerror}", file=sys.stderr)
+            return 2
     configure_logging(definition.name, settings.log_level)
     try:
         if settings.command == "migrate":
@@ -98,6 +105,12 @@ def main(
     )
     run_until_signal(running, settings.shutdown_grace_s)
     return 0
+
+
+def pin_to_cpus(cpus: frozenset[int]) -> None:
+    """Pin every thread of this process, and so every thread it starts later, to `cpus`."""
+    for thread in sorted(int(tid) for tid in os.listdir("/proc/self/task")):
+        os.sched_setaffinity(thread, cpus)
 
 
 # The cyclic garbage collector's thresholds while serving (CPython's defaults: 700, 10, 10).
