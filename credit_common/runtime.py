@@ -101,6 +101,7 @@ def main(
             "address": settings.listen,
             "port": running.port,
             "database": engine.url.render_as_string(hide_password=True),
+            "cpus": sorted(os.sched_getaffinity(0)) if settings.cpus is not None else None,
         },
     )
     run_until_signal(running, settings.shutdown_grace_s)

@@ -5,6 +5,9 @@ exactness checks (which raise inside the run) passed."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +54,30 @@ def test_tiny_benchmark_runs_every_scenario(backend: str, tmp_path: Path) -> Non
     handoff = next(r for r in rows if r["figure"] == "last reply -> every first grant")
     # Until the catalog delivers to the grant service, the run reports the handoff as not delivered.
     assert (handoff["value"] or 0) >= 0 and (handoff["value"] is not None or "handoff" in handoff["verdict"])
+
+
+@pytest.mark.timeout(300)
+def test_server_cpus_starts_every_service_pinned(tmp_path: Path) -> None:
+    cpu = min(os.sched_getaffinity(0))
+    args = ["--size", "tiny", "--backend", "sqlite", "--scenario", "reads,provision", "--server-cpus", str(cpu)]
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", *args, "--keep", "--output", str(tmp_path / "results.json")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    run_dir = Path(re.search(r"run directory (\S+)", run.stderr).group(1))
+    try:
+        assert json.loads((tmp_path / "results.json").read_text())["server_cpus"] == [cpu]
+        serving = [
+            line
+            for log in run_dir.glob("*_service-*.log")
+            for line in map(json.loads, log.read_text().splitlines())
+            if line.get("message") == "serving"
+        ]
+        assert {line["service"] for line in serving} == {"grant_service", "catalog_service"}
+        assert all(line["cpus"] == [cpu] for line in serving)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -39,9 +39,20 @@ def test_every_thread_of_a_pinned_service_runs_on_its_cpu(database_url_factory, 
 
 def test_a_cpu_the_machine_does_not_have_is_refused(database_url_factory):
     missing = max(os.sched_getaffinity(0)) + 1000
+    url = database_url_factory("unpinned")
     done = subprocess.run(
-        [sys.executable, "-m", "grant_service", "serve", "--listen", "127.0.0.1:0", "--cpus", str(missing)]
-        + ["--database-url", database_url_factory("unpinned")],
+        [
+            sys.executable,
+            "-m",
+            "grant_service",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cpus",
+            str(missing),
+            "--database-url",
+            url,
+        ],
         capture_output=True,
         text=True,
         timeout=60,
