@@ -561,7 +561,7 @@ def record_debit(
     _SET_USED.execute(conn, [{"b_grant_id": grant_id, "b_used": value} for grant_id, value in used])
     _INSERT_LEDGER.execute(conn, list(entries))
     if request is not None:
-        _INSERT_REQUEST_ID.execute(conn, [request])
+        insert_request_id(session, request)
 
 
 @functools.cache

@@ -741,26 +741,21 @@ def test_the_worker_survives_a_database_outage(outbox, grant, started):
 
 
 def test_lease_shorter_than_a_batch_of_sends_is_refused(outbox, grant):
-    with pytest.raises(ValueError, match="lease"):
-        Dispatcher(
+    def dispatcher_sending(send_batch_size: int) -> Dispatcher:
+        """20 deliveries per pass, 4 calls at a time, 5 s each, under a 30 s lease."""
+        return Dispatcher(
             outbox.repo,
             delivery_to(grant, deadline=timedelta(seconds=5)),
             clock=SystemClock(),
             batch_size=20,
-            send_batch_size=1,
+            send_batch_size=send_batch_size,
             send_concurrency=4,
             lease=timedelta(seconds=30),
         )
-    # Sent 100 per call, the same batch fits: one round of calls.
-    Dispatcher(
-        outbox.repo,
-        delivery_to(grant, deadline=timedelta(seconds=5)),
-        clock=SystemClock(),
-        batch_size=20,
-        send_batch_size=100,
-        send_concurrency=4,
-        lease=timedelta(seconds=30),
-    )
+
+    with pytest.raises(ValueError, match="lease"):
+        dispatcher_sending(1)  # 20 calls, 5 rounds of 4 x 5 s: longer than the lease
+    dispatcher_sending(100)  # the same batch in one call: one round
 
 
 def test_a_backlog_is_sent_in_batches_of_one_kind_and_each_keeps_its_outcome(outbox, grant, started, caplog):
