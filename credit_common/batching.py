@@ -42,14 +42,16 @@ class Slot(Generic[T]):
 
 
 class Batcher:
-    """`submit(item)` -> the result `run` gave its item. `run(slots)` runs one batch: it answers each
-    slot (`succeed` or `fail`); a slot it leaves unanswered fails, and so does every slot of a batch
-    whose `run` raises.
+    """`submit(item)` -> the result `run` gave its item. `run(take)` runs one batch: `take()` gives it
+    the batch's slots, every item queued at that moment, and it answers each slot (`succeed` or
+    `fail`); a slot it leaves unanswered fails, and so does every slot of a batch whose `run` raises.
+    A `run` that must wait for something before it can work (a lock of the database) calls `take()`
+    once it holds it: the items that arrive while it waits join this batch, not the next.
 
     Each waiting submitter is woken once: when its item is answered, or when it is to lead the next
     batch (the leader hands over to the first item queued), never to find that it has to wait again."""
 
-    def __init__(self, run: Callable[[list[Slot]], None], max_items: int = 64) -> None:
+    def __init__(self, run: Callable[[Callable[[], list[Slot]]], None], max_items: int = 64) -> None:
         self._run = run
         self._max_items = max_items
         self._queue: list[Slot] = []
@@ -71,16 +73,15 @@ class Batcher:
         if follow:
             slot._wake.acquire()
         while not slot.done:  # lead: a batch of every item queued (this one among them, unless too many)
-            with self._mutex:
-                batch = self._queue[: self._max_items]
-                del self._queue[: self._max_items]
+            batch = _Batch(self._queue, self._mutex, self._max_items)
             try:
-                self._run(batch)
+                self._run(batch.take)
             except Exception as error:
-                for member in batch:
+                for member in batch.take():
                     member.fail(error)
             finally:
-                for member in batch:
+                batch.take()  # a `run` that returned without taking: its items fail, unanswered
+                for member in batch.slots:
                     member.done = True
                     if member is not slot:
                         member._wake.release()
@@ -90,3 +91,22 @@ class Batcher:
                     elif not self._queue:
                         self._leading = False
         return slot.outcome()
+
+
+class _Batch:
+    """The items of one batch, taken from the queue on the first `take()`."""
+
+    __slots__ = ("_max_items", "_mutex", "_queue", "slots", "taken")
+
+    def __init__(self, queue: list[Slot], mutex: threading.Lock, max_items: int) -> None:
+        self._queue, self._mutex, self._max_items = queue, mutex, max_items
+        self.slots: list[Slot] = []
+        self.taken = False
+
+    def take(self) -> list[Slot]:
+        if not self.taken:
+            self.taken = True
+            with self._mutex:
+                self.slots = self._queue[: self._max_items]
+                del self._queue[: self._max_items]
+        return self.slots

@@ -8,8 +8,9 @@ are paid once per group, and one thread does all of the group's database work.
 
 Groups are made by credit_common.batching: whoever submits a unit while no group is running leads
 it, taking every unit queued (up to `max_units`); it runs them in key order in one transaction,
-commits, and hands each submitter its unit's result or error. Alone, a unit runs in a transaction of
-its own, as without grouping.
+commits, and hands each submitter its unit's result or error. The leader takes the group once its
+transaction holds a connection (on SQLite, the write lock), so that the units queued while it waited
+for the lock are in it. A group may be one unit: its transaction is then its own, as without grouping.
 
 A unit's own answer is a `DomainError` raised before it writes anything it would not commit on its
 own: the group goes on and commits the others. Any other error of a unit (a constraint violation,
@@ -75,24 +76,31 @@ class GroupCommit:
         `subject` is what `within` is told of the unit."""
         return self._batcher.submit(_Unit(work, key, subject))
 
-    def _run_group(self, group: list[Slot]) -> None:
-        if len(group) == 1:
-            self._run_alone(group[0])
-            return
-        ordered = sorted(group, key=lambda member: member.item.key)
+    def _run_group(self, take: Callable[[], list[Slot]]) -> None:
         broken = False
         with self._sessions() as session:
             session.begin()
-            subjects = [member.item.subject for member in ordered]
             try:
-                with self._within(session, subjects) if self._within else contextlib.nullcontext():
-                    for member in ordered:
-                        try:
-                            member.succeed(member.item.work(session))
-                        except DomainError as error:
-                            member.fail(error)
-            except Exception:  # the transaction is unusable: see the module's docstring
+                # The transaction's connection first, then the group: on SQLite that is the write lock,
+                # which another process may hold for a while, and the units that arrive meanwhile join
+                # this group. (Taken the other way round, under two processes every other group was
+                # a single unit that had arrived just after the previous group was taken.)
+                session.connection()
+            except Exception:  # a lost connection, a locked database: each unit alone, with its retries
                 broken = True
+            group = take()
+            ordered = sorted(group, key=lambda member: member.item.key)
+            if not broken:
+                subjects = [member.item.subject for member in ordered]
+                try:
+                    with self._within(session, subjects) if self._within else contextlib.nullcontext():
+                        for member in ordered:
+                            try:
+                                member.succeed(member.item.work(session))
+                            except DomainError as error:
+                                member.fail(error)
+                except Exception:  # the transaction is unusable: see the module's docstring
+                    broken = True
             if broken:
                 with contextlib.suppress(Exception):  # a lost connection: the units run again below
                     session.rollback()

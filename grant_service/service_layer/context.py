@@ -54,7 +54,8 @@ class GrantContext:
         taking its turn at the GIL and the database."""
         return self._balance_reads.submit((customer_key, currency_key))
 
-    def _read_current_grants(self, slots: list[Slot]) -> None:
+    def _read_current_grants(self, take: Callable[[], list[Slot]]) -> None:
+        slots = take()
         now = self.clock.now()
         by_currency: dict[str, list[Slot]] = defaultdict(list)
         for slot in slots:

@@ -4,6 +4,9 @@ unit of its group run again alone, and a group runs its units in key order."""
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -68,7 +71,7 @@ def test_units_submitted_together_are_committed_in_one_transaction(engine):
     outcomes = _in_one_group(committer, [(f"k{i}", _insert(f"k{i}")) for i in range(8)])
     assert outcomes == [f"k{i}" for i in range(8)]
     assert _keys(engine) == [f"k{i}" for i in range(8)]
-    assert len(commits) == 1  # one for the eight (the holding unit ran no statement)
+    assert len(commits) == 2  # one for the eight, after the holding unit's own
 
 
 def test_a_unit_alone_runs_in_its_own_transaction(engine):
@@ -108,7 +111,7 @@ def test_a_unit_that_breaks_the_transaction_makes_each_unit_of_its_group_run_alo
     assert _keys(engine) == ["a", "c", "taken"]  # nothing of the broken group was committed twice
     # In the group: a, then the duplicate (the group rolled back); then each alone: a, taken (fails), c.
     assert runs == ["a", "taken", "a", "taken", "c"]
-    assert len(commits) == 2  # a and c, alone (the holding unit ran no statement)
+    assert len(commits) == 3  # the holding unit's, then a and c, alone
 
 
 def test_a_group_runs_its_units_in_key_order_keeping_the_order_of_one_key(engine):
@@ -125,3 +128,31 @@ def test_a_group_runs_its_units_in_key_order_keeping_the_order_of_one_key(engine
     units = [("c", note("c1")), ("a", note("a1")), ("c", note("c2")), ("b", note("b1")), ("a", note("a2"))]
     assert _in_one_group(committer, units) == ["c1", "a1", "c2", "b1", "a2"]  # each its own answer
     assert order == ["a1", "a2", "b1", "c1", "c2"]
+
+
+def test_units_queued_while_the_leader_waits_for_the_write_lock_join_its_group(tmp_path):
+    """On SQLite another process may hold the write lock: the leader takes its group only once its
+    transaction holds the lock, so the units queued while it waited are in that group, not in the next."""
+    path = tmp_path / "locked.db"
+    engine = create_db_engine(DatabaseSettings(f"sqlite:///{path}"))
+    _ROWS.metadata.create_all(engine)
+    committer, commits = _committer(engine)
+    other = sqlite3.connect(path, isolation_level=None)  # another process's writer
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        threads = []
+        for i in range(5):
+            threads.append(threading.Thread(target=committer.run, args=(_insert(f"k{i}"),), kwargs={"key": f"k{i}"}))
+            threads[-1].start()
+            deadline = time.monotonic() + 20
+            while committer.waiting < i + 1:  # the first, waiting for the lock, is still queued
+                assert time.monotonic() < deadline, "the units did not queue behind the locked database"
+                time.sleep(0.002)
+    finally:
+        other.rollback()
+        other.close()
+    for t in threads:
+        t.join(20)
+    assert _keys(engine) == [f"k{i}" for i in range(5)]
+    assert len(commits) == 1  # the five in one transaction
+    engine.dispose()

@@ -22,7 +22,8 @@ def test_items_submitted_during_a_batch_make_the_next_batch_and_each_gets_its_an
     batches: list[list[int]] = []
     running, release = threading.Event(), threading.Event()
 
-    def run(slots: list[Slot]) -> None:
+    def run(take) -> None:
+        slots = take()
         batches.append([slot.item for slot in slots])
         if slots[0].item == 0:
             running.set()
@@ -46,7 +47,8 @@ def test_items_submitted_during_a_batch_make_the_next_batch_and_each_gets_its_an
 
 
 def test_a_failing_batch_fails_its_items_only_and_an_unanswered_item_fails():
-    def run(slots: list[Slot]) -> None:
+    def run(take) -> None:
+        slots = take()
         if any(slot.item == "boom" for slot in slots):
             raise ValueError("boom")
         for slot in slots:
@@ -64,7 +66,8 @@ def test_a_failing_batch_fails_its_items_only_and_an_unanswered_item_fails():
 def test_many_threads_get_every_answer_and_batches_never_exceed_their_size():
     sizes: list[int] = []
 
-    def run(slots: list[Slot]) -> None:
+    def run(take) -> None:
+        slots: list[Slot] = take()
         sizes.append(len(slots))
         time.sleep(0.0005)  # a batch takes a while: others queue meanwhile
         for slot in slots:
@@ -86,3 +89,37 @@ def test_many_threads_get_every_answer_and_batches_never_exceed_their_size():
     assert not any(t.is_alive() for t in threads), "a submitter was left waiting"
     assert wrong == [] and sum(sizes) == 16 * 200
     assert max(sizes) <= 5 and len(sizes) < 16 * 200  # batched, within the limit
+
+
+def test_a_batch_is_what_is_queued_when_run_takes_it():
+    """`run` takes its batch when it is ready (e.g. holding a lock): the items submitted before then
+    are in it; a `run` that fails before taking fails every item queued, the leader's too."""
+    ready = threading.Event()
+    batches: list[list[str]] = []
+
+    def run(take) -> None:
+        ready.wait(20)
+        slots = take()
+        batches.append([slot.item for slot in slots])
+        for slot in slots:
+            slot.succeed(slot.item.upper())
+
+    batcher = Batcher(run)
+    answers: dict[str, str] = {}
+    threads = [threading.Thread(target=lambda x=x: answers.__setitem__(x, batcher.submit(x))) for x in "abc"]
+    for i, t in enumerate(threads):
+        t.start()
+        _wait_queued(batcher, i + 1)  # the leader's own item waits in the queue until taken
+    ready.set()
+    for t in threads:
+        t.join(20)
+    assert batches == [["a", "b", "c"]]
+    assert answers == {"a": "A", "b": "B", "c": "C"}
+
+    def broken(take) -> None:
+        raise OSError("no connection")
+
+    failing = Batcher(broken)
+    with pytest.raises(OSError):
+        failing.submit("x")
+    assert failing.waiting == 0

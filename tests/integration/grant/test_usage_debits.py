@@ -162,7 +162,7 @@ def test_debits_submitted_together_each_get_their_own_answer_from_one_group(data
         ("e", "c1", 1),  # c1 has nothing left after "c"
     ]
     answers = _together(ctx, [partial(report_usage, ctx, r, c, "gpt", Decimal(q), "") for r, c, q in debits])
-    assert len(commits) == 1
+    assert len(commits) == 2  # the holding unit's, then the six's
     a, b, twin, c, nobody, e = answers
     assert (a.usage.balance_after, b.usage.balance_after, c.usage.balance_after) == (4, 1, 0)
     assert twin.usage.usage_id == a.usage.usage_id
