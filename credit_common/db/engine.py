@@ -16,6 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from credit_common.db.driver import send_deferred_writes
+from credit_common.db.sqlite import BACKSTOP_AUTOCHECKPOINT_PAGES, Checkpointer, WriteGate
 from credit_common.errors import Aborted, DomainError, Unavailable
 
 T = TypeVar("T")
@@ -92,18 +93,20 @@ def _sqlite_engine(settings: DatabaseSettings) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_AUTOCHECKPOINT_PAGES}")
         cursor.execute(f"PRAGMA busy_timeout={int(settings.sqlite_busy_timeout_ms)}")
         cursor.close()
 
-    # SQLite has one writer at a time; a writer that finds the database locked sleeps in its busy
-    # handler (1, 2, 5 ... then 100 ms at a time) and retries, so under 32 writers some waited seconds
-    # while the lock was free (p99 0.66-0.85 s of a ReportUsage, bench usage debits, small; 0.1 s with
-    # this lock). The writers of this
-    # process first wait for `write_lock` (woken as soon as it is free) and hold it until their
-    # connection is back in the pool; busy_timeout still arbitrates between processes. (A lock granted
-    # in arrival order gave the same p99 and 10% fewer debits per second: every hand-over then waited
-    # for the woken thread to be scheduled.)
-    write_lock = threading.Lock()
+    # Writers first take the gate of the file (credit_common.db.sqlite): the threads of this process,
+    # then the processes, each woken as soon as it is free, instead of sleeping in SQLite's busy handler
+    # (1, 2, 5 ... then 100 ms at a time) while the lock was free: under 32 writers some waited seconds
+    # (p99 0.66-0.85 s of a ReportUsage, bench usage debits, small; 0.1 s with a lock). A writer holds
+    # the gate until its connection is back in the pool. (A lock granted in arrival order gave the same
+    # p99 and 10% fewer debits per second: every hand-over then waited for the woken thread to be
+    # scheduled.)
+    database = url.database if url.database and url.database != ":memory:" else None
+    gate = WriteGate(database)
+    checkpointer = Checkpointer(database) if database else None
     timeout_s = settings.sqlite_busy_timeout_ms / 1000
 
     @event.listens_for(engine, "begin")
@@ -114,7 +117,7 @@ def _sqlite_engine(settings: DatabaseSettings) -> Engine:
         if options.get("write"):
             record_info = connection.connection.record_info
             # Past the timeout, BEGIN IMMEDIATE and its busy timeout decide (and report a locked database).
-            if not record_info.get(_HOLDS_WRITE_LOCK) and write_lock.acquire(timeout=timeout_s):
+            if not record_info.get(_HOLDS_WRITE_LOCK) and gate.acquire(timeout_s):
                 record_info[_HOLDS_WRITE_LOCK] = True
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         elif not options.get(SINGLE_STATEMENT):
@@ -124,7 +127,20 @@ def _sqlite_engine(settings: DatabaseSettings) -> Engine:
     def _on_checkin(_dbapi_connection, record):
         # After the commit or rollback (the pool's reset), also of a connection invalidated by an error.
         if record.record_info.pop(_HOLDS_WRITE_LOCK, False):
-            write_lock.release()
+            gate.release()
+
+    if checkpointer is not None:
+        # The commits leave the log's checkpoints to the checkpointer's thread (credit_common.db.sqlite).
+        @event.listens_for(engine, "commit")
+        def _on_commit(connection):
+            if connection.get_execution_options().get("write"):
+                checkpointer.wrote()
+
+    @event.listens_for(engine, "engine_disposed")
+    def _on_dispose(_engine):
+        if checkpointer is not None:
+            checkpointer.stop()
+        gate.close()
 
     return engine
 
