@@ -25,6 +25,8 @@ class ServiceSettings:
     max_workers: int
     extra: argparse.Namespace
     cpus: frozenset[int] | None = None  # pin the process to these CPUs; None: wherever the OS puts it
+    processes: int = 1  # server processes sharing the port (credit_common.processes)
+    process_index: int | None = None  # which of them this one is; None: the only one
 
 
 def env_flag(value: str | None) -> bool:
@@ -46,6 +48,16 @@ def cpu_list(text: str) -> frozenset[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of CPUs such as 0 or 0,2 or 2-3") from None
     return frozenset(cpus)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def _env(prefix: str, name: str, default: str | None) -> str | None:
@@ -117,6 +129,13 @@ def parse_service_args(
         "under one GIL: pinned to one CPU its threads no longer hand the GIL from core to core. Run one "
         "process per core, each pinned to its own (see README, Benchmarks)",
     )
+    parser.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=env("PROCESSES", "1"),
+        help="server processes sharing the port (default 1): each uses about one core (GIL); with --cpus, "
+        "process i runs on the i-th CPU of the list. See README, Configuration",
+    )
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"), help="DEBUG, INFO (default), WARNING")
     parser.add_argument(
         "--shutdown-grace",
@@ -148,4 +167,5 @@ def parse_service_args(
         max_workers=args.max_workers,
         extra=args,
         cpus=args.cpus,
+        processes=args.processes,
     )

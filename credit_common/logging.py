@@ -68,6 +68,10 @@ class _Enqueue(QueueHandler):
         return record
 
 
+# PIPE_BUF on Linux; the lines are JSON with ASCII escapes, so characters are bytes.
+_ATOMIC_WRITE = 4096
+
+
 class BatchingWriter:
     """The one thread that formats queued records and writes them, a batch per write. It wakes
     every `interval_s` rather than on each record: a wake-up per record cost the RPC threads
@@ -109,7 +113,18 @@ class BatchingWriter:
             except Exception:  # a record that cannot be formatted must not stop the writer
                 lines.append(json.dumps({"level": "error", "message": "unformattable log record"}))
         try:
-            self._stream.write("\n".join(lines) + "\n")
+            # Whole lines, at most PIPE_BUF bytes a write: a write that size to a pipe is never
+            # interleaved with another process's (the server processes of --processes share stderr).
+            chunk: list[str] = []
+            size = 0
+            for line in lines:
+                if chunk and size + len(line) + 1 > _ATOMIC_WRITE:
+                    self._stream.write("\n".join(chunk) + "\n")
+                    self._stream.flush()
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line) + 1
+            self._stream.write("\n".join(chunk) + "\n")
             self._stream.flush()
         except (OSError, ValueError):
             pass  # stderr closed: nothing left to tell

@@ -19,6 +19,7 @@ from credit_common.db.migrations import SchemaNotCurrent, check_current, upgrade
 from credit_common.grpc.interceptors import ServiceInterceptor
 from credit_common.grpc.server import RunningServer, run_until_signal, start_server
 from credit_common.logging import configure_logging
+from credit_common.processes import supervise
 
 log = logging.getLogger("credit_grants.runtime")
 
@@ -43,18 +44,15 @@ def open_engine(definition: ServiceDefinition, settings: ServiceSettings, *, mig
 
 
 def start(
-    definition: ServiceDefinition,
-    *,
-    listen: str,
-    register: Callable[[grpc.Server], None],
-    max_workers: int = 16,
+    definition: ServiceDefinition, settings: ServiceSettings, register: Callable[[grpc.Server], None]
 ) -> RunningServer:
     return start_server(
-        address=listen,
+        address=settings.listen,
         service_names=definition.service_names,
         register=register,
         interceptor=ServiceInterceptor(definition.error_domain, translate=translate_db_error),
-        max_workers=max_workers,
+        max_workers=settings.max_workers,
+        share_port=settings.process_index is not None,
     )
 
 
@@ -63,8 +61,10 @@ def main(
     settings: ServiceSettings,
     build: Callable[[ServiceSettings, Engine], RunningServer],
 ) -> int:
-    """`python -m <service>`: migrate, or serve until SIGTERM/SIGINT."""
-    if settings.cpus is not None:
+    """`python -m <service>`: migrate, or serve until SIGTERM/SIGINT (with `--processes N`, supervise
+    N server processes that do: credit_common.processes)."""
+    supervisor = settings.command == "serve" and settings.processes > 1
+    if settings.cpus is not None and not supervisor:
         try:
             pin_to_cpus(settings.cpus)
         except OSError as error:
@@ -92,6 +92,9 @@ def main(
         log.error(message)
         print(f"{definition.name}: {message}", file=sys.stderr)
         return 3
+    if supervisor:
+        engine.dispose()
+        return supervise(definition, settings, build, serve=main)
     running = build(settings, engine)
     running.on_stop.insert(0, engine.dispose)
     quiet_garbage_collection()
@@ -102,6 +105,7 @@ def main(
             "port": running.port,
             "database": engine.url.render_as_string(hide_password=True),
             "cpus": sorted(os.sched_getaffinity(0)) if settings.cpus is not None else None,
+            "server_process": settings.process_index,
         },
     )
     run_until_signal(running, settings.shutdown_grace_s)

@@ -47,7 +47,7 @@ def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None)
         catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(service), server)
 
     try:
-        running = start(DEFINITION, listen=settings.listen, register=register, max_workers=settings.max_workers)
+        running = start(DEFINITION, settings, register)
     except Exception:
         worker.stop()
         grant_client.close()

@@ -54,16 +54,19 @@ def start_server(
     register: Callable[[grpc.Server], None],
     interceptor: ServiceInterceptor,
     max_workers: int = 16,
+    share_port: bool = False,
 ) -> RunningServer:
     """Start a server on `address` ("host:port"; port 0 picks a free one).
 
     `register` adds the service implementations; `service_names` are their
-    full names, used for the health service and reflection.
+    full names, used for the health service and reflection. `share_port`: listen
+    with SO_REUSEPORT, beside the other server processes of one service
+    (credit_common.processes); otherwise a port in use is an error.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
         interceptors=[interceptor],
-        options=[("grpc.so_reuseport", 0)],
+        options=[("grpc.so_reuseport", 1 if share_port else 0)],
     )
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

@@ -63,7 +63,7 @@ def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None)
     def register(server) -> None:
         grant_service_pb2_grpc.add_GrantServiceServicer_to_server(servicer, server)
 
-    running = start(DEFINITION, listen=settings.listen, register=register, max_workers=settings.max_workers)
+    running = start(DEFINITION, settings, register)
     running.on_stop.append(read_engine.dispose)
     interval = float(getattr(extra, "catch_up_interval", 1.0))
     if interval > 0:

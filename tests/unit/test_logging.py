@@ -134,3 +134,30 @@ def test_an_access_line_reaches_every_other_handler_as_an_ordinary_record(config
     )
     (line,) = configured()
     assert line["logger"] == "test.shared" and line["reason"] == "PLAN_NOT_FOUND"
+
+
+class _Writes(io.StringIO):
+    """A stream that keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_a_batch_is_written_as_whole_lines_of_at_most_pipe_buf_bytes_a_write():
+    """The server processes of --processes share one stderr: a write to a pipe is kept whole (never
+    interleaved with another process's) only up to PIPE_BUF (4096) bytes."""
+    stream = _Writes()
+    writer = BatchingWriter(JsonFormatter("svc"), stream, interval_s=60)  # one batch, at stop()
+    logger = _logger(writer, "test.pipe_buf")
+    for i in range(300):
+        logger.info("line %s", i, extra={"padding": "x" * (i % 50)})
+    writer.stop()
+    assert len(stream.writes) > 1
+    assert all(len(text.encode()) <= 4096 and text.endswith("\n") for text in stream.writes)
+    lines = [json.loads(line) for text in stream.writes for line in text.splitlines()]
+    assert [line["message"] for line in lines] == [f"line {i}" for i in range(300)]
