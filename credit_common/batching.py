@@ -49,14 +49,30 @@ class Batcher:
     once it holds it: the items that arrive while it waits join this batch, not the next.
 
     Each waiting submitter is woken once: when its item is answered, or when it is to lead the next
-    batch (the leader hands over to the first item queued), never to find that it has to wait again."""
+    batch (the leader hands over to the first item queued), never to find that it has to wait again.
 
-    def __init__(self, run: Callable[[Callable[[], list[Slot]]], None], max_items: int = 64) -> None:
+    `linger_s`: when fewer items are queued than the previous batch had, `take()` waits up to this
+    long for as many. Under steady load the callers of a batch come back one after the other once it
+    is answered: the first to come back would lead a batch of its own, and the others the next one,
+    so every other batch was a single item (GetBalance under 32 callers on PostgreSQL, two server
+    processes: half of the statements read one customer). With a linger of 4 ms: GetBalance 3,420 ->
+    4,070-4,275/s on PostgreSQL, 3,800-3,900 -> 4,840-4,970/s on SQLite (p99 16.4 -> 13.6 ms),
+    ReportUsage on PostgreSQL 2,090-2,450 -> 2,670/s. The price: when fewer callers come back than
+    the last batch had (the load falls), one leader waits the whole linger. With no concurrency the
+    batches are single items and nobody waits."""
+
+    def __init__(
+        self, run: Callable[[Callable[[], list[Slot]]], None], max_items: int = 64, linger_s: float = 0.0
+    ) -> None:
         self._run = run
         self._max_items = max_items
+        self._linger_s = linger_s
         self._queue: list[Slot] = []
         self._leading = False  # a batch is running, or its leader is handing over to the next one
         self._mutex = threading.Lock()
+        self._grown = threading.Condition(self._mutex)  # notified when the queue reaches `_awaited`
+        self._awaited = 0  # items a lingering leader waits for; 0: none lingers
+        self._last_size = 0
 
     @property
     def waiting(self) -> int:
@@ -70,10 +86,12 @@ class Batcher:
             self._queue.append(slot)
             follow = self._leading
             self._leading = True
+            if self._awaited and len(self._queue) >= self._awaited:
+                self._grown.notify()
         if follow:
             slot._wake.acquire()
         while not slot.done:  # lead: a batch of every item queued (this one among them, unless too many)
-            batch = _Batch(self._queue, self._mutex, self._max_items)
+            batch = _Batch(self)
             try:
                 self._run(batch.take)
             except Exception as error:
@@ -94,19 +112,26 @@ class Batcher:
 
 
 class _Batch:
-    """The items of one batch, taken from the queue on the first `take()`."""
+    """The items of one batch, taken from the batcher's queue on the first `take()`."""
 
-    __slots__ = ("_max_items", "_mutex", "_queue", "slots", "taken")
+    __slots__ = ("_batcher", "slots", "taken")
 
-    def __init__(self, queue: list[Slot], mutex: threading.Lock, max_items: int) -> None:
-        self._queue, self._mutex, self._max_items = queue, mutex, max_items
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher = batcher
         self.slots: list[Slot] = []
         self.taken = False
 
     def take(self) -> list[Slot]:
         if not self.taken:
             self.taken = True
-            with self._mutex:
-                self.slots = self._queue[: self._max_items]
-                del self._queue[: self._max_items]
+            b = self._batcher
+            with b._mutex:
+                wanted = min(b._last_size, b._max_items)
+                if b._linger_s and len(b._queue) < wanted:
+                    b._awaited = wanted
+                    b._grown.wait_for(lambda: len(b._queue) >= wanted, b._linger_s)
+                    b._awaited = 0
+                self.slots = b._queue[: b._max_items]
+                del b._queue[: b._max_items]
+                b._last_size = len(self.slots)
         return self.slots

@@ -60,11 +60,12 @@ class GroupCommit:
         single: Callable[[Callable[[Session], Any]], Any],
         within: Callable[[Session, list[Any]], AbstractContextManager[object]] | None = None,
         max_units: int = 64,
+        linger_s: float = 0.0,
     ) -> None:
         self._sessions = sessions
         self._single = single
         self._within = within
-        self._batcher = Batcher(self._run_group, max_units)
+        self._batcher = Batcher(self._run_group, max_units, linger_s)
 
     @property
     def waiting(self) -> int:

@@ -35,6 +35,8 @@ class GrantContext:
     clock: Clock
     test_clocks_enabled: bool = False
     batch_size: int = 500
+    # How long a batch's leader may wait for the callers of the previous batch (credit_common.batching).
+    batch_linger_s: float = 0.0
     rates: RatesCache = field(default_factory=RatesCache, compare=False, repr=False)
     # Debits of concurrent callers, committed together (see credit_common.db.group_commit); each unit's
     # subject is its (customer_key, scope, request_id), for their DebitHeads read at once.
@@ -44,8 +46,10 @@ class GrantContext:
     _balance_reads: Batcher = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "debits", GroupCommit(self.factories.write, self.write, debit_group))
-        object.__setattr__(self, "_balance_reads", Batcher(self._read_current_grants))
+        object.__setattr__(
+            self, "debits", GroupCommit(self.factories.write, self.write, debit_group, linger_s=self.batch_linger_s)
+        )
+        object.__setattr__(self, "_balance_reads", Batcher(self._read_current_grants, linger_s=self.batch_linger_s))
 
     def current_grants(self, customer_key: str, currency_key: str) -> tuple[datetime, list[tuple]]:
         """Real time now, and what `repository.current_grants` reads of the customer then (no row: no

@@ -123,3 +123,52 @@ def test_a_batch_is_what_is_queued_when_run_takes_it():
     with pytest.raises(OSError):
         failing.submit("x")
     assert failing.waiting == 0
+
+
+@pytest.mark.timeout(20)
+def test_a_leader_lingers_for_as_many_items_as_the_previous_batch_had_and_no_longer():
+    """Callers of a batch come back one by one: with `linger_s`, the first back waits (up to linger_s)
+    until as many are queued as the previous batch had, instead of leading a batch of one. Lone
+    submitters (a previous batch of one) never wait: with a linger of 60 s, the test would time out."""
+    batches: list[list[int]] = []
+
+    def run(take) -> None:
+        slots = take()
+        batches.append([slot.item for slot in slots])
+        for slot in slots:
+            slot.succeed(slot.item)
+
+    batcher = Batcher(run, linger_s=60)
+    for i in range(3):
+        assert batcher.submit(i) == i  # alone: no wait
+    assert batches == [[0], [1], [2]]
+    answers: dict[int, int] = {}
+
+    def submit(i: int) -> threading.Thread:
+        thread = threading.Thread(target=lambda: answers.__setitem__(i, batcher.submit(i)))
+        thread.start()
+        return thread
+
+    # A batch of three (0 leads it and lingers for nobody: the previous batch had one).
+    batches.clear()
+    holding, release = threading.Event(), threading.Event()
+    first = Batcher(lambda take: (holding.set(), release.wait(20), run(take)), linger_s=60)
+    batcher = first
+    threads = [submit(10)]
+    assert holding.wait(20)
+    threads += [submit(11), submit(12)]
+    _wait_queued(batcher, 3)
+    release.set()
+    for t in threads:
+        t.join(20)
+    assert batches == [[10, 11, 12]]
+    # The next leader finds itself alone but the previous batch had three: it waits for two more.
+    threads = [submit(20)]
+    _wait_queued(batcher, 1)
+    threads += [submit(21)]
+    _wait_queued(batcher, 2)
+    threads += [submit(22)]
+    for t in threads:
+        t.join(20)
+    assert batches == [[10, 11, 12], [20, 21, 22]]
+    assert answers == {i: i for i in (10, 11, 12, 20, 21, 22)}
