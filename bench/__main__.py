@@ -82,12 +82,20 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", metavar="DIR", help="sample every server process with py-spy; collapsed stacks go to DIR"
     )
     parser.add_argument("--keep", action="store_true", help="keep the run directory (databases, server logs)")
+    available = sorted(os.sched_getaffinity(0))
+    parser.add_argument(
+        "--grant-processes",
+        type=int,
+        default=len(available),
+        help=f"server processes of the grant service (its --processes; default: one per CPU, {len(available)})",
+    )
     parser.add_argument(
         "--server-cpus",
-        type=cpu_list,
+        type=lambda text: None if text == "none" else cpu_list(text),
+        default=frozenset(available),
         metavar="CPUS",
-        help="start every service pinned to these CPUs (their --cpus flag, e.g. 0); the load generators and "
-        "PostgreSQL stay wherever the OS puts them",
+        help="the services' --cpus (default: every CPU, so each grant server process runs on a CPU of its "
+        "own; 'none': not pinned); the load generators and PostgreSQL stay wherever the OS puts them",
     )
     args = parser.parse_args(argv)
     scenarios = SCENARIOS if args.scenario == "all" else tuple(s.strip() for s in args.scenario.split(","))
@@ -98,9 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
         os.environ["BENCH_PROFILE_DIR"] = str(Path(args.profile).resolve())
-    if args.server_cpus is not None:  # the services read GRANT_CPUS / CATALOG_CPUS (start_service passes os.environ)
+    # The services read GRANT_* / CATALOG_* from the environment (start_service passes os.environ).
+    os.environ["GRANT_PROCESSES"] = str(args.grant_processes)
+    if args.server_cpus is not None:
         cpus = ",".join(str(cpu) for cpu in sorted(args.server_cpus))
         os.environ["GRANT_CPUS"] = os.environ["CATALOG_CPUS"] = cpus
+    else:
+        os.environ.pop("GRANT_CPUS", None)
+        os.environ.pop("CATALOG_CPUS", None)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     run_dir = Path(tempfile.mkdtemp(prefix="credit-grants-bench-"))
 
@@ -114,10 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": size.__dict__,
         "machine": machine(),
         "started": datetime.now(UTC).isoformat(),
+        "grant_processes": args.grant_processes,
         "server_cpus": sorted(args.server_cpus) if args.server_cpus is not None else None,
     }
-    pinned = f"; services pinned to CPUs {info['server_cpus']}" if info["server_cpus"] is not None else ""
-    log(f"bench size={args.size} {size} on {info['machine']}{pinned}; run directory {run_dir}")
+    pinned = f", pinned to CPUs {info['server_cpus']}" if info["server_cpus"] is not None else ", not pinned"
+    log(
+        f"bench size={args.size} {size} on {info['machine']}; grant service: {args.grant_processes} "
+        f"server process(es){pinned}; run directory {run_dir}"
+    )
     try:
         for name in backends:
             backend = Backend(name, run_dir)

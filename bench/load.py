@@ -1,6 +1,6 @@
-"""Load generators: separate processes (spawned, each with its own gRPC channel) running
-caller threads against a real server over 127.0.0.1, for a fixed time or a fixed amount of
-work. Each process sends back its raw latencies and outcomes; the parent merges them."""
+"""Load generators: separate processes (spawned) running caller threads, each caller with a gRPC
+channel (a connection) of its own, against a real server over 127.0.0.1, for a fixed time or a
+fixed amount of work. Each process sends back its raw latencies and outcomes; the parent merges them."""
 
 from __future__ import annotations
 
@@ -95,9 +95,16 @@ def run_load(
 
 
 def _worker(job: dict) -> dict:
-    channel = grpc.insecure_channel(job["address"])
-    grpc.channel_ready_future(channel).result(timeout=60)
-    call = _CALLERS[job["kind"]](channel, job["params"])
+    # Each caller has a connection of its own, as separate clients would: the server's processes
+    # (--processes) each take the connections the kernel gives them, and one shared connection
+    # would put every caller of this process on one of them.
+    channels = [
+        grpc.insecure_channel(job["address"], options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(job["threads"])
+    ]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=60)
+    calls = [_CALLERS[job["kind"]](channel, job["params"]) for channel in channels]
     lock = threading.Lock()
     latencies = array("d")
     errors: Counter = Counter()
@@ -107,6 +114,7 @@ def _worker(job: dict) -> dict:
 
     def run(thread: int) -> None:
         caller = job["first_caller"] + thread
+        call = calls[thread]
         rng = random.Random(job["seed"] * 1000 + thread)
         items = iter(job["work"][thread]) if job["work"] is not None else None
         sequence = 0
@@ -161,7 +169,8 @@ def _worker(job: dict) -> dict:
     for t in threads:
         t.join()
     end = time.time()
-    channel.close()
+    for channel in channels:
+        channel.close()
     return {
         "ok": state["ok"],
         "latencies": latencies.tolist(),

@@ -166,7 +166,7 @@ def renewal_storm(backend: Backend, size: Size, log) -> list[Row]:
         Row(
             "renewal storm",
             backend.name,
-            f"peak RSS grant process (N={n:,})",
+            f"peak RSS grant service (N={n:,})",
             rss,
             "MB",
             bar="< 300 MB at N=1,000,000",

@@ -38,11 +38,21 @@ class ServiceProcess:
         return self.process.pid
 
     def peak_rss_mb(self) -> float:
-        """Peak resident set size (VmHWM) of the server process so far, in MB."""
-        return _status_kb(self.pid, "VmHWM") / 1024
+        """Peak resident set size (VmHWM) of the service so far, in MB: of its process, plus those of
+        its server processes if it has several (--processes), each at its own peak."""
+        return sum(_status_kb(pid, "VmHWM") for pid in self.pids()) / 1024
 
     def rss_mb(self) -> float:
-        return _status_kb(self.pid, "VmRSS") / 1024
+        return sum(_status_kb(pid, "VmRSS") for pid in self.pids()) / 1024
+
+    def pids(self) -> list[int]:
+        """The service's process and every process under it."""
+        found, i = [self.pid], 0
+        while i < len(found):
+            for task in Path(f"/proc/{found[i]}/task").iterdir():
+                found += [int(child) for child in (task / "children").read_text().split()]
+            i += 1
+        return found
 
     def stop(self) -> None:
         profiler = self.extra.pop("profiler", None)
@@ -113,6 +123,7 @@ def start_service(
                 "--rate",
                 "50",
                 "--nonblocking",
+                "--subprocesses",
                 "--output",
                 str(out),
             ],

@@ -37,7 +37,7 @@ def test_tiny_benchmark_runs_every_scenario(backend: str, tmp_path: Path) -> Non
     figures = {(r["scenario"], r["figure"].split(" (")[0]): r for r in rows}
     for scenario, figure in [
         ("renewal storm", "grants issued/s"),
-        ("renewal storm", "peak RSS grant process"),
+        ("renewal storm", "peak RSS grant service"),
         ("no-op baseline", "Health/Check QPS"),
         ("balance reads", "GetBalance"),
         ("usage debits", "ReportUsage"),
@@ -57,7 +57,7 @@ def test_tiny_benchmark_runs_every_scenario(backend: str, tmp_path: Path) -> Non
 
 
 @pytest.mark.timeout(300)
-def test_server_cpus_starts_every_service_pinned(tmp_path: Path) -> None:
+def test_server_cpus_starts_every_service_pinned_and_the_grant_service_in_processes(tmp_path: Path) -> None:
     cpu = min(os.sched_getaffinity(0))
     args = ["--size", "tiny", "--backend", "sqlite", "--scenario", "reads,provision", "--server-cpus", str(cpu)]
     run = subprocess.run(
@@ -70,7 +70,10 @@ def test_server_cpus_starts_every_service_pinned(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-4000:]
     run_dir = Path(re.search(r"run directory (\S+)", run.stderr).group(1))
     try:
-        assert json.loads((tmp_path / "results.json").read_text())["server_cpus"] == [cpu]
+        info = json.loads((tmp_path / "results.json").read_text())
+        assert info["server_cpus"] == [cpu]
+        # By default the grant service runs one server process per CPU the benchmark may use.
+        assert info["grant_processes"] == len(os.sched_getaffinity(0))
         serving = [
             line
             for log in run_dir.glob("*_service-*.log")
@@ -79,5 +82,8 @@ def test_server_cpus_starts_every_service_pinned(tmp_path: Path) -> None:
         ]
         assert {line["service"] for line in serving} == {"grant_service", "catalog_service"}
         assert all(line["cpus"] == [cpu] for line in serving)
+        grant_processes = {line["server_process"] for line in serving if line["service"] == "grant_service"}
+        expected = set(range(info["grant_processes"])) if info["grant_processes"] > 1 else {None}
+        assert grant_processes == expected
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
