@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from credit_common.batching import Batcher, Slot
+from credit_common.batching import Batch, Batcher, Slot
 from credit_common.errors import DomainError
 
 T = TypeVar("T")
@@ -77,7 +77,7 @@ class GroupCommit:
         `subject` is what `within` is told of the unit."""
         return self._batcher.submit(_Unit(work, key, subject))
 
-    def _run_group(self, take: Callable[[], list[Slot]]) -> None:
+    def _run_group(self, take: Batch) -> None:
         broken = False
         with self._sessions() as session:
             session.begin()

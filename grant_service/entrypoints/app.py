@@ -43,9 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser, env: Callable[[str, str | Non
     parser.add_argument(
         "--batch-linger-ms",
         type=float,
-        default=float(env("BATCH_LINGER_MS", "4")),
+        default=float(env("BATCH_LINGER_MS", "8")),
         help="how long the leader of a batch of concurrent reads (GetBalance) or debits (ReportUsage) may "
-        "wait for as many callers as the previous batch had (default 4; 0: never waits). See README",
+        "wait for as many callers as the previous batch had (default 8; 0: never waits). See README",
     )
     parser.add_argument(
         "--enable-test-clocks",

@@ -91,7 +91,7 @@ def test_the_grant_services_batch_linger_flag(monkeypatch):
         return settings.extra.batch_linger_ms
 
     monkeypatch.delenv("GRANT_BATCH_LINGER_MS", raising=False)
-    assert linger([]) == 4
+    assert linger([]) == 8
     assert linger(["--batch-linger-ms", "0"]) == 0
     monkeypatch.setenv("GRANT_BATCH_LINGER_MS", "1.5")
     assert linger([]) == 1.5
