@@ -126,8 +126,8 @@ def parse_service_args(
         type=cpu_list,
         default=env("CPUS", None),
         help="pin the process to these CPUs (e.g. 0, or 2-3; default: not pinned). The process runs Python "
-        "under one GIL: pinned to one CPU its threads no longer hand the GIL from core to core. Run one "
-        "process per core, each pinned to its own (see README, Benchmarks)",
+        "under one GIL: pinned to one CPU its threads no longer hand the GIL from core to core. With "
+        "--processes N, server process i runs on the i-th CPU of the list (see README, Configuration)",
     )
     parser.add_argument(
         "--processes",
