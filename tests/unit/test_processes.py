@@ -74,24 +74,3 @@ def test_the_reserved_port_is_free_for_server_processes_only():
         with pytest.raises(OSError):
             other.bind(("127.0.0.1", port))
         other.close()
-
-
-def test_the_grant_services_batch_linger_flag(monkeypatch):
-    from grant_service.entrypoints.app import add_arguments
-
-    def linger(argv):
-        settings = parse_service_args(
-            service="grant_service",
-            env_prefix="GRANT",
-            default_port=50052,
-            database_file="g.db",
-            argv=argv,
-            add_arguments=add_arguments,
-        )
-        return settings.extra.batch_linger_ms
-
-    monkeypatch.delenv("GRANT_BATCH_LINGER_MS", raising=False)
-    assert linger([]) == 8
-    assert linger(["--batch-linger-ms", "0"]) == 0
-    monkeypatch.setenv("GRANT_BATCH_LINGER_MS", "1.5")
-    assert linger([]) == 1.5

@@ -31,3 +31,10 @@ def test_environment_and_flags(monkeypatch):
     assert extra.enable_test_clocks is True and extra.catch_up_batch_size == 20
     extra = _parse(["--catch-up-interval", "0.5", "--catch-up-batch-size", "7"], monkeypatch)
     assert (extra.catch_up_interval, extra.catch_up_batch_size) == (0.5, 7)
+
+
+def test_batch_linger(monkeypatch):
+    monkeypatch.delenv("GRANT_BATCH_LINGER_MS", raising=False)
+    assert _parse([], monkeypatch).batch_linger_ms == 8
+    assert _parse(["--batch-linger-ms", "0"], monkeypatch).batch_linger_ms == 0
+    assert _parse([], monkeypatch, GRANT_BATCH_LINGER_MS="1.5").batch_linger_ms == 1.5
