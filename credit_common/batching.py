@@ -51,7 +51,7 @@ class Batcher:
     Each waiting submitter is woken once: when its item is answered, or when it is to lead the next
     batch (the leader hands over to the first item queued), never to find that it has to wait again.
 
-    `linger_s`: when fewer items are queued than the previous batch had, `take()` waits up to this
+    `linger_s`: when fewer items are queued than the previous batch had, `batch()` waits up to this
     long for as many. Under steady load the callers of a batch come back one after the other once it
     is answered: the first to come back would lead a batch of its own, and the others the next one,
     so every other batch was a single item (GetBalance under 32 callers on PostgreSQL, two server

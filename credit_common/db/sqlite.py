@@ -96,8 +96,6 @@ class Checkpointer:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
-        self.checkpoints = 0
-        self.last: tuple[int, int, int] | None = None  # (busy, pages in the log, pages checkpointed)
 
     def wrote(self) -> None:
         if self._thread is None:
@@ -126,12 +124,9 @@ class Checkpointer:
                     return
                 self._wake.clear()
                 try:
-                    row = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error as error:  # e.g. the disk is full: the commits' backstop remains
                     log.warning("WAL checkpoint failed", extra={"error": str(error)})
-                else:
-                    self.last = tuple(row)
-                    self.checkpoints += 1
                 self._stopping.wait(self._interval_s)
         finally:
             with contextlib.suppress(sqlite3.Error):
