@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.scenarios import SIZES, Backend, Row, provisioning, reads_and_debits, renewal_storm
-from credit_common.config import cpu_list
+from credit_common.config import cpu_list, positive_int
 
 SCENARIOS = ("storm", "reads", "usage", "provision")
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     available = sorted(os.sched_getaffinity(0))
     parser.add_argument(
         "--grant-processes",
-        type=int,
+        type=positive_int,
         default=len(available),
         help=f"server processes of the grant service (its --processes; default: one per CPU, {len(available)})",
     )

@@ -50,7 +50,7 @@ def cpu_list(text: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -131,7 +131,7 @@ def parse_service_args(
     )
     parser.add_argument(
         "--processes",
-        type=_positive_int,
+        type=positive_int,
         default=env("PROCESSES", "1"),
         help="server processes sharing the port (default 1): each uses about one core (GIL); with --cpus, "
         "process i runs on the i-th CPU of the list. See README, Configuration",
