@@ -487,7 +487,7 @@ class SubscriptionRepository:
         if plan_key:
             stmt = stmt.where(SubscriptionRow.plan_key == plan_key)
         if after:
-            created, sub_id = datetime.fromisoformat(after[0]), after[1]
+            created, sub_id = after
             stmt = stmt.where(
                 or_(
                     SubscriptionRow.create_time < created,
