@@ -196,8 +196,8 @@ class CreditCurrencyRepository:
             row.update_time,
         )
 
-    def get(self, key: str) -> CreditCurrency | None:
-        row = self.session.get(CreditCurrencyRow, key)
+    def get(self, key: str, *, for_update: bool = False) -> CreditCurrency | None:
+        row = self.session.get(CreditCurrencyRow, key, with_for_update=for_update or None)
         return self._to_domain(row) if row else None
 
     def existing_keys(self, keys: Collection[str]) -> set[str]:

@@ -204,7 +204,7 @@ class CatalogService:
             if "rates" in mask:
                 parsed = parse_rates(rates, uow.features.types_of({k for k, _ in rates}), violations)
             violations.raise_if_any()
-            current = uow.currencies.get(key)
+            current = uow.currencies.get(key, for_update=True)  # concurrent updates take turns
             if current is None:
                 raise _not_found("credit currency", key, "CREDIT_CURRENCY_NOT_FOUND")
             changed = replace(

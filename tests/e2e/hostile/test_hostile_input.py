@@ -137,3 +137,31 @@ def test_undecodable_request_bytes_are_invalid_argument(services: Services, data
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
         info, _ = error_details(raised.value)
         assert info is not None and info.reason == info_reason
+
+
+def test_concurrent_updates_of_one_currency_take_turns(services: Services):
+    """Found by the fuzz on PostgreSQL: two updates read the same revision and both wrote the next (INTERNAL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from google.protobuf import field_mask_pb2
+
+    feature = cpb.Feature(key="race-calls", display_name="C", type=cpb.FEATURE_TYPE_METERED, unit_name="call")
+    services.catalog.CreateFeature(cpb.CreateFeatureRequest(feature=feature), timeout=30)
+    currency = cpb.CreditCurrency(
+        key="race-credits",
+        display_name="C",
+        unit_name="credit",
+        rates=[cpb.CreditRate(feature_key="race-calls", credits_per_unit="1")],
+    )
+    services.catalog.CreateCreditCurrency(cpb.CreateCreditCurrencyRequest(credit_currency=currency), timeout=30)
+
+    def update(i: int) -> int:
+        request = cpb.UpdateCreditCurrencyRequest(
+            credit_currency=cpb.CreditCurrency(key="race-credits", display_name=f"name {i}"),
+            update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+        )
+        return services.catalog.UpdateCreditCurrency(request, timeout=30).credit_currency.revision
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        revisions = list(pool.map(update, range(16)))
+    assert sorted(revisions) == list(range(2, 18))
