@@ -17,7 +17,7 @@ INPUT_SCALE = 6
 STORAGE_SCALE = 2 * INPUT_SCALE
 STORAGE_PRECISION = 38
 
-_DECIMAL_RE = re.compile(r"^-?([0-9]+)(?:\.([0-9]+))?$", re.ASCII)
+_DECIMAL_RE = re.compile(r"-?([0-9]+)(?:\.([0-9]+))?", re.ASCII)
 
 
 class DecimalFormatError(ValueError):
@@ -38,9 +38,10 @@ def parse_decimal(
     """
     if not isinstance(text, str) or not text:
         raise DecimalFormatError('must be a decimal string such as "100" or "2.5"')
-    match = _DECIMAL_RE.match(text)
+    match = _DECIMAL_RE.fullmatch(text)  # not match(): "$" would accept a trailing newline
     if not match:
-        raise DecimalFormatError(f'{text!r} is not a decimal string such as "100" or "2.5"')
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise DecimalFormatError(f'{shown!r} is not a decimal string such as "100" or "2.5"')
     integer_digits, fraction_digits = match.group(1), match.group(2) or ""
     if len(integer_digits.lstrip("0")) > INPUT_INTEGER_DIGITS:
         raise DecimalFormatError(f"has more than {INPUT_INTEGER_DIGITS} digits before the decimal point")

@@ -1,7 +1,11 @@
 """Client of the grant service. It owns the process's one channel to the grant
 service (`channel`, shared with the outbox's GrantDelivery); every call has a
-deadline; UNAVAILABLE and DEADLINE_EXCEEDED become the domain's Unavailable,
-NOT_FOUND its NotFound."""
+deadline. A failed call becomes the domain error the catalog's caller should
+see (`_translate`): the grant service's answers about the caller's input
+(INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION) keep their code and reason,
+with the field named as in the catalog's request; UNAVAILABLE,
+DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED become Unavailable (retryable);
+anything else is unexpected (INTERNAL, logged)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from datetime import UTC, datetime, timedelta
 import grpc
 
 from catalog_service.adapters.grant_delivery import channel_options
-from credit_common.errors import DomainError, NotFound, Unavailable
+from credit_common.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
+from credit_common.grpc.errors import error_details
 from grant_service.v1 import grant_service_pb2 as grant_pb2
 from grant_service.v1 import grant_service_pb2_grpc as grant_pb2_grpc
 
@@ -38,25 +43,46 @@ class GrantServiceClient:
     def close(self) -> None:
         self.channel.close()
 
-    def now_of(self, test_clock_id: str) -> datetime:
-        """The current time of a test clock; NotFound if the grant service has no such clock."""
+    def now_of(self, test_clock_id: str, field: str = "test_clock_id") -> datetime:
+        """The current time of a test clock; NotFound if the grant service has no such clock,
+        InvalidArgument on `field` (the caller's name for it) if it is not a valid id."""
         try:
             reply = self._stub.GetTestClock(
                 grant_pb2.GetTestClockRequest(test_clock_id=test_clock_id), timeout=self.deadline.total_seconds()
             )
         except grpc.RpcError as error:
-            translated = _translate(error, f"test clock {test_clock_id!r}", not_found_reason="TEST_CLOCK_NOT_FOUND")
+            translated = _translate(
+                error, f"test clock {test_clock_id!r}", not_found_reason="TEST_CLOCK_NOT_FOUND", field=field
+            )
             if translated is None:
                 raise
             raise translated from error
         return reply.test_clock.frozen_time.ToDatetime(tzinfo=UTC)
 
 
-def _translate(error: grpc.RpcError, what: str, *, not_found_reason: str) -> DomainError | None:
-    """The domain error for a failed call, or None for an unexpected one."""
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def _translate(error: grpc.RpcError, what: str, *, not_found_reason: str, field: str) -> DomainError | None:
+    """The domain error for a failed call about the caller's `field`, or None for an unexpected one."""
     code = error.code() if isinstance(error, grpc.Call) else None
-    if code == grpc.StatusCode.NOT_FOUND:
-        return NotFound(f"{what} does not exist", reason=not_found_reason)
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if code in _RETRYABLE:
         return Unavailable(f"the grant service is unavailable ({what}); retry", reason="GRANT_SERVICE_UNAVAILABLE")
-    return None
+    if code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+        return None
+    info, violations = error_details(error) if isinstance(error, grpc.Call) else (None, [])
+    metadata = dict(info.metadata) if info is not None else {}
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(f"{what} does not exist", reason=not_found_reason, metadata=metadata)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        descriptions = [v.description for v in violations] or [error.details() or "is not valid"]
+        return InvalidArgument(
+            f"{what} is not valid: {'; '.join(descriptions)}",
+            reason=info.reason if info is not None and info.reason else None,
+            metadata=metadata,
+            violations=[FieldViolation(field, d) for d in descriptions],
+        )
+    reason = info.reason if info is not None and info.reason else None
+    return FailedPrecondition(
+        f"the grant service refused ({what}): {error.details()}", reason=reason, metadata=metadata
+    )

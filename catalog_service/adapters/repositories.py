@@ -196,8 +196,8 @@ class CreditCurrencyRepository:
             row.update_time,
         )
 
-    def get(self, key: str) -> CreditCurrency | None:
-        row = self.session.get(CreditCurrencyRow, key)
+    def get(self, key: str, *, for_update: bool = False) -> CreditCurrency | None:
+        row = self.session.get(CreditCurrencyRow, key, with_for_update=for_update or None)
         return self._to_domain(row) if row else None
 
     def existing_keys(self, keys: Collection[str]) -> set[str]:
@@ -487,7 +487,7 @@ class SubscriptionRepository:
         if plan_key:
             stmt = stmt.where(SubscriptionRow.plan_key == plan_key)
         if after:
-            created, sub_id = datetime.fromisoformat(after[0]), after[1]
+            created, sub_id = after
             stmt = stmt.where(
                 or_(
                     SubscriptionRow.create_time < created,

@@ -50,7 +50,7 @@ from credit_common.errors import (
     Violations,
 )
 from credit_common.ids import new_id
-from credit_common.pagination import next_page_token, page_request
+from credit_common.pagination import PageRequest, page_request
 
 T = TypeVar("T")
 
@@ -77,10 +77,13 @@ def _not_found(kind: str, key: str, reason: str) -> NotFound:
     return NotFound(f"{kind} {key!r} does not exist", reason=reason, metadata={"key": key})
 
 
-def _page(items: list[T], size: int, sort_key: Callable[[T], tuple[Any, ...]], filters: Sequence[Any]) -> tuple:
+_SERVICE = "/catalog_service.v1.CatalogService/"
+
+
+def _page(items: list[T], page: PageRequest, sort_key: Callable[[T], tuple[Any, ...]]) -> tuple:
     """The page of `items` (fetched with one extra) and the next page's token."""
-    if len(items) > size:
-        return items[:size], next_page_token(sort_key(items[size - 1]), filters)
+    if len(items) > page.size:
+        return items[: page.size], page.token_after(sort_key(items[page.size - 1]))
     return items, ""
 
 
@@ -145,10 +148,10 @@ class CatalogService:
         return feature
 
     def list_features(self, page_size: int, page_token: str) -> tuple[list[Feature], str]:
-        page = page_request(page_size, page_token)
+        page = page_request(page_size, page_token, method=_SERVICE + "ListFeatures", key=(str,))
         with self.uows.read() as uow:
             items = uow.features.list(page.after, page.size + 1)
-        return _page(items, page.size, lambda f: (f.key,), ())
+        return _page(items, page, lambda f: (f.key,))
 
     # --------------------------------------------------- credit currencies
 
@@ -201,7 +204,7 @@ class CatalogService:
             if "rates" in mask:
                 parsed = parse_rates(rates, uow.features.types_of({k for k, _ in rates}), violations)
             violations.raise_if_any()
-            current = uow.currencies.get(key)
+            current = uow.currencies.get(key, for_update=True)  # concurrent updates take turns
             if current is None:
                 raise _not_found("credit currency", key, "CREDIT_CURRENCY_NOT_FOUND")
             changed = replace(
@@ -228,10 +231,10 @@ class CatalogService:
         return currency
 
     def list_credit_currencies(self, page_size: int, page_token: str) -> tuple[list[CreditCurrency], str]:
-        page = page_request(page_size, page_token)
+        page = page_request(page_size, page_token, method=_SERVICE + "ListCreditCurrencies", key=(str,))
         with self.uows.read() as uow:
             items = uow.currencies.list(page.after, page.size + 1)
-        return _page(items, page.size, lambda c: (c.key,), ())
+        return _page(items, page, lambda c: (c.key,))
 
     # --------------------------------------------------------------- plans
 
@@ -380,10 +383,10 @@ class CatalogService:
 
     def list_plans(self, status: PlanStatus | None, page_size: int, page_token: str) -> tuple[list[PlanView], str]:
         filters = [status.value if status else ""]
-        page = page_request(page_size, page_token, filters)
+        page = page_request(page_size, page_token, filters, method=_SERVICE + "ListPlans", key=(str,))
         with self.uows.read() as uow:
             plans = uow.plans.list(status, page.after, page.size + 1)
-            plans, token = _page(plans, page.size, lambda p: (p.key,), filters)
+            plans, token = _page(plans, page, lambda p: (p.key,))
             return [self._latest_view(uow, p) for p in plans], token
 
     # ----------------------------------------------------------- customers
@@ -397,7 +400,7 @@ class CatalogService:
         check_text(test_clock_id, "customer.test_clock_id", violations, 128)
         violations.raise_if_any()
         if test_clock_id:
-            self.test_clocks.now_of(test_clock_id)  # NotFound for an unknown clock
+            self.test_clocks.now_of(test_clock_id, "customer.test_clock_id")  # NotFound for an unknown clock
 
         def effect(uow: CatalogUnitOfWork) -> Customer:
             if uow.customers.get(key) is not None:
@@ -418,10 +421,10 @@ class CatalogService:
         return customer
 
     def list_customers(self, page_size: int, page_token: str) -> tuple[list[Customer], str]:
-        page = page_request(page_size, page_token)
+        page = page_request(page_size, page_token, method=_SERVICE + "ListCustomers", key=(str,))
         with self.uows.read() as uow:
             items = uow.customers.list(page.after, page.size + 1)
-        return _page(items, page.size, lambda c: (c.key,), ())
+        return _page(items, page, lambda c: (c.key,))
 
     # ------------------------------------------------------- subscriptions
 
@@ -610,8 +613,8 @@ class CatalogService:
         self, customer_key: str, plan_key: str, page_size: int, page_token: str
     ) -> tuple[list[SubscriptionView], str]:
         filters = [customer_key, plan_key]
-        page = page_request(page_size, page_token, filters)
+        page = page_request(page_size, page_token, filters, method=_SERVICE + "ListSubscriptions", key=(datetime, str))
         with self.uows.read() as uow:
             items = uow.subscriptions.list(customer_key, plan_key, page.after, page.size + 1)
-            items, token = _page(items, page.size, lambda s: (s.create_time.isoformat(), s.subscription_id), filters)
+            items, token = _page(items, page, lambda s: (s.create_time, s.subscription_id))
             return self._views(uow, items), token

@@ -14,24 +14,45 @@ from grpc_status import rpc_status
 
 from credit_common.errors import DomainError
 
+# A status travels in the response trailers, which a client refuses beyond its metadata limit
+# (8-16 KiB by default): what a caller sent is never echoed unbounded.
+MAX_MESSAGE_CHARS = 1000
+MAX_DETAIL_CHARS = 300
+MAX_VIOLATIONS = 20
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 def to_rpc_status(error: DomainError, domain: str) -> grpc.Status:
     details = []
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
+    metadata = {_clip(k, MAX_DETAIL_CHARS): _clip(v, MAX_DETAIL_CHARS) for k, v in error.metadata.items()}
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=metadata)
     packed = any_pb2.Any()
     packed.Pack(info)
     details.append(packed)
+    message = error.message
     if error.violations:
+        shown = error.violations[:MAX_VIOLATIONS]
+        if len(error.violations) > len(shown):
+            message = f"{message} ({len(error.violations)} field violations, the first {len(shown)} listed)"
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description, reason=v.reason)
-                for v in error.violations
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=_clip(v.field, MAX_DETAIL_CHARS),
+                    description=_clip(v.description, MAX_DETAIL_CHARS),
+                    reason=v.reason,
+                )
+                for v in shown
             ]
         )
         packed = any_pb2.Any()
         packed.Pack(bad_request)
         details.append(packed)
-    status = status_pb2.Status(code=code_pb2.Code.Value(error.code), message=error.message, details=details)
+    status = status_pb2.Status(
+        code=code_pb2.Code.Value(error.code), message=_clip(message, MAX_MESSAGE_CHARS), details=details
+    )
     return rpc_status.to_status(status)
 
 

@@ -1,6 +1,7 @@
-"""One server interceptor: maps domain errors to statuses, turns anything
-unexpected into a generic INTERNAL (traceback logged, never sent), and logs
-one structured line per RPC (method, code, duration)."""
+"""One server interceptor: checks every request (credit_common.grpc.validation),
+answers undecodable request bytes with INVALID_ARGUMENT, maps domain errors to
+statuses, turns anything unexpected into a generic INTERNAL (traceback logged,
+never sent), and logs one structured line per RPC (method, code, duration)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from credit_common.errors import DomainError, Unavailable
+from credit_common.errors import DomainError, InvalidArgument, Unavailable
 from credit_common.grpc.errors import internal_status, to_rpc_status
+from credit_common.grpc.validation import check_request
 from credit_common.logging import AccessLog
 
 log = logging.getLogger("credit_grants.rpc")
@@ -38,6 +41,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             code = grpc.StatusCode.OK
             reason = ""
             try:
+                if isinstance(request, Undecodable):
+                    raise request.error()
+                check_request(request)
                 return inner(request, context)
             except DomainError as error:
                 code, reason = grpc.StatusCode[error.code], error.reason
@@ -67,6 +73,36 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             behavior,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+
+class Undecodable:
+    """What a request deserializer returns, instead of raising, for bytes that are
+    not a message of its type: grpcio would answer INTERNAL ("Exception
+    deserializing request!") and log a traceback; the interceptor answers
+    INVALID_ARGUMENT."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(
+            f"the request bytes are not a valid request message: {self.problem}", reason="MALFORMED_REQUEST"
+        )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as error:
+            return Undecodable(str(error))
+
+    return deserialize

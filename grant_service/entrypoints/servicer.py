@@ -31,6 +31,10 @@ _ENTRY_TYPES = {
     pb.LEDGER_ENTRY_TYPE_ADJUST: "ADJUST",
 }
 _ENTRY_TYPE_PB = {v: k for k, v in _ENTRY_TYPES.items()}
+_SERVICE = pb.DESCRIPTOR.services_by_name["GrantService"].full_name
+_LIST_GRANTS = f"/{_SERVICE}/ListGrants"
+_LIST_LEDGER_ENTRIES = f"/{_SERVICE}/ListLedgerEntries"
+_LIST_TEST_CLOCKS = f"/{_SERVICE}/ListTestClocks"
 
 
 class _Fields:
@@ -190,9 +194,9 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
         fields.key("customer_key", request.customer_key)
         fields.done()
         filters = (request.customer_key, request.currency_key, request.subscription_id)
-        page = page_request(request.page_size, request.page_token, filters)
+        page = page_request(request.page_size, request.page_token, filters, method=_LIST_GRANTS, key=(datetime, str))
         infos, token = balances.list_grants(
-            self._ctx, request.customer_key, request.currency_key, request.subscription_id, page, filters
+            self._ctx, request.customer_key, request.currency_key, request.subscription_id, page
         )
         return pb.ListGrantsResponse(grants=[_grant(g) for g in infos], next_page_token=token)
 
@@ -206,7 +210,9 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
             fields.violations.add("type", "unknown ledger entry type")
         fields.done()
         filters = (request.customer_key, request.currency_key, str(start), str(end), request.type)
-        page = page_request(request.page_size, request.page_token, filters)
+        page = page_request(
+            request.page_size, request.page_token, filters, method=_LIST_LEDGER_ENTRIES, key=(datetime, int)
+        )
         rows, token = balances.list_ledger_entries(
             self._ctx,
             request.customer_key,
@@ -215,7 +221,6 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
             end,
             _ENTRY_TYPES.get(request.type),
             page,
-            filters,
         )
         return pb.ListLedgerEntriesResponse(entries=[_entry(r) for r in rows], next_page_token=token)
 
@@ -324,7 +329,8 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
 
     def ListTestClocks(self, request: pb.ListTestClocksRequest, context) -> pb.ListTestClocksResponse:
         test_clocks.require_test_clocks(self._ctx)
-        rows, token = test_clocks.list_test_clocks(self._ctx, page_request(request.page_size, request.page_token))
+        page = page_request(request.page_size, request.page_token, method=_LIST_TEST_CLOCKS, key=(datetime, str))
+        rows, token = test_clocks.list_test_clocks(self._ctx, page)
         return pb.ListTestClocksResponse(test_clocks=[_clock(r) for r in rows], next_page_token=token)
 
     def AdvanceTestClock(self, request: pb.AdvanceTestClockRequest, context) -> pb.AdvanceTestClockResponse:

@@ -12,7 +12,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from credit_common.errors import InvalidArgument, NotFound
-from credit_common.pagination import PageRequest, next_page_token
+from credit_common.pagination import PageRequest
 from grant_service.adapters.orm import REAL_TIME, GrantRow, LedgerEntryRow
 from grant_service.adapters.repository import (
     currency_exists,
@@ -143,7 +143,7 @@ def get_balance(
 
 
 def list_grants(
-    ctx: GrantContext, customer_key: str, currency_key: str, subscription_id: str, page: PageRequest, filters: tuple
+    ctx: GrantContext, customer_key: str, currency_key: str, subscription_id: str, page: PageRequest
 ) -> tuple[list[GrantInfo], str]:
     _, now = catch_up_customer(ctx, customer_key)
 
@@ -154,7 +154,7 @@ def list_grants(
         if subscription_id:
             query = query.where(GrantRow.subscription_id == subscription_id)
         if page.after is not None:
-            after_time, after_id = datetime.fromisoformat(page.after[0]), page.after[1]
+            after_time, after_id = page.after
             query = query.where(
                 or_(
                     GrantRow.effective_time > after_time,
@@ -166,7 +166,7 @@ def list_grants(
         rows = rows[: page.size]
         used = debits_by_grant(session, [r.grant_id for r in rows], now)
         infos = [evaluate(r, used.get(r.grant_id, Decimal(0)), now) for r in rows]
-        token = next_page_token([rows[-1].effective_time.isoformat(), rows[-1].grant_id], filters) if more else ""
+        token = page.token_after([rows[-1].effective_time, rows[-1].grant_id]) if more else ""
         return infos, token
 
     return ctx.read(work)
@@ -180,7 +180,6 @@ def list_ledger_entries(
     end: datetime | None,
     entry_type: str | None,
     page: PageRequest,
-    filters: tuple,
 ) -> tuple[list[LedgerEntryRow], str]:
     catch_up_customer(ctx, customer_key)
 
@@ -195,7 +194,7 @@ def list_ledger_entries(
         if entry_type:
             query = query.where(LedgerEntryRow.type == entry_type)
         if page.after is not None:
-            after_time, after_seq = datetime.fromisoformat(page.after[0]), int(page.after[1])
+            after_time, after_seq = page.after
             query = query.where(
                 or_(
                     LedgerEntryRow.effective_time > after_time,
@@ -207,7 +206,7 @@ def list_ledger_entries(
         )
         more = len(rows) > page.size
         rows = rows[: page.size]
-        token = next_page_token([rows[-1].effective_time.isoformat(), rows[-1].seq], filters) if more else ""
+        token = page.token_after([rows[-1].effective_time, rows[-1].seq]) if more else ""
         return rows, token
 
     return ctx.read(work)

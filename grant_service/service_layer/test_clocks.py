@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from credit_common.errors import InvalidArgument, NotFound
 from credit_common.idempotency import fingerprint
 from credit_common.ids import new_id
-from credit_common.pagination import PageRequest, next_page_token
+from credit_common.pagination import PageRequest
 from grant_service.adapters.orm import (
     ClockRow,
     CustomerRow,
@@ -68,7 +68,7 @@ def list_test_clocks(ctx: GrantContext, page: PageRequest) -> tuple[list[ClockRo
     def work(session: Session) -> tuple[list[ClockRow], str]:
         query = select(ClockRow)
         if page.after is not None:
-            after_time, after_id = datetime.fromisoformat(page.after[0]), page.after[1]
+            after_time, after_id = page.after
             query = query.where(
                 or_(
                     ClockRow.create_time < after_time,
@@ -82,7 +82,7 @@ def list_test_clocks(ctx: GrantContext, page: PageRequest) -> tuple[list[ClockRo
         )
         more = len(rows) > page.size
         rows = rows[: page.size]
-        token = next_page_token([rows[-1].create_time.isoformat(), rows[-1].test_clock_id]) if more else ""
+        token = page.token_after([rows[-1].create_time, rows[-1].test_clock_id]) if more else ""
         return rows, token
 
     return ctx.read(work)

@@ -45,6 +45,10 @@ def test_parses_exactly(text, expected):
         "--1",
         "1.2.3",
         "١٢",
+        "1\n",
+        "1\x00",
+        "1" + "0" * 400,
+        "1e999999",
     ],
 )
 def test_rejects_malformed(text):

@@ -34,3 +34,20 @@ def test_an_offset_is_converted_to_utc_and_none_is_unset():
     assert to_timestamp(paris) == to_timestamp(datetime(2026, 3, 1, 0, 30, tzinfo=UTC))
     assert to_timestamp(None) is None
     assert from_timestamp(pb.GetBalanceRequest(), "as_of_time") is None
+
+
+@given(st.integers(min_value=-(2**63), max_value=2**63 - 1), st.integers(min_value=-(2**31), max_value=2**31 - 1))
+def test_any_timestamp_converts_or_is_an_invalid_argument_on_its_field(seconds, nanos):
+    from credit_common.errors import InvalidArgument
+
+    message = pb.GetBalanceRequest(as_of_time=timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos))
+    in_range = -62_135_596_800 <= seconds <= 253_402_300_799 and 0 <= nanos < 10**9
+    try:
+        value = from_timestamp(message, "as_of_time", "request.as_of_time")
+    except InvalidArgument as error:
+        assert not in_range
+        assert [v.field for v in error.violations] == ["request.as_of_time"]
+        assert error.violations[0].reason == "TIMESTAMP_OUT_OF_RANGE"
+    else:
+        assert in_range
+        assert value == message.as_of_time.ToDatetime(tzinfo=UTC)
