@@ -19,6 +19,7 @@ from credit_common.config import ServerLimits, TlsSettings
 from credit_common.grpc.interceptors import ServiceInterceptor
 
 log = logging.getLogger("credit_grants.server")
+INT_MAX = 2**31 - 1
 PLAINTEXT = TlsSettings()
 DEFAULT_LIMITS = ServerLimits()
 
@@ -74,8 +75,8 @@ def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials | None:
 def server_options(limits: ServerLimits, *, share_port: bool) -> list[tuple[str, int]]:
     """The channel arguments of the listener (see docs/security.md, Transport and hardening)."""
 
-    def ms(seconds: float) -> int:
-        return int(seconds * 1000)
+    def ms(seconds: float) -> int:  # gRPC's arguments are C ints; INT_MAX means "never"
+        return min(int(seconds * 1000), INT_MAX)
 
     return [
         ("grpc.so_reuseport", 1 if share_port else 0),
@@ -88,7 +89,7 @@ def server_options(limits: ServerLimits, *, share_port: bool) -> list[tuple[str,
         ("grpc.keepalive_permit_without_calls", 0),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", ms(limits.keepalive_min_ping_interval_s)),
         ("grpc.http2.max_ping_strikes", 2),
-        ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
+        ("grpc.max_receive_message_length", min(limits.max_receive_message_bytes, INT_MAX)),
     ]
 
 

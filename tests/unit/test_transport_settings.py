@@ -97,6 +97,11 @@ def test_server_options_carry_the_limits():
     assert options["grpc.keepalive_time_ms"] == 60_000
     assert options["grpc.http2.min_recv_ping_interval_without_data_ms"] == 60_000
     assert options["grpc.max_receive_message_length"] == 9
+    # gRPC takes C ints: a longer time is "never" (INT_MAX), not an overflow that fails the start
+    huge = dict(
+        server_options(ServerLimits(max_connection_age_s=1e9, max_receive_message_bytes=2**40), share_port=False)
+    )
+    assert huge["grpc.max_connection_age_ms"] == huge["grpc.max_receive_message_length"] == 2**31 - 1
 
 
 def _catalog_args(argv, monkeypatch=None, **env) -> argparse.Namespace:
