@@ -132,7 +132,7 @@ def parse_service_args(
     default_port: int,
     database_file: str,
     argv: list[str] | None = None,
-    add_arguments: Callable[[argparse.ArgumentParser, Callable[[str, str | None], str | None]], None] | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser, Callable[[str, str | None], str | None]], object] | None = None,
 ) -> ServiceSettings:
     def env(name: str, default: str | None) -> str | None:
         return _env(env_prefix, name, default)
@@ -211,9 +211,14 @@ def parse_service_args(
         help="upgrade the schema before serving (development; production runs `migrate`)",
     )
     _add_transport_arguments(parser, env)
-    if add_arguments:
-        add_arguments(parser, env)
+    # A service's add_arguments may return a check of the parsed flags that raises ValueError.
+    check = add_arguments(parser, env) if add_arguments else None
     args = parser.parse_args(argv)
+    if callable(check):
+        try:
+            check(args)
+        except ValueError as error:
+            parser.error(str(error))
     tls = TlsSettings(cert_file=args.tls_cert, key_file=args.tls_key, client_ca_file=args.tls_client_ca)
     if (tls.cert_file is None) != (tls.key_file is None):
         parser.error("--tls-cert and --tls-key go together")

@@ -33,7 +33,7 @@ class GrantTls:
 
     def __post_init__(self) -> None:
         if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("the grant service's client certificate and its key go together")
+            raise ValueError("--grant-tls-cert and --grant-tls-key go together")
 
 
 def _read(path: str | None) -> bytes | None:

@@ -34,7 +34,10 @@ from credit_common.db.engine import session_factories
 DEFAULT_GRANT_SERVICE_ADDRESS = "127.0.0.1:50052"
 
 
-def add_outbox_arguments(parser: argparse.ArgumentParser, env: Callable[[str, str | None], str | None]) -> None:
+def add_outbox_arguments(
+    parser: argparse.ArgumentParser, env: Callable[[str, str | None], str | None]
+) -> Callable[[argparse.Namespace], object]:
+    """The flags of the handoff; returns their check (credit_common.config.parse_service_args runs it)."""
     group = parser.add_argument_group("handoff to the grant service")
     group.add_argument(
         "--grant-service-address",
@@ -114,6 +117,7 @@ def add_outbox_arguments(parser: argparse.ArgumentParser, env: Callable[[str, st
         default=int(env("OUTBOX_LEASE_S", "60") or "60"),
         help="seconds a claimed delivery stays reserved to one dispatcher (default 60)",
     )
+    return grant_tls_from_args
 
 
 def grant_tls_from_args(args: argparse.Namespace) -> GrantTls:

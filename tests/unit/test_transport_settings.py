@@ -120,7 +120,17 @@ def test_catalog_tls_to_the_grant_service(pem, monkeypatch):
     assert grant_tls_from_args(args) == GrantTls(True, ca, cert, key, "grant")
     assert grant_tls_from_args(_catalog_args([], monkeypatch, CATALOG_GRANT_TLS="true")) == GrantTls(enabled=True)
     assert grant_tls_from_args(_catalog_args([], monkeypatch, CATALOG_GRANT_TLS_CA=ca)).enabled
-    with pytest.raises(ValueError, match="go together"):
-        grant_tls_from_args(_catalog_args(["--grant-tls-ca", ca, "--grant-tls-cert", cert]))
+
+
+def test_catalog_tls_flags_are_checked_when_parsed(pem, capsys):
+    for argv, message in (
+        (["--grant-tls-cert", pem("c.pem")], "--grant-tls-cert and --grant-tls-key go together"),
+        (["--grant-tls-key", pem("k.pem")], "--grant-tls-cert and --grant-tls-key go together"),
+        (["--grant-tls-ca", "/nonexistent/ca.pem"], "cannot read '/nonexistent/ca.pem'"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            _catalog_args(argv)
+        assert exited.value.code == 2
+        assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _catalog_args(["--grant-tls-ca", "/nonexistent/ca.pem"])
