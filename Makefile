@@ -39,7 +39,7 @@ setup: $(GENERATED)
 protos: setup
 
 run: setup
-	@mkdir -p data
+	@mkdir -p -m 700 data
 	@trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \
 	GRANT_ENABLE_TEST_CLOCKS=$${GRANT_ENABLE_TEST_CLOCKS:-true} $(PY) -m grant_service serve --migrate & \
 	$(PY) -m catalog_service serve --migrate & \

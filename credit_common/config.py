@@ -15,6 +15,33 @@ from credit_common.db.engine import DatabaseSettings
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """The listener's TLS: a certificate chain and its key (PEM files); with `client_ca_file`, every
+    client must present a certificate signed by that CA (mTLS). No certificate: plaintext."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_ca_file: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one server process accepts from its clients (see docs/security.md)."""
+
+    max_concurrent_rpcs: int | None = 256  # RPCs in flight at once; past it RESOURCE_EXHAUSTED. None: no limit
+    max_connection_idle_s: float = 300.0  # a connection without RPCs this long is closed (GOAWAY)
+    max_connection_age_s: float = 3600.0  # a connection is asked to go away at this age (+/- 10% jitter) ...
+    max_connection_age_grace_s: float = 30.0  # ... and closed this long after, in-flight RPCs finished or not
+    keepalive_time_s: float = 60.0  # the server pings a connection silent this long; no answer in 20 s: closed
+    keepalive_min_ping_interval_s: float = 60.0  # clients pinging more often (without data) are sent away
+    max_receive_message_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     command: str  # "serve" or "migrate"
     listen: str
@@ -27,6 +54,8 @@ class ServiceSettings:
     cpus: frozenset[int] | None = None  # pin the process to these CPUs; None: wherever the OS puts it
     processes: int = 1  # server processes sharing the port (credit_common.processes)
     process_index: int | None = None  # which of them this one is; None: the only one
+    tls: TlsSettings = TlsSettings()
+    limits: ServerLimits = ServerLimits()
 
 
 def env_flag(value: str | None) -> bool:
@@ -60,6 +89,38 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def readable_file(text: str) -> str | None:
+    """A path to a file this process can read (checked now, so that a typo fails at start); "" is None."""
+    if not text:
+        return None
+    try:
+        with open(text, "rb"):
+            pass
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}: {error.strerror}") from None
+    return text
+
+
 def _env(prefix: str, name: str, default: str | None) -> str | None:
     return os.environ.get(f"{prefix}_{name}", default)
 
@@ -71,7 +132,7 @@ def parse_service_args(
     default_port: int,
     database_file: str,
     argv: list[str] | None = None,
-    add_arguments: Callable[[argparse.ArgumentParser, Callable[[str, str | None], str | None]], None] | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser, Callable[[str, str | None], str | None]], object] | None = None,
 ) -> ServiceSettings:
     def env(name: str, default: str | None) -> str | None:
         return _env(env_prefix, name, default)
@@ -149,9 +210,20 @@ def parse_service_args(
         default=env_flag(env("MIGRATE", "false")),
         help="upgrade the schema before serving (development; production runs `migrate`)",
     )
-    if add_arguments:
-        add_arguments(parser, env)
+    _add_transport_arguments(parser, env)
+    # A service's add_arguments may return a check of the parsed flags that raises ValueError.
+    check = add_arguments(parser, env) if add_arguments else None
     args = parser.parse_args(argv)
+    if callable(check):
+        try:
+            check(args)
+        except ValueError as error:
+            parser.error(str(error))
+    tls = TlsSettings(cert_file=args.tls_cert, key_file=args.tls_key, client_ca_file=args.tls_client_ca)
+    if (tls.cert_file is None) != (tls.key_file is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if tls.client_ca_file is not None and not tls.enabled:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS with client certificates)")
     return ServiceSettings(
         command=args.command,
         listen=args.listen,
@@ -168,4 +240,84 @@ def parse_service_args(
         extra=args,
         cpus=args.cpus,
         processes=args.processes,
+        tls=tls,
+        limits=ServerLimits(
+            max_concurrent_rpcs=args.max_concurrent_rpcs or None,
+            max_connection_idle_s=args.max_connection_idle_s,
+            max_connection_age_s=args.max_connection_age_s,
+            max_connection_age_grace_s=args.max_connection_age_grace_s,
+            keepalive_time_s=args.keepalive_time_s,
+            keepalive_min_ping_interval_s=args.keepalive_min_ping_interval_s,
+            max_receive_message_bytes=args.max_receive_message_bytes,
+        ),
+    )
+
+
+def _add_transport_arguments(parser: argparse.ArgumentParser, env: Callable[[str, str | None], str | None]) -> None:
+    """TLS and the limits of the listener (see docs/security.md, Transport and hardening)."""
+    tls = parser.add_argument_group("TLS (default: plaintext)")
+    tls.add_argument(
+        "--tls-cert",
+        type=readable_file,
+        default=env("TLS_CERT", None),
+        help="PEM file of the server's certificate chain: serve TLS instead of plaintext (with --tls-key)",
+    )
+    tls.add_argument(
+        "--tls-key", type=readable_file, default=env("TLS_KEY", None), help="PEM file of the private key of --tls-cert"
+    )
+    tls.add_argument(
+        "--tls-client-ca",
+        type=readable_file,
+        default=env("TLS_CLIENT_CA", None),
+        help="PEM file of the CA(s) that sign client certificates: every client must present one (mTLS)",
+    )
+    limits = parser.add_argument_group("limits")
+    defaults = ServerLimits()
+    limits.add_argument(
+        "--max-concurrent-rpcs",
+        type=non_negative_int,
+        default=env("MAX_CONCURRENT_RPCS", str(defaults.max_concurrent_rpcs)),
+        help=f"RPCs in flight at once; more are refused with RESOURCE_EXHAUSTED (default "
+        f"{defaults.max_concurrent_rpcs}; 0: no limit)",
+    )
+    for flag, name, value, what in (
+        (
+            "--max-connection-idle-s",
+            "MAX_CONNECTION_IDLE_S",
+            defaults.max_connection_idle_s,
+            "a connection without RPCs for this long is closed",
+        ),
+        (
+            "--max-connection-age-s",
+            "MAX_CONNECTION_AGE_S",
+            defaults.max_connection_age_s,
+            "a connection is asked to go away at this age (clients reconnect at once)",
+        ),
+        (
+            "--max-connection-age-grace-s",
+            "MAX_CONNECTION_AGE_GRACE_S",
+            defaults.max_connection_age_grace_s,
+            "RPCs in flight on a connection past its age get this long",
+        ),
+        (
+            "--keepalive-time-s",
+            "KEEPALIVE_TIME_S",
+            defaults.keepalive_time_s,
+            "ping a connection silent this long; one that does not answer in 20 s is closed",
+        ),
+        (
+            "--keepalive-min-ping-interval-s",
+            "KEEPALIVE_MIN_PING_INTERVAL_S",
+            defaults.keepalive_min_ping_interval_s,
+            "clients that ping more often than this are sent away (GOAWAY too_many_pings)",
+        ),
+    ):
+        limits.add_argument(
+            flag, type=positive_seconds, default=env(name, f"{value:g}"), help=f"{what} (default {value:g})"
+        )
+    limits.add_argument(
+        "--max-receive-message-bytes",
+        type=positive_int,
+        default=env("MAX_RECEIVE_MESSAGE_BYTES", str(defaults.max_receive_message_bytes)),
+        help=f"largest request accepted (default {defaults.max_receive_message_bytes}); larger: RESOURCE_EXHAUSTED",
     )

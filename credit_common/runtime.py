@@ -53,6 +53,8 @@ def start(
         interceptor=ServiceInterceptor(definition.error_domain, translate=translate_db_error),
         max_workers=settings.max_workers,
         share_port=settings.process_index is not None,
+        tls=settings.tls,
+        limits=settings.limits,
     )
 
 

@@ -1,14 +1,15 @@
 """Client of the grant service. It owns the process's one channel to the grant
-service (`channel`, shared with the outbox's GrantDelivery); every call has a
-deadline. A failed call becomes the domain error the catalog's caller should
-see (`_translate`): the grant service's answers about the caller's input
-(INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION) keep their code and reason,
-with the field named as in the catalog's request; UNAVAILABLE,
-DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED become Unavailable (retryable);
-anything else is unexpected (INTERNAL, logged)."""
+service (`channel`, shared with the outbox's GrantDelivery), plaintext or TLS
+(`GrantTls`); every call has a deadline. A failed call becomes the domain error
+the catalog's caller should see (`_translate`): the grant service's answers
+about the caller's input (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION) keep
+their code and reason, with the field named as in the catalog's request;
+UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED become Unavailable
+(retryable); anything else is unexpected (INTERNAL, logged)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -22,6 +23,42 @@ from grant_service.v1 import grant_service_pb2_grpc as grant_pb2_grpc
 DEFAULT_DEADLINE = timedelta(seconds=5)
 
 
+@dataclass(frozen=True)
+class GrantTls:
+    """How the catalog reaches the grant service over TLS. `enabled` False: plaintext. `ca_file`: the
+    CA(s) to trust (PEM; None: the system's roots); `cert_file`/`key_file`: the catalog's client
+    certificate, for a grant service that requires mTLS; `server_name`: the name to expect in the
+    grant service's certificate when it differs from the address's host."""
+
+    enabled: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("--grant-tls-cert and --grant-tls-key go together")
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def channel_credentials(tls: GrantTls) -> grpc.ChannelCredentials | None:
+    """The credentials of the channel to the grant service; None for plaintext."""
+    if not tls.enabled:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(tls.ca_file),
+        private_key=_read(tls.key_file),
+        certificate_chain=_read(tls.cert_file),
+    )
+
+
 class GrantServiceClient:
     """The catalog's view of the grant service (also its TestClockReader)."""
 
@@ -32,12 +69,20 @@ class GrantServiceClient:
         deadline: timedelta = DEFAULT_DEADLINE,
         max_reconnect_backoff: timedelta = timedelta(seconds=5),
         keepalive: timedelta = timedelta(minutes=5),
+        tls: GrantTls = GrantTls(),
     ) -> None:
         if deadline <= timedelta(0):
             raise ValueError("the deadline must be positive")
         self.address = address
         self.deadline = deadline
-        self.channel = grpc.insecure_channel(address, options=channel_options(max_reconnect_backoff, keepalive))
+        options = channel_options(max_reconnect_backoff, keepalive)
+        credentials = channel_credentials(tls)
+        if credentials is None:
+            self.channel = grpc.insecure_channel(address, options=options)
+        else:
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            self.channel = grpc.secure_channel(address, credentials, options=options)
         self._stub = grant_pb2_grpc.GrantServiceStub(self.channel)
 
     def close(self) -> None:

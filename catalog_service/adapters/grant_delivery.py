@@ -5,7 +5,9 @@ deadline and classifies the result (see `classify`):
 
 - delivered: OK with outcome APPLIED, ALREADY_APPLIED or STALE. The grant
   service is idempotent by (key, revision), so a repeated or older revision is
-  as good as delivered.
+  as good as delivered. A STALE outcome carries the revision the grant service
+  holds, for the dispatcher to check it is one the catalog issued
+  (catalog_service.domain.outbox.judge_stale).
 - retry: codes that describe the grant service or the network at the moment,
   not the request: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED,
   CANCELLED, INTERNAL, UNKNOWN, DATA_LOSS, UNIMPLEMENTED (a grant service
@@ -272,6 +274,8 @@ def _outcome(outcome: int, current_revision: int) -> DeliveryOutcome:
         else str(outcome)
     )
     detail = f"{name.removeprefix('APPLY_OUTCOME_')} current_revision={current_revision}"
+    if outcome == grant_service_pb2.APPLY_OUTCOME_STALE:
+        return DeliveryOutcome.delivered(detail, held_revision=current_revision)
     if outcome in DELIVERED_OUTCOMES:
         return DeliveryOutcome.delivered(detail)
     return DeliveryOutcome.retry(f"unexpected reply from the grant service: {detail}", "OK")

@@ -8,7 +8,8 @@ defines the same table for tests and as the reference of the contract; nothing
 here creates tables.
 
 Claiming: one write transaction selects a bounded batch of due pending rows,
-only the lowest pending revision of each (kind, aggregate_key), and leases them
+only the lowest pending revision of each (kind, aggregate_key), each with the
+highest revision queued for its aggregate (to judge a STALE answer), and leases them
 by moving `next_attempt_at` to the end of the lease; `attempts` counts claims, so
 an attempt that never recorded an outcome (its dispatcher crashed) is counted too. On PostgreSQL the select
 is FOR UPDATE SKIP LOCKED, so dispatchers in several replicas claim disjoint
@@ -40,6 +41,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    func,
     insert,
     literal,
     select,
@@ -188,8 +190,14 @@ class SqlOutboxRepository:
             )
             .exists()
         )
+        every = t.alias("every")
+        latest = (
+            select(func.max(every.c.revision))
+            .where(every.c.kind == t.c.kind, every.c.aggregate_key == t.c.aggregate_key)
+            .scalar_subquery()
+        )
         query = (
-            select(t.c.id, t.c.kind, t.c.aggregate_key, t.c.revision, t.c.payload, t.c.attempts)
+            select(t.c.id, t.c.kind, t.c.aggregate_key, t.c.revision, t.c.payload, t.c.attempts, latest.label("latest"))
             .where(t.c.status == STATUS_PENDING, t.c.next_attempt_at <= now, ~lower_pending)
             .order_by(t.c.next_attempt_at, t.c.id)
             .limit(limit)
@@ -222,6 +230,7 @@ class SqlOutboxRepository:
                 payload=bytes(r.payload),
                 attempts=r.attempts + 1,
                 lease_until=lease_until,
+                latest_revision=r.latest,
             )
             for r in rows
         ]

@@ -10,6 +10,11 @@ dispatcher only ever sends an aggregate's lowest *pending* revision. A parked
 (failed) revision does not block later ones: each revision carries the complete
 state of the aggregate and the grant service keeps the highest revision it has
 applied, so revision n+1, once delivered, supersedes a parked revision n.
+
+A STALE answer (the grant service holds a newer revision) counts as delivered
+only when that newer revision is one the catalog queued itself; a revision
+above every one the catalog issued was never the catalog's, so the delivery is
+parked for an operator (`judge_stale`).
 """
 
 from __future__ import annotations
@@ -39,10 +44,11 @@ class DeliveryOutcome:
     kind: OutcomeKind
     detail: str = ""  # e.g. "APPLIED current_revision=3" or "INVALID_ARGUMENT: ... [reason=X]"
     code: str = ""  # gRPC status name of a failed call ("UNAVAILABLE"), "OK", or "" when not sent
+    held_revision: int | None = None  # a STALE answer's current_revision: what the grant service holds
 
     @classmethod
-    def delivered(cls, detail: str) -> DeliveryOutcome:
-        return cls(OutcomeKind.DELIVERED, detail, "OK")
+    def delivered(cls, detail: str, *, held_revision: int | None = None) -> DeliveryOutcome:
+        return cls(OutcomeKind.DELIVERED, detail, "OK", held_revision)
 
     @classmethod
     def retry(cls, detail: str, code: str = "") -> DeliveryOutcome:
@@ -66,6 +72,24 @@ class ClaimedDelivery:
     payload: bytes
     attempts: int  # the number of this attempt, counting it (1 for the first)
     lease_until: datetime
+    latest_revision: int  # the highest revision of the aggregate the catalog had queued when claimed
+
+
+def judge_stale(claim: ClaimedDelivery, outcome: DeliveryOutcome) -> DeliveryOutcome:
+    """The outcome to record for a claim. A STALE answer names the revision the grant service holds:
+    one the catalog queued (it superseded this one itself) makes the claim delivered; one above the
+    catalog's latest was never issued by the catalog (a caller that reached the grant service's Apply
+    methods), so the claim is parked with that reason instead of counting as delivered."""
+    held = outcome.held_revision
+    if outcome.kind is not OutcomeKind.DELIVERED or held is None or held <= claim.latest_revision:
+        return outcome
+    return DeliveryOutcome(
+        OutcomeKind.PARKED,
+        f"STALE: the grant service holds revision {held}, above the catalog's latest revision "
+        f"{claim.latest_revision}: a revision the catalog never issued [reason=UNKNOWN_REVISION_HELD]",
+        "OK",
+        held,
+    )
 
 
 @dataclass(frozen=True, slots=True)

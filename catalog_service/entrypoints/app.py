@@ -9,7 +9,11 @@ from sqlalchemy import Engine
 
 from catalog_service.adapters.grant_client import GrantServiceClient
 from catalog_service.adapters.orm import OutboxDeliveryRow
-from catalog_service.entrypoints.outbox_worker import add_outbox_arguments, start_outbox_worker_from_args
+from catalog_service.entrypoints.outbox_worker import (
+    add_outbox_arguments,
+    grant_tls_from_args,
+    start_outbox_worker_from_args,
+)
 from catalog_service.entrypoints.servicer import CatalogServicer
 from catalog_service.service_layer.services import CatalogService
 from catalog_service.service_layer.unit_of_work import UnitsOfWork
@@ -34,7 +38,9 @@ def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None)
     clock = clock or SystemClock()
     args = settings.extra
     grant_client = GrantServiceClient(
-        args.grant_service_address, deadline=timedelta(milliseconds=args.grant_deadline_ms)
+        args.grant_service_address,
+        deadline=timedelta(milliseconds=args.grant_deadline_ms),
+        tls=grant_tls_from_args(args),
     )
     try:
         worker = start_outbox_worker_from_args(args, engine, OutboxDeliveryRow.__table__, clock, grant_client.channel)

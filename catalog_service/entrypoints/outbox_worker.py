@@ -22,17 +22,22 @@ from datetime import timedelta
 import grpc
 from sqlalchemy import Engine, Table
 
+from catalog_service.adapters.grant_client import GrantTls
 from catalog_service.adapters.grant_delivery import APPLY_BATCH_MAX, GrantDelivery
 from catalog_service.adapters.outbox_sql import SqlOutboxRepository
 from catalog_service.domain.backoff import BackoffPolicy
 from catalog_service.service_layer.dispatcher import DEFAULT_BATCH_SIZE, DEFAULT_SEND_BATCH_SIZE, Dispatcher
 from credit_common.clock import Clock
+from credit_common.config import env_flag, readable_file
 from credit_common.db.engine import session_factories
 
 DEFAULT_GRANT_SERVICE_ADDRESS = "127.0.0.1:50052"
 
 
-def add_outbox_arguments(parser: argparse.ArgumentParser, env: Callable[[str, str | None], str | None]) -> None:
+def add_outbox_arguments(
+    parser: argparse.ArgumentParser, env: Callable[[str, str | None], str | None]
+) -> Callable[[argparse.Namespace], object]:
+    """The flags of the handoff; returns their check (credit_common.config.parse_service_args runs it)."""
     group = parser.add_argument_group("handoff to the grant service")
     group.add_argument(
         "--grant-service-address",
@@ -44,6 +49,35 @@ def add_outbox_arguments(parser: argparse.ArgumentParser, env: Callable[[str, st
         type=int,
         default=int(env("GRANT_DEADLINE_MS", "5000") or "5000"),
         help="deadline of each call to the grant service: deliveries and test clock reads (default 5000)",
+    )
+    group.add_argument(
+        "--grant-tls",
+        action="store_true",
+        default=env_flag(env("GRANT_TLS", "false")),
+        help="reach the grant service over TLS (implied by --grant-tls-ca; default plaintext)",
+    )
+    group.add_argument(
+        "--grant-tls-ca",
+        type=readable_file,
+        default=env("GRANT_TLS_CA", None),
+        help="PEM file of the CA(s) that sign the grant service's certificate (default: the system's roots)",
+    )
+    group.add_argument(
+        "--grant-tls-cert",
+        type=readable_file,
+        default=env("GRANT_TLS_CERT", None),
+        help="PEM file of the catalog's client certificate chain, for a grant service that requires mTLS",
+    )
+    group.add_argument(
+        "--grant-tls-key",
+        type=readable_file,
+        default=env("GRANT_TLS_KEY", None),
+        help="PEM file of the key of --grant-tls-cert",
+    )
+    group.add_argument(
+        "--grant-tls-server-name",
+        default=env("GRANT_TLS_SERVER_NAME", None),
+        help="name expected in the grant service's certificate (default: the host of --grant-service-address)",
     )
     group.add_argument(
         "--outbox-poll-interval-ms",
@@ -82,6 +116,18 @@ def add_outbox_arguments(parser: argparse.ArgumentParser, env: Callable[[str, st
         type=int,
         default=int(env("OUTBOX_LEASE_S", "60") or "60"),
         help="seconds a claimed delivery stays reserved to one dispatcher (default 60)",
+    )
+    return grant_tls_from_args
+
+
+def grant_tls_from_args(args: argparse.Namespace) -> GrantTls:
+    """The TLS of the channel to the grant service, from the flags: any of them turns TLS on."""
+    return GrantTls(
+        enabled=bool(args.grant_tls or args.grant_tls_ca or args.grant_tls_cert or args.grant_tls_server_name),
+        ca_file=args.grant_tls_ca,
+        cert_file=args.grant_tls_cert,
+        key_file=args.grant_tls_key,
+        server_name=args.grant_tls_server_name or None,
     )
 
 

@@ -12,7 +12,9 @@ One pass (`Dispatcher.run_once`):
 3. records the outcomes in one write transaction: delivered (status, delivered_at);
    retry (next_attempt_at = now + backoff(attempts), last_error); parked
    (status failed, last_error with the status code and message, one warning in
-   the log; never claimed again unless requeued by an operator).
+   the log; never claimed again unless requeued by an operator). A STALE answer
+   naming a revision above every one the catalog queued is parked too, with an
+   error in the log (catalog_service.domain.outbox.judge_stale).
 
 The worker: `start()` runs passes in a daemon thread, a new pass every
 `poll_interval`, at once after a pass that delivered something (the next
@@ -54,6 +56,7 @@ from catalog_service.domain.outbox import (
     DeliveryOutcome,
     OutcomeKind,
     Resolution,
+    judge_stale,
 )
 from credit_common.clock import Clock
 
@@ -166,7 +169,7 @@ class Dispatcher:
             for call, outcomes in zip(calls, sent, strict=True)
             for claim, outcome in zip(call, outcomes, strict=True)
         }
-        outcomes = [outcome_of[claim.id] for claim in claims]
+        outcomes = [judge_stale(claim, outcome_of[claim.id]) for claim in claims]
         finished = self._clock.now()
         resolutions = [self._resolve(claim, outcome, finished) for claim, outcome in zip(claims, outcomes, strict=True)]
         applied = self._outbox.record(resolutions)
@@ -239,6 +242,17 @@ class Dispatcher:
         if outcome.kind is OutcomeKind.DELIVERED:
             log.info(
                 "outbox delivery delivered", extra=_fields(claim, attempts=resolution.attempts, detail=outcome.detail)
+            )
+        elif outcome.kind is OutcomeKind.PARKED and outcome.held_revision is not None:
+            log.error(
+                "the grant service holds a revision the catalog never issued; parked",
+                extra=_fields(
+                    claim,
+                    attempts=resolution.attempts,
+                    held_revision=outcome.held_revision,
+                    latest_revision=claim.latest_revision,
+                    error=outcome.detail,
+                ),
             )
         elif outcome.kind is OutcomeKind.PARKED:
             log.warning(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -16,7 +15,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from credit_common.db.driver import send_deferred_writes
-from credit_common.db.sqlite import BACKSTOP_AUTOCHECKPOINT_PAGES, Checkpointer, WriteGate
+from credit_common.db.sqlite import BACKSTOP_AUTOCHECKPOINT_PAGES, Checkpointer, WriteGate, create_private_file
 from credit_common.errors import Aborted, DomainError, Unavailable
 
 T = TypeVar("T")
@@ -71,7 +70,7 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
 def _sqlite_engine(settings: DatabaseSettings) -> Engine:
     url = make_url(settings.url)
     if url.database and url.database != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
+        create_private_file(url.database)
     # An SQLite connection is a file handle: the pool keeps every one it opens (pool + overflow),
     # instead of closing the overflow after each burst and paying the connect and PRAGMAs again
     # on the next (11% of a GetBalance under 32 callers, py-spy, bench balance reads).

@@ -20,6 +20,10 @@ without it, 2,000 -> 2,400 debits/s).
 `Checkpointer` runs PASSIVE checkpoints on a thread of its own after writes instead, which copy what
 no reader still needs while writers go on; the commits' own checkpoints remain as a backstop, at a
 log ten times the default.
+
+Files are private to the service's user: `create_private_file` makes the database file 0600 (and its
+directory 0700) before SQLite first opens it, and SQLite gives the -wal and -shm files the mode of the
+database file; the gate's lock file is created 0600 too.
 """
 
 from __future__ import annotations
@@ -36,6 +40,42 @@ log = logging.getLogger("credit_grants.db")
 
 # Pages of write-ahead log past which a commit checkpoints by itself (SQLite's default: 1,000 pages).
 BACKSTOP_AUTOCHECKPOINT_PAGES = 10_000
+
+
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIRECTORY_MODE = 0o700
+
+
+def create_private_file(database: str) -> None:
+    """Create the database file, empty (an empty file is an empty SQLite database), with mode 0600,
+    and its missing directories with mode 0700, whatever the umask; an existing file is left as it
+    is. SQLite creates the -wal and -shm files with the mode of the database file."""
+    path = os.path.abspath(database)
+    _make_private_directories(os.path.dirname(path))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)  # the umask only takes bits away; this makes it exact
+    finally:
+        os.close(fd)
+
+
+def _make_private_directories(directory: str) -> None:
+    if os.path.isdir(directory):
+        return
+    _make_private_directories(os.path.dirname(directory))
+    try:
+        os.mkdir(directory, PRIVATE_DIRECTORY_MODE)
+    except FileExistsError:  # made by another process meanwhile: its mode is its own
+        return
+    os.chmod(directory, PRIVATE_DIRECTORY_MODE)
+
+
+def _open_private_for_append(path: str) -> IO[bytes]:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+    return os.fdopen(fd, "ab")
 
 
 def gate_path(database: str) -> str:
@@ -60,7 +100,7 @@ class WriteGate:
         if self._path is not None:
             try:
                 if self._file is None:
-                    self._file = open(self._path, "ab")  # noqa: SIM115 - kept open: the flock lives on it
+                    self._file = _open_private_for_append(self._path)  # kept open: the flock lives on it
                 fcntl.flock(self._file, fcntl.LOCK_EX)
             except BaseException:
                 self._threads.release()

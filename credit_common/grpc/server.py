@@ -1,5 +1,6 @@
 """Building and running a gRPC server: health (per service name), reflection,
-the service interceptor, graceful shutdown on SIGTERM/SIGINT."""
+the service interceptor, TLS (or plaintext) and the limits of the listener,
+graceful shutdown on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from credit_common.config import ServerLimits, TlsSettings
 from credit_common.grpc.interceptors import ServiceInterceptor
 
 log = logging.getLogger("credit_grants.server")
+INT_MAX = 2**31 - 1
+PLAINTEXT = TlsSettings()
+DEFAULT_LIMITS = ServerLimits()
 
 
 @dataclass
@@ -47,6 +52,47 @@ class RunningServer:
         self.server.wait_for_termination()
 
 
+def _read(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials | None:
+    """The listener's credentials: None for plaintext (no certificate configured), TLS with the
+    configured chain and key, and with a client CA, mTLS: a client must present a certificate
+    signed by it (gRPC Python has no "verify if presented")."""
+    if not tls.enabled:
+        return None
+    assert tls.cert_file is not None and tls.key_file is not None
+    client_ca = _read(tls.client_ca_file) if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(_read(tls.key_file), _read(tls.cert_file))],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def server_options(limits: ServerLimits, *, share_port: bool) -> list[tuple[str, int]]:
+    """The channel arguments of the listener (see docs/security.md, Transport and hardening)."""
+
+    def ms(seconds: float) -> int:  # gRPC's arguments are C ints; INT_MAX means "never"
+        return min(int(seconds * 1000), INT_MAX)
+
+    return [
+        ("grpc.so_reuseport", 1 if share_port else 0),
+        ("grpc.max_connection_idle_ms", ms(limits.max_connection_idle_s)),
+        ("grpc.max_connection_age_ms", ms(limits.max_connection_age_s)),
+        ("grpc.max_connection_age_grace_ms", ms(limits.max_connection_age_grace_s)),
+        ("grpc.keepalive_time_ms", ms(limits.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        # Clients may ping while they have calls in flight, no more often than the interval.
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", ms(limits.keepalive_min_ping_interval_s)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_receive_message_length", min(limits.max_receive_message_bytes, INT_MAX)),
+    ]
+
+
 def start_server(
     *,
     address: str,
@@ -55,24 +101,29 @@ def start_server(
     interceptor: ServiceInterceptor,
     max_workers: int = 16,
     share_port: bool = False,
+    tls: TlsSettings = PLAINTEXT,
+    limits: ServerLimits = DEFAULT_LIMITS,
 ) -> RunningServer:
     """Start a server on `address` ("host:port"; port 0 picks a free one).
 
     `register` adds the service implementations; `service_names` are their
     full names, used for the health service and reflection. `share_port`: listen
     with SO_REUSEPORT, beside the other server processes of one service
-    (credit_common.processes); otherwise a port in use is an error.
+    (credit_common.processes); otherwise a port in use is an error. `tls`: TLS
+    or mTLS on the listener (default plaintext); `limits`: what it accepts.
     """
+    credentials = server_credentials(tls)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
         interceptors=[interceptor],
-        options=[("grpc.so_reuseport", 1 if share_port else 0)],
+        options=server_options(limits, share_port=share_port),
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     server.start()

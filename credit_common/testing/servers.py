@@ -23,9 +23,11 @@ def serving(
     clock: Clock | None = None,
     args: Sequence[str] = (),
     migrate: bool = True,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> Iterator[tuple[RunningServer, grpc.Channel]]:
     """Start `definition`'s server on 127.0.0.1:0 over `database_url` (migrated
-    first) and yield it with a channel to it; stop both afterwards."""
+    first) and yield it with a channel to it (plaintext, or secure with
+    `credentials`: a server started with `--tls-cert`); stop both afterwards."""
     settings: ServiceSettings = parse_service_args(
         service=definition.name,
         env_prefix="UNUSED_IN_TESTS",
@@ -36,7 +38,8 @@ def serving(
     )
     engine: Engine = open_engine(definition, settings, migrate=migrate)
     running = build(settings, engine, clock) if clock is not None else build(settings, engine)
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    target = f"127.0.0.1:{running.port}"
+    channel = grpc.insecure_channel(target) if credentials is None else grpc.secure_channel(target, credentials)
     try:
         grpc.channel_ready_future(channel).result(timeout=10)
         yield running, channel

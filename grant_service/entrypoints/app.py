@@ -9,7 +9,7 @@ from collections.abc import Callable
 from sqlalchemy import Engine
 
 from credit_common.clock import Clock, SystemClock
-from credit_common.config import ServiceSettings, env_flag
+from credit_common.config import ServiceSettings, env_flag, positive_int
 from credit_common.db.engine import create_db_engine, read_engine_settings, session_factories
 from credit_common.grpc.server import RunningServer
 from credit_common.runtime import ServiceDefinition, start
@@ -48,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser, env: Callable[[str, str | Non
         "wait for as many callers as the previous batch had (default 8; 0: never waits). See README",
     )
     parser.add_argument(
+        "--max-revision-step",
+        type=positive_int,
+        default=env("MAX_REVISION_STEP", "1000"),
+        help="the most a subscription's or currency's applied revision may be ahead of the one held (of none: "
+        "0); further is INVALID_ARGUMENT REVISION_TOO_FAR_AHEAD (default 1000; see docs/security.md)",
+    )
+    parser.add_argument(
         "--enable-test-clocks",
         action="store_true",
         default=env_flag(env("ENABLE_TEST_CLOCKS", "false")),
@@ -65,6 +72,7 @@ def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None)
         test_clocks_enabled=bool(getattr(extra, "enable_test_clocks", False)),
         batch_size=int(getattr(extra, "catch_up_batch_size", 500)),
         batch_linger_s=float(getattr(extra, "batch_linger_ms", 0.0)) / 1000,
+        max_revision_step=int(getattr(extra, "max_revision_step", 1000)),
     )
     servicer = GrantServicer(ctx)
 

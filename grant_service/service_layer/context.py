@@ -37,6 +37,8 @@ class GrantContext:
     batch_size: int = 500
     # How long a batch's leader may wait for the callers of the previous batch (credit_common.batching).
     batch_linger_s: float = 0.0
+    # The most an applied revision may be ahead of the stored one (of none: 0); see check_revision_step.
+    max_revision_step: int = 1000
     rates: RatesCache = field(default_factory=RatesCache, compare=False, repr=False)
     # Debits of concurrent callers, committed together (see credit_common.db.group_commit); each unit's
     # subject is its (customer_key, scope, request_id), for their DebitHeads read at once.

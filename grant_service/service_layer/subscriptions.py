@@ -13,7 +13,7 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from credit_common.errors import DomainError, FailedPrecondition, NotFound
+from credit_common.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from credit_common.ids import new_id
 from credit_common.periods import Cadence
 from grant_service.adapters.orm import (
@@ -96,6 +96,21 @@ class _Rejected(Exception):
         self.index, self.error = index, error
 
 
+def check_revision_step(kind: str, key: str, revision: int, stored: int, max_step: int) -> None:
+    """Refuse a revision more than `max_step` ahead of the stored one (0: none stored yet). The catalog
+    numbers revisions 1, 2, 3 ... and a gap only comes from revisions it parked or superseded, so a
+    revision far ahead is no revision of the catalog's: applied, it would make every later real one
+    STALE and own the subscription (or currency) for good."""
+    if revision - stored <= max_step:
+        return
+    raise InvalidArgument(
+        f"revision {revision} of {kind} {key!r} is more than {max_step} ahead of the revision held ({stored})",
+        reason="REVISION_TOO_FAR_AHEAD",
+        metadata={"current_revision": str(stored), "max_revision_step": str(max_step)},
+        violations=[FieldViolation("revision", f"must be at most {stored + max_step}", "REVISION_TOO_FAR_AHEAD")],
+    )
+
+
 def apply_subscription(ctx: GrantContext, spec: SubscriptionSpec) -> ApplyResult:
     """Apply one revision; a rejection is raised as its domain error."""
     result = apply_subscriptions(ctx, [spec])[0]
@@ -151,6 +166,7 @@ class _Batch:
     """The rows a batch of applies works on, read once and kept up to date as items are applied."""
 
     session: Session
+    max_revision_step: int
     real_now: datetime
     batch_size: int
     clocks: dict[str, datetime]  # frozen time of each test clock named in the batch that exists
@@ -191,6 +207,7 @@ class _Batch:
         )
         return cls(
             session,
+            ctx.max_revision_step,
             ctx.clock.now(),
             ctx.batch_size,
             clocks,
@@ -203,6 +220,10 @@ class _Batch:
         clock_key = spec.test_clock_id or REAL_TIME
         if clock_key != REAL_TIME and clock_key not in self.clocks:
             raise NotFound(f"test clock {clock_key!r} not found", reason="TEST_CLOCK_NOT_FOUND")
+        held = self.subscriptions.get(spec.subscription_id)
+        check_revision_step(
+            "subscription", spec.subscription_id, spec.revision, held.revision if held else 0, self.max_revision_step
+        )
         customer = self.customers.get(spec.customer_key)
         if customer is None:
             customer = CustomerRow(customer_key=spec.customer_key, clock_key=clock_key)
@@ -374,6 +395,9 @@ def apply_credit_currency(
     def work(session: Session) -> tuple[ApplyOutcome, int]:
         row = session.scalars(locked(session, select(CurrencyRow).where(CurrencyRow.currency_key == currency_key)))
         currency = row.first()
+        check_revision_step(
+            "credit currency", currency_key, revision, currency.revision if currency else 0, ctx.max_revision_step
+        )
         if currency is not None:
             if revision == currency.revision:
                 return ApplyOutcome.ALREADY_APPLIED, currency.revision

@@ -467,6 +467,67 @@ def test_invalid_argument_is_parked_with_its_reason_and_never_retried(outbox, gr
     assert grant.service.applied[(KIND_SUBSCRIPTION, "sub-late")] == 2
 
 
+def test_a_stale_answer_naming_a_revision_the_catalog_never_issued_is_parked(outbox, grant, caplog):
+    """Someone else applied revision 900 of a subscription and of a currency before the catalog: the
+    grant service answers STALE (current_revision 900) to every revision the catalog sends, and none of
+    them counts as delivered."""
+    clock = ManualClock(T0)
+    grant.service.applied[(KIND_SUBSCRIPTION, "sub-taken")] = 900
+    grant.service.applied[(KIND_CREDIT_CURRENCY, "cur-taken")] = 900
+    outbox.queue(
+        (KIND_SUBSCRIPTION, "sub-taken", 1),
+        (KIND_SUBSCRIPTION, "sub-taken", 2),
+        (KIND_CREDIT_CURRENCY, "cur-taken", 1),
+        (KIND_SUBSCRIPTION, "sub-ok", 1),
+        now=T0,
+    )
+    d = dispatcher(outbox.repo, delivery_to(grant), clock=clock)
+    with caplog.at_level(logging.INFO, logger="catalog_service.dispatcher"):
+        drain(d, clock)
+        assert d.run_once().claimed == 0  # parked: not claimed again
+    assert d.totals.parked == 3 and d.totals.delivered == 1
+
+    by_key = {(r.aggregate_key, r.revision): r for r in outbox.rows()}
+    for key in (("sub-taken", 1), ("sub-taken", 2), ("cur-taken", 1)):
+        row = by_key[key]
+        assert (row.status, row.delivered_at) == (STATUS_FAILED, None)
+        assert row.last_error.startswith("STALE: the grant service holds revision 900, above the catalog's latest")
+        assert "[reason=UNKNOWN_REVISION_HELD]" in row.last_error
+    assert by_key[("sub-ok", 1)].status == STATUS_DELIVERED
+    state = outbox.repo.handoff_state("sub-taken")
+    assert (state.status, state.latest_delivered_revision) == (HandoffStatus.FAILED, None)
+    assert "revision the catalog never issued" in state.reason
+
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert sorted((r.aggregate_key, r.revision, r.held_revision, r.latest_revision) for r in errors) == [
+        ("cur-taken", 1, 900, 1),
+        ("sub-taken", 1, 900, 2),
+        ("sub-taken", 2, 900, 2),
+    ]
+    assert {r.getMessage() for r in errors} == {"the grant service holds a revision the catalog never issued; parked"}
+
+
+def test_a_stale_answer_naming_a_revision_the_catalog_queued_is_delivered(outbox, grant):
+    """Revision 1 answered STALE because the grant service already holds the catalog's own revision 2
+    (e.g. revision 1 was parked, 2 delivered, and an operator requeued 1): delivered, as before."""
+    clock = ManualClock(T0)
+    grant.service.applied[(KIND_SUBSCRIPTION, "sub-1")] = 2
+    grant.service.applied[(KIND_CREDIT_CURRENCY, "ai-credits")] = 3
+    outbox.queue(
+        (KIND_SUBSCRIPTION, "sub-1", 1),
+        (KIND_SUBSCRIPTION, "sub-1", 2),
+        *[(KIND_CREDIT_CURRENCY, "ai-credits", rev) for rev in (1, 2, 3)],
+        now=T0,
+    )
+    d = dispatcher(outbox.repo, delivery_to(grant), clock=clock)
+    drain(d, clock)
+    assert outbox.statuses() == Counter({STATUS_DELIVERED: 5})
+    assert [c.outcome for c in grant.service.snapshot() if c.key == "sub-1"] == [
+        pb.APPLY_OUTCOME_STALE,
+        pb.APPLY_OUTCOME_ALREADY_APPLIED,
+    ]
+
+
 def test_revisions_of_one_aggregate_are_delivered_in_order(outbox, grant, started):
     # Revision 2 is queued before revision 1, and revision 1 fails twice first.
     grant.service.transient = {("sub-o", 1): 2}

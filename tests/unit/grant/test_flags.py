@@ -38,3 +38,10 @@ def test_batch_linger(monkeypatch):
     assert _parse([], monkeypatch).batch_linger_ms == 8
     assert _parse(["--batch-linger-ms", "0"], monkeypatch).batch_linger_ms == 0
     assert _parse([], monkeypatch, GRANT_BATCH_LINGER_MS="1.5").batch_linger_ms == 1.5
+
+
+def test_max_revision_step(monkeypatch):
+    monkeypatch.delenv("GRANT_MAX_REVISION_STEP", raising=False)
+    assert _parse([], monkeypatch).max_revision_step == 1000
+    assert _parse(["--max-revision-step", "5"], monkeypatch).max_revision_step == 5
+    assert _parse([], monkeypatch, GRANT_MAX_REVISION_STEP="7").max_revision_step == 7
