@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 
 from catalog_service.adapters.grant_delivery import channel_options
+from credit_common.auth.client import with_api_key
 from credit_common.errors import DomainError, NotFound, Unavailable
 from grant_service.v1 import grant_service_pb2 as grant_pb2
 from grant_service.v1 import grant_service_pb2_grpc as grant_pb2_grpc
@@ -27,12 +28,16 @@ class GrantServiceClient:
         deadline: timedelta = DEFAULT_DEADLINE,
         max_reconnect_backoff: timedelta = timedelta(seconds=5),
         keepalive: timedelta = timedelta(minutes=5),
+        api_key: str | None = None,
     ) -> None:
+        """`api_key`: the catalog's own key of the grant service (role sync), sent with every call."""
         if deadline <= timedelta(0):
             raise ValueError("the deadline must be positive")
         self.address = address
         self.deadline = deadline
-        self.channel = grpc.insecure_channel(address, options=channel_options(max_reconnect_backoff, keepalive))
+        self.channel = with_api_key(
+            grpc.insecure_channel(address, options=channel_options(max_reconnect_backoff, keepalive)), api_key
+        )
         self._stub = grant_pb2_grpc.GrantServiceStub(self.channel)
 
     def close(self) -> None:

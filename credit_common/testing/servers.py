@@ -12,6 +12,7 @@ from credit_common.clock import Clock
 from credit_common.config import ServiceSettings, parse_service_args
 from credit_common.grpc.server import RunningServer
 from credit_common.runtime import ServiceDefinition, open_engine
+from credit_common.testing.auth import create_key, keyed_channel
 
 
 @contextmanager
@@ -25,7 +26,7 @@ def serving(
     migrate: bool = True,
 ) -> Iterator[tuple[RunningServer, grpc.Channel]]:
     """Start `definition`'s server on 127.0.0.1:0 over `database_url` (migrated
-    first) and yield it with a channel to it; stop both afterwards."""
+    first) and yield it with a channel to it, which sends an admin API key; stop both afterwards."""
     settings: ServiceSettings = parse_service_args(
         service=definition.name,
         env_prefix="UNUSED_IN_TESTS",
@@ -36,7 +37,7 @@ def serving(
     )
     engine: Engine = open_engine(definition, settings, migrate=migrate)
     running = build(settings, engine, clock) if clock is not None else build(settings, engine)
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    channel = keyed_channel(f"127.0.0.1:{running.port}", create_key(definition, engine))
     try:
         grpc.channel_ready_future(channel).result(timeout=10)
         yield running, channel
