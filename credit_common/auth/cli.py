@@ -27,11 +27,15 @@ def keys_parser(definition: ServiceDefinition, env_prefix: str, database_file: s
         description=f"Create, list and revoke the API keys of the {definition.name} (in its database). "
         f"Roles: {', '.join(roles)} (admin: every method). See docs/security.md.",
     )
-    add_database_url_argument(parser, lambda name, default: _env(env_prefix, name, default), database_file)
+    database = argparse.ArgumentParser(add_help=False)
+    add_database_url_argument(database, lambda name, default: _env(env_prefix, name, default), database_file)
     commands = parser.add_subparsers(dest="action", required=True)
-    create = commands.add_parser("create", help="create a key and print it (the only time it is shown)")
+    create = commands.add_parser(
+        "create", parents=[database], help="create a key and print it (the only time it is shown)"
+    )
     ensure = commands.add_parser(
         "ensure",
+        parents=[database],
         help="print the key kept in --file if the database still accepts it with these roles; else create "
         "one, write it to --file (mode 0600) and print it. For development setups (make run)",
     )
@@ -40,8 +44,12 @@ def keys_parser(definition: ServiceDefinition, env_prefix: str, database_file: s
         command.add_argument("--label", default="", help="what the key is for (shown by list)")
     create.add_argument("--quiet", action="store_true", help="print only the key")
     ensure.add_argument("--file", required=True, type=Path)
-    commands.add_parser("list", help="every key: id, roles, label, created, revoked (never the secret)")
-    revoke = commands.add_parser("revoke", help="revoke a key: servers refuse it within their --auth-cache-ttl-ms")
+    commands.add_parser(
+        "list", parents=[database], help="every key: id, roles, label, created, revoked (never the secret)"
+    )
+    revoke = commands.add_parser(
+        "revoke", parents=[database], help="revoke a key: servers refuse it within their --auth-cache-ttl-ms"
+    )
     revoke.add_argument("key_id")
     return parser
 
