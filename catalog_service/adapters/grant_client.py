@@ -1,7 +1,8 @@
 """Client of the grant service. It owns the process's one channel to the grant
 service (`channel`, shared with the outbox's GrantDelivery); every call has a
 deadline; UNAVAILABLE and DEADLINE_EXCEEDED become the domain's Unavailable,
-NOT_FOUND its NotFound."""
+NOT_FOUND its NotFound, a refused catalog key (UNAUTHENTICATED, PERMISSION_DENIED) an
+Unavailable with reason GRANT_SERVICE_REFUSED_CATALOG_KEY."""
 
 from __future__ import annotations
 
@@ -64,4 +65,11 @@ def _translate(error: grpc.RpcError, what: str, *, not_found_reason: str) -> Dom
         return NotFound(f"{what} does not exist", reason=not_found_reason)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(f"the grant service is unavailable ({what}); retry", reason="GRANT_SERVICE_UNAVAILABLE")
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        # the catalog's own key (--grant-service-api-key) is missing, revoked or lacks the role sync:
+        # not the caller's fault, and fixed by an operator, not by the caller retrying at once
+        return Unavailable(
+            f"the grant service refused the catalog's API key ({what}): {code.name}",
+            reason="GRANT_SERVICE_REFUSED_CATALOG_KEY",
+        )
     return None

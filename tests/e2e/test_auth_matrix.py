@@ -16,6 +16,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from catalog_service.adapters.grant_client import GrantServiceClient
 from catalog_service.entrypoints import app as catalog_app
 from catalog_service.entrypoints import roles as catalog_roles
 from credit_common.auth.interceptor import roles_of
@@ -23,6 +24,7 @@ from credit_common.auth.keys import SYNC
 from credit_common.auth.store import SqlApiKeyStore
 from credit_common.clock import SystemClock
 from credit_common.db.engine import DatabaseSettings, create_db_engine
+from credit_common.errors import DomainError
 from credit_common.grpc.errors import error_details
 from credit_common.runtime import ServiceDefinition
 from credit_common.testing.auth import create_key_at
@@ -44,6 +46,7 @@ class Service:
     keys: dict[str, str]  # role -> a key with that role alone
     revoked_key: str
     other_key: str  # a valid key of the other service
+    address: str = ""
 
     def call(self, method: MethodDescriptor, metadata: list[tuple[str, str]]) -> grpc.StatusCode:
         request_type = message_factory.GetMessageClass(method.input_type)
@@ -86,7 +89,15 @@ def services(tmp_path_factory) -> Iterator[dict[str, Service]]:
                 revoke(app.DEFINITION, url, revoked)
                 channels.append(grpc.insecure_channel(f"127.0.0.1:{port}"))
                 made[name] = Service(
-                    name, app.DEFINITION, roles.SERVICE, roles.ROLES, channels[-1], keys, revoked, other_key=""
+                    name,
+                    app.DEFINITION,
+                    roles.SERVICE,
+                    roles.ROLES,
+                    channels[-1],
+                    keys,
+                    revoked,
+                    "",
+                    f"127.0.0.1:{port}",
                 )
             made["grant"].other_key = made["catalog"].keys["admin"]
             made["catalog"].other_key = made["grant"].keys["admin"]
@@ -198,3 +209,19 @@ def test_the_catalog_reads_a_test_clock_with_its_sync_key(services):
         )
     info, _ = error_details(raised.value)
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND and info.reason == "TEST_CLOCK_NOT_FOUND"
+
+
+@pytest.mark.parametrize(("key", "refused"), [("sync", False), ("reader", True), ("revoked", True), (None, True)])
+def test_the_catalog_client_reports_a_refused_catalog_key_as_unavailable_not_internal(services, key, refused):
+    grant = services["grant"]
+    token = {"revoked": grant.revoked_key, None: None}.get(key, grant.keys.get(key or ""))
+    client = GrantServiceClient(grant.address, api_key=token)
+    try:
+        with pytest.raises(DomainError) as raised:
+            client.now_of("clk_nope")
+    finally:
+        client.close()
+    expected = (
+        ("UNAVAILABLE", "GRANT_SERVICE_REFUSED_CATALOG_KEY") if refused else ("NOT_FOUND", "TEST_CLOCK_NOT_FOUND")
+    )
+    assert (raised.value.code, raised.value.reason) == expected
