@@ -38,11 +38,21 @@ setup: $(GENERATED)
 
 protos: setup
 
+# Development keys (data/*.key, mode 0600) are created once and reused while the databases accept them.
 run: setup
 	@mkdir -p -m 700 data
-	@trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \
+	@$(PY) -m grant_service migrate --log-level WARNING && $(PY) -m catalog_service migrate --log-level WARNING
+	@set -e; \
+	grant_key=$$($(PY) -m grant_service keys ensure --role admin --label dev-admin --file data/grant-admin.key); \
+	catalog_key=$$($(PY) -m catalog_service keys ensure --role admin --label dev-admin --file data/catalog-admin.key); \
+	sync_key=$$($(PY) -m grant_service keys ensure --role sync --label catalog-sync --file data/catalog-sync.key); \
+	echo "API keys (admin; kept in data/*.key; see README, Security):"; \
+	echo "  grant service   (50052): $$grant_key"; \
+	echo "  catalog service (50051): $$catalog_key"; \
+	echo "  the catalog's sync key of the grant service: data/catalog-sync.key"; \
+	trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \
 	GRANT_ENABLE_TEST_CLOCKS=$${GRANT_ENABLE_TEST_CLOCKS:-true} $(PY) -m grant_service serve --migrate & \
-	$(PY) -m catalog_service serve --migrate & \
+	CATALOG_GRANT_SERVICE_API_KEY=$$sync_key $(PY) -m catalog_service serve --migrate & \
 	wait
 
 test: setup

@@ -1,5 +1,5 @@
 """`python -m bench [--size tiny|small|default|full] [--backend sqlite|postgresql|both]
-[--scenario storm,reads,usage,provision]`: run the scenarios, print one table, write it as JSON."""
+[--scenario storm,reads,usage,provision] [--auth on|off]`: run the scenarios, print one table, write it as JSON."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.scenarios import SIZES, Backend, Row, provisioning, reads_and_debits, renewal_storm
-from credit_common.config import cpu_list, positive_int
+from credit_common.config import cpu_list, on_off, positive_int
 
 SCENARIOS = ("storm", "reads", "usage", "provision")
 
@@ -97,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         help="the services' --cpus (default: every CPU, so each grant server process runs on a CPU of its "
         "own; 'none': not pinned); the load generators and PostgreSQL stay wherever the OS puts them",
     )
+    parser.add_argument(
+        "--auth",
+        type=on_off,
+        default=True,
+        metavar="on|off",
+        help="run the services with API keys checked (default on; every call carries a key) or with --auth "
+        "off, for the comparison of docs/security.md",
+    )
     args = parser.parse_args(argv)
     scenarios = SCENARIOS if args.scenario == "all" else tuple(s.strip() for s in args.scenario.split(","))
     unknown = set(scenarios) - set(SCENARIOS)
@@ -108,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["BENCH_PROFILE_DIR"] = str(Path(args.profile).resolve())
     # The services read GRANT_* / CATALOG_* from the environment (start_service passes os.environ).
     os.environ["GRANT_PROCESSES"] = str(args.grant_processes)
+    os.environ["GRANT_AUTH"] = os.environ["CATALOG_AUTH"] = "on" if args.auth else "off"
     if args.server_cpus is not None:
         cpus = ",".join(str(cpu) for cpu in sorted(args.server_cpus))
         os.environ["GRANT_CPUS"] = os.environ["CATALOG_CPUS"] = cpus
@@ -129,11 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         "started": datetime.now(UTC).isoformat(),
         "grant_processes": args.grant_processes,
         "server_cpus": sorted(args.server_cpus) if args.server_cpus is not None else None,
+        "auth": args.auth,
     }
     pinned = f", pinned to CPUs {info['server_cpus']}" if info["server_cpus"] is not None else ", not pinned"
     log(
         f"bench size={args.size} {size} on {info['machine']}; grant service: {args.grant_processes} "
-        f"server process(es){pinned}; run directory {run_dir}"
+        f"server process(es){pinned}; auth {'on' if args.auth else 'off'}; run directory {run_dir}"
     )
     try:
         for name in backends:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from credit_common.testing.auth import keyed_channel
+
 # Codes after which a mutation's fate is unknown: the same request (same request_id) is sent again.
 _AMBIGUOUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 RPC_TIMEOUT_S = 30.0
@@ -48,10 +50,11 @@ def run_load(
     duration_s: float | None = None,
     params: dict | None = None,
     work: list | None = None,
+    api_key: str | None = None,
 ) -> LoadResult:
     """`callers` threads over `processes` processes call `kind` for `duration_s` seconds, or until
-    `work` (split over the callers) is done. All processes start at the same instant, after their
-    channels are connected."""
+    `work` (split over the callers) is done; every call carries `api_key`. All processes start at
+    the same instant, after their channels are connected."""
     processes = max(1, min(processes, callers))
     per_process = [callers // processes + (1 if p < callers % processes else 0) for p in range(processes)]
     start_at = time.time() + 3.0 + 0.5 * processes  # leaves time to spawn and connect
@@ -64,6 +67,7 @@ def run_load(
         jobs.append(
             {
                 "address": address,
+                "api_key": api_key,
                 "kind": kind,
                 "threads": threads,
                 "first_caller": caller,
@@ -99,7 +103,7 @@ def _worker(job: dict) -> dict:
     # (--processes) each take the connections the kernel gives them, and one shared connection
     # would put every caller of this process on one of them.
     channels = [
-        grpc.insecure_channel(job["address"], options=[("grpc.use_local_subchannel_pool", 1)])
+        keyed_channel(job["address"], job["api_key"], options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(job["threads"])
     ]
     for channel in channels:

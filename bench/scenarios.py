@@ -10,13 +10,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-import grpc
 from google.protobuf import json_format
 from sqlalchemy import Engine, func, select
 
 from bench import seed
 from bench.load import LoadResult, run_load
-from bench.servers import start_service
+from bench.servers import service_key, start_service
+from credit_common.auth.keys import SYNC
+from credit_common.testing.auth import keyed_channel
 from credit_common.testing.postgres import PostgresServer
 from grant_service.adapters.orm import GrantRow, LedgerEntryRow, ScheduleRow, UsageRow
 
@@ -221,7 +222,12 @@ def reads_and_debits(backend: Backend, size: Size, log, *, reads: bool, debits: 
             conn.exec_driver_sql("ANALYZE")
     rows: list[Row] = []
     server = start_service("grant_service", url, backend.run_dir)
-    load = {"callers": size.callers, "processes": size.processes, "duration_s": size.duration_s}
+    load = {
+        "callers": size.callers,
+        "processes": size.processes,
+        "duration_s": size.duration_s,
+        "api_key": server.api_key,
+    }
     try:
         noop = run_load(server.address, "health", **load)
         log(f"  no-op Health/Check: {_describe(noop)}")
@@ -343,6 +349,7 @@ def provisioning(backend: Backend, size: Size, log) -> list[Row]:
         seed.seed_catalog_customers(conn, "p", n, _now())
     catalog_engine.dispose()
     grant = start_service("grant_service", grant_url, backend.run_dir)
+    sync_key = service_key("grant_service", grant_url, (SYNC,))
     catalog = None
     try:
         catalog = start_service(
@@ -351,16 +358,25 @@ def provisioning(backend: Backend, size: Size, log) -> list[Row]:
             backend.run_dir,
             args=["--grant-service-address", grant.address],
             # the outbox dispatcher's target, whatever flag it ends up being wired to
-            env={"CATALOG_GRANT_SERVICE_ADDRESS": grant.address},
+            env={
+                "CATALOG_GRANT_SERVICE_ADDRESS": grant.address,
+                **({"CATALOG_GRANT_SERVICE_API_KEY": sync_key} if sync_key else {}),
+            },
         )
-        with grpc.insecure_channel(catalog.address) as channel:
+        with keyed_channel(catalog.address, catalog.api_key) as channel:
             stub = cgrpc.CatalogServiceStub(channel)
             for method, request in _catalog_setup(cpb):
                 getattr(stub, method)(request, timeout=30)
         work = [f"p{i}" for i in range(n)]
         params = {"plan": seed.PLAN, "values": {seed.ENTITLEMENT: "50000"}}
         result = run_load(
-            catalog.address, "provision", callers=size.callers, processes=size.processes, work=work, params=params
+            catalog.address,
+            "provision",
+            callers=size.callers,
+            processes=size.processes,
+            work=work,
+            params=params,
+            api_key=catalog.api_key,
         )
         last_reply = time.time()  # run_load returns when every caller has its last reply
         log(f"  ProvisionSubscription: {_describe(result)}")

@@ -15,6 +15,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from credit_common.auth.keys import ADMIN
+from credit_common.testing.auth import create_key_at, definition_of
 from credit_common.testing.postgres import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,6 +29,7 @@ class ServiceProcess:
     port: int
     log_path: Path
     started_at: float = 0.0  # perf_counter when health first answered SERVING
+    api_key: str | None = None  # an admin key of the service; None with --auth off
     extra: dict = field(default_factory=dict)
 
     @property
@@ -78,11 +81,21 @@ def _status_kb(pid: int, key: str) -> int:
     raise RuntimeError(f"{key} not in /proc/{pid}/status")
 
 
+def auth_on() -> bool:
+    """Whether the services run with authentication (bench --auth; the services read GRANT_AUTH / CATALOG_AUTH)."""
+    return os.environ.get("GRANT_AUTH", "on") != "off"
+
+
+def service_key(module: str, database_url: str, roles: tuple[str, ...] = (ADMIN,)) -> str | None:
+    """A key of `module` with `roles` in its (migrated) database; None with --auth off."""
+    return create_key_at(definition_of(module), database_url, roles, migrate=False) if auth_on() else None
+
+
 def start_service(
     module: str, database_url: str, run_dir: Path, *, args: list[str] = (), env: dict[str, str] | None = None
 ) -> ServiceProcess:
     """Start `python -m module serve` on a free port over an already migrated database and wait
-    until its health service answers SERVING."""
+    until its health service answers SERVING. Its `api_key` is an admin key of it (auth on)."""
     port = free_port()
     log_path = run_dir / f"{module}-{port}.log"
     log = open(log_path, "ab")  # noqa: SIM115 - kept open for the child's life
@@ -103,7 +116,7 @@ def start_service(
         cwd=REPO,
         env={**os.environ, **(env or {})},
     )
-    service = ServiceProcess(module, process, port, log_path)
+    service = ServiceProcess(module, process, port, log_path, api_key=service_key(module, database_url))
     try:
         service.started_at = wait_serving(service)
     except Exception:

@@ -1,4 +1,4 @@
-"""`python -m catalog_service [serve|migrate] [flags]`: see --help."""
+"""`python -m catalog_service [serve|migrate] [flags]` or `python -m catalog_service keys ...`: see --help."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import sys
 
 from catalog_service.entrypoints.app import DEFINITION, build
 from catalog_service.entrypoints.outbox_worker import add_outbox_arguments
+from credit_common.auth.cli import keys_main
 from credit_common.config import parse_service_args
 from credit_common.runtime import main
 
 
 def run(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keys"]:
+        return keys_main(DEFINITION, env_prefix="CATALOG", database_file="catalog.db", argv=argv[1:])
     settings = parse_service_args(
         service=DEFINITION.name,
         env_prefix="CATALOG",

@@ -10,6 +10,7 @@ import argparse
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from credit_common.db.engine import DatabaseSettings
 
@@ -56,6 +57,8 @@ class ServiceSettings:
     process_index: int | None = None  # which of them this one is; None: the only one
     tls: TlsSettings = TlsSettings()
     limits: ServerLimits = ServerLimits()
+    auth: bool = True  # every RPC but health and reflection needs an API key with a role that allows it
+    auth_cache_ttl: timedelta = timedelta(seconds=5)  # how long a key looked up is trusted (revocation bound)
 
 
 def env_flag(value: str | None) -> bool:
@@ -125,6 +128,27 @@ def _env(prefix: str, name: str, default: str | None) -> str | None:
     return os.environ.get(f"{prefix}_{name}", default)
 
 
+def on_off(text: str) -> bool:
+    value = text.lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is neither on nor off")
+
+
+def add_database_url_argument(
+    parser: argparse.ArgumentParser, env: Callable[[str, str | None], str | None], database_file: str
+) -> None:
+    data_dir = os.environ.get("CREDIT_GRANTS_DATA_DIR", "data")
+    parser.add_argument(
+        "--database-url",
+        default=env("DATABASE_URL", f"sqlite:///{os.path.join(data_dir, database_file)}"),
+        help="SQLAlchemy URL: sqlite:///path.db (default: under $CREDIT_GRANTS_DATA_DIR, "
+        "./data) or postgresql://user:pass@host:5432/db",
+    )
+
+
 def parse_service_args(
     *,
     service: str,
@@ -147,20 +171,15 @@ def parse_service_args(
         nargs="?",
         choices=["serve", "migrate"],
         default="serve",
-        help="serve (default): run the server; migrate: upgrade the database schema and exit",
+        help="serve (default): run the server; migrate: upgrade the database schema and exit. "
+        f"API keys: `python -m {service} keys --help`",
     )
     parser.add_argument(
         "--listen",
         default=env("LISTEN", f"127.0.0.1:{default_port}"),
         help=f"host:port to listen on (default 127.0.0.1:{default_port}; port 0 picks one)",
     )
-    data_dir = os.environ.get("CREDIT_GRANTS_DATA_DIR", "data")
-    parser.add_argument(
-        "--database-url",
-        default=env("DATABASE_URL", f"sqlite:///{os.path.join(data_dir, database_file)}"),
-        help="SQLAlchemy URL: sqlite:///path.db (default: under $CREDIT_GRANTS_DATA_DIR, "
-        "./data) or postgresql://user:pass@host:5432/db",
-    )
+    add_database_url_argument(parser, env, database_file)
     parser.add_argument(
         "--db-pool-size",
         type=int,
@@ -210,6 +229,19 @@ def parse_service_args(
         default=env_flag(env("MIGRATE", "false")),
         help="upgrade the schema before serving (development; production runs `migrate`)",
     )
+    parser.add_argument(
+        "--auth",
+        type=on_off,
+        default=env("AUTH", "on"),
+        help="on (default): every RPC but health and reflection needs an API key (`python -m "
+        f"{service} keys --help`); off: anyone may call anything, for local experiments only",
+    )
+    parser.add_argument(
+        "--auth-cache-ttl-ms",
+        type=positive_int,
+        default=env("AUTH_CACHE_TTL_MS", "5000"),
+        help="how long a looked-up API key is trusted (default 5000): a revoked key stops working within this time",
+    )
     _add_transport_arguments(parser, env)
     # A service's add_arguments may return a check of the parsed flags that raises ValueError.
     check = add_arguments(parser, env) if add_arguments else None
@@ -250,6 +282,8 @@ def parse_service_args(
             keepalive_min_ping_interval_s=args.keepalive_min_ping_interval_s,
             max_receive_message_bytes=args.max_receive_message_bytes,
         ),
+        auth=args.auth,
+        auth_cache_ttl=timedelta(milliseconds=args.auth_cache_ttl_ms),
     )
 
 

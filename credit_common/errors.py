@@ -81,6 +81,20 @@ class Unavailable(DomainError):
     default_reason = "UNAVAILABLE"
 
 
+class Unauthenticated(DomainError):
+    """The caller did not prove who it is: no API key, or one the service does not accept."""
+
+    code = "UNAUTHENTICATED"
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(DomainError):
+    """The caller is known but its roles do not allow the method."""
+
+    code = "PERMISSION_DENIED"
+    default_reason = "PERMISSION_DENIED"
+
+
 class DeadlineExceeded(DomainError):
     code = "DEADLINE_EXCEEDED"
     default_reason = "DEADLINE_EXCEEDED"

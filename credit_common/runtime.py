@@ -7,12 +7,15 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import grpc
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Table
 
+from credit_common.auth.interceptor import AuthInterceptor, KeyCache
+from credit_common.auth.store import SqlApiKeyStore
+from credit_common.clock import Clock
 from credit_common.config import ServiceSettings
 from credit_common.db.engine import create_db_engine, translate_db_error
 from credit_common.db.migrations import SchemaNotCurrent, check_current, upgrade
@@ -30,6 +33,8 @@ class ServiceDefinition:
     error_domain: str  # ErrorInfo.domain, e.g. "catalog.credit-grants"
     service_names: Sequence[str]  # full gRPC service names
     migrations: str  # Alembic script location, e.g. "catalog_service.adapters:migrations"
+    method_roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # credit_common.auth.method_roles
+    api_keys: Table | None = None  # the service's api_keys table (credit_common.auth.store)
 
 
 def open_engine(definition: ServiceDefinition, settings: ServiceSettings, *, migrate: bool) -> Engine:
@@ -44,18 +49,37 @@ def open_engine(definition: ServiceDefinition, settings: ServiceSettings, *, mig
 
 
 def start(
-    definition: ServiceDefinition, settings: ServiceSettings, register: Callable[[grpc.Server], None]
+    definition: ServiceDefinition,
+    settings: ServiceSettings,
+    register: Callable[[grpc.Server], None],
+    *,
+    engine: Engine,
+    clock: Clock,
 ) -> RunningServer:
     return start_server(
         address=settings.listen,
         service_names=definition.service_names,
         register=register,
         interceptor=ServiceInterceptor(definition.error_domain, translate=translate_db_error),
+        auth=auth_interceptor(definition, settings, engine, clock),
         max_workers=settings.max_workers,
         share_port=settings.process_index is not None,
         tls=settings.tls,
         limits=settings.limits,
     )
+
+
+def auth_interceptor(
+    definition: ServiceDefinition, settings: ServiceSettings, engine: Engine, clock: Clock
+) -> AuthInterceptor | None:
+    """The API key check of `definition`'s methods over its api_keys table; None with `--auth off`."""
+    if not settings.auth:
+        log.warning("authentication is off: anyone who reaches the port may call every method")
+        return None
+    if definition.api_keys is None or not definition.method_roles:
+        raise ValueError(f"{definition.name} has no api_keys table or no method roles: it cannot check API keys")
+    keys = KeyCache(SqlApiKeyStore(engine, definition.api_keys), clock, settings.auth_cache_ttl)
+    return AuthInterceptor(definition.method_roles, keys)
 
 
 def main(

@@ -1,15 +1,19 @@
-"""`python -m grant_service [serve|migrate] [flags]`: see --help."""
+"""`python -m grant_service [serve|migrate] [flags]` or `python -m grant_service keys ...`: see --help."""
 
 from __future__ import annotations
 
 import sys
 
+from credit_common.auth.cli import keys_main
 from credit_common.config import parse_service_args
 from credit_common.runtime import main
 from grant_service.entrypoints.app import DEFINITION, add_arguments, build
 
 
 def run(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keys"]:
+        return keys_main(DEFINITION, env_prefix="GRANT", database_file="grant.db", argv=argv[1:])
     settings = parse_service_args(
         service=DEFINITION.name,
         env_prefix="GRANT",

@@ -12,15 +12,18 @@ amend immediately -> cancel at period end -> ledger, grants and amount history.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 
 from catalog_service.v1 import catalog_service_pb2 as cat
 from catalog_service.v1 import catalog_service_pb2_grpc as cat_grpc
+from credit_common.auth.client import with_api_key
 from credit_common.grpc.errors import error_details
 from credit_common.grpc.timestamps import to_timestamp
 from grant_service.v1 import grant_service_pb2 as gr
@@ -59,6 +62,16 @@ def table(title: str, headers: list[str], rows: list[list[str]]) -> None:
         )
 
 
+def api_key(variable: str, path: str) -> str | None:
+    """The key in the environment variable, else in the file, else none (services with --auth off)."""
+    if os.environ.get(variable):
+        return os.environ[variable]
+    try:
+        return Path(path).read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
 def step(text: str) -> None:
     print(f"\n==> {text}")
 
@@ -67,10 +80,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--catalog", default="127.0.0.1:50051")
     parser.add_argument("--grant", default="127.0.0.1:50052")
+    parser.add_argument(
+        "--catalog-key-file",
+        default="data/catalog-admin.key",
+        help="API key of the catalog (default: the one `make run` made); or the variable CATALOG_API_KEY",
+    )
+    parser.add_argument(
+        "--grant-key-file",
+        default="data/grant-admin.key",
+        help="API key of the grant service (default: the one `make run` made); or the variable GRANT_API_KEY",
+    )
     args = parser.parse_args()
 
-    catalog = cat_grpc.CatalogServiceStub(grpc.insecure_channel(args.catalog))
-    grant = gr_grpc.GrantServiceStub(grpc.insecure_channel(args.grant))
+    catalog_key = api_key("CATALOG_API_KEY", args.catalog_key_file)
+    grant_key = api_key("GRANT_API_KEY", args.grant_key_file)
+    catalog = cat_grpc.CatalogServiceStub(with_api_key(grpc.insecure_channel(args.catalog), catalog_key))
+    grant = gr_grpc.GrantServiceStub(with_api_key(grpc.insecure_channel(args.grant), grant_key))
     run = uuid.uuid4().hex[:6]
 
     step("Feature 'gpt-call' (metered, unit: call)")

@@ -1,11 +1,14 @@
 """Client of the grant service. It owns the process's one channel to the grant
 service (`channel`, shared with the outbox's GrantDelivery), plaintext or TLS
-(`GrantTls`); every call has a deadline. A failed call becomes the domain error
-the catalog's caller should see (`_translate`): the grant service's answers
-about the caller's input (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION) keep
-their code and reason, with the field named as in the catalog's request;
-UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED become Unavailable
-(retryable); anything else is unexpected (INTERNAL, logged)."""
+(`GrantTls`), carrying the catalog's own API key; every call has a deadline. A
+failed call becomes the domain error the catalog's caller should see
+(`_translate`): the grant service's answers about the caller's input
+(INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION) keep their code and reason,
+with the field named as in the catalog's request; UNAVAILABLE,
+DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED become Unavailable (retryable); a
+refused catalog key (UNAUTHENTICATED, PERMISSION_DENIED) an Unavailable with
+reason GRANT_SERVICE_REFUSED_CATALOG_KEY; anything else is unexpected
+(INTERNAL, logged)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 
 from catalog_service.adapters.grant_delivery import channel_options
+from credit_common.auth.client import with_api_key
 from credit_common.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
 from credit_common.grpc.errors import error_details
 from grant_service.v1 import grant_service_pb2 as grant_pb2
@@ -70,7 +74,9 @@ class GrantServiceClient:
         max_reconnect_backoff: timedelta = timedelta(seconds=5),
         keepalive: timedelta = timedelta(minutes=5),
         tls: GrantTls = GrantTls(),
+        api_key: str | None = None,
     ) -> None:
+        """`api_key`: the catalog's own key of the grant service (role sync), sent with every call."""
         if deadline <= timedelta(0):
             raise ValueError("the deadline must be positive")
         self.address = address
@@ -78,11 +84,12 @@ class GrantServiceClient:
         options = channel_options(max_reconnect_backoff, keepalive)
         credentials = channel_credentials(tls)
         if credentials is None:
-            self.channel = grpc.insecure_channel(address, options=options)
+            channel = grpc.insecure_channel(address, options=options)
         else:
             if tls.server_name:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
-            self.channel = grpc.secure_channel(address, credentials, options=options)
+            channel = grpc.secure_channel(address, credentials, options=options)
+        self.channel = with_api_key(channel, api_key)
         self._stub = grant_pb2_grpc.GrantServiceStub(self.channel)
 
     def close(self) -> None:
@@ -113,6 +120,13 @@ def _translate(error: grpc.RpcError, what: str, *, not_found_reason: str, field:
     code = error.code() if isinstance(error, grpc.Call) else None
     if code in _RETRYABLE:
         return Unavailable(f"the grant service is unavailable ({what}); retry", reason="GRANT_SERVICE_UNAVAILABLE")
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        # the catalog's own key (--grant-service-api-key) is missing, revoked or lacks the role sync:
+        # not the caller's fault, and fixed by an operator, not by the caller retrying at once
+        return Unavailable(
+            f"the grant service refused the catalog's API key ({what}): {code.name}",
+            reason="GRANT_SERVICE_REFUSED_CATALOG_KEY",
+        )
     if code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
         return None
     info, violations = error_details(error) if isinstance(error, grpc.Call) else (None, [])

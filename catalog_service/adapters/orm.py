@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from credit_common.auth.store import define_api_keys_table
 from credit_common.db.types import NAMING_CONVENTION, ExactDecimal, UtcDateTime
 
 
@@ -127,3 +128,7 @@ class OutboxDeliveryRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+# API keys of this service's callers (credit_common.auth): id, hash of the secret, roles, label.
+API_KEYS = define_api_keys_table(Base.metadata)

@@ -8,16 +8,17 @@ from datetime import timedelta
 from sqlalchemy import Engine
 
 from catalog_service.adapters.grant_client import GrantServiceClient
-from catalog_service.adapters.orm import OutboxDeliveryRow
+from catalog_service.adapters.orm import API_KEYS, OutboxDeliveryRow
 from catalog_service.entrypoints.outbox_worker import (
     add_outbox_arguments,
     grant_tls_from_args,
     start_outbox_worker_from_args,
 )
+from catalog_service.entrypoints.roles import METHOD_ROLES, SERVICE
 from catalog_service.entrypoints.servicer import CatalogServicer
 from catalog_service.service_layer.services import CatalogService
 from catalog_service.service_layer.unit_of_work import UnitsOfWork
-from catalog_service.v1 import catalog_service_pb2, catalog_service_pb2_grpc
+from catalog_service.v1 import catalog_service_pb2_grpc
 from credit_common.clock import Clock, SystemClock
 from credit_common.config import ServiceSettings
 from credit_common.grpc.server import RunningServer
@@ -26,8 +27,10 @@ from credit_common.runtime import ServiceDefinition, start
 DEFINITION = ServiceDefinition(
     name="catalog_service",
     error_domain="catalog.credit-grants",
-    service_names=(catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,),
+    service_names=(SERVICE.full_name,),
     migrations="catalog_service.adapters:migrations",
+    method_roles=METHOD_ROLES,
+    api_keys=API_KEYS,
 )
 
 
@@ -41,6 +44,7 @@ def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None)
         args.grant_service_address,
         deadline=timedelta(milliseconds=args.grant_deadline_ms),
         tls=grant_tls_from_args(args),
+        api_key=args.grant_service_api_key,
     )
     try:
         worker = start_outbox_worker_from_args(args, engine, OutboxDeliveryRow.__table__, clock, grant_client.channel)
@@ -53,7 +57,7 @@ def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None)
         catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(service), server)
 
     try:
-        running = start(DEFINITION, settings, register)
+        running = start(DEFINITION, settings, register, engine=engine, clock=clock)
     except Exception:
         worker.stop()
         grant_client.close()

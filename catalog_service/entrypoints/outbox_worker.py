@@ -45,6 +45,14 @@ def add_outbox_arguments(
         help=f"host:port of the grant service (default {DEFAULT_GRANT_SERVICE_ADDRESS})",
     )
     group.add_argument(
+        "--grant-service-api-key",
+        default=env("GRANT_SERVICE_API_KEY", None),
+        help="the catalog's API key of the grant service (a key with the role sync, created with "
+        "`python -m grant_service keys create --role sync`); prefer the variable to the flag, which "
+        "other users of the machine can see. Without it the calls carry no key (a grant service with "
+        "--auth off)",
+    )
+    group.add_argument(
         "--grant-deadline-ms",
         type=int,
         default=int(env("GRANT_DEADLINE_MS", "5000") or "5000"),

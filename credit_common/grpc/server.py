@@ -99,6 +99,7 @@ def start_server(
     service_names: Sequence[str],
     register: Callable[[grpc.Server], None],
     interceptor: ServiceInterceptor,
+    auth: grpc.ServerInterceptor | None = None,
     max_workers: int = 16,
     share_port: bool = False,
     tls: TlsSettings = PLAINTEXT,
@@ -107,7 +108,8 @@ def start_server(
     """Start a server on `address` ("host:port"; port 0 picks a free one).
 
     `register` adds the service implementations; `service_names` are their
-    full names, used for the health service and reflection. `share_port`: listen
+    full names, used for the health service and reflection. `auth` (credit_common.auth) runs
+    inside `interceptor`, so that its refusals are mapped and logged like any error. `share_port`: listen
     with SO_REUSEPORT, beside the other server processes of one service
     (credit_common.processes); otherwise a port in use is an error. `tls`: TLS
     or mTLS on the listener (default plaintext); `limits`: what it accepts.
@@ -115,7 +117,7 @@ def start_server(
     credentials = server_credentials(tls)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=[interceptor],
+        interceptors=[interceptor, auth] if auth is not None else [interceptor],
         options=server_options(limits, share_port=share_port),
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )

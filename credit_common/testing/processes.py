@@ -3,9 +3,15 @@ or `python -m grant_service` on a fixed free port, started, stopped (SIGTERM),
 killed (SIGKILL) and restarted on the same address and database.
 
     grant = ServiceProcess.grant(database_url, log_dir=tmp_path, args=["--enable-test-clocks"])
-    catalog = ServiceProcess.catalog(database_url, grant_address=grant.address, log_dir=tmp_path)
+    catalog = ServiceProcess.catalog(
+        database_url, grant_address=grant.address, grant_api_key=grant.sync_key(), log_dir=tmp_path
+    )
     with grant, catalog:            # started and ready (health SERVING); stopped on exit
         catalog.restart(signal.SIGKILL)
+
+Callers' channels (`channel()`) send an admin API key of the service, created in its
+database on first use (`api_key`); `sync_key()` makes a key with the role sync (a grant
+service's key for a catalog: `ServiceProcess.catalog(..., grant_api_key=grant.sync_key())`).
 
 Each process writes its log (stderr) to `<log_dir>/<name>.log`, appended
 across restarts, so a failing test can show it (`log_tail()`) or read its JSON
@@ -26,10 +32,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from credit_common.auth.keys import SYNC
+from credit_common.testing.auth import create_key_at, definition_of, keyed_channel
 from credit_common.testing.postgres import free_port
 
 
@@ -68,6 +77,7 @@ class ServiceProcess:
         self.log_path = Path(log_dir) / f"{self.name}.log"
         self.process: subprocess.Popen | None = None
         self.returncode: int | None = None  # of the last process stopped or killed
+        self._api_key: str | None = None
 
     @classmethod
     def grant(cls, database_url: str, *, log_dir: Path, args: Sequence[str] = (), **kwargs) -> ServiceProcess:
@@ -75,13 +85,25 @@ class ServiceProcess:
 
     @classmethod
     def catalog(
-        cls, database_url: str, *, grant_address: str, log_dir: Path, args: Sequence[str] = (), **kwargs
+        cls,
+        database_url: str,
+        *,
+        grant_address: str,
+        grant_api_key: str | None,
+        log_dir: Path,
+        args: Sequence[str] = (),
+        **kwargs,
     ) -> ServiceProcess:
+        """`grant_api_key`: the catalog's key of the grant service (None: it sends none)."""
+        env = dict(kwargs.pop("env", None) or {})
+        if grant_api_key:
+            env["CATALOG_GRANT_SERVICE_API_KEY"] = grant_api_key
         return cls(
             "catalog_service",
             database_url,
             log_dir=log_dir,
             args=["--grant-service-address", grant_address, *args],
+            env=env,
             **kwargs,
         )
 
@@ -93,9 +115,30 @@ class ServiceProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def channel(self) -> grpc.Channel:
-        """A new insecure channel to the process (the caller closes it)."""
-        return grpc.insecure_channel(self.address)
+    @property
+    def api_key(self) -> str:
+        """An admin key of the service, created in its database (schema upgraded first unless
+        `migrate=False`) the first time it is asked for; the same one after a restart."""
+        if self._api_key is None:
+            self._api_key = self._create_key(("admin",))
+        return self._api_key
+
+    def sync_key(self) -> str:
+        """A new key of the service with the role sync (what a catalog uses for the grant service)."""
+        return self._create_key((SYNC,))
+
+    def _create_key(self, roles: tuple[str, ...]) -> str:
+        url = self.database_url
+        if url is None and "--database-url" in self.args:
+            url = self.args[self.args.index("--database-url") + 1]
+        if url is None:
+            raise RuntimeError(f"{self.name}: no database URL to create an API key in")
+        return create_key_at(definition_of(self.module), url, roles, migrate=self.migrate)
+
+    def channel(self, options: Sequence[tuple[str, Any]] = (), *, authenticated: bool = True) -> grpc.Channel:
+        """A new insecure channel to the process, sending `api_key` unless not `authenticated`
+        (the caller closes it)."""
+        return keyed_channel(self.address, self.api_key if authenticated else None, options)
 
     def start(self, *, ready_timeout_s: float = 60.0) -> ServiceProcess:
         """Start the process (schema migrated with --migrate unless `migrate=False`) and wait
@@ -122,7 +165,7 @@ class ServiceProcess:
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Poll the health service until SERVING; fail if the process exits first."""
         deadline = time.monotonic() + timeout_s
-        with self.channel() as channel:
+        with self.channel(authenticated=False) as channel:
             while True:
                 if not self.running:
                     raise ProcessFailed(

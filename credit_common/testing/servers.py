@@ -12,6 +12,8 @@ from credit_common.clock import Clock
 from credit_common.config import ServiceSettings, parse_service_args
 from credit_common.grpc.server import RunningServer
 from credit_common.runtime import ServiceDefinition, open_engine
+from credit_common.auth.client import with_api_key
+from credit_common.testing.auth import create_key
 
 
 @contextmanager
@@ -26,8 +28,8 @@ def serving(
     credentials: grpc.ChannelCredentials | None = None,
 ) -> Iterator[tuple[RunningServer, grpc.Channel]]:
     """Start `definition`'s server on 127.0.0.1:0 over `database_url` (migrated
-    first) and yield it with a channel to it (plaintext, or secure with
-    `credentials`: a server started with `--tls-cert`); stop both afterwards."""
+    first) and yield it with a channel to it, which sends an admin API key (plaintext, or secure
+    with `credentials`: a server started with `--tls-cert`); stop both afterwards."""
     settings: ServiceSettings = parse_service_args(
         service=definition.name,
         env_prefix="UNUSED_IN_TESTS",
@@ -40,6 +42,7 @@ def serving(
     running = build(settings, engine, clock) if clock is not None else build(settings, engine)
     target = f"127.0.0.1:{running.port}"
     channel = grpc.insecure_channel(target) if credentials is None else grpc.secure_channel(target, credentials)
+    channel = with_api_key(channel, create_key(definition, engine))
     try:
         grpc.channel_ready_future(channel).result(timeout=10)
         yield running, channel

@@ -15,6 +15,7 @@ from decimal import Decimal
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from credit_common.auth.store import define_api_keys_table
 from credit_common.db.types import NAMING_CONVENTION, ExactDecimal, UtcDateTime
 
 # An auto-incrementing 64-bit key (SQLite only auto-increments INTEGER PRIMARY KEY).
@@ -178,3 +179,7 @@ class RateRow(Base):
     rate_set_id: Mapped[int] = mapped_column(ForeignKey("rate_sets.rate_set_id"), primary_key=True)
     feature_key: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
     credits_per_unit: Mapped[Decimal] = mapped_column(ExactDecimal())
+
+
+# API keys of this service's callers (credit_common.auth): id, hash of the secret, roles, label.
+API_KEYS = define_api_keys_table(Base.metadata)

@@ -13,16 +13,20 @@ from credit_common.config import ServiceSettings, env_flag, positive_int
 from credit_common.db.engine import create_db_engine, read_engine_settings, session_factories
 from credit_common.grpc.server import RunningServer
 from credit_common.runtime import ServiceDefinition, start
+from grant_service.adapters.orm import API_KEYS
+from grant_service.entrypoints.roles import METHOD_ROLES, SERVICE
 from grant_service.entrypoints.servicer import GrantServicer
 from grant_service.entrypoints.timer import start_catch_up_timer
 from grant_service.service_layer.context import GrantContext
-from grant_service.v1 import grant_service_pb2, grant_service_pb2_grpc
+from grant_service.v1 import grant_service_pb2_grpc
 
 DEFINITION = ServiceDefinition(
     name="grant_service",
     error_domain="grant.credit-grants",
-    service_names=(grant_service_pb2.DESCRIPTOR.services_by_name["GrantService"].full_name,),
+    service_names=(SERVICE.full_name,),
     migrations="grant_service.adapters:migrations",
+    method_roles=METHOD_ROLES,
+    api_keys=API_KEYS,
 )
 
 
@@ -65,10 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser, env: Callable[[str, str | Non
 def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None) -> RunningServer:
     extra = settings.extra
     # GetBalance's hot path reads on a connection per RPC thread, from a pool of its own.
+    clock = clock or SystemClock()
     read_engine = create_db_engine(read_engine_settings(settings.database, settings.max_workers))
     ctx = GrantContext(
         factories=session_factories(engine, read_engine),
-        clock=clock or SystemClock(),
+        clock=clock,
         test_clocks_enabled=bool(getattr(extra, "enable_test_clocks", False)),
         batch_size=int(getattr(extra, "catch_up_batch_size", 500)),
         batch_linger_s=float(getattr(extra, "batch_linger_ms", 0.0)) / 1000,
@@ -79,7 +84,7 @@ def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None)
     def register(server) -> None:
         grant_service_pb2_grpc.add_GrantServiceServicer_to_server(servicer, server)
 
-    running = start(DEFINITION, settings, register)
+    running = start(DEFINITION, settings, register, engine=engine, clock=clock)
     running.on_stop.append(read_engine.dispose)
     interval = float(getattr(extra, "catch_up_interval", 1.0))
     if interval > 0:

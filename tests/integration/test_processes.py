@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-import grpc
 import pytest
 
 from credit_common.testing.processes import ServiceProcess
@@ -83,9 +82,7 @@ def test_every_server_process_listens_on_the_port_and_every_write_lands_once(tmp
         serving = [r for r in grant.log_records() if r["message"] == "serving"]
         assert sorted(r["server_process"] for r in serving) == [0, 1]
         # Connections of their own: the kernel spreads them over the two processes.
-        channels = [
-            grpc.insecure_channel(grant.address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(16)
-        ]
+        channels = [grant.channel(options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(16)]
         try:
             stubs = [gpb_grpc.GrantServiceStub(channel) for channel in channels]
             stubs[0].ApplyCreditCurrency(

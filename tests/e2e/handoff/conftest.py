@@ -16,6 +16,7 @@ import pytest
 
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
+from credit_common.testing.auth import caller_credentials
 from credit_common.testing.processes import ServiceProcess
 from grant_service.v1 import grant_service_pb2 as grant_pb2
 from grant_service.v1 import grant_service_pb2_grpc as grant_pb2_grpc
@@ -88,7 +89,7 @@ class GrantProxy(grant_pb2_grpc.GrantServiceServicer):
     @staticmethod
     def _forward(method, request, context):
         try:
-            return method(request, timeout=DEADLINE_S)
+            return method(request, timeout=DEADLINE_S, metadata=caller_credentials(context))
         except grpc.RpcError as error:
             context.abort(error.code(), error.details())
 
@@ -111,18 +112,18 @@ class Deployment:
     proxy: GrantProxy | None = None
     _channels: list[grpc.Channel] = field(default_factory=list)
 
-    def _stub(self, address: str, stub_type):
-        channel = grpc.insecure_channel(address)
+    def _stub(self, process: ServiceProcess, stub_type):
+        channel = process.channel()
         self._channels.append(channel)
         return stub_type(channel)
 
     @property
     def catalog_stub(self) -> pb_grpc.CatalogServiceStub:
-        return self._stub(self.catalog.address, pb_grpc.CatalogServiceStub)
+        return self._stub(self.catalog, pb_grpc.CatalogServiceStub)
 
     @property
     def grant_stub(self) -> grant_pb2_grpc.GrantServiceStub:
-        return self._stub(self.grant.address, grant_pb2_grpc.GrantServiceStub)
+        return self._stub(self.grant, grant_pb2_grpc.GrantServiceStub)
 
     def close(self) -> None:
         for channel in self._channels:
@@ -155,6 +156,7 @@ def deployment(database_url_factory, tmp_path) -> Iterator[Callable[..., Deploym
         catalog = ServiceProcess.catalog(
             database_url_factory("catalog"),
             grant_address=between.address if between else grant.address,
+            grant_api_key=grant.sync_key(),  # forwarded by the proxy
             log_dir=tmp_path,
             args=["--log-level", "WARNING", *FAST_RETRIES, *catalog_args],
         )

@@ -29,6 +29,7 @@ from catalog_service.adapters.orm import OutboxDeliveryRow
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
 from credit_common.db.engine import DatabaseSettings, create_db_engine
+from credit_common.testing.auth import caller_credentials
 from credit_common.testing.processes import ServiceProcess
 from grant_service.v1 import grant_service_pb2 as gpb
 from grant_service.v1 import grant_service_pb2_grpc as gpb_grpc
@@ -117,7 +118,7 @@ class CountingProxy(gpb_grpc.GrantServiceServicer):
         record = Call(self.name, request.subscription_id, request.revision)
         with self.recorder.lock:
             self.recorder.calls.append(record)
-        reply = self._stub.ApplySubscription(request, timeout=FORWARD_DEADLINE_S)
+        reply = self._stub.ApplySubscription(request, timeout=FORWARD_DEADLINE_S, metadata=caller_credentials(context))
         with self.recorder.lock:
             record.outcome = reply.outcome
         return reply
@@ -128,17 +129,17 @@ class CountingProxy(gpb_grpc.GrantServiceServicer):
         records = [Call(self.name, r.subscription_id, r.revision) for r in request.requests]
         with self.recorder.lock:
             self.recorder.calls.extend(records)
-        reply = self._stub.ApplySubscriptions(request, timeout=FORWARD_DEADLINE_S)
+        reply = self._stub.ApplySubscriptions(request, timeout=FORWARD_DEADLINE_S, metadata=caller_credentials(context))
         with self.recorder.lock:
             for record, result in zip(records, reply.results, strict=True):
                 record.outcome = result.outcome
         return reply
 
     def ApplyCreditCurrency(self, request, context):
-        return self._stub.ApplyCreditCurrency(request, timeout=FORWARD_DEADLINE_S)
+        return self._stub.ApplyCreditCurrency(request, timeout=FORWARD_DEADLINE_S, metadata=caller_credentials(context))
 
     def GetTestClock(self, request, context):
-        return self._stub.GetTestClock(request, timeout=FORWARD_DEADLINE_S)
+        return self._stub.GetTestClock(request, timeout=FORWARD_DEADLINE_S, metadata=caller_credentials(context))
 
     def close(self) -> None:
         self.set_mode("forward")
@@ -178,6 +179,7 @@ def replicas(postgres_server, tmp_path: Path) -> Iterator[Replicas]:
             catalog = ServiceProcess.catalog(
                 catalog_url,
                 grant_address=proxies[-1].address,
+                grant_api_key=grant.sync_key(),  # forwarded by the proxy
                 log_dir=tmp_path,
                 name=f"catalog-{name}",
                 args=CATALOG_ARGS,  # log level INFO: each delivery is logged

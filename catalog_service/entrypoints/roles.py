@@ -1,0 +1,36 @@
+"""Who may call what: every method of CatalogService and the roles that allow it (`admin`
+allows everything). A method missing here stops the service at startup. The catalog has no
+operator action over RPC (a parked delivery is requeued from the database)."""
+
+from __future__ import annotations
+
+from catalog_service.v1 import catalog_service_pb2
+from credit_common.auth.interceptor import method_roles
+from credit_common.auth.keys import CATALOG_ADMIN, READER
+
+ROLES: dict[str, tuple[str, ...]] = {
+    "CreateFeature": (CATALOG_ADMIN,),
+    "GetFeature": (READER,),
+    "ListFeatures": (READER,),
+    "CreateCreditCurrency": (CATALOG_ADMIN,),
+    "GetCreditCurrency": (READER,),
+    "ListCreditCurrencies": (READER,),
+    "UpdateCreditCurrency": (CATALOG_ADMIN,),
+    "CreatePlan": (CATALOG_ADMIN,),
+    "UpdatePlan": (CATALOG_ADMIN,),
+    "GetPlan": (READER,),
+    "ListPlans": (READER,),
+    "PublishPlan": (CATALOG_ADMIN,),
+    "ArchivePlan": (CATALOG_ADMIN,),
+    "CreateCustomer": (CATALOG_ADMIN,),
+    "GetCustomer": (READER,),
+    "ListCustomers": (READER,),
+    "ProvisionSubscription": (CATALOG_ADMIN,),
+    "GetSubscription": (READER,),
+    "ListSubscriptions": (READER,),
+    "CancelSubscription": (CATALOG_ADMIN,),
+    "AmendSubscription": (CATALOG_ADMIN,),
+}
+
+SERVICE = catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"]
+METHOD_ROLES = method_roles(SERVICE, ROLES)

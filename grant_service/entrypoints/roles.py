@@ -1,0 +1,35 @@
+"""Who may call what: every method of GrantService and the roles that allow it (`admin`
+allows everything). A method missing here stops the service at startup."""
+
+from __future__ import annotations
+
+from credit_common.auth.interceptor import method_roles
+from credit_common.auth.keys import OPERATOR, READER, SYNC, TEST_CLOCKS, USAGE
+from grant_service.v1 import grant_service_pb2
+
+ROLES: dict[str, tuple[str, ...]] = {
+    # the catalog's handoff (its own key, role sync)
+    "ApplySubscription": (SYNC,),
+    "ApplySubscriptions": (SYNC,),
+    "ApplyCreditCurrency": (SYNC,),
+    # reads
+    "GetSubscription": (READER,),
+    "GetBalance": (READER,),
+    "ListGrants": (READER,),
+    "ListLedgerEntries": (READER,),
+    # metering
+    "ReportUsage": (USAGE,),
+    "CheckUsage": (USAGE,),
+    # operator actions: mint or void credits
+    "VoidGrant": (OPERATOR,),
+    "CreateGrant": (OPERATOR,),
+    # test clocks; the catalog reads them (sync) for the default start of a subscription on one
+    "CreateTestClock": (TEST_CLOCKS,),
+    "GetTestClock": (TEST_CLOCKS, SYNC),
+    "ListTestClocks": (TEST_CLOCKS,),
+    "AdvanceTestClock": (TEST_CLOCKS,),
+    "DeleteTestClock": (TEST_CLOCKS,),
+}
+
+SERVICE = grant_service_pb2.DESCRIPTOR.services_by_name["GrantService"]
+METHOD_ROLES = method_roles(SERVICE, ROLES)
