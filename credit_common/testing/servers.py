@@ -8,11 +8,11 @@ from contextlib import contextmanager
 import grpc
 from sqlalchemy import Engine
 
+from credit_common.auth.client import with_api_key
 from credit_common.clock import Clock
 from credit_common.config import ServiceSettings, parse_service_args
 from credit_common.grpc.server import RunningServer
 from credit_common.runtime import ServiceDefinition, open_engine
-from credit_common.auth.client import with_api_key
 from credit_common.testing.auth import create_key
 
 
