@@ -227,3 +227,29 @@ def test_the_sweep_opens_pending_grants_once_in_time_order(database_url_factory)
     assert all(when <= swept_at for _, _, when in rows)
     for grant_id in {g for g, type_, _ in rows if type_ == "EXPIRE"}:
         assert [type_ for g, type_, _ in rows if g == grant_id] == ["GRANT", "EXPIRE"]
+
+
+def test_the_timer_opens_a_pending_grant_when_it_is_due(database_url_factory):
+    from datetime import timedelta
+
+    from grant_service.service_layer.operators import create_grant
+    from grant_service.service_layer.subscriptions import apply_credit_currency
+
+    url = database_url_factory("timer_pending")
+    clock = ManualClock(NOW)
+    with serving(app.DEFINITION, app.build, url, clock=clock, args=["--catch-up-interval", "0.05"]) as (_, _channel):
+        engine = create_db_engine(DatabaseSettings(url=url))
+        ctx = GrantContext(session_factories(engine), clock)
+        apply_credit_currency(ctx, "ai-credits", 1, {}, None)
+        _subscribe(ctx, 1, datetime(2026, 5, 20, tzinfo=UTC))
+        later = NOW + timedelta(hours=1)
+        create_grant(ctx, "r", "c0", "ai-credits", Decimal(3), later, None, None, "")
+        deadline = time.monotonic() + 60
+        while _counts(engine)[1] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _counts(engine) == (2, 1, 0)  # the recurring grant only: the one-off grant is pending
+        clock.set(later)
+        while _counts(engine)[1] < 2 and time.monotonic() < deadline:  # no RPC reads: only the timer opens it
+            time.sleep(0.05)
+        assert _counts(engine) == (2, 2, 0)
+        engine.dispose()

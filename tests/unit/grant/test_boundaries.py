@@ -154,3 +154,12 @@ def test_a_pending_grant_makes_the_customer_due_at_its_effective_time():
     pending = Pending(None, None, t)
     assert not pending.due(t - timedelta(microseconds=1))
     assert pending.due(t) and pending.issue_due(t)
+
+
+def test_a_stored_schedule_whose_first_period_would_end_after_year_9999_still_reads():
+    """Rejected up front now, but a row stored earlier must never break the catch-up or a read."""
+    anchor = utc(9999, 12, 15)
+    schedule = Schedule(anchor, Cadence.MONTHLY, amounts(("5", anchor)), end_time=None)
+    assert schedule.segments(0) == [GrantSegment(0, 0, Decimal(5), anchor, MAX_INSTANT)]
+    assert not schedule.has_period(1) and schedule.period_start(1) is None
+    assert schedule.period_at(MAX_INSTANT) == 0
