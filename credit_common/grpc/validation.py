@@ -41,6 +41,14 @@ def timestamp_problem(seconds: int, nanos: int) -> str | None:
     return None
 
 
+def check_items_in_handler(field_full_name: str) -> None:
+    """Leave the items of a repeated message field (e.g. "pkg.BatchRequest.requests") to the
+    handler, which calls `check_request` on each: a batch whose items are accepted or
+    rejected one by one must not fail whole for one bad item."""
+    _items_in_handler.add(field_full_name)
+    _plans.clear()
+
+
 def check_request(message: Message) -> None:
     """Raise InvalidArgument if `message` holds a value no service accepts."""
     plan = _plans.get(message.DESCRIPTOR)
@@ -61,6 +69,7 @@ def check_request(message: Message) -> None:
 _STRING, _TIMESTAMP, _MESSAGE, _MAP = range(4)
 _Plan = tuple[tuple[str, int, bool, Any], ...]
 _plans: dict[Descriptor, _Plan] = {}
+_items_in_handler: set[str] = set()
 
 # Where a message sits in the request: None (the request itself) or (parent's place, field name,
 # index or map key or None). Turned into "a.b[2].c" only for a violation.
@@ -71,6 +80,8 @@ def _plan(descriptor: Descriptor) -> _Plan:
     _plans[descriptor] = ()  # a recursive type sees itself as "nothing to check" while being planned
     steps = []
     for field in descriptor.fields:
+        if field.full_name in _items_in_handler:
+            continue
         step = _step(field)
         if step is not None:
             steps.append((field.name, *step))

@@ -165,3 +165,40 @@ def test_concurrent_updates_of_one_currency_take_turns(services: Services):
     with ThreadPoolExecutor(max_workers=8) as pool:
         revisions = list(pool.map(update, range(16)))
     assert sorted(revisions) == list(range(2, 18))
+
+
+def test_a_bad_item_of_a_batch_is_rejected_alone(services: Services):
+    """ApplySubscriptions answers each item on its own: the generic check rejects the bad item, not the call."""
+    ok = timestamp_pb2.Timestamp(seconds=1_700_000_000)
+
+    def item(sub_id: str, customer: str, start: timestamp_pb2.Timestamp) -> gpb.ApplySubscriptionRequest:
+        return gpb.ApplySubscriptionRequest(
+            subscription_id=sub_id,
+            customer_key=customer,
+            revision=1,
+            start_time=start,
+            credit_schedules=[
+                gpb.CreditSchedule(
+                    entitlement_key="e",
+                    currency_key="c",
+                    cadence=gpb.CADENCE_MONTHLY,
+                    amounts=[gpb.ScheduledAmount(amount="1")],
+                )
+            ],
+        )
+
+    reply = services.grant.ApplySubscriptions(
+        gpb.ApplySubscriptionsRequest(
+            requests=[
+                item("batch-1", "batch\x00customer", ok),
+                item("batch-2", "batch-customer", timestamp_pb2.Timestamp(seconds=0, nanos=-1)),
+                item("batch-3", "batch-customer", ok),
+            ]
+        ),
+        timeout=30,
+    )
+    first, second, third = reply.results
+    assert first.rejection.code == "INVALID_ARGUMENT"
+    assert [v.field for v in first.rejection.field_violations] == ["customer_key"]
+    assert [v.field for v in second.rejection.field_violations] == ["start_time"]
+    assert third.outcome == gpb.APPLY_OUTCOME_APPLIED
