@@ -87,7 +87,7 @@ def test_retryable_statuses_are_unavailable(refusing, code):
     assert raised.value.reason == "GRANT_SERVICE_UNAVAILABLE"
 
 
-@pytest.mark.parametrize("code", [code_pb2.INTERNAL, code_pb2.UNIMPLEMENTED, code_pb2.PERMISSION_DENIED])
+@pytest.mark.parametrize("code", [code_pb2.INTERNAL, code_pb2.UNIMPLEMENTED, code_pb2.DATA_LOSS])
 def test_anything_else_is_unexpected(refusing, code):
     servicer, client = refusing
     servicer.code = code
