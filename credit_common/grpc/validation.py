@@ -76,13 +76,20 @@ _items_in_handler: set[str] = set()
 _Place = tuple[Any, str, Any] | None
 
 
-def _plan(descriptor: Descriptor) -> _Plan:
-    _plans[descriptor] = ()  # a recursive type sees itself as "nothing to check" while being planned
+def _plan(descriptor: Descriptor, planning: frozenset[Descriptor] = frozenset()) -> _Plan:
+    """The plan of `descriptor`, stored only once complete (RPC threads read `_plans` unlocked).
+    A message type found again inside itself (`planning`) is not descended into."""
+    plan = _plans.get(descriptor)
+    if plan is not None:
+        return plan
+    if descriptor in planning:
+        return ()
+    planning = planning | {descriptor}
     steps = []
     for field in descriptor.fields:
         if field.full_name in _items_in_handler:
             continue
-        step = _step(field)
+        step = _step(field, planning)
         if step is not None:
             steps.append((field.name, *step))
     plan = tuple(steps)
@@ -90,7 +97,7 @@ def _plan(descriptor: Descriptor) -> _Plan:
     return plan
 
 
-def _step(field: FieldDescriptor) -> tuple[int, bool, Any] | None:
+def _step(field: FieldDescriptor, planning: frozenset[Descriptor]) -> tuple[int, bool, Any] | None:
     repeated = field.is_repeated
     if field.type == FieldDescriptor.TYPE_STRING:
         return _STRING, repeated, None
@@ -100,16 +107,14 @@ def _step(field: FieldDescriptor) -> tuple[int, bool, Any] | None:
     if sub.GetOptions().map_entry:
         key_field, value_field = sub.fields_by_name["key"], sub.fields_by_name["value"]
         check_keys = key_field.type == FieldDescriptor.TYPE_STRING
-        value_step = _step(value_field)
+        value_step = _step(value_field, planning)
         if not check_keys and value_step is None:
             return None
         value_kind, _, value_plan = value_step if value_step is not None else (None, False, None)
         return _MAP, False, (check_keys, value_kind, value_plan)
     if sub.full_name == TIMESTAMP_TYPE:
         return _TIMESTAMP, repeated, None
-    sub_plan = _plans.get(sub)
-    if sub_plan is None:
-        sub_plan = _plan(sub)
+    sub_plan = _plan(sub, planning)
     if not sub_plan:
         return None
     return _MESSAGE, repeated, sub_plan
