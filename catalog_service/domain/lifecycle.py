@@ -14,6 +14,11 @@ revision; no I/O.
   for NEXT_PERIOD, or now for IMMEDIATELY (at the start time if it has not
   started, which replaces the provisioned amount). Changes at or after that
   instant are replaced by it, so the history stays strictly increasing.
+- Periods end at year 9999: a period whose end would fall after it ends at
+  9999-12-31T23:59:59.999999Z (cancel at period end), and there is no next
+  period after it (amend NEXT_PERIOD: FAILED_PRECONDITION, NO_NEXT_PERIOD). A
+  subscription whose first period would not end before year 10000 is refused
+  when provisioned (`first_period_end`).
 - Neither is allowed once the subscription has ended or was cancelled
   (FAILED_PRECONDITION, SUBSCRIPTION_ENDED), except cancelling immediately a
   subscription cancelled at period end, which ends it sooner.
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from catalog_service.domain.model import (
@@ -42,15 +47,37 @@ def longest_cadence(subscription: Subscription) -> Cadence:
     return Cadence.YEARLY if Cadence.YEARLY in cadences else Cadence.MONTHLY
 
 
+END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+
+
+def _period_start(anchor: datetime, cadence: Cadence, k: int) -> datetime | None:
+    """Start of period k (k >= 0), None when it would fall after year 9999 (no such period)."""
+    try:
+        return period_start(anchor, cadence, k)
+    except (ValueError, OverflowError):  # a datetime of year 10000
+        return None
+
+
+def first_period_end(start: datetime, cadence: Cadence) -> datetime | None:
+    """End of the first period, None when it would fall after year 9999."""
+    return _period_start(start, cadence, 1)
+
+
 def next_period_start(start: datetime, cadence: Cadence, now: datetime) -> datetime:
     """Start of the period after the one containing `now` (the start itself before it)."""
-    return period_start(start, cadence, max(period_index_at(start, cadence, now), -1) + 1)
+    following = _period_start(start, cadence, max(period_index_at(start, cadence, now), -1) + 1)
+    if following is None:
+        raise FailedPrecondition(
+            "the current period is the last one: no period starts after it before year 10000",
+            reason="NO_NEXT_PERIOD",
+        )
+    return following
 
 
 def current_period_end(subscription: Subscription, now: datetime) -> datetime:
     cadence = longest_cadence(subscription)
     k = max(period_index_at(subscription.start_time, cadence, now), 0)
-    return period_start(subscription.start_time, cadence, k + 1)
+    return _period_start(subscription.start_time, cadence, k + 1) or END_OF_TIME
 
 
 def _ended(subscription: Subscription, now: datetime) -> FailedPrecondition:

@@ -504,6 +504,12 @@ class CatalogService:
             start = start_time or now
             if end_time is not None and end_time <= start:
                 violations.add("end_time", "must be after start_time", "END_BEFORE_START")
+            if any(lifecycle.first_period_end(start, e.cadence) is None for e in resolved.credit_entitlements):
+                violations.add(
+                    "start_time",
+                    "the first period of every credit entitlement must end before year 10000",
+                    "TIMESTAMP_OUT_OF_RANGE",
+                )
             if resolved.missing or any(v.field.startswith("entitlement_values") for v in violations):
                 violations.raise_if_any(
                     "the entitlement values do not fit the plan version"

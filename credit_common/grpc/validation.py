@@ -14,7 +14,6 @@ check costs one dictionary lookup (docs/hostile-input.md has the measurements).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -42,6 +41,14 @@ def timestamp_problem(seconds: int, nanos: int) -> str | None:
     return None
 
 
+def check_items_in_handler(field_full_name: str) -> None:
+    """Leave the items of a repeated message field (e.g. "pkg.BatchRequest.requests") to the
+    handler, which calls `check_request` on each: a batch whose items are accepted or
+    rejected one by one must not fail whole for one bad item."""
+    _items_in_handler.add(field_full_name)
+    _plans.clear()
+
+
 def check_request(message: Message) -> None:
     """Raise InvalidArgument if `message` holds a value no service accepts."""
     plan = _plans.get(message.DESCRIPTOR)
@@ -50,109 +57,136 @@ def check_request(message: Message) -> None:
     if not plan:
         return
     violations: list[FieldViolation] = []
-    _walk(message, plan, "", violations)
+    _walk(message, plan, None, violations)
     if violations:
         raise InvalidArgument("the request has invalid fields", violations=violations)
 
 
 # ---------------------------------------------------------------------- the plan of each message type
 
-# A plan is a tuple of steps, one per field worth visiting: (field name, visitor).
-_Visitor = Callable[[Any, str, list[FieldViolation]], None]
-_Plan = tuple[tuple[str, "_Step"], ...]
-
-
-class _Step:
-    """How to check one field's value: `visit(value, path, violations)`."""
-
-    __slots__ = ("presence", "repeated", "visit")
-
-    def __init__(self, visit: _Visitor, *, repeated: bool, presence: bool) -> None:
-        self.visit = visit
-        self.repeated = repeated
-        self.presence = presence  # a singular message field: visited only when set
-
-
+# A plan lists the fields worth visiting: (name, kind, repeated, plan of the field's message type
+# or, for a map, (check the keys, kind of the values, plan of the values)).
+_STRING, _TIMESTAMP, _MESSAGE, _MAP = range(4)
+_Plan = tuple[tuple[str, int, bool, Any], ...]
 _plans: dict[Descriptor, _Plan] = {}
+_items_in_handler: set[str] = set()
+
+# Where a message sits in the request: None (the request itself) or (parent's place, field name,
+# index or map key or None). Turned into "a.b[2].c" only for a violation.
+_Place = tuple[Any, str, Any] | None
 
 
-def _plan(descriptor: Descriptor) -> _Plan:
-    _plans[descriptor] = ()  # a recursive type sees itself as "nothing to check" while being planned
-    steps: list[tuple[str, _Step]] = []
+def _plan(descriptor: Descriptor, planning: frozenset[Descriptor] = frozenset()) -> _Plan:
+    """The plan of `descriptor`, stored only once complete (RPC threads read `_plans` unlocked).
+    A message type found again inside itself (`planning`) is not descended into."""
+    plan = _plans.get(descriptor)
+    if plan is not None:
+        return plan
+    if descriptor in planning:
+        return ()
+    planning = planning | {descriptor}
+    steps = []
     for field in descriptor.fields:
-        step = _step(field)
+        if field.full_name in _items_in_handler:
+            continue
+        step = _step(field, planning)
         if step is not None:
-            steps.append((field.name, step))
+            steps.append((field.name, *step))
     plan = tuple(steps)
     _plans[descriptor] = plan
     return plan
 
 
-def _step(field: FieldDescriptor) -> _Step | None:
+def _step(field: FieldDescriptor, planning: frozenset[Descriptor]) -> tuple[int, bool, Any] | None:
     repeated = field.is_repeated
     if field.type == FieldDescriptor.TYPE_STRING:
-        return _Step(_check_string, repeated=repeated, presence=False)
+        return _STRING, repeated, None
     if field.type != FieldDescriptor.TYPE_MESSAGE:
         return None
     sub = field.message_type
     if sub.GetOptions().map_entry:
         key_field, value_field = sub.fields_by_name["key"], sub.fields_by_name["value"]
-        check_key = key_field.type == FieldDescriptor.TYPE_STRING
-        value_step = _step(value_field)
-        if not check_key and value_step is None:
+        check_keys = key_field.type == FieldDescriptor.TYPE_STRING
+        value_step = _step(value_field, planning)
+        if not check_keys and value_step is None:
             return None
-        return _Step(_map_visitor(check_key, value_step), repeated=False, presence=False)
+        value_kind, _, value_plan = value_step if value_step is not None else (None, False, None)
+        return _MAP, False, (check_keys, value_kind, value_plan)
     if sub.full_name == TIMESTAMP_TYPE:
-        return _Step(_check_timestamp, repeated=repeated, presence=not repeated)
-    sub_plan = _plans.get(sub)
-    if sub_plan is None:
-        sub_plan = _plan(sub)
+        return _TIMESTAMP, repeated, None
+    sub_plan = _plan(sub, planning)
     if not sub_plan:
         return None
-    return _Step(_message_visitor(sub_plan), repeated=repeated, presence=not repeated)
+    return _MESSAGE, repeated, sub_plan
 
 
-def _walk(message: Message, plan: _Plan, prefix: str, violations: list[FieldViolation]) -> None:
-    for name, step in plan:
-        if step.presence and not message.HasField(name):
-            continue
-        value = getattr(message, name)
-        path = prefix + name
-        if step.repeated:
-            for i, item in enumerate(value):
-                step.visit(item, f"{path}[{i}]", violations)
+def _walk(message: Message, plan: _Plan, place: _Place, violations: list[FieldViolation]) -> None:
+    for name, kind, repeated, sub in plan:
+        if kind == _STRING:
+            if repeated:
+                for i, value in enumerate(getattr(message, name)):
+                    if "\x00" in value:
+                        violations.append(_nul((place, name, i)))
+            elif "\x00" in getattr(message, name):
+                violations.append(_nul((place, name, None)))
+        elif kind == _TIMESTAMP:
+            if repeated:
+                for i, value in enumerate(getattr(message, name)):
+                    _check_timestamp(value, (place, name, i), violations)
+            elif message.HasField(name):
+                _check_timestamp(getattr(message, name), (place, name, None), violations)
+        elif kind == _MESSAGE:
+            if repeated:
+                for i, value in enumerate(getattr(message, name)):
+                    _walk(value, sub, (place, name, i), violations)
+            elif message.HasField(name):
+                _walk(getattr(message, name), sub, (place, name, None), violations)
         else:
-            step.visit(value, path, violations)
+            _walk_map(getattr(message, name), sub, (place, name), violations)
 
 
-def _check_string(value: str, path: str, violations: list[FieldViolation]) -> None:
-    if "\x00" in value:
-        violations.append(FieldViolation(path, _NUL_DESCRIPTION, NUL_CHARACTER))
+def _walk_map(entries: Any, step: tuple[bool, Any, Any], place: tuple[Any, str], violations) -> None:
+    check_keys, value_kind, value_plan = step
+    parent, name = place
+    for key in entries:
+        entry_place = (parent, name, key)
+        if check_keys and "\x00" in key:
+            violations.append(_nul(entry_place, "the key "))
+        if value_kind == _STRING:
+            if "\x00" in entries[key]:
+                violations.append(_nul(entry_place))
+        elif value_kind == _TIMESTAMP:
+            _check_timestamp(entries[key], entry_place, violations)
+        elif value_kind == _MESSAGE:
+            _walk(entries[key], value_plan, entry_place, violations)
 
 
-def _check_timestamp(value: Message, path: str, violations: list[FieldViolation]) -> None:
-    problem = timestamp_problem(value.seconds, value.nanos)  # type: ignore[attr-defined]
-    if problem is not None:
-        violations.append(FieldViolation(path, problem, TIMESTAMP_OUT_OF_RANGE))
+def _check_timestamp(value: Any, place: _Place, violations: list[FieldViolation]) -> None:
+    seconds, nanos = value.seconds, value.nanos
+    if MIN_SECONDS <= seconds <= MAX_SECONDS and 0 <= nanos <= MAX_NANOS:
+        return
+    problem = timestamp_problem(seconds, nanos)
+    assert problem is not None
+    violations.append(FieldViolation(_path(place), problem, TIMESTAMP_OUT_OF_RANGE))
 
 
-def _message_visitor(plan: _Plan) -> _Visitor:
-    def visit(value: Message, path: str, violations: list[FieldViolation]) -> None:
-        _walk(value, plan, path + ".", violations)
-
-    return visit
+def _nul(place: _Place, what: str = "") -> FieldViolation:
+    return FieldViolation(_path(place), what + _NUL_DESCRIPTION, NUL_CHARACTER)
 
 
-def _map_visitor(check_key: bool, value_step: _Step | None) -> _Visitor:
-    def visit(value: Any, path: str, violations: list[FieldViolation]) -> None:
-        for key in value:
-            item_path = f"{path}[{_printable(key)}]"
-            if check_key and "\x00" in key:
-                violations.append(FieldViolation(item_path, "the key " + _NUL_DESCRIPTION, NUL_CHARACTER))
-            if value_step is not None:
-                value_step.visit(value[key], item_path, violations)
-
-    return visit
+def _path(place: _Place) -> str:
+    """ "credit_schedules[0].amounts[1].effective_time" for the place of that field."""
+    parts: list[str] = []
+    while place is not None:
+        parent, name, index = place
+        if index is None:
+            parts.append(name)
+        elif isinstance(index, int):
+            parts.append(f"{name}[{index}]")
+        else:
+            parts.append(f"{name}[{_printable(index)}]")
+        place = parent
+    return ".".join(reversed(parts))
 
 
 def _printable(key: Any) -> str:

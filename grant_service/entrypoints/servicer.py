@@ -9,6 +9,7 @@ from decimal import Decimal
 from credit_common.decimals import DecimalFormatError, format_decimal, parse_decimal
 from credit_common.errors import DomainError, Violations
 from credit_common.grpc.timestamps import from_timestamp, to_timestamp
+from credit_common.grpc.validation import check_items_in_handler, check_request
 from credit_common.ids import KEY_RULE, REQUEST_ID_MAX_LENGTH, is_valid_key
 from credit_common.pagination import page_request
 from credit_common.periods import Cadence
@@ -107,6 +108,7 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
         specs: list[subscriptions.SubscriptionSpec] = []
         for item in request.requests:
             try:
+                check_request(item)  # what the interceptor checks of an ApplySubscriptionRequest
                 specs.append(_subscription_spec(item))
                 results.append(None)
             except DomainError as error:
@@ -360,6 +362,7 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
 
 
 APPLY_BATCH_MAX = 500  # items of one ApplySubscriptions call
+check_items_in_handler(pb.ApplySubscriptionsRequest.DESCRIPTOR.fields_by_name["requests"].full_name)
 
 
 def _apply_result(result: subscriptions.ApplyResult) -> pb.ApplySubscriptionResult:

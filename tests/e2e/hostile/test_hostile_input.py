@@ -165,3 +165,77 @@ def test_concurrent_updates_of_one_currency_take_turns(services: Services):
     with ThreadPoolExecutor(max_workers=8) as pool:
         revisions = list(pool.map(update, range(16)))
     assert sorted(revisions) == list(range(2, 18))
+
+
+def test_a_bad_item_of_a_batch_is_rejected_alone(services: Services):
+    """ApplySubscriptions answers each item on its own: the generic check rejects the bad item, not the call."""
+    ok = timestamp_pb2.Timestamp(seconds=1_700_000_000)
+
+    def item(sub_id: str, customer: str, start: timestamp_pb2.Timestamp) -> gpb.ApplySubscriptionRequest:
+        return gpb.ApplySubscriptionRequest(
+            subscription_id=sub_id,
+            customer_key=customer,
+            revision=1,
+            start_time=start,
+            credit_schedules=[
+                gpb.CreditSchedule(
+                    entitlement_key="e",
+                    currency_key="c",
+                    cadence=gpb.CADENCE_MONTHLY,
+                    amounts=[gpb.ScheduledAmount(amount="1")],
+                )
+            ],
+        )
+
+    reply = services.grant.ApplySubscriptions(
+        gpb.ApplySubscriptionsRequest(
+            requests=[
+                item("batch-1", "batch\x00customer", ok),
+                item("batch-2", "batch-customer", timestamp_pb2.Timestamp(seconds=0, nanos=-1)),
+                item("batch-3", "batch-customer", ok),
+            ]
+        ),
+        timeout=30,
+    )
+    first, second, third = reply.results
+    assert first.rejection.code == "INVALID_ARGUMENT"
+    assert [v.field for v in first.rejection.field_violations] == ["customer_key"]
+    assert [v.field for v in second.rejection.field_violations] == ["start_time"]
+    assert third.outcome == gpb.APPLY_OUTCOME_APPLIED
+
+
+def test_a_subscription_whose_first_period_ends_after_year_9999_is_refused_by_the_catalog(services: Services):
+    """As the grant service refuses it (S5): else the catalog accepts what its handoff can never deliver."""
+    c = services.catalog
+    c.CreateFeature(
+        cpb.CreateFeatureRequest(
+            feature=cpb.Feature(key="late-calls", display_name="C", type=cpb.FEATURE_TYPE_METERED, unit_name="call")
+        ),
+        timeout=30,
+    )
+    rate = cpb.CreditRate(feature_key="late-calls", credits_per_unit="1")
+    currency = cpb.CreditCurrency(key="late-credits", display_name="C", unit_name="c", rates=[rate])
+    c.CreateCreditCurrency(cpb.CreateCreditCurrencyRequest(credit_currency=currency), timeout=30)
+    entitlement = cpb.CreditEntitlement(
+        key="credits", currency_key="late-credits", cadence=cpb.CADENCE_MONTHLY, fixed_amount="10"
+    )
+    c.CreatePlan(
+        cpb.CreatePlanRequest(plan=cpb.Plan(key="late-plan", display_name="P", credit_entitlements=[entitlement])),
+        timeout=30,
+    )
+    c.PublishPlan(cpb.PublishPlanRequest(key="late-plan"), timeout=30)
+    c.CreateCustomer(cpb.CreateCustomerRequest(customer=cpb.Customer(key="late", display_name="L")), timeout=30)
+
+    def provision(seconds: int) -> cpb.ProvisionSubscriptionRequest:
+        return cpb.ProvisionSubscriptionRequest(
+            customer_key="late", plan_key="late-plan", start_time=timestamp_pb2.Timestamp(seconds=seconds)
+        )
+
+    dec_15_9999 = 253_400_832_000
+    assert invalid(c.ProvisionSubscription, provision(dec_15_9999)) == {"start_time": "TIMESTAMP_OUT_OF_RANGE"}
+    subscription = c.ProvisionSubscription(provision(dec_15_9999 - 31 * 86_400), timeout=30).subscription  # Nov 14
+    cancelled = c.CancelSubscription(
+        cpb.CancelSubscriptionRequest(subscription_id=subscription.subscription_id, mode=cpb.CANCEL_MODE_AT_PERIOD_END),
+        timeout=30,
+    ).subscription
+    assert cancelled.end_time.ToDatetime().year == 9999

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from catalog_service.domain.lifecycle import amend, cancel, current_period_end
+from catalog_service.domain.lifecycle import END_OF_TIME, amend, cancel, current_period_end, first_period_end
 from catalog_service.domain.model import (
     AmendmentTiming,
     AmountChange,
@@ -175,3 +175,12 @@ def test_replace_keeps_other_entitlements_untouched():
     assert amended.credit_entitlements[1] == replace(
         sub.credit_entitlements[1], changes=(AmountChange(Decimal(9), utc(2026, 2, 28, 12)),)
     )
+
+
+def test_periods_end_at_year_9999():
+    late = replace(subscription(Cadence.MONTHLY), start_time=utc(9999, 12, 15))
+    assert current_period_end(late, utc(2026, 6, 1)) == END_OF_TIME
+    assert cancel(late, CancelMode.AT_PERIOD_END, utc(2026, 6, 1)).end_time == END_OF_TIME
+    assert first_period_end(utc(9999, 12, 15), Cadence.MONTHLY) is None
+    assert first_period_end(utc(9999, 1, 15), Cadence.YEARLY) is None
+    assert first_period_end(utc(9999, 11, 30), Cadence.MONTHLY) == utc(9999, 12, 30)
