@@ -13,7 +13,8 @@ log lines back (`log_records()`).
 
 With `database_url=None` the database is not passed (give `--database-url` in
 `args`), with `migrate=False` the schema is expected to be there already, and
-with `shutdown_grace_s=None` the service's own default grace applies.
+with `shutdown_grace_s=None` the service's own default grace applies; with
+`credentials`, `channel()` (and so the readiness check) speaks TLS.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class ServiceProcess:
         env: dict[str, str] | None = None,
         migrate: bool = True,
         shutdown_grace_s: float | None = 5.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.module = module
         self.database_url = database_url
@@ -68,6 +70,7 @@ class ServiceProcess:
         self.log_path = Path(log_dir) / f"{self.name}.log"
         self.process: subprocess.Popen | None = None
         self.returncode: int | None = None  # of the last process stopped or killed
+        self.credentials = credentials  # of `channel()`: a service started with --tls-cert
 
     @classmethod
     def grant(cls, database_url: str, *, log_dir: Path, args: Sequence[str] = (), **kwargs) -> ServiceProcess:
@@ -94,7 +97,9 @@ class ServiceProcess:
         return self.process is not None and self.process.poll() is None
 
     def channel(self) -> grpc.Channel:
-        """A new insecure channel to the process (the caller closes it)."""
+        """A new channel to the process, insecure or with `credentials` (the caller closes it)."""
+        if self.credentials is not None:
+            return grpc.secure_channel(self.address, self.credentials)
         return grpc.insecure_channel(self.address)
 
     def start(self, *, ready_timeout_s: float = 60.0) -> ServiceProcess:
