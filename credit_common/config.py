@@ -124,6 +124,14 @@ def readable_file(text: str) -> str | None:
     return text
 
 
+def read_file(path: str | None) -> bytes | None:
+    """The bytes of a file given by a `readable_file` flag (a PEM certificate or key); None for None."""
+    if path is None:
+        return None
+    with open(path, "rb") as file:
+        return file.read()
+
+
 def _env(prefix: str, name: str, default: str | None) -> str | None:
     return os.environ.get(f"{prefix}_{name}", default)
 

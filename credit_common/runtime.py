@@ -132,6 +132,7 @@ def main(
             "database": engine.url.render_as_string(hide_password=True),
             "cpus": sorted(os.sched_getaffinity(0)) if settings.cpus is not None else None,
             "server_process": settings.process_index,
+            "transport": ("mtls" if settings.tls.client_ca_file else "tls") if settings.tls.enabled else "plaintext",
         },
     )
     run_until_signal(running, settings.shutdown_grace_s)

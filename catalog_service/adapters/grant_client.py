@@ -19,6 +19,7 @@ import grpc
 
 from catalog_service.adapters.grant_delivery import channel_options
 from credit_common.auth.client import with_api_key
+from credit_common.config import read_file
 from credit_common.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
 from credit_common.grpc.errors import error_details
 from grant_service.v1 import grant_service_pb2 as grant_pb2
@@ -45,21 +46,14 @@ class GrantTls:
             raise ValueError("--grant-tls-cert and --grant-tls-key go together")
 
 
-def _read(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    with open(path, "rb") as file:
-        return file.read()
-
-
 def channel_credentials(tls: GrantTls) -> grpc.ChannelCredentials | None:
     """The credentials of the channel to the grant service; None for plaintext."""
     if not tls.enabled:
         return None
     return grpc.ssl_channel_credentials(
-        root_certificates=_read(tls.ca_file),
-        private_key=_read(tls.key_file),
-        certificate_chain=_read(tls.cert_file),
+        root_certificates=read_file(tls.ca_file),
+        private_key=read_file(tls.key_file),
+        certificate_chain=read_file(tls.cert_file),
     )
 
 

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from credit_common.config import ServerLimits, TlsSettings
+from credit_common.config import ServerLimits, TlsSettings, read_file
 from credit_common.grpc.interceptors import ServiceInterceptor
 
 log = logging.getLogger("credit_grants.server")
@@ -52,21 +52,15 @@ class RunningServer:
         self.server.wait_for_termination()
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as file:
-        return file.read()
-
-
 def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials | None:
     """The listener's credentials: None for plaintext (no certificate configured), TLS with the
     configured chain and key, and with a client CA, mTLS: a client must present a certificate
     signed by it (gRPC Python has no "verify if presented")."""
     if not tls.enabled:
         return None
-    assert tls.cert_file is not None and tls.key_file is not None
-    client_ca = _read(tls.client_ca_file) if tls.client_ca_file else None
+    client_ca = read_file(tls.client_ca_file)
     return grpc.ssl_server_credentials(
-        [(_read(tls.key_file), _read(tls.cert_file))],
+        [(read_file(tls.key_file), read_file(tls.cert_file))],
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )

@@ -53,9 +53,18 @@ def create_key_at(
         engine.dispose()
 
 
-def keyed_channel(address: str, api_key: str | None, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
-    """A channel to `address` sending `api_key` with every call (none if None)."""
-    return with_api_key(grpc.insecure_channel(address, options=list(options)), api_key)
+def keyed_channel(
+    address: str,
+    api_key: str | None,
+    options: Sequence[tuple[str, Any]] = (),
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> grpc.Channel:
+    """A channel to `address` (insecure, or secure with `credentials`) sending `api_key` with every
+    call (none if None)."""
+    if credentials is None:
+        return with_api_key(grpc.insecure_channel(address, options=list(options)), api_key)
+    return with_api_key(grpc.secure_channel(address, credentials, options=list(options)), api_key)
 
 
 def caller_credentials(context: grpc.ServicerContext) -> list[tuple[str, str]]:

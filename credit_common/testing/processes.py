@@ -19,7 +19,8 @@ log lines back (`log_records()`).
 
 With `database_url=None` the database is not passed (give `--database-url` in
 `args`), with `migrate=False` the schema is expected to be there already, and
-with `shutdown_grace_s=None` the service's own default grace applies.
+with `shutdown_grace_s=None` the service's own default grace applies; with
+`credentials`, `channel()` (and so the readiness check) speaks TLS.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class ServiceProcess:
         env: dict[str, str] | None = None,
         migrate: bool = True,
         shutdown_grace_s: float | None = 5.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.module = module
         self.database_url = database_url
@@ -78,6 +80,7 @@ class ServiceProcess:
         self.process: subprocess.Popen | None = None
         self.returncode: int | None = None  # of the last process stopped or killed
         self._api_key: str | None = None
+        self.credentials = credentials  # of `channel()`: a service started with --tls-cert
 
     @classmethod
     def grant(cls, database_url: str, *, log_dir: Path, args: Sequence[str] = (), **kwargs) -> ServiceProcess:
@@ -136,9 +139,11 @@ class ServiceProcess:
         return create_key_at(definition_of(self.module), url, roles, migrate=self.migrate)
 
     def channel(self, options: Sequence[tuple[str, Any]] = (), *, authenticated: bool = True) -> grpc.Channel:
-        """A new insecure channel to the process, sending `api_key` unless not `authenticated`
-        (the caller closes it)."""
-        return keyed_channel(self.address, self.api_key if authenticated else None, options)
+        """A new channel to the process, insecure or with `credentials`, sending `api_key` unless not
+        `authenticated` (the caller closes it)."""
+        return keyed_channel(
+            self.address, self.api_key if authenticated else None, options, credentials=self.credentials
+        )
 
     def start(self, *, ready_timeout_s: float = 60.0) -> ServiceProcess:
         """Start the process (schema migrated with --migrate unless `migrate=False`) and wait

@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from catalog_service.entrypoints import app as catalog_app
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
+from credit_common.testing.processes import ServiceProcess
 from credit_common.testing.servers import serving
 from grant_service.entrypoints import app as grant_app
 from grant_service.v1 import grant_service_pb2 as grant_pb2
@@ -206,3 +207,31 @@ def test_catalog_without_its_client_certificate_does_not_deliver(grant_mtls, pki
             return reply.subscription.handoff.failure_reason
 
         assert "UNAVAILABLE" in wait_for(failed_once, "a failed delivery", timeout_s=30)
+
+
+@pytest.mark.slow
+def test_every_server_process_of_a_service_serves_mtls(pki, tmp_path):
+    """`--processes 2`: the supervisor hands the TLS settings to each server process it spawns."""
+    grant = ServiceProcess.grant(
+        f"sqlite:///{tmp_path / 'grant.db'}",
+        log_dir=tmp_path,
+        args=["--processes", "2", *tls_args(pki, mtls=True)],
+        credentials=pki.credentials(client="client"),
+    )
+    with grant:
+        wait_for(
+            lambda: len([r for r in grant.log_records() if r["message"] == "serving"]) == 2,
+            "both server processes serving",
+            (grant,),
+        )
+        serving_records = [r for r in grant.log_records() if r["message"] == "serving"]
+        assert sorted((r["server_process"], r["transport"]) for r in serving_records) == [(0, "mtls"), (1, "mtls")]
+        # Connections of their own, spread by the kernel over both processes: each is TLS only.
+        own = [("grpc.use_local_subchannel_pool", 1)]
+        for _ in range(8):
+            with grpc.secure_channel(grant.address, pki.credentials(client="client"), options=own) as good:
+                assert healthy(good)
+            with grpc.insecure_channel(grant.address, options=own) as plaintext:
+                assert refused(plaintext) == grpc.StatusCode.UNAVAILABLE
+            with grpc.secure_channel(grant.address, pki.credentials(), options=own) as no_cert:
+                assert refused(no_cert) == grpc.StatusCode.UNAVAILABLE
