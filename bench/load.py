@@ -53,11 +53,11 @@ def run_load(
     api_key: str | None = None,
 ) -> LoadResult:
     """`callers` threads over `processes` processes call `kind` for `duration_s` seconds, or until
-    `work` (split over the callers) is done; every call carries `api_key`. All processes start at
-    the same instant, after their channels are connected."""
+    `work` (split over the callers) is done; every call carries `api_key`. All processes start
+    together, once every one of them has spawned and connected its channels (a barrier: on a busy
+    machine spawning can take longer than any fixed head start)."""
     processes = max(1, min(processes, callers))
     per_process = [callers // processes + (1 if p < callers % processes else 0) for p in range(processes)]
-    start_at = time.time() + 3.0 + 0.5 * processes  # leaves time to spawn and connect
     jobs = []
     caller = 0
     for p, threads in enumerate(per_process):
@@ -74,16 +74,17 @@ def run_load(
                 "duration_s": duration_s,
                 "params": params or {},
                 "work": job_work,
-                "start_at": start_at,
                 "seed": p,
             }
         )
         caller += threads
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(processes) as pool:
-        parts = pool.map(_worker, jobs)
+    # Each worker process takes one job: it blocks on the barrier until all have theirs.
+    with ctx.Pool(processes, initializer=_set_barrier, initargs=(ctx.Barrier(processes),)) as pool:
+        parts = pool.map(_worker, jobs, chunksize=1)
     result = LoadResult()
     ends = []
+    start_at = min(part["start"] for part in parts)
     for part in parts:
         result.ok += part["ok"]
         result.latencies_ms.extend(part["latencies"])
@@ -96,6 +97,15 @@ def run_load(
 
 
 # ---------------------------------------------------------------------------------- in the worker
+
+_barrier = None
+START_SLACK_S = 0.2  # after the barrier, until the callers' first calls
+
+
+def _set_barrier(barrier) -> None:
+    global _barrier
+    _barrier = barrier
+
 
 
 def _worker(job: dict) -> dict:
@@ -114,7 +124,10 @@ def _worker(job: dict) -> dict:
     errors: Counter = Counter()
     accepted: Counter = Counter()
     state = {"ok": 0, "retries": 0}
-    deadline = job["start_at"] + job["duration_s"] if job["duration_s"] is not None else None
+    if _barrier is not None:
+        _barrier.wait(timeout=600)
+    start_at = time.time() + START_SLACK_S
+    deadline = start_at + job["duration_s"] if job["duration_s"] is not None else None
 
     def run(thread: int) -> None:
         caller = job["first_caller"] + thread
@@ -164,7 +177,7 @@ def _worker(job: dict) -> dict:
             state["ok"] += ok
             state["retries"] += retries
 
-    delay = job["start_at"] - time.time()
+    delay = start_at - time.time()
     if delay > 0:
         time.sleep(delay)
     threads = [threading.Thread(target=run, args=(t,)) for t in range(job["threads"])]
@@ -181,6 +194,7 @@ def _worker(job: dict) -> dict:
         "errors": dict(errors),
         "accepted": dict(accepted),
         "retries": state["retries"],
+        "start": start_at,
         "end": end,
     }
 

@@ -3,6 +3,7 @@ dispatcher, gRPC servicer, server."""
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from sqlalchemy import Engine
@@ -24,6 +25,8 @@ from credit_common.config import ServiceSettings
 from credit_common.grpc.server import RunningServer
 from credit_common.runtime import ServiceDefinition, start
 
+log = logging.getLogger("catalog_service.app")
+
 DEFINITION = ServiceDefinition(
     name="catalog_service",
     error_domain="catalog.credit-grants",
@@ -40,6 +43,11 @@ def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None)
     server drains, then the dispatcher stops, then the channel closes."""
     clock = clock or SystemClock()
     args = settings.extra
+    if not args.grant_service_api_key:
+        log.warning(
+            "no API key for the grant service (--grant-service-api-key, CATALOG_GRANT_SERVICE_API_KEY): "
+            "a grant service with authentication on refuses the handoff"
+        )
     grant_client = GrantServiceClient(
         args.grant_service_address,
         deadline=timedelta(milliseconds=args.grant_deadline_ms),
