@@ -107,7 +107,6 @@ def _set_barrier(barrier) -> None:
     _barrier = barrier
 
 
-
 def _worker(job: dict) -> dict:
     # Each caller has a connection of its own, as separate clients would: the server's processes
     # (--processes) each take the connections the kernel gives them, and one shared connection

@@ -225,3 +225,16 @@ def test_the_catalog_client_reports_a_refused_catalog_key_as_unavailable_not_int
         ("UNAVAILABLE", "GRANT_SERVICE_REFUSED_CATALOG_KEY") if refused else ("NOT_FOUND", "TEST_CLOCK_NOT_FOUND")
     )
     assert (raised.value.code, raised.value.reason) == expected
+
+
+def test_with_auth_off_no_key_is_asked_for(tmp_path):
+    args = ["--auth", "off", "--catch-up-interval", "0"]
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    with (
+        serving(grant_app.DEFINITION, grant_app.build, url, args=args) as (running, _),
+        grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        service = grant_roles.SERVICE
+        probe = Service("grant", grant_app.DEFINITION, service, grant_roles.ROLES, channel, {}, "", "")
+        # the empty request is judged (no customer key), not refused
+        assert probe.call(service.methods_by_name["GetBalance"], []) == grpc.StatusCode.INVALID_ARGUMENT

@@ -126,3 +126,22 @@ def test_a_clock_set_back_does_not_extend_a_cached_answer():
     clock.set(NOW - timedelta(days=1))
     cache.get("k")
     assert store.lookups == 2
+
+
+def test_auth_is_on_by_default_and_turned_off_only_explicitly(monkeypatch):
+    from credit_common.config import parse_service_args
+
+    def settings(*argv: str):
+        return parse_service_args(
+            service="grant_service", env_prefix="GRANT", default_port=0, database_file="g.db", argv=list(argv)
+        )
+
+    monkeypatch.delenv("GRANT_AUTH", raising=False)
+    assert settings().auth is True and settings().auth_cache_ttl == timedelta(seconds=5)
+    assert settings("--auth", "off").auth is False
+    assert settings("--auth-cache-ttl-ms", "250").auth_cache_ttl == timedelta(milliseconds=250)
+    monkeypatch.setenv("GRANT_AUTH", "off")
+    assert settings().auth is False and settings("--auth", "on").auth is True
+    monkeypatch.setenv("GRANT_AUTH", "maybe")
+    with pytest.raises(SystemExit):
+        settings()
