@@ -10,6 +10,8 @@ import grpc
 from catalog_service.entrypoints import app as catalog_app
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
+from credit_common.auth.keys import SYNC
+from credit_common.testing.auth import create_key_at
 from credit_common.testing.servers import serving
 from grant_service.entrypoints import app as grant_app
 from grant_service.v1 import grant_service_pb2 as grant_pb2
@@ -18,15 +20,25 @@ from tests.e2e.handoff.conftest import DEADLINE_S, provision_many, setup_catalog
 
 
 def test_the_catalog_parks_a_revision_answered_stale_by_a_revision_it_never_issued(database_url_factory):
+    grant_url = database_url_factory("grant")
+    sync_key = create_key_at(grant_app.DEFINITION, grant_url, (SYNC,), label="catalog")
     with (
-        serving(
-            grant_app.DEFINITION, grant_app.build, database_url_factory("grant"), args=["--catch-up-interval", "0"]
-        ) as (grant_running, grant_channel),
+        serving(grant_app.DEFINITION, grant_app.build, grant_url, args=["--catch-up-interval", "0"]) as (
+            grant_running,
+            grant_channel,
+        ),
         serving(
             catalog_app.DEFINITION,
             catalog_app.build,
             database_url_factory("catalog"),
-            args=["--grant-service-address", f"127.0.0.1:{grant_running.port}", "--outbox-backoff-base-ms", "50"],
+            args=[
+                "--grant-service-address",
+                f"127.0.0.1:{grant_running.port}",
+                "--grant-service-api-key",
+                sync_key,
+                "--outbox-backoff-base-ms",
+                "50",
+            ],
         ) as (_catalog_running, channel),
     ):
         catalog = pb_grpc.CatalogServiceStub(channel)

@@ -14,7 +14,9 @@ import pytest
 
 from catalog_service.entrypoints import app as catalog_app
 from catalog_service.v1 import catalog_service_pb2_grpc
+from credit_common.auth.keys import SYNC
 from credit_common.clock import ManualClock
+from credit_common.testing.auth import create_key_at
 from credit_common.testing.servers import serving
 from grant_service.entrypoints import app as grant_app
 from grant_service.v1 import grant_service_pb2_grpc
@@ -40,11 +42,18 @@ def services(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Servi
         return request.getfixturevalue("postgres_server").create_database(f"{name}_{uuid.uuid4().hex[:12]}")
 
     grant_args = ["--enable-test-clocks", "--catch-up-interval", "0"]
-    with serving(grant_app.DEFINITION, grant_app.build, url("grant"), clock=ManualClock(REAL_NOW), args=grant_args) as (
+    grant_url = url("grant")
+    sync_key = create_key_at(grant_app.DEFINITION, grant_url, (SYNC,), label="catalog")
+    with serving(grant_app.DEFINITION, grant_app.build, grant_url, clock=ManualClock(REAL_NOW), args=grant_args) as (
         grant_running,
         grant_channel,
     ):
-        catalog_args = ["--grant-service-address", f"127.0.0.1:{grant_running.port}"]
+        catalog_args = [
+            "--grant-service-address",
+            f"127.0.0.1:{grant_running.port}",
+            "--grant-service-api-key",
+            sync_key,
+        ]
         with serving(catalog_app.DEFINITION, catalog_app.build, url("catalog"), args=catalog_args) as (
             _running,
             catalog_channel,
