@@ -50,10 +50,14 @@ def check_items_in_handler(field_full_name: str) -> None:
 
 
 def check_request(message: Message) -> None:
-    """Raise InvalidArgument if `message` holds a value no service accepts."""
-    plan = _plans.get(message.DESCRIPTOR)
+    """Raise InvalidArgument if `message` holds a value no service accepts (a request
+    that is not a protobuf message, e.g. raw bytes of a generic handler, has nothing to check)."""
+    descriptor = getattr(message, "DESCRIPTOR", None)
+    if descriptor is None:
+        return
+    plan = _plans.get(descriptor)
     if plan is None:
-        plan = _plan(message.DESCRIPTOR)
+        plan = _plan(descriptor)
     if not plan:
         return
     violations: list[FieldViolation] = []
