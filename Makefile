@@ -46,7 +46,7 @@ run: setup
 	grant_key=$$($(PY) -m grant_service keys ensure --role admin --label dev-admin --file data/grant-admin.key); \
 	catalog_key=$$($(PY) -m catalog_service keys ensure --role admin --label dev-admin --file data/catalog-admin.key); \
 	sync_key=$$($(PY) -m grant_service keys ensure --role sync --label catalog-sync --file data/catalog-sync.key); \
-	echo "API keys (admin; kept in data/*.key; see README, Security):"; \
+	echo "API keys (admin; kept in data/*.key; see docs/security.md):"; \
 	echo "  grant service   (50052): $$grant_key"; \
 	echo "  catalog service (50051): $$catalog_key"; \
 	echo "  the catalog's sync key of the grant service: data/catalog-sync.key"; \
