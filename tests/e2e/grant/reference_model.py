@@ -303,14 +303,16 @@ class Model:
             for d in sub.segments(k):
                 if d.effective < now:
                     continue
+                # The segment is already there (open, or voided: a void is not a change) unless its
+                # amount changes at its start (or its old grant was withdrawn or cut to zero length).
                 same = [
                     g
                     for g in self.grants
                     if g.subscription_id == sub.subscription_id
                     and g.period_index == k
                     and g.effective == d.effective
+                    and g.amount == d.amount
                     and g.expire != g.effective
-                    and g.void_time is None
                 ]
                 if not same:
                     self._recurring(sub, d)
