@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import calendar
 import enum
-from datetime import datetime
+from datetime import UTC, datetime
+
+# The last representable instant: periods that would start after it do not exist.
+MAX_INSTANT = datetime.max.replace(tzinfo=UTC)
 
 
 class Cadence(enum.StrEnum):
@@ -20,10 +23,13 @@ class Cadence(enum.StrEnum):
 
 
 def add_months(anchor: datetime, months: int) -> datetime:
-    """`anchor` moved by `months` calendar months, the day clamped to the target month's length."""
+    """`anchor` moved by `months` calendar months, the day clamped to the target month's length;
+    OverflowError past year 9999."""
     total = anchor.year * 12 + (anchor.month - 1) + months
     year, month = divmod(total, 12)
     month += 1
+    if year > MAX_INSTANT.year:
+        raise OverflowError(f"{anchor.isoformat()} + {months} months is after year {MAX_INSTANT.year}")
     day = min(anchor.day, calendar.monthrange(year, month)[1])
     return anchor.replace(year=year, month=month, day=day)
 
@@ -35,6 +41,14 @@ def period_start(anchor: datetime, cadence: Cadence, k: int) -> datetime:
     return add_months(anchor, k * cadence.months)
 
 
+def period_start_or_none(anchor: datetime, cadence: Cadence, k: int) -> datetime | None:
+    """Start of period k, None when it would start after MAX_INSTANT (such a period does not exist)."""
+    try:
+        return period_start(anchor, cadence, k)
+    except OverflowError:
+        return None
+
+
 def period_index_at(anchor: datetime, cadence: Cadence, t: datetime) -> int:
     """Index k of the period containing `t` (start(k) <= t < start(k+1)); -1 before the anchor."""
     if t < anchor:
@@ -44,6 +58,6 @@ def period_index_at(anchor: datetime, cadence: Cadence, t: datetime) -> int:
     # The estimate can be one too high (t earlier in its month than the anchor's day/time) but never too low.
     while k > 0 and period_start(anchor, cadence, k) > t:
         k -= 1
-    while period_start(anchor, cadence, k + 1) <= t:
+    while (following := period_start_or_none(anchor, cadence, k + 1)) is not None and following <= t:
         k += 1
     return k

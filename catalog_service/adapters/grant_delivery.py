@@ -186,6 +186,8 @@ class GrantDelivery:
                     answers = self._one_by_one(kind, [payloads[i] for i in sent], started)
             else:
                 answers = _batch_outcomes(response, len(requests))
+                for request, result in zip(requests, response.results, strict=False):
+                    log_clamped(request, result.clamped_changes)
             for i, answer in zip(sent, answers, strict=True):
                 outcomes[i] = answer
         assert all(o is not None for o in outcomes)
@@ -215,6 +217,7 @@ class GrantDelivery:
     def _apply_subscription(self, payload: bytes, timeout: float) -> DeliveryOutcome:
         request = grant_service_pb2.ApplySubscriptionRequest.FromString(payload)
         response = self._stub.ApplySubscription(request, timeout=timeout)
+        log_clamped(request, response.clamped_changes)
         return _outcome(response.outcome, response.current_revision)
 
     def _apply_credit_currency(self, payload: bytes, timeout: float) -> DeliveryOutcome:
@@ -238,6 +241,24 @@ def _batch_outcomes(response: grant_service_pb2.ApplySubscriptionsResponse, sent
         classify_rejection(r.rejection) if r.HasField("rejection") else _outcome(r.outcome, r.current_revision)
         for r in response.results
     ]
+
+
+def log_clamped(
+    request: grant_service_pb2.ApplySubscriptionRequest, changes: Sequence[grant_service_pb2.ClampedChange]
+) -> None:
+    """Log each change the grant service applied at its "now" instead of the requested (earlier) time,
+    e.g. an IMMEDIATELY amendment delivered a few ms late. Nothing else is to be done: it was applied."""
+    for change in changes:
+        log.info(
+            "late change applied from the grant service's now",
+            extra={
+                "subscription_id": request.subscription_id,
+                "revision": request.revision,
+                "entitlement_key": change.entitlement_key or "(end_time)",
+                "requested_time": change.requested_time.ToJsonString() if change.HasField("requested_time") else "",
+                "applied_time": change.applied_time.ToJsonString(),
+            },
+        )
 
 
 def _unparsable(kind: str, error: DecodeError) -> DeliveryOutcome:

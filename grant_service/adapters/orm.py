@@ -1,8 +1,9 @@
 """SQLAlchemy models of the grant service's database.
 
 Grants and schedules are rows that change (a schedule's issuance cursor, a
-grant's expiry when a subscription is amended, `closed` once its EXPIRE or VOID
-is recorded); the ledger is append-only. Unique constraints make a second
+grant's expiry when a subscription is amended, `opens_at` cleared once its GRANT
+is recorded, `closed` once its EXPIRE or VOID is); the ledger is append-only,
+but for the GRANT entry of a withdrawn grant (docs/grant-semantics.md). Unique constraints make a second
 issuance impossible: one grant per (schedule, period, segment), one GRANT entry
 and one closing (EXPIRE or VOID) entry per grant."""
 
@@ -99,11 +100,16 @@ class GrantRow(Base):
     void_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     closed: Mapped[bool] = mapped_column(Boolean, default=False)  # its EXPIRE or VOID is recorded
+    # A pending grant (stored before it is effective, its GRANT entry not yet written) has its effective_time
+    # here, for the catch-up that opens it; NULL once its GRANT entry is written.
+    opens_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True, default=None)
     __table_args__ = (
         UniqueConstraint("schedule_id", "period_index", "segment"),
         Index("ix_grants_customer", "customer_key", "currency_key", "effective_time"),
         Index("ix_grants_due_expiry", "clock_key", "closed", "expire_time"),
         Index("ix_grants_customer_due_expiry", "customer_key", "closed", "expire_time"),
+        Index("ix_grants_due_open", "clock_key", "opens_at"),
+        Index("ix_grants_customer_due_open", "customer_key", "opens_at"),
     )
 
 

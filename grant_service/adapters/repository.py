@@ -256,20 +256,26 @@ def views_at(session: Session, rows: Sequence[GrantRow], at: datetime, *, curren
 
 
 def _pending_columns(customer_key) -> tuple:
-    """A customer's `Pending` (its earliest period to issue, its earliest open grant to expire) as two
-    scalar subqueries correlated to `customer_key`: the one definition of what a catch-up is owed."""
-    schedules, expiring = _SCHEDULES, _GRANTS.alias("expiring")
+    """A customer's `Pending` (its earliest period to issue, its earliest open grant to expire, its
+    earliest pending grant to open) as three scalar subqueries correlated to `customer_key`: the one
+    definition of what a catch-up is owed."""
+    schedules, expiring, opening = _SCHEDULES, _GRANTS.alias("expiring"), _GRANTS.alias("opening")
     next_issue = select(func.min(schedules.c.next_period_start)).where(schedules.c.customer_key == customer_key)
     next_expiry = select(func.min(expiring.c.expire_time)).where(
         expiring.c.customer_key == customer_key, expiring.c.closed.is_(False)
     )
-    return next_issue.scalar_subquery().label("next_issue"), next_expiry.scalar_subquery().label("next_expiry")
+    next_open = select(func.min(opening.c.opens_at)).where(opening.c.customer_key == customer_key)
+    return (
+        next_issue.scalar_subquery().label("next_issue"),
+        next_expiry.scalar_subquery().label("next_expiry"),
+        next_open.scalar_subquery().label("next_open"),
+    )
 
 
 def pending(session: Session, customer_key: str) -> Pending:
-    next_issue, next_expiry = _pending_columns(_CUSTOMERS.c.customer_key)
-    row = session.execute(select(next_issue, next_expiry).where(_CUSTOMERS.c.customer_key == customer_key)).one()
-    return Pending(row.next_issue, row.next_expiry)
+    columns = _pending_columns(_CUSTOMERS.c.customer_key)
+    row = session.execute(select(*columns).where(_CUSTOMERS.c.customer_key == customer_key)).one()
+    return Pending(row.next_issue, row.next_expiry, row.next_open)
 
 
 def _current_grants_statement(customers_count: int) -> Select:
@@ -427,8 +433,8 @@ def debit_head(session: Session, customer_key: str, scope: str, request_id: str)
 
 
 def _head(columns: Sequence[Any], seen: SeenRequest[str] | None, grants: list[DebitableGrant]) -> DebitHead:
-    clock_key, frozen, next_start, next_expiry, version = columns
-    return DebitHead(clock_key, frozen, seen, Pending(next_start, next_expiry), version, grants)
+    clock_key, frozen, next_start, next_expiry, next_open, version = columns
+    return DebitHead(clock_key, frozen, seen, Pending(next_start, next_expiry, next_open), version, grants)
 
 
 @dataclass(frozen=True, slots=True)

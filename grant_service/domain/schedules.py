@@ -6,15 +6,20 @@ effective at start(k) and expiring at start(k+1). An amount whose effective time
 falls strictly inside the period starts a new segment there: the previous
 segment expires at that instant and a grant of the new amount runs to the period
 end. The subscription's end time cuts everything: no segment starts at or after
-it, and the segment active at it expires at it."""
+it, and the segment active at it expires at it. The schedule ends at MAX_INSTANT at the latest:
+periods that would start later do not exist, and the last one is cut there.
+
+`clamp` turns a new revision into the schedule actually applied (a change never rewrites
+the past), `reconcile` works out what happens to the grants already stored when it is."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from credit_common.periods import Cadence, period_index_at, period_start
+from credit_common.periods import MAX_INSTANT, Cadence, period_index_at, period_start_or_none
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,18 +42,26 @@ class Schedule:
                 current = scheduled.amount
         return current
 
+    @property
+    def end(self) -> datetime:
+        """The end time, MAX_INSTANT at the latest."""
+        return MAX_INSTANT if self.end_time is None else min(self.end_time, MAX_INSTANT)
+
+    def period_start(self, k: int) -> datetime | None:
+        """Start of period k, None if it would start after MAX_INSTANT."""
+        return period_start_or_none(self.anchor, self.cadence, k)
+
     def has_period(self, k: int) -> bool:
         """Whether period k starts before the end (i.e. has a grant at all)."""
-        return self.end_time is None or period_start(self.anchor, self.cadence, k) < self.end_time
+        start = self.period_start(k)
+        return start is not None and start < self.end
 
     def segments(self, k: int) -> list[GrantSegment]:
         """The grants of period k, in time order (empty if the subscription ended before it)."""
-        start = period_start(self.anchor, self.cadence, k)
-        stop = period_start(self.anchor, self.cadence, k + 1)
-        if self.end_time is not None:
-            if start >= self.end_time:
-                return []
-            stop = min(stop, self.end_time)
+        start = self.period_start(k)
+        if start is None or start >= self.end:
+            return []
+        stop = min(self.period_start(k + 1) or MAX_INSTANT, self.end)
         boundaries = [start, *sorted({a.effective_time for a in self.amounts if start < a.effective_time < stop})]
         ends = [*boundaries[1:], stop]
         return [
@@ -63,6 +76,15 @@ class Schedule:
             instants.append(self.end_time)
         return {period_index_at(self.anchor, self.cadence, t) for t in instants if t > self.anchor}
 
+    def period_at(self, t: datetime) -> int:
+        """Index of the period containing `t` (-1 before the anchor)."""
+        return period_index_at(self.anchor, self.cadence, t)
+
+
+def first_period_fits(anchor: datetime, cadence: Cadence) -> bool:
+    """Whether the first period of a schedule anchored at `anchor` ends before year 10000."""
+    return period_start_or_none(anchor, cadence, 1) is not None
+
 
 @dataclass(frozen=True, slots=True)
 class GrantSegment:
@@ -75,15 +97,155 @@ class GrantSegment:
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """What of a customer still awaits the catch-up: its earliest period not yet issued and its
-    earliest grant not yet closed that expires (None: nothing)."""
+    """What of a customer still awaits the catch-up: its earliest period not yet issued, its
+    earliest grant not yet closed that expires, and its earliest pending grant (stored, its GRANT
+    entry not yet written) (None: nothing)."""
 
     next_issue: datetime | None
     next_expiry: datetime | None
+    next_open: datetime | None = None
 
     def issue_due(self, now: datetime) -> bool:
-        return self.next_issue is not None and self.next_issue <= now
+        """Whether a period is to be issued or a pending grant opened at `now`."""
+        return (self.next_issue is not None and self.next_issue <= now) or (
+            self.next_open is not None and self.next_open <= now
+        )
 
     def due(self, now: datetime) -> bool:
-        """Whether a period is to be issued or a grant to be expired at `now`."""
+        """Whether a period is to be issued, a pending grant opened or a grant expired at `now`."""
         return self.issue_due(now) or (self.next_expiry is not None and self.next_expiry <= now)
+
+
+# ------------------------------------------------------------------------------ changes
+
+
+def _in_force(amounts: Sequence[ScheduledAmount], t: datetime) -> Decimal:
+    current = amounts[0].amount
+    for scheduled in amounts:
+        if scheduled.effective_time <= t:
+            current = scheduled.amount
+    return current
+
+
+def clamp_amounts(
+    stored: Sequence[ScheduledAmount], requested: Sequence[ScheduledAmount], now: datetime
+) -> tuple[tuple[ScheduledAmount, ...], datetime | None]:
+    """The amounts to apply when a revision replaces `stored` by `requested` at `now`, and the
+    earliest instant before `now` at which the requested amounts differ from the stored ones (None:
+    the change is not late, and `requested` is applied as sent). A late change takes effect at
+    `now`: the stored amounts before `now`, the requested ones from `now` on."""
+    instants = sorted({a.effective_time for a in (*stored, *requested) if a.effective_time < now})
+    late = next((t for t in instants if _in_force(stored, t) != _in_force(requested, t)), None)
+    if late is None:
+        return tuple(requested), None
+    applied = [a for a in stored if a.effective_time < now]
+    at_now = _in_force(requested, now)
+    if at_now != applied[-1].amount:
+        applied.append(ScheduledAmount(at_now, now))
+    applied.extend(a for a in requested if a.effective_time > now)
+    return tuple(applied), late
+
+
+def clamp_end(stored: datetime | None, requested: datetime | None, now: datetime) -> tuple[datetime | None, bool]:
+    """The end time to apply when a revision replaces `stored` by `requested` at `now`, and whether the
+    change was late (the two differ before `now`). A late change takes effect at `now`; a
+    subscription that has already ended keeps its end."""
+    if stored == requested:
+        return requested, False
+    first_difference = min(t for t in (stored, requested, MAX_INSTANT) if t is not None)
+    if first_difference >= now:
+        return requested, False
+    if stored is not None and stored < now:
+        return stored, True
+    return now, True
+
+
+# ------------------------------------------------------------------------------ reconciliation
+
+
+@dataclass(frozen=True, slots=True)
+class StoredGrant:
+    """A recurring grant already stored. `opened`: its GRANT entry is written (it is not pending);
+    `closed`: its EXPIRE or VOID is; `debited`: something was debited from it. The grants given to
+    `reconcile` are caught up: every grant effective at `now` is opened."""
+
+    grant_id: str
+    period_index: int
+    segment: int
+    amount: Decimal
+    effective_time: datetime
+    expire_time: datetime
+    void_time: datetime | None
+    opened: bool
+    closed: bool
+    debited: bool
+
+
+@dataclass
+class Reconciliation:
+    """What to do with a schedule's stored grants after a change at `now`."""
+
+    expiries: dict[str, datetime] = field(default_factory=dict)  # open grants whose expiry changes
+    withdrawn: list[str] = field(default_factory=list)  # opened grants that never counted: deleted with their GRANT
+    dropped: list[str] = field(default_factory=list)  # pending grants the schedule no longer has: deleted
+    issue: list[GrantSegment] = field(default_factory=list)  # new grants (pending if they start after now)
+
+
+def reconcile(
+    schedule: Schedule, grants: Sequence[StoredGrant], periods: Sequence[int], now: datetime
+) -> Reconciliation:
+    """Bring the issued `periods` (their grants: `grants`) in line with `schedule`, changed at `now`.
+
+    Closed grants (expired, voided) are history and never change; history ends at their expiry,
+    or at the void time of a voided one. An open grant keeps running while the schedule still has
+    its amount at its start, to the end of that segment; otherwise it is cut at `now` (EXPIRE of its
+    remainder at `now`), or, if it started at `now` and nothing was debited from it, withdrawn: it
+    never counted anywhere. Pending grants are re-derived freely. The segments the schedule has
+    after the history of their period are issued."""
+    result = Reconciliation()
+    by_period: dict[int, list[StoredGrant]] = {}
+    for grant in grants:
+        by_period.setdefault(grant.period_index, []).append(grant)
+    for k in sorted(set(periods)):
+        desired = schedule.segments(k)
+        mine = by_period.get(k, [])
+        covered: datetime | None = None  # history (and what keeps running) covers the period up to here
+        numbers: set[int] = set()
+        kept_pending: set[tuple] = set()
+        history = [g for g in mine if g.closed or (g.opened and g.expire_time <= now)]
+        for grant in history:
+            end = grant.void_time if grant.void_time is not None else grant.expire_time
+            covered = end if covered is None else max(covered, end)
+            numbers.add(grant.segment)
+        for grant in mine:
+            if grant in history:
+                continue
+            if not grant.opened:
+                shape = (grant.effective_time, grant.amount, grant.expire_time)
+                if any((d.effective_time, d.amount, d.expire_time) == shape for d in desired):
+                    kept_pending.add(shape)
+                    numbers.add(grant.segment)
+                else:
+                    result.dropped.append(grant.grant_id)
+                continue
+            segment = next((d for d in desired if d.effective_time <= grant.effective_time < d.expire_time), None)
+            if segment is not None and segment.amount == grant.amount:
+                expiry = max(segment.expire_time, now)
+            elif grant.effective_time >= now and not grant.debited:
+                result.withdrawn.append(grant.grant_id)
+                continue
+            else:
+                expiry = now
+            if expiry != grant.expire_time:
+                result.expiries[grant.grant_id] = expiry
+            numbers.add(grant.segment)
+            covered = expiry if covered is None else max(covered, expiry)
+        for d in desired:
+            if covered is not None and d.effective_time < covered:
+                continue
+            if (d.effective_time, d.amount, d.expire_time) in kept_pending:
+                continue
+            number = d.segment if d.segment not in numbers else max(numbers) + 1
+            numbers.add(number)
+            result.issue.append(GrantSegment(k, number, d.amount, d.effective_time, d.expire_time))
+    return result

@@ -14,7 +14,7 @@ from credit_common.pagination import page_request
 from credit_common.periods import Cadence
 from grant_service.adapters.orm import REAL_TIME, ClockRow, GrantRow, LedgerEntryRow
 from grant_service.adapters.repository import decode_amounts
-from grant_service.domain.schedules import ScheduledAmount
+from grant_service.domain.schedules import ScheduledAmount, first_period_fits
 from grant_service.service_layer import balances, operators, subscriptions, test_clocks, usage
 from grant_service.service_layer.balances import GrantInfo
 from grant_service.service_layer.context import GrantContext
@@ -83,8 +83,13 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
 
     def ApplySubscription(self, request: pb.ApplySubscriptionRequest, context) -> pb.ApplySubscriptionResponse:
         spec = _subscription_spec(request)
-        outcome, current = subscriptions.apply_subscription(self._ctx, spec)
-        return pb.ApplySubscriptionResponse(outcome=outcome.value, current_revision=current)
+        result = subscriptions.apply_subscription(self._ctx, spec)
+        assert result.outcome is not None
+        return pb.ApplySubscriptionResponse(
+            outcome=result.outcome.value,
+            current_revision=result.current_revision,
+            clamped_changes=_clamped(result.clamped),
+        )
 
     def ApplySubscriptions(self, request: pb.ApplySubscriptionsRequest, context) -> pb.ApplySubscriptionsResponse:
         fields = _Fields()
@@ -355,7 +360,22 @@ def _apply_result(result: subscriptions.ApplyResult) -> pb.ApplySubscriptionResu
     if result.error is not None:
         return _rejected(result.error)
     assert result.outcome is not None
-    return pb.ApplySubscriptionResult(outcome=result.outcome.value, current_revision=result.current_revision)
+    return pb.ApplySubscriptionResult(
+        outcome=result.outcome.value,
+        current_revision=result.current_revision,
+        clamped_changes=_clamped(result.clamped),
+    )
+
+
+def _clamped(changes: tuple[subscriptions.ClampedChange, ...]) -> list[pb.ClampedChange]:
+    return [
+        pb.ClampedChange(
+            entitlement_key=c.entitlement_key,
+            requested_time=to_timestamp(c.requested_time),
+            applied_time=to_timestamp(c.applied_time),
+        )
+        for c in changes
+    ]
 
 
 def _rejected(error: DomainError) -> pb.ApplySubscriptionResult:
@@ -398,6 +418,8 @@ def _subscription_spec(request: pb.ApplySubscriptionRequest) -> subscriptions.Su
         cadence = _CADENCES.get(schedule.cadence)
         if cadence is None:
             fields.violations.add(f"{path}.cadence", "must be CADENCE_MONTHLY or CADENCE_YEARLY")
+        elif start is not None and not first_period_fits(start, cadence):
+            fields.violations.add("start_time", f"the first {cadence.value.lower()} period must end before year 10000")
         if not schedule.amounts:
             fields.violations.add(f"{path}.amounts", "must have at least one amount")
         amounts: list[ScheduledAmount] = []

@@ -95,7 +95,7 @@ def current_balance(ctx: GrantContext, customer_key: str, currency_key: str, wit
     first = rows[0]
     if (
         first.customer_clock_key != REAL_TIME
-        or Pending(first.next_issue, first.next_expiry).due(now)
+        or Pending(first.next_issue, first.next_expiry, first.next_open).due(now)
         or first.grant_id is None
     ):
         return None

@@ -1,6 +1,9 @@
-"""The idempotent catch-up: issue every grant whose period has started and expire
+"""The idempotent catch-up: issue every grant whose period has started, open every
+pending grant (stored before it was effective) whose time has come, and expire
 every grant whose end has passed, up to `now`, for one clock (real time or a test
-clock), optionally for one customer only.
+clock), optionally for one customer only. Nothing is written to the ledger before
+it happens: a segment of an issued period that starts later is stored pending,
+without its GRANT entry, which the catch-up writes when it becomes effective.
 
 The database is the source of truth: each schedule keeps a cursor (the first
 period not yet issued), selected with one indexed query in bounded batches, and
@@ -18,16 +21,21 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from credit_common.db.engine import SessionFactories
 from credit_common.ids import new_id, new_ids
-from credit_common.periods import period_start
 from grant_service.adapters.orm import REAL_TIME, GrantRow, LedgerEntryRow, ScheduleRow
-from grant_service.adapters.repository import advance_cursors, insert_ignoring_conflicts, locked, schedule_of
+from grant_service.adapters.repository import (
+    advance_cursors,
+    insert_ignoring_conflicts,
+    locked,
+    pending,
+    schedule_of,
+)
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_difference
-from grant_service.domain.schedules import GrantSegment, Schedule
+from grant_service.domain.schedules import GrantSegment, Schedule, StoredGrant, reconcile
 
 log = logging.getLogger("credit_grants.grant.issuance")
 
@@ -36,6 +44,7 @@ log = logging.getLogger("credit_grants.grant.issuance")
 class CatchUpResult:
     issued: int = 0
     expired: int = 0
+    opened: int = 0
 
 
 def catch_up(
@@ -61,6 +70,14 @@ def catch_up(
         result.expired += done
         if done < batch_size:
             break
+    # Then the pending grants whose time has come, each closed at once if it is already over.
+    while True:
+        with factories.write() as session, session.begin():
+            done, expired = open_due_batch(session, clock_key, now, customer_key, batch_size, skip_locked=skip_locked)
+        result.opened += done
+        result.expired += expired
+        if done < batch_size:
+            break
     while True:
         with factories.write() as session, session.begin():
             done, issued, expired = issue_due_batch(
@@ -70,8 +87,16 @@ def catch_up(
         result.expired += expired
         if done < batch_size:
             break
-    if result.issued or result.expired:
-        log.info("catch-up", extra={"clock": clock_key or "real", "issued": result.issued, "expired": result.expired})
+    if result.issued or result.expired or result.opened:
+        log.info(
+            "catch-up",
+            extra={
+                "clock": clock_key or "real",
+                "issued": result.issued,
+                "opened": result.opened,
+                "expired": result.expired,
+            },
+        )
     return result
 
 
@@ -125,11 +150,11 @@ def due_segments(schedule: Schedule, k: int, now: datetime) -> tuple[list[GrantS
     says so), in time order; and the cursor after them (next period index and its start, None once
     the schedule has no further period)."""
     due: list[GrantSegment] = []
-    next_start: datetime | None = period_start(schedule.anchor, schedule.cadence, k)
+    next_start: datetime | None = schedule.period_start(k)
     while next_start is not None and next_start <= now:
         due.extend(schedule.segments(k))
         k += 1
-        next_start = period_start(schedule.anchor, schedule.cadence, k) if schedule.has_period(k) else None
+        next_start = schedule.period_start(k) if schedule.has_period(k) else None
     return due, k, next_start
 
 
@@ -156,7 +181,7 @@ def issue_in_time_order(
     for wave in waves:
         close_expired(session, open_over)
         expired.extend(open_over)
-        new = issue_segments(session, wave)
+        new = issue_segments(session, wave, now)
         issued.extend(new)
         open_over = [g for g in new if g["expire_time"] <= now]
     close_expired(session, open_over)
@@ -170,9 +195,11 @@ _SCHEDULES = ScheduleRow.__table__
 _DUE_COLUMNS = [c for c in _SCHEDULES.c if c.key not in ("position", "removed", "next_period_start")]
 
 
-def issue_segments(session: Session, segments: Sequence[tuple[Any, GrantSegment]]) -> list[dict]:
+def issue_segments(session: Session, segments: Sequence[tuple[Any, GrantSegment]], now: datetime) -> list[dict]:
     """Insert the grants of `segments` (each with its schedule: a row of the schedules table) and
-    their GRANT entries; a segment already issued is skipped. Returns the grants inserted."""
+    the GRANT entries of those effective at `now`; one that starts later is stored pending (its
+    GRANT entry is written by the catch-up that opens it). A segment already issued is skipped.
+    Returns the grants inserted."""
     if not segments:
         return []
     grants = [
@@ -195,20 +222,63 @@ def issue_segments(session: Session, segments: Sequence[tuple[Any, GrantSegment]
             "void_time": None,
             "reason": "",
             "closed": False,
+            "opens_at": segment.effective_time if segment.effective_time > now else None,
         }
         for (row, segment), grant_id in zip(segments, new_ids("grt", len(segments)), strict=True)
     ]
     inserted = insert_ignoring_conflicts(session, GrantRow, grants, "grant_id")
     issued = [grant for grant in grants if grant["grant_id"] in inserted]
+    opened = [grant for grant in issued if grant["opens_at"] is None]
     entries = [
-        grant_entry(grant, f"period {grant['period_index']} of {grant['entitlement_key']}", entry_id=entry_id)
-        for grant, entry_id in zip(issued, new_ids("led", len(issued)), strict=True)
+        grant_entry(grant, recurring_description(grant), entry_id=entry_id)
+        for grant, entry_id in zip(opened, new_ids("led", len(opened)), strict=True)
     ]
     insert_ignoring_conflicts(session, LedgerEntryRow, entries, "entry_id")
     return issued
 
 
 _ZERO = Decimal(0)
+
+
+def recurring_description(grant: dict) -> str:
+    return f"period {grant['period_index']} of {grant['entitlement_key']}"
+
+
+def open_due_batch(
+    session: Session, clock_key: str, now: datetime, customer_key: str | None, batch_size: int, *, skip_locked: bool
+) -> tuple[int, int]:
+    """Write the GRANT entry of up to `batch_size` pending grants whose effective time has come (and
+    the EXPIRE of those already over), in time order: at one instant, EXPIRE before GRANT. Returns
+    (grants opened, grants expired)."""
+    query = select(GrantRow).where(GrantRow.opens_at <= now)
+    if customer_key is not None:
+        query = query.where(GrantRow.customer_key == customer_key)
+    else:
+        query = query.where(GrantRow.clock_key == clock_key)
+    order = (GrantRow.opens_at,) if skip_locked else (GrantRow.opens_at, GrantRow.grant_id)
+    rows = list(session.scalars(locked(session, query.order_by(*order).limit(batch_size), skip_locked=skip_locked)))
+    if not rows:
+        return 0, 0
+    grants = [grant_dict(r) for r in rows]
+    over = {g["grant_id"] for g in grants if g["expire_time"] is not None and g["expire_time"] <= now}
+    events = [(g["effective_time"], 1, g) for g in grants] + [
+        (g["expire_time"], 0, g) for g in grants if g["grant_id"] in over
+    ]
+    entries = []
+    for _, kind, grant in sorted(events, key=lambda e: (e[0], e[1], e[2]["grant_id"])):
+        if kind == 1:
+            description = (
+                recurring_description(grant) if grant["source"] == "RECURRING" else grant["reason"] or "one-off grant"
+            )
+            entries.append(grant_entry(grant, description))
+        else:
+            entries.append(expire_entry(grant))
+    insert_ignoring_conflicts(session, LedgerEntryRow, entries, "entry_id")
+    session.execute(
+        update(GrantRow),
+        [{"grant_id": g["grant_id"], "opens_at": None, "closed": g["grant_id"] in over} for g in grants],
+    )
+    return len(rows), len(over)
 
 
 def grant_entry(grant: dict, description: str, *, entry_id: str | None = None) -> dict:
@@ -254,7 +324,7 @@ def expire_due_batch(
     session: Session, clock_key: str, now: datetime, customer_key: str | None, batch_size: int, *, skip_locked: bool
 ) -> int:
     """Record the EXPIRE of up to `batch_size` grants whose expiry has passed; how many were handled."""
-    query = select(GrantRow).where(GrantRow.closed.is_(False), GrantRow.expire_time <= now)
+    query = select(GrantRow).where(GrantRow.closed.is_(False), GrantRow.expire_time <= now, GrantRow.opens_at.is_(None))
     if customer_key is not None:
         query = query.where(GrantRow.customer_key == customer_key)
     else:
@@ -268,35 +338,53 @@ def expire_due_batch(
     return len(rows)
 
 
+def expire_entry(grant: dict, *, entry_id: str | None = None) -> dict:
+    return ledger_entry(
+        grant,
+        "EXPIRE",
+        -exact_difference(grant["amount"], grant["used"]),
+        grant["expire_time"],
+        "unused remainder expired",
+        closes=True,
+        entry_id=entry_id,
+    )
+
+
 def close_expired(session: Session, grants: Sequence[dict]) -> None:
     """Record the EXPIRE of each grant (what was left of it at its expiry) and mark it closed; a grant
     whose closing entry already exists is skipped."""
     if not grants:
         return
     entries = [
-        ledger_entry(
-            grant,
-            "EXPIRE",
-            -exact_difference(grant["amount"], grant["used"]),
-            grant["expire_time"],
-            "unused remainder expired",
-            closes=True,
-            entry_id=entry_id,
-        )
+        expire_entry(grant, entry_id=entry_id)
         for grant, entry_id in zip(grants, new_ids("led", len(grants)), strict=True)
     ]
     insert_ignoring_conflicts(session, LedgerEntryRow, entries, "entry_id")
     session.execute(update(GrantRow), [{"grant_id": g["grant_id"], "closed": True} for g in grants])
 
 
+def catch_up_in_transaction(
+    session: Session, clock_key: str, now: datetime, customer_key: str, batch_size: int
+) -> None:
+    """The customer's catch-up to `now`, inside the caller's transaction (waiting for locks), when
+    something of it is due: what a change at `now` applies to is then the customer's state at `now`."""
+    if not pending(session, customer_key).due(now):
+        return
+    while expire_due_batch(session, clock_key, now, customer_key, batch_size, skip_locked=False) == batch_size:
+        pass
+    while open_due_batch(session, clock_key, now, customer_key, batch_size, skip_locked=False)[0] == batch_size:
+        pass
+    while issue_due_batch(session, clock_key, now, customer_key, batch_size, skip_locked=False)[0] == batch_size:
+        pass
+
+
 def reconcile_issued(session: Session, row: ScheduleRow, now: datetime) -> None:
-    """After an amendment or a new end time: bring the periods already issued in line with the
-    schedule. An open grant's expiry becomes the end of the segment it now belongs to (an
-    immediate amendment or the end cuts it; if that instant has come (`now`, the customer's
-    time), its EXPIRE is recorded at once, before the replacement's GRANT, so the ledger reads
-    EXPIRE then GRANT at that instant as at every period boundary); segments that now exist in
-    an issued period (the new amount after an immediate amendment) are issued. Grants already
-    expired or voided are history and stay as they are."""
+    """After a change at `now` (an amendment, a new end time; the customer caught up to `now`):
+    bring the periods already issued in line with the schedule (grant_service.domain.schedules.
+    reconcile). An open grant cut at `now` has its EXPIRE recorded at once, before its
+    replacement's GRANT, so the ledger reads EXPIRE then GRANT at that instant as at every
+    period boundary; a withdrawn grant is deleted with its GRANT entry; a pending one the
+    schedule no longer has is deleted."""
     schedule = schedule_of(row)
     issued_until = row.next_period_index
     # Locked (in id order) so that a concurrent expiry either finishes first (and we see the grant closed)
@@ -307,52 +395,53 @@ def reconcile_issued(session: Session, row: ScheduleRow, now: datetime) -> None:
                 session,
                 select(GrantRow)
                 .where(GrantRow.schedule_id == row.schedule_id, GrantRow.closed.is_(False))
-                .order_by(GrantRow.grant_id),
+                .order_by(GrantRow.grant_id)
+                .execution_options(populate_existing=True),
             )
         )
     )
-    periods = {g.period_index for g in open_grants} | {
-        k for k in schedule.periods_touched_by_changes() if 0 <= k < issued_until
-    }
+    current = schedule.period_at(now)
+    periods = {g.period_index for g in open_grants} | ({current} if 0 <= current < issued_until else set())
     if not periods:
         return
-    existing = list(
-        session.scalars(
-            select(GrantRow).where(GrantRow.schedule_id == row.schedule_id, GrantRow.period_index.in_(periods))
+    existing = {
+        g.grant_id: g
+        for g in session.scalars(
+            select(GrantRow)
+            .where(GrantRow.schedule_id == row.schedule_id, GrantRow.period_index.in_(periods))
+            .execution_options(populate_existing=True)
         )
-    )
-    new_segments: list[tuple[ScheduleRow, GrantSegment]] = []
-    cut: list[GrantRow] = []
-    for k in sorted(periods):
-        desired = schedule.segments(k)
-        mine = [g for g in existing if g.period_index == k]
-        for grant in mine:
-            if grant.closed:
-                continue
-            containing = [d for d in desired if d.effective_time <= grant.effective_time < d.expire_time]
-            new_expiry = containing[0].expire_time if containing else grant.effective_time
-            if new_expiry != grant.expire_time:
-                grant.expire_time = new_expiry
-                if new_expiry <= now:
-                    cut.append(grant)
-        if k < issued_until:
-            have = {g.segment for g in mine}
-            # History is never rewritten: no new segment overlaps a grant that already expired or was voided.
-            closed_until = max((g.expire_time or g.effective_time for g in mine if g.closed), default=None)
-            new_segments.extend(
-                (row, d)
-                for d in desired
-                if d.segment not in have and (closed_until is None or d.effective_time >= closed_until)
-            )
+    }
+    plan = reconcile(schedule, [_stored(g) for g in existing.values()], sorted(periods), now)
+    for grant_id, expiry in plan.expiries.items():
+        existing[grant_id].expire_time = expiry
+    gone = [*plan.withdrawn, *plan.dropped]
+    if gone:
+        session.execute(delete(LedgerEntryRow).where(LedgerEntryRow.grant_id.in_(gone)))
+        for grant_id in gone:
+            session.delete(existing.pop(grant_id))
     session.flush()
-    close_expired(session, [grant_dict(g) for g in cut])
-    issue_segments(session, new_segments)
+    close_expired(session, [grant_dict(existing[g]) for g, expiry in plan.expiries.items() if expiry <= now])
+    issue_segments(session, [(row, segment) for segment in plan.issue], now)
+
+
+def _stored(row: GrantRow) -> StoredGrant:
+    return StoredGrant(
+        row.grant_id,
+        row.period_index,
+        row.segment,
+        row.amount,
+        row.effective_time,
+        row.expire_time,
+        row.void_time,
+        opened=row.opens_at is None,
+        closed=row.closed,
+        debited=row.used != 0,
+    )
 
 
 def reset_cursor(row: ScheduleRow) -> None:
     """The cursor's next start after the end time changed (NULL once no period starts before the end)."""
     schedule = schedule_of(row)
     k = row.next_period_index
-    row.next_period_start = (
-        period_start(schedule.anchor, schedule.cadence, k) if not row.removed and schedule.has_period(k) else None
-    )
+    row.next_period_start = schedule.period_start(k) if not row.removed and schedule.has_period(k) else None

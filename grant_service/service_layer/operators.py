@@ -52,15 +52,17 @@ def void_grant(ctx: GrantContext, grant_id: str, reason: str, request_id: str) -
                 f"grant {grant_id!r} has expired", reason="GRANT_EXPIRED", metadata={"grant_id": grant_id}
             )
         used = grant.used
-        remaining = exact_difference(grant.amount, used)
-        session.add(
-            LedgerEntryRow(
-                **ledger_entry(
-                    grant_dict(grant), "VOID", -remaining, now, reason or "voided by an operator", closes=True
+        if grant.opens_at is None:
+            remaining = exact_difference(grant.amount, used)
+            session.add(
+                LedgerEntryRow(
+                    **ledger_entry(
+                        grant_dict(grant), "VOID", -remaining, now, reason or "voided by an operator", closes=True
+                    )
                 )
             )
-        )
-        grant.void_time, grant.closed, grant.reason = now, True, reason
+        # A pending grant (not yet effective) never counted: voided, it never will, and has no ledger entry.
+        grant.void_time, grant.closed, grant.reason, grant.opens_at = now, True, reason, None
         session.flush()
         remember(session, "VoidGrant", request_id, print_, grant_id, now)
         return evaluate(grant, used, now)
@@ -113,10 +115,13 @@ def create_grant(
             void_time=None,
             reason=reason,
             closed=False,
+            # Stored pending until it is effective: its GRANT entry is written then, by the catch-up.
+            opens_at=effective if effective > now else None,
         )
         session.add(grant)
         session.flush()
-        session.add(LedgerEntryRow(**grant_entry(grant_dict(grant), reason or "one-off grant")))
+        if grant.opens_at is None:
+            session.add(LedgerEntryRow(**grant_entry(grant_dict(grant), reason or "one-off grant")))
         remember(session, "CreateGrant", request_id, print_, grant.grant_id, now)
         return evaluate(grant, Decimal(0), now)
 

@@ -1,5 +1,6 @@
 """ApplySubscription, GetSubscription and ApplyCreditCurrency: the state the catalog pushes,
-idempotent by revision."""
+idempotent by revision. A new revision never rewrites the past: a change dated before the
+customer's "now" takes effect at "now" and is reported (ClampedChange)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ from grant_service.adapters.orm import (
     ScheduleRow,
     SubscriptionRow,
 )
-from grant_service.adapters.repository import encode_amounts, locked
-from grant_service.domain.schedules import ScheduledAmount
+from grant_service.adapters.repository import decode_amounts, encode_amounts, locked
+from grant_service.domain.schedules import ScheduledAmount, clamp_amounts, clamp_end
 from grant_service.service_layer.context import GrantContext, require_test_clocks
-from grant_service.service_layer.issuance import reconcile_issued, reset_cursor
+from grant_service.service_layer.issuance import catch_up_in_transaction, reconcile_issued, reset_cursor
 
 # Rates of a currency's first revision are in force since this instant unless told otherwise,
 # so that usage at any (test clock) time finds them.
@@ -67,13 +68,24 @@ class SubscriptionView:
 
 
 @dataclass(frozen=True)
+class ClampedChange:
+    """A change of a new revision dated before "now", applied at `applied_time` instead of
+    `requested_time` (None: an end time removed). `entitlement_key` is empty for the end time."""
+
+    entitlement_key: str
+    requested_time: datetime | None
+    applied_time: datetime
+
+
+@dataclass(frozen=True)
 class ApplyResult:
-    """The result of one item of `apply_subscriptions`: an outcome and the revision in force, or
-    the domain error that rejected it (then nothing of it was applied)."""
+    """The result of one item of `apply_subscriptions`: an outcome, the revision in force and the
+    changes clamped to "now", or the domain error that rejected it (then nothing of it was applied)."""
 
     outcome: ApplyOutcome | None
     current_revision: int
     error: DomainError | None = None
+    clamped: tuple[ClampedChange, ...] = ()
 
 
 class _Rejected(Exception):
@@ -84,13 +96,12 @@ class _Rejected(Exception):
         self.index, self.error = index, error
 
 
-def apply_subscription(ctx: GrantContext, spec: SubscriptionSpec) -> tuple[ApplyOutcome, int]:
+def apply_subscription(ctx: GrantContext, spec: SubscriptionSpec) -> ApplyResult:
     """Apply one revision; a rejection is raised as its domain error."""
     result = apply_subscriptions(ctx, [spec])[0]
     if result.error is not None:
         raise result.error
-    assert result.outcome is not None
-    return result.outcome, result.current_revision
+    return result
 
 
 def apply_subscriptions(ctx: GrantContext, specs: Sequence[SubscriptionSpec]) -> list[ApplyResult]:
@@ -112,12 +123,12 @@ def apply_subscriptions(ctx: GrantContext, specs: Sequence[SubscriptionSpec]) ->
             except DomainError as error:
                 rejected[i] = error
 
-    def work(session: Session) -> dict[int, tuple[ApplyOutcome, int]]:
+    def work(session: Session) -> dict[int, ApplyResult]:
         order = sorted((i for i in range(len(specs)) if i not in rejected), key=lambda i: specs[i].customer_key)
         if not order:
             return {}
         batch = _Batch.load(ctx, session, [specs[i] for i in order])
-        results: dict[int, tuple[ApplyOutcome, int]] = {}
+        results: dict[int, ApplyResult] = {}
         for i in order:
             try:
                 results[i] = batch.apply(specs[i])
@@ -132,7 +143,7 @@ def apply_subscriptions(ctx: GrantContext, specs: Sequence[SubscriptionSpec]) ->
             break
         except _Rejected as rejection:
             rejected[rejection.index] = rejection.error
-    return [ApplyResult(None, 0, rejected[i]) if i in rejected else ApplyResult(*applied[i]) for i in range(len(specs))]
+    return [ApplyResult(None, 0, rejected[i]) if i in rejected else applied[i] for i in range(len(specs))]
 
 
 @dataclass
@@ -141,6 +152,7 @@ class _Batch:
 
     session: Session
     real_now: datetime
+    batch_size: int
     clocks: dict[str, datetime]  # frozen time of each test clock named in the batch that exists
     customers: dict[str, CustomerRow]
     subscriptions: dict[str, SubscriptionRow]
@@ -180,12 +192,13 @@ class _Batch:
         return cls(
             session,
             ctx.clock.now(),
+            ctx.batch_size,
             clocks,
             {c.customer_key: c for c in customers},
             {s.subscription_id: s for s in subscriptions},
         )
 
-    def apply(self, spec: SubscriptionSpec) -> tuple[ApplyOutcome, int]:
+    def apply(self, spec: SubscriptionSpec) -> ApplyResult:
         session = self.session
         clock_key = spec.test_clock_id or REAL_TIME
         if clock_key != REAL_TIME and clock_key not in self.clocks:
@@ -216,16 +229,20 @@ class _Batch:
             self.new_rows[1].append(sub)
             self.new_rows[2].extend(_new_schedule(sub, spec, i, schedule) for i, schedule in enumerate(spec.schedules))
             self.subscriptions[spec.subscription_id] = sub
-            return ApplyOutcome.APPLIED, spec.revision
+            return ApplyResult(ApplyOutcome.APPLIED, spec.revision)
         if spec.revision == sub.revision:
-            return ApplyOutcome.ALREADY_APPLIED, sub.revision
+            return ApplyResult(ApplyOutcome.ALREADY_APPLIED, sub.revision)
         if spec.revision < sub.revision:
-            return ApplyOutcome.STALE, sub.revision
+            return ApplyResult(ApplyOutcome.STALE, sub.revision)
         _check_immutable(sub, spec, clock_key)
         self.flush_new()  # the schedules are read back from the database
-        sub.revision, sub.end_time, sub.update_time = spec.revision, spec.end_time, now
-        _apply_schedules(session, sub, spec, now)
-        return ApplyOutcome.APPLIED, spec.revision
+        # The change applies to the customer's state at `now`: what is due is issued first.
+        catch_up_in_transaction(session, clock_key, now, spec.customer_key, self.batch_size)
+        end_time, late = clamp_end(sub.end_time, spec.end_time, now)
+        clamped = [ClampedChange("", spec.end_time, end_time or now)] if late else []
+        sub.revision, sub.end_time, sub.update_time = spec.revision, end_time, now
+        clamped.extend(_apply_schedules(session, sub, spec, now))
+        return ApplyResult(ApplyOutcome.APPLIED, spec.revision, clamped=tuple(clamped))
 
     def flush_new(self) -> None:
         """Insert the new rows, each table after the one it refers to."""
@@ -252,11 +269,20 @@ def _check_immutable(sub: SubscriptionRow, spec: SubscriptionSpec, clock_key: st
         )
 
 
-def _apply_schedules(session: Session, sub: SubscriptionRow, spec: SubscriptionSpec, now: datetime) -> None:
+def _apply_schedules(
+    session: Session, sub: SubscriptionRow, spec: SubscriptionSpec, now: datetime
+) -> list[ClampedChange]:
+    """Apply the schedules of `spec` (its end time: `sub.end_time`, already clamped) at `now`; the
+    amount changes clamped to `now`."""
     # Locked, so that a catch-up issuing these schedules right now finishes first and its cursors are seen.
+    # Read afresh: the catch-up before it moved cursors with statements the session does not track.
     query = (
-        select(ScheduleRow).where(ScheduleRow.subscription_id == sub.subscription_id).order_by(ScheduleRow.schedule_id)
+        select(ScheduleRow)
+        .where(ScheduleRow.subscription_id == sub.subscription_id)
+        .order_by(ScheduleRow.schedule_id)
+        .execution_options(populate_existing=True)
     )
+    clamped: list[ClampedChange] = []
     existing = {row.entitlement_key: row for row in session.scalars(locked(session, query))}
     wanted = {s.entitlement_key for s in spec.schedules}
     for position, schedule in enumerate(spec.schedules):
@@ -270,9 +296,14 @@ def _apply_schedules(session: Session, sub: SubscriptionRow, spec: SubscriptionS
                 reason="IMMUTABLE_FIELD_CHANGED",
                 metadata={"entitlement_key": schedule.entitlement_key},
             )
+        amounts = schedule.amounts
+        if not row.removed:
+            amounts, late = clamp_amounts(decode_amounts(row.amounts), schedule.amounts, now)
+            if late is not None:
+                clamped.append(ClampedChange(schedule.entitlement_key, late, now))
         row.amounts, row.end_time, row.position, row.removed = (
-            encode_amounts(schedule.amounts),
-            spec.end_time,
+            encode_amounts(amounts),
+            sub.end_time,
             position,
             False,
         )
@@ -289,6 +320,7 @@ def _apply_schedules(session: Session, sub: SubscriptionRow, spec: SubscriptionS
         session.flush()
         reconcile_issued(session, row, now)
     session.flush()
+    return clamped
 
 
 def _new_schedule(sub: SubscriptionRow, spec: SubscriptionSpec, position: int, schedule: ScheduleSpec) -> ScheduleRow:

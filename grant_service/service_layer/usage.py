@@ -55,7 +55,7 @@ from grant_service.service_layer.context import (
     request_record,
     test_clock_not_found,
 )
-from grant_service.service_layer.issuance import catch_up, issue_due_batch, ledger_entry
+from grant_service.service_layer.issuance import catch_up, issue_due_batch, ledger_entry, open_due_batch
 
 SCOPE = "ReportUsage"
 
@@ -189,6 +189,7 @@ def _debit(ctx: GrantContext, debit: _Debit, session: Session, *, caught_up: boo
         if head.pending.issue_due(now):
             # Not skip_locked: a concurrent sweep may be issuing this customer's period right now; waiting
             # for it, then seeing its grant, beats rejecting the usage for want of credits.
+            open_due_batch(session, head.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
             issue_due_batch(session, head.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
             grants = open_grants(session, customer_key)
     try:

@@ -20,16 +20,24 @@ def test_revisions_are_idempotent_and_stale_ones_ignored(grant):
     second = subscription("sub_r", "acme", START, [("100", None), ("300", utc(2026, 3, 15, 8))], revision=2)
     reply = stub.ApplySubscription(second)
     assert (reply.outcome, reply.current_revision) == (pb.APPLY_OUTCOME_APPLIED, 2)
+    # Real time is 2026-06-01 12:00: the change dated 2026-03-15 never rewrites the past, it applies from now.
+    assert [
+        (c.entitlement_key, c.requested_time.ToDatetime(), c.applied_time.ToDatetime()) for c in reply.clamped_changes
+    ] == [("credits", utc(2026, 3, 15, 8).replace(tzinfo=None), REAL_NOW.replace(tzinfo=None))]
     stale = stub.ApplySubscription(first)
     assert (stale.outcome, stale.current_revision) == (pb.APPLY_OUTCOME_STALE, 2)
+    assert not stale.clamped_changes
     got = stub.GetSubscription(pb.GetSubscriptionRequest(subscription_id="sub_r")).subscription
     assert got.revision == 2 and got.customer_key == "acme"
-    assert [a.amount for a in got.credit_schedules[0].amounts] == ["100", "300"]
+    assert [(a.amount, a.effective_time.ToDatetime()) for a in got.credit_schedules[0].amounts] == [
+        ("100", START.replace(tzinfo=None)),
+        ("300", REAL_NOW.replace(tzinfo=None)),
+    ]
     assert got.credit_schedules[0].cadence == pb.CADENCE_MONTHLY
-    # Real time is 2026-06-01: periods Jan..May are issued on read, the amount changing from March.
+    # Periods Jan..May were issued (as history) before the change; May's grant is cut at now.
     grants = stub.ListGrants(pb.ListGrantsRequest(customer_key="acme")).grants
-    assert [g.amount for g in grants] == ["100", "100", "300", "300", "300"]
-    assert [g.status for g in grants] == [pb.GRANT_STATUS_EXPIRED] * 4 + [pb.GRANT_STATUS_ACTIVE]
+    assert [g.amount for g in grants] == ["100", "100", "100", "100", "100", "300"]
+    assert [g.status for g in grants] == [pb.GRANT_STATUS_EXPIRED] * 5 + [pb.GRANT_STATUS_ACTIVE]
 
 
 def test_validation_reports_every_field(grant):
@@ -203,9 +211,17 @@ def test_a_retroactive_amendment_never_rewrites_expired_periods(grant):
     stub.ApplySubscription(subscription("sub_h", "hist", START, [("10", None)]))
     before = all_entries(stub, "hist")
     assert len([e for e in before if e.type == pb.LEDGER_ENTRY_TYPE_GRANT]) == 5
-    stub.ApplySubscription(subscription("sub_h", "hist", START, [("10", None), ("99", utc(2026, 2, 20))], revision=2))
+    reply = stub.ApplySubscription(
+        subscription("sub_h", "hist", START, [("10", None), ("99", utc(2026, 2, 20))], revision=2)
+    )
+    assert [c.applied_time.ToDatetime() for c in reply.clamped_changes] == [REAL_NOW.replace(tzinfo=None)]
     after = all_entries(stub, "hist")
-    assert [e.entry_id for e in after] == [e.entry_id for e in before]
+    # The past stays as it was; the change applies from now (S3): the current grant is cut, 99 runs to its end.
+    assert [e.entry_id for e in after[: len(before)]] == [e.entry_id for e in before]
+    assert [(e.type, e.amount, e.effective_time.ToDatetime()) for e in after[len(before) :]] == [
+        (pb.LEDGER_ENTRY_TYPE_EXPIRE, "-10", REAL_NOW.replace(tzinfo=None)),
+        (pb.LEDGER_ENTRY_TYPE_GRANT, "99", REAL_NOW.replace(tzinfo=None)),
+    ]
     grant.clock.set(utc(2026, 6, 15, 8))
     balance = stub.GetBalance(pb.GetBalanceRequest(customer_key="hist", currency_key="ai-credits"))
     assert balance.balance.available == "99"

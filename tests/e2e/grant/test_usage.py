@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from decimal import Decimal
 
 import grpc
@@ -83,6 +84,42 @@ def test_insufficient_credits_debits_nothing(grant):
         "ai-credits",
     )
     assert stub.CheckUsage(pb.CheckUsageRequest(customer_key="acme", feature_key="gpt-call", quantity="40")).allowed
+
+
+def test_a_request_id_whose_first_attempt_was_rejected_is_a_fresh_attempt(grant):
+    stub = grant.stub
+    _setup(stub)
+    expect_error(
+        lambda: stub.ReportUsage(_usage("r1", "40.4")), grpc.StatusCode.RESOURCE_EXHAUSTED, "INSUFFICIENT_CREDITS"
+    )
+    expect_error(
+        lambda: stub.ReportUsage(_usage("r1", "1", feature="shared")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "AMBIGUOUS_CURRENCY",
+    )
+    # Nothing was recorded: the same request_id with another payload is not ALREADY_EXISTS ...
+    assert stub.ReportUsage(_usage("r1", "2")).usage.credits == "5"
+    # ... and once accepted, it is the one recorded.
+    expect_error(lambda: stub.ReportUsage(_usage("r1", "40.4")), grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+    assert len(all_entries(stub, "acme", type=pb.LEDGER_ENTRY_TYPE_DEBIT)) == 1
+
+
+def test_a_debit_at_the_effective_time_of_a_pending_grant_burns_it(grant):
+    stub = grant.stub
+    _setup(stub, amount="1")
+    later = REAL_NOW + timedelta(hours=2)
+    stub.CreateGrant(
+        pb.CreateGrantRequest(
+            request_id="g1", customer_key="acme", currency_key="ai-credits", amount="50", effective_time=ts(later)
+        )
+    )
+    expect_error(
+        lambda: stub.ReportUsage(_usage("early", "4")), grpc.StatusCode.RESOURCE_EXHAUSTED, "INSUFFICIENT_CREDITS"
+    )
+    grant.clock.set(later)
+    assert stub.ReportUsage(_usage("early", "4")).usage.balance_after == "41"
+    entries = all_entries(stub, "acme")
+    assert sum((Decimal(e.amount) for e in entries), Decimal(0)) == Decimal("41")
 
 
 def test_usage_errors(grant):

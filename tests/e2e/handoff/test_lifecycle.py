@@ -191,3 +191,62 @@ def test_a_rate_change_in_the_catalog_prices_later_usage_in_the_grant_service(de
     assert (after.credits_per_unit, after.credits, after.balance_after) == ("3.25", "32.5", "49942.5")
     replayed = usage("before")  # a replayed report keeps its first price
     assert (replayed.usage_id, replayed.credits) == (before.usage_id, "25")
+
+
+def test_immediate_amendment_then_cancel_exactly_at_an_issued_period_start(deployment):
+    """Issue 13, items 1 and 2, through the catalog: IMMEDIATELY is dated at the clock's now, here
+    exactly the start of a period already issued. The amendment replaces that period's grant (one
+    grant of the new amount, no +old/-old pair), then an immediate cancel leaves it nothing."""
+    d = deployment()
+    d.grant.start()
+    d.catalog.start()
+    catalog, grant = d.catalog_stub, d.grant_stub
+    setup_catalog(catalog)
+    anchor, period_1 = utc(2024, 1, 31, 12), utc(2024, 2, 29, 12)
+    clock = grant.CreateTestClock(
+        grant_pb2.CreateTestClockRequest(name="boundary", frozen_time=to_timestamp(anchor)), timeout=DEADLINE_S
+    ).test_clock.test_clock_id
+    call(catalog.CreateCustomer, pb.CreateCustomerRequest(customer=pb.Customer(key="edge", test_clock_id=clock)))
+    sub_id = call(
+        catalog.ProvisionSubscription,
+        pb.ProvisionSubscriptionRequest(
+            request_id="provision",
+            customer_key="edge",
+            plan_key="enterprise",
+            entitlement_values={"ai-credits-monthly": "1000"},
+        ),
+    ).subscription.subscription_id
+
+    def delivered(revision: int) -> None:
+        wait_for(lambda: applied_revision(grant, sub_id) == revision, f"revision {revision}", (d.catalog, d.grant))
+
+    def ledger() -> list[tuple]:
+        entries = grant.ListLedgerEntries(
+            grant_pb2.ListLedgerEntriesRequest(customer_key="edge", page_size=100), timeout=DEADLINE_S
+        ).entries
+        return [(x.type, x.amount, x.effective_time.ToDatetime(tzinfo=UTC)) for x in entries]
+
+    delivered(1)
+    grant.AdvanceTestClock(
+        grant_pb2.AdvanceTestClockRequest(test_clock_id=clock, frozen_time=to_timestamp(period_1)), timeout=DEADLINE_S
+    )
+    assert ledger()[-1] == (GRANT, "1000", period_1)  # period 1 is issued
+    catalog.AmendSubscription(
+        pb.AmendSubscriptionRequest(
+            subscription_id=sub_id,
+            entitlement_values={"ai-credits-monthly": "2000"},
+            timing=pb.AMENDMENT_TIMING_IMMEDIATELY,
+            request_id="amend",
+        ),
+        timeout=DEADLINE_S,
+    )
+    delivered(2)
+    assert ledger() == [(GRANT, "1000", anchor), (EXPIRE, "-1000", period_1), (GRANT, "2000", period_1)]
+    catalog.CancelSubscription(
+        pb.CancelSubscriptionRequest(subscription_id=sub_id, mode=pb.CANCEL_MODE_IMMEDIATELY, request_id="cancel"),
+        timeout=DEADLINE_S,
+    )
+    delivered(3)
+    assert ledger() == [(GRANT, "1000", anchor), (EXPIRE, "-1000", period_1)]
+    balance = grant.GetBalance(grant_pb2.GetBalanceRequest(customer_key="edge", currency_key="ai-credits"))
+    assert balance.balance.available == "0"

@@ -188,3 +188,68 @@ def test_a_batch_of_schedules_with_different_terms_issues_as_one_schedule_per_ba
     # sch_1: one more segment (the amendment); sch_2: Dec..Mar (its end); sch_5: from April (its cursor).
     assert per_schedule == [6, 7, 4, 6, 5, 2, 5, 1, 1, 0]
     assert cursors[-1] == ("sch_9", 0, datetime(2026, 6, 2, tzinfo=UTC))
+
+
+def test_the_sweep_opens_pending_grants_once_in_time_order(database_url_factory):
+    """One-off grants created for later are pending (no ledger entry); the real-time sweep, racing
+    itself in small batches, writes each GRANT entry once when it is due, and the EXPIRE of one
+    already over right after it."""
+    from datetime import timedelta
+
+    from grant_service.service_layer.operators import create_grant
+    from grant_service.service_layer.subscriptions import apply_credit_currency
+
+    engine = _engine(database_url_factory("pending"))
+    ctx = GrantContext(session_factories(engine), ManualClock(NOW), batch_size=3)
+    apply_credit_currency(ctx, "ai-credits", 1, {}, None)
+    _subscribe(ctx, 4, datetime(2026, 5, 15, tzinfo=UTC))
+    catch_up(ctx.factories, clock_key="", now=NOW, batch_size=3)
+    assert _counts(engine) == (4, 4, 0)
+    later = NOW + timedelta(days=1)
+    for i in range(4):
+        create_grant(ctx, f"r{i}", f"c{i}", "ai-credits", Decimal(3), later, later + timedelta(hours=i + 1), None, "")
+        create_grant(ctx, f"s{i}", f"c{i}", "ai-credits", Decimal(4), later, None, None, "")
+    assert _counts(engine) == (12, 4, 0)  # stored, nothing in the ledger
+    catch_up(ctx.factories, clock_key="", now=later - timedelta(microseconds=1), batch_size=3)
+    assert _counts(engine) == (12, 4, 0)  # not yet due: still nothing opened
+    swept_at = later + timedelta(hours=2, minutes=30)
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda _: catch_up(ctx.factories, clock_key="", now=swept_at, batch_size=3), range(3)))
+    assert _counts(engine) == (12, 12, 2)  # 8 opened, 2 of them already over
+    with engine.connect() as c:
+        rows = c.execute(
+            select(LedgerEntryRow.grant_id, LedgerEntryRow.type, LedgerEntryRow.effective_time).order_by(
+                LedgerEntryRow.seq
+            )
+        ).all()
+        pending = c.scalar(select(func.count()).select_from(GrantRow).where(GrantRow.opens_at.is_not(None)))
+    assert pending == 0
+    assert all(when <= swept_at for _, _, when in rows)
+    for grant_id in {g for g, type_, _ in rows if type_ == "EXPIRE"}:
+        assert [type_ for g, type_, _ in rows if g == grant_id] == ["GRANT", "EXPIRE"]
+
+
+def test_the_timer_opens_a_pending_grant_when_it_is_due(database_url_factory):
+    from datetime import timedelta
+
+    from grant_service.service_layer.operators import create_grant
+    from grant_service.service_layer.subscriptions import apply_credit_currency
+
+    url = database_url_factory("timer_pending")
+    clock = ManualClock(NOW)
+    with serving(app.DEFINITION, app.build, url, clock=clock, args=["--catch-up-interval", "0.05"]) as (_, _channel):
+        engine = create_db_engine(DatabaseSettings(url=url))
+        ctx = GrantContext(session_factories(engine), clock)
+        apply_credit_currency(ctx, "ai-credits", 1, {}, None)
+        _subscribe(ctx, 1, datetime(2026, 5, 20, tzinfo=UTC))
+        later = NOW + timedelta(hours=1)
+        create_grant(ctx, "r", "c0", "ai-credits", Decimal(3), later, None, None, "")
+        deadline = time.monotonic() + 60
+        while _counts(engine)[1] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _counts(engine) == (2, 1, 0)  # the recurring grant only: the one-off grant is pending
+        clock.set(later)
+        while _counts(engine)[1] < 2 and time.monotonic() < deadline:  # no RPC reads: only the timer opens it
+            time.sleep(0.05)
+        assert _counts(engine) == (2, 2, 0)
+        engine.dispose()
