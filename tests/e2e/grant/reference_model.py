@@ -183,6 +183,7 @@ class Model:
         self.entries: list[Entry] = []
         self.usages: dict[str, tuple[Decimal, UsageResult]] = {}  # request_id -> (quantity, result)
         self._refs = itertools.count(1)
+        self.notes: list[str] = []  # what the last operations did, for the test's statistics
 
     # ---------------------------------------------------------------- time
 
@@ -193,9 +194,12 @@ class Model:
             while sub.has_period(sub.issued_until) and sub.start(sub.issued_until) <= now:
                 for seg in sub.segments(sub.issued_until):
                     self._recurring(sub, seg)
+                    self.notes.append("period issued" if seg.expire > now else "period issued already over")
                 sub.issued_until += 1
         for g in self.grants:
             if not g.opened and g.effective <= now:
+                if g.effective < now or g.source == "ONE_OFF":
+                    self.notes.append(f"pending {g.source} grant opened")
                 g.opened = True
                 self.entries.append(Entry("GRANT", g.amount, g.effective, g))
             if g.opened and not g.closed and g.expire is not None and g.expire <= now:
@@ -269,6 +273,7 @@ class Model:
         if end != sub.end and end is not None and end < now:
             new_end = now
             clamped.append(Clamped("", end, now))
+        self.notes += ["clamped end" if c.entitlement_key == "" else "clamped amount" for c in clamped]
         sub.amounts, sub.end, sub.revision = effective, new_end, sub.revision + 1
         self._reconcile(sub)
         self.catch_up()
@@ -282,10 +287,13 @@ class Model:
                 continue  # history
             if not g.opened:
                 self.grants.remove(g)  # pending: re-derived from the new schedule
+                self.notes.append("pending segment re-derived")
                 continue
             containing = [d for d in sub.segments(g.period_index) if d.effective <= g.effective < d.expire]
             d = containing[0] if containing else None
             if d is not None and d.effective == g.effective and d.amount == g.amount:
+                if g.expire != d.expire:
+                    self.notes.append("open grant cut at now" if d.expire <= now else "open grant expiry moved")
                 g.expire = d.expire
                 if g.expire <= now:
                     self._close(g, "EXPIRE", g.expire)
@@ -293,6 +301,7 @@ class Model:
             # The change lands exactly where the grant starts: a zero-length grant.
             assert g.effective == now, (g, d, now)
             g.expire = now
+            self.notes.append("zero-length grant kept (debited)" if g.debits else "zero-length grant withdrawn")
             if g.debits:
                 self._close(g, "EXPIRE", now)
             else:  # withdrawn: it never counted anywhere
@@ -316,6 +325,13 @@ class Model:
                 ]
                 if not same:
                     self._recurring(sub, d)
+                    voided = any(
+                        g.void_time is not None and g.subscription_id == sub.subscription_id for g in self.grants
+                    )
+                    self.notes.append(
+                        ("segment issued at now" if d.effective == now else "pending segment issued")
+                        + (" after a void" if voided else "")
+                    )
 
     # ----------------------------------------------------------- operators
 
@@ -323,6 +339,7 @@ class Model:
         assert g.status_at(self.now) == "ACTIVE"
         g.void_time = self.now
         self._close(g, "VOID", self.now)
+        self.notes.append(f"void of a {g.source} grant")
 
     def create_grant(
         self, amount: Decimal, effective: datetime | None, expire: datetime | None, priority: int | None
@@ -336,6 +353,7 @@ class Model:
             priority=RECURRING_PRIORITY if priority is None else priority,
         )
         self.grants.append(g)
+        self.notes.append("one-off grant " + ("pending" if g.effective > self.now else "effective now"))
         self.catch_up()
         return g
 
@@ -347,12 +365,14 @@ class Model:
         seen = self.usages.get(request_id)
         if seen is not None:
             assert seen[0] == quantity
+            self.notes.append("debit replayed")
             return seen[1]
         now = self.now
         credits = quantity * self.rate
         active = sorted((g for g in self.grants if g.active_at(now)), key=Grant.burn_key)
         total = sum((g.amount - g.used_at(now) for g in active), Decimal(0))
         if total < credits:
+            self.notes.append("debit exceeds balance")
             raise Insufficient(total)
         left, taken = credits, []
         for g in active:
@@ -362,6 +382,7 @@ class Model:
             if take > 0:
                 taken.append((g, take))
                 left -= take
+        self.notes.append(f"debit over {len(taken)} grant(s)")
         for g, take in taken:
             g.debits.append((now, take))
             self.entries.append(Entry("DEBIT", -take, now, g))

@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import grpc
 from dateutil.relativedelta import relativedelta
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -147,6 +147,7 @@ class GrantModelMachine(RuleBasedStateMachine):
             got = [_clamped(c) for c in reply.clamped_changes]
             want = [(c.entitlement_key, c.requested, c.applied) for c in expected]
             assert sorted(got, key=str) == sorted(want, key=str), f"clamped changes: server {got}, model {want}"
+        self._check_subscription(model.subs[sub_id])
 
     def _subs_open(self) -> list[Subscription]:
         now = self.model.now
@@ -361,9 +362,11 @@ class GrantModelMachine(RuleBasedStateMachine):
     def matches_model(self):
         if self.model is None:
             return
+        for note in self.model.notes:
+            event(note)
+        self.model.notes.clear()
         self._check_grants()
         self._check_ledger_and_balances()
-        self._check_subscriptions()
 
     def _check_grants(self) -> None:
         model, now = self.model, self.model.now
@@ -479,24 +482,19 @@ class GrantModelMachine(RuleBasedStateMachine):
         if self.previous_now is not None and self.previous_now < now:
             instants.add(self.previous_now)
         if events:
-            latest = max(events)
-            instants.update({latest, latest - US})
-        if len(events) > 2:
-            instants.add(sorted(events)[len(events) // 2])
+            instants.add(max(events) - US)  # just before the latest change
         return sorted(instants)
 
-    def _check_subscriptions(self) -> None:
-        for sub in self.model.subs.values():
-            got = self.stub.GetSubscription(
-                pb.GetSubscriptionRequest(subscription_id=sub.subscription_id), timeout=30
-            ).subscription
-            assert got.revision == sub.revision
-            assert _time(got, "end_time") == sub.end, (
-                f"{sub.subscription_id} end {_time(got, 'end_time')}, model {sub.end}"
-            )
-            (schedule,) = got.credit_schedules
-            amounts = [(_dec(a.amount), _time(a, "effective_time")) for a in schedule.amounts]
-            assert amounts == sub.amounts, f"{sub.subscription_id} schedule {amounts}, model {sub.amounts}"
+    def _check_subscription(self, sub: Subscription) -> None:
+        """GetSubscription returns the stored (clamped, S3) schedule and end."""
+        got = self.stub.GetSubscription(
+            pb.GetSubscriptionRequest(subscription_id=sub.subscription_id), timeout=30
+        ).subscription
+        assert got.revision == sub.revision
+        assert _time(got, "end_time") == sub.end, f"{sub.subscription_id} end {_time(got, 'end_time')}, model {sub.end}"
+        (schedule,) = got.credit_schedules
+        amounts = [(_dec(a.amount), _time(a, "effective_time")) for a in schedule.amounts]
+        assert amounts == sub.amounts, f"{sub.subscription_id} schedule {amounts}, model {sub.amounts}"
 
 
 def _clamped(change) -> tuple[str, datetime | None, datetime | None]:
