@@ -106,6 +106,7 @@ class Grant:
     void_time: datetime | None = None
     debits: list[tuple[datetime, Decimal]] = field(default_factory=list)
     opened: bool = False  # its GRANT entry is written
+    was_pending: bool = False  # stored before it was effective
     closed: bool = False  # its EXPIRE or VOID entry is written
     server_id: str | None = None
 
@@ -198,7 +199,7 @@ class Model:
                 sub.issued_until += 1
         for g in self.grants:
             if not g.opened and g.effective <= now:
-                if g.effective < now or g.source == "ONE_OFF":
+                if g.was_pending:
                     self.notes.append(f"pending {g.source} grant opened")
                 g.opened = True
                 self.entries.append(Entry("GRANT", g.amount, g.effective, g))
@@ -221,6 +222,7 @@ class Model:
             subscription_id=sub.subscription_id,
             entitlement_key=sub.entitlement_key,
             period_index=seg.period_index,
+            was_pending=seg.effective > self.now,
         )
         self.grants.append(g)
         return g
@@ -351,6 +353,7 @@ class Model:
             effective=effective or self.now,
             expire=expire,
             priority=RECURRING_PRIORITY if priority is None else priority,
+            was_pending=effective is not None and effective > self.now,
         )
         self.grants.append(g)
         self.notes.append("one-off grant " + ("pending" if g.effective > self.now else "effective now"))
