@@ -213,6 +213,9 @@ def reconcile(
         numbers: set[int] = set()
         kept_pending: set[tuple] = set()
         history = [g for g in mine if g.closed or (g.opened and g.expire_time <= now)]
+        # A segment that history already holds (same start, same amount) is not issued again, even where
+        # history ends at its start (a grant voided the instant it became effective).
+        held = {(g.effective_time, g.amount) for g in history}
         for grant in history:
             end = grant.void_time if grant.void_time is not None else grant.expire_time
             covered = end if covered is None else max(covered, end)
@@ -241,7 +244,7 @@ def reconcile(
             numbers.add(grant.segment)
             covered = expiry if covered is None else max(covered, expiry)
         for d in desired:
-            if covered is not None and d.effective_time < covered:
+            if (covered is not None and d.effective_time < covered) or (d.effective_time, d.amount) in held:
                 continue
             if (d.effective_time, d.amount, d.expire_time) in kept_pending:
                 continue

@@ -75,6 +75,20 @@ def test_after_a_void_a_later_change_issues_the_new_amount_to_the_period_end():
     assert reconcile(unchanged, [voided], [1], now).issue == []
 
 
+def test_a_grant_voided_the_instant_it_started_is_not_issued_again_by_a_later_revision():
+    voided = issued("g1", 1, 0, "100", P1, P2, closed=True, void=P1)
+    # A change ahead (next period) changes nothing now: the voided credits do not come back.
+    ahead = Schedule(A, Cadence.MONTHLY, amounts(("100", A), ("100", P2)))
+    assert reconcile(ahead, [voided], [1], P1).issue == []
+    # A cancel a day later issues no backdated grant of the voided segment either.
+    now = P1 + timedelta(days=1)
+    cancelled = Schedule(A, Cadence.MONTHLY, amounts(("100", A)), end_time=now)
+    assert reconcile(cancelled, [voided], [1], now).issue == []
+    # A new amount at the void instant is a change: it is issued.
+    changed = Schedule(A, Cadence.MONTHLY, amounts(("100", A), ("200", P1)))
+    assert reconcile(changed, [voided], [1], P1).issue == [GrantSegment(1, 1, Decimal(200), P1, P2)]
+
+
 def test_pending_grants_are_rederived_freely():
     now, later = P1 + timedelta(days=1), P1 + timedelta(days=10)
     pending = issued("g2", 1, 1, "300", later, P2, opened=False)
