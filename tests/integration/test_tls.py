@@ -15,6 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from catalog_service.entrypoints import app as catalog_app
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
+from credit_common.auth.keys import SYNC
+from credit_common.testing.auth import create_key_at
 from credit_common.testing.processes import ServiceProcess
 from credit_common.testing.servers import serving
 from grant_service.entrypoints import app as grant_app
@@ -147,9 +149,12 @@ def test_mtls_refuses_clients_without_a_good_certificate(grant_mtls, pki):
 
 def test_catalog_delivers_to_a_grant_service_that_requires_mtls(grant_mtls, pki, tmp_path):
     port, grant_channel = grant_mtls
+    sync_key = create_key_at(grant_app.DEFINITION, f"sqlite:///{tmp_path / 'grant.db'}", (SYNC,), label="catalog")
     client_args = [
         "--grant-service-address",
         f"127.0.0.1:{port}",
+        "--grant-service-api-key",
+        sync_key,
         "--grant-tls-ca",
         str(pki.ca),
         "--grant-tls-cert",
