@@ -13,7 +13,7 @@ from credit_common.clock import Clock
 from credit_common.config import ServiceSettings, parse_service_args
 from credit_common.grpc.server import RunningServer
 from credit_common.runtime import ServiceDefinition, open_engine
-from credit_common.testing.auth import create_key
+from tests.support.auth import create_key
 
 
 @contextmanager
