@@ -154,10 +154,10 @@ def quiet_garbage_collection() -> None:
     """Once started, the process holds a few hundred thousand long-lived objects (modules, SQLAlchemy's
     metadata and compiled statements, protobuf descriptors) that every full collection walks again, while
     each RPC allocates hundreds of short-lived ones, so collections run every few RPCs and now and then
-    stop every thread for a full one: the tail of the latency (GetBalance under 32 callers, p99 27-46 ms
-    with the defaults, 23-24 ms with collections rarer or off). The objects of the start are frozen out of
-    the collector's sight (gc.freeze) and the youngest generation is collected every 50,000 allocations
-    net instead of 700; reference counting still frees everything that is not in a cycle at once."""
+    stop every thread for a full one: the tail of the latency (measured in docs/performance.md). The
+    objects of the start are frozen out of the collector's sight (gc.freeze) and the youngest generation
+    is collected every 50,000 allocations net instead of 700; reference counting still frees everything
+    that is not in a cycle at once."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
