@@ -61,8 +61,10 @@ class ServiceSettings:
     auth_cache_ttl: timedelta = timedelta(seconds=5)  # how long a key looked up is trusted (revocation bound)
 
     def extended(self, settings_type: type[SettingsT], **own: object) -> SettingsT:
-        """These settings as a service's own settings type (a subclass), with its own fields `own`."""
-        return settings_type(**vars(self), **own)
+        """The common fields of these settings in a service's own settings type (a subclass), with its
+        own fields `own`."""
+        common = {name: getattr(self, name) for name in ServiceSettings.__dataclass_fields__}
+        return settings_type(**common, **own)
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
