@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from credit_common.testing.auth import keyed_channel
+from tests.support.auth import keyed_channel
 
 # Codes after which a mutation's fate is unknown: the same request (same request_id) is sent again.
 _AMBIGUOUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED")

@@ -17,9 +17,9 @@ from bench import seed
 from bench.load import LoadResult, run_load
 from bench.servers import service_key, start_service
 from credit_common.auth.keys import SYNC
-from credit_common.testing.auth import keyed_channel
-from credit_common.testing.postgres import PostgresServer
 from grant_service.adapters.orm import GrantRow, LedgerEntryRow, ScheduleRow, UsageRow
+from tests.support.auth import keyed_channel
+from tests.support.postgres import PostgresServer
 
 GRANT_MIGRATIONS = "grant_service.adapters:migrations"
 CATALOG_MIGRATIONS = "catalog_service.adapters:migrations"

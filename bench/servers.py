@@ -1,6 +1,6 @@
 """Server processes for the benchmark: the services run as `python -m <service> serve`
 subprocesses on a free loopback port, exactly as deployed; PostgreSQL is started the way the
-tests start it (credit_common.testing.postgres)."""
+tests start it (tests.support.postgres)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from credit_common.auth.keys import ADMIN
-from credit_common.testing.auth import create_key_at, definition_of
-from credit_common.testing.postgres import free_port
+from tests.support.auth import create_key_at, definition_of
+from tests.support.postgres import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

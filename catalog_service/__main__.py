@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from catalog_service.entrypoints.app import DEFINITION, build
-from catalog_service.entrypoints.outbox_worker import add_outbox_arguments
 from credit_common.auth.cli import keys_main
 from credit_common.config import parse_service_args
 from credit_common.runtime import main
@@ -21,7 +20,7 @@ def run(argv: list[str] | None = None) -> int:
         default_port=50051,
         database_file="catalog.db",
         argv=argv,
-        add_arguments=add_outbox_arguments,
+        flags=DEFINITION.flags,
     )
     return main(DEFINITION, settings, build)
 

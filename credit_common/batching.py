@@ -54,13 +54,11 @@ class Batcher:
     `linger_s`: when fewer items are queued than the previous batch had, `batch()` waits up to this
     long for as many. Under steady load the callers of a batch come back one after the other once it
     is answered: the first to come back would lead a batch of its own, and the others the next one,
-    so every other batch was a single item (GetBalance under 32 callers on PostgreSQL, two server
-    processes: half of the statements read one customer). With a linger of 4 ms: GetBalance 3,420 ->
-    4,070-4,275/s on PostgreSQL, 3,800-3,900 -> 4,840-4,970/s on SQLite (p99 16.4 -> 13.6 ms),
-    ReportUsage on PostgreSQL 2,090-2,450 -> 2,670/s; 8 ms: GetBalance on PostgreSQL 3,880 ->
-    4,360-4,440/s (16 ms: no better). The price: a leader waits for the slowest of the callers it
-    waits for, and when fewer come back than the last batch had (the load falls), it waits the whole
-    linger once. With no concurrency the batches are single items and nobody waits."""
+    so every other batch would be a single item. Waiting a few milliseconds for the callers of the
+    last batch keeps the batches whole (the measurements: docs/performance.md). The price: a leader
+    waits for the slowest of the callers it waits for, and when fewer come back than the last batch
+    had (the load falls), it waits the whole linger once. With no concurrency the batches are single
+    items and nobody waits."""
 
     def __init__(self, run: Callable[[Batch], None], max_items: int = 64, linger_s: float = 0.0) -> None:
         self._run = run

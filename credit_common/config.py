@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Generic, TypeVar, overload
 
 from credit_common.db.engine import DatabaseSettings
 
@@ -51,7 +52,6 @@ class ServiceSettings:
     shutdown_grace_s: float
     migrate_on_start: bool
     max_workers: int
-    extra: argparse.Namespace
     cpus: frozenset[int] | None = None  # pin the process to these CPUs; None: wherever the OS puts it
     processes: int = 1  # server processes sharing the port (credit_common.processes)
     process_index: int | None = None  # which of them this one is; None: the only one
@@ -59,6 +59,28 @@ class ServiceSettings:
     limits: ServerLimits = ServerLimits()
     auth: bool = True  # every RPC but health and reflection needs an API key with a role that allows it
     auth_cache_ttl: timedelta = timedelta(seconds=5)  # how long a key looked up is trusted (revocation bound)
+
+    def extended(self, settings_type: type[SettingsT], **own: object) -> SettingsT:
+        """The common fields of these settings in a service's own settings type (a subclass), with its
+        own fields `own`."""
+        common = {name: getattr(self, name) for name in ServiceSettings.__dataclass_fields__}
+        return settings_type(**common, **own)
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+# env(NAME, default): the value of the variable <PREFIX>_NAME, else `default`.
+Env = Callable[[str, str | None], str | None]
+
+
+@dataclass(frozen=True)
+class ServiceFlags(Generic[SettingsT]):
+    """A service's own flags: `add` adds them to the parser (their defaults from `env`); `settings`
+    makes the service's typed settings of the common settings and the parsed flags, and raises
+    ValueError for a value or a combination it refuses (the parser reports it and exits with 2)."""
+
+    add: Callable[[argparse.ArgumentParser, Env], object]
+    settings: Callable[[ServiceSettings, argparse.Namespace], SettingsT]
 
 
 def env_flag(value: str | None) -> bool:
@@ -145,9 +167,7 @@ def on_off(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is neither on nor off")
 
 
-def add_database_url_argument(
-    parser: argparse.ArgumentParser, env: Callable[[str, str | None], str | None], database_file: str
-) -> None:
+def add_database_url_argument(parser: argparse.ArgumentParser, env: Env, database_file: str) -> None:
     data_dir = os.environ.get("CREDIT_GRANTS_DATA_DIR", "data")
     parser.add_argument(
         "--database-url",
@@ -157,6 +177,7 @@ def add_database_url_argument(
     )
 
 
+@overload
 def parse_service_args(
     *,
     service: str,
@@ -164,8 +185,33 @@ def parse_service_args(
     default_port: int,
     database_file: str,
     argv: list[str] | None = None,
-    add_arguments: Callable[[argparse.ArgumentParser, Callable[[str, str | None], str | None]], object] | None = None,
+    flags: ServiceFlags[SettingsT],
+) -> SettingsT: ...
+
+
+@overload
+def parse_service_args(
+    *,
+    service: str,
+    env_prefix: str,
+    default_port: int,
+    database_file: str,
+    argv: list[str] | None = None,
+    flags: None = None,
+) -> ServiceSettings: ...
+
+
+def parse_service_args(
+    *,
+    service: str,
+    env_prefix: str,
+    default_port: int,
+    database_file: str,
+    argv: list[str] | None = None,
+    flags: ServiceFlags | None = None,
 ) -> ServiceSettings:
+    """The settings of the command line `argv` and the environment: the service's own type (`flags`),
+    or the common ServiceSettings. A flag or a combination refused exits with 2 and a usage line."""
     def env(name: str, default: str | None) -> str | None:
         return _env(env_prefix, name, default)
 
@@ -251,20 +297,15 @@ def parse_service_args(
         help="how long a looked-up API key is trusted (default 5000): a revoked key stops working within this time",
     )
     _add_transport_arguments(parser, env)
-    # A service's add_arguments may return a check of the parsed flags that raises ValueError.
-    check = add_arguments(parser, env) if add_arguments else None
+    if flags is not None:
+        flags.add(parser, env)
     args = parser.parse_args(argv)
-    if callable(check):
-        try:
-            check(args)
-        except ValueError as error:
-            parser.error(str(error))
     tls = TlsSettings(cert_file=args.tls_cert, key_file=args.tls_key, client_ca_file=args.tls_client_ca)
     if (tls.cert_file is None) != (tls.key_file is None):
         parser.error("--tls-cert and --tls-key go together")
     if tls.client_ca_file is not None and not tls.enabled:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS with client certificates)")
-    return ServiceSettings(
+    common = ServiceSettings(
         command=args.command,
         listen=args.listen,
         database=DatabaseSettings(
@@ -277,7 +318,6 @@ def parse_service_args(
         shutdown_grace_s=args.shutdown_grace,
         migrate_on_start=args.migrate,
         max_workers=args.max_workers,
-        extra=args,
         cpus=args.cpus,
         processes=args.processes,
         tls=tls,
@@ -293,9 +333,15 @@ def parse_service_args(
         auth=args.auth,
         auth_cache_ttl=timedelta(milliseconds=args.auth_cache_ttl_ms),
     )
+    if flags is None:
+        return common
+    try:
+        return flags.settings(common, args)
+    except ValueError as error:
+        parser.error(str(error))
 
 
-def _add_transport_arguments(parser: argparse.ArgumentParser, env: Callable[[str, str | None], str | None]) -> None:
+def _add_transport_arguments(parser: argparse.ArgumentParser, env: Env) -> None:
     """TLS and the limits of the listener (see docs/security.md, Transport and hardening)."""
     tls = parser.add_argument_group("TLS (default: plaintext)")
     tls.add_argument(

@@ -27,8 +27,8 @@ def new_id(prefix: str) -> str:
 
 def new_ids(prefix: str, n: int) -> list[str]:
     """n ids as `new_id` makes them: 26 Crockford base32 digits of (milliseconds << 80 | 80 random
-    bits), i.e. 10 digits of the time then 16 of randomness. Made in one go for a batch (the renewal
-    storm's catch-up made two ids per grant, one at a time: 8% of a batch, cProfile)."""
+    bits), i.e. 10 digits of the time then 16 of randomness. Made in one go for a batch: the catch-up
+    makes two ids per grant, and one at a time was a visible share of a batch (docs/performance.md)."""
     millis = time.time_ns() // 1_000_000
     # 10 bytes of the time encode to 16 digits, of which the last 10 hold its 50 low bits.
     head = f"{prefix}_{base64.b32encode(millis.to_bytes(10, 'big')).translate(_TO_CROCKFORD)[-10:].decode()}"

@@ -3,8 +3,8 @@
 RPC threads only append records to a queue; one writer thread, every 50 ms, formats them
 and writes whatever has piled up with a single write. The access line of each RPC (AccessLog)
 does not even build a LogRecord. Writing from the RPC threads cost each
-RPC a system call and a wait to get the GIL back after it (with 32 threads busy, the
-no-op RPC's throughput was 35% lower with the access log on than off). The writer is
+RPC a system call and a wait to get the GIL back after it, which under many busy threads
+cut the throughput (docs/performance.md). The writer is
 drained at exit, so a clean shutdown or a crash with a traceback loses no line; a
 SIGKILL loses at most the lines of the last 50 ms."""
 
@@ -157,7 +157,7 @@ class AccessLog:
     it skips what `logging` does per call (a LogRecord of twenty-odd attributes, a walk up the stack
     for the caller, the handler chain). The RPC thread appends a tuple to the writer's queue; the
     writer thread formats it into the same JSON line `logger.info(message, extra=fields)` would
-    write. The access log had cost the no-op RPC 28% of its throughput, GetBalance 14%.
+    write (what it saves: docs/performance.md).
 
     Where the JSON writer is not the logger's only destination (configure_logging did not run, or
     a test capture or another handler is attached) it is that ordinary logging call."""

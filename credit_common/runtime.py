@@ -16,7 +16,7 @@ from sqlalchemy import Engine, Table
 from credit_common.auth.interceptor import AuthInterceptor, KeyCache
 from credit_common.auth.store import SqlApiKeyStore
 from credit_common.clock import Clock
-from credit_common.config import ServiceSettings
+from credit_common.config import ServiceFlags, ServiceSettings, SettingsT
 from credit_common.db.engine import create_db_engine, translate_db_error
 from credit_common.db.migrations import SchemaNotCurrent, check_current, upgrade
 from credit_common.grpc.interceptors import ServiceInterceptor
@@ -35,6 +35,7 @@ class ServiceDefinition:
     migrations: str  # Alembic script location, e.g. "catalog_service.adapters:migrations"
     method_roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # credit_common.auth.method_roles
     api_keys: Table | None = None  # the service's api_keys table (credit_common.auth.store)
+    flags: ServiceFlags | None = None  # the service's own flags and its typed settings (credit_common.config)
 
 
 def open_engine(definition: ServiceDefinition, settings: ServiceSettings, *, migrate: bool) -> Engine:
@@ -84,8 +85,8 @@ def auth_interceptor(
 
 def main(
     definition: ServiceDefinition,
-    settings: ServiceSettings,
-    build: Callable[[ServiceSettings, Engine], RunningServer],
+    settings: SettingsT,
+    build: Callable[[SettingsT, Engine], RunningServer],
 ) -> int:
     """`python -m <service>`: migrate, or serve until SIGTERM/SIGINT (with `--processes N`, supervise
     N server processes that do: credit_common.processes)."""
@@ -153,10 +154,10 @@ def quiet_garbage_collection() -> None:
     """Once started, the process holds a few hundred thousand long-lived objects (modules, SQLAlchemy's
     metadata and compiled statements, protobuf descriptors) that every full collection walks again, while
     each RPC allocates hundreds of short-lived ones, so collections run every few RPCs and now and then
-    stop every thread for a full one: the tail of the latency (GetBalance under 32 callers, p99 27-46 ms
-    with the defaults, 23-24 ms with collections rarer or off). The objects of the start are frozen out of
-    the collector's sight (gc.freeze) and the youngest generation is collected every 50,000 allocations
-    net instead of 700; reference counting still frees everything that is not in a cycle at once."""
+    stop every thread for a full one: the tail of the latency (measured in docs/performance.md). The
+    objects of the start are frozen out of the collector's sight (gc.freeze) and the youngest generation
+    is collected every 50,000 allocations net instead of 700; reference counting still frees everything
+    that is not in a cycle at once."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -7,7 +7,7 @@ import sys
 from credit_common.auth.cli import keys_main
 from credit_common.config import parse_service_args
 from credit_common.runtime import main
-from grant_service.entrypoints.app import DEFINITION, add_arguments, build
+from grant_service.entrypoints.app import DEFINITION, build
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -20,7 +20,7 @@ def run(argv: list[str] | None = None) -> int:
         default_port=50052,
         database_file="grant.db",
         argv=argv,
-        add_arguments=add_arguments,
+        flags=DEFINITION.flags,
     )
     return main(DEFINITION, settings, build)
 

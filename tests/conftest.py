@@ -2,7 +2,7 @@
 
 Every test that asks for `database_url_factory` runs twice: on SQLite and on a
 real PostgreSQL server that the session starts itself (see
-credit_common.testing.postgres). PostgreSQL is never skipped silently: if it
+tests.support.postgres). PostgreSQL is never skipped silently: if it
 cannot start, those tests fail; and in CI (CI=true) the session fails unless
 PostgreSQL tests ran and passed and none of them was skipped.
 """
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from credit_common.testing.postgres import PostgresServer
+from tests.support.postgres import PostgresServer
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),

@@ -4,24 +4,19 @@ dispatcher, gRPC servicer, server."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
 from sqlalchemy import Engine
 
 from catalog_service.adapters.grant_client import GrantServiceClient
 from catalog_service.adapters.orm import API_KEYS, OutboxDeliveryRow
-from catalog_service.entrypoints.outbox_worker import (
-    add_outbox_arguments,
-    grant_tls_from_args,
-    start_outbox_worker_from_args,
-)
+from catalog_service.entrypoints.outbox_worker import start_outbox_worker
 from catalog_service.entrypoints.roles import METHOD_ROLES, SERVICE
 from catalog_service.entrypoints.servicer import CatalogServicer
+from catalog_service.entrypoints.settings import FLAGS, CatalogSettings
 from catalog_service.service_layer.services import CatalogService
 from catalog_service.service_layer.unit_of_work import UnitsOfWork
 from catalog_service.v1 import catalog_service_pb2_grpc
 from credit_common.clock import Clock, SystemClock
-from credit_common.config import ServiceSettings
 from credit_common.grpc.server import RunningServer
 from credit_common.runtime import ServiceDefinition, start
 
@@ -34,28 +29,31 @@ DEFINITION = ServiceDefinition(
     migrations="catalog_service.adapters:migrations",
     method_roles=METHOD_ROLES,
     api_keys=API_KEYS,
+    flags=FLAGS,
 )
 
 
-def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None) -> RunningServer:
+def build(settings: CatalogSettings, engine: Engine, clock: Clock | None = None) -> RunningServer:
     """Start the catalog: its server and its outbox dispatcher, over one channel
     to the grant service. Shutdown (`running.stop`): health NOT_SERVING, the
     server drains, then the dispatcher stops, then the channel closes."""
     clock = clock or SystemClock()
-    args = settings.extra
-    if not args.grant_service_api_key:
+    grant = settings.grant_service
+    if not grant.api_key:
         log.warning(
             "no API key for the grant service (--grant-service-api-key, CATALOG_GRANT_SERVICE_API_KEY): "
             "a grant service with authentication on refuses the handoff"
         )
-    grant_client = GrantServiceClient(
-        args.grant_service_address,
-        deadline=timedelta(milliseconds=args.grant_deadline_ms),
-        tls=grant_tls_from_args(args),
-        api_key=args.grant_service_api_key,
-    )
+    grant_client = GrantServiceClient(grant.address, deadline=grant.deadline, tls=grant.tls, api_key=grant.api_key)
     try:
-        worker = start_outbox_worker_from_args(args, engine, OutboxDeliveryRow.__table__, clock, grant_client.channel)
+        worker = start_outbox_worker(
+            engine,
+            OutboxDeliveryRow.__table__,
+            clock,
+            channel=grant_client.channel,
+            deadline=grant.deadline,
+            settings=settings.outbox,
+        )
     except Exception:
         grant_client.close()
         raise
@@ -75,5 +73,3 @@ def build(settings: ServiceSettings, engine: Engine, clock: Clock | None = None)
     running.on_stop.append(worker.stop)
     return running
 
-
-build.add_arguments = add_outbox_arguments  # type: ignore[attr-defined]

@@ -73,7 +73,7 @@ def _sqlite_engine(settings: DatabaseSettings) -> Engine:
         create_private_file(url.database)
     # An SQLite connection is a file handle: the pool keeps every one it opens (pool + overflow),
     # instead of closing the overflow after each burst and paying the connect and PRAGMAs again
-    # on the next (11% of a GetBalance under 32 callers, py-spy, bench balance reads).
+    # on the next, a hot spot of GetBalance under many callers (docs/performance.md).
     engine = create_engine(
         url,
         pool_size=settings.pool_size + settings.max_overflow,
@@ -98,11 +98,10 @@ def _sqlite_engine(settings: DatabaseSettings) -> Engine:
 
     # Writers first take the gate of the file (credit_common.db.sqlite): the threads of this process,
     # then the processes, each woken as soon as it is free, instead of sleeping in SQLite's busy handler
-    # (1, 2, 5 ... then 100 ms at a time) while the lock was free: under 32 writers some waited seconds
-    # (p99 0.66-0.85 s of a ReportUsage, bench usage debits, small; 0.1 s with a lock). A writer holds
-    # the gate until its connection is back in the pool. (A lock granted in arrival order gave the same
-    # p99 and 10% fewer debits per second: every hand-over then waited for the woken thread to be
-    # scheduled.)
+    # (1, 2, 5 ... then 100 ms at a time) while the lock was free: under many writers some waited
+    # seconds. A writer holds the gate until its connection is back in the pool. The gate is not granted
+    # in arrival order: every hand-over would then wait for the woken thread to be scheduled
+    # (docs/performance.md).
     database = url.database if url.database and url.database != ":memory:" else None
     gate = WriteGate(database)
     checkpointer = Checkpointer(database) if database else None
@@ -157,8 +156,8 @@ class ThreadConnections:
     A statement is consistent on its own on both databases, so these run outside any
     transaction (autocommit on PostgreSQL, no BEGIN on SQLite): one round trip instead of three.
     And a thread keeps its connection: checking one out of the shared pool and back in for
-    every read cost more than the read (GetBalance, 4 threads on SQLite: 186 us per read
-    through the pool, 61 us on a kept connection; plus PostgreSQL's pre-ping round trip).
+    every read cost more than the read (plus PostgreSQL's pre-ping round trip; the figures:
+    docs/performance.md).
     A kept connection that went stale (the database restarted) fails once: the read is then
     run again on a new connection. Give it an engine of its own, sized to the threads that
     read (see `read_engine_settings`); with the main engine, each thread holds one of its

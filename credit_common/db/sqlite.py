@@ -3,8 +3,7 @@ checkpoints of the write-ahead log run off the write path.
 
 SQLite has one writer at a time. A writer that finds the database locked sleeps in its busy handler
 (1, 2, 5 ... then 100 ms at a time) and tries again, so writers of two processes (two replicas, or
-`--processes 2`) waited milliseconds for a lock that was free (ReportUsage over two processes, 32
-callers: 1,536/s, p99 116 ms; 1,949/s, p99 31 ms with this gate). A writer that holds the gate and
+`--processes 2`) waited milliseconds for a lock that was free (docs/performance.md). A writer that holds the gate and
 never lets go (a process stopped in a debugger) makes the next writer of another process wait for it,
 not fail: flock has no timeout. `WriteGate` is taken before BEGIN IMMEDIATE:
 a lock for the threads of this process, then an flock(2) of a file beside the database for the
@@ -15,8 +14,7 @@ never fork (their server processes are new interpreters, see credit_common.proce
 
 In WAL mode the commit that takes the log past `wal_autocheckpoint` pages runs the checkpoint itself,
 copying pages into the database file and syncing it, while it still holds the write lock: every other
-writer of every process waits for it (a third of the time the lock was held, with two processes;
-without it, 2,000 -> 2,400 debits/s).
+writer of every process waits for it (docs/performance.md).
 `Checkpointer` runs PASSIVE checkpoints on a thread of its own after writes instead, which copy what
 no reader still needs while writers go on; the commits' own checkpoints remain as a backstop, at a
 log ten times the default.

@@ -16,8 +16,8 @@ def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     """A Timestamp for `value`, or None (leave the field unset) for None."""
     if value is None:
         return None
-    # Timestamp.FromDatetime goes through a time tuple and calendar.timegm: 12% of a GetBalance under
-    # load (py-spy). A timedelta from the epoch gives the same seconds and (non-negative) nanos.
+    # Timestamp.FromDatetime goes through a time tuple and calendar.timegm, a hot spot of GetBalance
+    # (docs/performance.md). A timedelta from the epoch gives the same seconds and (non-negative) nanos.
     delta = ensure_utc(value) - _EPOCH
     return timestamp_pb2.Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 

@@ -27,10 +27,10 @@ from credit_common.db.engine import DatabaseSettings, create_db_engine
 from credit_common.errors import DomainError
 from credit_common.grpc.errors import error_details
 from credit_common.runtime import ServiceDefinition
-from credit_common.testing.auth import create_key_at
-from credit_common.testing.servers import serving
 from grant_service.entrypoints import app as grant_app
 from grant_service.entrypoints import roles as grant_roles
+from tests.support.auth import create_key_at
+from tests.support.servers import serving
 
 DEADLINE_S = 10.0
 AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)

@@ -8,8 +8,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from catalog_service.entrypoints import app as catalog_app
-from credit_common.testing.servers import serving
 from grant_service.entrypoints import app as grant_app
+from tests.support.servers import serving
 
 SERVICES = [
     pytest.param(catalog_app, "catalog_service.v1.CatalogService", id="catalog"),

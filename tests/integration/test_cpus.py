@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from credit_common.testing.processes import ServiceProcess
+from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux CPU affinity")
 

@@ -34,7 +34,8 @@ from catalog_service.domain.outbox import (
     OutcomeKind,
     Resolution,
 )
-from catalog_service.entrypoints.outbox_worker import add_outbox_arguments, start_outbox_worker_from_args
+from catalog_service.entrypoints.outbox_worker import start_outbox_worker
+from catalog_service.entrypoints.settings import FLAGS as CATALOG_FLAGS
 from catalog_service.service_layer.dispatcher import Dispatcher
 from credit_common.clock import ManualClock, SystemClock
 from credit_common.config import parse_service_args
@@ -1002,12 +1003,19 @@ def test_worker_from_command_line_flags_delivers_and_stops(outbox, grant):
             "--outbox-poll-interval-ms",
             "3600000",
         ],
-        add_arguments=add_outbox_arguments,
+        flags=CATALOG_FLAGS,
     )
-    assert (settings.extra.outbox_batch_size, settings.extra.outbox_send_batch_size) == (200, 100)
-    assert settings.extra.outbox_lease_s == 60
-    client = GrantServiceClient(settings.extra.grant_service_address)
-    worker = start_outbox_worker_from_args(settings.extra, outbox.engine, outbox.table, SystemClock(), client.channel)
+    assert (settings.outbox.batch_size, settings.outbox.send_batch_size) == (200, 100)
+    assert settings.outbox.lease == timedelta(seconds=60)
+    client = GrantServiceClient(settings.grant_service.address)
+    worker = start_outbox_worker(
+        outbox.engine,
+        outbox.table,
+        SystemClock(),
+        channel=client.channel,
+        deadline=settings.grant_service.deadline,
+        settings=settings.outbox,
+    )
     try:
         assert worker.delivery.deadline == timedelta(seconds=2)
         wait_until(lambda: worker.dispatcher.completed_passes >= 1, what="the first pass")

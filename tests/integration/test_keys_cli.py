@@ -15,12 +15,12 @@ from credit_common.clock import ManualClock
 from credit_common.db.engine import DatabaseSettings, create_db_engine
 from credit_common.db.migrations import upgrade
 from credit_common.grpc.errors import error_details
-from credit_common.testing.auth import keyed_channel
-from credit_common.testing.servers import serving
 from grant_service.__main__ import run as grant_main
 from grant_service.entrypoints import app as grant_app
 from grant_service.v1 import grant_service_pb2 as pb
 from grant_service.v1 import grant_service_pb2_grpc as pb_grpc
+from tests.support.auth import keyed_channel
+from tests.support.servers import serving
 
 MAINS = {"grant": (grant_main, "grant_service"), "catalog": (catalog_main, "catalog_service")}
 

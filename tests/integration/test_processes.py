@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from credit_common.testing.processes import ServiceProcess
 from grant_service.v1 import grant_service_pb2 as gpb
 from grant_service.v1 import grant_service_pb2_grpc as gpb_grpc
 from tests.e2e.grant.conftest import subscription
+from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux")
 

@@ -16,10 +16,10 @@ from credit_common.config import ServerLimits
 from credit_common.db.engine import translate_db_error
 from credit_common.grpc.interceptors import ServiceInterceptor
 from credit_common.grpc.server import start_server
-from credit_common.testing.servers import serving as services_serving
 from grant_service.entrypoints import app as grant_app
 from grant_service.v1 import grant_service_pb2 as grant_pb2
 from grant_service.v1 import grant_service_pb2_grpc as grant_pb2_grpc
+from tests.support.servers import serving as services_serving
 
 SERVICE = "test.v1.LimitsService"
 

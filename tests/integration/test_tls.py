@@ -16,13 +16,13 @@ from catalog_service.entrypoints import app as catalog_app
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
 from credit_common.auth.keys import SYNC
-from credit_common.testing.auth import create_key_at
-from credit_common.testing.processes import ServiceProcess
-from credit_common.testing.servers import serving
 from grant_service.entrypoints import app as grant_app
 from grant_service.v1 import grant_service_pb2 as grant_pb2
 from grant_service.v1 import grant_service_pb2_grpc as grant_pb2_grpc
 from tests.e2e.handoff.conftest import provision_many, setup_catalog, wait_for
+from tests.support.auth import create_key_at
+from tests.support.processes import ServiceProcess
+from tests.support.servers import serving
 
 DEADLINE_S = 5.0
 

@@ -3,17 +3,15 @@ flags, environment variables, defaults, refusals, and the gRPC options they beco
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
 from catalog_service.adapters.grant_client import GrantTls
-from catalog_service.entrypoints.outbox_worker import add_outbox_arguments, grant_tls_from_args
+from catalog_service.entrypoints.settings import FLAGS as CATALOG_FLAGS
 from credit_common.config import ServerLimits, TlsSettings, parse_service_args
 from credit_common.grpc.server import server_options
 
 
-def _parse(argv, monkeypatch=None, prefix="GRANT", add_arguments=None, **env):
+def _parse(argv, monkeypatch=None, prefix="GRANT", flags=None, **env):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return parse_service_args(
@@ -22,7 +20,7 @@ def _parse(argv, monkeypatch=None, prefix="GRANT", add_arguments=None, **env):
         default_port=50052,
         database_file="grant.db",
         argv=argv,
-        add_arguments=add_arguments,
+        flags=flags,
     )
 
 
@@ -104,22 +102,22 @@ def test_server_options_carry_the_limits():
     assert huge["grpc.max_connection_age_ms"] == huge["grpc.max_receive_message_length"] == 2**31 - 1
 
 
-def _catalog_args(argv, monkeypatch=None, **env) -> argparse.Namespace:
-    return _parse(argv, monkeypatch, prefix="CATALOG", add_arguments=add_outbox_arguments, **env).extra
+def _grant_tls(argv, monkeypatch=None, **env) -> GrantTls:
+    return _parse(argv, monkeypatch, prefix="CATALOG", flags=CATALOG_FLAGS, **env).grant_service.tls
 
 
 def test_catalog_reaches_the_grant_service_in_plaintext_by_default():
-    assert grant_tls_from_args(_catalog_args([])) == GrantTls()
+    assert _grant_tls([]) == GrantTls()
 
 
 def test_catalog_tls_to_the_grant_service(pem, monkeypatch):
     ca, cert, key = pem("ca.pem"), pem("c.pem"), pem("k.pem")
-    args = _catalog_args(
+    tls = _grant_tls(
         ["--grant-tls-ca", ca, "--grant-tls-cert", cert, "--grant-tls-key", key, "--grant-tls-server-name", "grant"]
     )
-    assert grant_tls_from_args(args) == GrantTls(True, ca, cert, key, "grant")
-    assert grant_tls_from_args(_catalog_args([], monkeypatch, CATALOG_GRANT_TLS="true")) == GrantTls(enabled=True)
-    assert grant_tls_from_args(_catalog_args([], monkeypatch, CATALOG_GRANT_TLS_CA=ca)).enabled
+    assert tls == GrantTls(True, ca, cert, key, "grant")
+    assert _grant_tls([], monkeypatch, CATALOG_GRANT_TLS="true") == GrantTls(enabled=True)
+    assert _grant_tls([], monkeypatch, CATALOG_GRANT_TLS_CA=ca).enabled
 
 
 def test_catalog_tls_flags_are_checked_when_parsed(pem, capsys):
@@ -129,8 +127,8 @@ def test_catalog_tls_flags_are_checked_when_parsed(pem, capsys):
         (["--grant-tls-ca", "/nonexistent/ca.pem"], "cannot read '/nonexistent/ca.pem'"),
     ):
         with pytest.raises(SystemExit) as exited:
-            _catalog_args(argv)
+            _grant_tls(argv)
         assert exited.value.code == 2
         assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        _catalog_args(["--grant-tls-ca", "/nonexistent/ca.pem"])
+        _grant_tls(["--grant-tls-ca", "/nonexistent/ca.pem"])

@@ -25,10 +25,10 @@ from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
 from credit_common.db.engine import DatabaseSettings, create_db_engine
 from credit_common.grpc.errors import error_details
 from credit_common.grpc.timestamps import to_timestamp
-from credit_common.testing.servers import serving
 from grant_service.v1 import grant_service_pb2 as grant_pb2
 from grant_service.v1 import grant_service_pb2_grpc as grant_pb2_grpc
 from tests.conftest import BACKENDS
+from tests.support.servers import serving
 
 
 class FakeGrantService(grant_pb2_grpc.GrantServiceServicer):

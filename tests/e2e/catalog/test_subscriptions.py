@@ -13,10 +13,10 @@ from catalog_service.entrypoints import app
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
 from credit_common.grpc.timestamps import to_timestamp
-from credit_common.testing.postgres import free_port
-from credit_common.testing.servers import serving
 from grant_service.v1 import grant_service_pb2 as grant_pb2
 from tests.e2e.catalog.conftest import boolean_feature, currency, metered_feature, outbox_rows, rpc_error, wait_for
+from tests.support.postgres import free_port
+from tests.support.servers import serving
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 START = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)

@@ -11,10 +11,10 @@ import pytest
 
 from credit_common.clock import ManualClock
 from credit_common.grpc.errors import error_details
-from credit_common.testing.servers import serving
 from grant_service.entrypoints import app
 from grant_service.v1 import grant_service_pb2 as pb
 from grant_service.v1 import grant_service_pb2_grpc
+from tests.support.servers import serving
 
 REAL_NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 

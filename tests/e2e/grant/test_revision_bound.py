@@ -10,11 +10,11 @@ import grpc
 import pytest
 
 from credit_common.clock import ManualClock
-from credit_common.testing.servers import serving
 from grant_service.entrypoints import app
 from grant_service.v1 import grant_service_pb2 as pb
 from grant_service.v1 import grant_service_pb2_grpc
 from tests.e2e.grant.conftest import REAL_NOW, expect_error, subscription, utc
+from tests.support.servers import serving
 
 START = utc(2026, 1, 15, 8)
 STEP = 10

@@ -188,9 +188,9 @@ def test_credit_currency_revisions_and_rate_history(grant):
 
 
 def test_test_clocks_disabled_by_default(database_url_factory):
-    from credit_common.testing.servers import serving
     from grant_service.entrypoints import app
     from grant_service.v1 import grant_service_pb2_grpc
+    from tests.support.servers import serving
 
     with serving(app.DEFINITION, app.build, database_url_factory("off"), args=["--catch-up-interval", "0"]) as (_, ch):
         stub = grant_service_pb2_grpc.GrantServiceStub(ch)

@@ -1,5 +1,5 @@
 """Real processes for the handoff tests: `python -m grant_service` and
-`python -m catalog_service` (credit_common.testing.processes) on SQLite files or
+`python -m catalog_service` (tests.support.processes) on SQLite files or
 PostgreSQL databases, optionally with a gRPC proxy in front of the grant
 service that fails or slows ApplySubscription calls."""
 
@@ -16,10 +16,10 @@ import pytest
 
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
-from credit_common.testing.auth import caller_credentials
-from credit_common.testing.processes import ServiceProcess
 from grant_service.v1 import grant_service_pb2 as grant_pb2
 from grant_service.v1 import grant_service_pb2_grpc as grant_pb2_grpc
+from tests.support.auth import caller_credentials
+from tests.support.processes import ServiceProcess
 
 WAIT_S = 120.0
 DEADLINE_S = 5.0

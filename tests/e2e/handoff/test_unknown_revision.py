@@ -11,12 +11,12 @@ from catalog_service.entrypoints import app as catalog_app
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
 from credit_common.auth.keys import SYNC
-from credit_common.testing.auth import create_key_at
-from credit_common.testing.servers import serving
 from grant_service.entrypoints import app as grant_app
 from grant_service.v1 import grant_service_pb2 as grant_pb2
 from grant_service.v1 import grant_service_pb2_grpc as grant_pb2_grpc
 from tests.e2e.handoff.conftest import DEADLINE_S, provision_many, setup_catalog, wait_for
+from tests.support.auth import create_key_at
+from tests.support.servers import serving
 
 
 def test_the_catalog_parks_a_revision_answered_stale_by_a_revision_it_never_issued(database_url_factory):

@@ -16,11 +16,11 @@ from catalog_service.entrypoints import app as catalog_app
 from catalog_service.v1 import catalog_service_pb2_grpc
 from credit_common.auth.keys import SYNC
 from credit_common.clock import ManualClock
-from credit_common.testing.auth import create_key_at
-from credit_common.testing.servers import serving
 from grant_service.entrypoints import app as grant_app
 from grant_service.v1 import grant_service_pb2_grpc
 from tests.conftest import BACKENDS
+from tests.support.auth import create_key_at
+from tests.support.servers import serving
 
 REAL_NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 

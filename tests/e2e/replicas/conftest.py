@@ -18,10 +18,10 @@ from sqlalchemy.exc import OperationalError
 from credit_common.db.engine import DatabaseSettings, create_db_engine
 from credit_common.db.migrations import upgrade
 from credit_common.grpc.errors import error_details
-from credit_common.testing.postgres import PostgresServer
-from credit_common.testing.processes import ServiceProcess
 from grant_service.adapters.orm import GrantRow, LedgerEntryRow, ScheduleRow
 from tests.support.grant_rows import insert_due_subscriptions
+from tests.support.postgres import PostgresServer
+from tests.support.processes import ServiceProcess
 
 GRANT_MIGRATIONS = "grant_service.adapters:migrations"
 CATALOG_MIGRATIONS = "catalog_service.adapters:migrations"

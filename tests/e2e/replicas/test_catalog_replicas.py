@@ -29,12 +29,12 @@ from catalog_service.adapters.orm import OutboxDeliveryRow
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
 from credit_common.db.engine import DatabaseSettings, create_db_engine
-from credit_common.testing.auth import caller_credentials
-from credit_common.testing.processes import ServiceProcess
 from grant_service.v1 import grant_service_pb2 as gpb
 from grant_service.v1 import grant_service_pb2_grpc as gpb_grpc
 from tests.e2e.handoff.conftest import FAST_RETRIES, call, setup_catalog
 from tests.e2e.replicas.conftest import wait_until
+from tests.support.auth import caller_credentials
+from tests.support.processes import ServiceProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

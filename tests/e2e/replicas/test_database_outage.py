@@ -14,8 +14,6 @@ from grpc_health.v1 import health_pb2
 
 from catalog_service.v1 import catalog_service_pb2 as cpb
 from catalog_service.v1 import catalog_service_pb2_grpc as cpb_grpc
-from credit_common.testing.postgres import free_port
-from credit_common.testing.processes import health_status
 from grant_service.v1 import grant_service_pb2 as gpb
 from grant_service.v1 import grant_service_pb2_grpc as gpb_grpc
 from tests.e2e.grant.conftest import all_entries, subscription
@@ -26,6 +24,8 @@ from tests.e2e.replicas.conftest import (
     migrated_database,
     wait_until,
 )
+from tests.support.postgres import free_port
+from tests.support.processes import health_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -17,7 +17,6 @@ from credit_common.clock import ManualClock
 from credit_common.db.engine import DatabaseSettings, create_db_engine, session_factories
 from credit_common.db.migrations import upgrade
 from credit_common.periods import Cadence
-from credit_common.testing.servers import serving
 from grant_service.adapters.orm import Base, GrantRow, LedgerEntryRow, ScheduleRow
 from grant_service.domain.schedules import ScheduledAmount
 from grant_service.entrypoints import app
@@ -26,6 +25,7 @@ from grant_service.service_layer.issuance import catch_up
 from grant_service.service_layer.subscriptions import ScheduleSpec, SubscriptionSpec, apply_subscription
 from grant_service.service_layer.test_clocks import create_test_clock
 from tests.support.grant_rows import insert_due_subscriptions
+from tests.support.servers import serving
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 

@@ -13,7 +13,7 @@ from credit_common.clock import Clock
 from credit_common.config import ServiceSettings, parse_service_args
 from credit_common.grpc.server import RunningServer
 from credit_common.runtime import ServiceDefinition, open_engine
-from credit_common.testing.auth import create_key
+from tests.support.auth import create_key
 
 
 @contextmanager
@@ -36,7 +36,7 @@ def serving(
         default_port=0,
         database_file="unused.db",
         argv=["--listen", "127.0.0.1:0", "--database-url", database_url, "--max-workers", "16", *args],
-        add_arguments=getattr(build, "add_arguments", None),
+        flags=definition.flags,
     )
     engine: Engine = open_engine(definition, settings, migrate=migrate)
     running = build(settings, engine, clock) if clock is not None else build(settings, engine)

@@ -39,8 +39,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from credit_common.auth.keys import SYNC
-from credit_common.testing.auth import create_key_at, definition_of, keyed_channel
-from credit_common.testing.postgres import free_port
+from tests.support.auth import create_key_at, definition_of, keyed_channel
+from tests.support.postgres import free_port
 
 
 class ProcessFailed(RuntimeError):

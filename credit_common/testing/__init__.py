@@ -1,1 +1,0 @@
-"""Support for tests and benchmarks: a real PostgreSQL server started on demand."""

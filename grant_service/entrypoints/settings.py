@@ -1,0 +1,80 @@
+"""The grant service's settings: the common ones (credit_common.config) and its own, typed, made
+of the command line and the GRANT_<FLAG> variables in one place, `grant_settings`."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+
+from credit_common.config import Env, ServiceFlags, ServiceSettings, env_flag, positive_int
+
+
+@dataclass(frozen=True, kw_only=True)
+class GrantSettings(ServiceSettings):
+    catch_up_interval_s: float  # between two runs of the issuance/expiry catch-up; 0: no timer
+    catch_up_batch_size: int  # schedules or grants per catch-up transaction
+    batch_linger_s: float  # how long the leader of a batch of reads or debits may wait for more callers
+    max_revision_step: int  # the most an applied revision may be ahead of the one held
+    test_clocks_enabled: bool  # the test clock methods answer (else FAILED_PRECONDITION)
+
+    def __post_init__(self) -> None:
+        if not (self.catch_up_interval_s >= 0 and math.isfinite(self.catch_up_interval_s)):
+            raise ValueError("--catch-up-interval must be 0 (no timer) or a positive number of seconds")
+        if self.catch_up_batch_size < 1:
+            raise ValueError("--catch-up-batch-size must be at least 1")
+        if not (self.batch_linger_s >= 0 and math.isfinite(self.batch_linger_s)):
+            raise ValueError("--batch-linger-ms must be 0 or a positive number of milliseconds")
+        if self.max_revision_step < 1:
+            raise ValueError("--max-revision-step must be at least 1")
+
+
+def add_arguments(parser: argparse.ArgumentParser, env: Env) -> None:
+    """The grant service's own flags (each also GRANT_<FLAG> in the environment)."""
+    parser.add_argument(
+        "--catch-up-interval",
+        type=float,
+        default=float(env("CATCH_UP_INTERVAL", "1.0")),
+        help="seconds between two runs of the issuance/expiry catch-up (default 1.0; 0 disables the timer)",
+    )
+    parser.add_argument(
+        "--catch-up-batch-size",
+        type=int,
+        default=int(env("CATCH_UP_BATCH_SIZE", "500")),
+        help="schedules or grants handled per catch-up transaction (default 500)",
+    )
+    parser.add_argument(
+        "--batch-linger-ms",
+        type=float,
+        default=float(env("BATCH_LINGER_MS", "8")),
+        help="how long the leader of a batch of concurrent reads (GetBalance) or debits (ReportUsage) may "
+        "wait for as many callers as the previous batch had (default 8; 0: never waits). See README",
+    )
+    parser.add_argument(
+        "--max-revision-step",
+        type=positive_int,
+        default=env("MAX_REVISION_STEP", "1000"),
+        help="the most a subscription's or currency's applied revision may be ahead of the one held (of none: "
+        "0); further is INVALID_ARGUMENT REVISION_TOO_FAR_AHEAD (default 1000; see docs/security.md)",
+    )
+    parser.add_argument(
+        "--enable-test-clocks",
+        action="store_true",
+        default=env_flag(env("ENABLE_TEST_CLOCKS", "false")),
+        help="enable the test clock methods (default false)",
+    )
+
+
+def grant_settings(common: ServiceSettings, args: argparse.Namespace) -> GrantSettings:
+    """The grant service's settings of the common ones and its parsed flags (ValueError: refused)."""
+    return common.extended(
+        GrantSettings,
+        catch_up_interval_s=args.catch_up_interval,
+        catch_up_batch_size=args.catch_up_batch_size,
+        batch_linger_s=args.batch_linger_ms / 1000,
+        max_revision_step=args.max_revision_step,
+        test_clocks_enabled=args.enable_test_clocks,
+    )
+
+
+FLAGS = ServiceFlags(add=add_arguments, settings=grant_settings)
