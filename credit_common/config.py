@@ -261,7 +261,7 @@ def parse_service_args(
         default=env("CPUS", None),
         help="pin the process to these CPUs (e.g. 0, or 2-3; default: not pinned). The process runs Python "
         "under one GIL: pinned to one CPU its threads no longer hand the GIL from core to core. With "
-        "--processes N, server process i runs on the i-th CPU of the list (see README, Configuration)",
+        "--processes N, server process i runs on the i-th CPU of the list (see docs/operations.md, Configuration)",
     )
     parser.add_argument(
         "--processes",

@@ -5,7 +5,7 @@ With `--processes N` the process started becomes a supervisor: it migrates or ch
 reserves the address, and starts N server processes (spawned: new interpreters, nothing forked)
 that all listen on it with SO_REUSEPORT; the kernel spreads the incoming connections over them. Each
 is a whole service (its own pools, timer, health service), as a replica on another machine would be:
-the database keeps them consistent (see README, "Several replicas"). With `--cpus`, server process i
+the database keeps them consistent (see docs/operations.md, "Several replicas"). With `--cpus`, server process i
 runs on the i-th of those CPUs (round robin), so that each keeps its GIL on a core of its own.
 
 The supervisor forwards SIGTERM and SIGINT to the server processes and waits for them. If one of them
