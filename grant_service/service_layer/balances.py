@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -13,34 +12,20 @@ from sqlalchemy.orm import Session
 
 from credit_common.errors import InvalidArgument, NotFound
 from credit_common.pagination import PageRequest
-from grant_service.adapters.orm import REAL_TIME, GrantRow, LedgerEntryRow
+from grant_service.adapters.orm import GrantRow, LedgerEntryRow
 from grant_service.adapters.repository import (
     currency_exists,
     debits_by_grant,
+    entry_of,
+    grant_of,
     grants_active_at,
     view_of,
     views_at,
 )
-from grant_service.domain.balances import active_in_burn_order, exact_difference, exact_sum
+from grant_service.domain.balances import active_in_burn_order, exact_sum
+from grant_service.domain.model import REAL_TIME, GrantInfo, LedgerEntry, evaluate
 from grant_service.domain.schedules import Pending
 from grant_service.service_layer.context import GrantContext, catch_up_customer, customer_due, customer_not_found
-
-
-class GrantStatus(enum.Enum):
-    PENDING = 1
-    ACTIVE = 2
-    EXPIRED = 3
-    VOIDED = 4
-
-
-@dataclass(frozen=True)
-class GrantInfo:
-    """A grant evaluated at one instant."""
-
-    row: GrantRow
-    used: Decimal
-    remaining: Decimal
-    status: GrantStatus
 
 
 @dataclass(frozen=True)
@@ -50,19 +35,6 @@ class BalanceInfo:
     as_of: datetime
     available: Decimal
     grants: list[GrantInfo]
-
-
-def evaluate(row: GrantRow, used: Decimal, at: datetime) -> GrantInfo:
-    if row.void_time is not None and row.void_time <= at:
-        status = GrantStatus.VOIDED
-    elif row.effective_time > at:
-        status = GrantStatus.PENDING
-    elif row.expire_time is not None and row.expire_time <= at:
-        status = GrantStatus.EXPIRED
-    else:
-        status = GrantStatus.ACTIVE
-    remaining = exact_difference(row.amount, used) if status in (GrantStatus.ACTIVE, GrantStatus.PENDING) else 0
-    return GrantInfo(row, used, Decimal(remaining), status)
 
 
 def require_currency(session: Session, currency_key: str) -> None:
@@ -81,7 +53,7 @@ def balance_at(
     now, nothing being due) takes the grants' running debit totals instead of summing the ledger."""
     rows = {r.grant_id: r for r in grants_active_at(session, customer_key, currency_key, at)}
     views = active_in_burn_order(views_at(session, list(rows.values()), at, current=current), at)
-    infos = [evaluate(rows[v.grant_id], v.used, at) for v in views]
+    infos = [evaluate(grant_of(rows[v.grant_id]), v.used, at) for v in views]
     return exact_sum(v.remaining for v in views), infos
 
 
@@ -101,7 +73,7 @@ def current_balance(ctx: GrantContext, customer_key: str, currency_key: str, wit
         return None
     views = active_in_burn_order((view_of(row, row.used) for row in rows), now)
     by_id = {row.grant_id: row for row in rows}
-    infos = [evaluate(by_id[v.grant_id], v.used, now) for v in views] if with_grants else []
+    infos = [evaluate(grant_of(by_id[v.grant_id]), v.used, now) for v in views] if with_grants else []
     return BalanceInfo(customer_key, currency_key, now, exact_sum(v.remaining for v in views), infos)
 
 
@@ -165,7 +137,7 @@ def list_grants(
         more = len(rows) > page.size
         rows = rows[: page.size]
         used = debits_by_grant(session, [r.grant_id for r in rows], now)
-        infos = [evaluate(r, used.get(r.grant_id, Decimal(0)), now) for r in rows]
+        infos = [evaluate(grant_of(r), used.get(r.grant_id, Decimal(0)), now) for r in rows]
         token = page.token_after([rows[-1].effective_time, rows[-1].grant_id]) if more else ""
         return infos, token
 
@@ -180,10 +152,10 @@ def list_ledger_entries(
     end: datetime | None,
     entry_type: str | None,
     page: PageRequest,
-) -> tuple[list[LedgerEntryRow], str]:
+) -> tuple[list[LedgerEntry], str]:
     catch_up_customer(ctx, customer_key)
 
-    def work(session: Session) -> tuple[list[LedgerEntryRow], str]:
+    def work(session: Session) -> tuple[list[LedgerEntry], str]:
         query = select(LedgerEntryRow).where(LedgerEntryRow.customer_key == customer_key)
         if currency_key:
             query = query.where(LedgerEntryRow.currency_key == currency_key)
@@ -207,6 +179,6 @@ def list_ledger_entries(
         more = len(rows) > page.size
         rows = rows[: page.size]
         token = page.token_after([rows[-1].effective_time, rows[-1].seq]) if more else ""
-        return rows, token
+        return [entry_of(r) for r in rows], token
 
     return ctx.read(work)

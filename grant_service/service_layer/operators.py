@@ -12,9 +12,10 @@ from credit_common.errors import FailedPrecondition, FieldViolation, InvalidArgu
 from credit_common.idempotency import fingerprint
 from credit_common.ids import new_id
 from grant_service.adapters.orm import GrantRow, LedgerEntryRow
-from grant_service.adapters.repository import debits_by_grant, lock_customer, locked
+from grant_service.adapters.repository import debits_by_grant, grant_of, lock_customer, locked
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_difference
-from grant_service.service_layer.balances import GrantInfo, evaluate, require_currency
+from grant_service.domain.model import GrantInfo, evaluate
+from grant_service.service_layer.balances import require_currency
 from grant_service.service_layer.context import GrantContext, catch_up_customer, get_customer, remember, replayed
 from grant_service.service_layer.issuance import grant_dict, grant_entry, ledger_entry
 
@@ -26,7 +27,7 @@ def _grant_info(session: Session, ctx: GrantContext, grant_id: str) -> GrantInfo
     customer = get_customer(session, row.customer_key)
     now = ctx.now_of(session, customer.clock_key)
     used = debits_by_grant(session, [grant_id], now).get(grant_id, Decimal(0))
-    return evaluate(row, used, now)
+    return evaluate(grant_of(row), used, now)
 
 
 def void_grant(ctx: GrantContext, grant_id: str, reason: str, request_id: str) -> GrantInfo:
@@ -65,7 +66,7 @@ def void_grant(ctx: GrantContext, grant_id: str, reason: str, request_id: str) -
         grant.void_time, grant.closed, grant.reason, grant.opens_at = now, True, reason, None
         session.flush()
         remember(session, "VoidGrant", request_id, print_, grant_id, now)
-        return evaluate(grant, used, now)
+        return evaluate(grant_of(grant), used, now)
 
     return ctx.write(work)
 
@@ -123,6 +124,6 @@ def create_grant(
         if grant.opens_at is None:
             session.add(LedgerEntryRow(**grant_entry(grant_dict(grant), reason or "one-off grant")))
         remember(session, "CreateGrant", request_id, print_, grant.grant_id, now)
-        return evaluate(grant, Decimal(0), now)
+        return evaluate(grant_of(grant), Decimal(0), now)
 
     return ctx.write(work)

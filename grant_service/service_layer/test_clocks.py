@@ -22,7 +22,8 @@ from grant_service.adapters.orm import (
     SubscriptionRow,
     UsageRow,
 )
-from grant_service.adapters.repository import locked
+from grant_service.adapters.repository import clock_of, locked
+from grant_service.domain.model import TestClock
 from grant_service.service_layer.context import GrantContext, remember, replayed, require_test_clocks
 from grant_service.service_layer.issuance import catch_up
 
@@ -39,33 +40,33 @@ def _get(session: Session, test_clock_id: str, *, for_update: bool = False) -> C
     return row
 
 
-def create_test_clock(ctx: GrantContext, name: str, frozen_time: datetime, request_id: str) -> ClockRow:
+def create_test_clock(ctx: GrantContext, name: str, frozen_time: datetime, request_id: str) -> TestClock:
     require_test_clocks(ctx)
     print_ = fingerprint(name, frozen_time)
 
-    def work(session: Session) -> ClockRow:
+    def work(session: Session) -> TestClock:
         seen = replayed(session, "CreateTestClock", request_id, print_)
         if seen is not None:
-            return _get(session, seen)
+            return clock_of(_get(session, seen))
         now = ctx.clock.now()
         row = ClockRow(test_clock_id=new_id("clk"), name=name, frozen_time=frozen_time, create_time=now)
         session.add(row)
         session.flush()
         remember(session, "CreateTestClock", request_id, print_, row.test_clock_id, now)
-        return row
+        return clock_of(row)
 
     return ctx.write(work)
 
 
-def get_test_clock(ctx: GrantContext, test_clock_id: str) -> ClockRow:
+def get_test_clock(ctx: GrantContext, test_clock_id: str) -> TestClock:
     require_test_clocks(ctx)
-    return ctx.read(lambda session: _get(session, test_clock_id))
+    return ctx.read(lambda session: clock_of(_get(session, test_clock_id)))
 
 
-def list_test_clocks(ctx: GrantContext, page: PageRequest) -> tuple[list[ClockRow], str]:
+def list_test_clocks(ctx: GrantContext, page: PageRequest) -> tuple[list[TestClock], str]:
     require_test_clocks(ctx)
 
-    def work(session: Session) -> tuple[list[ClockRow], str]:
+    def work(session: Session) -> tuple[list[TestClock], str]:
         query = select(ClockRow)
         if page.after is not None:
             after_time, after_id = page.after
@@ -83,20 +84,20 @@ def list_test_clocks(ctx: GrantContext, page: PageRequest) -> tuple[list[ClockRo
         more = len(rows) > page.size
         rows = rows[: page.size]
         token = page.token_after([rows[-1].create_time, rows[-1].test_clock_id]) if more else ""
-        return rows, token
+        return [clock_of(r) for r in rows], token
 
     return ctx.read(work)
 
 
-def advance_test_clock(ctx: GrantContext, test_clock_id: str, frozen_time: datetime, request_id: str) -> ClockRow:
+def advance_test_clock(ctx: GrantContext, test_clock_id: str, frozen_time: datetime, request_id: str) -> TestClock:
     require_test_clocks(ctx)
     print_ = fingerprint(test_clock_id, frozen_time)
 
-    def work(session: Session) -> ClockRow:
+    def work(session: Session) -> TestClock:
         seen = replayed(session, "AdvanceTestClock", request_id, print_)
         row = _get(session, test_clock_id, for_update=True)
         if seen is not None:
-            return row
+            return clock_of(row)
         if frozen_time < row.frozen_time:
             raise InvalidArgument(
                 "a test clock cannot move backwards",
@@ -106,7 +107,7 @@ def advance_test_clock(ctx: GrantContext, test_clock_id: str, frozen_time: datet
             )
         row.frozen_time = frozen_time
         remember(session, "AdvanceTestClock", request_id, print_, test_clock_id, ctx.clock.now())
-        return row
+        return clock_of(row)
 
     row = ctx.write(work)
     catch_up(ctx.factories, clock_key=test_clock_id, now=row.frozen_time, batch_size=ctx.batch_size)
