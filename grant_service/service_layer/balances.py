@@ -37,13 +37,17 @@ class BalanceInfo:
     grants: list[GrantInfo]
 
 
+def currency_not_found(currency_key: str) -> NotFound:
+    return NotFound(
+        f"credit currency {currency_key!r} not found",
+        reason="CURRENCY_NOT_FOUND",
+        metadata={"currency_key": currency_key},
+    )
+
+
 def require_currency(session: Session, currency_key: str) -> None:
     if not currency_exists(session, currency_key):
-        raise NotFound(
-            f"credit currency {currency_key!r} not found",
-            reason="CURRENCY_NOT_FOUND",
-            metadata={"currency_key": currency_key},
-        )
+        raise currency_not_found(currency_key)
 
 
 def balance_at(
@@ -134,12 +138,9 @@ def list_grants(
                 )
             )
         rows = list(session.scalars(query.order_by(GrantRow.effective_time, GrantRow.grant_id).limit(page.size + 1)))
-        more = len(rows) > page.size
-        rows = rows[: page.size]
+        rows, token = page.cut(rows, lambda r: (r.effective_time, r.grant_id))
         used = debits_by_grant(session, [r.grant_id for r in rows], now)
-        infos = [evaluate(grant_of(r), used.get(r.grant_id, Decimal(0)), now) for r in rows]
-        token = page.token_after([rows[-1].effective_time, rows[-1].grant_id]) if more else ""
-        return infos, token
+        return [evaluate(grant_of(r), used.get(r.grant_id, Decimal(0)), now) for r in rows], token
 
     return ctx.read(work)
 
@@ -176,9 +177,7 @@ def list_ledger_entries(
         rows = list(
             session.scalars(query.order_by(LedgerEntryRow.effective_time, LedgerEntryRow.seq).limit(page.size + 1))
         )
-        more = len(rows) > page.size
-        rows = rows[: page.size]
-        token = page.token_after([rows[-1].effective_time, rows[-1].seq]) if more else ""
+        rows, token = page.cut(rows, lambda r: (r.effective_time, r.seq))
         return [entry_of(r) for r in rows], token
 
     return ctx.read(work)

@@ -21,9 +21,12 @@ from credit_common.db.engine import SessionFactories
 from credit_common.db.group_commit import GroupCommit
 from credit_common.errors import FailedPrecondition, NotFound
 from credit_common.idempotency import SeenRequest
-from grant_service.adapters.orm import REAL_TIME, ClockRow, CustomerRow, RequestIdRow
-from grant_service.adapters.repository import RatesCache, current_grants, debit_group, insert_request_id, pending
+from grant_service.adapters.orm import REAL_TIME, ClockRow, CustomerRow
+from grant_service.adapters.repositories import SqlRequestIdRepository
+from grant_service.adapters.repository import RatesCache, current_grants, debit_group, pending
+from grant_service.adapters.unit_of_work import SqlUnitsOfWork
 from grant_service.service_layer.issuance import catch_up
+from grant_service.service_layer.unit_of_work import GrantUnitOfWork, UnitsOfWork
 
 T = TypeVar("T")
 _RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
@@ -46,8 +49,13 @@ class GrantContext:
 
     # GetBalance's hot-path reads of concurrent callers, run together (see `current_grants`).
     _balance_reads: Batcher = field(init=False, compare=False, repr=False)
+    # The transactions of the use cases moved behind the unit of work (service_layer/unit_of_work.py);
+    # None: SQL units of work over `factories`.
+    uows: UnitsOfWork = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
+        if self.uows is None:
+            object.__setattr__(self, "uows", SqlUnitsOfWork(self.factories))
         object.__setattr__(
             self, "debits", GroupCommit(self.factories.write, self.write, debit_group, linger_s=self.batch_linger_s)
         )
@@ -81,6 +89,15 @@ class GrantContext:
         if clock_key == REAL_TIME:
             return self.clock.now()
         frozen = session.scalar(select(ClockRow.frozen_time).where(ClockRow.test_clock_id == clock_key))
+        if frozen is None:
+            raise test_clock_not_found(clock_key)
+        return frozen
+
+    def now_in(self, uow: GrantUnitOfWork, clock_key: str) -> datetime:
+        """Real time, or the time of test clock `clock_key` as `uow` reads it."""
+        if clock_key == REAL_TIME:
+            return self.clock.now()
+        frozen = uow.clocks.frozen_time(clock_key)
         if frozen is None:
             raise test_clock_not_found(clock_key)
         return frozen
@@ -140,21 +157,6 @@ def catch_up_customer(ctx: GrantContext, customer_key: str) -> tuple[CustomerRow
     return customer, now
 
 
-class RequestIds:
-    """The grant service's `RequestStore` (credit_common.idempotency): the id of
-    the resource each request_id created or changed."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def get(self, scope: str, request_id: str) -> SeenRequest[str] | None:
-        row = self.session.get(RequestIdRow, (scope, request_id))
-        return None if row is None else SeenRequest(row.fingerprint, row.resource_id)
-
-    def add(self, scope: str, request_id: str, fingerprint: str, result: str, now: datetime) -> None:
-        insert_request_id(self.session, _request_record(scope, request_id, fingerprint, result, now))
-
-
 class _AlreadyRead:
     """A `RequestStore` over the one record (or none) a caller has already read."""
 
@@ -170,17 +172,12 @@ class _AlreadyRead:
 
 def replayed(session: Session, scope: str, request_id: str, print_: str) -> str | None:
     """The resource id recorded for `request_id` in `scope`, None if the request is new."""
-    return idempotency.replay(RequestIds(session), scope, request_id, print_)
+    return idempotency.replay(SqlRequestIdRepository(session), scope, request_id, print_)
 
 
 def replayed_record(seen: SeenRequest[str] | None, scope: str, request_id: str, print_: str) -> str | None:
     """As `replayed`, for the record of `request_id` the caller has already read (None: there is none)."""
     return idempotency.replay(_AlreadyRead(seen), scope, request_id, print_)
-
-
-def remember(session: Session, scope: str, request_id: str, print_: str, resource_id: str, now: datetime) -> None:
-    """Record `request_id` in the transaction of the effect it guards."""
-    idempotency.remember(RequestIds(session), scope, request_id, print_, resource_id, now)
 
 
 def request_record(scope: str, request_id: str, print_: str, resource_id: str, now: datetime) -> dict | None:
