@@ -26,12 +26,16 @@ from grant_service.adapters.repository import (
     clock_of,
     currency_exists,
     debits_by_grant,
+    entry_of,
     grant_of,
+    grants_active_at,
     insert_request_id,
     lock_customer,
     locked,
+    pending,
 )
-from grant_service.domain.model import Customer, Grant, TestClock
+from grant_service.domain.model import Customer, Grant, LedgerEntry, TestClock
+from grant_service.domain.schedules import Pending
 
 
 class SqlTestClockRepository:
@@ -100,6 +104,9 @@ class SqlCustomerRepository:
         row = lock_customer(self.session, customer_key)
         return None if row is None else Customer(row.customer_key, row.clock_key)
 
+    def pending(self, customer_key: str) -> Pending:
+        return pending(self.session, customer_key)
+
 
 class SqlCurrencyRepository:
     def __init__(self, session: Session) -> None:
@@ -123,6 +130,28 @@ class SqlGrantRepository:
 
     def customer_of(self, grant_id: str) -> str | None:
         return self.session.scalar(select(GrantRow.customer_key).where(GrantRow.grant_id == grant_id))
+
+    def active_at(self, customer_key: str, currency_key: str, at: datetime) -> list[Grant]:
+        return [grant_of(row) for row in grants_active_at(self.session, customer_key, currency_key, at)]
+
+    def list(
+        self, customer_key: str, currency_key: str, subscription_id: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Grant]:
+        query = select(GrantRow).where(GrantRow.customer_key == customer_key)
+        if currency_key:
+            query = query.where(GrantRow.currency_key == currency_key)
+        if subscription_id:
+            query = query.where(GrantRow.subscription_id == subscription_id)
+        if after is not None:
+            after_time, after_id = after
+            query = query.where(
+                or_(
+                    GrantRow.effective_time > after_time,
+                    (GrantRow.effective_time == after_time) & (GrantRow.grant_id > after_id),
+                )
+            )
+        query = query.order_by(GrantRow.effective_time, GrantRow.grant_id).limit(limit)
+        return [grant_of(row) for row in self.session.scalars(query)]
 
     def add(self, grant: Grant) -> None:
         self.session.add(
@@ -168,6 +197,36 @@ class SqlLedgerRepository:
 
     def debits_by_grant(self, grant_ids: Sequence[str], at: datetime | None = None) -> dict[str, Decimal]:
         return debits_by_grant(self.session, grant_ids, at)
+
+    def list(
+        self,
+        customer_key: str,
+        currency_key: str,
+        start: datetime | None,
+        end: datetime | None,
+        entry_type: str | None,
+        after: tuple[datetime, int] | None,
+        limit: int,
+    ) -> list[LedgerEntry]:
+        query = select(LedgerEntryRow).where(LedgerEntryRow.customer_key == customer_key)
+        if currency_key:
+            query = query.where(LedgerEntryRow.currency_key == currency_key)
+        if start is not None:
+            query = query.where(LedgerEntryRow.effective_time >= start)
+        if end is not None:
+            query = query.where(LedgerEntryRow.effective_time < end)
+        if entry_type:
+            query = query.where(LedgerEntryRow.type == entry_type)
+        if after is not None:
+            after_time, after_seq = after
+            query = query.where(
+                or_(
+                    LedgerEntryRow.effective_time > after_time,
+                    (LedgerEntryRow.effective_time == after_time) & (LedgerEntryRow.seq > after_seq),
+                )
+            )
+        query = query.order_by(LedgerEntryRow.effective_time, LedgerEntryRow.seq).limit(limit)
+        return [entry_of(row) for row in self.session.scalars(query)]
 
 
 class SqlRequestIdRepository:

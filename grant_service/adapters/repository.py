@@ -761,6 +761,7 @@ def entry_of(row: LedgerEntryRow) -> LedgerEntry:
         usage_id=row.usage_id,
         subscription_id=row.subscription_id,
         description=row.description,
+        seq=row.seq,
     )
 
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from credit_common.periods import Cadence
-from grant_service.domain.balances import exact_difference
+from grant_service.domain.balances import GrantView, exact_difference
 from grant_service.domain.schedules import ScheduledAmount
 
 REAL_TIME = ""  # clock_key of everything that runs on real time
@@ -67,6 +67,12 @@ class Grant:
     closed: bool = False
     opens_at: datetime | None = None
 
+    def view(self, used: Decimal) -> GrantView:
+        """The grant as seen at an instant at which `used` credits of it were debited."""
+        return GrantView(
+            self.grant_id, self.amount, used, self.priority, self.effective_time, self.expire_time, self.void_time
+        )
+
     def entry_subject(self) -> dict:
         """What a ledger entry of this grant takes of it (issuance.ledger_entry)."""
         return {
@@ -112,6 +118,7 @@ class LedgerEntry:
     usage_id: str | None
     subscription_id: str | None
     description: str
+    seq: int | None = None  # its position in the ledger (the order of entries at the same instant)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,25 +7,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
-
 from credit_common.errors import InvalidArgument, NotFound
 from credit_common.pagination import PageRequest
-from grant_service.adapters.orm import GrantRow, LedgerEntryRow
 from grant_service.adapters.repository import (
-    currency_exists,
-    debits_by_grant,
-    entry_of,
     grant_of,
-    grants_active_at,
     view_of,
-    views_at,
 )
 from grant_service.domain.balances import active_in_burn_order, exact_sum
 from grant_service.domain.model import REAL_TIME, GrantInfo, LedgerEntry, evaluate
 from grant_service.domain.schedules import Pending
 from grant_service.service_layer.context import GrantContext, catch_up_customer, customer_due, customer_not_found
+from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 
 
 @dataclass(frozen=True)
@@ -45,19 +37,18 @@ def currency_not_found(currency_key: str) -> NotFound:
     )
 
 
-def require_currency(session: Session, currency_key: str) -> None:
-    if not currency_exists(session, currency_key):
-        raise currency_not_found(currency_key)
-
-
 def balance_at(
-    session: Session, customer_key: str, currency_key: str, at: datetime, *, current: bool = False
+    uow: GrantUnitOfWork, customer_key: str, currency_key: str, at: datetime, *, current: bool = False
 ) -> tuple[Decimal, list[GrantInfo]]:
     """The balance at `at` and the grants active then, in burn-down order. `current` (at the customer's
     now, nothing being due) takes the grants' running debit totals instead of summing the ledger."""
-    rows = {r.grant_id: r for r in grants_active_at(session, customer_key, currency_key, at)}
-    views = active_in_burn_order(views_at(session, list(rows.values()), at, current=current), at)
-    infos = [evaluate(grant_of(rows[v.grant_id]), v.used, at) for v in views]
+    grants = {g.grant_id: g for g in uow.grants.active_at(customer_key, currency_key, at)}
+    if current:
+        used = {grant_id: g.used for grant_id, g in grants.items()}
+    else:
+        used = uow.ledger.debits_by_grant(list(grants), at)
+    views = active_in_burn_order((g.view(used.get(g.grant_id, Decimal(0))) for g in grants.values()), at)
+    infos = [evaluate(grants[v.grant_id], v.used, at) for v in views]
     return exact_sum(v.remaining for v in views), infos
 
 
@@ -92,9 +83,9 @@ def get_balance(
         if info is not None:
             return info
 
-    def work(session: Session, caught_up_at: datetime | None) -> BalanceInfo | None:
+    def work(uow: GrantUnitOfWork, caught_up_at: datetime | None) -> BalanceInfo | None:
         if caught_up_at is None:
-            _, now, anything_due = customer_due(ctx, session, customer_key)
+            _, now, anything_due = customer_due(ctx, uow, customer_key)
             if anything_due:
                 return None
         else:
@@ -106,15 +97,15 @@ def get_balance(
                 metadata={"now": now.isoformat()},
             )
         at = as_of or now
-        total, infos = balance_at(session, customer_key, currency_key, at, current=as_of is None)
-        if not infos:
-            require_currency(session, currency_key)
+        total, infos = balance_at(uow, customer_key, currency_key, at, current=as_of is None)
+        if not infos and not uow.currencies.exists(currency_key):
+            raise currency_not_found(currency_key)
         return BalanceInfo(customer_key, currency_key, at, total, infos if with_grants else [])
 
-    info = ctx.read(lambda session: work(session, None))
+    info = ctx.uows.read(lambda uow: work(uow, None))
     if info is None:
         _, now = catch_up_customer(ctx, customer_key)
-        info = ctx.read(lambda session: work(session, now))
+        info = ctx.uows.read(lambda uow: work(uow, now))
     return info
 
 
@@ -123,26 +114,13 @@ def list_grants(
 ) -> tuple[list[GrantInfo], str]:
     _, now = catch_up_customer(ctx, customer_key)
 
-    def work(session: Session) -> tuple[list[GrantInfo], str]:
-        query = select(GrantRow).where(GrantRow.customer_key == customer_key)
-        if currency_key:
-            query = query.where(GrantRow.currency_key == currency_key)
-        if subscription_id:
-            query = query.where(GrantRow.subscription_id == subscription_id)
-        if page.after is not None:
-            after_time, after_id = page.after
-            query = query.where(
-                or_(
-                    GrantRow.effective_time > after_time,
-                    (GrantRow.effective_time == after_time) & (GrantRow.grant_id > after_id),
-                )
-            )
-        rows = list(session.scalars(query.order_by(GrantRow.effective_time, GrantRow.grant_id).limit(page.size + 1)))
-        rows, token = page.cut(rows, lambda r: (r.effective_time, r.grant_id))
-        used = debits_by_grant(session, [r.grant_id for r in rows], now)
-        return [evaluate(grant_of(r), used.get(r.grant_id, Decimal(0)), now) for r in rows], token
+    def work(uow: GrantUnitOfWork) -> tuple[list[GrantInfo], str]:
+        grants = uow.grants.list(customer_key, currency_key, subscription_id, page.after, page.size + 1)
+        grants, token = page.cut(grants, lambda g: (g.effective_time, g.grant_id))
+        used = uow.ledger.debits_by_grant([g.grant_id for g in grants], now)
+        return [evaluate(g, used.get(g.grant_id, Decimal(0)), now) for g in grants], token
 
-    return ctx.read(work)
+    return ctx.uows.read(work)
 
 
 def list_ledger_entries(
@@ -155,29 +133,7 @@ def list_ledger_entries(
     page: PageRequest,
 ) -> tuple[list[LedgerEntry], str]:
     catch_up_customer(ctx, customer_key)
-
-    def work(session: Session) -> tuple[list[LedgerEntry], str]:
-        query = select(LedgerEntryRow).where(LedgerEntryRow.customer_key == customer_key)
-        if currency_key:
-            query = query.where(LedgerEntryRow.currency_key == currency_key)
-        if start is not None:
-            query = query.where(LedgerEntryRow.effective_time >= start)
-        if end is not None:
-            query = query.where(LedgerEntryRow.effective_time < end)
-        if entry_type:
-            query = query.where(LedgerEntryRow.type == entry_type)
-        if page.after is not None:
-            after_time, after_seq = page.after
-            query = query.where(
-                or_(
-                    LedgerEntryRow.effective_time > after_time,
-                    (LedgerEntryRow.effective_time == after_time) & (LedgerEntryRow.seq > after_seq),
-                )
-            )
-        rows = list(
-            session.scalars(query.order_by(LedgerEntryRow.effective_time, LedgerEntryRow.seq).limit(page.size + 1))
-        )
-        rows, token = page.cut(rows, lambda r: (r.effective_time, r.seq))
-        return [entry_of(r) for r in rows], token
-
-    return ctx.read(work)
+    entries = ctx.uows.read(
+        lambda uow: uow.ledger.list(customer_key, currency_key, start, end, entry_type, page.after, page.size + 1)
+    )
+    return page.cut(entries, lambda e: (e.effective_time, e.seq))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -21,10 +21,11 @@ from credit_common.db.engine import SessionFactories
 from credit_common.db.group_commit import GroupCommit
 from credit_common.errors import FailedPrecondition, NotFound
 from credit_common.idempotency import SeenRequest
-from grant_service.adapters.orm import REAL_TIME, ClockRow, CustomerRow
+from grant_service.adapters.orm import REAL_TIME
 from grant_service.adapters.repositories import SqlRequestIdRepository
-from grant_service.adapters.repository import RatesCache, current_grants, debit_group, pending
+from grant_service.adapters.repository import RatesCache, current_grants, debit_group
 from grant_service.adapters.unit_of_work import SqlUnitsOfWork
+from grant_service.domain.model import Customer
 from grant_service.service_layer.issuance import catch_up
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork, UnitsOfWork
 
@@ -84,15 +85,6 @@ class GrantContext:
 
         self.factories.single_statement.run(read)
 
-    def now_of(self, session: Session, clock_key: str) -> datetime:
-        """Real time, or the time of test clock `clock_key`."""
-        if clock_key == REAL_TIME:
-            return self.clock.now()
-        frozen = session.scalar(select(ClockRow.frozen_time).where(ClockRow.test_clock_id == clock_key))
-        if frozen is None:
-            raise test_clock_not_found(clock_key)
-        return frozen
-
     def now_in(self, uow: GrantUnitOfWork, clock_key: str) -> datetime:
         """Real time, or the time of test clock `clock_key` as `uow` reads it."""
         if clock_key == REAL_TIME:
@@ -127,29 +119,24 @@ def customer_not_found(customer_key: str) -> NotFound:
     )
 
 
-def get_customer(session: Session, customer_key: str) -> CustomerRow:
-    customer = session.get(CustomerRow, customer_key)
-    if customer is None:
-        raise customer_not_found(customer_key)
-    return customer
-
-
 def test_clock_not_found(clock_key: str) -> NotFound:
     return NotFound(f"test clock {clock_key!r} not found", reason="TEST_CLOCK_NOT_FOUND")
 
 
-def customer_due(ctx: GrantContext, session: Session, customer_key: str) -> tuple[CustomerRow, datetime, bool]:
+def customer_due(ctx: GrantContext, uow: GrantUnitOfWork, customer_key: str) -> tuple[Customer, datetime, bool]:
     """The customer, its "now", and whether anything of it is due (a period to issue or a grant to
     expire) at that instant."""
-    customer = get_customer(session, customer_key)
-    now = ctx.now_of(session, customer.clock_key)
-    return customer, now, pending(session, customer_key).due(now)
+    customer = uow.customers.get(customer_key)
+    if customer is None:
+        raise customer_not_found(customer_key)
+    now = ctx.now_in(uow, customer.clock_key)
+    return customer, now, uow.customers.pending(customer_key).due(now)
 
 
-def catch_up_customer(ctx: GrantContext, customer_key: str) -> tuple[CustomerRow, datetime]:
+def catch_up_customer(ctx: GrantContext, customer_key: str) -> tuple[Customer, datetime]:
     """Bring one customer's grants up to its "now" (issue and expire what is due), so that reads
     never depend on the timer having run; returns the customer and that instant."""
-    customer, now, anything_due = ctx.read(lambda session: customer_due(ctx, session, customer_key))
+    customer, now, anything_due = ctx.uows.read(lambda uow: customer_due(ctx, uow, customer_key))
     if anything_due:
         catch_up(
             ctx.factories, clock_key=customer.clock_key, now=now, customer_key=customer_key, batch_size=ctx.batch_size

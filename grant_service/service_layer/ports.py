@@ -10,7 +10,8 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from credit_common.idempotency import SeenRequest
-from grant_service.domain.model import Customer, Grant, TestClock
+from grant_service.domain.model import Customer, Grant, LedgerEntry, TestClock
+from grant_service.domain.schedules import Pending
 
 
 class TestClockRepository(Protocol):
@@ -44,6 +45,10 @@ class CustomerRepository(Protocol):
         grants), None if there is none."""
         ...
 
+    def pending(self, customer_key: str) -> Pending:
+        """What a catch-up owes the customer: its earliest period to issue, grant to expire, grant to open."""
+        ...
+
 
 class CurrencyRepository(Protocol):
     def exists(self, currency_key: str) -> bool:
@@ -55,6 +60,17 @@ class GrantRepository(Protocol):
     def get(self, grant_id: str, *, for_update: bool = False) -> Grant | None: ...
 
     def customer_of(self, grant_id: str) -> str | None: ...
+
+    def active_at(self, customer_key: str, currency_key: str, at: datetime) -> list[Grant]:
+        """The customer's grants in `currency_key` active at `at`, in id order."""
+        ...
+
+    def list(
+        self, customer_key: str, currency_key: str, subscription_id: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Grant]:
+        """Up to `limit` of the customer's grants (of a currency, of a subscription: empty is any), by
+        effective time then id, after `after`."""
+        ...
 
     def add(self, grant: Grant) -> None: ...
 
@@ -70,6 +86,20 @@ class LedgerRepository(Protocol):
 
     def debits_by_grant(self, grant_ids: Sequence[str], at: datetime | None = None) -> dict[str, Decimal]:
         """Credits debited from each grant (at or before `at`, if given)."""
+        ...
+
+    def list(
+        self,
+        customer_key: str,
+        currency_key: str,
+        start: datetime | None,
+        end: datetime | None,
+        entry_type: str | None,
+        after: tuple[datetime, int] | None,
+        limit: int,
+    ) -> list[LedgerEntry]:
+        """Up to `limit` of the customer's entries (of a currency: empty is any; effective in [start,
+        end); of a type), by effective time then ledger order (`seq`), after `after`."""
         ...
 
 
