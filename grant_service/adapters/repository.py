@@ -56,6 +56,7 @@ from grant_service.adapters.orm import (
 from grant_service.domain.balances import GrantView, exact_sum
 from grant_service.domain.model import (
     CreditSchedule,
+    CustomerNow,
     EntryType,
     Grant,
     GrantSource,
@@ -788,4 +789,16 @@ def subscription_of(row: SubscriptionRow, schedules: Iterable[ScheduleRow]) -> S
             CreditSchedule(s.entitlement_key, s.currency_key, Cadence(s.cadence), decode_amounts(s.amounts))
             for s in schedules
         ),
+    )
+
+
+def customer_now_of(rows: Sequence[Any]) -> CustomerNow | None:
+    """The customer of the rows `current_grants` read of it (none: no such customer)."""
+    if not rows:
+        return None
+    first = rows[0]
+    return CustomerNow(
+        first.customer_clock_key,
+        Pending(first.next_issue, first.next_expiry, first.next_open),
+        tuple(grant_of(row) for row in rows if row.grant_id is not None),
     )

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from credit_common.periods import Cadence
 from grant_service.domain.balances import GrantView, exact_difference
-from grant_service.domain.schedules import ScheduledAmount
+from grant_service.domain.schedules import Pending, ScheduledAmount
 
 REAL_TIME = ""  # clock_key of everything that runs on real time
 
@@ -81,6 +81,16 @@ class Grant:
             "currency_key": self.currency_key,
             "subscription_id": self.subscription_id,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerNow:
+    """What GetBalance's hot path reads of a customer at one instant: its clock, what a catch-up
+    owes it, and its grants in one currency active then (their `used`: running totals)."""
+
+    clock_key: str
+    pending: Pending
+    grants: tuple[Grant, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,13 +9,8 @@ from decimal import Decimal
 
 from credit_common.errors import InvalidArgument, NotFound
 from credit_common.pagination import PageRequest
-from grant_service.adapters.repository import (
-    grant_of,
-    view_of,
-)
 from grant_service.domain.balances import active_in_burn_order, exact_sum
 from grant_service.domain.model import REAL_TIME, GrantInfo, LedgerEntry, evaluate
-from grant_service.domain.schedules import Pending
 from grant_service.service_layer.context import GrantContext, catch_up_customer, customer_due, customer_not_found
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 
@@ -56,19 +51,14 @@ def current_balance(ctx: GrantContext, customer_key: str, currency_key: str, wit
     """The hot path of GetBalance: a customer on real time with nothing due, which is one statement
     (the customer, its due flags and its active grants) outside any transaction. None when it does
     not apply (a test clock, something due, no active grant): the general path answers then."""
-    now, rows = ctx.current_grants(customer_key, currency_key)
-    if not rows:
+    now, customer = ctx.current_grants(customer_key, currency_key)
+    if customer is None:
         raise customer_not_found(customer_key)
-    first = rows[0]
-    if (
-        first.customer_clock_key != REAL_TIME
-        or Pending(first.next_issue, first.next_expiry, first.next_open).due(now)
-        or first.grant_id is None
-    ):
+    if customer.clock_key != REAL_TIME or customer.pending.due(now) or not customer.grants:
         return None
-    views = active_in_burn_order((view_of(row, row.used) for row in rows), now)
-    by_id = {row.grant_id: row for row in rows}
-    infos = [evaluate(grant_of(by_id[v.grant_id]), v.used, now) for v in views] if with_grants else []
+    views = active_in_burn_order((g.view(g.used) for g in customer.grants), now)
+    by_id = {g.grant_id: g for g in customer.grants} if with_grants else {}
+    infos = [evaluate(by_id[v.grant_id], v.used, now) for v in views] if with_grants else []
     return BalanceInfo(customer_key, currency_key, now, exact_sum(v.remaining for v in views), infos)
 
 

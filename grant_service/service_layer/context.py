@@ -23,9 +23,9 @@ from credit_common.errors import FailedPrecondition, NotFound
 from credit_common.idempotency import SeenRequest
 from grant_service.adapters.orm import REAL_TIME
 from grant_service.adapters.repositories import SqlRequestIdRepository
-from grant_service.adapters.repository import RatesCache, current_grants, debit_group
+from grant_service.adapters.repository import RatesCache, current_grants, customer_now_of, debit_group
 from grant_service.adapters.unit_of_work import SqlUnitsOfWork
-from grant_service.domain.model import Customer
+from grant_service.domain.model import Customer, CustomerNow
 from grant_service.service_layer.issuance import catch_up
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork, UnitsOfWork
 
@@ -62,12 +62,13 @@ class GrantContext:
         )
         object.__setattr__(self, "_balance_reads", Batcher(self._read_current_grants, linger_s=self.batch_linger_s))
 
-    def current_grants(self, customer_key: str, currency_key: str) -> tuple[datetime, list[tuple]]:
-        """Real time now, and what `repository.current_grants` reads of the customer then (no row: no
+    def current_grants(self, customer_key: str, currency_key: str) -> tuple[datetime, CustomerNow | None]:
+        """Real time now, and what `repository.current_grants` reads of the customer then (None: no
         such customer). The reads that threads ask for at the same time are one statement, run by one
         of them (credit_common.batching): under load, one thread reads for all instead of each one
         taking its turn at the GIL and the database."""
-        return self._balance_reads.submit((customer_key, currency_key))
+        now, rows = self._balance_reads.submit((customer_key, currency_key))
+        return now, customer_now_of(rows)
 
     def _read_current_grants(self, take: Callable[[], list[Slot]]) -> None:
         slots = take()
