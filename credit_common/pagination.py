@@ -13,10 +13,10 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from credit_common.errors import FieldViolation, InvalidArgument
 
@@ -27,6 +27,7 @@ _MAX_KEY_TEXT = 512
 _INT64 = range(-(2**63), 2**63)
 
 KeyType = type[str] | type[int] | type[datetime]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,13 @@ class PageRequest:
     def token_after(self, last_key: Sequence[Any] | None) -> str:
         """The next page's token: after the item whose sort key is `last_key` ('' when there is none)."""
         return next_page_token(last_key, self.filters, method=self.method)
+
+    def cut(self, items: Sequence[T], sort_key: Callable[[T], Sequence[Any]]) -> tuple[list[T], str]:
+        """The page of `items`, read with one more than the page size (`size + 1`) to learn whether
+        another page follows, and the next page's token ('' on the last page)."""
+        if len(items) > self.size:
+            return list(items[: self.size]), self.token_after(sort_key(items[self.size - 1]))
+        return list(items), ""
 
 
 def _fingerprint(method: str, filters: Sequence[Any]) -> str:

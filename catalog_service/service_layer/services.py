@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from catalog_service.domain import lifecycle
 from catalog_service.domain.catalog import CURRENCY_UPDATABLE_FIELDS, check_feature, parse_rates
@@ -50,7 +50,7 @@ from credit_common.errors import (
     Violations,
 )
 from credit_common.ids import new_id
-from credit_common.pagination import PageRequest, page_request
+from credit_common.pagination import page_request
 
 T = TypeVar("T")
 
@@ -78,13 +78,6 @@ def _not_found(kind: str, key: str, reason: str) -> NotFound:
 
 
 _SERVICE = "/catalog_service.v1.CatalogService/"
-
-
-def _page(items: list[T], page: PageRequest, sort_key: Callable[[T], tuple[Any, ...]]) -> tuple:
-    """The page of `items` (fetched with one extra) and the next page's token."""
-    if len(items) > page.size:
-        return items[: page.size], page.token_after(sort_key(items[page.size - 1]))
-    return items, ""
 
 
 class _ClockNeeded(Exception):
@@ -151,7 +144,7 @@ class CatalogService:
         page = page_request(page_size, page_token, method=_SERVICE + "ListFeatures", key=(str,))
         with self.uows.read() as uow:
             items = uow.features.list(page.after, page.size + 1)
-        return _page(items, page, lambda f: (f.key,))
+        return page.cut(items, lambda f: (f.key,))
 
     # --------------------------------------------------- credit currencies
 
@@ -234,7 +227,7 @@ class CatalogService:
         page = page_request(page_size, page_token, method=_SERVICE + "ListCreditCurrencies", key=(str,))
         with self.uows.read() as uow:
             items = uow.currencies.list(page.after, page.size + 1)
-        return _page(items, page, lambda c: (c.key,))
+        return page.cut(items, lambda c: (c.key,))
 
     # --------------------------------------------------------------- plans
 
@@ -386,7 +379,7 @@ class CatalogService:
         page = page_request(page_size, page_token, filters, method=_SERVICE + "ListPlans", key=(str,))
         with self.uows.read() as uow:
             plans = uow.plans.list(status, page.after, page.size + 1)
-            plans, token = _page(plans, page, lambda p: (p.key,))
+            plans, token = page.cut(plans, lambda p: (p.key,))
             return [self._latest_view(uow, p) for p in plans], token
 
     # ----------------------------------------------------------- customers
@@ -424,7 +417,7 @@ class CatalogService:
         page = page_request(page_size, page_token, method=_SERVICE + "ListCustomers", key=(str,))
         with self.uows.read() as uow:
             items = uow.customers.list(page.after, page.size + 1)
-        return _page(items, page, lambda c: (c.key,))
+        return page.cut(items, lambda c: (c.key,))
 
     # ------------------------------------------------------- subscriptions
 
@@ -622,5 +615,5 @@ class CatalogService:
         page = page_request(page_size, page_token, filters, method=_SERVICE + "ListSubscriptions", key=(datetime, str))
         with self.uows.read() as uow:
             items = uow.subscriptions.list(customer_key, plan_key, page.after, page.size + 1)
-            items, token = _page(items, page, lambda s: (s.create_time, s.subscription_id))
+            items, token = page.cut(items, lambda s: (s.create_time, s.subscription_id))
             return self._views(uow, items), token

@@ -3,44 +3,16 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
-
 from credit_common.errors import InvalidArgument, NotFound
 from credit_common.pagination import PageRequest
-from grant_service.adapters.orm import REAL_TIME, GrantRow, LedgerEntryRow
-from grant_service.adapters.repository import (
-    currency_exists,
-    debits_by_grant,
-    grants_active_at,
-    view_of,
-    views_at,
-)
-from grant_service.domain.balances import active_in_burn_order, exact_difference, exact_sum
-from grant_service.domain.schedules import Pending
+from grant_service.domain.balances import active_in_burn_order, exact_sum
+from grant_service.domain.model import REAL_TIME, GrantInfo, LedgerEntry, evaluate
 from grant_service.service_layer.context import GrantContext, catch_up_customer, customer_due, customer_not_found
-
-
-class GrantStatus(enum.Enum):
-    PENDING = 1
-    ACTIVE = 2
-    EXPIRED = 3
-    VOIDED = 4
-
-
-@dataclass(frozen=True)
-class GrantInfo:
-    """A grant evaluated at one instant."""
-
-    row: GrantRow
-    used: Decimal
-    remaining: Decimal
-    status: GrantStatus
+from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 
 
 @dataclass(frozen=True)
@@ -52,36 +24,26 @@ class BalanceInfo:
     grants: list[GrantInfo]
 
 
-def evaluate(row: GrantRow, used: Decimal, at: datetime) -> GrantInfo:
-    if row.void_time is not None and row.void_time <= at:
-        status = GrantStatus.VOIDED
-    elif row.effective_time > at:
-        status = GrantStatus.PENDING
-    elif row.expire_time is not None and row.expire_time <= at:
-        status = GrantStatus.EXPIRED
-    else:
-        status = GrantStatus.ACTIVE
-    remaining = exact_difference(row.amount, used) if status in (GrantStatus.ACTIVE, GrantStatus.PENDING) else 0
-    return GrantInfo(row, used, Decimal(remaining), status)
-
-
-def require_currency(session: Session, currency_key: str) -> None:
-    if not currency_exists(session, currency_key):
-        raise NotFound(
-            f"credit currency {currency_key!r} not found",
-            reason="CURRENCY_NOT_FOUND",
-            metadata={"currency_key": currency_key},
-        )
+def currency_not_found(currency_key: str) -> NotFound:
+    return NotFound(
+        f"credit currency {currency_key!r} not found",
+        reason="CURRENCY_NOT_FOUND",
+        metadata={"currency_key": currency_key},
+    )
 
 
 def balance_at(
-    session: Session, customer_key: str, currency_key: str, at: datetime, *, current: bool = False
+    uow: GrantUnitOfWork, customer_key: str, currency_key: str, at: datetime, *, current: bool = False
 ) -> tuple[Decimal, list[GrantInfo]]:
     """The balance at `at` and the grants active then, in burn-down order. `current` (at the customer's
     now, nothing being due) takes the grants' running debit totals instead of summing the ledger."""
-    rows = {r.grant_id: r for r in grants_active_at(session, customer_key, currency_key, at)}
-    views = active_in_burn_order(views_at(session, list(rows.values()), at, current=current), at)
-    infos = [evaluate(rows[v.grant_id], v.used, at) for v in views]
+    grants = {g.grant_id: g for g in uow.grants.active_at(customer_key, currency_key, at)}
+    if current:
+        used = {grant_id: g.used for grant_id, g in grants.items()}
+    else:
+        used = uow.ledger.debits_by_grant(list(grants), at)
+    views = active_in_burn_order((g.view(used.get(g.grant_id, Decimal(0))) for g in grants.values()), at)
+    infos = [evaluate(grants[v.grant_id], v.used, at) for v in views]
     return exact_sum(v.remaining for v in views), infos
 
 
@@ -89,18 +51,13 @@ def current_balance(ctx: GrantContext, customer_key: str, currency_key: str, wit
     """The hot path of GetBalance: a customer on real time with nothing due, which is one statement
     (the customer, its due flags and its active grants) outside any transaction. None when it does
     not apply (a test clock, something due, no active grant): the general path answers then."""
-    now, rows = ctx.current_grants(customer_key, currency_key)
-    if not rows:
+    now, customer = ctx.current_grants(customer_key, currency_key)
+    if customer is None:
         raise customer_not_found(customer_key)
-    first = rows[0]
-    if (
-        first.customer_clock_key != REAL_TIME
-        or Pending(first.next_issue, first.next_expiry, first.next_open).due(now)
-        or first.grant_id is None
-    ):
+    if customer.clock_key != REAL_TIME or customer.pending.due(now) or not customer.grants:
         return None
-    views = active_in_burn_order((view_of(row, row.used) for row in rows), now)
-    by_id = {row.grant_id: row for row in rows}
+    views = active_in_burn_order((g.view(g.used) for g in customer.grants), now)
+    by_id = {g.grant_id: g for g in customer.grants} if with_grants else {}
     infos = [evaluate(by_id[v.grant_id], v.used, now) for v in views] if with_grants else []
     return BalanceInfo(customer_key, currency_key, now, exact_sum(v.remaining for v in views), infos)
 
@@ -116,9 +73,9 @@ def get_balance(
         if info is not None:
             return info
 
-    def work(session: Session, caught_up_at: datetime | None) -> BalanceInfo | None:
+    def work(uow: GrantUnitOfWork, caught_up_at: datetime | None) -> BalanceInfo | None:
         if caught_up_at is None:
-            _, now, anything_due = customer_due(ctx, session, customer_key)
+            _, now, anything_due = customer_due(ctx, uow, customer_key)
             if anything_due:
                 return None
         else:
@@ -130,15 +87,15 @@ def get_balance(
                 metadata={"now": now.isoformat()},
             )
         at = as_of or now
-        total, infos = balance_at(session, customer_key, currency_key, at, current=as_of is None)
-        if not infos:
-            require_currency(session, currency_key)
+        total, infos = balance_at(uow, customer_key, currency_key, at, current=as_of is None)
+        if not infos and not uow.currencies.exists(currency_key):
+            raise currency_not_found(currency_key)
         return BalanceInfo(customer_key, currency_key, at, total, infos if with_grants else [])
 
-    info = ctx.read(lambda session: work(session, None))
+    info = ctx.uows.read(lambda uow: work(uow, None))
     if info is None:
         _, now = catch_up_customer(ctx, customer_key)
-        info = ctx.read(lambda session: work(session, now))
+        info = ctx.uows.read(lambda uow: work(uow, now))
     return info
 
 
@@ -147,29 +104,13 @@ def list_grants(
 ) -> tuple[list[GrantInfo], str]:
     _, now = catch_up_customer(ctx, customer_key)
 
-    def work(session: Session) -> tuple[list[GrantInfo], str]:
-        query = select(GrantRow).where(GrantRow.customer_key == customer_key)
-        if currency_key:
-            query = query.where(GrantRow.currency_key == currency_key)
-        if subscription_id:
-            query = query.where(GrantRow.subscription_id == subscription_id)
-        if page.after is not None:
-            after_time, after_id = page.after
-            query = query.where(
-                or_(
-                    GrantRow.effective_time > after_time,
-                    (GrantRow.effective_time == after_time) & (GrantRow.grant_id > after_id),
-                )
-            )
-        rows = list(session.scalars(query.order_by(GrantRow.effective_time, GrantRow.grant_id).limit(page.size + 1)))
-        more = len(rows) > page.size
-        rows = rows[: page.size]
-        used = debits_by_grant(session, [r.grant_id for r in rows], now)
-        infos = [evaluate(r, used.get(r.grant_id, Decimal(0)), now) for r in rows]
-        token = page.token_after([rows[-1].effective_time, rows[-1].grant_id]) if more else ""
-        return infos, token
+    def work(uow: GrantUnitOfWork) -> tuple[list[GrantInfo], str]:
+        grants = uow.grants.list(customer_key, currency_key, subscription_id, page.after, page.size + 1)
+        grants, token = page.cut(grants, lambda g: (g.effective_time, g.grant_id))
+        used = uow.ledger.debits_by_grant([g.grant_id for g in grants], now)
+        return [evaluate(g, used.get(g.grant_id, Decimal(0)), now) for g in grants], token
 
-    return ctx.read(work)
+    return ctx.uows.read(work)
 
 
 def list_ledger_entries(
@@ -180,33 +121,9 @@ def list_ledger_entries(
     end: datetime | None,
     entry_type: str | None,
     page: PageRequest,
-) -> tuple[list[LedgerEntryRow], str]:
+) -> tuple[list[LedgerEntry], str]:
     catch_up_customer(ctx, customer_key)
-
-    def work(session: Session) -> tuple[list[LedgerEntryRow], str]:
-        query = select(LedgerEntryRow).where(LedgerEntryRow.customer_key == customer_key)
-        if currency_key:
-            query = query.where(LedgerEntryRow.currency_key == currency_key)
-        if start is not None:
-            query = query.where(LedgerEntryRow.effective_time >= start)
-        if end is not None:
-            query = query.where(LedgerEntryRow.effective_time < end)
-        if entry_type:
-            query = query.where(LedgerEntryRow.type == entry_type)
-        if page.after is not None:
-            after_time, after_seq = page.after
-            query = query.where(
-                or_(
-                    LedgerEntryRow.effective_time > after_time,
-                    (LedgerEntryRow.effective_time == after_time) & (LedgerEntryRow.seq > after_seq),
-                )
-            )
-        rows = list(
-            session.scalars(query.order_by(LedgerEntryRow.effective_time, LedgerEntryRow.seq).limit(page.size + 1))
-        )
-        more = len(rows) > page.size
-        rows = rows[: page.size]
-        token = page.token_after([rows[-1].effective_time, rows[-1].seq]) if more else ""
-        return rows, token
-
-    return ctx.read(work)
+    entries = ctx.uows.read(
+        lambda uow: uow.ledger.list(customer_key, currency_key, start, end, entry_type, page.after, page.size + 1)
+    )
+    return page.cut(entries, lambda e: (e.effective_time, e.seq))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -21,9 +21,13 @@ from credit_common.db.engine import SessionFactories
 from credit_common.db.group_commit import GroupCommit
 from credit_common.errors import FailedPrecondition, NotFound
 from credit_common.idempotency import SeenRequest
-from grant_service.adapters.orm import REAL_TIME, ClockRow, CustomerRow, RequestIdRow
-from grant_service.adapters.repository import RatesCache, current_grants, debit_group, insert_request_id, pending
+from grant_service.adapters.orm import REAL_TIME
+from grant_service.adapters.repositories import SqlRequestIdRepository
+from grant_service.adapters.repository import RatesCache, current_grants, customer_now_of, debit_group
+from grant_service.adapters.unit_of_work import SqlUnitsOfWork
+from grant_service.domain.model import Customer, CustomerNow
 from grant_service.service_layer.issuance import catch_up
+from grant_service.service_layer.unit_of_work import GrantUnitOfWork, UnitsOfWork
 
 T = TypeVar("T")
 _RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
@@ -46,19 +50,25 @@ class GrantContext:
 
     # GetBalance's hot-path reads of concurrent callers, run together (see `current_grants`).
     _balance_reads: Batcher = field(init=False, compare=False, repr=False)
+    # The transactions of the use cases moved behind the unit of work (service_layer/unit_of_work.py);
+    # None: SQL units of work over `factories`.
+    uows: UnitsOfWork = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
+        if self.uows is None:
+            object.__setattr__(self, "uows", SqlUnitsOfWork(self.factories))
         object.__setattr__(
             self, "debits", GroupCommit(self.factories.write, self.write, debit_group, linger_s=self.batch_linger_s)
         )
         object.__setattr__(self, "_balance_reads", Batcher(self._read_current_grants, linger_s=self.batch_linger_s))
 
-    def current_grants(self, customer_key: str, currency_key: str) -> tuple[datetime, list[tuple]]:
-        """Real time now, and what `repository.current_grants` reads of the customer then (no row: no
+    def current_grants(self, customer_key: str, currency_key: str) -> tuple[datetime, CustomerNow | None]:
+        """Real time now, and what `repository.current_grants` reads of the customer then (None: no
         such customer). The reads that threads ask for at the same time are one statement, run by one
         of them (credit_common.batching): under load, one thread reads for all instead of each one
         taking its turn at the GIL and the database."""
-        return self._balance_reads.submit((customer_key, currency_key))
+        now, rows = self._balance_reads.submit((customer_key, currency_key))
+        return now, customer_now_of(rows)
 
     def _read_current_grants(self, take: Callable[[], list[Slot]]) -> None:
         slots = take()
@@ -76,11 +86,11 @@ class GrantContext:
 
         self.factories.single_statement.run(read)
 
-    def now_of(self, session: Session, clock_key: str) -> datetime:
-        """Real time, or the time of test clock `clock_key`."""
+    def now_in(self, uow: GrantUnitOfWork, clock_key: str) -> datetime:
+        """Real time, or the time of test clock `clock_key` as `uow` reads it."""
         if clock_key == REAL_TIME:
             return self.clock.now()
-        frozen = session.scalar(select(ClockRow.frozen_time).where(ClockRow.test_clock_id == clock_key))
+        frozen = uow.clocks.frozen_time(clock_key)
         if frozen is None:
             raise test_clock_not_found(clock_key)
         return frozen
@@ -110,49 +120,29 @@ def customer_not_found(customer_key: str) -> NotFound:
     )
 
 
-def get_customer(session: Session, customer_key: str) -> CustomerRow:
-    customer = session.get(CustomerRow, customer_key)
-    if customer is None:
-        raise customer_not_found(customer_key)
-    return customer
-
-
 def test_clock_not_found(clock_key: str) -> NotFound:
     return NotFound(f"test clock {clock_key!r} not found", reason="TEST_CLOCK_NOT_FOUND")
 
 
-def customer_due(ctx: GrantContext, session: Session, customer_key: str) -> tuple[CustomerRow, datetime, bool]:
+def customer_due(ctx: GrantContext, uow: GrantUnitOfWork, customer_key: str) -> tuple[Customer, datetime, bool]:
     """The customer, its "now", and whether anything of it is due (a period to issue or a grant to
     expire) at that instant."""
-    customer = get_customer(session, customer_key)
-    now = ctx.now_of(session, customer.clock_key)
-    return customer, now, pending(session, customer_key).due(now)
+    customer = uow.customers.get(customer_key)
+    if customer is None:
+        raise customer_not_found(customer_key)
+    now = ctx.now_in(uow, customer.clock_key)
+    return customer, now, uow.customers.pending(customer_key).due(now)
 
 
-def catch_up_customer(ctx: GrantContext, customer_key: str) -> tuple[CustomerRow, datetime]:
+def catch_up_customer(ctx: GrantContext, customer_key: str) -> tuple[Customer, datetime]:
     """Bring one customer's grants up to its "now" (issue and expire what is due), so that reads
     never depend on the timer having run; returns the customer and that instant."""
-    customer, now, anything_due = ctx.read(lambda session: customer_due(ctx, session, customer_key))
+    customer, now, anything_due = ctx.uows.read(lambda uow: customer_due(ctx, uow, customer_key))
     if anything_due:
         catch_up(
             ctx.factories, clock_key=customer.clock_key, now=now, customer_key=customer_key, batch_size=ctx.batch_size
         )
     return customer, now
-
-
-class RequestIds:
-    """The grant service's `RequestStore` (credit_common.idempotency): the id of
-    the resource each request_id created or changed."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def get(self, scope: str, request_id: str) -> SeenRequest[str] | None:
-        row = self.session.get(RequestIdRow, (scope, request_id))
-        return None if row is None else SeenRequest(row.fingerprint, row.resource_id)
-
-    def add(self, scope: str, request_id: str, fingerprint: str, result: str, now: datetime) -> None:
-        insert_request_id(self.session, _request_record(scope, request_id, fingerprint, result, now))
 
 
 class _AlreadyRead:
@@ -170,17 +160,12 @@ class _AlreadyRead:
 
 def replayed(session: Session, scope: str, request_id: str, print_: str) -> str | None:
     """The resource id recorded for `request_id` in `scope`, None if the request is new."""
-    return idempotency.replay(RequestIds(session), scope, request_id, print_)
+    return idempotency.replay(SqlRequestIdRepository(session), scope, request_id, print_)
 
 
 def replayed_record(seen: SeenRequest[str] | None, scope: str, request_id: str, print_: str) -> str | None:
     """As `replayed`, for the record of `request_id` the caller has already read (None: there is none)."""
     return idempotency.replay(_AlreadyRead(seen), scope, request_id, print_)
-
-
-def remember(session: Session, scope: str, request_id: str, print_: str, resource_id: str, now: datetime) -> None:
-    """Record `request_id` in the transaction of the effect it guards."""
-    idempotency.remember(RequestIds(session), scope, request_id, print_, resource_id, now)
 
 
 def request_record(scope: str, request_id: str, print_: str, resource_id: str, now: datetime) -> dict | None:

@@ -26,7 +26,8 @@ from grant_service.adapters.orm import (
     ScheduleRow,
     SubscriptionRow,
 )
-from grant_service.adapters.repository import decode_amounts, encode_amounts, locked
+from grant_service.adapters.repository import decode_amounts, encode_amounts, locked, subscription_of
+from grant_service.domain.model import Subscription
 from grant_service.domain.schedules import ScheduledAmount, clamp_amounts, clamp_end
 from grant_service.service_layer.context import GrantContext, require_test_clocks
 from grant_service.service_layer.issuance import catch_up_in_transaction, reconcile_issued, reset_cursor
@@ -59,12 +60,6 @@ class SubscriptionSpec:
     end_time: datetime | None
     schedules: tuple[ScheduleSpec, ...]
     test_clock_id: str
-
-
-@dataclass(frozen=True)
-class SubscriptionView:
-    row: SubscriptionRow
-    schedules: list[ScheduleRow]
 
 
 @dataclass(frozen=True)
@@ -364,8 +359,8 @@ def _new_schedule(sub: SubscriptionRow, spec: SubscriptionSpec, position: int, s
     return row
 
 
-def get_subscription(ctx: GrantContext, subscription_id: str) -> SubscriptionView:
-    def work(session: Session) -> SubscriptionView:
+def get_subscription(ctx: GrantContext, subscription_id: str) -> Subscription:
+    def work(session: Session) -> Subscription:
         sub = session.get(SubscriptionRow, subscription_id)
         if sub is None:
             raise NotFound(
@@ -380,7 +375,7 @@ def get_subscription(ctx: GrantContext, subscription_id: str) -> SubscriptionVie
                 .order_by(ScheduleRow.position)
             )
         )
-        return SubscriptionView(sub, schedules)
+        return subscription_of(sub, schedules)
 
     return ctx.read(work)
 

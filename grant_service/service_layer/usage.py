@@ -36,6 +36,7 @@ from grant_service.adapters.repository import (
     open_grants,
     rates_in_force,
     record_debit,
+    usage_of,
     views_at,
 )
 from grant_service.domain.balances import (
@@ -46,6 +47,7 @@ from grant_service.domain.balances import (
     exact_product,
     exact_sum,
 )
+from grant_service.domain.model import Usage
 from grant_service.service_layer.context import (
     GrantContext,
     catch_up_customer,
@@ -62,7 +64,7 @@ SCOPE = "ReportUsage"
 
 @dataclass(frozen=True)
 class UsageResult:
-    usage: UsageRow
+    usage: Usage
     debits: list[tuple[str, Decimal]]
 
 
@@ -247,7 +249,7 @@ def _burn(
         "balance_after": exact_difference(available(views, now), credits),
     }
     _record(session, debit, grants, taken, usage, now)
-    return UsageResult(UsageRow(**usage), taken)
+    return UsageResult(usage_of(usage), taken)
 
 
 def _record(
@@ -297,7 +299,7 @@ def load_usage(session: Session, usage_id: str) -> UsageResult:
         .where(LedgerEntryRow.usage_id == usage_id, LedgerEntryRow.type == "DEBIT")
         .order_by(LedgerEntryRow.seq)
     )
-    return UsageResult(usage, [(grant_id, -amount) for grant_id, amount in debits])
+    return UsageResult(usage_of(usage), [(grant_id, -amount) for grant_id, amount in debits])
 
 
 def check_usage(

@@ -97,3 +97,12 @@ def test_rejects_tokens_of_any_other_shape(payload):
     with pytest.raises(InvalidArgument) as error:
         page_request(10, token, method=M, key=KEY)
     assert error.value.reason == "INVALID_PAGE_TOKEN"
+
+
+def test_cut_keeps_a_page_and_tokens_the_next_one_after_its_last_item():
+    page = page_request(2, "", filters=["f"], method=M, key=KEY)
+    items, token = page.cut([("a", 1), ("b", 2), ("c", 3)], lambda item: item)  # read with one extra
+    assert items == [("a", 1), ("b", 2)]
+    assert page_request(2, token, filters=["f"], method=M, key=KEY).after == ("b", 2)
+    assert page.cut([("a", 1), ("b", 2)], lambda item: item) == ([("a", 1), ("b", 2)], "")
+    assert page.cut([], lambda item: item) == ([], "")

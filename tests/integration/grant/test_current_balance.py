@@ -46,8 +46,8 @@ def _subscribe(ctx: GrantContext, customer: str, clock_key: str = "") -> None:
 
 def _same(a, b) -> None:
     assert (a.available, a.as_of) == (b.available, b.as_of)
-    assert [(g.row.grant_id, g.used, g.remaining, g.status) for g in a.grants] == [
-        (g.row.grant_id, g.used, g.remaining, g.status) for g in b.grants
+    assert [(g.grant.grant_id, g.used, g.remaining, g.status) for g in a.grants] == [
+        (g.grant.grant_id, g.used, g.remaining, g.status) for g in b.grants
     ]
 
 
@@ -182,7 +182,7 @@ def _answer(read) -> object:
         return error.reason
     if info is None:
         return None
-    return info.available, [(g.row.grant_id, g.used, g.remaining, g.status) for g in info.grants]
+    return info.available, [(g.grant.grant_id, g.used, g.remaining, g.status) for g in info.grants]
 
 
 def _alone(ctx: GrantContext, customer: str, currency: str) -> object:

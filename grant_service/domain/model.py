@@ -1,0 +1,181 @@
+"""The grant service's plain objects: subscriptions and their credit schedules,
+grants, ledger entries, usages, test clocks. No gRPC, no SQL; amounts are exact
+decimals, times aware UTC."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from credit_common.periods import Cadence
+from grant_service.domain.balances import GrantView, exact_difference
+from grant_service.domain.schedules import Pending, ScheduledAmount
+
+REAL_TIME = ""  # clock_key of everything that runs on real time
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    customer_key: str
+    clock_key: str  # REAL_TIME, or the test clock it is attached to
+
+
+class GrantSource(enum.Enum):
+    RECURRING = "RECURRING"
+    ONE_OFF = "ONE_OFF"
+
+
+class EntryType(enum.Enum):
+    GRANT = "GRANT"
+    DEBIT = "DEBIT"
+    EXPIRE = "EXPIRE"
+    VOID = "VOID"
+    ADJUST = "ADJUST"
+
+
+class GrantStatus(enum.Enum):
+    PENDING = 1
+    ACTIVE = 2
+    EXPIRED = 3
+    VOIDED = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    grant_id: str
+    customer_key: str
+    currency_key: str
+    clock_key: str
+    source: GrantSource
+    subscription_id: str | None
+    entitlement_key: str | None
+    period_index: int | None
+    amount: Decimal
+    effective_time: datetime
+    expire_time: datetime | None
+    priority: int
+    void_time: datetime | None
+    reason: str
+    # Its stored state: the schedule period segment it was issued for (none: one-off), the running
+    # total of its debits, whether its EXPIRE or VOID is recorded, and, while it is pending (stored
+    # before it is effective, its GRANT entry not yet written), the instant it opens.
+    schedule_id: str | None = None
+    segment: int | None = None
+    used: Decimal = Decimal(0)
+    closed: bool = False
+    opens_at: datetime | None = None
+
+    def view(self, used: Decimal) -> GrantView:
+        """The grant as seen at an instant at which `used` credits of it were debited."""
+        return GrantView(
+            self.grant_id, self.amount, used, self.priority, self.effective_time, self.expire_time, self.void_time
+        )
+
+    def entry_subject(self) -> dict:
+        """What a ledger entry of this grant takes of it (issuance.ledger_entry)."""
+        return {
+            "grant_id": self.grant_id,
+            "customer_key": self.customer_key,
+            "currency_key": self.currency_key,
+            "subscription_id": self.subscription_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerNow:
+    """What GetBalance's hot path reads of a customer at one instant: its clock, what a catch-up
+    owes it, and its grants in one currency active then (their `used`: running totals)."""
+
+    clock_key: str
+    pending: Pending
+    grants: tuple[Grant, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GrantInfo:
+    """A grant evaluated at one instant."""
+
+    grant: Grant
+    used: Decimal
+    remaining: Decimal
+    status: GrantStatus
+
+
+def evaluate(grant: Grant, used: Decimal, at: datetime) -> GrantInfo:
+    if grant.void_time is not None and grant.void_time <= at:
+        status = GrantStatus.VOIDED
+    elif grant.effective_time > at:
+        status = GrantStatus.PENDING
+    elif grant.expire_time is not None and grant.expire_time <= at:
+        status = GrantStatus.EXPIRED
+    else:
+        status = GrantStatus.ACTIVE
+    remaining = exact_difference(grant.amount, used) if status in (GrantStatus.ACTIVE, GrantStatus.PENDING) else 0
+    return GrantInfo(grant, used, Decimal(remaining), status)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    entry_id: str
+    customer_key: str
+    currency_key: str
+    type: EntryType
+    amount: Decimal
+    grant_id: str
+    effective_time: datetime
+    usage_id: str | None
+    subscription_id: str | None
+    description: str
+    seq: int | None = None  # its position in the ledger (the order of entries at the same instant)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    usage_id: str
+    request_id: str
+    customer_key: str
+    feature_key: str
+    quantity: Decimal
+    currency_key: str
+    credits_per_unit: Decimal
+    credits: Decimal
+    usage_time: datetime
+    balance_after: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class TestClock:
+    __test__ = False  # not a pytest test class
+
+    test_clock_id: str
+    name: str
+    frozen_time: datetime
+    create_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CreditSchedule:
+    """A subscription's credit schedule as it was applied (its amounts clamped to what happened)."""
+
+    entitlement_key: str
+    currency_key: str
+    cadence: Cadence
+    amounts: tuple[ScheduledAmount, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    subscription_id: str
+    customer_key: str
+    revision: int
+    start_time: datetime
+    end_time: datetime | None
+    clock_key: str
+    update_time: datetime
+    credit_schedules: tuple[CreditSchedule, ...]
+
+    @property
+    def test_clock_id(self) -> str:
+        return "" if self.clock_key == REAL_TIME else self.clock_key

@@ -1,0 +1,457 @@
+"""Conversions between grant_service.v1 messages and plain values: each request's
+fields checked (every problem of a request reported at once) and turned into the
+arguments of a use case, each domain object turned into its message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from credit_common.decimals import DecimalFormatError, format_decimal, parse_decimal
+from credit_common.errors import DomainError, Violations
+from credit_common.grpc.timestamps import from_timestamp, to_timestamp
+from credit_common.grpc.validation import check_items_in_handler
+from credit_common.ids import KEY_RULE, REQUEST_ID_MAX_LENGTH, is_valid_key
+from credit_common.pagination import PageRequest, page_request
+from credit_common.periods import Cadence
+from grant_service.domain.model import (
+    EntryType,
+    GrantInfo,
+    GrantSource,
+    GrantStatus,
+    LedgerEntry,
+    Subscription,
+    TestClock,
+    Usage,
+)
+from grant_service.domain.schedules import ScheduledAmount, first_period_fits
+from grant_service.service_layer.balances import BalanceInfo
+from grant_service.service_layer.subscriptions import (
+    ApplyResult,
+    ClampedChange,
+    ScheduleSpec,
+    SubscriptionSpec,
+)
+from grant_service.service_layer.usage import UsageCheck
+from grant_service.v1 import grant_service_pb2 as pb
+
+APPLY_BATCH_MAX = 500  # items of one ApplySubscriptions call
+check_items_in_handler(pb.ApplySubscriptionsRequest.DESCRIPTOR.fields_by_name["requests"].full_name)
+
+CADENCES = {pb.CADENCE_MONTHLY: Cadence.MONTHLY, pb.CADENCE_YEARLY: Cadence.YEARLY}
+CADENCES_PB = {v: k for k, v in CADENCES.items()}
+ENTRY_TYPES = {
+    pb.LEDGER_ENTRY_TYPE_GRANT: EntryType.GRANT,
+    pb.LEDGER_ENTRY_TYPE_DEBIT: EntryType.DEBIT,
+    pb.LEDGER_ENTRY_TYPE_EXPIRE: EntryType.EXPIRE,
+    pb.LEDGER_ENTRY_TYPE_VOID: EntryType.VOID,
+    pb.LEDGER_ENTRY_TYPE_ADJUST: EntryType.ADJUST,
+}
+ENTRY_TYPES_PB = {v: k for k, v in ENTRY_TYPES.items()}
+GRANT_STATUSES_PB = {
+    GrantStatus.PENDING: pb.GRANT_STATUS_PENDING,
+    GrantStatus.ACTIVE: pb.GRANT_STATUS_ACTIVE,
+    GrantStatus.EXPIRED: pb.GRANT_STATUS_EXPIRED,
+    GrantStatus.VOIDED: pb.GRANT_STATUS_VOIDED,
+}
+GRANT_SOURCES_PB = {GrantSource.RECURRING: pb.GRANT_SOURCE_RECURRING, GrantSource.ONE_OFF: pb.GRANT_SOURCE_ONE_OFF}
+
+_SERVICE = pb.DESCRIPTOR.services_by_name["GrantService"].full_name
+_LIST_GRANTS = f"/{_SERVICE}/ListGrants"
+_LIST_LEDGER_ENTRIES = f"/{_SERVICE}/ListLedgerEntries"
+_LIST_TEST_CLOCKS = f"/{_SERVICE}/ListTestClocks"
+
+
+class Fields:
+    """Field checks that collect every problem of a request before failing."""
+
+    def __init__(self) -> None:
+        self.violations = Violations()
+
+    def key(self, field: str, value: str) -> str:
+        if not value:
+            self.violations.add(field, "is required")
+        elif not is_valid_key(value):
+            self.violations.add(field, KEY_RULE)
+        return value
+
+    def required(self, field: str, value: str, max_length: int = 128) -> str:
+        if not value:
+            self.violations.add(field, "is required")
+        elif len(value) > max_length:
+            self.violations.add(field, f"must be at most {max_length} characters")
+        return value
+
+    def request_id(self, field: str, value: str, *, required: bool = False) -> str:
+        if required and not value:
+            self.violations.add(field, "is required")
+        elif len(value) > REQUEST_ID_MAX_LENGTH:
+            self.violations.add(field, f"must be at most {REQUEST_ID_MAX_LENGTH} characters")
+        return value
+
+    def positive(self, field: str, value: str) -> Decimal:
+        try:
+            return parse_decimal(value, allow_zero=False)
+        except DecimalFormatError as error:
+            self.violations.add(field, str(error))
+            return Decimal(1)
+
+    def done(self) -> None:
+        self.violations.raise_if_any()
+
+
+def time_of(message, field: str) -> datetime | None:
+    return from_timestamp(message, field)
+
+
+# ---------------------------------------------------------------------- requests
+
+
+def check_apply_batch(request: pb.ApplySubscriptionsRequest) -> None:
+    fields = Fields()
+    if not request.requests:
+        fields.violations.add("requests", "must have at least one item")
+    elif len(request.requests) > APPLY_BATCH_MAX:
+        fields.violations.add("requests", f"must have at most {APPLY_BATCH_MAX} items")
+    fields.done()
+
+
+def subscription_spec(request: pb.ApplySubscriptionRequest) -> SubscriptionSpec:
+    fields = Fields()
+    fields.required("subscription_id", request.subscription_id, 64)
+    fields.key("customer_key", request.customer_key)
+    if request.revision <= 0:
+        fields.violations.add("revision", "must be at least 1")
+    start, end = time_of(request, "start_time"), time_of(request, "end_time")
+    if start is None:
+        fields.violations.add("start_time", "is required")
+    if start is not None and end is not None and end < start:
+        fields.violations.add("end_time", "must not be before start_time")
+    if len(request.test_clock_id) > 40:
+        fields.violations.add("test_clock_id", "must be at most 40 characters")
+    schedules = []
+    seen: set[str] = set()
+    for i, schedule in enumerate(request.credit_schedules):
+        path = f"credit_schedules[{i}]"
+        key = fields.key(f"{path}.entitlement_key", schedule.entitlement_key)
+        if key in seen:
+            fields.violations.add(f"{path}.entitlement_key", "appears more than once")
+        seen.add(key)
+        fields.key(f"{path}.currency_key", schedule.currency_key)
+        cadence = CADENCES.get(schedule.cadence)
+        if cadence is None:
+            fields.violations.add(f"{path}.cadence", "must be CADENCE_MONTHLY or CADENCE_YEARLY")
+        elif start is not None and not first_period_fits(start, cadence):
+            fields.violations.add("start_time", f"the first {cadence.value.lower()} period must end before year 10000")
+        if not schedule.amounts:
+            fields.violations.add(f"{path}.amounts", "must have at least one amount")
+        amounts: list[ScheduledAmount] = []
+        for j, scheduled in enumerate(schedule.amounts):
+            amount = fields.positive(f"{path}.amounts[{j}].amount", scheduled.amount)
+            effective = time_of(scheduled, "effective_time") or start
+            if start is not None and effective is not None:
+                if j == 0 and effective != start:
+                    fields.violations.add(
+                        f"{path}.amounts[0].effective_time", "the first amount must be in force from start_time"
+                    )
+                elif j > 0 and effective <= amounts[-1].effective_time:
+                    fields.violations.add(
+                        f"{path}.amounts[{j}].effective_time",
+                        "amounts must be ordered by strictly later effective_time",
+                    )
+                amounts.append(ScheduledAmount(amount, effective))
+        if cadence is not None:
+            schedules.append(ScheduleSpec(key, schedule.currency_key, cadence, tuple(amounts)))
+    fields.done()
+    return SubscriptionSpec(
+        subscription_id=request.subscription_id,
+        customer_key=request.customer_key,
+        revision=request.revision,
+        start_time=start,
+        end_time=end,
+        schedules=tuple(schedules),
+        test_clock_id=request.test_clock_id,
+    )
+
+
+def check_get_subscription(request: pb.GetSubscriptionRequest) -> None:
+    fields = Fields()
+    fields.required("subscription_id", request.subscription_id)
+    fields.done()
+
+
+@dataclass(frozen=True)
+class CurrencyArgs:
+    currency_key: str
+    revision: int
+    rates: dict[str, Decimal]
+    effective_time: datetime | None
+
+
+def credit_currency_args(request: pb.ApplyCreditCurrencyRequest) -> CurrencyArgs:
+    fields = Fields()
+    fields.key("currency_key", request.currency_key)
+    if request.revision <= 0:
+        fields.violations.add("revision", "must be at least 1")
+    rates: dict[str, Decimal] = {}
+    for i, rate in enumerate(request.rates):
+        key = fields.key(f"rates[{i}].feature_key", rate.feature_key)
+        if key in rates:
+            fields.violations.add(f"rates[{i}].feature_key", "appears more than once")
+        rates[key] = fields.positive(f"rates[{i}].credits_per_unit", rate.credits_per_unit)
+    fields.done()
+    return CurrencyArgs(request.currency_key, request.revision, rates, time_of(request, "effective_time"))
+
+
+def check_balance(request: pb.GetBalanceRequest) -> None:
+    fields = Fields()
+    fields.key("customer_key", request.customer_key)
+    fields.key("currency_key", request.currency_key)
+    fields.done()
+
+
+def list_grants_page(request: pb.ListGrantsRequest) -> PageRequest:
+    fields = Fields()
+    fields.key("customer_key", request.customer_key)
+    fields.done()
+    filters = (request.customer_key, request.currency_key, request.subscription_id)
+    return page_request(request.page_size, request.page_token, filters, method=_LIST_GRANTS, key=(datetime, str))
+
+
+@dataclass(frozen=True)
+class LedgerQuery:
+    start: datetime | None
+    end: datetime | None
+    entry_type: str | None
+    page: PageRequest
+
+
+def ledger_query(request: pb.ListLedgerEntriesRequest) -> LedgerQuery:
+    fields = Fields()
+    fields.key("customer_key", request.customer_key)
+    start, end = time_of(request, "start_time"), time_of(request, "end_time")
+    if start and end and end < start:
+        fields.violations.add("end_time", "must not be before start_time")
+    if request.type and request.type not in ENTRY_TYPES:
+        fields.violations.add("type", "unknown ledger entry type")
+    fields.done()
+    filters = (request.customer_key, request.currency_key, str(start), str(end), request.type)
+    page = page_request(
+        request.page_size, request.page_token, filters, method=_LIST_LEDGER_ENTRIES, key=(datetime, int)
+    )
+    entry_type = ENTRY_TYPES.get(request.type)
+    return LedgerQuery(start, end, entry_type.value if entry_type else None, page)
+
+
+def usage_quantity(request: pb.ReportUsageRequest | pb.CheckUsageRequest) -> Decimal:
+    """The quantity of a ReportUsage or CheckUsage request, its other fields checked."""
+    fields = Fields()
+    if isinstance(request, pb.ReportUsageRequest):
+        fields.request_id("request_id", request.request_id, required=True)
+    fields.key("customer_key", request.customer_key)
+    fields.key("feature_key", request.feature_key)
+    quantity = fields.positive("quantity", request.quantity)
+    if request.currency_key:
+        fields.key("currency_key", request.currency_key)
+    fields.done()
+    return quantity
+
+
+def check_void_grant(request: pb.VoidGrantRequest) -> None:
+    fields = Fields()
+    fields.required("grant_id", request.grant_id, 40)
+    fields.request_id("request_id", request.request_id)
+    if len(request.reason) > 1000:
+        fields.violations.add("reason", "must be at most 1000 characters")
+    fields.done()
+
+
+def create_grant_amount(request: pb.CreateGrantRequest) -> Decimal:
+    fields = Fields()
+    fields.request_id("request_id", request.request_id)
+    fields.key("customer_key", request.customer_key)
+    fields.key("currency_key", request.currency_key)
+    amount = fields.positive("amount", request.amount)
+    if len(request.reason) > 1000:
+        fields.violations.add("reason", "must be at most 1000 characters")
+    fields.done()
+    return amount
+
+
+def create_test_clock_fields(request: pb.CreateTestClockRequest) -> Fields:
+    """The checks of a CreateTestClock request, not yet raised (`done`)."""
+    fields = Fields()
+    if not request.HasField("frozen_time"):
+        fields.violations.add("frozen_time", "is required")
+    if len(request.name) > 200:
+        fields.violations.add("name", "must be at most 200 characters")
+    fields.request_id("request_id", request.request_id)
+    return fields
+
+
+def check_test_clock_id(request: pb.GetTestClockRequest | pb.DeleteTestClockRequest) -> None:
+    fields = Fields()
+    fields.required("test_clock_id", request.test_clock_id, 40)
+    if isinstance(request, pb.DeleteTestClockRequest):
+        fields.request_id("request_id", request.request_id)
+    fields.done()
+
+
+def check_advance_test_clock(request: pb.AdvanceTestClockRequest) -> None:
+    fields = Fields()
+    fields.required("test_clock_id", request.test_clock_id, 40)
+    if not request.HasField("frozen_time"):
+        fields.violations.add("frozen_time", "is required")
+    fields.request_id("request_id", request.request_id)
+    fields.done()
+
+
+def clocks_page(request: pb.ListTestClocksRequest) -> PageRequest:
+    return page_request(request.page_size, request.page_token, method=_LIST_TEST_CLOCKS, key=(datetime, str))
+
+
+# ---------------------------------------------------------------------- responses
+
+
+def apply_result_pb(result: ApplyResult) -> pb.ApplySubscriptionResult:
+    if result.error is not None:
+        return rejected_pb(result.error)
+    assert result.outcome is not None
+    return pb.ApplySubscriptionResult(
+        outcome=result.outcome.value,
+        current_revision=result.current_revision,
+        clamped_changes=clamped_pb(result.clamped),
+    )
+
+
+def clamped_pb(changes: tuple[ClampedChange, ...]) -> list[pb.ClampedChange]:
+    return [
+        pb.ClampedChange(
+            entitlement_key=c.entitlement_key,
+            requested_time=to_timestamp(c.requested_time),
+            applied_time=to_timestamp(c.applied_time),
+        )
+        for c in changes
+    ]
+
+
+def rejected_pb(error: DomainError) -> pb.ApplySubscriptionResult:
+    """An item's error as ApplySubscription would have returned it (code, message, ErrorInfo, violations)."""
+    return pb.ApplySubscriptionResult(
+        rejection=pb.ApplyRejection(
+            code=error.code,
+            message=error.message,
+            reason=error.reason,
+            metadata=error.metadata,
+            field_violations=[
+                pb.ApplyFieldViolation(field=v.field, description=v.description) for v in error.violations
+            ],
+        )
+    )
+
+
+def subscription_pb(sub: Subscription) -> pb.Subscription:
+    return pb.Subscription(
+        subscription_id=sub.subscription_id,
+        customer_key=sub.customer_key,
+        revision=sub.revision,
+        start_time=to_timestamp(sub.start_time),
+        end_time=to_timestamp(sub.end_time),
+        test_clock_id=sub.test_clock_id,
+        update_time=to_timestamp(sub.update_time),
+        credit_schedules=[
+            pb.CreditSchedule(
+                entitlement_key=s.entitlement_key,
+                currency_key=s.currency_key,
+                cadence=CADENCES_PB[s.cadence],
+                amounts=[
+                    pb.ScheduledAmount(amount=format_decimal(a.amount), effective_time=to_timestamp(a.effective_time))
+                    for a in s.amounts
+                ],
+            )
+            for s in sub.credit_schedules
+        ],
+    )
+
+
+def balance_pb(info: BalanceInfo) -> pb.Balance:
+    return pb.Balance(
+        customer_key=info.customer_key,
+        currency_key=info.currency_key,
+        as_of_time=to_timestamp(info.as_of),
+        available=format_decimal(info.available),
+        grants=[grant_pb(g) for g in info.grants],
+    )
+
+
+def grant_pb(info: GrantInfo) -> pb.Grant:
+    grant = info.grant
+    return pb.Grant(
+        grant_id=grant.grant_id,
+        customer_key=grant.customer_key,
+        currency_key=grant.currency_key,
+        source=GRANT_SOURCES_PB[grant.source],
+        subscription_id=grant.subscription_id or "",
+        entitlement_key=grant.entitlement_key or "",
+        period_index=grant.period_index or 0,
+        amount=format_decimal(grant.amount),
+        used=format_decimal(info.used),
+        remaining=format_decimal(info.remaining),
+        effective_time=to_timestamp(grant.effective_time),
+        expire_time=to_timestamp(grant.expire_time),
+        priority=grant.priority,
+        status=GRANT_STATUSES_PB[info.status],
+        void_time=to_timestamp(grant.void_time),
+        reason=grant.reason,
+    )
+
+
+def entry_pb(entry: LedgerEntry) -> pb.LedgerEntry:
+    return pb.LedgerEntry(
+        entry_id=entry.entry_id,
+        customer_key=entry.customer_key,
+        currency_key=entry.currency_key,
+        type=ENTRY_TYPES_PB[entry.type],
+        amount=format_decimal(entry.amount),
+        grant_id=entry.grant_id,
+        effective_time=to_timestamp(entry.effective_time),
+        usage_id=entry.usage_id or "",
+        subscription_id=entry.subscription_id or "",
+        description=entry.description,
+    )
+
+
+def usage_pb(usage: Usage, debits: list[tuple[str, Decimal]]) -> pb.Usage:
+    return pb.Usage(
+        usage_id=usage.usage_id,
+        request_id=usage.request_id,
+        customer_key=usage.customer_key,
+        feature_key=usage.feature_key,
+        quantity=format_decimal(usage.quantity),
+        currency_key=usage.currency_key,
+        credits_per_unit=format_decimal(usage.credits_per_unit),
+        credits=format_decimal(usage.credits),
+        usage_time=to_timestamp(usage.usage_time),
+        debits=[pb.Debit(grant_id=g, amount=format_decimal(a)) for g, a in debits],
+        balance_after=format_decimal(usage.balance_after),
+    )
+
+
+def usage_check_pb(check: UsageCheck) -> pb.CheckUsageResponse:
+    return pb.CheckUsageResponse(
+        allowed=check.allowed,
+        currency_key=check.currency_key,
+        credits_per_unit=format_decimal(check.credits_per_unit),
+        credits_required=format_decimal(check.credits_required),
+        available=format_decimal(check.available),
+    )
+
+
+def clock_pb(clock: TestClock) -> pb.TestClock:
+    return pb.TestClock(
+        test_clock_id=clock.test_clock_id,
+        name=clock.name,
+        frozen_time=to_timestamp(clock.frozen_time),
+        create_time=to_timestamp(clock.create_time),
+    )
