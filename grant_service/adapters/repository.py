@@ -106,9 +106,9 @@ def insert_ignoring_conflicts(session: Session, model: type, rows: Sequence[dict
 def _insert_executemany(session: Session, table, rows: Sequence[dict[str, Any]]) -> int:
     """SQLite: one prepared INSERT ... ON CONFLICT DO NOTHING run by the driver's executemany over
     plain tuples; returns the rows inserted. SQLAlchemy's multi-row INSERT ... RETURNING built and
-    type-processed every value of every row in Python (a third of a catch-up batch, cProfile, bench
-    renewal storm); here each column's distinct values go through its bind processor once (a
-    storm's rows share their times and amounts)."""
+    type-processed every value of every row in Python (docs/performance.md); here each column's
+    distinct values go through its bind processor once (a storm's rows share their times and
+    amounts)."""
     dialect = session.get_bind().dialect
     columns = [c for c in table.columns if c.key in rows[0]]
     values = []
@@ -143,9 +143,8 @@ def _pg_type(column) -> str:
 def _insert_unnest(session: Session, table, rows: Sequence[dict[str, Any]]) -> int:
     """PostgreSQL: one INSERT ... SELECT FROM unnest(array per column) ... ON CONFLICT DO NOTHING
     per 5,000 rows; returns the rows inserted. A multi-row VALUES of 18 columns x 1,000 rows made
-    psycopg re-parse 18,000 placeholders in Python for every batch (39% of a catch-up batch, py-spy,
-    bench renewal storm); here the query text is the same from batch to batch. psycopg dumps arrays
-    element by element in Python (30% of a batch, cProfile): a column whose value is the same in
+    psycopg re-parse 18,000 placeholders in Python for every batch; here the query text is the same
+    from batch to batch. psycopg dumps arrays element by element in Python: a column whose value is the same in
     every row (most columns of a storm's grants and entries) is bound once, not as an array, and
     arrays go in binary (%b: the text format checked every element for quoting with a regex)."""
     columns = [c for c in table.columns if c.key in rows[0]]
@@ -182,8 +181,8 @@ def advance_cursors(
     session: Session, schedule_ids: Sequence[str], next_index: int, next_start: datetime | None
 ) -> None:
     """Move the issuance cursor of every schedule in `schedule_ids` to period `next_index` starting
-    at `next_start`: one statement for them all (an ORM bulk UPDATE by primary key spent ~28% of a
-    catch-up batch building per-row parameters, py-spy, bench renewal storm). PostgreSQL takes the
+    at `next_start`: one statement for them all (an ORM bulk UPDATE by primary key spends its time
+    building per-row parameters: docs/performance.md). PostgreSQL takes the
     ids as one array (an IN list of 500 placeholders was rendered and parsed for every batch)."""
     if is_postgres(session):
         session.execute(_ADVANCE_ANY, {"ids": list(schedule_ids), "b_index": next_index, "b_start": next_start})
@@ -379,8 +378,8 @@ def currency_exists(session: Session, currency_key: str) -> bool:
 
 
 # ------------------------------------------------------------------------------ debits
-# A debit runs under 32 concurrent callers: its statements are built once here (building a select() per
-# call cost its cache key, ~20% of a ReportUsage, cProfile) and run on the session's connection as Core.
+# A debit runs under many concurrent callers: its statements are built once here (building a select() per
+# call costs its cache key each time) and run on the session's connection as Core.
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,8 +510,8 @@ _GROUP_GRANTS = DriverStatement(_open_grants_statement(True, _GRANTS.c.customer_
 # Each request id looked up by the whole primary key, in a LATERAL subquery (its LIMIT keeps PostgreSQL
 # from flattening it into a join), not `request_id = ANY(:request_ids)`: request_id is the key's second
 # column, and the generic plan of the prepared statement (psycopg prepares it after 5 runs) used only
-# `scope` in the index and filtered every request id of the scope (2.4 ms for 3 keys among 20,000; the
-# debits' PostgreSQL CPU tripled within a 20 s benchmark phase).
+# `scope` in the index and filtered every request id of the scope, a cost that grows with the scope's
+# request ids (docs/performance.md).
 _REQUEST_KEYS = (
     func.unnest(bindparam("request_ids", type_=postgresql.ARRAY(String)))
     .table_valued("request_id")

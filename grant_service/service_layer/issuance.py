@@ -119,7 +119,7 @@ def issue_due_batch(
         query = query.where(_SCHEDULES.c.clock_key == clock_key)
     # The sweep (SKIP LOCKED, never waits) orders by the indexed column only: with a tie-break on
     # schedule_id (not in ix_schedules_due), a storm of N schedules due at one instant was sorted
-    # whole for every batch (quadratic; py-spy: 44% of the catch-up at N=100,000). A catch-up that
+    # whole for every batch (quadratic in the storm's size; docs/performance.md). A catch-up that
     # waits for locks keeps the tie-break, so that such catch-ups lock in one stable order.
     order = [_SCHEDULES.c.next_period_start]
     if not skip_locked:
@@ -189,8 +189,8 @@ def issue_in_time_order(
     return issued, expired
 
 
-# The sweep reads plain rows (Core), not ORM instances (~8% of a catch-up batch, cProfile, bench
-# renewal storm); the schedules are not in the session's identity map.
+# The sweep reads plain rows (Core), not ORM instances (building them is a visible share of a catch-up
+# batch: docs/performance.md); the schedules are not in the session's identity map.
 _SCHEDULES = ScheduleRow.__table__
 _DUE_COLUMNS = [c for c in _SCHEDULES.c if c.key not in ("position", "removed", "next_period_start")]
 
