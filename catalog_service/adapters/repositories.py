@@ -10,7 +10,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from catalog_service.adapters import grant_payloads, outbox_sql
@@ -46,6 +46,7 @@ from catalog_service.domain.model import (
     VariableValue,
 )
 from catalog_service.domain.outbox import DeliveryRecord, HandoffState
+from credit_common.db.keyset import keyset_after
 from credit_common.decimals import format_decimal
 from credit_common.idempotency import SeenRequest
 
@@ -120,8 +121,6 @@ def content_from_json(d: dict[str, Any]) -> PlanContent:
     )
 
 
-def _keyset_after(sort_column, after: Sequence[Any] | None):
-    return sort_column > after[0] if after else True
 
 
 # ------------------------------------------------------------- repositories
@@ -159,7 +158,7 @@ class FeatureRepository:
 
     def list(self, after: Sequence[Any] | None, limit: int) -> list[Feature]:
         rows = self.session.scalars(
-            select(FeatureRow).where(_keyset_after(FeatureRow.key, after)).order_by(FeatureRow.key).limit(limit)
+            select(FeatureRow).where(keyset_after((FeatureRow.key,), after)).order_by(FeatureRow.key).limit(limit)
         )
         return [self._to_domain(r) for r in rows]
 
@@ -251,7 +250,7 @@ class CreditCurrencyRepository:
     def list(self, after: Sequence[Any] | None, limit: int) -> list[CreditCurrency]:
         rows = self.session.scalars(
             select(CreditCurrencyRow)
-            .where(_keyset_after(CreditCurrencyRow.key, after))
+            .where(keyset_after((CreditCurrencyRow.key,), after))
             .order_by(CreditCurrencyRow.key)
             .limit(limit)
         )
@@ -338,7 +337,7 @@ class PlanRepository:
         return found
 
     def list(self, status: PlanStatus | None, after: Sequence[Any] | None, limit: int) -> list[Plan]:
-        stmt = select(PlanRow).where(_keyset_after(PlanRow.key, after))
+        stmt = select(PlanRow).where(keyset_after((PlanRow.key,), after))
         if status is PlanStatus.ARCHIVED:
             stmt = stmt.where(PlanRow.archive_time.is_not(None))
         elif status is PlanStatus.PUBLISHED:
@@ -374,7 +373,7 @@ class CustomerRepository:
 
     def list(self, after: Sequence[Any] | None, limit: int) -> list[Customer]:
         rows = self.session.scalars(
-            select(CustomerRow).where(_keyset_after(CustomerRow.key, after)).order_by(CustomerRow.key).limit(limit)
+            select(CustomerRow).where(keyset_after((CustomerRow.key,), after)).order_by(CustomerRow.key).limit(limit)
         )
         return [self._to_domain(r) for r in rows]
 
@@ -486,14 +485,9 @@ class SubscriptionRepository:
             stmt = stmt.where(SubscriptionRow.customer_key == customer_key)
         if plan_key:
             stmt = stmt.where(SubscriptionRow.plan_key == plan_key)
-        if after:
-            created, sub_id = after
-            stmt = stmt.where(
-                or_(
-                    SubscriptionRow.create_time < created,
-                    and_(SubscriptionRow.create_time == created, SubscriptionRow.subscription_id < sub_id),
-                )
-            )
+        stmt = stmt.where(
+            keyset_after((SubscriptionRow.create_time, SubscriptionRow.subscription_id), after, descending=True)
+        )
         stmt = stmt.order_by(SubscriptionRow.create_time.desc(), SubscriptionRow.subscription_id.desc()).limit(limit)
         return [self._to_domain(r) for r in self.session.scalars(stmt)]
 

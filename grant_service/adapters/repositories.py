@@ -8,9 +8,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from credit_common.db.keyset import keyset_after
 from credit_common.idempotency import SeenRequest
 from grant_service.adapters.orm import (
     ClockRow,
@@ -67,15 +68,9 @@ class SqlTestClockRepository:
         )
 
     def list(self, after: tuple[datetime, str] | None, limit: int) -> list[TestClock]:
-        query = select(ClockRow)
-        if after is not None:
-            after_time, after_id = after
-            query = query.where(
-                or_(
-                    ClockRow.create_time < after_time,
-                    (ClockRow.create_time == after_time) & (ClockRow.test_clock_id < after_id),
-                )
-            )
+        query = select(ClockRow).where(
+            keyset_after((ClockRow.create_time, ClockRow.test_clock_id), after, descending=True)
+        )
         query = query.order_by(ClockRow.create_time.desc(), ClockRow.test_clock_id.desc()).limit(limit)
         return [clock_of(row) for row in self.session.scalars(query)]
 
@@ -142,14 +137,7 @@ class SqlGrantRepository:
             query = query.where(GrantRow.currency_key == currency_key)
         if subscription_id:
             query = query.where(GrantRow.subscription_id == subscription_id)
-        if after is not None:
-            after_time, after_id = after
-            query = query.where(
-                or_(
-                    GrantRow.effective_time > after_time,
-                    (GrantRow.effective_time == after_time) & (GrantRow.grant_id > after_id),
-                )
-            )
+        query = query.where(keyset_after((GrantRow.effective_time, GrantRow.grant_id), after))
         query = query.order_by(GrantRow.effective_time, GrantRow.grant_id).limit(limit)
         return [grant_of(row) for row in self.session.scalars(query)]
 
@@ -217,14 +205,7 @@ class SqlLedgerRepository:
             query = query.where(LedgerEntryRow.effective_time < end)
         if entry_type:
             query = query.where(LedgerEntryRow.type == entry_type)
-        if after is not None:
-            after_time, after_seq = after
-            query = query.where(
-                or_(
-                    LedgerEntryRow.effective_time > after_time,
-                    (LedgerEntryRow.effective_time == after_time) & (LedgerEntryRow.seq > after_seq),
-                )
-            )
+        query = query.where(keyset_after((LedgerEntryRow.effective_time, LedgerEntryRow.seq), after))
         query = query.order_by(LedgerEntryRow.effective_time, LedgerEntryRow.seq).limit(limit)
         return [entry_of(row) for row in self.session.scalars(query)]
 
