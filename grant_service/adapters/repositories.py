@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.orm import Session
 
 from credit_common.db.keyset import keyset_after
@@ -24,19 +24,23 @@ from grant_service.adapters.orm import (
     UsageRow,
 )
 from grant_service.adapters.repository import (
+    advance_cursors,
     clock_of,
     currency_exists,
     debits_by_grant,
     entry_of,
     grant_of,
     grants_active_at,
+    insert_ignoring_conflicts,
     insert_request_id,
     lock_customer,
     locked,
     pending,
+    schedule_of,
+    stored_schedule_of,
 )
-from grant_service.domain.model import Customer, Grant, LedgerEntry, TestClock
-from grant_service.domain.schedules import Pending
+from grant_service.domain.model import Customer, Grant, LedgerEntry, StoredSchedule, TestClock
+from grant_service.domain.schedules import Pending, Schedule
 
 
 class SqlTestClockRepository:
@@ -229,3 +233,125 @@ class SqlRequestIdRepository:
                 "create_time": now,
             },
         )
+
+
+# The sweep reads plain rows (Core), not ORM instances (building them is a visible share of a catch-up
+# batch: docs/performance.md); the schedules are not in the session's identity map.
+_SCHEDULES = ScheduleRow.__table__
+_DUE_COLUMNS = [c for c in _SCHEDULES.c if c.key != "next_period_start"]
+_GRANT_COLUMNS = [c.key for c in GrantRow.__table__.columns]
+
+
+class SqlIssuanceRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def due_schedules(
+        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+    ) -> list[StoredSchedule]:
+        query = select(*_DUE_COLUMNS).where(_SCHEDULES.c.next_period_start <= now)
+        if customer_key is not None:
+            query = query.where(_SCHEDULES.c.customer_key == customer_key)
+        else:
+            query = query.where(_SCHEDULES.c.clock_key == clock_key)
+        # The sweep (SKIP LOCKED, never waits) orders by the indexed column only: with a tie-break on
+        # schedule_id (not in ix_schedules_due), a storm of N schedules due at one instant was sorted
+        # whole for every batch (quadratic in the storm's size; docs/performance.md). A catch-up that
+        # waits for locks keeps the tie-break, so that such catch-ups lock in one stable order.
+        order = [_SCHEDULES.c.next_period_start]
+        if not skip_locked:
+            order.append(_SCHEDULES.c.schedule_id)
+        query = query.order_by(*order).limit(limit)
+        rows = self.session.execute(locked(self.session, query, skip_locked=skip_locked)).all()
+        # A storm's schedules share their terms: each distinct terms decoded once, one Schedule for all.
+        terms: dict[tuple, Schedule] = {}
+        result = []
+        for row in rows:
+            key = (row.anchor_time, row.cadence, row.amounts, row.end_time)
+            schedule = terms.get(key)
+            if schedule is None:
+                schedule = terms[key] = schedule_of(row)
+            result.append(stored_schedule_of(row, schedule))
+        return result
+
+    def _due_grants(
+        self, query: Select, order: Any, clock_key: str, customer_key: str | None, limit: int, skip_locked: bool
+    ) -> list[Grant]:
+        if customer_key is not None:
+            query = query.where(GrantRow.customer_key == customer_key)
+        else:
+            query = query.where(GrantRow.clock_key == clock_key)
+        # As in due_schedules: the tie-break only for a catch-up that waits for locks.
+        query = query.order_by(order) if skip_locked else query.order_by(order, GrantRow.grant_id)
+        rows = self.session.scalars(locked(self.session, query.limit(limit), skip_locked=skip_locked))
+        return [grant_of(row) for row in rows]
+
+    def due_to_expire(
+        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+    ) -> list[Grant]:
+        query = select(GrantRow).where(
+            GrantRow.closed.is_(False), GrantRow.expire_time <= now, GrantRow.opens_at.is_(None)
+        )
+        return self._due_grants(query, GrantRow.expire_time, clock_key, customer_key, limit, skip_locked)
+
+    def due_to_open(
+        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+    ) -> list[Grant]:
+        query = select(GrantRow).where(GrantRow.opens_at <= now)
+        return self._due_grants(query, GrantRow.opens_at, clock_key, customer_key, limit, skip_locked)
+
+    def add_grants(self, grants: Sequence[Grant]) -> set[str]:
+        rows = [grant_columns(grant) for grant in grants]
+        return insert_ignoring_conflicts(self.session, GrantRow, rows, "grant_id")
+
+    def add_entries(self, entries: Sequence[dict[str, Any]]) -> None:
+        insert_ignoring_conflicts(self.session, LedgerEntryRow, entries, "entry_id")
+
+    def opened(self, grant_ids: Sequence[str], closed: Sequence[str] = ()) -> None:
+        if not grant_ids:
+            return
+        closing = set(closed)
+        self.session.execute(
+            update(GrantRow),
+            [{"grant_id": g, "opens_at": None, "closed": g in closing} for g in grant_ids],
+        )
+
+    def close(self, grant_ids: Sequence[str]) -> None:
+        if grant_ids:
+            self.session.execute(update(GrantRow), [{"grant_id": g, "closed": True} for g in grant_ids])
+
+    def advance_cursors(self, schedule_ids: Sequence[str], next_index: int, next_start: datetime | None) -> None:
+        advance_cursors(self.session, schedule_ids, next_index, next_start)
+
+    def open_grants_of(self, schedule_id: str) -> list[Grant]:
+        query = (
+            select(GrantRow)
+            .where(GrantRow.schedule_id == schedule_id, GrantRow.closed.is_(False))
+            .order_by(GrantRow.grant_id)
+            .execution_options(populate_existing=True)
+        )
+        return [grant_of(row) for row in self.session.scalars(locked(self.session, query))]
+
+    def grants_of_periods(self, schedule_id: str, periods: Sequence[int]) -> list[Grant]:
+        query = (
+            select(GrantRow)
+            .where(GrantRow.schedule_id == schedule_id, GrantRow.period_index.in_(list(periods)))
+            .execution_options(populate_existing=True)
+        )
+        return [grant_of(row) for row in self.session.scalars(query)]
+
+    def set_expiry(self, grant_id: str, expire_time: datetime) -> None:
+        self.session.execute(update(GrantRow).where(GrantRow.grant_id == grant_id).values(expire_time=expire_time))
+
+    def withdraw(self, grant_ids: Sequence[str]) -> None:
+        if not grant_ids:
+            return
+        self.session.execute(delete(LedgerEntryRow).where(LedgerEntryRow.grant_id.in_(list(grant_ids))))
+        self.session.execute(delete(GrantRow).where(GrantRow.grant_id.in_(list(grant_ids))))
+
+
+def grant_columns(grant: Grant) -> dict[str, Any]:
+    """The columns of `grants` of a grant."""
+    values = {name: getattr(grant, name) for name in _GRANT_COLUMNS}
+    values["source"] = grant.source.value
+    return values

@@ -61,6 +61,7 @@ from grant_service.domain.model import (
     Grant,
     GrantSource,
     LedgerEntry,
+    StoredSchedule,
     Subscription,
     TestClock,
     Usage,
@@ -215,8 +216,26 @@ def decode_amounts(text: str) -> tuple[ScheduledAmount, ...]:
     return tuple(ScheduledAmount(Decimal(amount), datetime.fromisoformat(t)) for amount, t in json.loads(text))
 
 
-def schedule_of(row: ScheduleRow) -> Schedule:
+def schedule_of(row: Any) -> Schedule:
+    """The terms of a `ScheduleRow` or of a row with the columns of `schedules`."""
     return Schedule(row.anchor_time, Cadence(row.cadence), decode_amounts(row.amounts), row.end_time)
+
+
+def stored_schedule_of(row: Any, schedule: Schedule | None = None) -> StoredSchedule:
+    """The schedule of a `ScheduleRow` or of a row with the columns of `schedules` (its terms:
+    `schedule` if given)."""
+    return StoredSchedule(
+        schedule_id=row.schedule_id,
+        subscription_id=row.subscription_id,
+        customer_key=row.customer_key,
+        clock_key=row.clock_key,
+        entitlement_key=row.entitlement_key,
+        currency_key=row.currency_key,
+        schedule=schedule_of(row) if schedule is None else schedule,
+        next_period_index=row.next_period_index,
+        position=row.position,
+        removed=row.removed,
+    )
 
 
 # ------------------------------------------------------------------------------ grants
@@ -456,6 +475,10 @@ class DebitableGrant:
     customer_key: str
     currency_key: str
     subscription_id: str | None
+
+    @property
+    def grant_id(self) -> str:
+        return self.view.grant_id
 
 
 def _open_grants_statement(for_update: bool, customers: Any = None) -> Select:

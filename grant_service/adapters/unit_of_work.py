@@ -14,6 +14,7 @@ from grant_service.adapters.repositories import (
     SqlCurrencyRepository,
     SqlCustomerRepository,
     SqlGrantRepository,
+    SqlIssuanceRepository,
     SqlLedgerRepository,
     SqlRequestIdRepository,
     SqlTestClockRepository,
@@ -29,6 +30,7 @@ class SqlGrantUnitOfWork:
         self.customers = SqlCustomerRepository(session)
         self.currencies = SqlCurrencyRepository(session)
         self.grants = SqlGrantRepository(session)
+        self.issuance = SqlIssuanceRepository(session)
         self.ledger = SqlLedgerRepository(session)
         self.request_ids = SqlRequestIdRepository(session)
 

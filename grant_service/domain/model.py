@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from credit_common.periods import Cadence
 from grant_service.domain.balances import GrantView, exact_difference
-from grant_service.domain.schedules import Pending, ScheduledAmount
+from grant_service.domain.schedules import Pending, Schedule, ScheduledAmount
 
 REAL_TIME = ""  # clock_key of everything that runs on real time
 
@@ -72,15 +72,6 @@ class Grant:
         return GrantView(
             self.grant_id, self.amount, used, self.priority, self.effective_time, self.expire_time, self.void_time
         )
-
-    def entry_subject(self) -> dict:
-        """What a ledger entry of this grant takes of it (issuance.ledger_entry)."""
-        return {
-            "grant_id": self.grant_id,
-            "customer_key": self.customer_key,
-            "currency_key": self.currency_key,
-            "subscription_id": self.subscription_id,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,3 +170,28 @@ class Subscription:
     @property
     def test_clock_id(self) -> str:
         return "" if self.clock_key == REAL_TIME else self.clock_key
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSchedule:
+    """A credit schedule as stored: whose it is, its terms (`schedule`), its place in the
+    subscription, and its issuance cursor: the first period not yet issued."""
+
+    schedule_id: str
+    subscription_id: str
+    customer_key: str
+    clock_key: str
+    entitlement_key: str
+    currency_key: str
+    schedule: Schedule
+    next_period_index: int
+    position: int = 0
+    removed: bool = False  # dropped by a later revision: ends at its end time, issues nothing more
+
+    @property
+    def next_period_start(self) -> datetime | None:
+        """When the cursor's period starts (None: the schedule issues no further period)."""
+        k = self.next_period_index
+        if self.removed or not self.schedule.has_period(k):
+            return None
+        return self.schedule.period_start(k)

@@ -51,4 +51,3 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
         stop_timer = start_catch_up_timer(ctx, settings.catch_up_interval_s)
         running.on_stop.append(stop_timer)
     return running
-

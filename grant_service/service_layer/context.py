@@ -139,9 +139,7 @@ def catch_up_customer(ctx: GrantContext, customer_key: str) -> tuple[Customer, d
     never depend on the timer having run; returns the customer and that instant."""
     customer, now, anything_due = ctx.uows.read(lambda uow: customer_due(ctx, uow, customer_key))
     if anything_due:
-        catch_up(
-            ctx.factories, clock_key=customer.clock_key, now=now, customer_key=customer_key, batch_size=ctx.batch_size
-        )
+        catch_up(ctx.uows, clock_key=customer.clock_key, now=now, customer_key=customer_key, batch_size=ctx.batch_size)
     return customer, now
 
 

@@ -59,11 +59,7 @@ def void_grant(ctx: GrantContext, grant_id: str, reason: str, request_id: str) -
             )
         if grant.opens_at is None:
             remaining = exact_difference(grant.amount, grant.used)
-            uow.ledger.add(
-                ledger_entry(
-                    grant.entry_subject(), "VOID", -remaining, now, reason or "voided by an operator", closes=True
-                )
-            )
+            uow.ledger.add(ledger_entry(grant, "VOID", -remaining, now, reason or "voided by an operator", closes=True))
         # A pending grant (not yet effective) never counted: voided, it never will, and has no ledger entry.
         uow.grants.void(grant_id, now, reason)
         remember(uow.request_ids, "VoidGrant", request_id, print_, grant_id, now)
@@ -122,13 +118,8 @@ def create_grant(
         )
         uow.grants.add(grant)
         if grant.opens_at is None:
-            uow.ledger.add(grant_entry(_entry_of_new(grant), reason or "one-off grant"))
+            uow.ledger.add(grant_entry(grant, reason or "one-off grant"))
         remember(uow.request_ids, "CreateGrant", request_id, print_, grant.grant_id, now)
         return evaluate(grant, Decimal(0), now)
 
     return ctx.uows.write(work)
-
-
-def _entry_of_new(grant: Grant) -> dict:
-    """What `grant_entry` takes of a grant: its subject, amount and effective time."""
-    return {**grant.entry_subject(), "amount": grant.amount, "effective_time": grant.effective_time}

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from credit_common.idempotency import SeenRequest
-from grant_service.domain.model import Customer, Grant, LedgerEntry, TestClock
+from grant_service.domain.model import Customer, Grant, LedgerEntry, StoredSchedule, TestClock
 from grant_service.domain.schedules import Pending
 
 
@@ -100,6 +100,68 @@ class LedgerRepository(Protocol):
     ) -> list[LedgerEntry]:
         """Up to `limit` of the customer's entries (of a currency: empty is any; effective in [start,
         end); of a type), by effective time then ledger order (`seq`), after `after`."""
+        ...
+
+
+class IssuanceRepository(Protocol):
+    """What the catch-up (issuance.py) reads and writes, in bulk. The rows due are those of one
+    clock (real time or a test clock), or of one customer if `customer_key` is given, oldest due
+    first; they are locked for the transaction. `skip_locked` (the real-time sweep only: replicas
+    share its work) skips rows another transaction holds; otherwise the call waits for them, and
+    then sees what that transaction did."""
+
+    def due_schedules(
+        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+    ) -> list[StoredSchedule]:
+        """Up to `limit` schedules whose next period has started at `now`."""
+        ...
+
+    def due_to_expire(
+        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+    ) -> list[Grant]:
+        """Up to `limit` open grants (not pending) whose expiry has passed at `now`."""
+        ...
+
+    def due_to_open(
+        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+    ) -> list[Grant]:
+        """Up to `limit` pending grants whose effective time has come at `now`."""
+        ...
+
+    def add_grants(self, grants: Sequence[Grant]) -> set[str]:
+        """Insert new grants, skipping any that another transaction already issued (the same
+        schedule period segment); the ids of those inserted."""
+        ...
+
+    def add_entries(self, entries: Sequence[dict[str, Any]]) -> None:
+        """Append ledger entries (see LedgerRepository.add), skipping any whose grant already has
+        its opening or closing entry."""
+        ...
+
+    def opened(self, grant_ids: Sequence[str], closed: Sequence[str] = ()) -> None:
+        """Mark pending grants opened (their GRANT entry written), and those of `closed` closed too."""
+        ...
+
+    def close(self, grant_ids: Sequence[str]) -> None:
+        """Mark grants closed (their EXPIRE written)."""
+        ...
+
+    def advance_cursors(self, schedule_ids: Sequence[str], next_index: int, next_start: datetime | None) -> None:
+        """Move the cursor of each schedule to period `next_index`, which starts at `next_start`."""
+        ...
+
+    def open_grants_of(self, schedule_id: str) -> list[Grant]:
+        """The schedule's grants not yet closed, locked, in id order, as stored now."""
+        ...
+
+    def grants_of_periods(self, schedule_id: str, periods: Sequence[int]) -> list[Grant]:
+        """The schedule's grants of those periods, as stored now."""
+        ...
+
+    def set_expiry(self, grant_id: str, expire_time: datetime) -> None: ...
+
+    def withdraw(self, grant_ids: Sequence[str]) -> None:
+        """Delete grants that never counted, with their ledger entries."""
         ...
 
 

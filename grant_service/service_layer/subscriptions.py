@@ -26,11 +26,18 @@ from grant_service.adapters.orm import (
     ScheduleRow,
     SubscriptionRow,
 )
-from grant_service.adapters.repository import decode_amounts, encode_amounts, locked, subscription_of
+from grant_service.adapters.repository import (
+    decode_amounts,
+    encode_amounts,
+    locked,
+    stored_schedule_of,
+    subscription_of,
+)
+from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
 from grant_service.domain.model import Subscription
 from grant_service.domain.schedules import ScheduledAmount, clamp_amounts, clamp_end
 from grant_service.service_layer.context import GrantContext, require_test_clocks
-from grant_service.service_layer.issuance import catch_up_in_transaction, reconcile_issued, reset_cursor
+from grant_service.service_layer.issuance import catch_up_in_transaction, reconcile_issued
 
 # Rates of a currency's first revision are in force since this instant unless told otherwise,
 # so that usage at any (test clock) time finds them.
@@ -253,7 +260,7 @@ class _Batch:
         _check_immutable(sub, spec, clock_key)
         self.flush_new()  # the schedules are read back from the database
         # The change applies to the customer's state at `now`: what is due is issued first.
-        catch_up_in_transaction(session, clock_key, now, spec.customer_key, self.batch_size)
+        catch_up_in_transaction(SqlGrantUnitOfWork(session), clock_key, now, spec.customer_key, self.batch_size)
         end_time, late = clamp_end(sub.end_time, spec.end_time, now)
         clamped = [ClampedChange("", spec.end_time, end_time or now)] if late else []
         sub.revision, sub.end_time, sub.update_time = spec.revision, end_time, now
@@ -325,7 +332,7 @@ def _apply_schedules(
         )
         reset_cursor(row)
         session.flush()
-        reconcile_issued(session, row, now)
+        reconcile_issued(SqlGrantUnitOfWork(session), stored_schedule_of(row), now)
     for key, row in existing.items():
         if key in wanted or row.removed:
             continue
@@ -334,7 +341,7 @@ def _apply_schedules(
         row.end_time = now if row.end_time is None else min(row.end_time, now)
         reset_cursor(row)
         session.flush()
-        reconcile_issued(session, row, now)
+        reconcile_issued(SqlGrantUnitOfWork(session), stored_schedule_of(row), now)
     session.flush()
     return clamped
 
@@ -413,3 +420,8 @@ def apply_credit_currency(
         return ApplyOutcome.APPLIED, revision
 
     return ctx.write(work)
+
+
+def reset_cursor(row: ScheduleRow) -> None:
+    """The cursor's next start after the end time changed (NULL once no period starts before the end)."""
+    row.next_period_start = stored_schedule_of(row).next_period_start

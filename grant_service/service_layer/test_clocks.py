@@ -77,7 +77,7 @@ def advance_test_clock(ctx: GrantContext, test_clock_id: str, frozen_time: datet
         return replace(clock, frozen_time=frozen_time)
 
     clock = ctx.uows.write(work)
-    catch_up(ctx.factories, clock_key=test_clock_id, now=clock.frozen_time, batch_size=ctx.batch_size)
+    catch_up(ctx.uows, clock_key=test_clock_id, now=clock.frozen_time, batch_size=ctx.batch_size)
     return clock
 
 

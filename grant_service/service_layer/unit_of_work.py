@@ -11,6 +11,7 @@ from grant_service.service_layer.ports import (
     CurrencyRepository,
     CustomerRepository,
     GrantRepository,
+    IssuanceRepository,
     LedgerRepository,
     RequestIdRepository,
     TestClockRepository,
@@ -24,6 +25,7 @@ class GrantUnitOfWork(Protocol):
     customers: CustomerRepository
     currencies: CurrencyRepository
     grants: GrantRepository
+    issuance: IssuanceRepository
     ledger: LedgerRepository
     request_ids: RequestIdRepository
 

@@ -39,6 +39,7 @@ from grant_service.adapters.repository import (
     usage_of,
     views_at,
 )
+from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
 from grant_service.domain.balances import (
     InsufficientCredits,
     allocate,
@@ -163,7 +164,7 @@ def report_usage(
         if isinstance(outcome, UsageResult):
             return outcome
         catch_up(
-            ctx.factories,
+            ctx.uows,
             clock_key=outcome.clock_key,
             now=outcome.now,
             customer_key=customer_key,
@@ -191,8 +192,9 @@ def _debit(ctx: GrantContext, debit: _Debit, session: Session, *, caught_up: boo
         if head.pending.issue_due(now):
             # Not skip_locked: a concurrent sweep may be issuing this customer's period right now; waiting
             # for it, then seeing its grant, beats rejecting the usage for want of credits.
-            open_due_batch(session, head.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
-            issue_due_batch(session, head.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
+            uow = SqlGrantUnitOfWork(session)
+            open_due_batch(uow, head.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
+            issue_due_batch(uow, head.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
             grants = open_grants(session, customer_key)
     try:
         return _burn(ctx, debit, session, now, head.rates_version, grants)
@@ -267,7 +269,7 @@ def _record(
         [(grant_id, exact_sum((grants[grant_id].view.used, amount))) for grant_id, amount in taken],
         [
             ledger_entry(
-                _entry_grant(grants[grant_id]),
+                grants[grant_id],
                 "DEBIT",
                 -amount,
                 now,
@@ -278,16 +280,6 @@ def _record(
         ],
         request_record(SCOPE, debit.request_id, debit.print_, usage["usage_id"], now),
     )
-
-
-def _entry_grant(grant: DebitableGrant) -> dict:
-    """What `ledger_entry` takes of a grant."""
-    return {
-        "grant_id": grant.view.grant_id,
-        "customer_key": grant.customer_key,
-        "currency_key": grant.currency_key,
-        "subscription_id": grant.subscription_id,
-    }
 
 
 def load_usage(session: Session, usage_id: str) -> UsageResult:

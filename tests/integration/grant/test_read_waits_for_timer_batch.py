@@ -15,6 +15,7 @@ from sqlalchemy import text
 from credit_common.clock import ManualClock
 from credit_common.db.engine import session_factories
 from credit_common.periods import Cadence
+from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
 from grant_service.domain.schedules import ScheduledAmount
 from grant_service.service_layer.balances import get_balance
 from grant_service.service_layer.context import GrantContext
@@ -45,7 +46,7 @@ def test_a_balance_read_waits_for_the_timer_batch_issuing_its_grant(database_url
     try:
         with ctx.factories.write() as timer, timer.begin():
             # a timer batch in another replica: the schedule locked, its grant inserted, not committed
-            assert issue_due_batch(timer, "", NOW, None, 500)[1] == 1
+            assert issue_due_batch(SqlGrantUnitOfWork(timer), "", NOW, None, 500)[1] == 1
             reader = threading.Thread(
                 target=lambda: balances.append(get_balance(ctx, "c0", "ai-credits", None, False).available)
             )
@@ -88,7 +89,12 @@ def test_advancing_a_test_clock_waits_for_a_catch_up_issuing_on_that_clock(datab
     try:
         with ctx.factories.write() as holder, holder.begin():
             # a customer's catch-up in another request: the schedule locked, its grant inserted, not committed
-            assert issue_due_batch(holder, clock.test_clock_id, later, "on-clock", 500, skip_locked=False)[1] == 1
+            assert (
+                issue_due_batch(
+                    SqlGrantUnitOfWork(holder), clock.test_clock_id, later, "on-clock", 500, skip_locked=False
+                )[1]
+                == 1
+            )
             mover = threading.Thread(
                 target=lambda: advanced.append(advance_test_clock(ctx, clock.test_clock_id, later, "").test_clock_id)
             )
