@@ -24,22 +24,38 @@ from grant_service.adapters.orm import (
     UsageRow,
 )
 from grant_service.adapters.repository import (
+    RatesCache,
     advance_cursors,
     clock_of,
     currency_exists,
+    debit_head,
     debits_by_grant,
     entry_of,
+    feature_known,
     grant_of,
     grants_active_at,
     insert_ignoring_conflicts,
     insert_request_id,
     lock_customer,
     locked,
+    open_grants,
     pending,
+    rates_in_force,
+    record_debit,
     schedule_of,
     stored_schedule_of,
+    usage_of,
 )
-from grant_service.domain.model import Customer, Grant, LedgerEntry, StoredSchedule, TestClock
+from grant_service.domain.model import (
+    Customer,
+    DebitableGrant,
+    DebitHead,
+    Grant,
+    LedgerEntry,
+    StoredSchedule,
+    TestClock,
+    Usage,
+)
 from grant_service.domain.schedules import Pending, Schedule
 
 
@@ -233,6 +249,61 @@ class SqlRequestIdRepository:
                 "create_time": now,
             },
         )
+
+
+class SqlDebitRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def head(self, customer_key: str, scope: str, request_id: str) -> DebitHead | None:
+        return debit_head(self.session, customer_key, scope, request_id)
+
+    def open_grants(self, customer_key: str) -> list[DebitableGrant]:
+        return open_grants(self.session, customer_key)
+
+    def record(
+        self,
+        usage: Usage,
+        used: Sequence[tuple[str, Decimal]],
+        entries: Sequence[dict[str, Any]],
+        scope: str,
+        fingerprint: str,
+    ) -> None:
+        request = None
+        if usage.request_id:
+            request = {
+                "scope": scope,
+                "request_id": usage.request_id,
+                "fingerprint": fingerprint,
+                "resource_id": usage.usage_id,
+                "create_time": usage.usage_time,
+            }
+        record_debit(self.session, {name: getattr(usage, name) for name in Usage.__slots__}, used, entries, request)
+
+    def recorded(self, usage_id: str) -> tuple[Usage, list[tuple[str, Decimal]]] | None:
+        usage = self.session.get(UsageRow, usage_id)
+        if usage is None:
+            return None
+        debits = self.session.execute(
+            select(LedgerEntryRow.grant_id, LedgerEntryRow.amount)
+            .where(LedgerEntryRow.usage_id == usage_id, LedgerEntryRow.type == "DEBIT")
+            .order_by(LedgerEntryRow.seq)
+        )
+        return usage_of(usage), [(grant_id, -amount) for grant_id, amount in debits]
+
+
+class SqlRateRepository:
+    def __init__(self, session: Session, cache: RatesCache | None = None) -> None:
+        self.session = session
+        self.cache = cache
+
+    def in_force(self, feature_key: str, at: datetime, version: int | None = None) -> dict[str, Decimal]:
+        if version is None or self.cache is None:
+            return rates_in_force(self.session, feature_key, at)
+        return self.cache.rates_in_force(self.session, feature_key, at, version)
+
+    def feature_known(self, feature_key: str) -> bool:
+        return feature_known(self.session, feature_key)
 
 
 # The sweep reads plain rows (Core), not ORM instances (building them is a visible share of a catch-up

@@ -57,6 +57,8 @@ from grant_service.domain.balances import GrantView, exact_sum
 from grant_service.domain.model import (
     CreditSchedule,
     CustomerNow,
+    DebitableGrant,
+    DebitHead,
     EntryType,
     Grant,
     GrantSource,
@@ -401,22 +403,6 @@ def currency_exists(session: Session, currency_key: str) -> bool:
 # call costs its cache key each time) and run on the session's connection as Core.
 
 
-@dataclass(frozen=True, slots=True)
-class DebitHead:
-    """What a debit needs to know, read with the customer's lock held: its clock (and that clock's frozen
-    time), the request id's record if any, the earliest issuance and expiry still pending (so the caller
-    tells at its "now" whether a catch-up is due), the version of the rate sets (see RatesCache), and
-    its open grants."""
-
-    clock_key: str
-    frozen_time: datetime | None
-    seen: SeenRequest[str] | None
-    pending: Pending
-    rates_version: int
-    # The customer's open grants (of every currency, locked, in id order), read once its lock was held.
-    open_grants: list[DebitableGrant]
-
-
 def _head_columns() -> tuple:
     """A DebitHead's columns of a customer (of `customers` in FROM), but its request id's record."""
     return (
@@ -465,20 +451,6 @@ def debit_head(session: Session, customer_key: str, scope: str, request_id: str)
 def _head(columns: Sequence[Any], seen: SeenRequest[str] | None, grants: list[DebitableGrant]) -> DebitHead:
     clock_key, frozen, next_start, next_expiry, next_open, version = columns
     return DebitHead(clock_key, frozen, seen, Pending(next_start, next_expiry, next_open), version, grants)
-
-
-@dataclass(frozen=True, slots=True)
-class DebitableGrant:
-    """A grant open to debits, with what its ledger entries repeat."""
-
-    view: GrantView
-    customer_key: str
-    currency_key: str
-    subscription_id: str | None
-
-    @property
-    def grant_id(self) -> str:
-        return self.view.grant_id
 
 
 def _open_grants_statement(for_update: bool, customers: Any = None) -> Select:

@@ -1,30 +1,41 @@
 """The SQL unit of work of the grant service: one SQLAlchemy session and
-transaction, and its repositories (adapters/repositories.py)."""
+transaction, and its repositories (adapters/repositories.py); and the fast paths
+chosen with it: debits committed in groups, GetBalance's batched reads."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
+from datetime import datetime
 from typing import TypeVar
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from credit_common.batching import Batcher, Slot
+from credit_common.clock import Clock
 from credit_common.db.engine import CONFLICT_SQLSTATES, SessionFactories, sqlstate
+from credit_common.db.group_commit import GroupCommit
 from grant_service.adapters.repositories import (
     SqlCurrencyRepository,
     SqlCustomerRepository,
+    SqlDebitRepository,
     SqlGrantRepository,
     SqlIssuanceRepository,
     SqlLedgerRepository,
+    SqlRateRepository,
     SqlRequestIdRepository,
     SqlTestClockRepository,
 )
+from grant_service.adapters.repository import RatesCache, current_grants, customer_now_of, debit_group
+from grant_service.domain.model import CustomerNow
 
 T = TypeVar("T")
 
 
 class SqlGrantUnitOfWork:
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, rates: RatesCache | None = None) -> None:
         self.session = session
         self.clocks = SqlTestClockRepository(session)
         self.customers = SqlCustomerRepository(session)
@@ -32,28 +43,71 @@ class SqlGrantUnitOfWork:
         self.grants = SqlGrantRepository(session)
         self.issuance = SqlIssuanceRepository(session)
         self.ledger = SqlLedgerRepository(session)
+        self.debits = SqlDebitRepository(session)
+        self.rates = SqlRateRepository(session, rates)
         self.request_ids = SqlRequestIdRepository(session)
 
 
 class SqlUnitsOfWork:
     """`UnitsOfWork` (service_layer/unit_of_work.py) over the service's session factories: writes
-    on the write factory (on SQLite, it takes the write lock up front), reads on the read one."""
+    on the write factory (on SQLite, it takes the write lock up front), reads on the read one.
 
-    def __init__(self, factories: SessionFactories, attempts: int = 3) -> None:
-        self._factories = factories
+    Debits run in groups (credit_common.db.group_commit): on PostgreSQL a group's customers are
+    locked and their DebitHeads read in one round trip, its writes sent together
+    (repository.debit_group). GetBalance's hot-path reads of concurrent callers are one statement,
+    run by one of them (credit_common.batching), on a connection the thread keeps. `linger_s`: how
+    long a batch's leader may wait for more callers. The rate sets are cached (RatesCache)."""
+
+    def __init__(self, factories: SessionFactories, clock: Clock, *, linger_s: float = 0.0, attempts: int = 3) -> None:
+        self.factories = factories
+        self._clock = clock
         self._attempts = attempts
+        self._rates = RatesCache()
+        self.debits = GroupCommit(factories.write, self._write, debit_group, linger_s=linger_s)
+        self._balance_reads = Batcher(self._read_current_grants, linger_s=linger_s)
 
-    def write(self, work: Callable[[SqlGrantUnitOfWork], T]) -> T:
+    def _unit(self, session: Session) -> SqlGrantUnitOfWork:
+        return SqlGrantUnitOfWork(session, self._rates)
+
+    def _write(self, work: Callable[[Session], T]) -> T:
         for attempt in range(self._attempts):
             try:
-                with self._factories.write() as session, session.begin():
-                    return work(SqlGrantUnitOfWork(session))
+                with self.factories.write() as session, session.begin():
+                    return work(session)
             except (IntegrityError, OperationalError) as error:
                 retryable = isinstance(error, IntegrityError) or sqlstate(error) in CONFLICT_SQLSTATES
                 if not retryable or attempt == self._attempts - 1:
                     raise
         raise AssertionError("unreachable")
 
+    def write(self, work: Callable[[SqlGrantUnitOfWork], T]) -> T:
+        return self._write(lambda session: work(self._unit(session)))
+
     def read(self, work: Callable[[SqlGrantUnitOfWork], T]) -> T:
-        with self._factories.read() as session, session.begin():
-            return work(SqlGrantUnitOfWork(session))
+        with self.factories.read() as session, session.begin():
+            return work(self._unit(session))
+
+    def debit(self, work: Callable[[SqlGrantUnitOfWork], T], customer_key: str, scope: str, request_id: str) -> T:
+        return self.debits.run(
+            lambda session: work(self._unit(session)), key=customer_key, subject=(customer_key, scope, request_id)
+        )
+
+    def customer_now(self, customer_key: str, currency_key: str) -> tuple[datetime, CustomerNow | None]:
+        now, rows = self._balance_reads.submit((customer_key, currency_key))
+        return now, customer_now_of(rows)
+
+    def _read_current_grants(self, take: Callable[[], list[Slot]]) -> None:
+        slots = take()
+        now = self._clock.now()
+        by_currency: dict[str, list[Slot]] = defaultdict(list)
+        for slot in slots:
+            by_currency[slot.item[1]].append(slot)
+
+        def read(connection: Connection) -> None:
+            for currency_key, asking in by_currency.items():
+                customers = sorted({slot.item[0] for slot in asking})
+                rows = current_grants(connection, customers, currency_key, now)
+                for slot in asking:
+                    slot.succeed((now, rows.get(slot.item[0], [])))
+
+        self.factories.single_statement.run(read)

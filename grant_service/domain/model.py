@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from credit_common.idempotency import SeenRequest
 from credit_common.periods import Cadence
 from grant_service.domain.balances import GrantView, exact_difference
 from grant_service.domain.schedules import Pending, Schedule, ScheduledAmount
@@ -195,3 +196,32 @@ class StoredSchedule:
         if self.removed or not self.schedule.has_period(k):
             return None
         return self.schedule.period_start(k)
+
+
+@dataclass(frozen=True, slots=True)
+class DebitableGrant:
+    """A grant open to debits (its `used`: the running total), with what its ledger entries repeat."""
+
+    view: GrantView
+    customer_key: str
+    currency_key: str
+    subscription_id: str | None
+
+    @property
+    def grant_id(self) -> str:
+        return self.view.grant_id
+
+
+@dataclass(frozen=True, slots=True)
+class DebitHead:
+    """What a debit needs to know, read with the customer's lock held: its clock (and that clock's
+    frozen time), the request id's record if any, what a catch-up owes the customer (so the caller
+    tells at its "now" whether one is due), the version of the rate sets (the number of rate sets
+    the transaction sees: they are append-only), and its open grants of every currency, in id order."""
+
+    clock_key: str
+    frozen_time: datetime | None
+    seen: SeenRequest[str] | None
+    pending: Pending
+    rates_version: int
+    open_grants: list[DebitableGrant]

@@ -10,6 +10,7 @@ from credit_common.db.engine import create_db_engine, read_engine_settings, sess
 from credit_common.grpc.server import RunningServer
 from credit_common.runtime import ServiceDefinition, start
 from grant_service.adapters.orm import API_KEYS
+from grant_service.adapters.unit_of_work import SqlUnitsOfWork
 from grant_service.entrypoints.roles import METHOD_ROLES, SERVICE
 from grant_service.entrypoints.servicer import GrantServicer
 from grant_service.entrypoints.settings import FLAGS, GrantSettings
@@ -33,11 +34,10 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
     clock = clock or SystemClock()
     read_engine = create_db_engine(read_engine_settings(settings.database, settings.max_workers))
     ctx = GrantContext(
-        factories=session_factories(engine, read_engine),
+        uows=SqlUnitsOfWork(session_factories(engine, read_engine), clock, linger_s=settings.batch_linger_s),
         clock=clock,
         test_clocks_enabled=settings.test_clocks_enabled,
         batch_size=settings.catch_up_batch_size,
-        batch_linger_s=settings.batch_linger_s,
         max_revision_step=settings.max_revision_step,
     )
     servicer = GrantServicer(ctx)

@@ -51,7 +51,7 @@ def current_balance(ctx: GrantContext, customer_key: str, currency_key: str, wit
     """The hot path of GetBalance: a customer on real time with nothing due, which is one statement
     (the customer, its due flags and its active grants) outside any transaction. None when it does
     not apply (a test clock, something due, no active grant): the general path answers then."""
-    now, customer = ctx.current_grants(customer_key, currency_key)
+    now, customer = ctx.uows.customer_now(customer_key, currency_key)
     if customer is None:
         raise customer_not_found(customer_key)
     if customer.clock_key != REAL_TIME or customer.pending.due(now) or not customer.grants:

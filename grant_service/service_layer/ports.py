@@ -10,7 +10,16 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from credit_common.idempotency import SeenRequest
-from grant_service.domain.model import Customer, Grant, LedgerEntry, StoredSchedule, TestClock
+from grant_service.domain.model import (
+    Customer,
+    DebitableGrant,
+    DebitHead,
+    Grant,
+    LedgerEntry,
+    StoredSchedule,
+    TestClock,
+    Usage,
+)
 from grant_service.domain.schedules import Pending
 
 
@@ -100,6 +109,51 @@ class LedgerRepository(Protocol):
     ) -> list[LedgerEntry]:
         """Up to `limit` of the customer's entries (of a currency: empty is any; effective in [start,
         end); of a type), by effective time then ledger order (`seq`), after `after`."""
+        ...
+
+
+class DebitRepository(Protocol):
+    """What a debit (usage.py) reads and writes. A debit's statements run under many concurrent
+    callers: implementations build them once and batch them (see adapters/repository.py)."""
+
+    def head(self, customer_key: str, scope: str, request_id: str) -> DebitHead | None:
+        """Lock the customer (what serializes its debits) and read what its debit needs, its open
+        grants locked too; None if there is no such customer."""
+        ...
+
+    def open_grants(self, customer_key: str) -> list[DebitableGrant]:
+        """The customer's open grants of every currency, locked, in id order, with their running totals."""
+        ...
+
+    def record(
+        self,
+        usage: Usage,
+        used: Sequence[tuple[str, Decimal]],
+        entries: Sequence[dict[str, Any]],
+        scope: str,
+        fingerprint: str,
+    ) -> None:
+        """Write one debit: its usage (a conflict on its request_id means a concurrent twin won: the
+        transaction fails and is run again), each debited grant's new running total (grant id,
+        used), its DEBIT entries and, if it has a request_id, the request's record in `scope`."""
+        ...
+
+    def recorded(self, usage_id: str) -> tuple[Usage, list[tuple[str, Decimal]]] | None:
+        """A recorded usage and its debits (grant id, credits), in ledger order; None if it is gone
+        (its test clock was deleted)."""
+        ...
+
+
+class RateRepository(Protocol):
+    def in_force(self, feature_key: str, at: datetime, version: int | None = None) -> dict[str, Decimal]:
+        """currency_key -> credits per unit of `feature_key`, for every currency whose rate set in
+        force at `at` (the latest effective at or before it; ties to the higher revision) names the
+        feature. `version`: the number of rate sets the caller's transaction sees (DebitHead), which
+        lets an implementation answer from a cache of the rate sets it has seen."""
+        ...
+
+    def feature_known(self, feature_key: str) -> bool:
+        """Whether any rate set names the feature."""
         ...
 
 

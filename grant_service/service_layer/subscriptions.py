@@ -156,7 +156,7 @@ def apply_subscriptions(ctx: GrantContext, specs: Sequence[SubscriptionSpec]) ->
 
     while True:
         try:
-            applied = ctx.write(work)
+            applied = ctx.uows.write(lambda uow: work(uow.session))
             break
         except _Rejected as rejection:
             rejected[rejection.index] = rejection.error
@@ -384,7 +384,7 @@ def get_subscription(ctx: GrantContext, subscription_id: str) -> Subscription:
         )
         return subscription_of(sub, schedules)
 
-    return ctx.read(work)
+    return ctx.uows.read(lambda uow: work(uow.session))
 
 
 def apply_credit_currency(
@@ -419,7 +419,7 @@ def apply_credit_currency(
         )
         return ApplyOutcome.APPLIED, revision
 
-    return ctx.write(work)
+    return ctx.uows.write(lambda uow: work(uow.session))
 
 
 def reset_cursor(row: ScheduleRow) -> None:

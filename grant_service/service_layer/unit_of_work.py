@@ -5,14 +5,18 @@ grant_service/adapters/unit_of_work.py, chosen at wiring."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Protocol, TypeVar
 
+from grant_service.domain.model import CustomerNow
 from grant_service.service_layer.ports import (
     CurrencyRepository,
     CustomerRepository,
+    DebitRepository,
     GrantRepository,
     IssuanceRepository,
     LedgerRepository,
+    RateRepository,
     RequestIdRepository,
     TestClockRepository,
 )
@@ -27,6 +31,8 @@ class GrantUnitOfWork(Protocol):
     grants: GrantRepository
     issuance: IssuanceRepository
     ledger: LedgerRepository
+    debits: DebitRepository
+    rates: RateRepository
     request_ids: RequestIdRepository
 
 
@@ -41,4 +47,17 @@ class UnitsOfWork(Protocol):
 
     def read(self, work: Callable[[GrantUnitOfWork], T]) -> T:
         """Run `work` in one read transaction."""
+        ...
+
+    def debit(self, work: Callable[[GrantUnitOfWork], T], customer_key: str, scope: str, request_id: str) -> T:
+        """Run a debit of `customer_key` (its request `request_id` in `scope`) in a write transaction,
+        which may be shared with the debits other threads submit at the same time, committed
+        together (credit_common.db.group_commit). A DomainError raised by `work` before it writes
+        is its own answer and does not affect the others; any other failure runs it again alone."""
+        ...
+
+    def customer_now(self, customer_key: str, currency_key: str) -> tuple[datetime, CustomerNow | None]:
+        """Real time now, and the customer then (None: no such customer): its clock, what a catch-up
+        owes it, its grants in `currency_key` active then. One statement outside any transaction;
+        the reads of concurrent callers may be one statement together (GetBalance's hot path)."""
         ...

@@ -12,9 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from functools import partial
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
+from credit_common import idempotency
 from credit_common.decimals import format_decimal
 from credit_common.errors import (
     DomainError,
@@ -26,20 +24,6 @@ from credit_common.errors import (
 )
 from credit_common.idempotency import fingerprint
 from credit_common.ids import new_id
-from grant_service.adapters.orm import REAL_TIME, LedgerEntryRow, UsageRow
-from grant_service.adapters.repository import (
-    DebitableGrant,
-    currency_exists,
-    debit_head,
-    feature_known,
-    grants_active_at,
-    open_grants,
-    rates_in_force,
-    record_debit,
-    usage_of,
-    views_at,
-)
-from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
 from grant_service.domain.balances import (
     InsufficientCredits,
     allocate,
@@ -48,17 +32,16 @@ from grant_service.domain.balances import (
     exact_product,
     exact_sum,
 )
-from grant_service.domain.model import Usage
+from grant_service.domain.model import REAL_TIME, DebitableGrant, Usage
 from grant_service.service_layer.context import (
     GrantContext,
     catch_up_customer,
     customer_not_found,
-    replayed,
     replayed_record,
-    request_record,
     test_clock_not_found,
 )
 from grant_service.service_layer.issuance import catch_up, issue_due_batch, ledger_entry, open_due_batch
+from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 
 SCOPE = "ReportUsage"
 
@@ -78,18 +61,18 @@ class UsageCheck:
     available: Decimal
 
 
-def price(session: Session, rates: dict[str, Decimal], feature_key: str, currency_key: str) -> tuple[str, Decimal]:
+def price(uow: GrantUnitOfWork, rates: dict[str, Decimal], feature_key: str, currency_key: str) -> tuple[str, Decimal]:
     """(currency, credits per unit) for a usage of `feature_key`, given the rates in force
     (`rates_in_force`) for it."""
     if currency_key:
         if currency_key not in rates:
-            if not currency_exists(session, currency_key):
+            if not uow.currencies.exists(currency_key):
                 raise NotFound(
                     f"credit currency {currency_key!r} not found",
                     reason="CURRENCY_NOT_FOUND",
                     metadata={"currency_key": currency_key},
                 )
-            if not feature_known(session, feature_key):
+            if not uow.rates.feature_known(feature_key):
                 raise _feature_not_found(feature_key)
             raise FailedPrecondition(
                 f"feature {feature_key!r} does not burn currency {currency_key!r}",
@@ -98,7 +81,7 @@ def price(session: Session, rates: dict[str, Decimal], feature_key: str, currenc
             )
         return currency_key, rates[currency_key]
     if not rates:
-        if not feature_known(session, feature_key):
+        if not uow.rates.feature_known(feature_key):
             raise _feature_not_found(feature_key)
         raise FailedPrecondition(
             f"feature {feature_key!r} burns no credit currency",
@@ -156,11 +139,7 @@ def report_usage(
     )
     caught_up = False
     while True:
-        outcome = ctx.debits.run(
-            partial(_debit, ctx, debit, caught_up=caught_up),
-            key=customer_key,
-            subject=(customer_key, SCOPE, request_id),
-        )
+        outcome = ctx.uows.debit(partial(_debit, ctx, debit, caught_up=caught_up), customer_key, SCOPE, request_id)
         if isinstance(outcome, UsageResult):
             return outcome
         catch_up(
@@ -173,16 +152,16 @@ def report_usage(
         caught_up = True
 
 
-def _debit(ctx: GrantContext, debit: _Debit, session: Session, *, caught_up: bool) -> UsageResult | _CatchUpFirst:
+def _debit(ctx: GrantContext, debit: _Debit, uow: GrantUnitOfWork, *, caught_up: bool) -> UsageResult | _CatchUpFirst:
     request_id, print_, customer_key = debit.request_id, debit.print_, debit.customer_key
-    head = debit_head(session, customer_key, SCOPE, request_id)
+    head = uow.debits.head(customer_key, SCOPE, request_id)
     if head is None:
         raise customer_not_found(customer_key)
     if head.clock_key != REAL_TIME and head.frozen_time is None:
         raise test_clock_not_found(head.clock_key)
     seen = replayed_record(head.seen, SCOPE, request_id, print_)
     if seen is not None:
-        return load_usage(session, seen)
+        return load_usage(uow, seen)
     # The customer's "now", taken once its lock is held: its debits are in time order.
     now = ctx.clock.now() if head.clock_key == REAL_TIME else head.frozen_time
     grants = head.open_grants
@@ -192,27 +171,25 @@ def _debit(ctx: GrantContext, debit: _Debit, session: Session, *, caught_up: boo
         if head.pending.issue_due(now):
             # Not skip_locked: a concurrent sweep may be issuing this customer's period right now; waiting
             # for it, then seeing its grant, beats rejecting the usage for want of credits.
-            uow = SqlGrantUnitOfWork(session)
             open_due_batch(uow, head.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
             issue_due_batch(uow, head.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
-            grants = open_grants(session, customer_key)
+            grants = uow.debits.open_grants(customer_key)
     try:
-        return _burn(ctx, debit, session, now, head.rates_version, grants)
+        return _burn(debit, uow, now, head.rates_version, grants)
     except DomainError:
         # On PostgreSQL the DebitHead comes from a snapshot taken before the customer's lock was granted:
         # a twin of this request (same request_id, e.g. sent to another replica) may have committed in
         # the meantime, and its result, not this error, is the answer. (Had this debit succeeded, its
-        # usage's insert would have failed on the request_id, and ctx.write's retry replays the twin.)
-        seen = replayed(session, SCOPE, request_id, print_)
+        # usage's insert would have failed on the request_id, and the write's retry replays the twin.)
+        seen = idempotency.replay(uow.request_ids, SCOPE, request_id, print_)
         if seen is not None:
-            return load_usage(session, seen)
+            return load_usage(uow, seen)
         raise
 
 
 def _burn(
-    ctx: GrantContext,
     debit: _Debit,
-    session: Session,
+    uow: GrantUnitOfWork,
     now: datetime,
     rates_version: int,
     customer_grants: list[DebitableGrant],
@@ -220,8 +197,8 @@ def _burn(
     """Price the debit, burn the customer's open grants (locked) active at `now`, and record it all."""
     request_id, customer_key = debit.request_id, debit.customer_key
     feature_key, quantity, currency_key = debit.feature_key, debit.quantity, debit.currency_key
-    rates = ctx.rates.rates_in_force(session, feature_key, now, rates_version)
-    currency, rate = price(session, rates, feature_key, currency_key)
+    rates = uow.rates.in_force(feature_key, now, rates_version)
+    currency, rate = price(uow, rates, feature_key, currency_key)
     credits = exact_product(quantity, rate)
     grants = {g.view.grant_id: g for g in customer_grants if g.currency_key == currency}
     views = [g.view for g in grants.values()]
@@ -238,33 +215,32 @@ def _burn(
                 "currency_key": currency,
             },
         ) from None
-    usage = {
-        "usage_id": new_id("use"),
-        "request_id": request_id,
-        "customer_key": customer_key,
-        "feature_key": feature_key,
-        "quantity": quantity,
-        "currency_key": currency,
-        "credits_per_unit": rate,
-        "credits": credits,
-        "usage_time": now,
-        "balance_after": exact_difference(available(views, now), credits),
-    }
-    _record(session, debit, grants, taken, usage, now)
-    return UsageResult(usage_of(usage), taken)
+    usage = Usage(
+        usage_id=new_id("use"),
+        request_id=request_id,
+        customer_key=customer_key,
+        feature_key=feature_key,
+        quantity=quantity,
+        currency_key=currency,
+        credits_per_unit=rate,
+        credits=credits,
+        usage_time=now,
+        balance_after=exact_difference(available(views, now), credits),
+    )
+    _record(uow, debit, grants, taken, usage, now)
+    return UsageResult(usage, taken)
 
 
 def _record(
-    session: Session,
+    uow: GrantUnitOfWork,
     debit: _Debit,
     grants: dict[str, DebitableGrant],
     taken: list[tuple[str, Decimal]],
-    usage: dict,
+    usage: Usage,
     now: datetime,
 ) -> None:
     quantity, feature_key = debit.quantity, debit.feature_key
-    record_debit(
-        session,
+    uow.debits.record(
         usage,
         [(grant_id, exact_sum((grants[grant_id].view.used, amount))) for grant_id, amount in taken],
         [
@@ -274,24 +250,21 @@ def _record(
                 -amount,
                 now,
                 f"{format_decimal(quantity)} x {feature_key}",
-                usage_id=usage["usage_id"],
+                usage_id=usage.usage_id,
             )
             for grant_id, amount in taken
         ],
-        request_record(SCOPE, debit.request_id, debit.print_, usage["usage_id"], now),
+        SCOPE,
+        debit.print_,
     )
 
 
-def load_usage(session: Session, usage_id: str) -> UsageResult:
-    usage = session.get(UsageRow, usage_id)
-    if usage is None:  # its test clock was deleted since
+def load_usage(uow: GrantUnitOfWork, usage_id: str) -> UsageResult:
+    recorded = uow.debits.recorded(usage_id)
+    if recorded is None:  # its test clock was deleted since
         raise NotFound(f"usage {usage_id!r} not found", reason="USAGE_NOT_FOUND", metadata={"usage_id": usage_id})
-    debits = session.execute(
-        select(LedgerEntryRow.grant_id, LedgerEntryRow.amount)
-        .where(LedgerEntryRow.usage_id == usage_id, LedgerEntryRow.type == "DEBIT")
-        .order_by(LedgerEntryRow.seq)
-    )
-    return UsageResult(usage_of(usage), [(grant_id, -amount) for grant_id, amount in debits])
+    usage, debits = recorded
+    return UsageResult(usage, debits)
 
 
 def check_usage(
@@ -299,11 +272,11 @@ def check_usage(
 ) -> UsageCheck:
     _, now = catch_up_customer(ctx, customer_key)
 
-    def work(session: Session) -> UsageCheck:
-        currency, rate = price(session, rates_in_force(session, feature_key, now), feature_key, currency_key)
+    def work(uow: GrantUnitOfWork) -> UsageCheck:
+        currency, rate = price(uow, uow.rates.in_force(feature_key, now), feature_key, currency_key)
         credits = exact_product(quantity, rate)
-        views = views_at(session, grants_active_at(session, customer_key, currency, now), now, current=True)
+        views = [grant.view(grant.used) for grant in uow.grants.active_at(customer_key, currency, now)]
         total = available(views, now)
         return UsageCheck(total >= credits, currency, rate, credits, total)
 
-    return ctx.read(work)
+    return ctx.uows.read(work)

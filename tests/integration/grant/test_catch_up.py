@@ -25,6 +25,7 @@ from grant_service.service_layer.context import GrantContext
 from grant_service.service_layer.issuance import catch_up
 from grant_service.service_layer.subscriptions import ScheduleSpec, SubscriptionSpec, apply_subscription
 from grant_service.service_layer.test_clocks import create_test_clock
+from tests.support.grant_context import sql_context
 from tests.support.grant_rows import insert_due_subscriptions
 from tests.support.servers import serving
 
@@ -71,7 +72,7 @@ def test_migration_matches_the_models(database_url_factory):
 
 def test_catch_up_is_idempotent_under_racing_threads_and_a_reset_cursor(database_url_factory):
     engine = _engine(database_url_factory("race"))
-    ctx = GrantContext(session_factories(engine), ManualClock(NOW), batch_size=7)
+    ctx = sql_context(session_factories(engine), ManualClock(NOW), batch_size=7)
     _subscribe(ctx, 30, datetime(2025, 12, 15, tzinfo=UTC))  # periods Dec..May: 6 grants, 5 expired each
 
     with ThreadPoolExecutor(4) as pool:
@@ -97,7 +98,7 @@ def test_the_timer_issues_real_time_subscriptions_only(database_url_factory):
         _channel,
     ):
         engine = create_db_engine(DatabaseSettings(url=url))
-        ctx = GrantContext(session_factories(engine), clock, test_clocks_enabled=True)
+        ctx = sql_context(session_factories(engine), clock, test_clocks_enabled=True)
         _subscribe(ctx, 3, datetime(2026, 4, 1, tzinfo=UTC))
         test_clock = create_test_clock(ctx, "frozen", datetime(2026, 4, 1, tzinfo=UTC), "")
         anchor = datetime(2025, 1, 1, tzinfo=UTC)  # far behind real time, but its clock says April 2026
@@ -180,7 +181,9 @@ def test_a_batch_of_schedules_with_different_terms_issues_as_one_schedule_per_ba
                 .where(ScheduleRow.schedule_id == "sch_5")
                 .values(next_period_index=3, next_period_start=datetime(2026, 4, 30, tzinfo=UTC))
             )
-        catch_up(SqlUnitsOfWork(session_factories(engine)), clock_key="", now=NOW, batch_size=batch_size)
+        catch_up(
+            SqlUnitsOfWork(session_factories(engine), ManualClock(NOW)), clock_key="", now=NOW, batch_size=batch_size
+        )
         histories.append(_history(engine))
         engine.dispose()
     assert histories[0] == histories[1]
@@ -201,7 +204,7 @@ def test_the_sweep_opens_pending_grants_once_in_time_order(database_url_factory)
     from grant_service.service_layer.subscriptions import apply_credit_currency
 
     engine = _engine(database_url_factory("pending"))
-    ctx = GrantContext(session_factories(engine), ManualClock(NOW), batch_size=3)
+    ctx = sql_context(session_factories(engine), ManualClock(NOW), batch_size=3)
     apply_credit_currency(ctx, "ai-credits", 1, {}, None)
     _subscribe(ctx, 4, datetime(2026, 5, 15, tzinfo=UTC))
     catch_up(ctx.uows, clock_key="", now=NOW, batch_size=3)
@@ -240,7 +243,7 @@ def test_the_timer_opens_a_pending_grant_when_it_is_due(database_url_factory):
     clock = ManualClock(NOW)
     with serving(app.DEFINITION, app.build, url, clock=clock, args=["--catch-up-interval", "0.05"]) as (_, _channel):
         engine = create_db_engine(DatabaseSettings(url=url))
-        ctx = GrantContext(session_factories(engine), clock)
+        ctx = sql_context(session_factories(engine), clock)
         apply_credit_currency(ctx, "ai-credits", 1, {}, None)
         _subscribe(ctx, 1, datetime(2026, 5, 20, tzinfo=UTC))
         later = NOW + timedelta(hours=1)

@@ -27,6 +27,7 @@ from grant_service.service_layer.subscriptions import (
 )
 from grant_service.service_layer.test_clocks import create_test_clock
 from grant_service.service_layer.usage import report_usage
+from tests.support.grant_context import sql_context
 
 ANCHOR = datetime(2026, 1, 31, 10, tzinfo=UTC)
 
@@ -34,7 +35,7 @@ ANCHOR = datetime(2026, 1, 31, 10, tzinfo=UTC)
 def _context(url: str, clock: ManualClock) -> GrantContext:
     engine = create_db_engine(DatabaseSettings(url=url))
     upgrade("grant_service.adapters:migrations", engine)
-    return GrantContext(session_factories(engine), clock, test_clocks_enabled=True)
+    return sql_context(session_factories(engine), clock, test_clocks_enabled=True)
 
 
 def _subscribe(ctx: GrantContext, customer: str, clock_key: str = "") -> None:
@@ -167,7 +168,7 @@ def test_the_reads_of_concurrent_callers_answer_each_its_own_customer_and_curren
     assert wrong == []
     assert expected[("c3", "ai-credits")][0] == Decimal("100.5") + 1000 - 1  # 4 calls at 0.25
     # One statement for several customers: each one's rows (two active grants each), none for "nobody".
-    read = ctx.factories.single_statement.run(
+    read = ctx.uows.factories.single_statement.run(
         lambda c: current_grants(c, ["c1", "nobody", "c4"], "ai-credits", clock.now())
     )
     assert sorted(read) == ["c1", "c4"]

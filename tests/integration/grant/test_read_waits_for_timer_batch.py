@@ -18,11 +18,11 @@ from credit_common.periods import Cadence
 from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
 from grant_service.domain.schedules import ScheduledAmount
 from grant_service.service_layer.balances import get_balance
-from grant_service.service_layer.context import GrantContext
 from grant_service.service_layer.issuance import issue_due_batch
 from grant_service.service_layer.subscriptions import ScheduleSpec, SubscriptionSpec, apply_subscription
 from grant_service.service_layer.test_clocks import advance_test_clock, create_test_clock
 from tests.integration.grant.test_catch_up import NOW, _engine, _subscribe
+from tests.support.grant_context import sql_context
 
 
 def _lock_waits(engine) -> int:
@@ -40,11 +40,11 @@ def _lock_waits(engine) -> int:
 @pytest.mark.parametrize("backend", ["postgresql"])
 def test_a_balance_read_waits_for_the_timer_batch_issuing_its_grant(database_url_factory, backend):
     engine = _engine(database_url_factory("read_waits"))
-    ctx = GrantContext(factories=session_factories(engine), clock=ManualClock(NOW))
+    ctx = sql_context(session_factories(engine), ManualClock(NOW))
     _subscribe(ctx, 1, NOW - timedelta(days=1))  # customer c0: 7 credits due, not issued yet
     balances: list[Decimal] = []
     try:
-        with ctx.factories.write() as timer, timer.begin():
+        with ctx.uows.factories.write() as timer, timer.begin():
             # a timer batch in another replica: the schedule locked, its grant inserted, not committed
             assert issue_due_batch(SqlGrantUnitOfWork(timer), "", NOW, None, 500)[1] == 1
             reader = threading.Thread(
@@ -68,7 +68,7 @@ def test_advancing_a_test_clock_waits_for_a_catch_up_issuing_on_that_clock(datab
     """AdvanceTestClock promises that everything due is issued when it returns, so its catch-up must
     wait for a schedule another transaction (here a customer's own catch-up) is issuing, not skip it."""
     engine = _engine(database_url_factory("advance_waits"))
-    ctx = GrantContext(factories=session_factories(engine), clock=ManualClock(NOW), test_clocks_enabled=True)
+    ctx = sql_context(session_factories(engine), ManualClock(NOW), test_clocks_enabled=True)
     start = datetime(2026, 4, 1, tzinfo=UTC)
     clock = create_test_clock(ctx, "frozen", start, "")
     anchor = start + timedelta(days=1)
@@ -87,7 +87,7 @@ def test_advancing_a_test_clock_waits_for_a_catch_up_issuing_on_that_clock(datab
     later = anchor + timedelta(hours=1)
     advanced: list[str] = []
     try:
-        with ctx.factories.write() as holder, holder.begin():
+        with ctx.uows.factories.write() as holder, holder.begin():
             # a customer's catch-up in another request: the schedule locked, its grant inserted, not committed
             assert (
                 issue_due_batch(

@@ -19,6 +19,7 @@ from credit_common.errors import NotFound, ResourceExhausted
 from credit_common.idempotency import fingerprint
 from grant_service.adapters.orm import GrantRow, LedgerEntryRow
 from grant_service.adapters.repository import lock_customer
+from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
 from grant_service.service_layer.context import GrantContext
 from grant_service.service_layer.operators import create_grant
 from grant_service.service_layer.subscriptions import apply_credit_currency
@@ -26,6 +27,7 @@ from grant_service.service_layer.usage import SCOPE, _Debit, _debit, report_usag
 from tests.integration.grant.test_catch_up import NOW, _engine, _subscribe
 from tests.integration.grant.test_read_waits_for_timer_batch import _lock_waits
 from tests.support.batches import one_batch
+from tests.support.grant_context import sql_context
 
 
 def _ledger(engine, customer_key: str) -> list[tuple[str, Decimal]]:
@@ -43,7 +45,7 @@ def _ledger(engine, customer_key: str) -> list[tuple[str, Decimal]]:
 def test_a_due_period_is_issued_and_an_old_grant_expired_before_the_debit(database_url_factory):
     engine = _engine(database_url_factory("debit_due"))
     clock = ManualClock(NOW)
-    ctx = GrantContext(session_factories(engine), clock)
+    ctx = sql_context(session_factories(engine), clock)
     apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal("1")}, None)
     _subscribe(ctx, 1, NOW - timedelta(days=1))  # customer c0: 7 credits a month, the first period not issued
     assert report_usage(ctx, "u1", "c0", "gpt", Decimal(7), "").usage.balance_after == 0
@@ -61,7 +63,7 @@ def test_a_rate_applied_by_another_replica_is_used_by_the_next_debit(database_ur
     url = database_url_factory("debit_rates")
     engines = [_engine(url), _engine(url)]
     clock = ManualClock(NOW)
-    debiting, applying = (GrantContext(session_factories(e), clock) for e in engines)
+    debiting, applying = (sql_context(session_factories(e), clock) for e in engines)
     apply_credit_currency(applying, "ai-credits", 1, {"gpt": Decimal("2")}, NOW - timedelta(days=30))
     _subscribe(debiting, 1, NOW - timedelta(days=1))
     assert report_usage(debiting, "u1", "c0", "gpt", Decimal(1), "").usage.credits_per_unit == 2  # rates now cached
@@ -80,7 +82,7 @@ def test_a_debit_that_waited_for_its_twin_replays_it_instead_of_failing(database
     The waiting one must answer with the first one's usage, even though what it read with the lock
     (in a snapshot taken before the wait) does not show that usage, and the credits are now gone."""
     engine = _engine(database_url_factory("debit_twin"))
-    ctx = GrantContext(session_factories(engine), ManualClock(NOW))
+    ctx = sql_context(session_factories(engine), ManualClock(NOW))
     apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal("1")}, None)
     _subscribe(ctx, 1, NOW - timedelta(days=1))
     report_usage(ctx, "u0", "c0", "gpt", Decimal(1), "")  # the period issued: 6 credits left
@@ -93,7 +95,7 @@ def test_a_debit_that_waited_for_its_twin_replays_it_instead_of_failing(database
             answers.append(error)
 
     try:
-        with ctx.factories.write() as first, first.begin():
+        with ctx.uows.factories.write() as first, first.begin():
             assert lock_customer(first, "c0") is not None
             waiting = threading.Thread(target=twin)
             waiting.start()
@@ -102,7 +104,7 @@ def test_a_debit_that_waited_for_its_twin_replays_it_instead_of_failing(database
                 assert time.monotonic() < deadline, f"the twin did not wait for the customer's lock: {answers}"
                 time.sleep(0.02)
             debit = _Debit("r", fingerprint("c0", "gpt", "6", ""), "c0", "gpt", Decimal(6), "")
-            usage_id = _debit(ctx, debit, first, caught_up=True).usage.usage_id  # all 6 credits taken
+            usage_id = _debit(ctx, debit, SqlGrantUnitOfWork(first), caught_up=True).usage.usage_id  # all taken
         waiting.join(timeout=20)
         assert answers == [usage_id]
     finally:
@@ -115,7 +117,7 @@ def test_a_debit_burns_only_open_grants_of_its_currency_active_at_its_instant(da
     starts later, not one that has expired."""
     engine = _engine(database_url_factory("debit_open_grants"))
     clock = ManualClock(NOW)
-    ctx = GrantContext(session_factories(engine), clock)
+    ctx = sql_context(session_factories(engine), clock)
     apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal("1")}, None)
     apply_credit_currency(ctx, "gpu-credits", 1, {"render": Decimal("1")}, None)
     _subscribe(ctx, 1, NOW - timedelta(days=1))  # c0: 7 ai-credits this period
@@ -146,7 +148,7 @@ def test_debits_submitted_together_each_get_their_own_answer_from_one_group(data
     the first's writes), a twin of the first (replayed), one of another customer, one of an unknown
     customer and one that the credits left do not cover; each gets exactly its own answer."""
     engine = _engine(database_url_factory("debit_group"))
-    ctx = GrantContext(session_factories(engine), ManualClock(NOW))
+    ctx = sql_context(session_factories(engine), ManualClock(NOW))
     apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal("1")}, None)
     _subscribe(ctx, 2, NOW - timedelta(days=1))  # c0, c1: 7 credits each
     report_usage(ctx, "warm", "c0", "gpt", Decimal(1), "")  # the periods issued: nothing due in the group
@@ -175,7 +177,7 @@ def test_debits_submitted_together_each_get_their_own_answer_from_one_group(data
 def _together(ctx: GrantContext, calls: list) -> list:
     """Each call's result or error, the calls' debits having made one group, in this order."""
     return one_batch(
-        lambda hold: ctx.debits.run(lambda _session: hold(), subject=("", SCOPE, "")),
-        lambda: ctx.debits.waiting,
+        lambda hold: ctx.uows.debits.run(lambda _session: hold(), subject=("", SCOPE, "")),
+        lambda: ctx.uows.debits.waiting,
         calls,
     )
