@@ -31,6 +31,7 @@ from catalog_service.adapters import orm as catalog_orm
 from credit_common.db.engine import DatabaseSettings, create_db_engine
 from credit_common.db.migrations import upgrade
 from credit_common.periods import Cadence, add_months, period_start
+from grant_service.adapters.mappers import encode_amounts
 from grant_service.adapters.orm import (
     REAL_TIME,
     CurrencyRow,
@@ -42,7 +43,6 @@ from grant_service.adapters.orm import (
     ScheduleRow,
     SubscriptionRow,
 )
-from grant_service.adapters.repository import encode_amounts
 from grant_service.domain.balances import RECURRING_PRIORITY
 from grant_service.domain.schedules import ScheduledAmount
 

@@ -17,6 +17,10 @@ from credit_common.batching import Batcher, Slot
 from credit_common.clock import Clock
 from credit_common.db.engine import CONFLICT_SQLSTATES, SessionFactories, sqlstate
 from credit_common.db.group_commit import GroupCommit
+from grant_service.adapters.balance_reads import current_grants
+from grant_service.adapters.debits import debit_group
+from grant_service.adapters.mappers import customer_now_of
+from grant_service.adapters.rates import RatesCache
 from grant_service.adapters.repositories import (
     SqlCurrencyRepository,
     SqlCustomerRepository,
@@ -28,7 +32,6 @@ from grant_service.adapters.repositories import (
     SqlRequestIdRepository,
     SqlTestClockRepository,
 )
-from grant_service.adapters.repository import RatesCache, current_grants, customer_now_of, debit_group
 from grant_service.domain.model import CustomerNow
 
 T = TypeVar("T")
@@ -54,7 +57,7 @@ class SqlUnitsOfWork:
 
     Debits run in groups (credit_common.db.group_commit): on PostgreSQL a group's customers are
     locked and their DebitHeads read in one round trip, its writes sent together
-    (repository.debit_group). GetBalance's hot-path reads of concurrent callers are one statement,
+    (debits.debit_group). GetBalance's hot-path reads of concurrent callers are one statement,
     run by one of them (credit_common.batching), on a connection the thread keeps. `linger_s`: how
     long a batch's leader may wait for more callers. The rate sets are cached (RatesCache)."""
 

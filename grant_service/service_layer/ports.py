@@ -114,7 +114,7 @@ class LedgerRepository(Protocol):
 
 class DebitRepository(Protocol):
     """What a debit (usage.py) reads and writes. A debit's statements run under many concurrent
-    callers: implementations build them once and batch them (see adapters/repository.py)."""
+    callers: implementations build them once and batch them (see adapters/debits.py)."""
 
     def head(self, customer_key: str, scope: str, request_id: str) -> DebitHead | None:
         """Lock the customer (what serializes its debits) and read what its debit needs, its open

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from credit_common.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from credit_common.ids import new_id
 from credit_common.periods import Cadence
+from grant_service.adapters.mappers import decode_amounts, encode_amounts, stored_schedule_of, subscription_of
 from grant_service.adapters.orm import (
     REAL_TIME,
     ClockRow,
@@ -26,13 +27,7 @@ from grant_service.adapters.orm import (
     ScheduleRow,
     SubscriptionRow,
 )
-from grant_service.adapters.repository import (
-    decode_amounts,
-    encode_amounts,
-    locked,
-    stored_schedule_of,
-    subscription_of,
-)
+from grant_service.adapters.sql import locked
 from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
 from grant_service.domain.model import Subscription
 from grant_service.domain.schedules import ScheduledAmount, clamp_amounts, clamp_end

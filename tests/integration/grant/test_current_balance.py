@@ -15,7 +15,7 @@ from credit_common.db.engine import DatabaseSettings, ThreadConnections, create_
 from credit_common.db.migrations import upgrade
 from credit_common.errors import NotFound
 from credit_common.periods import Cadence
-from grant_service.adapters.repository import current_grants
+from grant_service.adapters.balance_reads import current_grants
 from grant_service.domain.schedules import ScheduledAmount
 from grant_service.service_layer.balances import current_balance, get_balance
 from grant_service.service_layer.context import GrantContext

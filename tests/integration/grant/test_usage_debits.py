@@ -18,7 +18,6 @@ from credit_common.db.engine import session_factories
 from credit_common.errors import NotFound, ResourceExhausted
 from credit_common.idempotency import fingerprint
 from grant_service.adapters.orm import GrantRow, LedgerEntryRow
-from grant_service.adapters.repository import lock_customer
 from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
 from grant_service.service_layer.context import GrantContext
 from grant_service.service_layer.operators import create_grant
@@ -96,7 +95,7 @@ def test_a_debit_that_waited_for_its_twin_replays_it_instead_of_failing(database
 
     try:
         with ctx.uows.factories.write() as first, first.begin():
-            assert lock_customer(first, "c0") is not None
+            assert SqlGrantUnitOfWork(first).customers.lock("c0") is not None
             waiting = threading.Thread(target=twin)
             waiting.start()
             deadline = time.monotonic() + 20

@@ -1,0 +1,280 @@
+"""A debit's statements (ReportUsage): the customer locked and what its debit needs read, its
+writes; for a group of debits (credit_common.db.group_commit) on PostgreSQL, all of it in few round
+trips. A debit runs under many concurrent callers: its statements are built once here (building a
+select() per call costs its cache key each time) and run on the session's connection as Core."""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Select,
+    String,
+    Table,
+    any_,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
+
+from credit_common.db.driver import DriverStatement, deferred_writes, rows_of
+from credit_common.idempotency import SeenRequest
+from grant_service.adapters.mappers import view_of
+from grant_service.adapters.orm import (
+    ClockRow,
+    CustomerRow,
+    GrantRow,
+    LedgerEntryRow,
+    RateSetRow,
+    RequestIdRow,
+    UsageRow,
+)
+from grant_service.adapters.sql import is_postgres, pending_columns
+from grant_service.domain.model import (
+    DebitableGrant,
+    DebitHead,
+)
+from grant_service.domain.schedules import Pending
+
+# The tables, for the Core statements built once below.
+_CUSTOMERS = CustomerRow.__table__
+_GRANTS = GrantRow.__table__
+_CLOCKS = ClockRow.__table__
+_REQUEST_IDS = RequestIdRow.__table__
+_RATE_SETS = RateSetRow.__table__
+
+
+def _head_columns() -> tuple:
+    """A DebitHead's columns of a customer (of `customers` in FROM), but its request id's record."""
+    return (
+        _CUSTOMERS.c.clock_key,
+        select(_CLOCKS.c.frozen_time).where(_CLOCKS.c.test_clock_id == _CUSTOMERS.c.clock_key).scalar_subquery(),
+        *pending_columns(_CUSTOMERS.c.customer_key),
+        select(func.count()).select_from(_RATE_SETS).scalar_subquery(),
+    )
+
+
+def _debit_head_statement(for_update: bool) -> Select:
+    customer = _CUSTOMERS.c.customer_key == bindparam("customer_key")
+    request = (_REQUEST_IDS.c.scope == bindparam("scope")) & (_REQUEST_IDS.c.request_id == bindparam("request_id"))
+    statement = select(
+        *_head_columns(),
+        select(_REQUEST_IDS.c.fingerprint).where(request).scalar_subquery(),
+        select(_REQUEST_IDS.c.resource_id).where(request).scalar_subquery(),
+    ).where(customer)
+    # FOR UPDATE locks the customers row only (the subqueries are not in FROM).
+    return statement.with_for_update() if for_update else statement
+
+
+_DEBIT_HEAD = {False: DriverStatement(_debit_head_statement(False)), True: DriverStatement(_debit_head_statement(True))}
+
+
+def debit_head(session: Session, customer_key: str, scope: str, request_id: str) -> DebitHead | None:
+    """Lock the customer (FOR UPDATE on PostgreSQL; SQLite's write transaction holds the database) and
+    read its DebitHead; None if there is no such customer. Its open grants are read (and locked) by a
+    second statement, run once the first holds the lock: one round trip for both on PostgreSQL."""
+    prefetched = session.info.get(_PREFETCHED)
+    if prefetched and (entry := prefetched.pop(customer_key, None)) is not None:
+        head, seen, grants = entry
+        return _head(head, seen.get(request_id), grants)
+    for_update = is_postgres(session)
+    heads, grants = rows_of(
+        session.connection(),
+        (_DEBIT_HEAD[for_update], {"customer_key": customer_key, "scope": scope, "request_id": request_id}),
+        (_OPEN_GRANTS[for_update], {"customer_key": customer_key}),
+    )
+    if not heads:
+        return None
+    *head, fingerprint, resource_id = heads[0]
+    return _head(head, None if fingerprint is None else SeenRequest(fingerprint, resource_id), _debitable(grants))
+
+
+def _head(columns: Sequence[Any], seen: SeenRequest[str] | None, grants: list[DebitableGrant]) -> DebitHead:
+    clock_key, frozen, next_start, next_expiry, next_open, version = columns
+    return DebitHead(clock_key, frozen, seen, Pending(next_start, next_expiry, next_open), version, grants)
+
+
+def _open_grants_statement(for_update: bool, customers: Any = None) -> Select:
+    """Open grants of one customer (`customer_key`), or of those `customers` selects, in id order."""
+    if customers is None:
+        customers = _GRANTS.c.customer_key == bindparam("customer_key")
+    statement = (
+        select(
+            _GRANTS.c.grant_id,
+            _GRANTS.c.amount,
+            _GRANTS.c.used,
+            _GRANTS.c.priority,
+            _GRANTS.c.effective_time,
+            _GRANTS.c.expire_time,
+            _GRANTS.c.void_time,
+            _GRANTS.c.customer_key,
+            _GRANTS.c.currency_key,
+            _GRANTS.c.subscription_id,
+        )
+        .where(customers, _GRANTS.c.closed.is_(False))
+        .order_by(_GRANTS.c.grant_id)
+    )
+    return statement.with_for_update() if for_update else statement
+
+
+_OPEN_GRANTS = {
+    False: DriverStatement(_open_grants_statement(False)),
+    True: DriverStatement(_open_grants_statement(True)),
+}
+
+
+def _debitable(rows: Sequence[Any]) -> list[DebitableGrant]:
+    return [DebitableGrant(view_of(r, r.used), r.customer_key, r.currency_key, r.subscription_id) for r in rows]
+
+
+def open_grants(session: Session, customer_key: str) -> list[DebitableGrant]:
+    """The customer's open grants, of every currency, locked in id order, with their running totals:
+    those of them active at the customer's "now" are what a debit burns."""
+    return _debitable(_OPEN_GRANTS[is_postgres(session)].rows(session.connection(), {"customer_key": customer_key}))
+
+
+# A group of debits (credit_common.db.group_commit) on PostgreSQL: their customers locked in key order
+# and their DebitHeads read, for all of them in one round trip; `debit_head` answers from these.
+_KEYS = bindparam("keys", type_=postgresql.ARRAY(String))
+_GROUP_HEADS = DriverStatement(
+    select(_CUSTOMERS.c.customer_key, *_head_columns())
+    .where(_CUSTOMERS.c.customer_key == any_(_KEYS))
+    .order_by(_CUSTOMERS.c.customer_key)
+    .with_for_update()
+)
+_GROUP_GRANTS = DriverStatement(_open_grants_statement(True, _GRANTS.c.customer_key == any_(_KEYS)))
+# Each request id looked up by the whole primary key, in a LATERAL subquery (its LIMIT keeps PostgreSQL
+# from flattening it into a join), not `request_id = ANY(:request_ids)`: request_id is the key's second
+# column, and the generic plan of the prepared statement (psycopg prepares it after 5 runs) used only
+# `scope` in the index and filtered every request id of the scope, a cost that grows with the scope's
+# request ids (docs/performance.md).
+_REQUEST_KEYS = (
+    func.unnest(bindparam("request_ids", type_=postgresql.ARRAY(String)))
+    .table_valued("request_id")
+    .render_derived("keys")
+)
+_REQUEST_FOUND = (
+    select(_REQUEST_IDS.c.request_id, _REQUEST_IDS.c.fingerprint, _REQUEST_IDS.c.resource_id)
+    .where(_REQUEST_IDS.c.scope == bindparam("scope"), _REQUEST_IDS.c.request_id == _REQUEST_KEYS.c.request_id)
+    .limit(literal_column("1"))  # a literal: the driver statement binds only the caller's parameters
+    .lateral("found")
+)
+_GROUP_REQUESTS = DriverStatement(
+    select(_REQUEST_FOUND.c.request_id, _REQUEST_FOUND.c.fingerprint, _REQUEST_FOUND.c.resource_id)
+    .select_from(_REQUEST_KEYS)
+    .join(_REQUEST_FOUND, true())
+)
+_PREFETCHED = "credit_grants.debit_heads"
+
+
+@contextmanager
+def debit_group(session: Session, debits: Sequence[tuple[str, str, str]]) -> Iterator[None]:
+    """What a group of debits (credit_common.db.group_commit), each (customer_key, scope, request_id),
+    runs in. On PostgreSQL: their customers locked in key order and their DebitHeads read first, in one
+    round trip for the group (each customer's first `debit_head` in the transaction answers from it; a
+    later one, after that debit's writes, reads again); and their writes sent together at the end
+    (credit_common.db.driver.deferred_writes). Elsewhere nothing: SQLite's statements cost no round
+    trip, and its write transaction already holds the database."""
+    if not is_postgres(session) or not debits:
+        yield
+        return
+    _prefetch_debit_heads(session, debits)
+    with deferred_writes(session.connection()):
+        yield
+
+
+def _prefetch_debit_heads(session: Session, debits: Sequence[tuple[str, str, str]]) -> None:
+    scopes = {scope for _, scope, _ in debits}
+    if len(scopes) != 1:
+        raise ValueError("one scope per group")
+    customers = sorted({customer for customer, _, _ in debits})
+    heads, grants, requests = rows_of(
+        session.connection(),
+        (_GROUP_HEADS, {"keys": customers}),
+        (_GROUP_GRANTS, {"keys": customers}),
+        (_GROUP_REQUESTS, {"scope": scopes.pop(), "request_ids": sorted({r for _, _, r in debits if r})}),
+    )
+    by_customer: dict[str, list[Any]] = defaultdict(list)
+    for row in grants:
+        by_customer[row.customer_key].append(row)
+    seen = {request_id: SeenRequest(fingerprint, resource_id) for request_id, fingerprint, resource_id in requests}
+    session.info[_PREFETCHED] = {customer: (head, seen, _debitable(by_customer[customer])) for customer, *head in heads}
+
+
+# Run on the driver (see credit_common.db.driver): each row gives every column.
+_INSERT_USAGE = DriverStatement(insert(UsageRow.__table__))
+_INSERT_LEDGER = DriverStatement(insert(LedgerEntryRow.__table__))
+_INSERT_REQUEST_ID = DriverStatement(insert(_REQUEST_IDS))
+_SET_USED = DriverStatement(
+    update(_GRANTS).where(_GRANTS.c.grant_id == bindparam("b_grant_id")).values(used=bindparam("b_used"))
+)
+
+
+def record_debit(
+    session: Session,
+    usage: dict[str, Any],
+    used: Sequence[tuple[str, Decimal]],
+    entries: Sequence[dict[str, Any]],
+    request: dict[str, Any] | None,
+) -> None:
+    """Write one debit: its usage (a unique-constraint conflict on its request_id means a concurrent
+    twin won), the grants' new running totals (grant id, used), its DEBIT entries and the record of its
+    request id (if any). On PostgreSQL all of it is one statement (data-modifying CTEs)."""
+    conn = session.connection()
+    if is_postgres(session):
+        params = {f"u_{name}": value for name, value in usage.items()}
+        for i, (grant_id, value) in enumerate(used):
+            params[f"g{i}_id"], params[f"g{i}_used"] = grant_id, value
+        for i, entry in enumerate(entries):
+            params.update({f"l{i}_{name}": value for name, value in entry.items()})
+        if request is not None:
+            params.update({f"r_{name}": value for name, value in request.items()})
+        _debit_writes(len(used), len(entries), request is not None).execute(conn, [params])
+        return
+    _INSERT_USAGE.execute(conn, [usage])
+    _SET_USED.execute(conn, [{"b_grant_id": grant_id, "b_used": value} for grant_id, value in used])
+    _INSERT_LEDGER.execute(conn, list(entries))
+    if request is not None:
+        insert_request_id(conn, request)
+
+
+@functools.cache
+def _debit_writes(grants: int, entries: int, request: bool) -> DriverStatement:
+    """record_debit's one statement on PostgreSQL, for a debit of `grants` grants: the usage's INSERT, with
+    the grants' UPDATEs and the INSERTs of the entries and the request id as CTEs (PostgreSQL runs each
+    data-modifying CTE exactly once, whether the statement reads it or not)."""
+
+    def values(table: Table, prefix: str) -> dict[str, Any]:
+        return {c.name: bindparam(f"{prefix}{c.name}", type_=c.type) for c in table.columns if c.name != "seq"}
+
+    statement = insert(UsageRow.__table__).values(values(UsageRow.__table__, "u_"))
+    for i in range(grants):
+        set_used = (
+            update(_GRANTS)
+            .where(_GRANTS.c.grant_id == bindparam(f"g{i}_id", type_=_GRANTS.c.grant_id.type))
+            .values(used=bindparam(f"g{i}_used", type_=_GRANTS.c.used.type))
+        )
+        statement = statement.add_cte(set_used.cte(f"used_{i}"))
+    ledger = LedgerEntryRow.__table__
+    statement = statement.add_cte(
+        insert(ledger).values([values(ledger, f"l{i}_") for i in range(entries)]).cte("ledger")
+    )
+    if request:
+        statement = statement.add_cte(insert(_REQUEST_IDS).values(values(_REQUEST_IDS, "r_")).cte("request"))
+    return DriverStatement(statement)
+
+
+def insert_request_id(connection: Connection, record: dict[str, Any]) -> None:
+    _INSERT_REQUEST_ID.execute(connection, [record])
