@@ -8,16 +8,19 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, delete, select, update
+from sqlalchemy import Select, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from credit_common.db.keyset import keyset_after
 from credit_common.idempotency import SeenRequest
 from grant_service.adapters.orm import (
     ClockRow,
+    CurrencyRow,
     CustomerRow,
     GrantRow,
     LedgerEntryRow,
+    RateRow,
+    RateSetRow,
     RequestIdRow,
     ScheduleRow,
     SubscriptionRow,
@@ -28,6 +31,7 @@ from grant_service.adapters.repository import (
     clock_of,
     currency_exists,
     debits_by_grant,
+    encode_amounts,
     entry_of,
     grant_of,
     grants_active_at,
@@ -39,7 +43,14 @@ from grant_service.adapters.repository import (
     schedule_of,
     stored_schedule_of,
 )
-from grant_service.domain.model import Customer, Grant, LedgerEntry, StoredSchedule, TestClock
+from grant_service.domain.model import (
+    Customer,
+    Grant,
+    LedgerEntry,
+    StoredSchedule,
+    StoredSubscription,
+    TestClock,
+)
 from grant_service.domain.schedules import Pending, Schedule
 
 
@@ -355,3 +366,169 @@ def grant_columns(grant: Grant) -> dict[str, Any]:
     values = {name: getattr(grant, name) for name in _GRANT_COLUMNS}
     values["source"] = grant.source.value
     return values
+
+
+_SUBSCRIPTIONS = SubscriptionRow.__table__
+_CUSTOMERS = CustomerRow.__table__
+
+
+def _subscription_of(row: Any) -> StoredSubscription:
+    return StoredSubscription(
+        subscription_id=row.subscription_id,
+        customer_key=row.customer_key,
+        revision=row.revision,
+        start_time=row.start_time,
+        end_time=row.end_time,
+        clock_key=row.clock_key,
+        update_time=row.update_time,
+    )
+
+
+class SqlSubscriptionRepository:
+    """Core statements, no ORM instances: what a batch reads is not kept in the session, and what it
+    adds goes in one executemany INSERT per table."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, subscription_id: str) -> StoredSubscription | None:
+        query = select(_SUBSCRIPTIONS).where(_SUBSCRIPTIONS.c.subscription_id == subscription_id)
+        row = self.session.execute(query).first()
+        return None if row is None else _subscription_of(row)
+
+    def lock_many(self, subscription_ids: Sequence[str]) -> list[StoredSubscription]:
+        query = (
+            select(_SUBSCRIPTIONS)
+            .where(_SUBSCRIPTIONS.c.subscription_id.in_(list(subscription_ids)))
+            .order_by(_SUBSCRIPTIONS.c.subscription_id)
+        )
+        return [_subscription_of(row) for row in self.session.execute(locked(self.session, query))]
+
+    def add_all(self, subscriptions: Sequence[StoredSubscription]) -> None:
+        if subscriptions:
+            self.session.execute(
+                insert(_SUBSCRIPTIONS),
+                [{name: getattr(s, name) for name in _SUBSCRIPTION_COLUMNS} for s in subscriptions],
+            )
+
+    def save_all(self, subscriptions: Sequence[StoredSubscription]) -> None:
+        if subscriptions:
+            self.session.execute(
+                update(SubscriptionRow),
+                [
+                    {
+                        "subscription_id": s.subscription_id,
+                        "revision": s.revision,
+                        "end_time": s.end_time,
+                        "update_time": s.update_time,
+                    }
+                    for s in subscriptions
+                ],
+            )
+
+    def lock_customers(self, customer_keys: Sequence[str]) -> list[Customer]:
+        query = (
+            select(_CUSTOMERS.c.customer_key, _CUSTOMERS.c.clock_key)
+            .where(_CUSTOMERS.c.customer_key.in_(list(customer_keys)))
+            .order_by(_CUSTOMERS.c.customer_key)
+        )
+        return [Customer(key, clock_key) for key, clock_key in self.session.execute(locked(self.session, query))]
+
+    def add_customers(self, customers: Sequence[Customer]) -> None:
+        if customers:
+            self.session.execute(
+                insert(_CUSTOMERS), [{"customer_key": c.customer_key, "clock_key": c.clock_key} for c in customers]
+            )
+
+    def frozen_times(self, test_clock_ids: Sequence[str]) -> dict[str, datetime]:
+        if not test_clock_ids:
+            return {}
+        query = select(ClockRow.test_clock_id, ClockRow.frozen_time).where(
+            ClockRow.test_clock_id.in_(list(test_clock_ids))
+        )
+        return {key: frozen for key, frozen in self.session.execute(query)}
+
+
+_SUBSCRIPTION_COLUMNS = [c.key for c in _SUBSCRIPTIONS.columns]
+
+
+def _schedule_terms(stored: StoredSchedule) -> dict[str, Any]:
+    """The columns of `schedules` that a revision may change."""
+    return {
+        "end_time": stored.schedule.end_time,
+        "amounts": encode_amounts(stored.schedule.amounts),
+        "position": stored.position,
+        "removed": stored.removed,
+        "next_period_start": stored.next_period_start,
+    }
+
+
+class SqlScheduleRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def of_subscription(self, subscription_id: str, *, for_update: bool = False) -> list[StoredSchedule]:
+        query = (
+            select(_SCHEDULES).where(_SCHEDULES.c.subscription_id == subscription_id).order_by(_SCHEDULES.c.schedule_id)
+        )
+        rows = self.session.execute(locked(self.session, query) if for_update else query)
+        return [stored_schedule_of(row) for row in rows]
+
+    def add_all(self, schedules: Sequence[StoredSchedule]) -> None:
+        if not schedules:
+            return
+        rows = [
+            {
+                "schedule_id": s.schedule_id,
+                "subscription_id": s.subscription_id,
+                "customer_key": s.customer_key,
+                "clock_key": s.clock_key,
+                "entitlement_key": s.entitlement_key,
+                "currency_key": s.currency_key,
+                "cadence": s.schedule.cadence.value,
+                "anchor_time": s.schedule.anchor,
+                "next_period_index": s.next_period_index,
+                **_schedule_terms(s),
+            }
+            for s in schedules
+        ]
+        self.session.execute(insert(_SCHEDULES), rows)
+
+    def save(self, schedule: StoredSchedule) -> None:
+        self.session.execute(
+            update(_SCHEDULES)
+            .where(_SCHEDULES.c.schedule_id == schedule.schedule_id)
+            .values(**_schedule_terms(schedule))
+        )
+
+
+class SqlCurrencyRevisionRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def revision(self, currency_key: str, *, for_update: bool = False) -> int | None:
+        query = select(CurrencyRow.revision).where(CurrencyRow.currency_key == currency_key)
+        return self.session.scalar(locked(self.session, query) if for_update else query)
+
+    def add(self, currency_key: str, revision: int) -> None:
+        self.session.execute(insert(CurrencyRow.__table__).values(currency_key=currency_key, revision=revision))
+
+    def set_revision(self, currency_key: str, revision: int) -> None:
+        self.session.execute(
+            update(CurrencyRow.__table__).where(CurrencyRow.currency_key == currency_key).values(revision=revision)
+        )
+
+    def add_rate_set(
+        self, currency_key: str, revision: int, effective_time: datetime, rates: dict[str, Decimal]
+    ) -> None:
+        rate_set = RateSetRow(currency_key=currency_key, revision=revision, effective_time=effective_time)
+        self.session.add(rate_set)
+        self.session.flush()
+        if rates:
+            self.session.execute(
+                insert(RateRow.__table__),
+                [
+                    {"rate_set_id": rate_set.rate_set_id, "feature_key": feature, "credits_per_unit": rate}
+                    for feature, rate in rates.items()
+                ],
+            )

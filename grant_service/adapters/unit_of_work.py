@@ -12,11 +12,14 @@ from sqlalchemy.orm import Session
 from credit_common.db.engine import CONFLICT_SQLSTATES, SessionFactories, sqlstate
 from grant_service.adapters.repositories import (
     SqlCurrencyRepository,
+    SqlCurrencyRevisionRepository,
     SqlCustomerRepository,
     SqlGrantRepository,
     SqlIssuanceRepository,
     SqlLedgerRepository,
     SqlRequestIdRepository,
+    SqlScheduleRepository,
+    SqlSubscriptionRepository,
     SqlTestClockRepository,
 )
 
@@ -33,6 +36,9 @@ class SqlGrantUnitOfWork:
         self.issuance = SqlIssuanceRepository(session)
         self.ledger = SqlLedgerRepository(session)
         self.request_ids = SqlRequestIdRepository(session)
+        self.subscriptions = SqlSubscriptionRepository(session)
+        self.schedules = SqlScheduleRepository(session)
+        self.currency_revisions = SqlCurrencyRevisionRepository(session)
 
 
 class SqlUnitsOfWork:

@@ -9,11 +9,14 @@ from typing import Protocol, TypeVar
 
 from grant_service.service_layer.ports import (
     CurrencyRepository,
+    CurrencyRevisionRepository,
     CustomerRepository,
     GrantRepository,
     IssuanceRepository,
     LedgerRepository,
     RequestIdRepository,
+    ScheduleRepository,
+    SubscriptionRepository,
     TestClockRepository,
 )
 
@@ -28,6 +31,9 @@ class GrantUnitOfWork(Protocol):
     issuance: IssuanceRepository
     ledger: LedgerRepository
     request_ids: RequestIdRepository
+    subscriptions: SubscriptionRepository
+    schedules: ScheduleRepository
+    currency_revisions: CurrencyRevisionRepository
 
 
 class UnitsOfWork(Protocol):
