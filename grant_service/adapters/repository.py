@@ -50,19 +50,16 @@ from grant_service.adapters.orm import (
     RateSetRow,
     RequestIdRow,
     ScheduleRow,
-    SubscriptionRow,
     UsageRow,
 )
 from grant_service.domain.balances import GrantView, exact_sum
 from grant_service.domain.model import (
-    CreditSchedule,
     CustomerNow,
     EntryType,
     Grant,
     GrantSource,
     LedgerEntry,
     StoredSchedule,
-    Subscription,
     TestClock,
     Usage,
 )
@@ -796,22 +793,6 @@ def usage_of(row: Any) -> Usage:
 
 def clock_of(row: ClockRow) -> TestClock:
     return TestClock(row.test_clock_id, row.name, row.frozen_time, row.create_time)
-
-
-def subscription_of(row: SubscriptionRow, schedules: Iterable[ScheduleRow]) -> Subscription:
-    return Subscription(
-        subscription_id=row.subscription_id,
-        customer_key=row.customer_key,
-        revision=row.revision,
-        start_time=row.start_time,
-        end_time=row.end_time,
-        clock_key=row.clock_key,
-        update_time=row.update_time,
-        credit_schedules=tuple(
-            CreditSchedule(s.entitlement_key, s.currency_key, Cadence(s.cadence), decode_amounts(s.amounts))
-            for s in schedules
-        ),
-    )
 
 
 def customer_now_of(rows: Sequence[Any]) -> CustomerNow | None:
