@@ -212,6 +212,7 @@ def parse_service_args(
 ) -> ServiceSettings:
     """The settings of the command line `argv` and the environment: the service's own type (`flags`),
     or the common ServiceSettings. A flag or a combination refused exits with 2 and a usage line."""
+
     def env(name: str, default: str | None) -> str | None:
         return _env(env_prefix, name, default)
 

@@ -121,8 +121,6 @@ def content_from_json(d: dict[str, Any]) -> PlanContent:
     )
 
 
-
-
 # ------------------------------------------------------------- repositories
 
 

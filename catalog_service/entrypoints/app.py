@@ -72,4 +72,3 @@ def build(settings: CatalogSettings, engine: Engine, clock: Clock | None = None)
     running.on_stop.append(grant_client.close)
     running.on_stop.append(worker.stop)
     return running
-

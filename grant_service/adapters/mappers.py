@@ -12,19 +12,16 @@ from credit_common.periods import Cadence
 from grant_service.adapters.orm import (
     ClockRow,
     LedgerEntryRow,
-    ScheduleRow,
-    SubscriptionRow,
 )
 from grant_service.domain.balances import GrantView
 from grant_service.domain.model import (
-    CreditSchedule,
     CustomerNow,
     EntryType,
     Grant,
     GrantSource,
     LedgerEntry,
     StoredSchedule,
-    Subscription,
+    StoredSubscription,
     TestClock,
     Usage,
 )
@@ -119,8 +116,9 @@ def clock_of(row: ClockRow) -> TestClock:
     return TestClock(row.test_clock_id, row.name, row.frozen_time, row.create_time)
 
 
-def subscription_of(row: SubscriptionRow, schedules: Iterable[ScheduleRow]) -> Subscription:
-    return Subscription(
+def stored_subscription_of(row: Any) -> StoredSubscription:
+    """The subscription of a row with the columns of `subscriptions`."""
+    return StoredSubscription(
         subscription_id=row.subscription_id,
         customer_key=row.customer_key,
         revision=row.revision,
@@ -128,10 +126,6 @@ def subscription_of(row: SubscriptionRow, schedules: Iterable[ScheduleRow]) -> S
         end_time=row.end_time,
         clock_key=row.clock_key,
         update_time=row.update_time,
-        credit_schedules=tuple(
-            CreditSchedule(s.entitlement_key, s.currency_key, Cadence(s.cadence), decode_amounts(s.amounts))
-            for s in schedules
-        ),
     )
 
 

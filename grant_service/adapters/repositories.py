@@ -9,19 +9,30 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, String, any_, bindparam, delete, select, update
+from sqlalchemy import Select, String, any_, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from credit_common.db.keyset import keyset_after
 from credit_common.idempotency import SeenRequest
 from grant_service.adapters.debits import debit_head, insert_request_id, open_grants, record_debit
-from grant_service.adapters.mappers import clock_of, entry_of, grant_of, schedule_of, stored_schedule_of, usage_of
+from grant_service.adapters.mappers import (
+    clock_of,
+    encode_amounts,
+    entry_of,
+    grant_of,
+    schedule_of,
+    stored_schedule_of,
+    stored_subscription_of,
+    usage_of,
+)
 from grant_service.adapters.orm import (
     ClockRow,
+    CurrencyRow,
     CustomerRow,
     GrantRow,
     LedgerEntryRow,
+    RateRow,
     RateSetRow,
     RequestIdRow,
     ScheduleRow,
@@ -38,10 +49,14 @@ from grant_service.domain.model import (
     Grant,
     LedgerEntry,
     StoredSchedule,
+    StoredSubscription,
     TestClock,
     Usage,
 )
 from grant_service.domain.schedules import Pending, Schedule
+
+_CUSTOMERS = CustomerRow.__table__
+_SUBSCRIPTIONS = SubscriptionRow.__table__
 
 
 class SqlTestClockRepository:
@@ -55,6 +70,14 @@ class SqlTestClockRepository:
 
     def frozen_time(self, test_clock_id: str) -> datetime | None:
         return self.session.scalar(select(ClockRow.frozen_time).where(ClockRow.test_clock_id == test_clock_id))
+
+    def frozen_times(self, test_clock_ids: Sequence[str]) -> dict[str, datetime]:
+        if not test_clock_ids:
+            return {}
+        query = select(ClockRow.test_clock_id, ClockRow.frozen_time).where(
+            ClockRow.test_clock_id.in_(list(test_clock_ids))
+        )
+        return {key: frozen for key, frozen in self.session.execute(query)}
 
     def add(self, clock: TestClock) -> None:
         self.session.add(
@@ -96,6 +119,20 @@ class SqlCustomerRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
+    def lock_many(self, customer_keys: Sequence[str]) -> list[Customer]:
+        query = (
+            select(_CUSTOMERS.c.customer_key, _CUSTOMERS.c.clock_key)
+            .where(_CUSTOMERS.c.customer_key.in_(list(customer_keys)))
+            .order_by(_CUSTOMERS.c.customer_key)
+        )
+        return [Customer(key, clock_key) for key, clock_key in self.session.execute(locked(self.session, query))]
+
+    def add_all(self, customers: Sequence[Customer]) -> None:
+        if customers:
+            self.session.execute(
+                insert(_CUSTOMERS), [{"customer_key": c.customer_key, "clock_key": c.clock_key} for c in customers]
+            )
+
     def get(self, customer_key: str) -> Customer | None:
         row = self.session.get(CustomerRow, customer_key)
         return None if row is None else Customer(row.customer_key, row.clock_key)
@@ -121,6 +158,33 @@ class SqlCurrencyRepository:
             if self.session.scalar(select(column).where(column == currency_key).limit(1)) is not None:
                 return True
         return False
+
+    def revision(self, currency_key: str, *, for_update: bool = False) -> int | None:
+        query = select(CurrencyRow.revision).where(CurrencyRow.currency_key == currency_key)
+        return self.session.scalar(locked(self.session, query) if for_update else query)
+
+    def add(self, currency_key: str, revision: int) -> None:
+        self.session.execute(insert(CurrencyRow.__table__).values(currency_key=currency_key, revision=revision))
+
+    def set_revision(self, currency_key: str, revision: int) -> None:
+        self.session.execute(
+            update(CurrencyRow.__table__).where(CurrencyRow.currency_key == currency_key).values(revision=revision)
+        )
+
+    def add_rate_set(
+        self, currency_key: str, revision: int, effective_time: datetime, rates: dict[str, Decimal]
+    ) -> None:
+        rate_set = RateSetRow(currency_key=currency_key, revision=revision, effective_time=effective_time)
+        self.session.add(rate_set)
+        self.session.flush()
+        if rates:
+            self.session.execute(
+                insert(RateRow.__table__),
+                [
+                    {"rate_set_id": rate_set.rate_set_id, "feature_key": feature, "credits_per_unit": rate}
+                    for feature, rate in rates.items()
+                ],
+            )
 
 
 class SqlGrantRepository:
@@ -450,3 +514,99 @@ def grant_columns(grant: Grant) -> dict[str, Any]:
     values = {name: getattr(grant, name) for name in _GRANT_COLUMNS}
     values["source"] = grant.source.value
     return values
+
+
+class SqlSubscriptionRepository:
+    """Core statements, no ORM instances: what a batch reads is not kept in the session, and what it
+    adds goes in one executemany INSERT per table."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, subscription_id: str) -> StoredSubscription | None:
+        query = select(_SUBSCRIPTIONS).where(_SUBSCRIPTIONS.c.subscription_id == subscription_id)
+        row = self.session.execute(query).first()
+        return None if row is None else stored_subscription_of(row)
+
+    def lock_many(self, subscription_ids: Sequence[str]) -> list[StoredSubscription]:
+        query = (
+            select(_SUBSCRIPTIONS)
+            .where(_SUBSCRIPTIONS.c.subscription_id.in_(list(subscription_ids)))
+            .order_by(_SUBSCRIPTIONS.c.subscription_id)
+        )
+        return [stored_subscription_of(row) for row in self.session.execute(locked(self.session, query))]
+
+    def add_all(self, subscriptions: Sequence[StoredSubscription]) -> None:
+        if subscriptions:
+            self.session.execute(
+                insert(_SUBSCRIPTIONS),
+                [{name: getattr(s, name) for name in _SUBSCRIPTION_COLUMNS} for s in subscriptions],
+            )
+
+    def save_all(self, subscriptions: Sequence[StoredSubscription]) -> None:
+        if subscriptions:
+            self.session.execute(
+                update(SubscriptionRow),
+                [
+                    {
+                        "subscription_id": s.subscription_id,
+                        "revision": s.revision,
+                        "end_time": s.end_time,
+                        "update_time": s.update_time,
+                    }
+                    for s in subscriptions
+                ],
+            )
+
+
+_SUBSCRIPTION_COLUMNS = [c.key for c in _SUBSCRIPTIONS.columns]
+
+
+def _schedule_terms(stored: StoredSchedule) -> dict[str, Any]:
+    """The columns of `schedules` that a revision may change."""
+    return {
+        "end_time": stored.schedule.end_time,
+        "amounts": encode_amounts(stored.schedule.amounts),
+        "position": stored.position,
+        "removed": stored.removed,
+        "next_period_start": stored.next_period_start,
+    }
+
+
+class SqlScheduleRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def of_subscription(self, subscription_id: str, *, for_update: bool = False) -> list[StoredSchedule]:
+        query = (
+            select(_SCHEDULES).where(_SCHEDULES.c.subscription_id == subscription_id).order_by(_SCHEDULES.c.schedule_id)
+        )
+        rows = self.session.execute(locked(self.session, query) if for_update else query)
+        return [stored_schedule_of(row) for row in rows]
+
+    def add_all(self, schedules: Sequence[StoredSchedule]) -> None:
+        if not schedules:
+            return
+        rows = [
+            {
+                "schedule_id": s.schedule_id,
+                "subscription_id": s.subscription_id,
+                "customer_key": s.customer_key,
+                "clock_key": s.clock_key,
+                "entitlement_key": s.entitlement_key,
+                "currency_key": s.currency_key,
+                "cadence": s.schedule.cadence.value,
+                "anchor_time": s.schedule.anchor,
+                "next_period_index": s.next_period_index,
+                **_schedule_terms(s),
+            }
+            for s in schedules
+        ]
+        self.session.execute(insert(_SCHEDULES), rows)
+
+    def save(self, schedule: StoredSchedule) -> None:
+        self.session.execute(
+            update(_SCHEDULES)
+            .where(_SCHEDULES.c.schedule_id == schedule.schedule_id)
+            .values(**_schedule_terms(schedule))
+        )

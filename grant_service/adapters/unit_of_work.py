@@ -30,6 +30,8 @@ from grant_service.adapters.repositories import (
     SqlLedgerRepository,
     SqlRateRepository,
     SqlRequestIdRepository,
+    SqlScheduleRepository,
+    SqlSubscriptionRepository,
     SqlTestClockRepository,
 )
 from grant_service.domain.model import CustomerNow
@@ -49,6 +51,8 @@ class SqlGrantUnitOfWork:
         self.debits = SqlDebitRepository(session)
         self.rates = SqlRateRepository(session, rates)
         self.request_ids = SqlRequestIdRepository(session)
+        self.subscriptions = SqlSubscriptionRepository(session)
+        self.schedules = SqlScheduleRepository(session)
 
 
 class SqlUnitsOfWork:

@@ -225,3 +225,29 @@ class DebitHead:
     pending: Pending
     rates_version: int
     open_grants: list[DebitableGrant]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSubscription:
+    """A subscription as stored, without its credit schedules (StoredSchedule): the revision in force,
+    and the end time and update time that revision left."""
+
+    subscription_id: str
+    customer_key: str
+    revision: int
+    start_time: datetime
+    end_time: datetime | None
+    clock_key: str
+    update_time: datetime
+
+    def with_schedules(self, schedules: tuple[CreditSchedule, ...]) -> Subscription:
+        return Subscription(
+            subscription_id=self.subscription_id,
+            customer_key=self.customer_key,
+            revision=self.revision,
+            start_time=self.start_time,
+            end_time=self.end_time,
+            clock_key=self.clock_key,
+            update_time=self.update_time,
+            credit_schedules=schedules,
+        )

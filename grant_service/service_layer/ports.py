@@ -17,6 +17,7 @@ from grant_service.domain.model import (
     Grant,
     LedgerEntry,
     StoredSchedule,
+    StoredSubscription,
     TestClock,
     Usage,
 )
@@ -31,6 +32,10 @@ class TestClockRepository(Protocol):
         ...
 
     def frozen_time(self, test_clock_id: str) -> datetime | None: ...
+
+    def frozen_times(self, test_clock_ids: Sequence[str]) -> dict[str, datetime]:
+        """The frozen time of each of the test clocks that exists."""
+        ...
 
     def add(self, clock: TestClock) -> None: ...
 
@@ -58,10 +63,32 @@ class CustomerRepository(Protocol):
         """What a catch-up owes the customer: its earliest period to issue, grant to expire, grant to open."""
         ...
 
+    def lock_many(self, customer_keys: Sequence[str]) -> list[Customer]:
+        """Those of the customers that exist, locked for the transaction in key order."""
+        ...
+
+    def add_all(self, customers: Sequence[Customer]) -> None: ...
+
 
 class CurrencyRepository(Protocol):
+    """Credit currencies: the revisions ApplyCreditCurrency stores, each with its rate set."""
+
     def exists(self, currency_key: str) -> bool:
         """Known from ApplyCreditCurrency, a credit schedule or a grant."""
+        ...
+
+    def revision(self, currency_key: str, *, for_update: bool = False) -> int | None:
+        """The revision held (locked for the transaction with `for_update`), None if none is."""
+        ...
+
+    def add(self, currency_key: str, revision: int) -> None: ...
+
+    def set_revision(self, currency_key: str, revision: int) -> None: ...
+
+    def add_rate_set(
+        self, currency_key: str, revision: int, effective_time: datetime, rates: dict[str, Decimal]
+    ) -> None:
+        """The complete rates (credits per unit of each feature) of a revision, in force from `effective_time`."""
         ...
 
 
@@ -226,3 +253,38 @@ class RequestIdRepository(Protocol):
     def get(self, scope: str, request_id: str) -> SeenRequest[str] | None: ...
 
     def add(self, scope: str, request_id: str, fingerprint: str, result: str, now: datetime) -> None: ...
+
+
+class SubscriptionRepository(Protocol):
+    """What ApplySubscription(s) and GetSubscription read and write of subscriptions, and of the
+    customers and test clocks a batch of them names. What a batch adds is written with one
+    statement per table, whatever the number of rows."""
+
+    def get(self, subscription_id: str) -> StoredSubscription | None: ...
+
+    def lock_many(self, subscription_ids: Sequence[str]) -> list[StoredSubscription]:
+        """Those of the subscriptions that exist, locked for the transaction in id order."""
+        ...
+
+    def add_all(self, subscriptions: Sequence[StoredSubscription]) -> None: ...
+
+    def save_all(self, subscriptions: Sequence[StoredSubscription]) -> None:
+        """Store the revision, end time and update time of each (nothing else of a subscription changes)."""
+        ...
+
+
+class ScheduleRepository(Protocol):
+    def of_subscription(self, subscription_id: str, *, for_update: bool = False) -> list[StoredSchedule]:
+        """The subscription's schedules (the removed ones too) in id order, as stored now (a catch-up
+        moves cursors in bulk), locked for the transaction with `for_update`."""
+        ...
+
+    def add_all(self, schedules: Sequence[StoredSchedule]) -> None:
+        """Insert new schedules, their cursors at `next_period_start`."""
+        ...
+
+    def save(self, schedule: StoredSchedule) -> None:
+        """Store its terms (amounts, end time), position, `removed` and its cursor's start
+        (`next_period_start`); the cursor's period, its ownership, cadence, currency and anchor never
+        change."""
+        ...

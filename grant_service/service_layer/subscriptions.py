@@ -6,33 +6,25 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
-
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from credit_common.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from credit_common.ids import new_id
 from credit_common.periods import Cadence
-from grant_service.adapters.mappers import decode_amounts, encode_amounts, stored_schedule_of, subscription_of
-from grant_service.adapters.orm import (
+from grant_service.domain.model import (
     REAL_TIME,
-    ClockRow,
-    CurrencyRow,
-    CustomerRow,
-    RateRow,
-    RateSetRow,
-    ScheduleRow,
-    SubscriptionRow,
+    CreditSchedule,
+    Customer,
+    StoredSchedule,
+    StoredSubscription,
+    Subscription,
 )
-from grant_service.adapters.sql import locked
-from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
-from grant_service.domain.model import Subscription
-from grant_service.domain.schedules import ScheduledAmount, clamp_amounts, clamp_end
+from grant_service.domain.schedules import Schedule, ScheduledAmount, clamp_amounts, clamp_end
 from grant_service.service_layer.context import GrantContext, require_test_clocks
 from grant_service.service_layer.issuance import catch_up_in_transaction, reconcile_issued
+from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 
 # Rates of a currency's first revision are in force since this instant unless told otherwise,
 # so that usage at any (test clock) time finds them.
@@ -120,9 +112,9 @@ def apply_subscriptions(ctx: GrantContext, specs: Sequence[SubscriptionSpec]) ->
     """Apply several revisions in one write transaction; one result per spec, in order.
 
     The customers and subscriptions of the whole batch are read (and locked, in key order, so
-    that two batches cannot deadlock) with one query each, the new rows are inserted by the
-    flush at commit, many per statement. Items are applied in customer_key order, each
-    customer's items in the order given (so revisions of one subscription follow each other).
+    that two batches cannot deadlock) with one query each; the new customers, subscriptions and
+    schedules are inserted with one statement per table. Items are applied in customer_key order,
+    each customer's items in the order given (so revisions of one subscription follow each other).
     A rejected item (a DomainError) rolls the transaction back, and the batch runs again
     without it: a rejected item leaves no trace and the others see exactly what they would
     have seen had it never been sent. Rejections are rare (the catalog validates what it
@@ -135,23 +127,23 @@ def apply_subscriptions(ctx: GrantContext, specs: Sequence[SubscriptionSpec]) ->
             except DomainError as error:
                 rejected[i] = error
 
-    def work(session: Session) -> dict[int, ApplyResult]:
+    def work(uow: GrantUnitOfWork) -> dict[int, ApplyResult]:
         order = sorted((i for i in range(len(specs)) if i not in rejected), key=lambda i: specs[i].customer_key)
         if not order:
             return {}
-        batch = _Batch.load(ctx, session, [specs[i] for i in order])
+        batch = _Batch.load(ctx, uow, [specs[i] for i in order])
         results: dict[int, ApplyResult] = {}
         for i in order:
             try:
                 results[i] = batch.apply(specs[i])
             except DomainError as error:
                 raise _Rejected(i, error) from error
-        batch.flush_new()
+        batch.flush()
         return results
 
     while True:
         try:
-            applied = ctx.uows.write(lambda uow: work(uow.session))
+            applied = ctx.uows.write(work)
             break
         except _Rejected as rejection:
             rejected[rejection.index] = rejection.error
@@ -160,50 +152,29 @@ def apply_subscriptions(ctx: GrantContext, specs: Sequence[SubscriptionSpec]) ->
 
 @dataclass
 class _Batch:
-    """The rows a batch of applies works on, read once and kept up to date as items are applied."""
+    """What a batch of applies works on, read once and kept up to date as items are applied."""
 
-    session: Session
+    uow: GrantUnitOfWork
     max_revision_step: int
     real_now: datetime
     batch_size: int
     clocks: dict[str, datetime]  # frozen time of each test clock named in the batch that exists
-    customers: dict[str, CustomerRow]
-    subscriptions: dict[str, SubscriptionRow]
-    # New rows, kept out of the session until `flush_new` adds them parent first (the ORM orders
-    # inserts by relationships, and these rows have none), so that each table gets one INSERT.
-    new_rows: tuple[list[CustomerRow], list[SubscriptionRow], list[ScheduleRow]] = field(
-        default_factory=lambda: ([], [], [])
-    )
+    customers: dict[str, Customer]
+    subscriptions: dict[str, StoredSubscription]
+    # What the batch adds, written by `flush_new` (each table after the one it refers to, one
+    # statement per table), and the subscriptions it changed, written by `flush`.
+    new_customers: list[Customer] = field(default_factory=list)
+    new_subscriptions: list[StoredSubscription] = field(default_factory=list)
+    new_schedules: list[StoredSchedule] = field(default_factory=list)
+    changed: dict[str, StoredSubscription] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, ctx: GrantContext, session: Session, specs: Sequence[SubscriptionSpec]) -> _Batch:
-        customer_keys = sorted({s.customer_key for s in specs})
-        subscription_ids = sorted({s.subscription_id for s in specs})
-        clock_keys = sorted({s.test_clock_id for s in specs if s.test_clock_id})
-        clocks: dict[str, datetime] = {}
-        if clock_keys:
-            rows = session.execute(
-                select(ClockRow.test_clock_id, ClockRow.frozen_time).where(ClockRow.test_clock_id.in_(clock_keys))
-            )
-            clocks = {key: frozen for key, frozen in rows}
-        customers = session.scalars(
-            locked(
-                session,
-                select(CustomerRow)
-                .where(CustomerRow.customer_key.in_(customer_keys))
-                .order_by(CustomerRow.customer_key),
-            )
-        )
-        subscriptions = session.scalars(
-            locked(
-                session,
-                select(SubscriptionRow)
-                .where(SubscriptionRow.subscription_id.in_(subscription_ids))
-                .order_by(SubscriptionRow.subscription_id),
-            )
-        )
+    def load(cls, ctx: GrantContext, uow: GrantUnitOfWork, specs: Sequence[SubscriptionSpec]) -> _Batch:
+        clocks = uow.clocks.frozen_times(sorted({s.test_clock_id for s in specs if s.test_clock_id}))
+        customers = uow.customers.lock_many(sorted({s.customer_key for s in specs}))
+        subscriptions = uow.subscriptions.lock_many(sorted({s.subscription_id for s in specs}))
         return cls(
-            session,
+            uow,
             ctx.max_revision_step,
             ctx.clock.now(),
             ctx.batch_size,
@@ -213,18 +184,17 @@ class _Batch:
         )
 
     def apply(self, spec: SubscriptionSpec) -> ApplyResult:
-        session = self.session
         clock_key = spec.test_clock_id or REAL_TIME
         if clock_key != REAL_TIME and clock_key not in self.clocks:
             raise NotFound(f"test clock {clock_key!r} not found", reason="TEST_CLOCK_NOT_FOUND")
-        held = self.subscriptions.get(spec.subscription_id)
+        sub = self.subscriptions.get(spec.subscription_id)
         check_revision_step(
-            "subscription", spec.subscription_id, spec.revision, held.revision if held else 0, self.max_revision_step
+            "subscription", spec.subscription_id, spec.revision, sub.revision if sub else 0, self.max_revision_step
         )
         customer = self.customers.get(spec.customer_key)
         if customer is None:
-            customer = CustomerRow(customer_key=spec.customer_key, clock_key=clock_key)
-            self.new_rows[0].append(customer)
+            customer = Customer(spec.customer_key, clock_key)
+            self.new_customers.append(customer)
             self.customers[spec.customer_key] = customer
         elif customer.clock_key != clock_key:
             raise FailedPrecondition(
@@ -233,9 +203,8 @@ class _Batch:
                 metadata={"customer_key": spec.customer_key, "customer_test_clock_id": customer.clock_key},
             )
         now = self.real_now if clock_key == REAL_TIME else self.clocks[clock_key]
-        sub = self.subscriptions.get(spec.subscription_id)
         if sub is None:
-            sub = SubscriptionRow(
+            sub = StoredSubscription(
                 subscription_id=spec.subscription_id,
                 customer_key=spec.customer_key,
                 revision=spec.revision,
@@ -244,8 +213,10 @@ class _Batch:
                 clock_key=clock_key,
                 update_time=now,
             )
-            self.new_rows[1].append(sub)
-            self.new_rows[2].extend(_new_schedule(sub, spec, i, schedule) for i, schedule in enumerate(spec.schedules))
+            self.new_subscriptions.append(sub)
+            self.new_schedules.extend(
+                _new_schedule(sub, spec, i, schedule) for i, schedule in enumerate(spec.schedules)
+            )
             self.subscriptions[spec.subscription_id] = sub
             return ApplyResult(ApplyOutcome.APPLIED, spec.revision)
         if spec.revision == sub.revision:
@@ -255,23 +226,29 @@ class _Batch:
         _check_immutable(sub, spec, clock_key)
         self.flush_new()  # the schedules are read back from the database
         # The change applies to the customer's state at `now`: what is due is issued first.
-        catch_up_in_transaction(SqlGrantUnitOfWork(session), clock_key, now, spec.customer_key, self.batch_size)
+        catch_up_in_transaction(self.uow, clock_key, now, spec.customer_key, self.batch_size)
         end_time, late = clamp_end(sub.end_time, spec.end_time, now)
         clamped = [ClampedChange("", spec.end_time, end_time or now)] if late else []
-        sub.revision, sub.end_time, sub.update_time = spec.revision, end_time, now
-        clamped.extend(_apply_schedules(session, sub, spec, now))
+        sub = replace(sub, revision=spec.revision, end_time=end_time, update_time=now)
+        self.subscriptions[spec.subscription_id] = self.changed[spec.subscription_id] = sub
+        clamped.extend(_apply_schedules(self.uow, sub, spec, now, self.new_schedules))
         return ApplyResult(ApplyOutcome.APPLIED, spec.revision, clamped=tuple(clamped))
 
     def flush_new(self) -> None:
-        """Insert the new rows, each table after the one it refers to."""
-        for rows in self.new_rows:
-            if rows:
-                self.session.add_all(rows)
-                self.session.flush()
-                rows.clear()
+        """Insert what the batch adds, each table after the one it refers to."""
+        self.uow.customers.add_all(self.new_customers)
+        self.uow.subscriptions.add_all(self.new_subscriptions)
+        self.uow.schedules.add_all(self.new_schedules)
+        self.new_customers, self.new_subscriptions, self.new_schedules = [], [], []
+
+    def flush(self) -> None:
+        """Write everything the batch did."""
+        self.flush_new()
+        self.uow.subscriptions.save_all(list(self.changed.values()))
+        self.changed = {}
 
 
-def _check_immutable(sub: SubscriptionRow, spec: SubscriptionSpec, clock_key: str) -> None:
+def _check_immutable(sub: StoredSubscription, spec: SubscriptionSpec, clock_key: str) -> None:
     changed = []
     if sub.customer_key != spec.customer_key:
         changed.append("customer_key")
@@ -288,98 +265,89 @@ def _check_immutable(sub: SubscriptionRow, spec: SubscriptionSpec, clock_key: st
 
 
 def _apply_schedules(
-    session: Session, sub: SubscriptionRow, spec: SubscriptionSpec, now: datetime
+    uow: GrantUnitOfWork,
+    sub: StoredSubscription,
+    spec: SubscriptionSpec,
+    now: datetime,
+    new_schedules: list[StoredSchedule],
 ) -> list[ClampedChange]:
     """Apply the schedules of `spec` (its end time: `sub.end_time`, already clamped) at `now`; the
-    amount changes clamped to `now`."""
+    amount changes clamped to `now`. The schedules it adds are appended to `new_schedules`."""
     # Locked, so that a catch-up issuing these schedules right now finishes first and its cursors are seen.
-    # Read afresh: the catch-up before it moved cursors with statements the session does not track.
-    query = (
-        select(ScheduleRow)
-        .where(ScheduleRow.subscription_id == sub.subscription_id)
-        .order_by(ScheduleRow.schedule_id)
-        .execution_options(populate_existing=True)
-    )
     clamped: list[ClampedChange] = []
-    existing = {row.entitlement_key: row for row in session.scalars(locked(session, query))}
+    existing = {s.entitlement_key: s for s in uow.schedules.of_subscription(sub.subscription_id, for_update=True)}
     wanted = {s.entitlement_key for s in spec.schedules}
     for position, schedule in enumerate(spec.schedules):
-        row = existing.get(schedule.entitlement_key)
-        if row is None:
-            session.add(_new_schedule(sub, spec, position, schedule))
+        stored = existing.get(schedule.entitlement_key)
+        if stored is None:
+            new_schedules.append(_new_schedule(sub, spec, position, schedule))
             continue
-        if row.cadence != schedule.cadence.value or row.currency_key != schedule.currency_key:
+        if stored.schedule.cadence != schedule.cadence or stored.currency_key != schedule.currency_key:
             raise FailedPrecondition(
                 f"the cadence or currency of credit schedule {schedule.entitlement_key!r} cannot change",
                 reason="IMMUTABLE_FIELD_CHANGED",
                 metadata={"entitlement_key": schedule.entitlement_key},
             )
         amounts = schedule.amounts
-        if not row.removed:
-            amounts, late = clamp_amounts(decode_amounts(row.amounts), schedule.amounts, now)
+        if not stored.removed:
+            amounts, late = clamp_amounts(stored.schedule.amounts, schedule.amounts, now)
             if late is not None:
                 clamped.append(ClampedChange(schedule.entitlement_key, late, now))
-        row.amounts, row.end_time, row.position, row.removed = (
-            encode_amounts(amounts),
-            sub.end_time,
-            position,
-            False,
-        )
-        reset_cursor(row)
-        session.flush()
-        reconcile_issued(SqlGrantUnitOfWork(session), stored_schedule_of(row), now)
-    for key, row in existing.items():
-        if key in wanted or row.removed:
+        terms = replace(stored.schedule, amounts=amounts, end_time=sub.end_time)
+        _save_and_reconcile(uow, replace(stored, schedule=terms, position=position, removed=False), now)
+    for key, stored in existing.items():
+        if key in wanted or stored.removed:
             continue
         # A schedule dropped by a revision ends now: its current grant expires now, no later one is issued.
-        row.removed = True
-        row.end_time = now if row.end_time is None else min(row.end_time, now)
-        reset_cursor(row)
-        session.flush()
-        reconcile_issued(SqlGrantUnitOfWork(session), stored_schedule_of(row), now)
-    session.flush()
+        end_time = now if stored.schedule.end_time is None else min(stored.schedule.end_time, now)
+        terms = replace(stored.schedule, end_time=end_time)
+        _save_and_reconcile(uow, replace(stored, schedule=terms, removed=True), now)
     return clamped
 
 
-def _new_schedule(sub: SubscriptionRow, spec: SubscriptionSpec, position: int, schedule: ScheduleSpec) -> ScheduleRow:
-    row = ScheduleRow(
+def _save_and_reconcile(uow: GrantUnitOfWork, stored: StoredSchedule, now: datetime) -> None:
+    """Store the schedule's new terms and its cursor's start (`next_period_start`), then bring what
+    it has issued in line with them."""
+    uow.schedules.save(stored)
+    reconcile_issued(uow, stored, now)
+
+
+def _new_schedule(
+    sub: StoredSubscription, spec: SubscriptionSpec, position: int, schedule: ScheduleSpec
+) -> StoredSchedule:
+    return StoredSchedule(
         schedule_id=new_id("sch"),
         subscription_id=sub.subscription_id,
         customer_key=sub.customer_key,
         clock_key=sub.clock_key,
         entitlement_key=schedule.entitlement_key,
         currency_key=schedule.currency_key,
-        cadence=schedule.cadence.value,
-        anchor_time=sub.start_time,
-        end_time=spec.end_time,
-        amounts=encode_amounts(schedule.amounts),
-        position=position,
-        removed=False,
+        schedule=Schedule(sub.start_time, schedule.cadence, schedule.amounts, spec.end_time),
         next_period_index=0,
+        position=position,
     )
-    reset_cursor(row)
-    return row
 
 
 def get_subscription(ctx: GrantContext, subscription_id: str) -> Subscription:
-    def work(session: Session) -> Subscription:
-        sub = session.get(SubscriptionRow, subscription_id)
+    def work(uow: GrantUnitOfWork) -> Subscription:
+        sub = uow.subscriptions.get(subscription_id)
         if sub is None:
             raise NotFound(
                 f"subscription {subscription_id!r} not found",
                 reason="SUBSCRIPTION_NOT_FOUND",
                 metadata={"subscription_id": subscription_id},
             )
-        schedules = list(
-            session.scalars(
-                select(ScheduleRow)
-                .where(ScheduleRow.subscription_id == subscription_id, ScheduleRow.removed.is_(False))
-                .order_by(ScheduleRow.position)
+        schedules = sorted(
+            (s for s in uow.schedules.of_subscription(subscription_id) if not s.removed), key=lambda s: s.position
+        )
+        return sub.with_schedules(
+            tuple(
+                CreditSchedule(s.entitlement_key, s.currency_key, s.schedule.cadence, s.schedule.amounts)
+                for s in schedules
             )
         )
-        return subscription_of(sub, schedules)
 
-    return ctx.uows.read(lambda uow: work(uow.session))
+    return ctx.uows.read(work)
 
 
 def apply_credit_currency(
@@ -389,34 +357,22 @@ def apply_credit_currency(
     rates: dict[str, Decimal],
     effective_time: datetime | None,
 ) -> tuple[ApplyOutcome, int]:
-    def work(session: Session) -> tuple[ApplyOutcome, int]:
-        row = session.scalars(locked(session, select(CurrencyRow).where(CurrencyRow.currency_key == currency_key)))
-        currency = row.first()
+    def work(uow: GrantUnitOfWork) -> tuple[ApplyOutcome, int]:
+        held = uow.currencies.revision(currency_key, for_update=True)
         check_revision_step(
-            "credit currency", currency_key, revision, currency.revision if currency else 0, ctx.max_revision_step
+            "credit currency", currency_key, revision, held if held is not None else 0, ctx.max_revision_step
         )
-        if currency is not None:
-            if revision == currency.revision:
-                return ApplyOutcome.ALREADY_APPLIED, currency.revision
-            if revision < currency.revision:
-                return ApplyOutcome.STALE, currency.revision
-            currency.revision = revision
+        if held is not None:
+            if revision == held:
+                return ApplyOutcome.ALREADY_APPLIED, held
+            if revision < held:
+                return ApplyOutcome.STALE, held
+            uow.currencies.set_revision(currency_key, revision)
             start = effective_time or ctx.clock.now()
         else:
-            session.add(CurrencyRow(currency_key=currency_key, revision=revision))
+            uow.currencies.add(currency_key, revision)
             start = effective_time or BEGINNING_OF_TIME
-        rate_set = RateSetRow(currency_key=currency_key, revision=revision, effective_time=start)
-        session.add(rate_set)
-        session.flush()
-        session.add_all(
-            RateRow(rate_set_id=rate_set.rate_set_id, feature_key=feature, credits_per_unit=rate)
-            for feature, rate in rates.items()
-        )
+        uow.currencies.add_rate_set(currency_key, revision, start, rates)
         return ApplyOutcome.APPLIED, revision
 
-    return ctx.uows.write(lambda uow: work(uow.session))
-
-
-def reset_cursor(row: ScheduleRow) -> None:
-    """The cursor's next start after the end time changed (NULL once no period starts before the end)."""
-    row.next_period_start = stored_schedule_of(row).next_period_start
+    return ctx.uows.write(work)

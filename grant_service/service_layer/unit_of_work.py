@@ -18,6 +18,8 @@ from grant_service.service_layer.ports import (
     LedgerRepository,
     RateRepository,
     RequestIdRepository,
+    ScheduleRepository,
+    SubscriptionRepository,
     TestClockRepository,
 )
 
@@ -34,6 +36,8 @@ class GrantUnitOfWork(Protocol):
     debits: DebitRepository
     rates: RateRepository
     request_ids: RequestIdRepository
+    subscriptions: SubscriptionRepository
+    schedules: ScheduleRepository
 
 
 class UnitsOfWork(Protocol):

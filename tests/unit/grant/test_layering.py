@@ -1,7 +1,6 @@
 """The grant service's layers, checked by walking each module's imports: the domain
 imports neither SQL nor gRPC, the servicer and converters no adapters, and the
-service layer no SQL and no adapters, but for the modules not yet moved behind
-the unit of work (NOT_YET_MOVED, which may only shrink)."""
+service layer no SQL and no adapters: all SQL is behind the unit of work."""
 
 from __future__ import annotations
 
@@ -11,8 +10,6 @@ from pathlib import Path
 import grant_service
 
 ROOT = Path(grant_service.__file__).parent
-# Service-layer modules that still hold SQL or use adapters directly.
-NOT_YET_MOVED = {"subscriptions"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -56,10 +53,7 @@ def test_the_servicer_and_converters_use_no_adapters_and_no_sql():
 
 
 def test_service_layer_modules_import_neither_sqlalchemy_nor_adapters():
-    still_mixed = {
-        name for name, path in _modules("service_layer").items() if _uses(path, "sqlalchemy", "grant_service.adapters")
+    mixed = {
+        name: _uses(path, "sqlalchemy", "grant_service.adapters") for name, path in _modules("service_layer").items()
     }
-    assert still_mixed <= NOT_YET_MOVED, f"{sorted(still_mixed - NOT_YET_MOVED)} import sqlalchemy or adapters"
-    assert still_mixed == NOT_YET_MOVED, (
-        f"{sorted(NOT_YET_MOVED - still_mixed)} are clean now: drop them from NOT_YET_MOVED"
-    )
+    assert {name: uses for name, uses in mixed.items() if uses} == {}
