@@ -41,13 +41,14 @@ from grant_service.adapters.orm import (
 )
 from grant_service.adapters.rates import RatesCache, feature_known, rates_in_force
 from grant_service.adapters.sql import insert_ignoring_conflicts, is_postgres, locked, pending_columns
-from grant_service.domain.balances import exact_sum
+from grant_service.domain.balances import RECURRING_PRIORITY, exact_sum
 from grant_service.domain.model import (
     Customer,
     DebitableGrant,
     DebitHead,
     Grant,
     LedgerEntry,
+    NewGrant,
     StoredSchedule,
     StoredSubscription,
     TestClock,
@@ -387,7 +388,7 @@ class SqlRateRepository:
 # batch: docs/performance.md); the schedules are not in the session's identity map.
 _SCHEDULES = ScheduleRow.__table__
 _DUE_COLUMNS = [c for c in _SCHEDULES.c if c.key != "next_period_start"]
-_GRANT_COLUMNS = [c.key for c in GrantRow.__table__.columns]
+_ZERO = Decimal(0)
 _ADVANCE = update(_SCHEDULES).values(next_period_index=bindparam("b_index"), next_period_start=bindparam("b_start"))
 _ADVANCE_IN = _ADVANCE.where(_SCHEDULES.c.schedule_id.in_(bindparam("ids", expanding=True)))
 _ADVANCE_ANY = _ADVANCE.where(_SCHEDULES.c.schedule_id == any_(bindparam("ids", type_=postgresql.ARRAY(String))))
@@ -451,8 +452,33 @@ class SqlIssuanceRepository:
         query = select(GrantRow).where(GrantRow.opens_at <= now)
         return self._due_grants(query, GrantRow.opens_at, clock_key, customer_key, limit, skip_locked)
 
-    def add_grants(self, grants: Sequence[Grant]) -> set[str]:
-        rows = [grant_columns(grant) for grant in grants]
+    def add_grants(self, grants: Sequence[NewGrant]) -> set[str]:
+        rows = []
+        for grant in grants:
+            schedule, segment = grant.schedule, grant.segment
+            rows.append(
+                {
+                    "grant_id": grant.grant_id,
+                    "customer_key": schedule.customer_key,
+                    "currency_key": schedule.currency_key,
+                    "clock_key": schedule.clock_key,
+                    "source": "RECURRING",
+                    "subscription_id": schedule.subscription_id,
+                    "schedule_id": schedule.schedule_id,
+                    "entitlement_key": schedule.entitlement_key,
+                    "period_index": segment.period_index,
+                    "segment": segment.segment,
+                    "amount": segment.amount,
+                    "used": _ZERO,
+                    "effective_time": segment.effective_time,
+                    "expire_time": segment.expire_time,
+                    "priority": RECURRING_PRIORITY,
+                    "void_time": None,
+                    "reason": "",
+                    "closed": False,
+                    "opens_at": grant.opens_at,
+                }
+            )
         return insert_ignoring_conflicts(self.session, GrantRow, rows, "grant_id")
 
     def add_entries(self, entries: Sequence[dict[str, Any]]) -> None:
@@ -507,13 +533,6 @@ class SqlIssuanceRepository:
             return
         self.session.execute(delete(LedgerEntryRow).where(LedgerEntryRow.grant_id.in_(list(grant_ids))))
         self.session.execute(delete(GrantRow).where(GrantRow.grant_id.in_(list(grant_ids))))
-
-
-def grant_columns(grant: Grant) -> dict[str, Any]:
-    """The columns of `grants` of a grant."""
-    values = {name: getattr(grant, name) for name in _GRANT_COLUMNS}
-    values["source"] = grant.source.value
-    return values
 
 
 class SqlSubscriptionRepository:

@@ -12,7 +12,7 @@ from decimal import Decimal
 from credit_common.idempotency import SeenRequest
 from credit_common.periods import Cadence
 from grant_service.domain.balances import GrantView, exact_difference
-from grant_service.domain.schedules import Pending, Schedule, ScheduledAmount
+from grant_service.domain.schedules import GrantSegment, Pending, Schedule, ScheduledAmount
 
 REAL_TIME = ""  # clock_key of everything that runs on real time
 
@@ -173,10 +173,12 @@ class Subscription:
         return "" if self.clock_key == REAL_TIME else self.clock_key
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredSchedule:
     """A credit schedule as stored: whose it is, its terms (`schedule`), its place in the
-    subscription, and its issuance cursor: the first period not yet issued."""
+    subscription, and its issuance cursor: the first period not yet issued. Not frozen: a frozen
+    dataclass's constructor sets each field through object.__setattr__, and the catch-up makes one
+    of these per due schedule of a renewal storm; changes go through dataclasses.replace all the same."""
 
     schedule_id: str
     subscription_id: str
@@ -196,6 +198,61 @@ class StoredSchedule:
         if self.removed or not self.schedule.has_period(k):
             return None
         return self.schedule.period_start(k)
+
+
+class NewGrant:
+    """A recurring grant the catch-up is issuing: segment `segment` of a period of `schedule`, pending
+    until `opens_at` if it starts later. What the ledger entries and the expiry of a grant read of it
+    (the fields of `Grant`), taken from the schedule and the segment. Light on purpose: the catch-up
+    makes one per grant of a renewal storm, and a `Grant` (19 fields, frozen) costs several times
+    more to build."""
+
+    __slots__ = ("grant_id", "opens_at", "schedule", "segment")
+
+    def __init__(self, grant_id: str, schedule: StoredSchedule, segment: GrantSegment, opens_at: datetime | None):
+        self.grant_id = grant_id
+        self.schedule = schedule
+        self.segment = segment
+        self.opens_at = opens_at
+
+    @property
+    def customer_key(self) -> str:
+        return self.schedule.customer_key
+
+    @property
+    def currency_key(self) -> str:
+        return self.schedule.currency_key
+
+    @property
+    def subscription_id(self) -> str:
+        return self.schedule.subscription_id
+
+    @property
+    def entitlement_key(self) -> str:
+        return self.schedule.entitlement_key
+
+    @property
+    def period_index(self) -> int:
+        return self.segment.period_index
+
+    @property
+    def amount(self) -> Decimal:
+        return self.segment.amount
+
+    @property
+    def used(self) -> Decimal:
+        return _ZERO
+
+    @property
+    def effective_time(self) -> datetime:
+        return self.segment.effective_time
+
+    @property
+    def expire_time(self) -> datetime:
+        return self.segment.expire_time
+
+
+_ZERO = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,13 +298,4 @@ class StoredSubscription:
     update_time: datetime
 
     def with_schedules(self, schedules: tuple[CreditSchedule, ...]) -> Subscription:
-        return Subscription(
-            subscription_id=self.subscription_id,
-            customer_key=self.customer_key,
-            revision=self.revision,
-            start_time=self.start_time,
-            end_time=self.end_time,
-            clock_key=self.clock_key,
-            update_time=self.update_time,
-            credit_schedules=schedules,
-        )
+        return Subscription(**{name: getattr(self, name) for name in self.__slots__}, credit_schedules=schedules)

@@ -21,8 +21,8 @@ from datetime import datetime
 from decimal import Decimal
 
 from credit_common.ids import new_id, new_ids
-from grant_service.domain.balances import RECURRING_PRIORITY, exact_difference
-from grant_service.domain.model import REAL_TIME, Grant, GrantSource, StoredSchedule
+from grant_service.domain.balances import exact_difference
+from grant_service.domain.model import REAL_TIME, DebitableGrant, Grant, GrantSource, NewGrant, StoredSchedule
 from grant_service.domain.schedules import GrantSegment, Schedule, StoredGrant, reconcile
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork, UnitsOfWork
 
@@ -138,7 +138,7 @@ def due_segments(schedule: Schedule, k: int, now: datetime) -> tuple[list[GrantS
 
 def issue_in_time_order(
     uow: GrantUnitOfWork, segments: Sequence[tuple[StoredSchedule, GrantSegment]], now: datetime
-) -> tuple[list[Grant], list[Grant]]:
+) -> tuple[list[NewGrant], list[NewGrant]]:
     """Issue `segments` (each schedule's in time order) and record the EXPIRE of those already over
     at `now`, in waves: wave j holds the j-th segment of every schedule. Before a wave is issued,
     the grants of earlier waves that are over are closed, so where a schedule's grant ends and its
@@ -153,15 +153,15 @@ def issue_in_time_order(
         if j == len(waves):
             waves.append([])
         waves[j].append((stored, segment))
-    issued: list[Grant] = []
-    expired: list[Grant] = []
-    open_over: list[Grant] = []  # issued here, over at `now`, not yet closed
+    issued: list[NewGrant] = []
+    expired: list[NewGrant] = []
+    open_over: list[NewGrant] = []  # issued here, over at `now`, not yet closed
     for wave in waves:
         close_expired(uow, open_over)
         expired.extend(open_over)
         new = issue_segments(uow, wave, now)
         issued.extend(new)
-        open_over = [g for g in new if g.expire_time is not None and g.expire_time <= now]
+        open_over = [g for g in new if g.expire_time <= now]
     close_expired(uow, open_over)
     expired.extend(open_over)
     return issued, expired
@@ -169,34 +169,14 @@ def issue_in_time_order(
 
 def issue_segments(
     uow: GrantUnitOfWork, segments: Sequence[tuple[StoredSchedule, GrantSegment]], now: datetime
-) -> list[Grant]:
+) -> list[NewGrant]:
     """Insert the grants of `segments` (each with its schedule) and the GRANT entries of those
     effective at `now`; one that starts later is stored pending (its GRANT entry is written by the
     catch-up that opens it). A segment already issued is skipped. Returns the grants inserted."""
     if not segments:
         return []
     grants = [
-        Grant(
-            grant_id=grant_id,
-            customer_key=stored.customer_key,
-            currency_key=stored.currency_key,
-            clock_key=stored.clock_key,
-            source=GrantSource.RECURRING,
-            subscription_id=stored.subscription_id,
-            entitlement_key=stored.entitlement_key,
-            period_index=segment.period_index,
-            amount=segment.amount,
-            effective_time=segment.effective_time,
-            expire_time=segment.expire_time,
-            priority=RECURRING_PRIORITY,
-            void_time=None,
-            reason="",
-            schedule_id=stored.schedule_id,
-            segment=segment.segment,
-            used=_ZERO,
-            closed=False,
-            opens_at=segment.effective_time if segment.effective_time > now else None,
-        )
+        NewGrant(grant_id, stored, segment, segment.effective_time if segment.effective_time > now else None)
         for (stored, segment), grant_id in zip(segments, new_ids("grt", len(segments)), strict=True)
     ]
     inserted = uow.issuance.add_grants(grants)
@@ -211,10 +191,7 @@ def issue_segments(
     return issued
 
 
-_ZERO = Decimal(0)
-
-
-def recurring_description(grant: Grant) -> str:
+def recurring_description(grant: Grant | NewGrant) -> str:
     return f"period {grant.period_index} of {grant.entitlement_key}"
 
 
@@ -251,12 +228,12 @@ def open_due_batch(
     return len(grants), len(over)
 
 
-def grant_entry(grant: Grant, description: str, *, entry_id: str | None = None) -> dict:
+def grant_entry(grant: Grant | NewGrant, description: str, *, entry_id: str | None = None) -> dict:
     return ledger_entry(grant, "GRANT", grant.amount, grant.effective_time, description, opens=True, entry_id=entry_id)
 
 
 def ledger_entry(
-    grant: Grant,
+    grant: Grant | NewGrant | DebitableGrant,
     type_: str,
     amount: Decimal,
     effective_time: datetime,
@@ -267,8 +244,7 @@ def ledger_entry(
     usage_id: str | None = None,
     entry_id: str | None = None,
 ) -> dict:
-    """A ledger entry of `grant` (a Grant, or any object with its grant_id, customer_key, currency_key
-    and subscription_id); its id is `entry_id` (made in bulk by the caller) or a new one."""
+    """A ledger entry of `grant`; its id is `entry_id` (made in bulk by the caller) or a new one."""
     return {
         "entry_id": entry_id or new_id("led"),
         "customer_key": grant.customer_key,
@@ -300,7 +276,7 @@ def expire_due_batch(
     return len(grants)
 
 
-def expire_entry(grant: Grant, *, entry_id: str | None = None) -> dict:
+def expire_entry(grant: Grant | NewGrant, *, entry_id: str | None = None) -> dict:
     assert grant.expire_time is not None
     return ledger_entry(
         grant,
@@ -313,7 +289,7 @@ def expire_entry(grant: Grant, *, entry_id: str | None = None) -> dict:
     )
 
 
-def close_expired(uow: GrantUnitOfWork, grants: Sequence[Grant]) -> None:
+def close_expired(uow: GrantUnitOfWork, grants: Sequence[Grant | NewGrant]) -> None:
     """Record the EXPIRE of each grant (what was left of it at its expiry) and mark it closed; a grant
     whose closing entry already exists is skipped."""
     if not grants:

@@ -16,6 +16,7 @@ from grant_service.domain.model import (
     DebitHead,
     Grant,
     LedgerEntry,
+    NewGrant,
     StoredSchedule,
     StoredSubscription,
     TestClock,
@@ -209,9 +210,9 @@ class IssuanceRepository(Protocol):
         """Up to `limit` pending grants whose effective time has come at `now`."""
         ...
 
-    def add_grants(self, grants: Sequence[Grant]) -> set[str]:
-        """Insert new grants, skipping any that another transaction already issued (the same
-        schedule period segment); the ids of those inserted."""
+    def add_grants(self, grants: Sequence[NewGrant]) -> set[str]:
+        """Insert new recurring grants, skipping any that another transaction already issued (the
+        same schedule period segment); the ids of those inserted."""
         ...
 
     def add_entries(self, entries: Sequence[dict[str, Any]]) -> None:
