@@ -21,18 +21,14 @@ from sqlalchemy import (
 from credit_common.db.driver import DriverStatement
 from credit_common.db.types import UtcDateTime
 from grant_service.adapters.orm import (
-    CustomerRow,
-    GrantRow,
+    CUSTOMERS,
+    GRANTS,
 )
 from grant_service.adapters.sql import pending_columns
 
-# The tables, for the Core statements built once below.
-_CUSTOMERS = CustomerRow.__table__
-_GRANTS = GrantRow.__table__
-
 
 def _current_grants_statement(customers_count: int) -> Select:
-    customers, grants = _CUSTOMERS, _GRANTS
+    customers, grants = CUSTOMERS, GRANTS
     now = bindparam("now", type_=UtcDateTime())
     keys = [bindparam(f"c{i}", type_=customers.c.customer_key.type) for i in range(customers_count)]
     return (

@@ -33,13 +33,13 @@ from credit_common.db.driver import DriverStatement, deferred_writes, rows_of
 from credit_common.idempotency import SeenRequest
 from grant_service.adapters.mappers import view_of
 from grant_service.adapters.orm import (
-    ClockRow,
-    CustomerRow,
-    GrantRow,
-    LedgerEntryRow,
-    RateSetRow,
-    RequestIdRow,
-    UsageRow,
+    CLOCKS,
+    CUSTOMERS,
+    GRANTS,
+    LEDGER_ENTRIES,
+    RATE_SETS,
+    REQUEST_IDS,
+    USAGES,
 )
 from grant_service.adapters.sql import is_postgres, pending_columns
 from grant_service.domain.model import (
@@ -48,31 +48,24 @@ from grant_service.domain.model import (
 )
 from grant_service.domain.schedules import Pending
 
-# The tables, for the Core statements built once below.
-_CUSTOMERS = CustomerRow.__table__
-_GRANTS = GrantRow.__table__
-_CLOCKS = ClockRow.__table__
-_REQUEST_IDS = RequestIdRow.__table__
-_RATE_SETS = RateSetRow.__table__
-
 
 def _head_columns() -> tuple:
     """A DebitHead's columns of a customer (of `customers` in FROM), but its request id's record."""
     return (
-        _CUSTOMERS.c.clock_key,
-        select(_CLOCKS.c.frozen_time).where(_CLOCKS.c.test_clock_id == _CUSTOMERS.c.clock_key).scalar_subquery(),
-        *pending_columns(_CUSTOMERS.c.customer_key),
-        select(func.count()).select_from(_RATE_SETS).scalar_subquery(),
+        CUSTOMERS.c.clock_key,
+        select(CLOCKS.c.frozen_time).where(CLOCKS.c.test_clock_id == CUSTOMERS.c.clock_key).scalar_subquery(),
+        *pending_columns(CUSTOMERS.c.customer_key),
+        select(func.count()).select_from(RATE_SETS).scalar_subquery(),
     )
 
 
 def _debit_head_statement(for_update: bool) -> Select:
-    customer = _CUSTOMERS.c.customer_key == bindparam("customer_key")
-    request = (_REQUEST_IDS.c.scope == bindparam("scope")) & (_REQUEST_IDS.c.request_id == bindparam("request_id"))
+    customer = CUSTOMERS.c.customer_key == bindparam("customer_key")
+    request = (REQUEST_IDS.c.scope == bindparam("scope")) & (REQUEST_IDS.c.request_id == bindparam("request_id"))
     statement = select(
         *_head_columns(),
-        select(_REQUEST_IDS.c.fingerprint).where(request).scalar_subquery(),
-        select(_REQUEST_IDS.c.resource_id).where(request).scalar_subquery(),
+        select(REQUEST_IDS.c.fingerprint).where(request).scalar_subquery(),
+        select(REQUEST_IDS.c.resource_id).where(request).scalar_subquery(),
     ).where(customer)
     # FOR UPDATE locks the customers row only (the subqueries are not in FROM).
     return statement.with_for_update() if for_update else statement
@@ -109,22 +102,22 @@ def _head(columns: Sequence[Any], seen: SeenRequest[str] | None, grants: list[De
 def _open_grants_statement(for_update: bool, customers: Any = None) -> Select:
     """Open grants of one customer (`customer_key`), or of those `customers` selects, in id order."""
     if customers is None:
-        customers = _GRANTS.c.customer_key == bindparam("customer_key")
+        customers = GRANTS.c.customer_key == bindparam("customer_key")
     statement = (
         select(
-            _GRANTS.c.grant_id,
-            _GRANTS.c.amount,
-            _GRANTS.c.used,
-            _GRANTS.c.priority,
-            _GRANTS.c.effective_time,
-            _GRANTS.c.expire_time,
-            _GRANTS.c.void_time,
-            _GRANTS.c.customer_key,
-            _GRANTS.c.currency_key,
-            _GRANTS.c.subscription_id,
+            GRANTS.c.grant_id,
+            GRANTS.c.amount,
+            GRANTS.c.used,
+            GRANTS.c.priority,
+            GRANTS.c.effective_time,
+            GRANTS.c.expire_time,
+            GRANTS.c.void_time,
+            GRANTS.c.customer_key,
+            GRANTS.c.currency_key,
+            GRANTS.c.subscription_id,
         )
-        .where(customers, _GRANTS.c.closed.is_(False))
-        .order_by(_GRANTS.c.grant_id)
+        .where(customers, GRANTS.c.closed.is_(False))
+        .order_by(GRANTS.c.grant_id)
     )
     return statement.with_for_update() if for_update else statement
 
@@ -149,12 +142,12 @@ def open_grants(session: Session, customer_key: str) -> list[DebitableGrant]:
 # and their DebitHeads read, for all of them in one round trip; `debit_head` answers from these.
 _KEYS = bindparam("keys", type_=postgresql.ARRAY(String))
 _GROUP_HEADS = DriverStatement(
-    select(_CUSTOMERS.c.customer_key, *_head_columns())
-    .where(_CUSTOMERS.c.customer_key == any_(_KEYS))
-    .order_by(_CUSTOMERS.c.customer_key)
+    select(CUSTOMERS.c.customer_key, *_head_columns())
+    .where(CUSTOMERS.c.customer_key == any_(_KEYS))
+    .order_by(CUSTOMERS.c.customer_key)
     .with_for_update()
 )
-_GROUP_GRANTS = DriverStatement(_open_grants_statement(True, _GRANTS.c.customer_key == any_(_KEYS)))
+_GROUP_GRANTS = DriverStatement(_open_grants_statement(True, GRANTS.c.customer_key == any_(_KEYS)))
 # Each request id looked up by the whole primary key, in a LATERAL subquery (its LIMIT keeps PostgreSQL
 # from flattening it into a join), not `request_id = ANY(:request_ids)`: request_id is the key's second
 # column, and the generic plan of the prepared statement (psycopg prepares it after 5 runs) used only
@@ -166,8 +159,8 @@ _REQUEST_KEYS = (
     .render_derived("keys")
 )
 _REQUEST_FOUND = (
-    select(_REQUEST_IDS.c.request_id, _REQUEST_IDS.c.fingerprint, _REQUEST_IDS.c.resource_id)
-    .where(_REQUEST_IDS.c.scope == bindparam("scope"), _REQUEST_IDS.c.request_id == _REQUEST_KEYS.c.request_id)
+    select(REQUEST_IDS.c.request_id, REQUEST_IDS.c.fingerprint, REQUEST_IDS.c.resource_id)
+    .where(REQUEST_IDS.c.scope == bindparam("scope"), REQUEST_IDS.c.request_id == _REQUEST_KEYS.c.request_id)
     .limit(literal_column("1"))  # a literal: the driver statement binds only the caller's parameters
     .lateral("found")
 )
@@ -214,11 +207,11 @@ def _prefetch_debit_heads(session: Session, debits: Sequence[tuple[str, str, str
 
 
 # Run on the driver (see credit_common.db.driver): each row gives every column.
-_INSERT_USAGE = DriverStatement(insert(UsageRow.__table__))
-_INSERT_LEDGER = DriverStatement(insert(LedgerEntryRow.__table__))
-_INSERT_REQUEST_ID = DriverStatement(insert(_REQUEST_IDS))
+_INSERT_USAGE = DriverStatement(insert(USAGES))
+_INSERT_LEDGER = DriverStatement(insert(LEDGER_ENTRIES))
+_INSERT_REQUEST_ID = DriverStatement(insert(REQUEST_IDS))
 _SET_USED = DriverStatement(
-    update(_GRANTS).where(_GRANTS.c.grant_id == bindparam("b_grant_id")).values(used=bindparam("b_used"))
+    update(GRANTS).where(GRANTS.c.grant_id == bindparam("b_grant_id")).values(used=bindparam("b_used"))
 )
 
 
@@ -259,20 +252,20 @@ def _debit_writes(grants: int, entries: int, request: bool) -> DriverStatement:
     def values(table: Table, prefix: str) -> dict[str, Any]:
         return {c.name: bindparam(f"{prefix}{c.name}", type_=c.type) for c in table.columns if c.name != "seq"}
 
-    statement = insert(UsageRow.__table__).values(values(UsageRow.__table__, "u_"))
+    statement = insert(USAGES).values(values(USAGES, "u_"))
     for i in range(grants):
         set_used = (
-            update(_GRANTS)
-            .where(_GRANTS.c.grant_id == bindparam(f"g{i}_id", type_=_GRANTS.c.grant_id.type))
-            .values(used=bindparam(f"g{i}_used", type_=_GRANTS.c.used.type))
+            update(GRANTS)
+            .where(GRANTS.c.grant_id == bindparam(f"g{i}_id", type_=GRANTS.c.grant_id.type))
+            .values(used=bindparam(f"g{i}_used", type_=GRANTS.c.used.type))
         )
         statement = statement.add_cte(set_used.cte(f"used_{i}"))
-    ledger = LedgerEntryRow.__table__
+    ledger = LEDGER_ENTRIES
     statement = statement.add_cte(
         insert(ledger).values([values(ledger, f"l{i}_") for i in range(entries)]).cte("ledger")
     )
     if request:
-        statement = statement.add_cte(insert(_REQUEST_IDS).values(values(_REQUEST_IDS, "r_")).cte("request"))
+        statement = statement.add_cte(insert(REQUEST_IDS).values(values(REQUEST_IDS, "r_")).cte("request"))
     return DriverStatement(statement)
 
 

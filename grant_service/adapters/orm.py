@@ -183,3 +183,16 @@ class RateRow(Base):
 
 # API keys of this service's callers (credit_common.auth): id, hash of the secret, roles, label.
 API_KEYS = define_api_keys_table(Base.metadata)
+
+# The tables, for the Core statements of the repositories and the hot paths (no ORM instances).
+CLOCKS = ClockRow.__table__
+CUSTOMERS = CustomerRow.__table__
+SUBSCRIPTIONS = SubscriptionRow.__table__
+SCHEDULES = ScheduleRow.__table__
+GRANTS = GrantRow.__table__
+LEDGER_ENTRIES = LedgerEntryRow.__table__
+USAGES = UsageRow.__table__
+REQUEST_IDS = RequestIdRow.__table__
+CURRENCIES = CurrencyRow.__table__
+RATE_SETS = RateSetRow.__table__
+RATES = RateRow.__table__

@@ -14,13 +14,11 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from grant_service.adapters.orm import (
+    RATE_SETS,
+    RATES,
     RateRow,
     RateSetRow,
 )
-
-# The tables, for the Core statements built once below.
-_RATE_SETS = RateSetRow.__table__
-_RATES = RateRow.__table__
 
 
 def rates_in_force(session: Session, feature_key: str, at: datetime) -> dict[str, Decimal]:
@@ -72,16 +70,16 @@ class _RateBook:
 
 _RATE_BOOK = (
     select(
-        _RATE_SETS.c.rate_set_id,
-        _RATE_SETS.c.currency_key,
-        _RATE_SETS.c.revision,
-        _RATE_SETS.c.effective_time,
-        _RATES.c.feature_key,
-        _RATES.c.credits_per_unit,
-        select(func.count()).select_from(_RATE_SETS).scalar_subquery(),
+        RATE_SETS.c.rate_set_id,
+        RATE_SETS.c.currency_key,
+        RATE_SETS.c.revision,
+        RATE_SETS.c.effective_time,
+        RATES.c.feature_key,
+        RATES.c.credits_per_unit,
+        select(func.count()).select_from(RATE_SETS).scalar_subquery(),
     )
-    .select_from(_RATE_SETS)
-    .outerjoin(_RATES, _RATES.c.rate_set_id == _RATE_SETS.c.rate_set_id)
+    .select_from(RATE_SETS)
+    .outerjoin(RATES, RATES.c.rate_set_id == RATE_SETS.c.rate_set_id)
 )
 
 

@@ -27,12 +27,16 @@ from grant_service.adapters.mappers import (
     usage_of,
 )
 from grant_service.adapters.orm import (
+    CURRENCIES,
+    CUSTOMERS,
+    RATES,
+    SCHEDULES,
+    SUBSCRIPTIONS,
     ClockRow,
     CurrencyRow,
     CustomerRow,
     GrantRow,
     LedgerEntryRow,
-    RateRow,
     RateSetRow,
     RequestIdRow,
     ScheduleRow,
@@ -55,9 +59,6 @@ from grant_service.domain.model import (
     Usage,
 )
 from grant_service.domain.schedules import Pending, Schedule
-
-_CUSTOMERS = CustomerRow.__table__
-_SUBSCRIPTIONS = SubscriptionRow.__table__
 
 
 class SqlTestClockRepository:
@@ -122,16 +123,16 @@ class SqlCustomerRepository:
 
     def lock_many(self, customer_keys: Sequence[str]) -> list[Customer]:
         query = (
-            select(_CUSTOMERS.c.customer_key, _CUSTOMERS.c.clock_key)
-            .where(_CUSTOMERS.c.customer_key.in_(list(customer_keys)))
-            .order_by(_CUSTOMERS.c.customer_key)
+            select(CUSTOMERS.c.customer_key, CUSTOMERS.c.clock_key)
+            .where(CUSTOMERS.c.customer_key.in_(list(customer_keys)))
+            .order_by(CUSTOMERS.c.customer_key)
         )
         return [Customer(key, clock_key) for key, clock_key in self.session.execute(locked(self.session, query))]
 
     def add_all(self, customers: Sequence[Customer]) -> None:
         if customers:
             self.session.execute(
-                insert(_CUSTOMERS), [{"customer_key": c.customer_key, "clock_key": c.clock_key} for c in customers]
+                insert(CUSTOMERS), [{"customer_key": c.customer_key, "clock_key": c.clock_key} for c in customers]
             )
 
     def get(self, customer_key: str) -> Customer | None:
@@ -144,8 +145,7 @@ class SqlCustomerRepository:
         return None if row is None else Customer(row.customer_key, row.clock_key)
 
     def pending(self, customer_key: str) -> Pending:
-        customers = CustomerRow.__table__
-        query = select(*pending_columns(customers.c.customer_key)).where(customers.c.customer_key == customer_key)
+        query = select(*pending_columns(CUSTOMERS.c.customer_key)).where(CUSTOMERS.c.customer_key == customer_key)
         row = self.session.execute(query).one()
         return Pending(row.next_issue, row.next_expiry, row.next_open)
 
@@ -165,11 +165,11 @@ class SqlCurrencyRepository:
         return self.session.scalar(locked(self.session, query) if for_update else query)
 
     def add(self, currency_key: str, revision: int) -> None:
-        self.session.execute(insert(CurrencyRow.__table__).values(currency_key=currency_key, revision=revision))
+        self.session.execute(insert(CURRENCIES).values(currency_key=currency_key, revision=revision))
 
     def set_revision(self, currency_key: str, revision: int) -> None:
         self.session.execute(
-            update(CurrencyRow.__table__).where(CurrencyRow.currency_key == currency_key).values(revision=revision)
+            update(CURRENCIES).where(CurrencyRow.currency_key == currency_key).values(revision=revision)
         )
 
     def add_rate_set(
@@ -180,7 +180,7 @@ class SqlCurrencyRepository:
         self.session.flush()
         if rates:
             self.session.execute(
-                insert(RateRow.__table__),
+                insert(RATES),
                 [
                     {"rate_set_id": rate_set.rate_set_id, "feature_key": feature, "credits_per_unit": rate}
                     for feature, rate in rates.items()
@@ -317,16 +317,18 @@ class SqlRequestIdRepository:
         return None if row is None else SeenRequest(row.fingerprint, row.resource_id)
 
     def add(self, scope: str, request_id: str, fingerprint: str, result: str, now: datetime) -> None:
-        insert_request_id(
-            self.session.connection(),
-            {
-                "scope": scope,
-                "request_id": request_id,
-                "fingerprint": fingerprint,
-                "resource_id": result,
-                "create_time": now,
-            },
-        )
+        insert_request_id(self.session.connection(), request_id_row(scope, request_id, fingerprint, result, now))
+
+
+def request_id_row(scope: str, request_id: str, fingerprint: str, resource_id: str, now: datetime) -> dict[str, Any]:
+    """The row of `request_ids` that records `request_id` in `scope`."""
+    return {
+        "scope": scope,
+        "request_id": request_id,
+        "fingerprint": fingerprint,
+        "resource_id": resource_id,
+        "create_time": now,
+    }
 
 
 class SqlDebitRepository:
@@ -349,13 +351,7 @@ class SqlDebitRepository:
     ) -> None:
         request = None
         if usage.request_id:
-            request = {
-                "scope": scope,
-                "request_id": usage.request_id,
-                "fingerprint": fingerprint,
-                "resource_id": usage.usage_id,
-                "create_time": usage.usage_time,
-            }
+            request = request_id_row(scope, usage.request_id, fingerprint, usage.usage_id, usage.usage_time)
         record_debit(self.session, {name: getattr(usage, name) for name in Usage.__slots__}, used, entries, request)
 
     def recorded(self, usage_id: str) -> tuple[Usage, list[tuple[str, Decimal]]] | None:
@@ -386,12 +382,11 @@ class SqlRateRepository:
 
 # The sweep reads plain rows (Core), not ORM instances (building them is a visible share of a catch-up
 # batch: docs/performance.md); the schedules are not in the session's identity map.
-_SCHEDULES = ScheduleRow.__table__
-_DUE_COLUMNS = [c for c in _SCHEDULES.c if c.key != "next_period_start"]
+_DUE_COLUMNS = [c for c in SCHEDULES.c if c.key != "next_period_start"]
 _ZERO = Decimal(0)
-_ADVANCE = update(_SCHEDULES).values(next_period_index=bindparam("b_index"), next_period_start=bindparam("b_start"))
-_ADVANCE_IN = _ADVANCE.where(_SCHEDULES.c.schedule_id.in_(bindparam("ids", expanding=True)))
-_ADVANCE_ANY = _ADVANCE.where(_SCHEDULES.c.schedule_id == any_(bindparam("ids", type_=postgresql.ARRAY(String))))
+_ADVANCE = update(SCHEDULES).values(next_period_index=bindparam("b_index"), next_period_start=bindparam("b_start"))
+_ADVANCE_IN = _ADVANCE.where(SCHEDULES.c.schedule_id.in_(bindparam("ids", expanding=True)))
+_ADVANCE_ANY = _ADVANCE.where(SCHEDULES.c.schedule_id == any_(bindparam("ids", type_=postgresql.ARRAY(String))))
 
 
 class SqlIssuanceRepository:
@@ -401,18 +396,18 @@ class SqlIssuanceRepository:
     def due_schedules(
         self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
     ) -> list[StoredSchedule]:
-        query = select(*_DUE_COLUMNS).where(_SCHEDULES.c.next_period_start <= now)
+        query = select(*_DUE_COLUMNS).where(SCHEDULES.c.next_period_start <= now)
         if customer_key is not None:
-            query = query.where(_SCHEDULES.c.customer_key == customer_key)
+            query = query.where(SCHEDULES.c.customer_key == customer_key)
         else:
-            query = query.where(_SCHEDULES.c.clock_key == clock_key)
+            query = query.where(SCHEDULES.c.clock_key == clock_key)
         # The sweep (SKIP LOCKED, never waits) orders by the indexed column only: with a tie-break on
         # schedule_id (not in ix_schedules_due), a storm of N schedules due at one instant was sorted
         # whole for every batch (quadratic in the storm's size; docs/performance.md). A catch-up that
         # waits for locks keeps the tie-break, so that such catch-ups lock in one stable order.
-        order = [_SCHEDULES.c.next_period_start]
+        order = [SCHEDULES.c.next_period_start]
         if not skip_locked:
-            order.append(_SCHEDULES.c.schedule_id)
+            order.append(SCHEDULES.c.schedule_id)
         query = query.order_by(*order).limit(limit)
         rows = self.session.execute(locked(self.session, query, skip_locked=skip_locked)).all()
         # A storm's schedules share their terms: each distinct terms decoded once, one Schedule for all.
@@ -543,22 +538,22 @@ class SqlSubscriptionRepository:
         self.session = session
 
     def get(self, subscription_id: str) -> StoredSubscription | None:
-        query = select(_SUBSCRIPTIONS).where(_SUBSCRIPTIONS.c.subscription_id == subscription_id)
+        query = select(SUBSCRIPTIONS).where(SUBSCRIPTIONS.c.subscription_id == subscription_id)
         row = self.session.execute(query).first()
         return None if row is None else stored_subscription_of(row)
 
     def lock_many(self, subscription_ids: Sequence[str]) -> list[StoredSubscription]:
         query = (
-            select(_SUBSCRIPTIONS)
-            .where(_SUBSCRIPTIONS.c.subscription_id.in_(list(subscription_ids)))
-            .order_by(_SUBSCRIPTIONS.c.subscription_id)
+            select(SUBSCRIPTIONS)
+            .where(SUBSCRIPTIONS.c.subscription_id.in_(list(subscription_ids)))
+            .order_by(SUBSCRIPTIONS.c.subscription_id)
         )
         return [stored_subscription_of(row) for row in self.session.execute(locked(self.session, query))]
 
     def add_all(self, subscriptions: Sequence[StoredSubscription]) -> None:
         if subscriptions:
             self.session.execute(
-                insert(_SUBSCRIPTIONS),
+                insert(SUBSCRIPTIONS),
                 [{name: getattr(s, name) for name in _SUBSCRIPTION_COLUMNS} for s in subscriptions],
             )
 
@@ -578,7 +573,7 @@ class SqlSubscriptionRepository:
             )
 
 
-_SUBSCRIPTION_COLUMNS = [c.key for c in _SUBSCRIPTIONS.columns]
+_SUBSCRIPTION_COLUMNS = [c.key for c in SUBSCRIPTIONS.columns]
 
 
 def _schedule_terms(stored: StoredSchedule) -> dict[str, Any]:
@@ -598,7 +593,7 @@ class SqlScheduleRepository:
 
     def of_subscription(self, subscription_id: str, *, for_update: bool = False) -> list[StoredSchedule]:
         query = (
-            select(_SCHEDULES).where(_SCHEDULES.c.subscription_id == subscription_id).order_by(_SCHEDULES.c.schedule_id)
+            select(SCHEDULES).where(SCHEDULES.c.subscription_id == subscription_id).order_by(SCHEDULES.c.schedule_id)
         )
         rows = self.session.execute(locked(self.session, query) if for_update else query)
         return [stored_schedule_of(row) for row in rows]
@@ -621,11 +616,9 @@ class SqlScheduleRepository:
             }
             for s in schedules
         ]
-        self.session.execute(insert(_SCHEDULES), rows)
+        self.session.execute(insert(SCHEDULES), rows)
 
     def save(self, schedule: StoredSchedule) -> None:
         self.session.execute(
-            update(_SCHEDULES)
-            .where(_SCHEDULES.c.schedule_id == schedule.schedule_id)
-            .values(**_schedule_terms(schedule))
+            update(SCHEDULES).where(SCHEDULES.c.schedule_id == schedule.schedule_id).values(**_schedule_terms(schedule))
         )

@@ -18,13 +18,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from grant_service.adapters.orm import (
-    GrantRow,
-    ScheduleRow,
+    GRANTS,
+    SCHEDULES,
 )
-
-# The tables, for the Core statements built once below.
-_GRANTS = GrantRow.__table__
-_SCHEDULES = ScheduleRow.__table__
 
 
 def is_postgres(session: Session) -> bool:
@@ -133,7 +129,7 @@ def pending_columns(customer_key) -> tuple:
     """A customer's `Pending` (its earliest period to issue, its earliest open grant to expire, its
     earliest pending grant to open) as three scalar subqueries correlated to `customer_key`: the one
     definition of what a catch-up is owed."""
-    schedules, expiring, opening = _SCHEDULES, _GRANTS.alias("expiring"), _GRANTS.alias("opening")
+    schedules, expiring, opening = SCHEDULES, GRANTS.alias("expiring"), GRANTS.alias("opening")
     next_issue = select(func.min(schedules.c.next_period_start)).where(schedules.c.customer_key == customer_key)
     next_expiry = select(func.min(expiring.c.expire_time)).where(
         expiring.c.customer_key == customer_key, expiring.c.closed.is_(False)
