@@ -12,7 +12,18 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from credit_common.auth.store import define_api_keys_table
@@ -181,6 +192,40 @@ class RateRow(Base):
     credits_per_unit: Mapped[Decimal] = mapped_column(ExactDecimal())
 
 
+class EventRow(Base):
+    """One credit event of the durable event log (grant_service.domain.events), written in the
+    transaction of the change it reports. The log is read in (txid, seq) order, only below the
+    oldest transaction still running (docs/architecture.md#the-event-log): `seq` is taken at
+    insert, `txid` is the writing transaction's id on PostgreSQL (its server default,
+    pg_current_xact_id(); set by migration 0005), 0 on SQLite. `dedupe_key` makes the same fact
+    written twice (replicas, retries, a catch-up after a crash) one row."""
+
+    __tablename__ = "events"
+    seq: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    txid: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    event_id: Mapped[str] = mapped_column(String(40), unique=True)
+    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    type: Mapped[str] = mapped_column(String(32))
+    customer_key: Mapped[str] = mapped_column(String(64))
+    currency_key: Mapped[str] = mapped_column(String(64), default="")
+    clock_key: Mapped[str] = mapped_column(String(40), default=REAL_TIME)
+    occurred_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    recorded_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    payload: Mapped[str] = mapped_column(Text)  # JSON: the payload message's fields (domain.events)
+    __table_args__ = (
+        Index("ix_events_log", "txid", "seq"),
+        Index("ix_events_customer", "customer_key", "txid", "seq"),
+    )
+
+
+class EventLogRow(Base):
+    """The event log's identity: one row, a random id made when the log was created. Cursors carry
+    it, so that a cursor of another deployment's log is refused rather than misread."""
+
+    __tablename__ = "event_log"
+    log_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+
+
 # API keys of this service's callers (credit_common.auth): id, hash of the secret, roles, label.
 API_KEYS = define_api_keys_table(Base.metadata)
 
@@ -196,3 +241,5 @@ REQUEST_IDS = RequestIdRow.__table__
 CURRENCIES = CurrencyRow.__table__
 RATE_SETS = RateSetRow.__table__
 RATES = RateRow.__table__
+EVENTS = EventRow.__table__
+EVENT_LOG = EventLogRow.__table__

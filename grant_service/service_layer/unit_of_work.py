@@ -13,6 +13,7 @@ from grant_service.service_layer.ports import (
     CurrencyRepository,
     CustomerRepository,
     DebitRepository,
+    EventRepository,
     GrantRepository,
     IssuanceRepository,
     LedgerRepository,
@@ -38,6 +39,7 @@ class GrantUnitOfWork(Protocol):
     request_ids: RequestIdRepository
     subscriptions: SubscriptionRepository
     schedules: ScheduleRepository
+    events: EventRepository
 
 
 class UnitsOfWork(Protocol):
