@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -62,6 +63,9 @@ class SubscriptionRow(Base):
     end_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     clock_key: Mapped[str] = mapped_column(String(40), default=REAL_TIME)
     update_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    # Its SUBSCRIPTION_ENDED event is written (the catch-up reports the ends that have passed).
+    end_reported: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    __table_args__ = (Index("ix_subscriptions_ending", "clock_key", "end_reported", "end_time"),)
 
 
 class ScheduleRow(Base):

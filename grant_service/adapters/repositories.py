@@ -13,9 +13,11 @@ from sqlalchemy import Select, String, any_, bindparam, delete, insert, select, 
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from credit_common.clock import Clock
 from credit_common.db.keyset import keyset_after
 from credit_common.idempotency import SeenRequest
 from grant_service.adapters.debits import debit_head, insert_request_id, open_grants, record_debit
+from grant_service.adapters.events import event_rows
 from grant_service.adapters.mappers import (
     clock_of,
     encode_amounts,
@@ -46,6 +48,7 @@ from grant_service.adapters.orm import (
 from grant_service.adapters.rates import RatesCache, feature_known, rates_in_force
 from grant_service.adapters.sql import insert_ignoring_conflicts, is_postgres, locked, pending_columns
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_sum
+from grant_service.domain.events import NewEvent
 from grant_service.domain.model import (
     Customer,
     DebitableGrant,
@@ -332,8 +335,9 @@ def request_id_row(scope: str, request_id: str, fingerprint: str, resource_id: s
 
 
 class SqlDebitRepository:
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, clock: Clock | None = None) -> None:
         self.session = session
+        self._clock = clock
 
     def head(self, customer_key: str, scope: str, request_id: str) -> DebitHead | None:
         return debit_head(self.session, customer_key, scope, request_id)
@@ -348,11 +352,14 @@ class SqlDebitRepository:
         entries: Sequence[dict[str, Any]],
         scope: str,
         fingerprint: str,
+        events: Sequence[NewEvent] = (),
     ) -> None:
         request = None
         if usage.request_id:
             request = request_id_row(scope, usage.request_id, fingerprint, usage.usage_id, usage.usage_time)
-        record_debit(self.session, {name: getattr(usage, name) for name in Usage.__slots__}, used, entries, request)
+        usage_row = {name: getattr(usage, name) for name in Usage.__slots__}
+        recorded = self._clock.now() if self._clock is not None and events else usage.usage_time
+        record_debit(self.session, usage_row, used, entries, request, event_rows(events, recorded))
 
     def recorded(self, usage_id: str) -> tuple[Usage, list[tuple[str, Decimal]]] | None:
         usage = self.session.get(UsageRow, usage_id)
@@ -572,8 +579,28 @@ class SqlSubscriptionRepository:
                 ],
             )
 
+    def ended_unreported(
+        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+    ) -> list[StoredSubscription]:
+        query = select(SUBSCRIPTIONS).where(SUBSCRIPTIONS.c.end_reported.is_(False), SUBSCRIPTIONS.c.end_time <= now)
+        if customer_key is not None:
+            query = query.where(SUBSCRIPTIONS.c.customer_key == customer_key)
+        else:
+            query = query.where(SUBSCRIPTIONS.c.clock_key == clock_key)
+        query = query.order_by(SUBSCRIPTIONS.c.end_time, SUBSCRIPTIONS.c.subscription_id).limit(limit)
+        rows = self.session.execute(locked(self.session, query, skip_locked=skip_locked))
+        return [stored_subscription_of(row) for row in rows]
 
-_SUBSCRIPTION_COLUMNS = [c.key for c in SUBSCRIPTIONS.columns]
+    def mark_end_reported(self, subscription_ids: Sequence[str]) -> None:
+        if subscription_ids:
+            self.session.execute(
+                update(SUBSCRIPTIONS)
+                .where(SUBSCRIPTIONS.c.subscription_id.in_(list(subscription_ids)))
+                .values(end_reported=True)
+            )
+
+
+_SUBSCRIPTION_COLUMNS = [c.key for c in SUBSCRIPTIONS.columns if c.key != "end_reported"]
 
 
 def _schedule_terms(stored: StoredSchedule) -> dict[str, Any]:

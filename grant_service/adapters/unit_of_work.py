@@ -50,7 +50,7 @@ class SqlGrantUnitOfWork:
         self.grants = SqlGrantRepository(session)
         self.issuance = SqlIssuanceRepository(session)
         self.ledger = SqlLedgerRepository(session)
-        self.debits = SqlDebitRepository(session)
+        self.debits = SqlDebitRepository(session, clock)
         self.rates = SqlRateRepository(session, rates)
         self.request_ids = SqlRequestIdRepository(session)
         self.subscriptions = SqlSubscriptionRepository(session)

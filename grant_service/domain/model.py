@@ -220,6 +220,14 @@ class NewGrant:
         return self.schedule.customer_key
 
     @property
+    def clock_key(self) -> str:
+        return self.schedule.clock_key
+
+    @property
+    def source(self) -> GrantSource:
+        return GrantSource.RECURRING
+
+    @property
     def currency_key(self) -> str:
         return self.schedule.currency_key
 

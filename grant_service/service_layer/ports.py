@@ -161,10 +161,12 @@ class DebitRepository(Protocol):
         entries: Sequence[dict[str, Any]],
         scope: str,
         fingerprint: str,
+        events: Sequence[NewEvent] = (),
     ) -> None:
         """Write one debit: its usage (a conflict on its request_id means a concurrent twin won: the
         transaction fails and is run again), each debited grant's new running total (grant id,
-        used), its DEBIT entries and, if it has a request_id, the request's record in `scope`."""
+        used), its DEBIT entries, if it has a request_id the request's record in `scope`, and its
+        events (as EventRepository.add: one already in the log is skipped)."""
         ...
 
     def recorded(self, usage_id: str) -> tuple[Usage, list[tuple[str, Decimal]]] | None:
@@ -272,6 +274,17 @@ class SubscriptionRepository(Protocol):
 
     def save_all(self, subscriptions: Sequence[StoredSubscription]) -> None:
         """Store the revision, end time and update time of each (nothing else of a subscription changes)."""
+        ...
+
+    def ended_unreported(
+        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+    ) -> list[StoredSubscription]:
+        """Up to `limit` subscriptions (of a clock, or of one customer) whose end has passed at `now`
+        and whose SUBSCRIPTION_ENDED is not written, locked (as IssuanceRepository's due rows)."""
+        ...
+
+    def mark_end_reported(self, subscription_ids: Sequence[str]) -> None:
+        """Their SUBSCRIPTION_ENDED is written."""
         ...
 
 

@@ -13,6 +13,7 @@ from decimal import Decimal
 from credit_common.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from credit_common.ids import new_id
 from credit_common.periods import Cadence
+from grant_service.domain.events import EventType, LateChange, NewEvent, subscription_changed
 from grant_service.domain.model import (
     REAL_TIME,
     CreditSchedule,
@@ -23,7 +24,7 @@ from grant_service.domain.model import (
 )
 from grant_service.domain.schedules import Schedule, ScheduledAmount, clamp_amounts, clamp_end
 from grant_service.service_layer.context import GrantContext, require_test_clocks
-from grant_service.service_layer.issuance import catch_up_in_transaction, reconcile_issued
+from grant_service.service_layer.issuance import catch_up_in_transaction, ended_events, reconcile_issued
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 
 # Rates of a currency's first revision are in force since this instant unless told otherwise,
@@ -167,6 +168,10 @@ class _Batch:
     new_subscriptions: list[StoredSubscription] = field(default_factory=list)
     new_schedules: list[StoredSchedule] = field(default_factory=list)
     changed: dict[str, StoredSubscription] = field(default_factory=dict)
+    # Its events (SUBSCRIPTION_CHANGED of each revision applied, SUBSCRIPTION_ENDED of each that ends
+    # at or before now), written by `flush`.
+    events: list[NewEvent] = field(default_factory=list)
+    ended: list[StoredSubscription] = field(default_factory=list)
 
     @classmethod
     def load(cls, ctx: GrantContext, uow: GrantUnitOfWork, specs: Sequence[SubscriptionSpec]) -> _Batch:
@@ -218,6 +223,7 @@ class _Batch:
                 _new_schedule(sub, spec, i, schedule) for i, schedule in enumerate(spec.schedules)
             )
             self.subscriptions[spec.subscription_id] = sub
+            self._changed(sub, 0, now, (), ())
             return ApplyResult(ApplyOutcome.APPLIED, spec.revision)
         if spec.revision == sub.revision:
             return ApplyResult(ApplyOutcome.ALREADY_APPLIED, sub.revision)
@@ -230,9 +236,39 @@ class _Batch:
         end_time, late = clamp_end(sub.end_time, spec.end_time, now)
         clamped = [ClampedChange("", spec.end_time, end_time or now)] if late else []
         sub = replace(sub, revision=spec.revision, end_time=end_time, update_time=now)
+        previous = self.subscriptions[spec.subscription_id]
         self.subscriptions[spec.subscription_id] = self.changed[spec.subscription_id] = sub
-        clamped.extend(_apply_schedules(self.uow, sub, spec, now, self.new_schedules))
+        withdrawn: list[str] = []
+        clamped.extend(_apply_schedules(self.uow, sub, spec, now, self.new_schedules, withdrawn))
+        self._changed(sub, previous.revision, now, clamped, withdrawn)
         return ApplyResult(ApplyOutcome.APPLIED, spec.revision, clamped=tuple(clamped))
+
+    def _changed(
+        self,
+        sub: StoredSubscription,
+        previous_revision: int,
+        now: datetime,
+        clamped: Sequence[ClampedChange],
+        withdrawn: Sequence[str],
+    ) -> None:
+        late = [LateChange(c.entitlement_key, c.requested_time, c.applied_time) for c in clamped]
+        self.events.append(
+            subscription_changed(
+                EventType.SUBSCRIPTION_CHANGED,
+                sub.subscription_id,
+                sub.customer_key,
+                sub.clock_key,
+                now,
+                sub.revision,
+                previous_revision,
+                sub.end_time,
+                late,
+                withdrawn,
+                new_id("evt"),
+            )
+        )
+        if sub.end_time is not None and sub.end_time <= now:
+            self.ended = [s for s in self.ended if s.subscription_id != sub.subscription_id] + [sub]
 
     def flush_new(self) -> None:
         """Insert what the batch adds, each table after the one it refers to."""
@@ -246,6 +282,10 @@ class _Batch:
         self.flush_new()
         self.uow.subscriptions.save_all(list(self.changed.values()))
         self.changed = {}
+        # An end already reported (a later revision of an ended subscription) is skipped by its dedupe key.
+        self.uow.events.add([*self.events, *ended_events(self.ended)])
+        self.uow.subscriptions.mark_end_reported([s.subscription_id for s in self.ended])
+        self.events, self.ended = [], []
 
 
 def _check_immutable(sub: StoredSubscription, spec: SubscriptionSpec, clock_key: str) -> None:
@@ -270,9 +310,11 @@ def _apply_schedules(
     spec: SubscriptionSpec,
     now: datetime,
     new_schedules: list[StoredSchedule],
+    withdrawn: list[str],
 ) -> list[ClampedChange]:
     """Apply the schedules of `spec` (its end time: `sub.end_time`, already clamped) at `now`; the
-    amount changes clamped to `now`. The schedules it adds are appended to `new_schedules`."""
+    amount changes clamped to `now`. The schedules it adds are appended to `new_schedules`, the
+    grants it withdraws to `withdrawn`."""
     # Locked, so that a catch-up issuing these schedules right now finishes first and its cursors are seen.
     clamped: list[ClampedChange] = []
     existing = {s.entitlement_key: s for s in uow.schedules.of_subscription(sub.subscription_id, for_update=True)}
@@ -294,22 +336,22 @@ def _apply_schedules(
             if late is not None:
                 clamped.append(ClampedChange(schedule.entitlement_key, late, now))
         terms = replace(stored.schedule, amounts=amounts, end_time=sub.end_time)
-        _save_and_reconcile(uow, replace(stored, schedule=terms, position=position, removed=False), now)
+        withdrawn += _save_and_reconcile(uow, replace(stored, schedule=terms, position=position, removed=False), now)
     for key, stored in existing.items():
         if key in wanted or stored.removed:
             continue
         # A schedule dropped by a revision ends now: its current grant expires now, no later one is issued.
         end_time = now if stored.schedule.end_time is None else min(stored.schedule.end_time, now)
         terms = replace(stored.schedule, end_time=end_time)
-        _save_and_reconcile(uow, replace(stored, schedule=terms, removed=True), now)
+        withdrawn += _save_and_reconcile(uow, replace(stored, schedule=terms, removed=True), now)
     return clamped
 
 
-def _save_and_reconcile(uow: GrantUnitOfWork, stored: StoredSchedule, now: datetime) -> None:
+def _save_and_reconcile(uow: GrantUnitOfWork, stored: StoredSchedule, now: datetime) -> list[str]:
     """Store the schedule's new terms and its cursor's start (`next_period_start`), then bring what
-    it has issued in line with them."""
+    it has issued in line with them; the grants withdrawn."""
     uow.schedules.save(stored)
-    reconcile_issued(uow, stored, now)
+    return reconcile_issued(uow, stored, now)
 
 
 def _new_schedule(

@@ -1,5 +1,6 @@
 """events: the durable credit event log (table `events`, one row per event, unique by event id
-and by dedupe key) and its identity (`event_log`, one row with a random id that cursors carry).
+and by dedupe key) and its identity (`event_log`, one row with a random id that cursors carry);
+`subscriptions.end_reported` (its SUBSCRIPTION_ENDED event written).
 
 On PostgreSQL `events.txid` defaults to the writing transaction's id (pg_current_xact_id()), by
 which readers order the log and hold back below the oldest transaction still running
@@ -12,6 +13,7 @@ Create Date: 2026-12-06
 
 import secrets
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -53,9 +55,26 @@ def upgrade() -> None:
     )
     log = sa.table("event_log", sa.column("log_id", sa.String()))
     op.execute(log.insert().values(log_id=secrets.token_hex(8)))
+    # Whether a subscription's SUBSCRIPTION_ENDED event is written; the ends already past before
+    # the log existed count as reported (the log does not invent history).
+    with op.batch_alter_table("subscriptions") as batch:
+        batch.add_column(sa.Column("end_reported", sa.Boolean(), server_default=sa.false(), nullable=False))
+    op.create_index("ix_subscriptions_ending", "subscriptions", ["clock_key", "end_reported", "end_time"], unique=False)
+    subscriptions = sa.table(
+        "subscriptions", sa.column("end_time", UtcDateTime()), sa.column("end_reported", sa.Boolean())
+    )
+    op.execute(
+        subscriptions.update()
+        .where(subscriptions.c.end_time.is_not(None))
+        .where(subscriptions.c.end_time <= sa.bindparam("now", datetime.now(UTC), type_=UtcDateTime()))
+        .values(end_reported=True)
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_subscriptions_ending", table_name="subscriptions")
+    with op.batch_alter_table("subscriptions") as batch:
+        batch.drop_column("end_reported")
     op.drop_table("event_log")
     op.drop_index("ix_events_customer", table_name="events")
     op.drop_index("ix_events_log", table_name="events")
