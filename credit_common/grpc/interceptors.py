@@ -31,6 +31,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
+        if handler is not None and handler.unary_stream is not None:
+            return self._streaming(handler, handler_call_details.method)
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method
@@ -72,6 +74,49 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 )
 
         return grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+
+    def _streaming(self, handler, method: str):
+        """A server-streaming method: the request checked, and an error raised before or between
+        its messages answered as a unary method's (interim, until the shared streaming support)."""
+        inner = handler.unary_stream
+
+        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code, reason = grpc.StatusCode.OK, ""
+            try:
+                if isinstance(request, Undecodable):
+                    raise request.error()
+                check_request(request)
+                yield from inner(request, context)
+            except DomainError as error:
+                code, reason = grpc.StatusCode[error.code], error.reason
+                context.abort_with_status(to_rpc_status(error, self._domain))
+            except Exception as error:
+                if context.code() not in (None, grpc.StatusCode.OK):
+                    code = context.code()
+                    raise
+                translated = self._translate(error) if self._translate else None
+                if translated is not None:
+                    code, reason = grpc.StatusCode[translated.code], translated.reason
+                    context.abort_with_status(to_rpc_status(translated, self._domain))
+                code, reason = grpc.StatusCode.INTERNAL, "INTERNAL"
+                log.exception("unexpected error", extra={"method": method})
+                context.abort_with_status(internal_status(self._domain))
+            finally:
+                access_log.write(
+                    {
+                        "method": method,
+                        "code": code.name,
+                        "reason": reason,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    }
+                )
+
+        return grpc.unary_stream_rpc_method_handler(
             behavior,
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,

@@ -19,7 +19,7 @@ from credit_common.db.engine import CONFLICT_SQLSTATES, SessionFactories, sqlsta
 from credit_common.db.group_commit import GroupCommit
 from grant_service.adapters.balance_reads import current_grants
 from grant_service.adapters.debits import debit_group
-from grant_service.adapters.events import SqlEventRepository
+from grant_service.adapters.events import EventSignal, SqlEventRepository
 from grant_service.adapters.mappers import customer_now_of
 from grant_service.adapters.rates import RatesCache
 from grant_service.adapters.repositories import (
@@ -72,6 +72,8 @@ class SqlUnitsOfWork:
         self._clock = clock
         self._attempts = attempts
         self._rates = RatesCache()
+        self._events = EventSignal()
+        self._events.listen(factories.write)
         self.debits = GroupCommit(factories.write, self._write, debit_group, linger_s=linger_s)
         self._balance_reads = Batcher(self._read_current_grants, linger_s=linger_s)
 
@@ -100,6 +102,12 @@ class SqlUnitsOfWork:
         return self.debits.run(
             lambda session: work(self._unit(session)), key=customer_key, subject=(customer_key, scope, request_id)
         )
+
+    def event_generation(self) -> int:
+        return self._events.generation
+
+    def wait_for_events(self, generation: int, timeout_s: float) -> None:
+        self._events.wait(generation, timeout_s)
 
     def customer_now(self, customer_key: str, currency_key: str) -> tuple[datetime, CustomerNow | None]:
         now, rows = self._balance_reads.submit((customer_key, currency_key))

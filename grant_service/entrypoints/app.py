@@ -39,6 +39,8 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
         test_clocks_enabled=settings.test_clocks_enabled,
         batch_size=settings.catch_up_batch_size,
         max_revision_step=settings.max_revision_step,
+        events_heartbeat_s=settings.events_heartbeat_s,
+        events_poll_s=settings.events_poll_s,
     )
     servicer = GrantServicer(ctx)
 

@@ -4,10 +4,12 @@ DomainErrors raised below, which the interceptor maps to statuses."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from credit_common.errors import DomainError
 from credit_common.grpc.validation import check_request
 from grant_service.entrypoints import converters as conv
-from grant_service.service_layer import balances, operators, subscriptions, test_clocks, usage
+from grant_service.service_layer import balances, events, operators, subscriptions, test_clocks, usage
 from grant_service.service_layer.context import GrantContext
 from grant_service.v1 import grant_service_pb2 as pb
 from grant_service.v1 import grant_service_pb2_grpc
@@ -83,6 +85,31 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
             self._ctx, request.customer_key, request.currency_key, query.start, query.end, query.entry_type, query.page
         )
         return pb.ListLedgerEntriesResponse(entries=[conv.entry_pb(e) for e in entries], next_page_token=token)
+
+    # ------------------------------------------------------------------ events
+
+    def ListEvents(self, request: pb.ListEventsRequest, context) -> pb.ListEventsResponse:
+        where, page = conv.list_events_query(request)
+        found, token = events.list_events(self._ctx, where, page)
+        return pb.ListEventsResponse(events=[conv.event_pb(e) for e in found], next_page_token=token)
+
+    def WatchEvents(self, request: pb.WatchEventsRequest, context) -> Iterator[pb.WatchEventsResponse]:
+        where = conv.watch_events_filter(request)
+        log, position = events.check_cursor(self._ctx, request.cursor)
+        stream = events.watch_events(
+            self._ctx,
+            log,
+            position,
+            where,
+            context.is_active,
+            heartbeat_s=self._ctx.events_heartbeat_s,
+            poll_s=self._ctx.events_poll_s,
+        )
+        for item in stream:
+            if isinstance(item, events.Heartbeat):
+                yield pb.WatchEventsResponse(heartbeat=conv.heartbeat_pb(item))
+            else:
+                yield pb.WatchEventsResponse(event=conv.event_pb(item))
 
     # ------------------------------------------------------------------ usage
 

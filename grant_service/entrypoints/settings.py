@@ -17,6 +17,8 @@ class GrantSettings(ServiceSettings):
     batch_linger_s: float  # how long the leader of a batch of reads or debits may wait for more callers
     max_revision_step: int  # the most an applied revision may be ahead of the one held
     test_clocks_enabled: bool  # the test clock methods answer (else FAILED_PRECONDITION)
+    events_heartbeat_s: float = 15.0  # WatchEvents: a heartbeat after this long without a message
+    events_poll_s: float = 0.25  # WatchEvents: reads at least this often (other replicas' commits)
 
     def __post_init__(self) -> None:
         if not (self.catch_up_interval_s >= 0 and math.isfinite(self.catch_up_interval_s)):
@@ -27,6 +29,10 @@ class GrantSettings(ServiceSettings):
             raise ValueError("--batch-linger-ms must be 0 or a positive number of milliseconds")
         if self.max_revision_step < 1:
             raise ValueError("--max-revision-step must be at least 1")
+        if not (0 < self.events_heartbeat_s <= 3600):
+            raise ValueError("--events-heartbeat-interval must be more than 0 and at most 3600 seconds")
+        if not (0 < self.events_poll_s <= 60):
+            raise ValueError("--events-poll-interval-ms must be more than 0 and at most 60000")
 
 
 def add_arguments(parser: argparse.ArgumentParser, env: Env) -> None:
@@ -58,6 +64,19 @@ def add_arguments(parser: argparse.ArgumentParser, env: Env) -> None:
         "0); further is INVALID_ARGUMENT REVISION_TOO_FAR_AHEAD (default 1000; see docs/security.md)",
     )
     parser.add_argument(
+        "--events-heartbeat-interval",
+        type=float,
+        default=float(env("EVENTS_HEARTBEAT_INTERVAL", "15")),
+        help="seconds without a message after which WatchEvents sends a heartbeat (default 15)",
+    )
+    parser.add_argument(
+        "--events-poll-interval-ms",
+        type=float,
+        default=float(env("EVENTS_POLL_INTERVAL_MS", "250")),
+        help="how often a WatchEvents stream reads the log when no commit of this process woke it, for the "
+        "events other replicas write (default 250)",
+    )
+    parser.add_argument(
         "--enable-test-clocks",
         action="store_true",
         default=env_flag(env("ENABLE_TEST_CLOCKS", "false")),
@@ -74,6 +93,8 @@ def grant_settings(common: ServiceSettings, args: argparse.Namespace) -> GrantSe
         batch_linger_s=args.batch_linger_ms / 1000,
         max_revision_step=args.max_revision_step,
         test_clocks_enabled=args.enable_test_clocks,
+        events_heartbeat_s=args.events_heartbeat_interval,
+        events_poll_s=args.events_poll_interval_ms / 1000,
     )
 
 

@@ -24,6 +24,10 @@ class GrantContext:
     batch_size: int = 500
     # The most an applied revision may be ahead of the stored one (of none: 0); see check_revision_step.
     max_revision_step: int = 1000
+    # WatchEvents: a heartbeat after this long without a message; a read at least this often
+    # (commits of other replicas are not notified).
+    events_heartbeat_s: float = 15.0
+    events_poll_s: float = 0.25
 
     def now_in(self, uow: GrantUnitOfWork, clock_key: str) -> datetime:
         """Real time, or the time of test clock `clock_key` as `uow` reads it."""

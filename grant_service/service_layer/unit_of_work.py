@@ -62,6 +62,14 @@ class UnitsOfWork(Protocol):
         is its own answer and does not affect the others; any other failure runs it again alone."""
         ...
 
+    def event_generation(self) -> int:
+        """A number that grows each time a transaction of this process that wrote events commits."""
+        ...
+
+    def wait_for_events(self, generation: int, timeout_s: float) -> None:
+        """Return once `event_generation()` has passed `generation`, or after `timeout_s`."""
+        ...
+
     def customer_now(self, customer_key: str, currency_key: str) -> tuple[datetime, CustomerNow | None]:
         """Real time now, and the customer then (None: no such customer): its clock, what a catch-up
         owes it, its grants in `currency_key` active then. One statement outside any transaction;
