@@ -33,6 +33,7 @@ from credit_common.db.driver import DriverStatement, deferred_writes, rows_of
 from credit_common.idempotency import SeenRequest
 from grant_service.adapters.mappers import view_of
 from grant_service.adapters.orm import (
+    ALERT_SETS,
     CLOCKS,
     CUSTOMERS,
     EVENTS,
@@ -57,6 +58,7 @@ def _head_columns() -> tuple:
         select(CLOCKS.c.frozen_time).where(CLOCKS.c.test_clock_id == CUSTOMERS.c.clock_key).scalar_subquery(),
         *pending_columns(CUSTOMERS.c.customer_key),
         select(func.count()).select_from(RATE_SETS).scalar_subquery(),
+        select(func.max(ALERT_SETS.c.alert_set_id)).scalar_subquery(),  # NULL: none was ever set
     )
 
 
@@ -96,8 +98,9 @@ def debit_head(session: Session, customer_key: str, scope: str, request_id: str)
 
 
 def _head(columns: Sequence[Any], seen: SeenRequest[str] | None, grants: list[DebitableGrant]) -> DebitHead:
-    clock_key, frozen, next_start, next_expiry, next_open, version = columns
-    return DebitHead(clock_key, frozen, seen, Pending(next_start, next_expiry, next_open), version, grants)
+    clock_key, frozen, next_start, next_expiry, next_open, version, alerts_version = columns
+    pending = Pending(next_start, next_expiry, next_open)
+    return DebitHead(clock_key, frozen, seen, pending, version, grants, alerts_version or 0)
 
 
 def _open_grants_statement(for_update: bool, customers: Any = None) -> Select:

@@ -222,6 +222,30 @@ class EventRow(Base):
     )
 
 
+class BalanceAlertSetRow(Base):
+    """Balance alert levels set over RPC, append-only: the latest row of a (customer, currency) is in
+    force; customer_key '' is the currency's default; levels NULL: cleared. Its id is the version
+    that a debit reads to know its cached levels are current."""
+
+    __tablename__ = "balance_alert_sets"
+    alert_set_id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    customer_key: Mapped[str] = mapped_column(String(64))
+    currency_key: Mapped[str] = mapped_column(String(64))
+    levels: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON [["amount"|"percent", "10"], ...]
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    __table_args__ = (Index("ix_balance_alert_sets_key", "customer_key", "currency_key", "alert_set_id"),)
+
+
+class BalanceAlertStateRow(Base):
+    """The balance state last evaluated for alerts (of a customer and currency with levels)."""
+
+    __tablename__ = "balance_alert_states"
+    customer_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    currency_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    balance: Mapped[Decimal] = mapped_column(ExactDecimal())
+    granted: Mapped[Decimal] = mapped_column(ExactDecimal())
+
+
 class EventLogRow(Base):
     """The event log's identity: one row, a random id made when the log was created. Cursors carry
     it, so that a cursor of another deployment's log is refused rather than misread."""
@@ -247,3 +271,5 @@ RATE_SETS = RateSetRow.__table__
 RATES = RateRow.__table__
 EVENTS = EventRow.__table__
 EVENT_LOG = EventLogRow.__table__
+ALERT_SETS = BalanceAlertSetRow.__table__
+ALERT_STATES = BalanceAlertStateRow.__table__

@@ -152,6 +152,17 @@ class SqlCustomerRepository:
         row = self.session.execute(query).one()
         return Pending(row.next_issue, row.next_expiry, row.next_open)
 
+    def pending_many(self, customer_keys: Sequence[str]) -> dict[str, Pending]:
+        keys = sorted(set(customer_keys))
+        found: dict[str, Pending] = {}
+        for start in range(0, len(keys), 500):
+            query = select(CUSTOMERS.c.customer_key, *pending_columns(CUSTOMERS.c.customer_key)).where(
+                CUSTOMERS.c.customer_key.in_(keys[start : start + 500])
+            )
+            for row in self.session.execute(query):
+                found[row.customer_key] = Pending(row.next_issue, row.next_expiry, row.next_open)
+        return found
+
 
 class SqlCurrencyRepository:
     def __init__(self, session: Session) -> None:

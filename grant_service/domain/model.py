@@ -290,6 +290,7 @@ class DebitHead:
     pending: Pending
     rates_version: int
     open_grants: list[DebitableGrant]
+    alerts_version: int = 0  # the version of the balance alert levels (0: none was ever set)
 
 
 @dataclass(frozen=True, slots=True)

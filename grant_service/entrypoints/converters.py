@@ -17,6 +17,7 @@ from credit_common.grpc.validation import check_items_in_handler
 from credit_common.ids import KEY_RULE, REQUEST_ID_MAX_LENGTH, is_valid_key
 from credit_common.pagination import PageRequest, page_request
 from credit_common.periods import Cadence
+from grant_service.domain.alerts import MAX_LEVELS, AlertLevel
 from grant_service.domain.events import PAYLOAD_OF, EventFilter, EventType
 from grant_service.domain.model import (
     EntryType,
@@ -29,6 +30,7 @@ from grant_service.domain.model import (
     Usage,
 )
 from grant_service.domain.schedules import ScheduledAmount, first_period_fits
+from grant_service.service_layer.alerts import AlertSettings
 from grant_service.service_layer.balances import BalanceInfo
 from grant_service.service_layer.events import EventWithCursor, Heartbeat
 from grant_service.service_layer.subscriptions import (
@@ -301,6 +303,58 @@ def event_pb(event: EventWithCursor) -> pb.CreditEvent:
     )
     json_format.ParseDict(dict(fact.payload), getattr(message, PAYLOAD_OF[fact.type]))
     return message
+
+
+def alert_key(request) -> tuple[str, str]:
+    fields = Fields()
+    _optional_key(fields, "customer_key", request.customer_key)
+    fields.key("currency_key", request.currency_key)
+    fields.done()
+    return request.customer_key, request.currency_key
+
+
+def alert_levels(request: pb.SetBalanceAlertsRequest) -> list[AlertLevel]:
+    fields = Fields()
+    _optional_key(fields, "customer_key", request.customer_key)
+    fields.key("currency_key", request.currency_key)
+    if len(request.levels) > MAX_LEVELS:
+        fields.violations.add("levels", f"at most {MAX_LEVELS} levels")
+    levels = []
+    for i, level in enumerate(request.levels):
+        kind = level.WhichOneof("level")
+        if kind is None:
+            fields.violations.add(f"levels[{i}]", "set amount or percent")
+            continue
+        try:
+            value = parse_decimal(getattr(level, kind), allow_negative=True)
+        except DecimalFormatError as error:
+            fields.violations.add(f"levels[{i}].{kind}", str(error))
+            continue
+        if value < 0:
+            fields.violations.add(f"levels[{i}].{kind}", "must not be below zero", "NEGATIVE_THRESHOLD")
+        elif kind == "percent" and value > 100:
+            fields.violations.add(f"levels[{i}].percent", "must be at most 100", "PERCENT_OVER_100")
+        levels.append(AlertLevel(kind, value))
+    fields.done()
+    return levels
+
+
+def balance_alerts_pb(settings: AlertSettings) -> pb.BalanceAlerts:
+    levels = settings.in_force
+    if settings.own is not None:
+        source = (
+            pb.BALANCE_ALERTS_SOURCE_CUSTOMER if settings.customer_key else pb.BALANCE_ALERTS_SOURCE_CURRENCY_DEFAULT
+        )
+    elif settings.default is not None:
+        source = pb.BALANCE_ALERTS_SOURCE_CURRENCY_DEFAULT
+    else:
+        source = pb.BALANCE_ALERTS_SOURCE_NONE
+    return pb.BalanceAlerts(
+        customer_key=settings.customer_key,
+        currency_key=settings.currency_key,
+        levels=[pb.BalanceAlertLevel(**{lv.kind: format_decimal(lv.value)}) for lv in levels or ()],
+        source=source,
+    )
 
 
 def heartbeat_pb(beat: Heartbeat) -> pb.Heartbeat:

@@ -20,6 +20,10 @@ ROLES: dict[str, tuple[str, ...]] = {
     # the credit event log
     "ListEvents": (READER,),
     "WatchEvents": (READER,),
+    # balance alert levels: what fires events other systems act on, set by an operator
+    "SetBalanceAlerts": (OPERATOR,),
+    "GetBalanceAlerts": (OPERATOR, READER),
+    "ClearBalanceAlerts": (OPERATOR,),
     # metering
     "ReportUsage": (USAGE,),
     "CheckUsage": (USAGE,),

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from credit_common.errors import DomainError
 from credit_common.grpc.validation import check_request
 from grant_service.entrypoints import converters as conv
-from grant_service.service_layer import balances, events, operators, subscriptions, test_clocks, usage
+from grant_service.service_layer import alerts, balances, events, operators, subscriptions, test_clocks, usage
 from grant_service.service_layer.context import GrantContext
 from grant_service.v1 import grant_service_pb2 as pb
 from grant_service.v1 import grant_service_pb2_grpc
@@ -110,6 +110,23 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
                 yield pb.WatchEventsResponse(heartbeat=conv.heartbeat_pb(item))
             else:
                 yield pb.WatchEventsResponse(event=conv.event_pb(item))
+
+    # ------------------------------------------------------------------ balance alerts
+
+    def SetBalanceAlerts(self, request: pb.SetBalanceAlertsRequest, context) -> pb.SetBalanceAlertsResponse:
+        levels = conv.alert_levels(request)
+        settings = alerts.set_balance_alerts(self._ctx, request.customer_key, request.currency_key, levels)
+        return pb.SetBalanceAlertsResponse(alerts=conv.balance_alerts_pb(settings))
+
+    def GetBalanceAlerts(self, request: pb.GetBalanceAlertsRequest, context) -> pb.GetBalanceAlertsResponse:
+        customer_key, currency_key = conv.alert_key(request)
+        settings = alerts.get_balance_alerts(self._ctx, customer_key, currency_key)
+        return pb.GetBalanceAlertsResponse(alerts=conv.balance_alerts_pb(settings))
+
+    def ClearBalanceAlerts(self, request: pb.ClearBalanceAlertsRequest, context) -> pb.ClearBalanceAlertsResponse:
+        customer_key, currency_key = conv.alert_key(request)
+        settings = alerts.set_balance_alerts(self._ctx, customer_key, currency_key, None)
+        return pb.ClearBalanceAlertsResponse(alerts=conv.balance_alerts_pb(settings))
 
     # ------------------------------------------------------------------ usage
 

@@ -39,6 +39,7 @@ from grant_service.domain.model import (
     StoredSubscription,
 )
 from grant_service.domain.schedules import GrantSegment, Schedule, StoredGrant, reconcile
+from grant_service.service_layer import alerts
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork, UnitsOfWork
 
 log = logging.getLogger("credit_grants.grant.issuance")
@@ -180,6 +181,8 @@ def issue_due_batch(
     issued, over = issue_in_time_order(uow, segments, now)
     for (k, next_start), schedule_ids in advanced.items():
         uow.issuance.advance_cursors(schedule_ids, k, next_start)
+    if issued:
+        alerts.evaluate(uow, clock_key, now, {g.customer_key for g in issued}, only_if_complete=True)
     return len(schedules), len(issued), len(over)
 
 
@@ -306,6 +309,7 @@ def open_due_batch(
     uow.issuance.add_entries(entries)
     uow.events.add(facts)
     uow.issuance.opened([g.grant_id for g in grants], closed=sorted(over))
+    alerts.evaluate(uow, clock_key, now, {g.customer_key for g in grants}, only_if_complete=True)
     return len(grants), len(over)
 
 
@@ -354,6 +358,8 @@ def expire_due_batch(
     """Record the EXPIRE of up to `batch_size` grants whose expiry has passed; how many were handled."""
     grants = uow.issuance.due_to_expire(clock_key, now, customer_key, batch_size, skip_locked=skip_locked)
     close_expired(uow, grants)
+    if grants:
+        alerts.evaluate(uow, clock_key, now, {g.customer_key for g in grants}, only_if_complete=True)
     return len(grants)
 
 

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from credit_common.idempotency import SeenRequest
+from grant_service.domain.alerts import AlertLevel, BalanceState
 from grant_service.domain.events import EventFilter, EventPosition, NewEvent, StoredEvent
 from grant_service.domain.model import (
     Customer,
@@ -67,6 +68,10 @@ class CustomerRepository(Protocol):
 
     def lock_many(self, customer_keys: Sequence[str]) -> list[Customer]:
         """Those of the customers that exist, locked for the transaction in key order."""
+        ...
+
+    def pending_many(self, customer_keys: Sequence[str]) -> dict[str, Pending]:
+        """`pending` of each of the customers that exists."""
         ...
 
     def add_all(self, customers: Sequence[Customer]) -> None: ...
@@ -323,4 +328,39 @@ class EventRepository(Protocol):
     def after(self, position: EventPosition | None, limit: int, where: EventFilter | None = None) -> list[StoredEvent]:
         """Up to `limit` events after `position` (None: from the start), in log order, that match
         `where`; only committed events below the high-water mark."""
+        ...
+
+
+class AlertRepository(Protocol):
+    """Balance alert levels (set over RPC, append-only: the latest set of a customer and currency is
+    in force, customer '' being the currency's default) and the balance state last evaluated."""
+
+    def version(self) -> int:
+        """Grows with every set: levels read at one version stay valid while it is unchanged."""
+        ...
+
+    def configured(
+        self, customer_key: str, currency_key: str
+    ) -> tuple[tuple[AlertLevel, ...] | None, tuple[AlertLevel, ...] | None]:
+        """(the customer's own levels, the currency's default levels); None: not set or cleared."""
+        ...
+
+    def in_force(self, customer_key: str, currency_key: str, version: int) -> tuple[AlertLevel, ...] | None:
+        """The customer's own levels, else the currency's default, else None; `version` (read in the
+        caller's transaction) lets an implementation answer from a cache."""
+        ...
+
+    def set(self, customer_key: str, currency_key: str, levels: Sequence[AlertLevel] | None, now: datetime) -> None:
+        """Record levels (None: cleared) for the customer ('' : the currency's default)."""
+        ...
+
+    def states_of(self, customer_keys: Sequence[str]) -> dict[tuple[str, str], BalanceState]:
+        """The state last evaluated of each (customer, currency) of these customers that has one."""
+        ...
+
+    def save_states(self, states: dict[tuple[str, str], BalanceState]) -> None: ...
+
+    def current_of(self, customer_keys: Sequence[str]) -> dict[tuple[str, str], BalanceState]:
+        """The state of each (customer, currency) of these customers that has open grants, from
+        them: what is active at the customer's now once nothing of it is due."""
         ...

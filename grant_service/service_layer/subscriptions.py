@@ -23,6 +23,7 @@ from grant_service.domain.model import (
     Subscription,
 )
 from grant_service.domain.schedules import Schedule, ScheduledAmount, clamp_amounts, clamp_end
+from grant_service.service_layer import alerts
 from grant_service.service_layer.context import GrantContext, require_test_clocks
 from grant_service.service_layer.issuance import catch_up_in_transaction, ended_events, reconcile_issued
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork
@@ -241,6 +242,7 @@ class _Batch:
         withdrawn: list[str] = []
         clamped.extend(_apply_schedules(self.uow, sub, spec, now, self.new_schedules, withdrawn))
         self._changed(sub, previous.revision, now, clamped, withdrawn)
+        alerts.evaluate(self.uow, clock_key, now, [spec.customer_key])
         return ApplyResult(ApplyOutcome.APPLIED, spec.revision, clamped=tuple(clamped))
 
     def _changed(

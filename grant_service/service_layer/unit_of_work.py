@@ -10,6 +10,7 @@ from typing import Protocol, TypeVar
 
 from grant_service.domain.model import CustomerNow
 from grant_service.service_layer.ports import (
+    AlertRepository,
     CurrencyRepository,
     CustomerRepository,
     DebitRepository,
@@ -40,6 +41,7 @@ class GrantUnitOfWork(Protocol):
     subscriptions: SubscriptionRepository
     schedules: ScheduleRepository
     events: EventRepository
+    alerts: AlertRepository
 
 
 class UnitsOfWork(Protocol):

@@ -24,6 +24,7 @@ from credit_common.errors import (
 )
 from credit_common.idempotency import fingerprint
 from credit_common.ids import new_id, new_ids
+from grant_service.domain.alerts import BalanceState, state_of
 from grant_service.domain.balances import (
     InsufficientCredits,
     allocate,
@@ -32,8 +33,9 @@ from grant_service.domain.balances import (
     exact_product,
     exact_sum,
 )
-from grant_service.domain.events import grant_depleted, usage_rejected
-from grant_service.domain.model import REAL_TIME, DebitableGrant, Usage
+from grant_service.domain.events import NewEvent, grant_depleted, usage_rejected
+from grant_service.domain.model import REAL_TIME, DebitableGrant, DebitHead, Usage
+from grant_service.service_layer import alerts
 from grant_service.service_layer.context import (
     GrantContext,
     catch_up_customer,
@@ -188,7 +190,7 @@ def _debit(
             issue_due_batch(uow, head.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
             grants = uow.debits.open_grants(customer_key)
     try:
-        return _burn(debit, uow, now, head.rates_version, grants, head.clock_key)
+        return _burn(debit, uow, now, head, grants)
     except DomainError as error:
         # On PostgreSQL the DebitHead comes from a snapshot taken before the customer's lock was granted:
         # a twin of this request (same request_id, e.g. sent to another replica) may have committed in
@@ -222,14 +224,13 @@ def _burn(
     debit: _Debit,
     uow: GrantUnitOfWork,
     now: datetime,
-    rates_version: int,
+    head: DebitHead,
     customer_grants: list[DebitableGrant],
-    clock_key: str,
 ) -> UsageResult:
     """Price the debit, burn the customer's open grants (locked) active at `now`, and record it all."""
     request_id, customer_key = debit.request_id, debit.customer_key
     feature_key, quantity, currency_key = debit.feature_key, debit.quantity, debit.currency_key
-    rates = uow.rates.in_force(feature_key, now, rates_version)
+    rates = uow.rates.in_force(feature_key, now, head.rates_version)
     currency, rate = price(uow, rates, feature_key, currency_key)
     credits = exact_product(quantity, rate)
     grants = {g.view.grant_id: g for g in customer_grants if g.currency_key == currency}
@@ -259,7 +260,13 @@ def _burn(
         usage_time=now,
         balance_after=exact_difference(available(views, now), credits),
     )
-    _record(uow, debit, grants, taken, usage, now, clock_key)
+    crossed = []
+    if head.alerts_version:
+        before = state_of([(v.amount, v.used) for v in views if v.is_active_at(now)])
+        after = {(customer_key, currency): BalanceState(exact_difference(before.balance, credits), before.granted)}
+        version = head.alerts_version
+        crossed = alerts.evaluate(uow, head.clock_key, now, [customer_key], version=version, after=after, write=False)
+    _record(uow, debit, grants, taken, usage, now, head.clock_key, crossed)
     return UsageResult(usage, taken)
 
 
@@ -271,7 +278,9 @@ def _record(
     usage: Usage,
     now: datetime,
     clock_key: str,
+    crossed: list[NewEvent],
 ) -> None:
+    """Write the debit with its events: the grants it depleted, then the alert levels it crossed."""
     quantity, feature_key = debit.quantity, debit.feature_key
     used = [(grant_id, exact_sum((grants[grant_id].view.used, amount))) for grant_id, amount in taken]
     depleted = [(grants[grant_id], total) for grant_id, total in used if total == grants[grant_id].view.amount]
@@ -305,7 +314,7 @@ def _record(
         ],
         SCOPE,
         debit.print_,
-        events,
+        events + crossed,
     )
 
 

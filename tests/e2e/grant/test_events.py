@@ -52,6 +52,8 @@ def _story(stub) -> str:
     clock = stub.CreateTestClock(pb.CreateTestClockRequest(name="story", frozen_time=ts(T0))).test_clock
     rates = [pb.CreditRate(feature_key="gpt-call", credits_per_unit="2.5")]
     stub.ApplyCreditCurrency(pb.ApplyCreditCurrencyRequest(currency_key="ai-credits", revision=1, rates=rates))
+    levels = [pb.BalanceAlertLevel(percent="50"), pb.BalanceAlertLevel(amount="100")]
+    stub.SetBalanceAlerts(pb.SetBalanceAlertsRequest(customer_key="acme", currency_key="ai-credits", levels=levels))
     stub.ApplySubscription(subscription("sub_1", "acme", T0, [("1000", None)], clock_id=clock.test_clock_id))
     usage = pb.ReportUsageRequest(customer_key="acme", feature_key="gpt-call")
     stub.ReportUsage(pb.ReportUsageRequest(**_fields(usage), request_id="u1", quantity="160"))  # 400 credits
@@ -76,6 +78,11 @@ def _story(stub) -> str:
     )
     stub.ApplySubscription(late)
     return clock.test_clock_id
+
+
+def alert(level: dict, threshold: str, balance: str, previous: str, granted: str) -> dict:
+    payload = {"level": level, "threshold": threshold, "balance": balance, "previous_balance": previous}
+    return {**payload, "granted_amount": granted}
 
 
 def _fields(message) -> dict:
@@ -114,6 +121,9 @@ def test_a_test_clock_story_produces_every_event_in_order(grant):
             },
         ),
         ("GRANT_DEPLETED", t0, {"grant_id": p0, "subscription_id": "sub_1", "amount": "1000", "usage_id": usage_id}),
+        ("BALANCE_LOW", t0, alert({"percent": "50"}, "500", "0", "600", "1000")),
+        ("BALANCE_LOW", t0, alert({"amount": "100"}, "100", "0", "600", "1000")),
+        ("BALANCE_DEPLETED", t0, alert({"amount": "0"}, "0", "0", "600", "1000")),
         (
             "USAGE_REJECTED",
             t0,
@@ -135,7 +145,9 @@ def test_a_test_clock_story_produces_every_event_in_order(grant):
                 "effective_time": "2026-01-31T10:00:00Z",
             },
         ),
+        ("BALANCE_RECOVERED", t0, alert({"amount": "0"}, "0", "50", "0", "1050")),
         ("GRANT_VOIDED", t0, {"grant_id": gift, "voided_amount": "50", "reason": "mistake"}),
+        ("BALANCE_DEPLETED", t0, alert({"amount": "0"}, "0", "0", "50", "1000")),
         (
             "CREDITS_EXPIRED",
             feb28,
@@ -162,6 +174,11 @@ def test_a_test_clock_story_produces_every_event_in_order(grant):
                 "expire_time": "2026-03-31T10:00:00Z",
             },
         ),
+        # One evaluation once the catch-up is done (at the clock's time): the expiry and the new period at
+        # one instant are no low-then-recovered pair.
+        ("BALANCE_RECOVERED", mar5, alert({"amount": "0"}, "0", "1000", "0", "1000")),
+        ("BALANCE_RECOVERED", mar5, alert({"amount": "100"}, "100", "1000", "0", "1000")),
+        ("BALANCE_RECOVERED", mar5, alert({"percent": "50"}, "500", "1000", "0", "1000")),
         (
             "CREDITS_EXPIRED",
             mar5,
@@ -174,6 +191,8 @@ def test_a_test_clock_story_produces_every_event_in_order(grant):
                 "expire_time": "2026-03-05T00:00:00Z",
             },
         ),
+        # The subscription's end leaves no active grant: below the absolute level (not "depleted").
+        ("BALANCE_LOW", mar5, alert({"amount": "100"}, "100", "0", "1000", "0")),
         (
             "SUBSCRIPTION_CHANGED",
             mar5,
@@ -205,12 +224,13 @@ def test_a_test_clock_story_produces_every_event_in_order(grant):
     assert len({e.event_id for e in events}) == len(events)
     # The stream sends the same events, and resumed from any cursor, the rest.
     assert watch(stub, len(events)) == events
-    assert watch(stub, 3, cursor=events[7].cursor) == events[8:]
+    assert watch(stub, 5, cursor=events[-6].cursor) == events[-5:]
     # Filters.
     expired = all_events(stub, types=[E.CREDIT_EVENT_TYPE_CREDITS_EXPIRED])
-    assert [e.event_id for e in expired] == [events[6].event_id, events[8].event_id]
+    assert [e.event_id for e in expired] == [e.event_id for e in events if e.HasField("credits_expired")]
+    assert len(expired) == 2
     assert all_events(stub, customer_key="nobody") == []
-    assert [e.event_id for e in all_events(stub, start_time=ts(utc(2026, 3, 1)))] == [e.event_id for e in events[8:]]
+    assert [e.event_id for e in all_events(stub, start_time=ts(utc(2026, 3, 1)))] == [e.event_id for e in events[-7:]]
 
 
 def test_watch_sends_live_events_and_heartbeats(grant):
@@ -258,4 +278,42 @@ def test_bad_filters_and_cursors_are_invalid_argument(grant):
         lambda: stub.ListEvents(pb.ListEventsRequest(page_token="abc")),
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_PAGE_TOKEN",
+    )
+
+
+def test_balance_alert_levels_set_get_clear_and_bad_levels(grant):
+    stub = grant.stub
+    default = [pb.BalanceAlertLevel(percent="20")]
+    own = [pb.BalanceAlertLevel(amount="100.5")]
+    got = stub.SetBalanceAlerts(pb.SetBalanceAlertsRequest(currency_key="ai-credits", levels=default)).alerts
+    assert (list(got.levels), got.source) == (default, pb.BALANCE_ALERTS_SOURCE_CURRENCY_DEFAULT)
+    get = pb.GetBalanceAlertsRequest(customer_key="acme", currency_key="ai-credits")
+    assert stub.GetBalanceAlerts(get).alerts.source == pb.BALANCE_ALERTS_SOURCE_CURRENCY_DEFAULT
+    stub.SetBalanceAlerts(pb.SetBalanceAlertsRequest(customer_key="acme", currency_key="ai-credits", levels=own))
+    got = stub.GetBalanceAlerts(get).alerts
+    assert (list(got.levels), got.source) == (own, pb.BALANCE_ALERTS_SOURCE_CUSTOMER)
+    clear = pb.ClearBalanceAlertsRequest(customer_key="acme", currency_key="ai-credits")
+    assert stub.ClearBalanceAlerts(clear).alerts.source == pb.BALANCE_ALERTS_SOURCE_CURRENCY_DEFAULT
+    stub.ClearBalanceAlerts(pb.ClearBalanceAlertsRequest(currency_key="ai-credits"))
+    assert stub.GetBalanceAlerts(get).alerts.source == pb.BALANCE_ALERTS_SOURCE_NONE
+    bad = [
+        pb.BalanceAlertLevel(amount="-1"),
+        pb.BalanceAlertLevel(percent="101"),
+        pb.BalanceAlertLevel(amount="ten"),
+        pb.BalanceAlertLevel(),
+    ]
+    _, violations = expect_error(
+        lambda: stub.SetBalanceAlerts(pb.SetBalanceAlertsRequest(currency_key="ai-credits", levels=bad)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+    assert [(v.field, v.reason) for v in violations][:2] == [
+        ("levels[0].amount", "NEGATIVE_THRESHOLD"),
+        ("levels[1].percent", "PERCENT_OVER_100"),
+    ]
+    assert [v.field for v in violations][2:] == ["levels[2].amount", "levels[3]"]
+    expect_error(
+        lambda: stub.SetBalanceAlerts(pb.SetBalanceAlertsRequest(levels=default)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
     )
