@@ -11,7 +11,7 @@ from credit_common.grpc.server import RunningServer
 from credit_common.runtime import ServiceDefinition, start
 from grant_service.adapters.orm import API_KEYS
 from grant_service.adapters.unit_of_work import SqlUnitsOfWork
-from grant_service.entrypoints.roles import METHOD_ROLES, SERVICE
+from grant_service.entrypoints.roles import METHOD_ROLES, READ_METHODS, SERVICE
 from grant_service.entrypoints.servicer import GrantServicer
 from grant_service.entrypoints.settings import FLAGS, GrantSettings
 from grant_service.entrypoints.timer import start_catch_up_timer
@@ -24,6 +24,7 @@ DEFINITION = ServiceDefinition(
     service_names=(SERVICE.full_name,),
     migrations="grant_service.adapters:migrations",
     method_roles=METHOD_ROLES,
+    read_methods=READ_METHODS,
     api_keys=API_KEYS,
     flags=FLAGS,
 )
