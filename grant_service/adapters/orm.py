@@ -51,6 +51,9 @@ class SubscriptionRow(Base):
     end_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     clock_key: Mapped[str] = mapped_column(String(40), default=REAL_TIME)
     update_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    # The window that bounds how far its revision may rise (grant_service.domain.revisions).
+    revision_window_start: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    revision_window_base: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class ScheduleRow(Base):
@@ -161,6 +164,8 @@ class CurrencyRow(Base):
     __tablename__ = "currencies"
     currency_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     revision: Mapped[int] = mapped_column(BigInteger)
+    revision_window_start: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    revision_window_base: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class RateSetRow(Base):

@@ -24,6 +24,7 @@ from grant_service.adapters.mappers import (
     schedule_of,
     stored_schedule_of,
     stored_subscription_of,
+    subscription_row,
     usage_of,
 )
 from grant_service.adapters.orm import (
@@ -58,6 +59,7 @@ from grant_service.domain.model import (
     TestClock,
     Usage,
 )
+from grant_service.domain.revisions import RevisionWindow
 from grant_service.domain.schedules import Pending, Schedule
 
 
@@ -150,6 +152,10 @@ class SqlCustomerRepository:
         return Pending(row.next_issue, row.next_expiry, row.next_open)
 
 
+def _window(window: RevisionWindow) -> dict[str, Any]:
+    return {"revision_window_start": window.start, "revision_window_base": window.base}
+
+
 class SqlCurrencyRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -160,16 +166,23 @@ class SqlCurrencyRepository:
                 return True
         return False
 
-    def revision(self, currency_key: str, *, for_update: bool = False) -> int | None:
-        query = select(CurrencyRow.revision).where(CurrencyRow.currency_key == currency_key)
-        return self.session.scalar(locked(self.session, query) if for_update else query)
+    def revision(self, currency_key: str, *, for_update: bool = False) -> tuple[int, RevisionWindow] | None:
+        query = select(CurrencyRow.revision, CurrencyRow.revision_window_start, CurrencyRow.revision_window_base).where(
+            CurrencyRow.currency_key == currency_key
+        )
+        row = self.session.execute(locked(self.session, query) if for_update else query).first()
+        if row is None:
+            return None
+        return row.revision, RevisionWindow(row.revision_window_start, row.revision_window_base)
 
-    def add(self, currency_key: str, revision: int) -> None:
-        self.session.execute(insert(CURRENCIES).values(currency_key=currency_key, revision=revision))
+    def add(self, currency_key: str, revision: int, window: RevisionWindow) -> None:
+        self.session.execute(insert(CURRENCIES).values(currency_key=currency_key, revision=revision, **_window(window)))
 
-    def set_revision(self, currency_key: str, revision: int) -> None:
+    def set_revision(self, currency_key: str, revision: int, window: RevisionWindow) -> None:
         self.session.execute(
-            update(CURRENCIES).where(CurrencyRow.currency_key == currency_key).values(revision=revision)
+            update(CURRENCIES)
+            .where(CurrencyRow.currency_key == currency_key)
+            .values(revision=revision, **_window(window))
         )
 
     def add_rate_set(
@@ -554,7 +567,7 @@ class SqlSubscriptionRepository:
         if subscriptions:
             self.session.execute(
                 insert(SUBSCRIPTIONS),
-                [{name: getattr(s, name) for name in _SUBSCRIPTION_COLUMNS} for s in subscriptions],
+                [subscription_row(s) for s in subscriptions],
             )
 
     def save_all(self, subscriptions: Sequence[StoredSubscription]) -> None:
@@ -567,13 +580,12 @@ class SqlSubscriptionRepository:
                         "revision": s.revision,
                         "end_time": s.end_time,
                         "update_time": s.update_time,
+                        "revision_window_start": s.revision_window.start,
+                        "revision_window_base": s.revision_window.base,
                     }
                     for s in subscriptions
                 ],
             )
-
-
-_SUBSCRIPTION_COLUMNS = [c.key for c in SUBSCRIPTIONS.columns]
 
 
 def _schedule_terms(stored: StoredSchedule) -> dict[str, Any]:

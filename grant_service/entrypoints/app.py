@@ -3,6 +3,8 @@ and the catch-up timer."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import Engine
 
 from credit_common.clock import Clock, SystemClock
@@ -40,6 +42,8 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
         test_clocks_enabled=settings.test_clocks_enabled,
         batch_size=settings.catch_up_batch_size,
         max_revision_step=settings.max_revision_step,
+        max_revision_step_window=timedelta(seconds=settings.max_revision_step_window_s),
+        max_applied_amount=settings.max_applied_amount,
     )
     servicer = GrantServicer(ctx)
 
