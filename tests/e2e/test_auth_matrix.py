@@ -6,6 +6,7 @@ method and the role it needs. Health and reflection answer without a key."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from credit_common.grpc.errors import error_details
 from credit_common.runtime import ServiceDefinition
 from grant_service.entrypoints import app as grant_app
 from grant_service.entrypoints import roles as grant_roles
+from tests.conftest import BACKENDS
 from tests.support.auth import create_key_at
 from tests.support.servers import serving
 
@@ -122,10 +124,17 @@ class Service:
         return grpc.StatusCode.OK
 
 
-@pytest.fixture(scope="module")
-def services(tmp_path_factory) -> Iterator[dict[str, Service]]:
-    folder = tmp_path_factory.mktemp("auth")
-    grant_url, catalog_url = f"sqlite:///{folder / 'grant.db'}", f"sqlite:///{folder / 'catalog.db'}"
+@pytest.fixture(scope="module", params=BACKENDS)
+def services(request, tmp_path_factory) -> Iterator[dict[str, Service]]:
+    """Both services on one backend: the keys are looked up in each service's database."""
+    if request.param == "sqlite":
+        folder = tmp_path_factory.mktemp("auth")
+        grant_url, catalog_url = f"sqlite:///{folder / 'grant.db'}", f"sqlite:///{folder / 'catalog.db'}"
+    else:
+        postgres = request.getfixturevalue("postgres_server")
+        suffix = uuid.uuid4().hex[:12]
+        grant_url = postgres.create_database(f"auth_grant_{suffix}")
+        catalog_url = postgres.create_database(f"auth_catalog_{suffix}")
     sync_key = create_key_at(grant_app.DEFINITION, grant_url, (SYNC,), label="catalog")
     grant_args = ["--enable-test-clocks", "--catch-up-interval", "0"]
     with serving(grant_app.DEFINITION, grant_app.build, grant_url, args=grant_args) as (grant_running, _):
