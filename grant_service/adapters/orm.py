@@ -63,6 +63,9 @@ class SubscriptionRow(Base):
     end_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     clock_key: Mapped[str] = mapped_column(String(40), default=REAL_TIME)
     update_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    # The window that bounds how far its revision may rise (grant_service.domain.revisions).
+    revision_window_start: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    revision_window_base: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Its SUBSCRIPTION_ENDED event is written (the catch-up reports the ends that have passed).
     end_reported: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     __table_args__ = (Index("ix_subscriptions_ending", "clock_key", "end_reported", "end_time"),)
@@ -176,6 +179,8 @@ class CurrencyRow(Base):
     __tablename__ = "currencies"
     currency_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     revision: Mapped[int] = mapped_column(BigInteger)
+    revision_window_start: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    revision_window_base: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class RateSetRow(Base):

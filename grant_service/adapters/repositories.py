@@ -26,6 +26,7 @@ from grant_service.adapters.mappers import (
     schedule_of,
     stored_schedule_of,
     stored_subscription_of,
+    subscription_row,
     usage_of,
 )
 from grant_service.adapters.orm import (
@@ -61,6 +62,7 @@ from grant_service.domain.model import (
     TestClock,
     Usage,
 )
+from grant_service.domain.revisions import RevisionWindow
 from grant_service.domain.schedules import Pending, Schedule
 
 
@@ -164,6 +166,10 @@ class SqlCustomerRepository:
         return found
 
 
+def _window(window: RevisionWindow) -> dict[str, Any]:
+    return {"revision_window_start": window.start, "revision_window_base": window.base}
+
+
 class SqlCurrencyRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -174,16 +180,23 @@ class SqlCurrencyRepository:
                 return True
         return False
 
-    def revision(self, currency_key: str, *, for_update: bool = False) -> int | None:
-        query = select(CurrencyRow.revision).where(CurrencyRow.currency_key == currency_key)
-        return self.session.scalar(locked(self.session, query) if for_update else query)
+    def revision(self, currency_key: str, *, for_update: bool = False) -> tuple[int, RevisionWindow] | None:
+        query = select(CurrencyRow.revision, CurrencyRow.revision_window_start, CurrencyRow.revision_window_base).where(
+            CurrencyRow.currency_key == currency_key
+        )
+        row = self.session.execute(locked(self.session, query) if for_update else query).first()
+        if row is None:
+            return None
+        return row.revision, RevisionWindow(row.revision_window_start, row.revision_window_base)
 
-    def add(self, currency_key: str, revision: int) -> None:
-        self.session.execute(insert(CURRENCIES).values(currency_key=currency_key, revision=revision))
+    def add(self, currency_key: str, revision: int, window: RevisionWindow) -> None:
+        self.session.execute(insert(CURRENCIES).values(currency_key=currency_key, revision=revision, **_window(window)))
 
-    def set_revision(self, currency_key: str, revision: int) -> None:
+    def set_revision(self, currency_key: str, revision: int, window: RevisionWindow) -> None:
         self.session.execute(
-            update(CURRENCIES).where(CurrencyRow.currency_key == currency_key).values(revision=revision)
+            update(CURRENCIES)
+            .where(CurrencyRow.currency_key == currency_key)
+            .values(revision=revision, **_window(window))
         )
 
     def add_rate_set(
@@ -574,7 +587,7 @@ class SqlSubscriptionRepository:
         if subscriptions:
             self.session.execute(
                 insert(SUBSCRIPTIONS),
-                [{name: getattr(s, name) for name in _SUBSCRIPTION_COLUMNS} for s in subscriptions],
+                [subscription_row(s) for s in subscriptions],
             )
 
     def save_all(self, subscriptions: Sequence[StoredSubscription]) -> None:
@@ -587,6 +600,8 @@ class SqlSubscriptionRepository:
                         "revision": s.revision,
                         "end_time": s.end_time,
                         "update_time": s.update_time,
+                        "revision_window_start": s.revision_window.start,
+                        "revision_window_base": s.revision_window.base,
                     }
                     for s in subscriptions
                 ],
@@ -611,9 +626,6 @@ class SqlSubscriptionRepository:
                 .where(SUBSCRIPTIONS.c.subscription_id.in_(list(subscription_ids)))
                 .values(end_reported=True)
             )
-
-
-_SUBSCRIPTION_COLUMNS = [c.key for c in SUBSCRIPTIONS.columns if c.key != "end_reported"]
 
 
 def _schedule_terms(stored: StoredSchedule) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from decimal import Decimal
 from credit_common.idempotency import SeenRequest
 from credit_common.periods import Cadence
 from grant_service.domain.balances import GrantView, exact_difference
+from grant_service.domain.revisions import NO_WINDOW, RevisionWindow
 from grant_service.domain.schedules import GrantSegment, Pending, Schedule, ScheduledAmount
 
 REAL_TIME = ""  # clock_key of everything that runs on real time
@@ -296,7 +297,7 @@ class DebitHead:
 @dataclass(frozen=True, slots=True)
 class StoredSubscription:
     """A subscription as stored, without its credit schedules (StoredSchedule): the revision in force,
-    and the end time and update time that revision left."""
+    the end time and update time that revision left, and the window that bounds its revisions."""
 
     subscription_id: str
     customer_key: str
@@ -305,6 +306,8 @@ class StoredSubscription:
     end_time: datetime | None
     clock_key: str
     update_time: datetime
+    revision_window: RevisionWindow = NO_WINDOW
 
     def with_schedules(self, schedules: tuple[CreditSchedule, ...]) -> Subscription:
-        return Subscription(**{name: getattr(self, name) for name in self.__slots__}, credit_schedules=schedules)
+        fields = {name: getattr(self, name) for name in self.__slots__ if name != "revision_window"}
+        return Subscription(**fields, credit_schedules=schedules)

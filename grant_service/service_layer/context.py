@@ -5,7 +5,8 @@ request-id replay of a record already read)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 
 from credit_common import idempotency
 from credit_common.clock import Clock
@@ -22,8 +23,11 @@ class GrantContext:
     clock: Clock
     test_clocks_enabled: bool = False
     batch_size: int = 500
-    # The most an applied revision may be ahead of the stored one (of none: 0); see check_revision_step.
+    # How far a revision may rise within a window (grant_service.domain.revisions).
     max_revision_step: int = 1000
+    max_revision_step_window: timedelta = timedelta(days=1)
+    # The largest amount ApplySubscription(s) may schedule; None: no ceiling.
+    max_applied_amount: Decimal | None = None
     # WatchEvents: a heartbeat after this long without a message; a read at least this often
     # (commits of other replicas are not notified).
     events_heartbeat_s: float = 15.0

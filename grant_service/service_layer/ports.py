@@ -24,6 +24,7 @@ from grant_service.domain.model import (
     TestClock,
     Usage,
 )
+from grant_service.domain.revisions import RevisionWindow
 from grant_service.domain.schedules import Pending
 
 
@@ -84,13 +85,13 @@ class CurrencyRepository(Protocol):
         """Known from ApplyCreditCurrency, a credit schedule or a grant."""
         ...
 
-    def revision(self, currency_key: str, *, for_update: bool = False) -> int | None:
-        """The revision held (locked for the transaction with `for_update`), None if none is."""
+    def revision(self, currency_key: str, *, for_update: bool = False) -> tuple[int, RevisionWindow] | None:
+        """The revision held and its window (locked for the transaction with `for_update`), None if none is."""
         ...
 
-    def add(self, currency_key: str, revision: int) -> None: ...
+    def add(self, currency_key: str, revision: int, window: RevisionWindow) -> None: ...
 
-    def set_revision(self, currency_key: str, revision: int) -> None: ...
+    def set_revision(self, currency_key: str, revision: int, window: RevisionWindow) -> None: ...
 
     def add_rate_set(
         self, currency_key: str, revision: int, effective_time: datetime, rates: dict[str, Decimal]

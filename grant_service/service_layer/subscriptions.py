@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
-from credit_common.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from credit_common.errors import DomainError, FailedPrecondition, NotFound, Violations
 from credit_common.ids import new_id
 from credit_common.periods import Cadence
 from grant_service.domain.events import EventType, LateChange, NewEvent, subscription_changed
@@ -22,6 +22,7 @@ from grant_service.domain.model import (
     StoredSubscription,
     Subscription,
 )
+from grant_service.domain.revisions import NO_WINDOW, advance
 from grant_service.domain.schedules import Schedule, ScheduledAmount, clamp_amounts, clamp_end
 from grant_service.service_layer import alerts
 from grant_service.service_layer.context import GrantContext, require_test_clocks
@@ -87,18 +88,22 @@ class _Rejected(Exception):
         self.index, self.error = index, error
 
 
-def check_revision_step(kind: str, key: str, revision: int, stored: int, max_step: int) -> None:
-    """Refuse a revision more than `max_step` ahead of the stored one (0: none stored yet). The catalog
-    numbers revisions 1, 2, 3 ... and a gap only comes from revisions it parked or superseded, so a
-    revision far ahead is no revision of the catalog's: applied, it would make every later real one
-    STALE and own the subscription (or currency) for good."""
-    if revision - stored <= max_step:
+def check_amounts(spec: SubscriptionSpec, ceiling: Decimal | None) -> None:
+    """Refuse amounts above `--max-applied-amount` (None: no ceiling): what a leaked sync key can mint
+    through ApplySubscription is bounded by it (docs/security.md, blast radius of each role)."""
+    if ceiling is None:
         return
-    raise InvalidArgument(
-        f"revision {revision} of {kind} {key!r} is more than {max_step} ahead of the revision held ({stored})",
-        reason="REVISION_TOO_FAR_AHEAD",
-        metadata={"current_revision": str(stored), "max_revision_step": str(max_step)},
-        violations=[FieldViolation("revision", f"must be at most {stored + max_step}", "REVISION_TOO_FAR_AHEAD")],
+    violations = Violations()
+    for i, schedule in enumerate(spec.schedules):
+        for j, amount in enumerate(schedule.amounts):
+            if amount.amount > ceiling:
+                violations.add(
+                    f"credit_schedules[{i}].amounts[{j}].amount", f"must be at most {ceiling}", "AMOUNT_ABOVE_CEILING"
+                )
+    violations.raise_if_any(
+        f"amounts above the ceiling of {ceiling} set by --max-applied-amount",
+        reason="AMOUNT_ABOVE_CEILING",
+        metadata={"max_applied_amount": str(ceiling)},
     )
 
 
@@ -157,7 +162,7 @@ class _Batch:
     """What a batch of applies works on, read once and kept up to date as items are applied."""
 
     uow: GrantUnitOfWork
-    max_revision_step: int
+    ctx: GrantContext
     real_now: datetime
     batch_size: int
     clocks: dict[str, datetime]  # frozen time of each test clock named in the batch that exists
@@ -181,7 +186,7 @@ class _Batch:
         subscriptions = uow.subscriptions.lock_many(sorted({s.subscription_id for s in specs}))
         return cls(
             uow,
-            ctx.max_revision_step,
+            ctx,
             ctx.clock.now(),
             ctx.batch_size,
             clocks,
@@ -194,9 +199,18 @@ class _Batch:
         if clock_key != REAL_TIME and clock_key not in self.clocks:
             raise NotFound(f"test clock {clock_key!r} not found", reason="TEST_CLOCK_NOT_FOUND")
         sub = self.subscriptions.get(spec.subscription_id)
-        check_revision_step(
-            "subscription", spec.subscription_id, spec.revision, sub.revision if sub else 0, self.max_revision_step
+        window = advance(
+            "subscription",
+            spec.subscription_id,
+            sub.revision if sub else 0,
+            spec.revision,
+            sub.revision_window if sub else NO_WINDOW,
+            self.real_now,
+            self.ctx.max_revision_step,
+            self.ctx.max_revision_step_window,
         )
+        if spec.revision > (sub.revision if sub else 0):
+            check_amounts(spec, self.ctx.max_applied_amount)
         customer = self.customers.get(spec.customer_key)
         if customer is None:
             customer = Customer(spec.customer_key, clock_key)
@@ -218,6 +232,7 @@ class _Batch:
                 end_time=spec.end_time,
                 clock_key=clock_key,
                 update_time=now,
+                revision_window=window,
             )
             self.new_subscriptions.append(sub)
             self.new_schedules.extend(
@@ -236,7 +251,7 @@ class _Batch:
         catch_up_in_transaction(self.uow, clock_key, now, spec.customer_key, self.batch_size)
         end_time, late = clamp_end(sub.end_time, spec.end_time, now)
         clamped = [ClampedChange("", spec.end_time, end_time or now)] if late else []
-        sub = replace(sub, revision=spec.revision, end_time=end_time, update_time=now)
+        sub = replace(sub, revision=spec.revision, end_time=end_time, update_time=now, revision_window=window)
         previous = self.subscriptions[spec.subscription_id]
         self.subscriptions[spec.subscription_id] = self.changed[spec.subscription_id] = sub
         withdrawn: list[str] = []
@@ -402,19 +417,27 @@ def apply_credit_currency(
     effective_time: datetime | None,
 ) -> tuple[ApplyOutcome, int]:
     def work(uow: GrantUnitOfWork) -> tuple[ApplyOutcome, int]:
-        held = uow.currencies.revision(currency_key, for_update=True)
-        check_revision_step(
-            "credit currency", currency_key, revision, held if held is not None else 0, ctx.max_revision_step
+        stored = uow.currencies.revision(currency_key, for_update=True)
+        held, window = stored if stored is not None else (0, NO_WINDOW)
+        window = advance(
+            "credit currency",
+            currency_key,
+            held,
+            revision,
+            window,
+            ctx.clock.now(),
+            ctx.max_revision_step,
+            ctx.max_revision_step_window,
         )
-        if held is not None:
+        if stored is not None:
             if revision == held:
                 return ApplyOutcome.ALREADY_APPLIED, held
             if revision < held:
                 return ApplyOutcome.STALE, held
-            uow.currencies.set_revision(currency_key, revision)
+            uow.currencies.set_revision(currency_key, revision, window)
             start = effective_time or ctx.clock.now()
         else:
-            uow.currencies.add(currency_key, revision)
+            uow.currencies.add(currency_key, revision, window)
             start = effective_time or BEGINNING_OF_TIME
         uow.currencies.add_rate_set(currency_key, revision, start, rates)
         return ApplyOutcome.APPLIED, revision

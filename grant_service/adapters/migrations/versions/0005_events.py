@@ -8,7 +8,7 @@ which readers order the log and hold back below the oldest transaction still run
 (docs/architecture.md#the-event-log); on SQLite it is 0 (one writer: insert order is commit order).
 
 Revision ID: 0005
-Revises: 0003 (main adds a 0004; the integrator re-points this to it)
+Revises: 0004
 Create Date: 2026-12-06
 """
 
@@ -22,7 +22,7 @@ from alembic import op
 from credit_common.db.types import ExactDecimal, UtcDateTime
 
 revision: str = "0005"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
