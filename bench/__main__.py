@@ -14,10 +14,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.scenarios import SIZES, Backend, Row, provisioning, reads_and_debits, renewal_storm
+from bench.scenarios import SIZES, Backend, Row, credit_events, provisioning, reads_and_debits, renewal_storm
 from credit_common.config import cpu_list, on_off, positive_int
 
-SCENARIOS = ("storm", "reads", "usage", "provision")
+SCENARIOS = ("storm", "reads", "usage", "provision", "events")
 
 
 def machine() -> dict:
@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                 if "provision" in scenarios:
                     log(f"[{name}] provisioning end to end")
                     rows += provisioning(backend, size, log)
+                if "events" in scenarios:
+                    log(f"[{name}] credit events")
+                    rows += credit_events(backend, size, log)
             finally:
                 backend.close()
     finally:

@@ -359,9 +359,10 @@ def request_id_row(scope: str, request_id: str, fingerprint: str, resource_id: s
 
 
 class SqlDebitRepository:
-    def __init__(self, session: Session, clock: Clock | None = None) -> None:
+    def __init__(self, session: Session, clock: Clock | None = None, *, events: bool = True) -> None:
         self.session = session
         self._clock = clock
+        self._events = events
 
     def head(self, customer_key: str, scope: str, request_id: str) -> DebitHead | None:
         return debit_head(self.session, customer_key, scope, request_id)
@@ -382,6 +383,7 @@ class SqlDebitRepository:
         if usage.request_id:
             request = request_id_row(scope, usage.request_id, fingerprint, usage.usage_id, usage.usage_time)
         usage_row = {name: getattr(usage, name) for name in Usage.__slots__}
+        events = events if self._events else ()
         recorded = self._clock.now() if self._clock is not None and events else usage.usage_time
         record_debit(self.session, usage_row, used, entries, request, event_rows(events, recorded))
         if events:

@@ -31,7 +31,7 @@ class GrantContext:
     # WatchEvents: a heartbeat after this long without a message; a read at least this often
     # (commits of other replicas are not notified).
     events_heartbeat_s: float = 15.0
-    events_poll_s: float = 0.25
+    events_poll_s: float = 0.05
 
     def now_in(self, uow: GrantUnitOfWork, clock_key: str) -> datetime:
         """Real time, or the time of test clock `clock_key` as `uow` reads it."""

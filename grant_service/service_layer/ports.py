@@ -317,6 +317,8 @@ class EventRepository(Protocol):
     which no event can still commit (the high-water mark: docs/architecture.md#the-event-log), so
     that a reader that has read up to a position never misses an event that commits later."""
 
+    enabled: bool  # False: `add` writes nothing (--events off, for measuring the log's cost)
+
     def add(self, events: Sequence[NewEvent]) -> None:
         """Append `events` (in bulk), skipping any whose dedupe key the log already holds (the same
         fact written by another replica or an earlier attempt): that is never an error."""

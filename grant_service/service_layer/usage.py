@@ -284,6 +284,8 @@ def _record(
     quantity, feature_key = debit.quantity, debit.feature_key
     used = [(grant_id, exact_sum((grants[grant_id].view.used, amount))) for grant_id, amount in taken]
     depleted = [(grants[grant_id], total) for grant_id, total in used if total == grants[grant_id].view.amount]
+    if not uow.events.enabled:
+        depleted = []
     events = [
         grant_depleted(
             grant.grant_id,
