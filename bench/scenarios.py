@@ -503,8 +503,9 @@ def _catalog_setup(cpb) -> list[tuple[str, object]]:
 def credit_events(backend: Backend, size: Size, log) -> list[Row]:
     """What the event log costs: the renewal storm with events off, then on; ReportUsage with no
     balance alert levels, then with default levels for every customer (events on both times),
-    alternating twice; and, during the runs with levels, the time from an event's recording to its
-    arrival on a WatchEvents stream, for events written at 50/s by another caller (CreateGrant)."""
+    alternating twice, each next to a caller writing an event 50 times a second (CreateGrant); and,
+    during the runs with levels, the time from those events' recording to their arrival on a
+    WatchEvents stream."""
     rows: list[Row] = []
     n = size.storm
     rates = {}
@@ -556,7 +557,7 @@ def credit_events(backend: Backend, size: Size, log) -> list[Row]:
                     stub.SetBalanceAlerts(request, timeout=30)
                 else:
                     stub.ClearBalanceAlerts(gpb.ClearBalanceAlertsRequest(currency_key=seed.CURRENCY), timeout=30)
-                watch = _StreamLatency(stub, gpb) if mode == "levels" else None
+                watch = _StreamLatency(stub, gpb)  # its writer loads both modes alike
                 result = run_load(
                     server.address,
                     "usage",
@@ -564,8 +565,9 @@ def credit_events(backend: Backend, size: Size, log) -> list[Row]:
                     api_key=server.api_key,
                     **load,
                 )
-                if watch is not None:
-                    latencies += watch.stop()
+                timed = watch.stop()
+                if mode == "levels":
+                    latencies += timed
                 results[mode].append(result)
                 log(f"  ReportUsage, alert levels {mode}: {_describe(result)}")
     finally:

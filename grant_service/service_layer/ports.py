@@ -357,11 +357,12 @@ class AlertRepository(Protocol):
         """Record levels (None: cleared) for the customer ('' : the currency's default)."""
         ...
 
-    def states_of(self, customer_keys: Sequence[str]) -> dict[tuple[str, str], BalanceState]:
-        """The state last evaluated of each (customer, currency) of these customers that has one."""
+    def states_of(self, customer_keys: Sequence[str]) -> dict[tuple[str, str], frozenset[str]]:
+        """The alert state last stored (domain.alerts.below) of each (customer, currency) of these
+        customers that has one."""
         ...
 
-    def save_states(self, states: dict[tuple[str, str], BalanceState]) -> None: ...
+    def save_states(self, states: dict[tuple[str, str], frozenset[str]]) -> None: ...
 
     def current_of(self, customer_keys: Sequence[str]) -> dict[tuple[str, str], BalanceState]:
         """The state of each (customer, currency) of these customers that has open grants, from

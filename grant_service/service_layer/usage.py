@@ -260,12 +260,12 @@ def _burn(
         usage_time=now,
         balance_after=exact_difference(available(views, now), credits),
     )
-    crossed = []
+    crossed: list[NewEvent] = []
     if head.alerts_version:
         before = state_of([(v.amount, v.used) for v in views if v.is_active_at(now)])
-        after = {(customer_key, currency): BalanceState(exact_difference(before.balance, credits), before.granted)}
-        version = head.alerts_version
-        crossed = alerts.evaluate(uow, head.clock_key, now, [customer_key], version=version, after=after, write=False)
+        after = BalanceState(exact_difference(before.balance, credits), before.granted)
+        pair = (customer_key, currency)
+        crossed = alerts.crossed_by_debit(uow, head.clock_key, now, pair, before, after, head.alerts_version)
     _record(uow, debit, grants, taken, usage, now, head.clock_key, crossed)
     return UsageResult(usage, taken)
 
