@@ -30,6 +30,7 @@ from grant_service.adapters.mappers import (
     usage_of,
 )
 from grant_service.adapters.orm import (
+    ALERT_STATES,
     CURRENCIES,
     CUSTOMERS,
     RATES,
@@ -115,6 +116,9 @@ class SqlTestClockRepository:
         grants = select(GrantRow.grant_id).where(GrantRow.clock_key == test_clock_id)
         session.execute(delete(LedgerEntryRow).where(LedgerEntryRow.grant_id.in_(grants)))
         session.execute(delete(UsageRow).where(UsageRow.customer_key.in_(customers)))
+        # Their alert state goes too; their events stay (the log is append-only), and so do alert levels
+        # set for them (append-only: their highest id is the version that caches trust).
+        session.execute(delete(ALERT_STATES).where(ALERT_STATES.c.customer_key.in_(customers)))
         session.execute(delete(GrantRow).where(GrantRow.clock_key == test_clock_id))
         session.execute(delete(ScheduleRow).where(ScheduleRow.clock_key == test_clock_id))
         session.execute(delete(SubscriptionRow).where(SubscriptionRow.clock_key == test_clock_id))

@@ -221,6 +221,7 @@ def test_a_test_clock_story_produces_every_event_in_order(grant):
             },
         ),
     ]
+    assert {e.type for e in events} == set(E.values()) - {E.CREDIT_EVENT_TYPE_UNSPECIFIED}  # every kind
     assert all(e.test_clock_id == clock_id and e.customer_key == "acme" for e in events)
     assert len({e.event_id for e in events}) == len(events)
     # The stream sends the same events, and resumed from any cursor, the rest.
