@@ -319,3 +319,40 @@ def test_balance_alert_levels_set_get_clear_and_bad_levels(grant):
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_ARGUMENT",
     )
+
+
+def test_time_driven_events_come_out_when_time_passes_without_any_read(database_url_factory):
+    """The timer's catch-up writes a period's events when real time (here a manual clock) passes,
+    though nobody reads a balance: ListEvents reads the log only."""
+    import time
+
+    from credit_common.clock import ManualClock
+    from grant_service.entrypoints import app
+    from grant_service.v1 import grant_service_pb2_grpc
+    from tests.support.servers import serving
+
+    clock = ManualClock(utc(2026, 6, 1, 12))
+    args = ["--catch-up-interval", "0.05"]
+    with serving(app.DEFINITION, app.build, database_url_factory("grant"), clock=clock, args=args) as (_, channel):
+        stub = grant_service_pb2_grpc.GrantServiceStub(channel)
+        sub = subscription("sub_t", "timed", utc(2026, 5, 20), [("10", None)], end=utc(2026, 7, 20))
+        stub.ApplySubscription(sub)
+
+        def kinds() -> list[str]:
+            return [E.Name(e.type).removeprefix("CREDIT_EVENT_TYPE_") for e in all_events(stub, customer_key="timed")]
+
+        def wait_for(expected: list[str]) -> None:
+            deadline = time.monotonic() + 30
+            while kinds() != expected:
+                assert time.monotonic() < deadline, kinds()
+                time.sleep(0.05)
+
+        first = ["SUBSCRIPTION_CHANGED", "CREDITS_GRANTED"]
+        wait_for(first)
+        clock.set(utc(2026, 6, 20, 12))  # period 1 starts
+        renewed = [*first, "CREDITS_EXPIRED", "CREDITS_GRANTED"]
+        wait_for(renewed)
+        clock.set(utc(2026, 7, 21))  # the subscription ends
+        wait_for([*renewed, "CREDITS_EXPIRED", "SUBSCRIPTION_ENDED"])
+        ended = all_events(stub, customer_key="timed")[-1]
+        assert ended.occurred_time == ts(utc(2026, 7, 20))
