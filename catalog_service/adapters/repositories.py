@@ -45,7 +45,7 @@ from catalog_service.domain.model import (
     Subscription,
     VariableValue,
 )
-from catalog_service.domain.outbox import DeliveryRecord, HandoffState
+from catalog_service.domain.outbox import DeliveryRecord, HandoffState, OutboxEntry
 from credit_common.db.keyset import keyset_after
 from credit_common.decimals import format_decimal
 from credit_common.idempotency import SeenRequest
@@ -535,3 +535,19 @@ class OutboxRepository:
 
     def handoff_states(self, subscription_ids: Collection[str]) -> dict[str, HandoffState]:
         return outbox_sql.handoff_states(self.session, self.table, subscription_ids)
+
+    def list(
+        self, *, status: str | None, kind: str | None, aggregate_key: str | None, after_id: int | None, limit: int
+    ) -> list[OutboxEntry]:
+        return outbox_sql.list_entries(
+            self.session,
+            self.table,
+            status=status,
+            kind=kind,
+            aggregate_key=aggregate_key,
+            after_id=after_id,
+            limit=limit,
+        )
+
+    def requeue_failed(self, kind: str | None, aggregate_key: str | None, now: datetime) -> int:
+        return outbox_sql.requeue_failed(self.session, self.table, kind, aggregate_key, now)

@@ -1,12 +1,11 @@
 """Who may call what: every method of CatalogService and the roles that allow it (`admin`
-allows everything). A method missing here stops the service at startup. The catalog has no
-operator action over RPC (a parked delivery is requeued from the database)."""
+allows everything). A method missing here stops the service at startup."""
 
 from __future__ import annotations
 
 from catalog_service.v1 import catalog_service_pb2
 from credit_common.auth.interceptor import method_roles
-from credit_common.auth.keys import CATALOG_ADMIN, READER
+from credit_common.auth.keys import CATALOG_ADMIN, OPERATOR, READER
 
 ROLES: dict[str, tuple[str, ...]] = {
     "CreateFeature": (CATALOG_ADMIN,),
@@ -30,6 +29,9 @@ ROLES: dict[str, tuple[str, ...]] = {
     "ListSubscriptions": (READER,),
     "CancelSubscription": (CATALOG_ADMIN,),
     "AmendSubscription": (CATALOG_ADMIN,),
+    # operator actions: the outbox of handoffs to the grant service
+    "ListHandoffs": (OPERATOR,),
+    "RequeueHandoffs": (OPERATOR,),
 }
 
 SERVICE = catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"]
