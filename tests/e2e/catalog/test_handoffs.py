@@ -35,7 +35,10 @@ def parked_currency(catalog: Catalog) -> str:
     catalog.stub.CreateCreditCurrency(
         pb.CreateCreditCurrencyRequest(
             credit_currency=pb.CreditCurrency(
-                key=key, display_name="P", unit_name="c", rates=[pb.CreditRate(feature_key=feature, credits_per_unit="1")]
+                key=key,
+                display_name="P",
+                unit_name="c",
+                rates=[pb.CreditRate(feature_key=feature, credits_per_unit="1")],
             )
         )
     )
