@@ -5,9 +5,11 @@ services' variables); `-o setup` keeps make from touching the virtualenv."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select
+import signal
 import socket
 import time
 from pathlib import Path
@@ -64,6 +66,8 @@ def test_ctrl_c_stops_both_services_without_an_error(tmp_path):
     finally:
         _, status = os.waitpid(pid, 0)
         os.close(fd)
+        with contextlib.suppress(ProcessLookupError):  # whatever the terminal's session left running
+            os.killpg(pid, signal.SIGKILL)
     text = stopped.decode(errors="replace")
     assert "Error" not in text, text
     assert text.count('"message": "stopped"') == 2, text
