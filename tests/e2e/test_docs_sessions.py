@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 
 from catalog_service.entrypoints import app as catalog_app
@@ -158,3 +159,64 @@ def test_the_first_call_of_the_readme_answers_on_a_fresh_database(folder: Folder
     done = subprocess.run(["bash", "-c", command], cwd=folder.path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     json.loads(done.stdout)
+
+
+def security_blocks() -> list[str]:
+    text = (ROOT / "docs" / "security.md").read_text()
+    section = text[text.index("### Certificates for a try-out") :]
+    section = section[: section.index("\n### ", 1)]
+    return re.findall(r"^```sh\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+
+
+def test_the_certificate_recipe_and_the_demo_over_tls(tmp_path):
+    """The try-out certificates of docs/security.md, made by its command; both services serving
+    TLS with them (what its `make run` line sets); its client commands, as written."""
+    make_certificates = security_blocks()[0].splitlines()[0]
+    assert "GRANT_TLS_CERT=data/tls/server.pem" in security_blocks()[0]
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    for name in ("Makefile", "scripts", "protos", "pyproject.toml"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    (tmp_path / "data").mkdir(mode=0o700)
+    done = subprocess.run(["bash", "-c", make_certificates], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    tls = tmp_path / "data/tls"
+    grant_url, catalog_url = f"sqlite:///{tmp_path / 'data/grant.db'}", f"sqlite:///{tmp_path / 'data/catalog.db'}"
+    sync_key = create_key_at(grant_app.DEFINITION, grant_url, (SYNC,), label="catalog")
+    listener = ["--tls-cert", str(tls / "server.pem"), "--tls-key", str(tls / "server.key")]
+    credentials = grpc.ssl_channel_credentials((tls / "client.pem").read_bytes())
+    grant_args = ["--enable-test-clocks", *listener]
+    with serving(grant_app.DEFINITION, grant_app.build, grant_url, args=grant_args, credentials=credentials) as (
+        grant,
+        _,
+    ):
+        catalog_args = [
+            *listener,
+            "--grant-service-address",
+            f"127.0.0.1:{grant.port}",
+            "--grant-service-api-key",
+            sync_key,
+            "--grant-tls-ca",
+            str(tls / "client.pem"),
+        ]
+        with serving(
+            catalog_app.DEFINITION, catalog_app.build, catalog_url, args=catalog_args, credentials=credentials
+        ) as (catalog, _):
+            (tmp_path / "data/catalog-admin.key").write_text(create_key_at(catalog_app.DEFINITION, catalog_url))
+            (tmp_path / "data/grant-admin.key").write_text(create_key_at(grant_app.DEFINITION, grant_url))
+            folder = Folder(tmp_path, f"127.0.0.1:{catalog.port}", f"127.0.0.1:{grant.port}")
+            for command in security_blocks()[1].splitlines():
+                command = folder.localize(command.split("#")[0].strip())
+                command = command.replace("make demo", "make -o setup demo").replace(
+                    'DEMO_ARGS="', f'DEMO_ARGS="--catalog {folder.catalog} --grant {folder.grant} '
+                )
+                command = command.replace("credit-grants ", f"credit-grants --catalog {folder.catalog} ")
+                done = subprocess.run(
+                    ["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=300
+                )
+                assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+                if "demo" in command:
+                    assert "Subscription ENDED, handoff DELIVERED (revision 4)" in done.stdout
+                if "grpcurl" in command:
+                    assert "catalog_service.v1.CatalogService" in done.stdout
+                if "features list" in command:
+                    assert "gpt-call" in done.stdout
