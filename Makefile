@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
 PROTOS := $(sort $(shell find protos -name '*.proto'))
-GENERATED := catalog_service/v1/catalog_service_pb2.py grant_service/v1/grant_service_pb2.py
+GENERATED := catalog_service/v1/catalog_service_pb2.py grant_service/v1/grant_service_pb2.py \
+  catalog_service/v1/catalog_service.binpb grant_service/v1/grant_service.binpb
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 DATA ?= data
@@ -33,6 +34,10 @@ $(INSTALLED): pyproject.toml | $(PY)
 
 $(GENERATED) &: $(PROTOS) $(INSTALLED)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	@# each file's descriptors with their comments, for server reflection (credit_common/grpc/documented_pool.py)
+	@for proto in $(PROTOS); do \
+	  out=$${proto#protos/}; $(PY) -m grpc_tools.protoc -Iprotos --include_source_info --descriptor_set_out=$${out%.proto}.binpb $$proto; \
+	done
 	@touch $(GENERATED)
 
 setup: $(GENERATED)
@@ -74,4 +79,4 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis
-	find . -name '*_pb2*.py*' -not -path './.git/*' -delete
+	find . \( -name '*_pb2*.py*' -o -name '*.binpb' \) -not -path './.git/*' -not -path './$(VENV)/*' -delete
