@@ -8,7 +8,8 @@ PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
 PROTOS := $(sort $(shell find protos -name '*.proto'))
 GENERATED := catalog_service/v1/catalog_service_pb2.py grant_service/v1/grant_service_pb2.py \
-  catalog_service/v1/catalog_service.binpb grant_service/v1/grant_service.binpb
+  credit_grants/v1/options_pb2.py \
+  catalog_service/v1/catalog_service.binpb grant_service/v1/grant_service.binpb credit_grants/v1/options.binpb
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 DATA ?= data

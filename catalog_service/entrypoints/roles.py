@@ -6,6 +6,7 @@ from __future__ import annotations
 from catalog_service.v1 import catalog_service_pb2
 from credit_common.auth.interceptor import method_roles
 from credit_common.auth.keys import CATALOG_ADMIN, OPERATOR, READER
+from credit_common.contract import check_role_table
 
 ROLES: dict[str, tuple[str, ...]] = {
     "CreateFeature": (CATALOG_ADMIN,),
@@ -35,4 +36,5 @@ ROLES: dict[str, tuple[str, ...]] = {
 }
 
 SERVICE = catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"]
+check_role_table(SERVICE, ROLES)  # the protos' required_roles say the same (credit_common/contract.py)
 METHOD_ROLES = method_roles(SERVICE, ROLES)

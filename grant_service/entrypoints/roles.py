@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from credit_common.auth.interceptor import method_roles
 from credit_common.auth.keys import OPERATOR, READER, SYNC, TEST_CLOCKS, USAGE
+from credit_common.contract import check_role_table
 from grant_service.v1 import grant_service_pb2
 
 ROLES: dict[str, tuple[str, ...]] = {
@@ -32,4 +33,5 @@ ROLES: dict[str, tuple[str, ...]] = {
 }
 
 SERVICE = grant_service_pb2.DESCRIPTOR.services_by_name["GrantService"]
+check_role_table(SERVICE, ROLES)  # the protos' required_roles say the same (credit_common/contract.py)
 METHOD_ROLES = method_roles(SERVICE, ROLES)

@@ -66,6 +66,12 @@ def test_grpcurl_describe_shows_the_comments(servers, service, symbol, comment):
     assert comment in describe(servers[service], symbol)
 
 
+def test_describe_shows_the_roles_a_method_needs(servers):
+    described = describe(servers["catalog"], "catalog_service.v1.CatalogService.RequeueHandoffs")
+    assert 'option (.credit_grants.v1.required_roles) = "operator";' in described
+    assert "// The roles that allow a method" in describe(servers["grant"], "credit_grants.v1.required_roles")
+
+
 def test_reflection_gives_files_with_source_info(servers):
     with grpc.insecure_channel(servers["grant"]) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
