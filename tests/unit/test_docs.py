@@ -87,7 +87,7 @@ def test_the_link_check_sees_links():
     assert not _is_relative("https://example.com/a.md")
 
 
-_COMMANDS = ("python", "python3", "grpcurl", "credit-grants", "buf", "pytest", "alembic", "ruff", "pip", "node", "npm")
+_COMMANDS = ("python", "python3", "grpcurl", "credit-grants", "buf", "pytest", "alembic", "ruff", "pip")  # the .venv's
 _SH_BLOCK = re.compile(r"^```(?:sh|bash|shell)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
