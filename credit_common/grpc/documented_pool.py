@@ -101,7 +101,12 @@ def documented_pool(service_names: Iterable[str], pool: Any = None) -> Documente
     without `make protos`) is served as before, without comments, and logged once."""
     pool = pool or descriptor_pool.Default()
     documented: dict[str, descriptor_pb2.FileDescriptorProto] = {}
-    pending = [pool.FindFileContainingSymbol(name) for name in service_names]
+    pending = []
+    for name in service_names:
+        try:
+            pending.append(pool.FindFileContainingSymbol(name))
+        except KeyError:  # a service without descriptors (generic handlers): nothing to document
+            continue
     seen: set[str] = set()
     while pending:
         file = pending.pop()
