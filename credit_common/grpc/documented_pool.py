@@ -121,5 +121,16 @@ def documented_pool(service_names: Iterable[str], pool: Any = None) -> Documente
             continue
         for proto in descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes()).file:
             if proto.name == file.name:
+                _drop_json_names(proto.message_type)
                 documented[proto.name] = proto
     return DocumentedPool(pool, documented)
+
+
+def _drop_json_names(messages) -> None:
+    """protoc's descriptor sets name each field's JSON name, which the stubs' descriptors leave out;
+    grpcurl prints JSON by those names when given, so without this its output would turn from the
+    proto names (`start_time`) to camelCase (`startTime`) with the comments."""
+    for message in messages:
+        for field in message.field:
+            field.ClearField("json_name")
+        _drop_json_names(message.nested_type)
