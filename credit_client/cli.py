@@ -888,6 +888,9 @@ def keys(
     """API keys of a service, in its database: `credit-grants keys grant create --role reader --label x`,
     `... keys catalog list`, `... keys grant revoke ID` (the same as `python -m grant_service keys ...`;
     --help after the service lists them)."""
+    if service in ("-h", "--help"):
+        print("Usage: credit-grants keys grant|catalog create|ensure|list|revoke ...\n\n" + (keys.__doc__ or ""))
+        raise typer.Exit(EXIT_OK)
     if service not in ("grant", "catalog"):
         raise fail(f"the service is grant or catalog, not {service!r}")
     if service == "grant":

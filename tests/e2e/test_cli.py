@@ -194,3 +194,5 @@ def test_keys_commands_are_reachable(run: Cli):
     assert "revoked" in run.ok(f"keys grant revoke {key_id}").stdout
     assert run("keys catalog create --role sync").code == cli.EXIT_USAGE  # not a catalog role
     assert run("keys nowhere list").code == cli.EXIT_USAGE
+    assert "credit-grants keys grant|catalog" in run.ok("keys --help").stdout
+    assert "usage:" in run.ok("keys catalog --help").stdout
