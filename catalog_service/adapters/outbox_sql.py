@@ -58,6 +58,7 @@ from catalog_service.domain.outbox import (
     ClaimedDelivery,
     DeliveryRecord,
     HandoffState,
+    OutboxEntry,
     Resolution,
     summarize,
 )
@@ -297,14 +298,8 @@ class SqlOutboxRepository:
     def requeue_failed(self, kind: str, aggregate_key: str, now: datetime) -> int:
         """Put the parked deliveries of one aggregate back in the queue, due now
         (after the cause was fixed). Returns how many."""
-        t = self._table
         with self._sessions.write() as session, session.begin():
-            result = session.execute(
-                update(t)
-                .where(t.c.kind == kind, t.c.aggregate_key == aggregate_key, t.c.status == STATUS_FAILED)
-                .values(status=STATUS_PENDING, next_attempt_at=now)
-            )
-            return result.rowcount
+            return requeue_failed(session, self._table, kind, aggregate_key, now)
 
     # -- the catalog's Get/List ------------------------------------------------------------------
 
@@ -352,3 +347,51 @@ def handoff_states(
                 )
             )
     return {key: summarize(rows) for key, rows in records.items()}
+
+
+def requeue_failed(session: Session, table: Table, kind: str | None, aggregate_key: str | None, now: datetime) -> int:
+    """Put parked deliveries back in the queue, due `now`, in the caller's transaction: those of
+    one aggregate, or with `kind` and `aggregate_key` None every parked one. Returns how many."""
+    t = table
+    condition = t.c.status == STATUS_FAILED
+    if kind is not None:
+        condition = and_(condition, t.c.kind == kind)
+    if aggregate_key is not None:
+        condition = and_(condition, t.c.aggregate_key == aggregate_key)
+    return session.execute(update(t).where(condition).values(status=STATUS_PENDING, next_attempt_at=now)).rowcount
+
+
+def list_entries(
+    session: Session,
+    table: Table,
+    *,
+    status: str | None,
+    kind: str | None,
+    aggregate_key: str | None,
+    after_id: int | None,
+    limit: int,
+) -> list[OutboxEntry]:
+    """Deliveries in id order (the order they were queued), after `after_id`, optionally filtered."""
+    t = table
+    query = select(
+        t.c.id,
+        t.c.kind,
+        t.c.aggregate_key,
+        t.c.revision,
+        t.c.status,
+        t.c.attempts,
+        t.c.last_error,
+        t.c.next_attempt_at,
+        t.c.created_at,
+        t.c.delivered_at,
+    )
+    if status is not None:
+        query = query.where(t.c.status == status)
+    if kind is not None:
+        query = query.where(t.c.kind == kind)
+    if aggregate_key is not None:
+        query = query.where(t.c.aggregate_key == aggregate_key)
+    if after_id is not None:
+        query = query.where(t.c.id > after_id)
+    rows = session.execute(query.order_by(t.c.id).limit(limit)).all()
+    return [OutboxEntry(**r._asdict()) for r in rows]

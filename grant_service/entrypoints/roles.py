@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from credit_common.auth.check import method_roles, read_only
 from credit_common.auth.keys import OPERATOR, READER, SYNC, TEST_CLOCKS, USAGE
+from credit_common.contract import check_role_table
 from grant_service.v1 import grant_service_pb2
 
 ROLES: dict[str, tuple[str, ...]] = {
@@ -39,6 +40,7 @@ ROLES: dict[str, tuple[str, ...]] = {
 }
 
 SERVICE = grant_service_pb2.DESCRIPTOR.services_by_name["GrantService"]
+check_role_table(SERVICE, ROLES)  # the protos' required_roles say the same (credit_common/contract.py)
 METHOD_ROLES = method_roles(SERVICE, ROLES)
 # The methods that change nothing; every other method's log line is an audit record (docs/operations.md).
 READ_METHODS = read_only(
@@ -51,5 +53,8 @@ READ_METHODS = read_only(
         "CheckUsage",
         "GetTestClock",
         "ListTestClocks",
+        "ListEvents",
+        "WatchEvents",
+        "GetBalanceAlerts",
     ),
 )

@@ -85,11 +85,13 @@ EXPECTED_ROLES: dict[str, dict[str, set[str]]] = {
         "ListSubscriptions": {"reader"},
         "CancelSubscription": {"catalog-admin"},
         "AmendSubscription": {"catalog-admin"},
+        "ListHandoffs": {"operator"},
+        "RequeueHandoffs": {"operator"},
     },
 }
 SERVICE_ROLES = {
     "grant": {"reader", "usage", "operator", "sync", "test-clocks", "admin"},
-    "catalog": {"reader", "catalog-admin", "admin"},
+    "catalog": {"reader", "catalog-admin", "operator", "admin"},
 }
 
 
