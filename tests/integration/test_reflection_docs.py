@@ -13,7 +13,9 @@ from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from catalog_service.entrypoints import app as catalog_app
+from credit_common.auth.client import with_api_key
 from grant_service.entrypoints import app as grant_app
+from tests.support.auth import create_key_at
 from tests.support.servers import serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,12 +34,24 @@ def servers(tmp_path_factory):
             args=["--grant-service-address", f"127.0.0.1:{grant.port}"],
         ) as (catalog, _),
     ):
-        yield {"grant": f"127.0.0.1:{grant.port}", "catalog": f"127.0.0.1:{catalog.port}"}
+        keys = {
+            "grant": create_key_at(grant_app.DEFINITION, f"sqlite:///{folder / 'grant.db'}", ("reader",)),
+            "catalog": create_key_at(catalog_app.DEFINITION, f"sqlite:///{folder / 'catalog.db'}", ("reader",)),
+        }
+        yield {
+            "grant": (f"127.0.0.1:{grant.port}", keys["grant"]),
+            "catalog": (f"127.0.0.1:{catalog.port}", keys["catalog"]),
+        }
 
 
-def describe(address: str, symbol: str) -> str:
+def describe(server: tuple[str, str], symbol: str) -> str:
+    """grpcurl's describe, with a key (reflection needs one of any role by default)."""
+    address, key = server
     done = subprocess.run(
-        [str(GRPCURL), "-plaintext", address, "describe", symbol], capture_output=True, text=True, timeout=30
+        [str(GRPCURL), "-plaintext", "-H", f"authorization: Bearer {key}", address, "describe", symbol],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -73,7 +87,8 @@ def test_describe_shows_the_roles_a_method_needs(servers):
 
 
 def test_reflection_gives_files_with_source_info(servers):
-    with grpc.insecure_channel(servers["grant"]) as channel:
+    address, key = servers["grant"]
+    with with_api_key(grpc.insecure_channel(address), key) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="grant_service.v1.GrantService")
         [response] = list(stub.ServerReflectionInfo(iter([request]), timeout=10))
