@@ -36,13 +36,14 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
     # GetBalance's hot path reads on a connection per RPC thread, from a pool of its own.
     clock = clock or SystemClock()
     read_engine = create_db_engine(read_engine_settings(settings.database, settings.max_workers))
+    uows = SqlUnitsOfWork(
+        session_factories(engine, read_engine),
+        clock,
+        linger_s=settings.batch_linger_s,
+        events=settings.events_enabled,
+    )
     ctx = GrantContext(
-        uows=SqlUnitsOfWork(
-            session_factories(engine, read_engine),
-            clock,
-            linger_s=settings.batch_linger_s,
-            events=settings.events_enabled,
-        ),
+        uows=uows,
         clock=clock,
         test_clocks_enabled=settings.test_clocks_enabled,
         batch_size=settings.catch_up_batch_size,
@@ -59,6 +60,7 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
 
     running = start(DEFINITION, settings, register, engine=engine, clock=clock)
     running.on_stop.append(read_engine.dispose)
+    running.on_stop.append(uows.listen_for_events(engine))
     if settings.catch_up_interval_s > 0:
         stop_timer = start_catch_up_timer(ctx, settings.catch_up_interval_s)
         running.on_stop.append(stop_timer)
