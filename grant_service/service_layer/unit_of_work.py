@@ -21,6 +21,8 @@ from grant_service.service_layer.ports import (
     ScheduleRepository,
     SubscriptionRepository,
     TestClockRepository,
+    WebhookDeliveryRepository,
+    WebhookEndpointRepository,
 )
 
 T = TypeVar("T")
@@ -38,6 +40,8 @@ class GrantUnitOfWork(Protocol):
     request_ids: RequestIdRepository
     subscriptions: SubscriptionRepository
     schedules: ScheduleRepository
+    webhooks: WebhookEndpointRepository
+    webhook_deliveries: WebhookDeliveryRepository
 
 
 class UnitsOfWork(Protocol):

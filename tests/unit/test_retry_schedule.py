@@ -28,9 +28,7 @@ def test_no_jitter_gives_the_delays_exactly():
     assert [schedule.delay(n, seeded(1)) for n in (1, 2, 3)] == [timedelta(seconds=1), timedelta(seconds=2), None]
 
 
-@pytest.mark.parametrize(
-    "delays, jitter", [((), 0.1), ((timedelta(seconds=-1),), 0.1), ((timedelta(seconds=1),), 1.0)]
-)
+@pytest.mark.parametrize("delays, jitter", [((), 0.1), ((timedelta(seconds=-1),), 0.1), ((timedelta(seconds=1),), 1.0)])
 def test_bad_schedules_are_refused(delays, jitter):
     with pytest.raises(ValueError):
         RetrySchedule(delays, jitter)
