@@ -45,7 +45,9 @@ def method_roles(service: ServiceDescriptor, table: Mapping[str, Iterable[str]])
     missing = sorted(methods - set(table))
     unknown = sorted(set(table) - methods)
     empty = sorted(name for name, roles in table.items() if not tuple(roles))
-    streaming = sorted(m.name for m in service.methods if m.client_streaming or m.server_streaming)
+    # Server-streaming methods are authorized before their first message (AuthInterceptor); methods
+    # that stream requests are not served.
+    streaming = sorted(m.name for m in service.methods if m.client_streaming)
     if missing or unknown or empty or streaming:
         raise ValueError(
             f"the role table of {service.full_name} must map every (unary) method to roles: "
@@ -107,8 +109,20 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return handler
         accepted = self._roles.get(method, ())
         metadata = handler_call_details.invocation_metadata
+        if handler.unary_stream is not None:
+            streamed = handler.unary_stream
+
+            def stream(request: Any, context: grpc.ServicerContext) -> Any:
+                self.authorize(metadata, method, accepted)
+                yield from streamed(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         inner = handler.unary_unary
-        if inner is None:  # method_roles accepts only unary methods: never serve another one unchecked
+        if inner is None:  # method_roles accepts no client streaming: never serve it unchecked
             return None
 
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -192,6 +193,40 @@ class RateRow(Base):
     credits_per_unit: Mapped[Decimal] = mapped_column(ExactDecimal())
 
 
+class EventRow(Base):
+    """One credit event of the durable event log (grant_service.domain.events), written in the
+    transaction of the change it reports. The log is read in (txid, seq) order, only below the
+    oldest transaction still running (docs/architecture.md#the-event-log): `seq` is taken at
+    insert, `txid` is the writing transaction's id on PostgreSQL (its server default,
+    pg_current_xact_id(); set by migration 0005), 0 on SQLite. `dedupe_key` makes the same fact
+    written twice (replicas, retries, a catch-up after a crash) one row."""
+
+    __tablename__ = "events"
+    seq: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    txid: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    event_id: Mapped[str] = mapped_column(String(40), unique=True)
+    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    type: Mapped[str] = mapped_column(String(32))
+    customer_key: Mapped[str] = mapped_column(String(64))
+    currency_key: Mapped[str] = mapped_column(String(64), default="")
+    clock_key: Mapped[str] = mapped_column(String(40), default=REAL_TIME)
+    occurred_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    recorded_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    payload: Mapped[str] = mapped_column(Text)  # JSON: the payload message's fields (domain.events)
+    __table_args__ = (
+        Index("ix_events_log", "txid", "seq"),
+        Index("ix_events_customer", "customer_key", "txid", "seq"),
+    )
+
+
+class EventLogRow(Base):
+    """The event log's identity: one row, a random id made when the log was created. Cursors carry
+    it, so that a cursor of another deployment's log is refused rather than misread."""
+
+    __tablename__ = "event_log"
+    log_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+
+
 # API keys of this service's callers (credit_common.auth): id, hash of the secret, roles, label.
 class WebhookEndpointRow(Base):
     """A webhook endpoint and its signing secrets (stored as they are: signing needs them)."""
@@ -284,3 +319,5 @@ WEBHOOK_ENDPOINTS = WebhookEndpointRow.__table__
 WEBHOOK_DELIVERIES = WebhookDeliveryRow.__table__
 WEBHOOK_ATTEMPTS = WebhookAttemptRow.__table__
 WEBHOOK_CURSOR = WebhookCursorRow.__table__
+EVENTS = EventRow.__table__
+EVENT_LOG = EventLogRow.__table__

@@ -19,6 +19,7 @@ from credit_common.db.engine import CONFLICT_SQLSTATES, SessionFactories, sqlsta
 from credit_common.db.group_commit import GroupCommit
 from grant_service.adapters.balance_reads import current_grants
 from grant_service.adapters.debits import debit_group
+from grant_service.adapters.events import SqlEventRepository
 from grant_service.adapters.mappers import customer_now_of
 from grant_service.adapters.rates import RatesCache
 from grant_service.adapters.repositories import (
@@ -41,8 +42,9 @@ T = TypeVar("T")
 
 
 class SqlGrantUnitOfWork:
-    def __init__(self, session: Session, rates: RatesCache | None = None) -> None:
+    def __init__(self, session: Session, rates: RatesCache | None = None, clock: Clock | None = None) -> None:
         self.session = session
+        self.events = SqlEventRepository(session, clock)
         self.clocks = SqlTestClockRepository(session)
         self.customers = SqlCustomerRepository(session)
         self.currencies = SqlCurrencyRepository(session)
@@ -77,7 +79,7 @@ class SqlUnitsOfWork:
         self._balance_reads = Batcher(self._read_current_grants, linger_s=linger_s)
 
     def _unit(self, session: Session) -> SqlGrantUnitOfWork:
-        return SqlGrantUnitOfWork(session, self._rates)
+        return SqlGrantUnitOfWork(session, self._rates, self._clock)
 
     def _write(self, work: Callable[[Session], T]) -> T:
         for attempt in range(self._attempts):

@@ -17,6 +17,9 @@ ROLES: dict[str, tuple[str, ...]] = {
     "GetBalance": (READER,),
     "ListGrants": (READER,),
     "ListLedgerEntries": (READER,),
+    # the credit event log
+    "ListEvents": (READER,),
+    "WatchEvents": (READER,),
     # metering
     "ReportUsage": (USAGE,),
     "CheckUsage": (USAGE,),

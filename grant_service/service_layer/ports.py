@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from credit_common.idempotency import SeenRequest
+from grant_service.domain.events import EventFilter, EventPosition, NewEvent, StoredEvent
 from grant_service.domain.model import (
     Customer,
     DebitableGrant,
@@ -339,3 +340,22 @@ class WebhookDeliveryRepository(Protocol):
         ...
 
     def set_cursor(self, position: int) -> None: ...
+class EventRepository(Protocol):
+    """The durable credit event log (grant_service.domain.events). Events are appended in the
+    transaction of the change they report; they are read in log order, and only those before
+    which no event can still commit (the high-water mark: docs/architecture.md#the-event-log), so
+    that a reader that has read up to a position never misses an event that commits later."""
+
+    def add(self, events: Sequence[NewEvent]) -> None:
+        """Append `events` (in bulk), skipping any whose dedupe key the log already holds (the same
+        fact written by another replica or an earlier attempt): that is never an error."""
+        ...
+
+    def log_id(self) -> str:
+        """The log's identity (a random id made with it), which cursors carry."""
+        ...
+
+    def after(self, position: EventPosition | None, limit: int, where: EventFilter | None = None) -> list[StoredEvent]:
+        """Up to `limit` events after `position` (None: from the start), in log order, that match
+        `where`; only committed events below the high-water mark."""
+        ...

@@ -13,6 +13,7 @@ from grant_service.service_layer.ports import (
     CurrencyRepository,
     CustomerRepository,
     DebitRepository,
+    EventRepository,
     GrantRepository,
     IssuanceRepository,
     LedgerRepository,
@@ -42,6 +43,7 @@ class GrantUnitOfWork(Protocol):
     schedules: ScheduleRepository
     webhooks: WebhookEndpointRepository
     webhook_deliveries: WebhookDeliveryRepository
+    events: EventRepository
 
 
 class UnitsOfWork(Protocol):

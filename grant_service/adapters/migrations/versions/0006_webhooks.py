@@ -1,7 +1,7 @@
 """webhooks: endpoints, their deliveries (a leased queue), delivery attempts, the fan-out cursor
 
 Revision ID: 0006
-Revises: 0003 (the events migration, 0005, once merged)
+Revises: 0005 (the events migration)
 Create Date: 2026-12-06
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from credit_common.db.types import UtcDateTime
 
 revision: str = "0006"
-down_revision: str | None = "0003"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

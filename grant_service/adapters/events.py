@@ -1,0 +1,118 @@
+"""The event log's SQL (service_layer/ports.py EventRepository): append events skipping those
+already written (their dedupe key), and read them in log order below the high-water mark.
+
+The log order is (txid, seq). On PostgreSQL `seq` is taken at insert, which is not commit order:
+a transaction that inserted seq 7 may commit after one that inserted seq 9. So each row also
+holds its transaction's id (`txid`, the column's server default pg_current_xact_id()), and a
+reader reads only rows whose txid is below pg_snapshot_xmin(pg_current_snapshot()): every
+transaction below that is over, and every transaction still running or yet to write has a txid
+at or above it, hence after anything read. On SQLite one writer at a time commits in seq order,
+and txid is always 0. docs/architecture.md#the-event-log."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import BigInteger, Select, Text, cast, func, select, tuple_
+from sqlalchemy.orm import Session
+
+from credit_common.clock import Clock
+from credit_common.decimals import format_decimal
+from grant_service.adapters.orm import EVENT_LOG, EVENTS, EventRow
+from grant_service.adapters.sql import insert_ignoring_conflicts, is_postgres
+from grant_service.domain.events import EventFilter, EventPosition, EventType, NewEvent, StoredEvent
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, Decimal):
+        return format_decimal(value)
+    if isinstance(value, Enum):
+        return value.value
+    raise TypeError(f"cannot store {type(value).__name__} in an event payload")
+
+
+def encode_payload(payload: Any) -> str:
+    """The payload as JSON: instants as RFC 3339 UTC strings, decimals as exact strings (what the
+    proto JSON mapping of the payload message reads)."""
+    return json.dumps(payload, default=_encode, separators=(",", ":"), sort_keys=True)
+
+
+def event_rows(events: Sequence[NewEvent], recorded_time: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_id": e.event_id,
+            "dedupe_key": e.dedupe_key,
+            "type": e.type.value,
+            "customer_key": e.customer_key,
+            "currency_key": e.currency_key,
+            "clock_key": e.clock_key,
+            "occurred_time": e.occurred_time,
+            "recorded_time": recorded_time,
+            "payload": encode_payload(e.payload),
+        }
+        for e in events
+    ]
+
+
+def _below_high_water_mark() -> Any:
+    """PostgreSQL: rows of transactions that are over and before which nothing can still commit."""
+    return EVENTS.c.txid < cast(cast(func.pg_snapshot_xmin(func.pg_current_snapshot()), Text), BigInteger)
+
+
+def _event_of(row: Any) -> StoredEvent:
+    return StoredEvent(
+        EventPosition(row.txid, row.seq),
+        row.recorded_time,
+        NewEvent(
+            row.event_id,
+            EventType(row.type),
+            row.customer_key,
+            row.currency_key,
+            row.clock_key,
+            row.occurred_time,
+            row.dedupe_key,
+            json.loads(row.payload),
+        ),
+    )
+
+
+class SqlEventRepository:
+    def __init__(self, session: Session, clock: Clock | None = None) -> None:
+        self.session = session
+        self._clock = clock
+
+    def add(self, events: Sequence[NewEvent]) -> None:
+        if not events:
+            return
+        now = self._clock.now() if self._clock is not None else datetime.now(UTC)
+        insert_ignoring_conflicts(self.session, EventRow, event_rows(events, now), "event_id")
+
+    def log_id(self) -> str:
+        return self.session.execute(select(EVENT_LOG.c.log_id)).scalar_one()
+
+    def after(self, position: EventPosition | None, limit: int, where: EventFilter | None = None) -> list[StoredEvent]:
+        query: Select = select(EVENTS)
+        if position is not None:
+            query = query.where(tuple_(EVENTS.c.txid, EVENTS.c.seq) > tuple_(position.txid, position.seq))
+        if is_postgres(self.session):
+            query = query.where(_below_high_water_mark())
+        if where is not None:
+            if where.customer_key:
+                query = query.where(EVENTS.c.customer_key == where.customer_key)
+            if where.currency_key:
+                query = query.where(EVENTS.c.currency_key == where.currency_key)
+            if where.types:
+                query = query.where(EVENTS.c.type.in_(sorted(t.value for t in where.types)))
+            if where.start is not None:
+                query = query.where(EVENTS.c.occurred_time >= where.start)
+            if where.end is not None:
+                query = query.where(EVENTS.c.occurred_time < where.end)
+        query = query.order_by(EVENTS.c.txid, EVENTS.c.seq).limit(limit)
+        return [_event_of(row) for row in self.session.execute(query)]
