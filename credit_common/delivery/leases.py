@@ -135,9 +135,9 @@ def renew(sessions: SessionFactories, table: Table, tokens: Sequence[LeaseToken]
     return renewed
 
 
-def release(sessions: SessionFactories, table: Table, tokens: Sequence[LeaseToken], now: datetime) -> int:
-    """Give back claims never attempted: due at `now`, their attempt not counted. Returns how many
-    were still held."""
+def release(sessions: SessionFactories, table: Table, tokens: Sequence[LeaseToken], due_at: datetime) -> int:
+    """Give back claims never attempted: due at `due_at` (now, or later to hold them back), their
+    attempt not counted. Returns how many were still held."""
     if not tokens:
         return 0
     released = 0
@@ -145,7 +145,7 @@ def release(sessions: SessionFactories, table: Table, tokens: Sequence[LeaseToke
         lock_in_id_order(session, table, [t.id for t in tokens])
         for token in tokens:
             result = session.execute(
-                update(table).where(held(table, token)).values(next_attempt_at=now, attempts=table.c.attempts - 1)
+                update(table).where(held(table, token)).values(next_attempt_at=due_at, attempts=table.c.attempts - 1)
             )
             released += result.rowcount
     return released

@@ -298,7 +298,8 @@ class WebhookCursorRow(Base):
 
     __tablename__ = "webhook_cursor"
     name: Mapped[str] = mapped_column(String(16), primary_key=True)
-    position: Mapped[int] = mapped_column(BigInteger)
+    txid: Mapped[int] = mapped_column(BigInteger)  # the event log position (txid, seq) of the last event fanned out
+    seq: Mapped[int] = mapped_column(BigInteger)
 
 
 API_KEYS = define_api_keys_table(Base.metadata)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -25,13 +26,16 @@ from credit_common.db.keyset import keyset_after
 from credit_common.delivery import leases
 from credit_common.delivery.leases import Backlog, LeaseToken
 from credit_common.ids import new_ids
+from grant_service.adapters.events import _event_of as event_of
 from grant_service.adapters.orm import (
+    EVENTS,
     WEBHOOK_ATTEMPTS,
     WEBHOOK_CURSOR,
     WEBHOOK_DELIVERIES,
     WEBHOOK_ENDPOINTS,
 )
 from grant_service.adapters.sql import is_postgres, locked
+from grant_service.domain.events import EventPosition, StoredEvent
 from grant_service.domain.webhooks import (
     STATUS_DELIVERED,
     STATUS_FAILED,
@@ -171,19 +175,30 @@ class SqlWebhookDeliveryRepository:
         query = query.order_by(A.c.attempt_time.desc(), A.c.attempt_id.desc()).limit(limit)
         return [_attempt_of(row) for row in self.session.execute(query)]
 
-    def lock_cursor(self) -> int:
-        query = select(WEBHOOK_CURSOR.c.position).where(WEBHOOK_CURSOR.c.name == "events")
-        position = self.session.scalar(locked(self.session, query))
-        if position is None:
-            dialect = postgresql if is_postgres(self.session) else sqlite
-            self.session.execute(
-                dialect.insert(WEBHOOK_CURSOR).values(name="events", position=0).on_conflict_do_nothing()
-            )
-            position = self.session.scalar(locked(self.session, query))
-        return int(position or 0)
+    def cursor(self) -> EventPosition | None:
+        c = WEBHOOK_CURSOR.c
+        row = self.session.execute(select(c.txid, c.seq).where(c.name == "events")).first()
+        return None if row is None or (row.txid, row.seq) == (0, 0) else EventPosition(row.txid, row.seq)
 
-    def set_cursor(self, position: int) -> None:
-        self.session.execute(update(WEBHOOK_CURSOR).where(WEBHOOK_CURSOR.c.name == "events").values(position=position))
+    def lock_cursor(self) -> EventPosition | None:
+        c = WEBHOOK_CURSOR.c
+        query = select(c.txid, c.seq).where(c.name == "events")
+        row = self.session.execute(locked(self.session, query)).first()
+        if row is None:
+            dialect = postgresql if is_postgres(self.session) else sqlite
+            first = dialect.insert(WEBHOOK_CURSOR).values(name="events", txid=0, seq=0).on_conflict_do_nothing()
+            self.session.execute(first)
+            row = self.session.execute(locked(self.session, query)).one()
+        return None if (row.txid, row.seq) == (0, 0) else EventPosition(row.txid, row.seq)
+
+    def set_cursor(self, position: EventPosition) -> None:
+        c = WEBHOOK_CURSOR.c
+        moved = update(WEBHOOK_CURSOR).where(c.name == "events").values(txid=position.txid, seq=position.seq)
+        self.session.execute(moved)
+
+    def event(self, event_id: str) -> StoredEvent | None:
+        row = self.session.execute(select(EVENTS).where(EVENTS.c.event_id == event_id)).first()
+        return None if row is None else event_of(row)
 
 
 # ---------------------------------------------------------------------- the workers' queue
@@ -205,17 +220,6 @@ class ClaimedWebhook:
 class Lane:
     endpoint: WebhookEndpoint
     claims: list[ClaimedWebhook]
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptRecord:
-    """One attempt's outcome to write: the delivery's new state and the attempt's row."""
-
-    claim: ClaimedWebhook
-    status: str  # pending (retry later), delivered, failed (given up)
-    next_attempt_at: datetime | None  # for pending
-    attempt: DeliveryAttempt
-    delivered_at: datetime | None = None
 
 
 class SqlWebhookQueue:
@@ -253,7 +257,7 @@ class SqlWebhookQueue:
                 rows = session.execute(
                     select(D.c.id, D.c.attempts, D.c.event_id, D.c.event_type, D.c.body, D.c.trigger)
                     .where(D.c.endpoint_id == row.endpoint_id, leases.due(D, now))
-                    .order_by(D.c.event_seq, D.c.id)
+                    .order_by(D.c.id)
                     .limit(batch)
                 ).all()
                 if not rows:
@@ -274,9 +278,10 @@ class SqlWebhookQueue:
         return lanes
 
     def record(
-        self, endpoint_id: str, records: Sequence[AttemptRecord], *, now: datetime, disable_after: timedelta
+        self, endpoint_id: str, records: Sequence[Any], *, now: datetime, disable_after: timedelta
     ) -> tuple[list[bool], bool]:
-        """Write the attempts and the deliveries' new states (fenced: see leases.held; an attempt
+        """Write the attempts (the dispatcher's Records: claim, status, next_attempt_at, attempt,
+        delivered_at) and the deliveries' new states (fenced: see leases.held; an attempt
         row is written either way, it happened), and the endpoint's health: `failing_since` cleared
         by a success, set by a failure, and the endpoint disabled (FAILING) once its attempts have
         all failed for `disable_after`. For each record whether it applied, and whether the
@@ -346,17 +351,21 @@ class SqlWebhookQueue:
     def renew(self, tokens: Sequence[LeaseToken], until: datetime) -> list[LeaseToken]:
         return leases.renew(self._sessions, D, tokens, until)
 
-    def release(self, tokens: Sequence[LeaseToken], now: datetime) -> int:
-        """Give back claims never sent (a worker stopping), due at once, not counted as attempts."""
+    def release(self, tokens: Sequence[LeaseToken], due_at: datetime) -> int:
+        """Give back claims never sent (a worker stopping, an endpoint that stopped answering), due
+        at `due_at`, not counted as attempts."""
         if not tokens:
             return 0
-        released = leases.release(self._sessions, D, tokens, now)
         with self._sessions.write() as session, session.begin():
-            session.execute(
-                update(D)
-                .where(D.c.id.in_([t.id for t in tokens]), D.c.status == STATUS_PENDING, D.c.next_attempt_at <= now)
-                .values(leased=False)
-            )
+            leases.lock_in_id_order(session, D, [t.id for t in tokens])
+            released = 0
+            for token in tokens:
+                result = session.execute(
+                    update(D)
+                    .where(leases.held(D, token))
+                    .values(next_attempt_at=due_at, attempts=D.c.attempts - 1, leased=False)
+                )
+                released += result.rowcount
         return released
 
     def backlog(self, now: datetime) -> Backlog:
@@ -373,7 +382,6 @@ class SqlWebhookQueue:
 __all__ = [
     "STATUS_DELIVERED",
     "STATUS_FAILED",
-    "AttemptRecord",
     "ClaimedWebhook",
     "Lane",
     "SqlWebhookDeliveryRepository",

@@ -11,10 +11,12 @@ from credit_common.grpc.server import RunningServer
 from credit_common.runtime import ServiceDefinition, start
 from grant_service.adapters.orm import API_KEYS
 from grant_service.adapters.unit_of_work import SqlUnitsOfWork
+from grant_service.entrypoints.event_json import event_body
 from grant_service.entrypoints.roles import METHOD_ROLES, SERVICE
 from grant_service.entrypoints.servicer import GrantServicer
 from grant_service.entrypoints.settings import FLAGS, GrantSettings
 from grant_service.entrypoints.timer import start_catch_up_timer
+from grant_service.entrypoints.webhook_worker import webhook_dispatcher
 from grant_service.service_layer.context import GrantContext
 from grant_service.v1 import grant_service_pb2_grpc
 
@@ -39,6 +41,8 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
         test_clocks_enabled=settings.test_clocks_enabled,
         batch_size=settings.catch_up_batch_size,
         max_revision_step=settings.max_revision_step,
+        webhook_policy=settings.webhooks.policy,
+        event_body=event_body,
     )
     servicer = GrantServicer(ctx)
 
@@ -47,6 +51,12 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
 
     running = start(DEFINITION, settings, register, engine=engine, clock=clock)
     running.on_stop.append(read_engine.dispose)
+    if settings.webhooks.workers > 0:
+        dispatcher, sender = webhook_dispatcher(engine, ctx.uows, clock, settings.webhooks)
+        dispatcher.start()
+        running.webhooks = dispatcher  # type: ignore[attr-defined]
+        running.on_stop.append(sender.close)
+        running.on_stop.append(dispatcher.stop)
     if settings.catch_up_interval_s > 0:
         stop_timer = start_catch_up_timer(ctx, settings.catch_up_interval_s)
         running.on_stop.append(stop_timer)

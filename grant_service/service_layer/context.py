@@ -4,14 +4,17 @@ request-id replay of a record already read)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from credit_common import idempotency
 from credit_common.clock import Clock
 from credit_common.errors import FailedPrecondition, NotFound
 from credit_common.idempotency import SeenRequest
+from grant_service.domain.events import StoredEvent
 from grant_service.domain.model import REAL_TIME, Customer
+from grant_service.domain.webhooks import UrlPolicy
 from grant_service.service_layer.issuance import catch_up
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork, UnitsOfWork
 
@@ -24,6 +27,9 @@ class GrantContext:
     batch_size: int = 500
     # The most an applied revision may be ahead of the stored one (of none: 0); see check_revision_step.
     max_revision_step: int = 1000
+    # Webhooks: where endpoints may point, and an event as a webhook body (set by the wiring).
+    webhook_policy: UrlPolicy = field(default_factory=UrlPolicy)
+    event_body: Callable[[StoredEvent, str], bytes] | None = None
 
     def now_in(self, uow: GrantUnitOfWork, clock_key: str) -> datetime:
         """Real time, or the time of test clock `clock_key` as `uow` reads it."""

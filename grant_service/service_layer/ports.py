@@ -334,12 +334,22 @@ class WebhookDeliveryRepository(Protocol):
         """Attempts to `endpoint_id` and/or of `event_id` ("": any), newest first, after `after`."""
         ...
 
-    def lock_cursor(self) -> int:
-        """The sequence of the last event fanned out (0: none), locked until the transaction ends, so
-        one fan-out runs at a time across replicas."""
+    def cursor(self) -> EventPosition | None:
+        """The fan-out's position, unlocked (a cheap look before taking the lock)."""
         ...
 
-    def set_cursor(self, position: int) -> None: ...
+    def lock_cursor(self) -> EventPosition | None:
+        """The log position of the last event fanned out (None: none yet), locked until the
+        transaction ends, so one fan-out runs at a time across replicas."""
+        ...
+
+    def set_cursor(self, position: EventPosition) -> None: ...
+
+    def event(self, event_id: str) -> StoredEvent | None:
+        """One event of the log by its id."""
+        ...
+
+
 class EventRepository(Protocol):
     """The durable credit event log (grant_service.domain.events). Events are appended in the
     transaction of the change they report; they are read in log order, and only those before

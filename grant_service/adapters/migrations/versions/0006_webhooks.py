@@ -88,7 +88,8 @@ def upgrade() -> None:
     op.create_table(
         "webhook_cursor",
         sa.Column("name", sa.String(length=16), nullable=False),
-        sa.Column("position", sa.BigInteger(), nullable=False),
+        sa.Column("txid", sa.BigInteger(), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_webhook_cursor")),
     )
 
