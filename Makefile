@@ -56,7 +56,7 @@ run: setup
 	wait
 
 test: setup
-	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist load $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) scripts/demo.py $(DEMO_ARGS)

@@ -41,6 +41,12 @@ class ServerLimits:
     keepalive_time_s: float = 60.0  # the server pings a connection silent this long; no answer in 20 s: closed
     keepalive_min_ping_interval_s: float = 60.0  # clients pinging more often (without data) are sent away
     max_receive_message_bytes: int = 4 * 1024 * 1024
+    max_streams: int = 32  # streaming RPCs open at once, on their own threads (credit_common.grpc.streams)
+    max_streams_per_caller: int = 8  # ... of them for one API key; every caller without a key counts as one
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_streams_per_caller <= self.max_streams:
+            raise ValueError("--max-streams-per-caller must be between 1 and --max-streams")
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class ServiceSettings:
     limits: ServerLimits = ServerLimits()
     auth: bool = True  # every RPC but health and reflection needs an API key with a role that allows it
     auth_cache_ttl: timedelta = timedelta(seconds=5)  # how long a key looked up is trusted (revocation bound)
+    reflection: str = "authenticated"  # server reflection: on (open to anyone), authenticated (any valid key), off
 
     def extended(self, settings_type: type[SettingsT], **own: object) -> SettingsT:
         """The common fields of these settings in a service's own settings type (a subclass), with its
@@ -297,6 +304,13 @@ def parse_service_args(
         default=env("AUTH_CACHE_TTL_MS", "5000"),
         help="how long a looked-up API key is trusted (default 5000): a revoked key stops working within this time",
     )
+    parser.add_argument(
+        "--reflection",
+        choices=("on", "authenticated", "off"),
+        default=env("REFLECTION", "authenticated"),
+        help="server reflection (what grpcurl list/describe use): authenticated (default): any valid API key, "
+        "sent by grpcurl with -H; on: open to anyone; off: not served. With --auth off it is open unless off",
+    )
     _add_transport_arguments(parser, env)
     if flags is not None:
         flags.add(parser, env)
@@ -306,6 +320,22 @@ def parse_service_args(
         parser.error("--tls-cert and --tls-key go together")
     if tls.client_ca_file is not None and not tls.enabled:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS with client certificates)")
+    try:
+        limits = ServerLimits(
+            max_concurrent_rpcs=args.max_concurrent_rpcs or None,
+            max_connection_idle_s=args.max_connection_idle_s,
+            max_connection_age_s=args.max_connection_age_s,
+            max_connection_age_grace_s=args.max_connection_age_grace_s,
+            keepalive_time_s=args.keepalive_time_s,
+            keepalive_min_ping_interval_s=args.keepalive_min_ping_interval_s,
+            max_receive_message_bytes=args.max_receive_message_bytes,
+            max_streams=args.max_streams,
+            max_streams_per_caller=args.max_streams_per_caller,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    if limits.max_concurrent_rpcs is not None and limits.max_streams >= limits.max_concurrent_rpcs:
+        parser.error("--max-streams must be below --max-concurrent-rpcs: streams must leave room for unary calls")
     common = ServiceSettings(
         command=args.command,
         listen=args.listen,
@@ -322,16 +352,9 @@ def parse_service_args(
         cpus=args.cpus,
         processes=args.processes,
         tls=tls,
-        limits=ServerLimits(
-            max_concurrent_rpcs=args.max_concurrent_rpcs or None,
-            max_connection_idle_s=args.max_connection_idle_s,
-            max_connection_age_s=args.max_connection_age_s,
-            max_connection_age_grace_s=args.max_connection_age_grace_s,
-            keepalive_time_s=args.keepalive_time_s,
-            keepalive_min_ping_interval_s=args.keepalive_min_ping_interval_s,
-            max_receive_message_bytes=args.max_receive_message_bytes,
-        ),
+        limits=limits,
         auth=args.auth,
+        reflection=args.reflection,
         auth_cache_ttl=timedelta(milliseconds=args.auth_cache_ttl_ms),
     )
     if flags is None:
@@ -409,4 +432,18 @@ def _add_transport_arguments(parser: argparse.ArgumentParser, env: Env) -> None:
         type=positive_int,
         default=env("MAX_RECEIVE_MESSAGE_BYTES", str(defaults.max_receive_message_bytes)),
         help=f"largest request accepted (default {defaults.max_receive_message_bytes}); larger: RESOURCE_EXHAUSTED",
+    )
+    limits.add_argument(
+        "--max-streams",
+        type=positive_int,
+        default=env("MAX_STREAMS", str(defaults.max_streams)),
+        help=f"streaming RPCs (reflection, health Watch, event streams) open at once, served on their own threads; "
+        f"more are refused with RESOURCE_EXHAUSTED STREAM_LIMIT_REACHED (default {defaults.max_streams})",
+    )
+    limits.add_argument(
+        "--max-streams-per-caller",
+        type=positive_int,
+        default=env("MAX_STREAMS_PER_CALLER", str(defaults.max_streams_per_caller)),
+        help=f"of those, the most one API key may hold; every caller without a key counts as one caller "
+        f"(default {defaults.max_streams_per_caller})",
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import grpc
 from sqlalchemy import Engine, Table
 
-from credit_common.auth.interceptor import AuthInterceptor, KeyCache
+from credit_common.auth.check import ApiKeyCheck, KeyCache
 from credit_common.auth.store import SqlApiKeyStore
 from credit_common.clock import Clock
 from credit_common.config import ServiceFlags, ServiceSettings, SettingsT
@@ -21,6 +21,7 @@ from credit_common.db.engine import create_db_engine, translate_db_error
 from credit_common.db.migrations import SchemaNotCurrent, check_current, upgrade
 from credit_common.grpc.interceptors import ServiceInterceptor
 from credit_common.grpc.server import RunningServer, run_until_signal, start_server
+from credit_common.grpc.streams import StreamBudget
 from credit_common.logging import configure_logging
 from credit_common.processes import supervise
 
@@ -34,6 +35,7 @@ class ServiceDefinition:
     service_names: Sequence[str]  # full gRPC service names
     migrations: str  # Alembic script location, e.g. "catalog_service.adapters:migrations"
     method_roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # credit_common.auth.method_roles
+    read_methods: frozenset[str] = frozenset()  # full paths of the methods that change nothing (not audited)
     api_keys: Table | None = None  # the service's api_keys table (credit_common.auth.store)
     flags: ServiceFlags | None = None  # the service's own flags and its typed settings (credit_common.config)
 
@@ -57,22 +59,29 @@ def start(
     engine: Engine,
     clock: Clock,
 ) -> RunningServer:
+    interceptor = ServiceInterceptor(
+        definition.error_domain,
+        translate=translate_db_error,
+        auth=api_key_check(definition, settings, engine, clock),
+        streams=StreamBudget(settings.limits.max_streams, settings.limits.max_streams_per_caller),
+        audited=set(definition.method_roles) - set(definition.read_methods),
+    )
     return start_server(
         address=settings.listen,
         service_names=definition.service_names,
         register=register,
-        interceptor=ServiceInterceptor(definition.error_domain, translate=translate_db_error),
-        auth=auth_interceptor(definition, settings, engine, clock),
+        interceptor=interceptor,
         max_workers=settings.max_workers,
         share_port=settings.process_index is not None,
         tls=settings.tls,
         limits=settings.limits,
+        reflection=settings.reflection != "off",
     )
 
 
-def auth_interceptor(
+def api_key_check(
     definition: ServiceDefinition, settings: ServiceSettings, engine: Engine, clock: Clock
-) -> AuthInterceptor | None:
+) -> ApiKeyCheck | None:
     """The API key check of `definition`'s methods over its api_keys table; None with `--auth off`."""
     if not settings.auth:
         log.warning("authentication is off: anyone who reaches the port may call every method")
@@ -80,7 +89,7 @@ def auth_interceptor(
     if definition.api_keys is None or not definition.method_roles:
         raise ValueError(f"{definition.name} has no api_keys table or no method roles: it cannot check API keys")
     keys = KeyCache(SqlApiKeyStore(engine, definition.api_keys), clock, settings.auth_cache_ttl)
-    return AuthInterceptor(definition.method_roles, keys)
+    return ApiKeyCheck(definition.method_roles, keys, reflection=settings.reflection)
 
 
 def main(

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from catalog_service.adapters.grant_client import GrantServiceClient
 from catalog_service.adapters.orm import API_KEYS, OutboxDeliveryRow
 from catalog_service.entrypoints.outbox_worker import start_outbox_worker
-from catalog_service.entrypoints.roles import METHOD_ROLES, SERVICE
+from catalog_service.entrypoints.roles import METHOD_ROLES, READ_METHODS, SERVICE
 from catalog_service.entrypoints.servicer import CatalogServicer
 from catalog_service.entrypoints.settings import FLAGS, CatalogSettings
 from catalog_service.service_layer.services import CatalogService
@@ -28,6 +28,7 @@ DEFINITION = ServiceDefinition(
     service_names=(SERVICE.full_name,),
     migrations="catalog_service.adapters:migrations",
     method_roles=METHOD_ROLES,
+    read_methods=READ_METHODS,
     api_keys=API_KEYS,
     flags=FLAGS,
 )

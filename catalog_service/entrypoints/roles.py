@@ -5,7 +5,7 @@ operator action over RPC (a parked delivery is requeued from the database)."""
 from __future__ import annotations
 
 from catalog_service.v1 import catalog_service_pb2
-from credit_common.auth.interceptor import method_roles
+from credit_common.auth.check import method_roles, read_only
 from credit_common.auth.keys import CATALOG_ADMIN, READER
 
 ROLES: dict[str, tuple[str, ...]] = {
@@ -34,3 +34,19 @@ ROLES: dict[str, tuple[str, ...]] = {
 
 SERVICE = catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"]
 METHOD_ROLES = method_roles(SERVICE, ROLES)
+# The methods that change nothing; every other method's log line is an audit record (docs/operations.md).
+READ_METHODS = read_only(
+    SERVICE,
+    (
+        "GetFeature",
+        "ListFeatures",
+        "GetCreditCurrency",
+        "ListCreditCurrencies",
+        "GetPlan",
+        "ListPlans",
+        "GetCustomer",
+        "ListCustomers",
+        "GetSubscription",
+        "ListSubscriptions",
+    ),
+)

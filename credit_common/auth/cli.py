@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from credit_common.auth.interceptor import roles_of
+from credit_common.auth.check import roles_of
 from credit_common.auth.keys import ApiKey, parse_key, secret_matches
 from credit_common.auth.store import SqlApiKeyStore
 from credit_common.clock import Clock, SystemClock

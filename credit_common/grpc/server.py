@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection as reflection_service
 
 from credit_common.config import ServerLimits, TlsSettings, read_file
 from credit_common.grpc.interceptors import ServiceInterceptor
@@ -93,17 +93,18 @@ def start_server(
     service_names: Sequence[str],
     register: Callable[[grpc.Server], None],
     interceptor: ServiceInterceptor,
-    auth: grpc.ServerInterceptor | None = None,
     max_workers: int = 16,
     share_port: bool = False,
     tls: TlsSettings = PLAINTEXT,
     limits: ServerLimits = DEFAULT_LIMITS,
+    reflection: bool = True,
 ) -> RunningServer:
     """Start a server on `address` ("host:port"; port 0 picks a free one).
 
     `register` adds the service implementations; `service_names` are their
-    full names, used for the health service and reflection. `auth` (credit_common.auth) runs
-    inside `interceptor`, so that its refusals are mapped and logged like any error. `share_port`: listen
+    full names, used for the health service and reflection. `interceptor` checks keys, budgets
+    streams, maps errors and logs every call (its stream threads are shut down with the server).
+    `reflection`: serve server reflection (who may use it is the interceptor's key check). `share_port`: listen
     with SO_REUSEPORT, beside the other server processes of one service
     (credit_common.processes); otherwise a port in use is an error. `tls`: TLS
     or mTLS on the listener (default plaintext); `limits`: what it accepts.
@@ -111,21 +112,26 @@ def start_server(
     credentials = server_credentials(tls)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=[interceptor, auth] if auth is not None else [interceptor],
+        interceptors=[interceptor],
         options=server_options(limits, share_port=share_port),
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if reflection:
+        reflection_service.enable_server_reflection(
+            (*service_names, health.SERVICE_NAME, reflection_service.SERVICE_NAME), server
+        )
     port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     server.start()
     for name in (*service_names, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server=server, port=port, health=health_servicer, service_names=service_names)
+    running = RunningServer(server=server, port=port, health=health_servicer, service_names=service_names)
+    running.on_stop.append(interceptor.streams.close)
+    return running
 
 
 def run_until_signal(running: RunningServer, grace: float) -> None:

@@ -26,15 +26,17 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from credit_common.db.driver import DriverStatement, deferred_writes, rows_of
 from credit_common.idempotency import SeenRequest
 from grant_service.adapters.mappers import view_of
 from grant_service.adapters.orm import (
+    ALERT_SETS,
     CLOCKS,
     CUSTOMERS,
+    EVENTS,
     GRANTS,
     LEDGER_ENTRIES,
     RATE_SETS,
@@ -56,6 +58,7 @@ def _head_columns() -> tuple:
         select(CLOCKS.c.frozen_time).where(CLOCKS.c.test_clock_id == CUSTOMERS.c.clock_key).scalar_subquery(),
         *pending_columns(CUSTOMERS.c.customer_key),
         select(func.count()).select_from(RATE_SETS).scalar_subquery(),
+        select(func.max(ALERT_SETS.c.alert_set_id)).scalar_subquery(),  # NULL: none was ever set
     )
 
 
@@ -95,8 +98,9 @@ def debit_head(session: Session, customer_key: str, scope: str, request_id: str)
 
 
 def _head(columns: Sequence[Any], seen: SeenRequest[str] | None, grants: list[DebitableGrant]) -> DebitHead:
-    clock_key, frozen, next_start, next_expiry, next_open, version = columns
-    return DebitHead(clock_key, frozen, seen, Pending(next_start, next_expiry, next_open), version, grants)
+    clock_key, frozen, next_start, next_expiry, next_open, version, alerts_version = columns
+    pending = Pending(next_start, next_expiry, next_open)
+    return DebitHead(clock_key, frozen, seen, pending, version, grants, alerts_version or 0)
 
 
 def _open_grants_statement(for_update: bool, customers: Any = None) -> Select:
@@ -210,6 +214,9 @@ def _prefetch_debit_heads(session: Session, debits: Sequence[tuple[str, str, str
 _INSERT_USAGE = DriverStatement(insert(USAGES))
 _INSERT_LEDGER = DriverStatement(insert(LEDGER_ENTRIES))
 _INSERT_REQUEST_ID = DriverStatement(insert(REQUEST_IDS))
+# A debit's events (a grant depleted, balance alerts): skipped if the log has their dedupe key.
+_INSERT_EVENTS = DriverStatement(sqlite.insert(EVENTS).on_conflict_do_nothing())
+_EVENT_COLUMNS = [c for c in EVENTS.columns if c.name not in ("seq", "txid")]
 _SET_USED = DriverStatement(
     update(GRANTS).where(GRANTS.c.grant_id == bindparam("b_grant_id")).values(used=bindparam("b_used"))
 )
@@ -221,10 +228,12 @@ def record_debit(
     used: Sequence[tuple[str, Decimal]],
     entries: Sequence[dict[str, Any]],
     request: dict[str, Any] | None,
+    events: Sequence[dict[str, Any]] = (),
 ) -> None:
     """Write one debit: its usage (a unique-constraint conflict on its request_id means a concurrent
-    twin won), the grants' new running totals (grant id, used), its DEBIT entries and the record of its
-    request id (if any). On PostgreSQL all of it is one statement (data-modifying CTEs)."""
+    twin won), the grants' new running totals (grant id, used), its DEBIT entries, the record of its
+    request id (if any) and its events (rows of `events`). On PostgreSQL all of it is one statement
+    (data-modifying CTEs)."""
     conn = session.connection()
     if is_postgres(session):
         params = {f"u_{name}": value for name, value in usage.items()}
@@ -234,17 +243,20 @@ def record_debit(
             params.update({f"l{i}_{name}": value for name, value in entry.items()})
         if request is not None:
             params.update({f"r_{name}": value for name, value in request.items()})
-        _debit_writes(len(used), len(entries), request is not None).execute(conn, [params])
+        for i, event in enumerate(events):
+            params.update({f"e{i}_{name}": value for name, value in event.items()})
+        _debit_writes(len(used), len(entries), request is not None, len(events)).execute(conn, [params])
         return
     _INSERT_USAGE.execute(conn, [usage])
     _SET_USED.execute(conn, [{"b_grant_id": grant_id, "b_used": value} for grant_id, value in used])
     _INSERT_LEDGER.execute(conn, list(entries))
     if request is not None:
         insert_request_id(conn, request)
+    _INSERT_EVENTS.execute(conn, list(events))
 
 
 @functools.cache
-def _debit_writes(grants: int, entries: int, request: bool) -> DriverStatement:
+def _debit_writes(grants: int, entries: int, request: bool, events: int = 0) -> DriverStatement:
     """record_debit's one statement on PostgreSQL, for a debit of `grants` grants: the usage's INSERT, with
     the grants' UPDATEs and the INSERTs of the entries and the request id as CTEs (PostgreSQL runs each
     data-modifying CTE exactly once, whether the statement reads it or not)."""
@@ -266,6 +278,9 @@ def _debit_writes(grants: int, entries: int, request: bool) -> DriverStatement:
     )
     if request:
         statement = statement.add_cte(insert(REQUEST_IDS).values(values(REQUEST_IDS, "r_")).cte("request"))
+    if events:
+        rows = [{c.name: bindparam(f"e{i}_{c.name}", type_=c.type) for c in _EVENT_COLUMNS} for i in range(events)]
+        statement = statement.add_cte(postgresql.insert(EVENTS).values(rows).on_conflict_do_nothing().cte("events"))
     return DriverStatement(statement)
 
 

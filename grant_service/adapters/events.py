@@ -12,13 +12,14 @@ and txid is always 0. docs/architecture.md#the-event-log."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import BigInteger, Select, Text, cast, func, select, tuple_
+from sqlalchemy import BigInteger, Select, Text, cast, event, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from credit_common.clock import Clock
@@ -26,6 +27,43 @@ from credit_common.decimals import format_decimal
 from grant_service.adapters.orm import EVENT_LOG, EVENTS, EventRow
 from grant_service.adapters.sql import insert_ignoring_conflicts, is_postgres
 from grant_service.domain.events import EventFilter, EventPosition, EventType, NewEvent, StoredEvent
+
+WROTE_EVENTS = "credit_grants.wrote_events"  # session.info: this transaction wrote events
+
+
+class EventSignal:
+    """Tells this process's WatchEvents streams that a transaction that wrote events has committed
+    (the write sessions' after_commit), so that they read at once instead of at their next poll."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def committed(self) -> None:
+        with self._condition:
+            self._generation += 1
+            self._condition.notify_all()
+
+    def wait(self, generation: int, timeout_s: float) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: self._generation != generation, timeout=timeout_s)
+
+    def listen(self, sessions: Any) -> None:
+        """Signal after each commit of a session of `sessions` (a sessionmaker) that wrote events."""
+
+        def after_commit(session: Session) -> None:
+            if session.info.pop(WROTE_EVENTS, False):
+                self.committed()
+
+        def after_rollback(session: Session) -> None:
+            session.info.pop(WROTE_EVENTS, None)
+
+        event.listen(sessions, "after_commit", after_commit)
+        event.listen(sessions, "after_soft_rollback", lambda session, previous: after_rollback(session))
 
 
 def _encode(value: Any) -> Any:
@@ -93,6 +131,7 @@ class SqlEventRepository:
             return
         now = self._clock.now() if self._clock is not None else datetime.now(UTC)
         insert_ignoring_conflicts(self.session, EventRow, event_rows(events, now), "event_id")
+        self.session.info[WROTE_EVENTS] = True
 
     def log_id(self) -> str:
         return self.session.execute(select(EVENT_LOG.c.log_id)).scalar_one()

@@ -25,6 +25,7 @@ from grant_service.domain.model import (
     TestClock,
     Usage,
 )
+from grant_service.domain.revisions import RevisionWindow
 from grant_service.domain.schedules import Pending, Schedule, ScheduledAmount
 
 # The tables, for the Core statements built once below.
@@ -126,7 +127,23 @@ def stored_subscription_of(row: Any) -> StoredSubscription:
         end_time=row.end_time,
         clock_key=row.clock_key,
         update_time=row.update_time,
+        revision_window=RevisionWindow(row.revision_window_start, row.revision_window_base),
     )
+
+
+def subscription_row(s: StoredSubscription) -> dict[str, Any]:
+    """The columns of `subscriptions` of a stored subscription."""
+    return {
+        "subscription_id": s.subscription_id,
+        "customer_key": s.customer_key,
+        "revision": s.revision,
+        "start_time": s.start_time,
+        "end_time": s.end_time,
+        "clock_key": s.clock_key,
+        "update_time": s.update_time,
+        "revision_window_start": s.revision_window.start,
+        "revision_window_base": s.revision_window.base,
+    }
 
 
 def customer_now_of(rows: Sequence[Any]) -> CustomerNow | None:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -63,6 +64,12 @@ class SubscriptionRow(Base):
     end_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     clock_key: Mapped[str] = mapped_column(String(40), default=REAL_TIME)
     update_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    # The window that bounds how far its revision may rise (grant_service.domain.revisions).
+    revision_window_start: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    revision_window_base: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Its SUBSCRIPTION_ENDED event is written (the catch-up reports the ends that have passed).
+    end_reported: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    __table_args__ = (Index("ix_subscriptions_ending", "clock_key", "end_reported", "end_time"),)
 
 
 class ScheduleRow(Base):
@@ -173,6 +180,8 @@ class CurrencyRow(Base):
     __tablename__ = "currencies"
     currency_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     revision: Mapped[int] = mapped_column(BigInteger)
+    revision_window_start: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    revision_window_base: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class RateSetRow(Base):
@@ -217,6 +226,30 @@ class EventRow(Base):
         Index("ix_events_log", "txid", "seq"),
         Index("ix_events_customer", "customer_key", "txid", "seq"),
     )
+
+
+class BalanceAlertSetRow(Base):
+    """Balance alert levels set over RPC, append-only: the latest row of a (customer, currency) is in
+    force; customer_key '' is the currency's default; levels NULL: cleared. Its id is the version
+    that a debit reads to know its cached levels are current."""
+
+    __tablename__ = "balance_alert_sets"
+    alert_set_id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    customer_key: Mapped[str] = mapped_column(String(64))
+    currency_key: Mapped[str] = mapped_column(String(64))
+    levels: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON [["amount"|"percent", "10"], ...]
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    __table_args__ = (Index("ix_balance_alert_sets_key", "customer_key", "currency_key", "alert_set_id"),)
+
+
+class BalanceAlertStateRow(Base):
+    """The balance state last evaluated for alerts (of a customer and currency with levels)."""
+
+    __tablename__ = "balance_alert_states"
+    customer_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    currency_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    balance: Mapped[Decimal] = mapped_column(ExactDecimal())
+    granted: Mapped[Decimal] = mapped_column(ExactDecimal())
 
 
 class EventLogRow(Base):
@@ -322,3 +355,5 @@ WEBHOOK_ATTEMPTS = WebhookAttemptRow.__table__
 WEBHOOK_CURSOR = WebhookCursorRow.__table__
 EVENTS = EventRow.__table__
 EVENT_LOG = EventLogRow.__table__
+ALERT_SETS = BalanceAlertSetRow.__table__
+ALERT_STATES = BalanceAlertStateRow.__table__

@@ -13,9 +13,11 @@ from sqlalchemy import Select, String, any_, bindparam, delete, insert, select, 
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from credit_common.clock import Clock
 from credit_common.db.keyset import keyset_after
 from credit_common.idempotency import SeenRequest
 from grant_service.adapters.debits import debit_head, insert_request_id, open_grants, record_debit
+from grant_service.adapters.events import WROTE_EVENTS, event_rows
 from grant_service.adapters.mappers import (
     clock_of,
     encode_amounts,
@@ -24,6 +26,7 @@ from grant_service.adapters.mappers import (
     schedule_of,
     stored_schedule_of,
     stored_subscription_of,
+    subscription_row,
     usage_of,
 )
 from grant_service.adapters.orm import (
@@ -46,6 +49,7 @@ from grant_service.adapters.orm import (
 from grant_service.adapters.rates import RatesCache, feature_known, rates_in_force
 from grant_service.adapters.sql import insert_ignoring_conflicts, is_postgres, locked, pending_columns
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_sum
+from grant_service.domain.events import NewEvent
 from grant_service.domain.model import (
     Customer,
     DebitableGrant,
@@ -58,6 +62,7 @@ from grant_service.domain.model import (
     TestClock,
     Usage,
 )
+from grant_service.domain.revisions import RevisionWindow
 from grant_service.domain.schedules import Pending, Schedule
 
 
@@ -149,6 +154,21 @@ class SqlCustomerRepository:
         row = self.session.execute(query).one()
         return Pending(row.next_issue, row.next_expiry, row.next_open)
 
+    def pending_many(self, customer_keys: Sequence[str]) -> dict[str, Pending]:
+        keys = sorted(set(customer_keys))
+        found: dict[str, Pending] = {}
+        for start in range(0, len(keys), 500):
+            query = select(CUSTOMERS.c.customer_key, *pending_columns(CUSTOMERS.c.customer_key)).where(
+                CUSTOMERS.c.customer_key.in_(keys[start : start + 500])
+            )
+            for row in self.session.execute(query):
+                found[row.customer_key] = Pending(row.next_issue, row.next_expiry, row.next_open)
+        return found
+
+
+def _window(window: RevisionWindow) -> dict[str, Any]:
+    return {"revision_window_start": window.start, "revision_window_base": window.base}
+
 
 class SqlCurrencyRepository:
     def __init__(self, session: Session) -> None:
@@ -160,16 +180,23 @@ class SqlCurrencyRepository:
                 return True
         return False
 
-    def revision(self, currency_key: str, *, for_update: bool = False) -> int | None:
-        query = select(CurrencyRow.revision).where(CurrencyRow.currency_key == currency_key)
-        return self.session.scalar(locked(self.session, query) if for_update else query)
+    def revision(self, currency_key: str, *, for_update: bool = False) -> tuple[int, RevisionWindow] | None:
+        query = select(CurrencyRow.revision, CurrencyRow.revision_window_start, CurrencyRow.revision_window_base).where(
+            CurrencyRow.currency_key == currency_key
+        )
+        row = self.session.execute(locked(self.session, query) if for_update else query).first()
+        if row is None:
+            return None
+        return row.revision, RevisionWindow(row.revision_window_start, row.revision_window_base)
 
-    def add(self, currency_key: str, revision: int) -> None:
-        self.session.execute(insert(CURRENCIES).values(currency_key=currency_key, revision=revision))
+    def add(self, currency_key: str, revision: int, window: RevisionWindow) -> None:
+        self.session.execute(insert(CURRENCIES).values(currency_key=currency_key, revision=revision, **_window(window)))
 
-    def set_revision(self, currency_key: str, revision: int) -> None:
+    def set_revision(self, currency_key: str, revision: int, window: RevisionWindow) -> None:
         self.session.execute(
-            update(CURRENCIES).where(CurrencyRow.currency_key == currency_key).values(revision=revision)
+            update(CURRENCIES)
+            .where(CurrencyRow.currency_key == currency_key)
+            .values(revision=revision, **_window(window))
         )
 
     def add_rate_set(
@@ -332,8 +359,9 @@ def request_id_row(scope: str, request_id: str, fingerprint: str, resource_id: s
 
 
 class SqlDebitRepository:
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, clock: Clock | None = None) -> None:
         self.session = session
+        self._clock = clock
 
     def head(self, customer_key: str, scope: str, request_id: str) -> DebitHead | None:
         return debit_head(self.session, customer_key, scope, request_id)
@@ -348,11 +376,16 @@ class SqlDebitRepository:
         entries: Sequence[dict[str, Any]],
         scope: str,
         fingerprint: str,
+        events: Sequence[NewEvent] = (),
     ) -> None:
         request = None
         if usage.request_id:
             request = request_id_row(scope, usage.request_id, fingerprint, usage.usage_id, usage.usage_time)
-        record_debit(self.session, {name: getattr(usage, name) for name in Usage.__slots__}, used, entries, request)
+        usage_row = {name: getattr(usage, name) for name in Usage.__slots__}
+        recorded = self._clock.now() if self._clock is not None and events else usage.usage_time
+        record_debit(self.session, usage_row, used, entries, request, event_rows(events, recorded))
+        if events:
+            self.session.info[WROTE_EVENTS] = True
 
     def recorded(self, usage_id: str) -> tuple[Usage, list[tuple[str, Decimal]]] | None:
         usage = self.session.get(UsageRow, usage_id)
@@ -554,7 +587,7 @@ class SqlSubscriptionRepository:
         if subscriptions:
             self.session.execute(
                 insert(SUBSCRIPTIONS),
-                [{name: getattr(s, name) for name in _SUBSCRIPTION_COLUMNS} for s in subscriptions],
+                [subscription_row(s) for s in subscriptions],
             )
 
     def save_all(self, subscriptions: Sequence[StoredSubscription]) -> None:
@@ -567,13 +600,32 @@ class SqlSubscriptionRepository:
                         "revision": s.revision,
                         "end_time": s.end_time,
                         "update_time": s.update_time,
+                        "revision_window_start": s.revision_window.start,
+                        "revision_window_base": s.revision_window.base,
                     }
                     for s in subscriptions
                 ],
             )
 
+    def ended_unreported(
+        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+    ) -> list[StoredSubscription]:
+        query = select(SUBSCRIPTIONS).where(SUBSCRIPTIONS.c.end_reported.is_(False), SUBSCRIPTIONS.c.end_time <= now)
+        if customer_key is not None:
+            query = query.where(SUBSCRIPTIONS.c.customer_key == customer_key)
+        else:
+            query = query.where(SUBSCRIPTIONS.c.clock_key == clock_key)
+        query = query.order_by(SUBSCRIPTIONS.c.end_time, SUBSCRIPTIONS.c.subscription_id).limit(limit)
+        rows = self.session.execute(locked(self.session, query, skip_locked=skip_locked))
+        return [stored_subscription_of(row) for row in rows]
 
-_SUBSCRIPTION_COLUMNS = [c.key for c in SUBSCRIPTIONS.columns]
+    def mark_end_reported(self, subscription_ids: Sequence[str]) -> None:
+        if subscription_ids:
+            self.session.execute(
+                update(SUBSCRIPTIONS)
+                .where(SUBSCRIPTIONS.c.subscription_id.in_(list(subscription_ids)))
+                .values(end_reported=True)
+            )
 
 
 def _schedule_terms(stored: StoredSchedule) -> dict[str, Any]:

@@ -17,9 +17,10 @@ from credit_common.batching import Batcher, Slot
 from credit_common.clock import Clock
 from credit_common.db.engine import CONFLICT_SQLSTATES, SessionFactories, sqlstate
 from credit_common.db.group_commit import GroupCommit
+from grant_service.adapters.alerts import AlertsCache, SqlAlertRepository
 from grant_service.adapters.balance_reads import current_grants
 from grant_service.adapters.debits import debit_group
-from grant_service.adapters.events import SqlEventRepository
+from grant_service.adapters.events import EventSignal, SqlEventRepository
 from grant_service.adapters.mappers import customer_now_of
 from grant_service.adapters.rates import RatesCache
 from grant_service.adapters.repositories import (
@@ -42,16 +43,23 @@ T = TypeVar("T")
 
 
 class SqlGrantUnitOfWork:
-    def __init__(self, session: Session, rates: RatesCache | None = None, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        rates: RatesCache | None = None,
+        clock: Clock | None = None,
+        alerts: AlertsCache | None = None,
+    ) -> None:
         self.session = session
         self.events = SqlEventRepository(session, clock)
+        self.alerts = SqlAlertRepository(session, alerts)
         self.clocks = SqlTestClockRepository(session)
         self.customers = SqlCustomerRepository(session)
         self.currencies = SqlCurrencyRepository(session)
         self.grants = SqlGrantRepository(session)
         self.issuance = SqlIssuanceRepository(session)
         self.ledger = SqlLedgerRepository(session)
-        self.debits = SqlDebitRepository(session)
+        self.debits = SqlDebitRepository(session, clock)
         self.rates = SqlRateRepository(session, rates)
         self.request_ids = SqlRequestIdRepository(session)
         self.subscriptions = SqlSubscriptionRepository(session)
@@ -75,11 +83,14 @@ class SqlUnitsOfWork:
         self._clock = clock
         self._attempts = attempts
         self._rates = RatesCache()
+        self._alerts = AlertsCache()
+        self._events = EventSignal()
+        self._events.listen(factories.write)
         self.debits = GroupCommit(factories.write, self._write, debit_group, linger_s=linger_s)
         self._balance_reads = Batcher(self._read_current_grants, linger_s=linger_s)
 
     def _unit(self, session: Session) -> SqlGrantUnitOfWork:
-        return SqlGrantUnitOfWork(session, self._rates, self._clock)
+        return SqlGrantUnitOfWork(session, self._rates, self._clock, self._alerts)
 
     def _write(self, work: Callable[[Session], T]) -> T:
         for attempt in range(self._attempts):
@@ -103,6 +114,12 @@ class SqlUnitsOfWork:
         return self.debits.run(
             lambda session: work(self._unit(session)), key=customer_key, subject=(customer_key, scope, request_id)
         )
+
+    def event_generation(self) -> int:
+        return self._events.generation
+
+    def wait_for_events(self, generation: int, timeout_s: float) -> None:
+        self._events.wait(generation, timeout_s)
 
     def customer_now(self, customer_key: str, currency_key: str) -> tuple[datetime, CustomerNow | None]:
         now, rows = self._balance_reads.submit((customer_key, currency_key))

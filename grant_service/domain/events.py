@@ -11,7 +11,7 @@ replica, a retry, a catch-up after a crash) is skipped, never recorded twice."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -100,3 +100,172 @@ class EventFilter:
             and (self.start is None or event.occurred_time >= self.start)
             and (self.end is None or event.occurred_time < self.end)
         )
+
+
+# ------------------------------------------------------------------------------ the events' makers
+# Each takes what the change knows (a grant as the ledger sees it: grant_id, customer_key,
+# currency_key, subscription_id, entitlement_key, period_index, amount, effective_time,
+# expire_time; a NewGrant or a Grant) and the event's id (made in bulk by the caller).
+
+
+def credits_granted(grant: Any, clock_key: str, source: str, event_id: str) -> NewEvent:
+    one_off = source == "ONE_OFF"
+    return NewEvent(
+        event_id,
+        EventType.CREDITS_GRANTED,
+        grant.customer_key,
+        grant.currency_key,
+        clock_key,
+        grant.effective_time,
+        f"CREDITS_GRANTED:{grant.grant_id}",
+        {
+            "grant_id": grant.grant_id,
+            "source": f"GRANT_SOURCE_{source}",
+            "subscription_id": grant.subscription_id or "",
+            "entitlement_key": "" if one_off else grant.entitlement_key or "",
+            "period_index": 0 if one_off else grant.period_index or 0,
+            "amount": grant.amount,
+            "effective_time": grant.effective_time,
+            "expire_time": grant.expire_time,
+        },
+    )
+
+
+def credits_expired(grant: Any, clock_key: str, remainder: Any, event_id: str) -> NewEvent:
+    return NewEvent(
+        event_id,
+        EventType.CREDITS_EXPIRED,
+        grant.customer_key,
+        grant.currency_key,
+        clock_key,
+        grant.expire_time,
+        f"CREDITS_EXPIRED:{grant.grant_id}",
+        {
+            "grant_id": grant.grant_id,
+            "subscription_id": grant.subscription_id or "",
+            "entitlement_key": grant.entitlement_key or "",
+            "amount": grant.amount,
+            "expired_amount": remainder,
+            "expire_time": grant.expire_time,
+        },
+    )
+
+
+def grant_voided(grant: Any, clock_key: str, remainder: Any, now: datetime, reason: str, event_id: str) -> NewEvent:
+    return NewEvent(
+        event_id,
+        EventType.GRANT_VOIDED,
+        grant.customer_key,
+        grant.currency_key,
+        clock_key,
+        now,
+        f"GRANT_VOIDED:{grant.grant_id}",
+        {
+            "grant_id": grant.grant_id,
+            "subscription_id": grant.subscription_id or "",
+            "voided_amount": remainder,
+            "reason": reason,
+        },
+    )
+
+
+def grant_depleted(
+    grant_id: str,
+    customer_key: str,
+    currency_key: str,
+    subscription_id: str | None,
+    amount: Any,
+    clock_key: str,
+    now: datetime,
+    usage_id: str,
+    event_id: str,
+) -> NewEvent:
+    return NewEvent(
+        event_id,
+        EventType.GRANT_DEPLETED,
+        customer_key,
+        currency_key,
+        clock_key,
+        now,
+        f"GRANT_DEPLETED:{grant_id}",
+        {"grant_id": grant_id, "subscription_id": subscription_id or "", "amount": amount, "usage_id": usage_id},
+    )
+
+
+def usage_rejected(
+    customer_key: str,
+    currency_key: str,
+    clock_key: str,
+    now: datetime,
+    request_id: str,
+    feature_key: str,
+    quantity: Any,
+    requested: Any,
+    available: Any,
+    event_id: str,
+) -> NewEvent:
+    return NewEvent(
+        event_id,
+        EventType.USAGE_REJECTED,
+        customer_key,
+        currency_key,
+        clock_key,
+        now,
+        f"USAGE_REJECTED:{event_id}",  # each refusal is a fact of its own
+        {
+            "request_id": request_id,
+            "feature_key": feature_key,
+            "quantity": quantity,
+            "requested_credits": requested,
+            "available_credits": available,
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LateChange:
+    """A change applied late (ClampedChange): `entitlement_key` empty for the end time."""
+
+    entitlement_key: str
+    requested_time: datetime | None
+    applied_time: datetime
+
+
+def subscription_changed(
+    type_: EventType,
+    subscription_id: str,
+    customer_key: str,
+    clock_key: str,
+    occurred: datetime,
+    revision: int,
+    previous_revision: int,
+    end_time: datetime | None,
+    late: Sequence[LateChange],
+    withdrawn: Sequence[str],
+    event_id: str,
+) -> NewEvent:
+    key = f"{type_.value}:{subscription_id}" + (f":{revision}" if type_ is EventType.SUBSCRIPTION_CHANGED else "")
+    return NewEvent(
+        event_id,
+        type_,
+        customer_key,
+        "",
+        clock_key,
+        occurred,
+        key,
+        {
+            "subscription_id": subscription_id,
+            "revision": revision,
+            "previous_revision": previous_revision,
+            "end_time": end_time,
+            "clamped_changes": [
+                {
+                    "entitlement_key": change.entitlement_key,
+                    "requested_time": change.requested_time,
+                    "applied_time": change.applied_time,
+                }
+                for change in late
+            ],
+            "withdrawn_grant_ids": list(withdrawn),
+        },
+    )

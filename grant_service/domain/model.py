@@ -12,6 +12,7 @@ from decimal import Decimal
 from credit_common.idempotency import SeenRequest
 from credit_common.periods import Cadence
 from grant_service.domain.balances import GrantView, exact_difference
+from grant_service.domain.revisions import NO_WINDOW, RevisionWindow
 from grant_service.domain.schedules import GrantSegment, Pending, Schedule, ScheduledAmount
 
 REAL_TIME = ""  # clock_key of everything that runs on real time
@@ -220,6 +221,14 @@ class NewGrant:
         return self.schedule.customer_key
 
     @property
+    def clock_key(self) -> str:
+        return self.schedule.clock_key
+
+    @property
+    def source(self) -> GrantSource:
+        return GrantSource.RECURRING
+
+    @property
     def currency_key(self) -> str:
         return self.schedule.currency_key
 
@@ -282,12 +291,13 @@ class DebitHead:
     pending: Pending
     rates_version: int
     open_grants: list[DebitableGrant]
+    alerts_version: int = 0  # the version of the balance alert levels (0: none was ever set)
 
 
 @dataclass(frozen=True, slots=True)
 class StoredSubscription:
     """A subscription as stored, without its credit schedules (StoredSchedule): the revision in force,
-    and the end time and update time that revision left."""
+    the end time and update time that revision left, and the window that bounds its revisions."""
 
     subscription_id: str
     customer_key: str
@@ -296,6 +306,8 @@ class StoredSubscription:
     end_time: datetime | None
     clock_key: str
     update_time: datetime
+    revision_window: RevisionWindow = NO_WINDOW
 
     def with_schedules(self, schedules: tuple[CreditSchedule, ...]) -> Subscription:
-        return Subscription(**{name: getattr(self, name) for name in self.__slots__}, credit_schedules=schedules)
+        fields = {name: getattr(self, name) for name in self.__slots__ if name != "revision_window"}
+        return Subscription(**fields, credit_schedules=schedules)

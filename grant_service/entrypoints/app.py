@@ -3,6 +3,8 @@ and the catch-up timer."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import Engine
 
 from credit_common.clock import Clock, SystemClock
@@ -12,7 +14,7 @@ from credit_common.runtime import ServiceDefinition, start
 from grant_service.adapters.orm import API_KEYS
 from grant_service.adapters.unit_of_work import SqlUnitsOfWork
 from grant_service.entrypoints.event_json import event_body
-from grant_service.entrypoints.roles import METHOD_ROLES, SERVICE
+from grant_service.entrypoints.roles import METHOD_ROLES, READ_METHODS, SERVICE
 from grant_service.entrypoints.servicer import GrantServicer
 from grant_service.entrypoints.settings import FLAGS, GrantSettings
 from grant_service.entrypoints.timer import start_catch_up_timer
@@ -26,6 +28,7 @@ DEFINITION = ServiceDefinition(
     service_names=(SERVICE.full_name,),
     migrations="grant_service.adapters:migrations",
     method_roles=METHOD_ROLES,
+    read_methods=READ_METHODS,
     api_keys=API_KEYS,
     flags=FLAGS,
 )
@@ -41,6 +44,10 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
         test_clocks_enabled=settings.test_clocks_enabled,
         batch_size=settings.catch_up_batch_size,
         max_revision_step=settings.max_revision_step,
+        events_heartbeat_s=settings.events_heartbeat_s,
+        events_poll_s=settings.events_poll_s,
+        max_revision_step_window=timedelta(seconds=settings.max_revision_step_window_s),
+        max_applied_amount=settings.max_applied_amount,
         webhook_policy=settings.webhooks.policy,
         event_body=event_body,
     )

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from google.protobuf import json_format
+
 from credit_common.decimals import DecimalFormatError, format_decimal, parse_decimal
 from credit_common.errors import DomainError, Violations
 from credit_common.grpc.timestamps import from_timestamp, to_timestamp
@@ -15,6 +17,8 @@ from credit_common.grpc.validation import check_items_in_handler
 from credit_common.ids import KEY_RULE, REQUEST_ID_MAX_LENGTH, is_valid_key
 from credit_common.pagination import PageRequest, page_request
 from credit_common.periods import Cadence
+from grant_service.domain.alerts import MAX_LEVELS, AlertLevel
+from grant_service.domain.events import PAYLOAD_OF, EventFilter, EventType
 from grant_service.domain.model import (
     EntryType,
     GrantInfo,
@@ -26,7 +30,9 @@ from grant_service.domain.model import (
     Usage,
 )
 from grant_service.domain.schedules import ScheduledAmount, first_period_fits
+from grant_service.service_layer.alerts import AlertSettings
 from grant_service.service_layer.balances import BalanceInfo
+from grant_service.service_layer.events import EventWithCursor, Heartbeat
 from grant_service.service_layer.subscriptions import (
     ApplyResult,
     ClampedChange,
@@ -60,6 +66,7 @@ GRANT_SOURCES_PB = {GrantSource.RECURRING: pb.GRANT_SOURCE_RECURRING, GrantSourc
 _SERVICE = pb.DESCRIPTOR.services_by_name["GrantService"].full_name
 _LIST_GRANTS = f"/{_SERVICE}/ListGrants"
 _LIST_LEDGER_ENTRIES = f"/{_SERVICE}/ListLedgerEntries"
+_LIST_EVENTS = f"/{_SERVICE}/ListEvents"
 _LIST_TEST_CLOCKS = f"/{_SERVICE}/ListTestClocks"
 
 
@@ -242,6 +249,116 @@ def ledger_query(request: pb.ListLedgerEntriesRequest) -> LedgerQuery:
     )
     entry_type = ENTRY_TYPES.get(request.type)
     return LedgerQuery(start, end, entry_type.value if entry_type else None, page)
+
+
+def _event_types(fields: Fields, types) -> frozenset[EventType]:
+    chosen = set()
+    for i, value in enumerate(types):
+        name = pb.CreditEventType.Name(value) if value in pb.CreditEventType.values() else ""
+        if not value or not name:
+            fields.violations.add(f"types[{i}]", "unknown credit event type", "UNKNOWN_EVENT_TYPE")
+            continue
+        chosen.add(EventType(name.removeprefix("CREDIT_EVENT_TYPE_")))
+    return frozenset(chosen)
+
+
+def _optional_key(fields: Fields, field: str, value: str) -> None:
+    if value:
+        fields.key(field, value)
+
+
+def list_events_query(request: pb.ListEventsRequest) -> tuple[EventFilter, PageRequest]:
+    fields = Fields()
+    _optional_key(fields, "customer_key", request.customer_key)
+    _optional_key(fields, "currency_key", request.currency_key)
+    types = _event_types(fields, request.types)
+    start, end = time_of(request, "start_time"), time_of(request, "end_time")
+    if start and end and end < start:
+        fields.violations.add("end_time", "must not be before start_time")
+    fields.done()
+    where = EventFilter(request.customer_key, request.currency_key, types, start, end)
+    filters = (request.customer_key, request.currency_key, sorted(t.value for t in types), str(start), str(end))
+    return where, page_request(request.page_size, request.page_token, filters, method=_LIST_EVENTS, key=(int, int))
+
+
+def watch_events_filter(request: pb.WatchEventsRequest) -> EventFilter:
+    fields = Fields()
+    _optional_key(fields, "customer_key", request.customer_key)
+    types = _event_types(fields, request.types)
+    fields.done()
+    return EventFilter(customer_key=request.customer_key, types=types)
+
+
+def event_pb(event: EventWithCursor) -> pb.CreditEvent:
+    stored, fact = event.stored, event.stored.event
+    message = pb.CreditEvent(
+        event_id=fact.event_id,
+        cursor=event.cursor,
+        type=pb.CreditEventType.Value(f"CREDIT_EVENT_TYPE_{fact.type.value}"),
+        occurred_time=to_timestamp(fact.occurred_time),
+        recorded_time=to_timestamp(stored.recorded_time),
+        customer_key=fact.customer_key,
+        currency_key=fact.currency_key,
+        test_clock_id=fact.clock_key,
+    )
+    json_format.ParseDict(dict(fact.payload), getattr(message, PAYLOAD_OF[fact.type]))
+    return message
+
+
+def alert_key(request) -> tuple[str, str]:
+    fields = Fields()
+    _optional_key(fields, "customer_key", request.customer_key)
+    fields.key("currency_key", request.currency_key)
+    fields.done()
+    return request.customer_key, request.currency_key
+
+
+def alert_levels(request: pb.SetBalanceAlertsRequest) -> list[AlertLevel]:
+    fields = Fields()
+    _optional_key(fields, "customer_key", request.customer_key)
+    fields.key("currency_key", request.currency_key)
+    if len(request.levels) > MAX_LEVELS:
+        fields.violations.add("levels", f"at most {MAX_LEVELS} levels")
+    levels = []
+    for i, level in enumerate(request.levels):
+        kind = level.WhichOneof("level")
+        if kind is None:
+            fields.violations.add(f"levels[{i}]", "set amount or percent")
+            continue
+        try:
+            value = parse_decimal(getattr(level, kind), allow_negative=True)
+        except DecimalFormatError as error:
+            fields.violations.add(f"levels[{i}].{kind}", str(error))
+            continue
+        if value < 0:
+            fields.violations.add(f"levels[{i}].{kind}", "must not be below zero", "NEGATIVE_THRESHOLD")
+        elif kind == "percent" and value > 100:
+            fields.violations.add(f"levels[{i}].percent", "must be at most 100", "PERCENT_OVER_100")
+        levels.append(AlertLevel(kind, value))
+    fields.done()
+    return levels
+
+
+def balance_alerts_pb(settings: AlertSettings) -> pb.BalanceAlerts:
+    levels = settings.in_force
+    if settings.own is not None:
+        source = (
+            pb.BALANCE_ALERTS_SOURCE_CUSTOMER if settings.customer_key else pb.BALANCE_ALERTS_SOURCE_CURRENCY_DEFAULT
+        )
+    elif settings.default is not None:
+        source = pb.BALANCE_ALERTS_SOURCE_CURRENCY_DEFAULT
+    else:
+        source = pb.BALANCE_ALERTS_SOURCE_NONE
+    return pb.BalanceAlerts(
+        customer_key=settings.customer_key,
+        currency_key=settings.currency_key,
+        levels=[pb.BalanceAlertLevel(**{lv.kind: format_decimal(lv.value)}) for lv in levels or ()],
+        source=source,
+    )
+
+
+def heartbeat_pb(beat: Heartbeat) -> pb.Heartbeat:
+    return pb.Heartbeat(time=to_timestamp(beat.time), cursor=beat.cursor)
 
 
 def usage_quantity(request: pb.ReportUsageRequest | pb.CheckUsageRequest) -> Decimal:

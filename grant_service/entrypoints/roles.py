@@ -3,7 +3,7 @@ allows everything). A method missing here stops the service at startup."""
 
 from __future__ import annotations
 
-from credit_common.auth.interceptor import method_roles
+from credit_common.auth.check import method_roles, read_only
 from credit_common.auth.keys import OPERATOR, READER, SYNC, TEST_CLOCKS, USAGE, WEBHOOKS
 from grant_service.v1 import grant_service_pb2
 
@@ -20,6 +20,10 @@ ROLES: dict[str, tuple[str, ...]] = {
     # the credit event log
     "ListEvents": (READER,),
     "WatchEvents": (READER,),
+    # balance alert levels: what fires events other systems act on, set by an operator
+    "SetBalanceAlerts": (OPERATOR,),
+    "GetBalanceAlerts": (OPERATOR, READER),
+    "ClearBalanceAlerts": (OPERATOR,),
     # metering
     "ReportUsage": (USAGE,),
     "CheckUsage": (USAGE,),
@@ -48,3 +52,16 @@ ROLES: dict[str, tuple[str, ...]] = {
 
 SERVICE = grant_service_pb2.DESCRIPTOR.services_by_name["GrantService"]
 METHOD_ROLES = method_roles(SERVICE, ROLES)
+# The methods that change nothing; every other method's log line is an audit record (docs/operations.md).
+READ_METHODS = read_only(
+    SERVICE,
+    (
+        "GetSubscription",
+        "GetBalance",
+        "ListGrants",
+        "ListLedgerEntries",
+        "CheckUsage",
+        "GetTestClock",
+        "ListTestClocks",
+    ),
+)

@@ -4,12 +4,22 @@ DomainErrors raised below, which the interceptor maps to statuses."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from credit_common.errors import DomainError
 from credit_common.grpc.validation import check_request
 from grant_service.entrypoints import converters as conv
 from grant_service.entrypoints import webhook_converters as wconv
-from grant_service.entrypoints.event_json import cursor_of, position_of
-from grant_service.service_layer import balances, operators, subscriptions, test_clocks, usage, webhooks
+from grant_service.service_layer import (
+    alerts,
+    balances,
+    events,
+    operators,
+    subscriptions,
+    test_clocks,
+    usage,
+    webhooks,
+)
 from grant_service.service_layer.context import GrantContext
 from grant_service.v1 import grant_service_pb2 as pb
 from grant_service.v1 import grant_service_pb2_grpc
@@ -86,6 +96,48 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
             self._ctx, request.customer_key, request.currency_key, query.start, query.end, query.entry_type, query.page
         )
         return pb.ListLedgerEntriesResponse(entries=[conv.entry_pb(e) for e in entries], next_page_token=token)
+
+    # ------------------------------------------------------------------ events
+
+    def ListEvents(self, request: pb.ListEventsRequest, context) -> pb.ListEventsResponse:
+        where, page = conv.list_events_query(request)
+        found, token = events.list_events(self._ctx, where, page)
+        return pb.ListEventsResponse(events=[conv.event_pb(e) for e in found], next_page_token=token)
+
+    def WatchEvents(self, request: pb.WatchEventsRequest, context) -> Iterator[pb.WatchEventsResponse]:
+        where = conv.watch_events_filter(request)
+        log, position = events.check_cursor(self._ctx, request.cursor)
+        stream = events.watch_events(
+            self._ctx,
+            log,
+            position,
+            where,
+            context.is_active,
+            heartbeat_s=self._ctx.events_heartbeat_s,
+            poll_s=self._ctx.events_poll_s,
+        )
+        for item in stream:
+            if isinstance(item, events.Heartbeat):
+                yield pb.WatchEventsResponse(heartbeat=conv.heartbeat_pb(item))
+            else:
+                yield pb.WatchEventsResponse(event=conv.event_pb(item))
+
+    # ------------------------------------------------------------------ balance alerts
+
+    def SetBalanceAlerts(self, request: pb.SetBalanceAlertsRequest, context) -> pb.SetBalanceAlertsResponse:
+        levels = conv.alert_levels(request)
+        settings = alerts.set_balance_alerts(self._ctx, request.customer_key, request.currency_key, levels)
+        return pb.SetBalanceAlertsResponse(alerts=conv.balance_alerts_pb(settings))
+
+    def GetBalanceAlerts(self, request: pb.GetBalanceAlertsRequest, context) -> pb.GetBalanceAlertsResponse:
+        customer_key, currency_key = conv.alert_key(request)
+        settings = alerts.get_balance_alerts(self._ctx, customer_key, currency_key)
+        return pb.GetBalanceAlertsResponse(alerts=conv.balance_alerts_pb(settings))
+
+    def ClearBalanceAlerts(self, request: pb.ClearBalanceAlertsRequest, context) -> pb.ClearBalanceAlertsResponse:
+        customer_key, currency_key = conv.alert_key(request)
+        settings = alerts.set_balance_alerts(self._ctx, customer_key, currency_key, None)
+        return pb.ClearBalanceAlertsResponse(alerts=conv.balance_alerts_pb(settings))
 
     # ------------------------------------------------------------------ usage
 
@@ -218,8 +270,8 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
 
     def ReplayWebhookEvents(self, request: wpb.ReplayWebhookEventsRequest, context):
         wconv.check_replay(request)
-        log_id = webhooks.event_log_id(self._ctx)
-        after = position_of(request.after_cursor, log_id)
+        log_id = events.log_id(self._ctx)
+        after = events.decode_cursor(request.after_cursor, log_id, "after_cursor")
         result = webhooks.replay_events(self._ctx, request.endpoint_id, after, request.max_events, request.request_id)
-        last = cursor_of(log_id, result.last) if result.last is not None else ""
+        last = events.encode_cursor(log_id, result.last) if result.last is not None else ""
         return wpb.ReplayWebhookEventsResponse(queued=result.queued, last_cursor=last, more=result.more)

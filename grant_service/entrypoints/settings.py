@@ -7,6 +7,7 @@ import argparse
 import math
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal, InvalidOperation
 
 from credit_common.config import Env, ServiceFlags, ServiceSettings, env_flag, positive_int
 from grant_service.domain.webhooks import DEFAULT_DISABLE_AFTER, UrlPolicy
@@ -41,8 +42,12 @@ class GrantSettings(ServiceSettings):
     catch_up_interval_s: float  # between two runs of the issuance/expiry catch-up; 0: no timer
     catch_up_batch_size: int  # schedules or grants per catch-up transaction
     batch_linger_s: float  # how long the leader of a batch of reads or debits may wait for more callers
-    max_revision_step: int  # the most an applied revision may be ahead of the one held
+    max_revision_step: int  # the most a revision may rise within a window, above the one held when it opened
+    max_revision_step_window_s: float  # the length of that window
+    max_applied_amount: Decimal | None  # the largest amount ApplySubscription(s) may schedule; None: no ceiling
     test_clocks_enabled: bool  # the test clock methods answer (else FAILED_PRECONDITION)
+    events_heartbeat_s: float = 15.0  # WatchEvents: a heartbeat after this long without a message
+    events_poll_s: float = 0.25  # WatchEvents: reads at least this often (other replicas' commits)
     webhooks: WebhookSettings = field(default_factory=lambda: WebhookSettings())
 
     def __post_init__(self) -> None:
@@ -54,6 +59,14 @@ class GrantSettings(ServiceSettings):
             raise ValueError("--batch-linger-ms must be 0 or a positive number of milliseconds")
         if self.max_revision_step < 1:
             raise ValueError("--max-revision-step must be at least 1")
+        if not (0 < self.events_heartbeat_s <= 3600):
+            raise ValueError("--events-heartbeat-interval must be more than 0 and at most 3600 seconds")
+        if not (0 < self.events_poll_s <= 60):
+            raise ValueError("--events-poll-interval-ms must be more than 0 and at most 60000")
+        if not (self.max_revision_step_window_s > 0 and math.isfinite(self.max_revision_step_window_s)):
+            raise ValueError("--max-revision-step-window-s must be a positive number of seconds")
+        if self.max_applied_amount is not None and not self.max_applied_amount > 0:
+            raise ValueError("--max-applied-amount must be a decimal above 0")
 
 
 def add_arguments(parser: argparse.ArgumentParser, env: Env) -> None:
@@ -81,8 +94,35 @@ def add_arguments(parser: argparse.ArgumentParser, env: Env) -> None:
         "--max-revision-step",
         type=positive_int,
         default=env("MAX_REVISION_STEP", "1000"),
-        help="the most a subscription's or currency's applied revision may be ahead of the one held (of none: "
-        "0); further is INVALID_ARGUMENT REVISION_TOO_FAR_AHEAD (default 1000; see docs/security.md)",
+        help="the most a subscription's or currency's revision may rise within a window (below), above the "
+        "revision held when the window opened (of none: 0), however split across items and calls; further is "
+        "INVALID_ARGUMENT REVISION_TOO_FAR_AHEAD (default 1000; see docs/security.md)",
+    )
+    parser.add_argument(
+        "--max-revision-step-window-s",
+        type=float,
+        default=float(env("MAX_REVISION_STEP_WINDOW_S", "86400")),
+        help="the window of --max-revision-step, in seconds (default 86400: a day)",
+    )
+    parser.add_argument(
+        "--max-applied-amount",
+        type=decimal_amount,
+        default=env("MAX_APPLIED_AMOUNT", None),
+        help="the largest credit amount per period that ApplySubscription(s) may schedule (default: no ceiling); "
+        "more is INVALID_ARGUMENT AMOUNT_ABOVE_CEILING. Limits what a leaked sync key can mint",
+    )
+    parser.add_argument(
+        "--events-heartbeat-interval",
+        type=float,
+        default=float(env("EVENTS_HEARTBEAT_INTERVAL", "15")),
+        help="seconds without a message after which WatchEvents sends a heartbeat (default 15)",
+    )
+    parser.add_argument(
+        "--events-poll-interval-ms",
+        type=float,
+        default=float(env("EVENTS_POLL_INTERVAL_MS", "250")),
+        help="how often a WatchEvents stream reads the log when no commit of this process woke it, for the "
+        "events other replicas write (default 250)",
     )
     parser.add_argument(
         "--enable-test-clocks",
@@ -180,9 +220,25 @@ def grant_settings(common: ServiceSettings, args: argparse.Namespace) -> GrantSe
         catch_up_batch_size=args.catch_up_batch_size,
         batch_linger_s=args.batch_linger_ms / 1000,
         max_revision_step=args.max_revision_step,
+        max_revision_step_window_s=args.max_revision_step_window_s,
+        max_applied_amount=args.max_applied_amount,
         test_clocks_enabled=args.enable_test_clocks,
+        events_heartbeat_s=args.events_heartbeat_interval,
+        events_poll_s=args.events_poll_interval_ms / 1000,
         webhooks=webhook_settings(args),
     )
+
+
+def decimal_amount(text: str | None) -> Decimal | None:
+    if text is None or text == "":
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a decimal amount: {text!r}") from None
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"not a decimal amount: {text!r}")
+    return value
 
 
 def add_all_arguments(parser: argparse.ArgumentParser, env: Env) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 
 from credit_common import idempotency
 from credit_common.clock import Clock
@@ -25,8 +26,15 @@ class GrantContext:
     clock: Clock
     test_clocks_enabled: bool = False
     batch_size: int = 500
-    # The most an applied revision may be ahead of the stored one (of none: 0); see check_revision_step.
+    # How far a revision may rise within a window (grant_service.domain.revisions).
     max_revision_step: int = 1000
+    max_revision_step_window: timedelta = timedelta(days=1)
+    # The largest amount ApplySubscription(s) may schedule; None: no ceiling.
+    max_applied_amount: Decimal | None = None
+    # WatchEvents: a heartbeat after this long without a message; a read at least this often
+    # (commits of other replicas are not notified).
+    events_heartbeat_s: float = 15.0
+    events_poll_s: float = 0.25
     # Webhooks: where endpoints may point, and an event as a webhook body (set by the wiring).
     webhook_policy: UrlPolicy = field(default_factory=UrlPolicy)
     event_body: Callable[[StoredEvent, str], bytes] | None = None

@@ -22,8 +22,24 @@ from decimal import Decimal
 
 from credit_common.ids import new_id, new_ids
 from grant_service.domain.balances import exact_difference
-from grant_service.domain.model import REAL_TIME, DebitableGrant, Grant, GrantSource, NewGrant, StoredSchedule
+from grant_service.domain.events import (
+    EventType,
+    NewEvent,
+    credits_expired,
+    credits_granted,
+    subscription_changed,
+)
+from grant_service.domain.model import (
+    REAL_TIME,
+    DebitableGrant,
+    Grant,
+    GrantSource,
+    NewGrant,
+    StoredSchedule,
+    StoredSubscription,
+)
 from grant_service.domain.schedules import GrantSegment, Schedule, StoredGrant, reconcile
+from grant_service.service_layer import alerts
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork, UnitsOfWork
 
 log = logging.getLogger("credit_grants.grant.issuance")
@@ -77,6 +93,14 @@ def catch_up(
         result.expired += expired
         if done < batch_size:
             break
+    # Then the subscriptions whose end has passed: their SUBSCRIPTION_ENDED.
+    while (
+        uows.write(
+            lambda uow: report_ended_batch(uow, clock_key, now, customer_key, batch_size, skip_locked=skip_locked)
+        )
+        == batch_size
+    ):
+        pass
     if result.issued or result.expired or result.opened:
         log.info(
             "catch-up",
@@ -88,6 +112,43 @@ def catch_up(
             },
         )
     return result
+
+
+def report_ended_batch(
+    uow: GrantUnitOfWork,
+    clock_key: str,
+    now: datetime,
+    customer_key: str | None,
+    batch_size: int,
+    *,
+    skip_locked: bool,
+) -> int:
+    """Write the SUBSCRIPTION_ENDED event of up to `batch_size` subscriptions whose end has passed
+    at `now` (occurred at their end); how many were handled."""
+    ended = uow.subscriptions.ended_unreported(clock_key, now, customer_key, batch_size, skip_locked=skip_locked)
+    uow.events.add(ended_events(ended))
+    uow.subscriptions.mark_end_reported([sub.subscription_id for sub in ended])
+    return len(ended)
+
+
+def ended_events(ended: Sequence[StoredSubscription]) -> list[NewEvent]:
+    return [
+        subscription_changed(
+            EventType.SUBSCRIPTION_ENDED,
+            sub.subscription_id,
+            sub.customer_key,
+            sub.clock_key,
+            sub.end_time,
+            sub.revision,
+            sub.revision,
+            sub.end_time,
+            (),
+            (),
+            event_id,
+        )
+        for sub, event_id in zip(ended, new_ids("evt", len(ended)), strict=True)
+        if sub.end_time is not None
+    ]
 
 
 def issue_due_batch(
@@ -120,6 +181,8 @@ def issue_due_batch(
     issued, over = issue_in_time_order(uow, segments, now)
     for (k, next_start), schedule_ids in advanced.items():
         uow.issuance.advance_cursors(schedule_ids, k, next_start)
+    if issued:
+        alerts.evaluate(uow, clock_key, now, {g.customer_key for g in issued}, only_if_complete=True)
     return len(schedules), len(issued), len(over)
 
 
@@ -188,7 +251,24 @@ def issue_segments(
             for grant, entry_id in zip(opened, new_ids("led", len(opened)), strict=True)
         ]
     )
+    uow.events.add(granted_events(opened))
     return issued
+
+
+def granted_events(grants: Sequence[Grant | NewGrant]) -> list[NewEvent]:
+    """The CREDITS_GRANTED event of each grant (its GRANT entry written in the same transaction)."""
+    return [
+        credits_granted(grant, grant.clock_key, grant.source.value, event_id)
+        for grant, event_id in zip(grants, new_ids("evt", len(grants)), strict=True)
+    ]
+
+
+def expired_events(grants: Sequence[Grant | NewGrant]) -> list[NewEvent]:
+    """The CREDITS_EXPIRED event of each grant (its EXPIRE entry written in the same transaction)."""
+    return [
+        credits_expired(grant, grant.clock_key, exact_difference(grant.amount, grant.used), event_id)
+        for grant, event_id in zip(grants, new_ids("evt", len(grants)), strict=True)
+    ]
 
 
 def recurring_description(grant: Grant | NewGrant) -> str:
@@ -213,6 +293,7 @@ def open_due_batch(
     over = {g.grant_id for g in grants if g.expire_time is not None and g.expire_time <= now}
     events = [(g.effective_time, 1, g) for g in grants] + [(g.expire_time, 0, g) for g in grants if g.grant_id in over]
     entries = []
+    facts: list[NewEvent] = []
     for _, kind, grant in sorted(events, key=lambda e: (e[0], e[1], e[2].grant_id)):
         if kind == 1:
             description = (
@@ -221,10 +302,14 @@ def open_due_batch(
                 else grant.reason or "one-off grant"
             )
             entries.append(grant_entry(grant, description))
+            facts.extend(granted_events([grant]))
         else:
             entries.append(expire_entry(grant))
+            facts.extend(expired_events([grant]))
     uow.issuance.add_entries(entries)
+    uow.events.add(facts)
     uow.issuance.opened([g.grant_id for g in grants], closed=sorted(over))
+    alerts.evaluate(uow, clock_key, now, {g.customer_key for g in grants}, only_if_complete=True)
     return len(grants), len(over)
 
 
@@ -273,6 +358,8 @@ def expire_due_batch(
     """Record the EXPIRE of up to `batch_size` grants whose expiry has passed; how many were handled."""
     grants = uow.issuance.due_to_expire(clock_key, now, customer_key, batch_size, skip_locked=skip_locked)
     close_expired(uow, grants)
+    if grants:
+        alerts.evaluate(uow, clock_key, now, {g.customer_key for g in grants}, only_if_complete=True)
     return len(grants)
 
 
@@ -301,6 +388,7 @@ def close_expired(uow: GrantUnitOfWork, grants: Sequence[Grant | NewGrant]) -> N
         ]
     )
     uow.issuance.close([g.grant_id for g in grants])
+    uow.events.add(expired_events(grants))
 
 
 def catch_up_in_transaction(
@@ -318,13 +406,14 @@ def catch_up_in_transaction(
         pass
 
 
-def reconcile_issued(uow: GrantUnitOfWork, stored: StoredSchedule, now: datetime) -> None:
+def reconcile_issued(uow: GrantUnitOfWork, stored: StoredSchedule, now: datetime) -> list[str]:
     """After a change at `now` (an amendment, a new end time; the customer caught up to `now`;
     `stored` as the change left it): bring the periods already issued in line with the schedule
     (grant_service.domain.schedules.reconcile). An open grant cut at `now` has its EXPIRE recorded
     at once, before its replacement's GRANT, so the ledger reads EXPIRE then GRANT at that instant
     as at every period boundary; a withdrawn grant is deleted with its GRANT entry; a pending one
-    the schedule no longer has is deleted."""
+    the schedule no longer has is deleted. Returns the ids of the withdrawn grants that had been
+    effective (their CREDITS_GRANTED is in the log)."""
     schedule = stored.schedule
     # Locked (in id order) so that a concurrent expiry either finishes first (and we see the grant closed)
     # or waits for the new expiry.
@@ -335,7 +424,7 @@ def reconcile_issued(uow: GrantUnitOfWork, stored: StoredSchedule, now: datetime
     if 0 <= current < issued_until:
         periods.add(current)
     if not periods:
-        return
+        return []
     existing = {g.grant_id: g for g in uow.issuance.grants_of_periods(stored.schedule_id, sorted(periods))}
     plan = reconcile(schedule, [_stored(g) for g in existing.values()], sorted(periods), now)
     for grant_id, expiry in plan.expiries.items():
@@ -344,6 +433,7 @@ def reconcile_issued(uow: GrantUnitOfWork, stored: StoredSchedule, now: datetime
     uow.issuance.withdraw([*plan.withdrawn, *plan.dropped])
     close_expired(uow, [existing[g] for g, expiry in plan.expiries.items() if expiry <= now])
     issue_segments(uow, [(stored, segment) for segment in plan.issue], now)
+    return list(plan.withdrawn)
 
 
 def _stored(grant: Grant) -> StoredGrant:

@@ -10,10 +10,12 @@ from credit_common.errors import FailedPrecondition, FieldViolation, InvalidArgu
 from credit_common.idempotency import fingerprint, remember, replay
 from credit_common.ids import new_id
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_difference
+from grant_service.domain.events import grant_voided
 from grant_service.domain.model import Grant, GrantInfo, GrantSource, evaluate
+from grant_service.service_layer import alerts
 from grant_service.service_layer.balances import currency_not_found
 from grant_service.service_layer.context import GrantContext, catch_up_customer, customer_not_found
-from grant_service.service_layer.issuance import grant_entry, ledger_entry
+from grant_service.service_layer.issuance import grant_entry, granted_events, ledger_entry
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 
 
@@ -57,11 +59,14 @@ def void_grant(ctx: GrantContext, grant_id: str, reason: str, request_id: str) -
             raise FailedPrecondition(
                 f"grant {grant_id!r} has expired", reason="GRANT_EXPIRED", metadata={"grant_id": grant_id}
             )
+        remaining = Decimal(0)
         if grant.opens_at is None:
             remaining = exact_difference(grant.amount, grant.used)
             uow.ledger.add(ledger_entry(grant, "VOID", -remaining, now, reason or "voided by an operator", closes=True))
+        uow.events.add([grant_voided(grant, customer.clock_key, remaining, now, reason, new_id("evt"))])
         # A pending grant (not yet effective) never counted: voided, it never will, and has no ledger entry.
         uow.grants.void(grant_id, now, reason)
+        alerts.evaluate(uow, customer.clock_key, now, [customer_key])
         remember(uow.request_ids, "VoidGrant", request_id, print_, grant_id, now)
         voided = replace(grant, void_time=now, closed=True, reason=reason, opens_at=None)
         return evaluate(voided, grant.used, now)
@@ -119,6 +124,8 @@ def create_grant(
         uow.grants.add(grant)
         if grant.opens_at is None:
             uow.ledger.add(grant_entry(grant, reason or "one-off grant"))
+            uow.events.add(granted_events([grant]))
+            alerts.evaluate(uow, customer.clock_key, now, [customer_key])
         remember(uow.request_ids, "CreateGrant", request_id, print_, grant.grant_id, now)
         return evaluate(grant, Decimal(0), now)
 

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from credit_common.idempotency import SeenRequest
+from grant_service.domain.alerts import AlertLevel, BalanceState
 from grant_service.domain.events import EventFilter, EventPosition, NewEvent, StoredEvent
 from grant_service.domain.model import (
     Customer,
@@ -23,6 +24,7 @@ from grant_service.domain.model import (
     TestClock,
     Usage,
 )
+from grant_service.domain.revisions import RevisionWindow
 from grant_service.domain.schedules import Pending
 from grant_service.domain.webhooks import DeliveryAttempt, NewDelivery, WebhookEndpoint
 
@@ -70,6 +72,10 @@ class CustomerRepository(Protocol):
         """Those of the customers that exist, locked for the transaction in key order."""
         ...
 
+    def pending_many(self, customer_keys: Sequence[str]) -> dict[str, Pending]:
+        """`pending` of each of the customers that exists."""
+        ...
+
     def add_all(self, customers: Sequence[Customer]) -> None: ...
 
 
@@ -80,13 +86,13 @@ class CurrencyRepository(Protocol):
         """Known from ApplyCreditCurrency, a credit schedule or a grant."""
         ...
 
-    def revision(self, currency_key: str, *, for_update: bool = False) -> int | None:
-        """The revision held (locked for the transaction with `for_update`), None if none is."""
+    def revision(self, currency_key: str, *, for_update: bool = False) -> tuple[int, RevisionWindow] | None:
+        """The revision held and its window (locked for the transaction with `for_update`), None if none is."""
         ...
 
-    def add(self, currency_key: str, revision: int) -> None: ...
+    def add(self, currency_key: str, revision: int, window: RevisionWindow) -> None: ...
 
-    def set_revision(self, currency_key: str, revision: int) -> None: ...
+    def set_revision(self, currency_key: str, revision: int, window: RevisionWindow) -> None: ...
 
     def add_rate_set(
         self, currency_key: str, revision: int, effective_time: datetime, rates: dict[str, Decimal]
@@ -162,10 +168,12 @@ class DebitRepository(Protocol):
         entries: Sequence[dict[str, Any]],
         scope: str,
         fingerprint: str,
+        events: Sequence[NewEvent] = (),
     ) -> None:
         """Write one debit: its usage (a conflict on its request_id means a concurrent twin won: the
         transaction fails and is run again), each debited grant's new running total (grant id,
-        used), its DEBIT entries and, if it has a request_id, the request's record in `scope`."""
+        used), its DEBIT entries, if it has a request_id the request's record in `scope`, and its
+        events (as EventRepository.add: one already in the log is skipped)."""
         ...
 
     def recorded(self, usage_id: str) -> tuple[Usage, list[tuple[str, Decimal]]] | None:
@@ -275,6 +283,17 @@ class SubscriptionRepository(Protocol):
         """Store the revision, end time and update time of each (nothing else of a subscription changes)."""
         ...
 
+    def ended_unreported(
+        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+    ) -> list[StoredSubscription]:
+        """Up to `limit` subscriptions (of a clock, or of one customer) whose end has passed at `now`
+        and whose SUBSCRIPTION_ENDED is not written, locked (as IssuanceRepository's due rows)."""
+        ...
+
+    def mark_end_reported(self, subscription_ids: Sequence[str]) -> None:
+        """Their SUBSCRIPTION_ENDED is written."""
+        ...
+
 
 class ScheduleRepository(Protocol):
     def of_subscription(self, subscription_id: str, *, for_update: bool = False) -> list[StoredSchedule]:
@@ -368,4 +387,39 @@ class EventRepository(Protocol):
     def after(self, position: EventPosition | None, limit: int, where: EventFilter | None = None) -> list[StoredEvent]:
         """Up to `limit` events after `position` (None: from the start), in log order, that match
         `where`; only committed events below the high-water mark."""
+        ...
+
+
+class AlertRepository(Protocol):
+    """Balance alert levels (set over RPC, append-only: the latest set of a customer and currency is
+    in force, customer '' being the currency's default) and the balance state last evaluated."""
+
+    def version(self) -> int:
+        """Grows with every set: levels read at one version stay valid while it is unchanged."""
+        ...
+
+    def configured(
+        self, customer_key: str, currency_key: str
+    ) -> tuple[tuple[AlertLevel, ...] | None, tuple[AlertLevel, ...] | None]:
+        """(the customer's own levels, the currency's default levels); None: not set or cleared."""
+        ...
+
+    def in_force(self, customer_key: str, currency_key: str, version: int) -> tuple[AlertLevel, ...] | None:
+        """The customer's own levels, else the currency's default, else None; `version` (read in the
+        caller's transaction) lets an implementation answer from a cache."""
+        ...
+
+    def set(self, customer_key: str, currency_key: str, levels: Sequence[AlertLevel] | None, now: datetime) -> None:
+        """Record levels (None: cleared) for the customer ('' : the currency's default)."""
+        ...
+
+    def states_of(self, customer_keys: Sequence[str]) -> dict[tuple[str, str], BalanceState]:
+        """The state last evaluated of each (customer, currency) of these customers that has one."""
+        ...
+
+    def save_states(self, states: dict[tuple[str, str], BalanceState]) -> None: ...
+
+    def current_of(self, customer_keys: Sequence[str]) -> dict[tuple[str, str], BalanceState]:
+        """The state of each (customer, currency) of these customers that has open grants, from
+        them: what is active at the customer's now once nothing of it is due."""
         ...

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
-from credit_common.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from credit_common.errors import DomainError, FailedPrecondition, NotFound, Violations
 from credit_common.ids import new_id
 from credit_common.periods import Cadence
+from grant_service.domain.events import EventType, LateChange, NewEvent, subscription_changed
 from grant_service.domain.model import (
     REAL_TIME,
     CreditSchedule,
@@ -21,9 +22,11 @@ from grant_service.domain.model import (
     StoredSubscription,
     Subscription,
 )
+from grant_service.domain.revisions import NO_WINDOW, advance
 from grant_service.domain.schedules import Schedule, ScheduledAmount, clamp_amounts, clamp_end
+from grant_service.service_layer import alerts
 from grant_service.service_layer.context import GrantContext, require_test_clocks
-from grant_service.service_layer.issuance import catch_up_in_transaction, reconcile_issued
+from grant_service.service_layer.issuance import catch_up_in_transaction, ended_events, reconcile_issued
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 
 # Rates of a currency's first revision are in force since this instant unless told otherwise,
@@ -85,18 +88,22 @@ class _Rejected(Exception):
         self.index, self.error = index, error
 
 
-def check_revision_step(kind: str, key: str, revision: int, stored: int, max_step: int) -> None:
-    """Refuse a revision more than `max_step` ahead of the stored one (0: none stored yet). The catalog
-    numbers revisions 1, 2, 3 ... and a gap only comes from revisions it parked or superseded, so a
-    revision far ahead is no revision of the catalog's: applied, it would make every later real one
-    STALE and own the subscription (or currency) for good."""
-    if revision - stored <= max_step:
+def check_amounts(spec: SubscriptionSpec, ceiling: Decimal | None) -> None:
+    """Refuse amounts above `--max-applied-amount` (None: no ceiling): what a leaked sync key can mint
+    through ApplySubscription is bounded by it (docs/security.md, blast radius of each role)."""
+    if ceiling is None:
         return
-    raise InvalidArgument(
-        f"revision {revision} of {kind} {key!r} is more than {max_step} ahead of the revision held ({stored})",
-        reason="REVISION_TOO_FAR_AHEAD",
-        metadata={"current_revision": str(stored), "max_revision_step": str(max_step)},
-        violations=[FieldViolation("revision", f"must be at most {stored + max_step}", "REVISION_TOO_FAR_AHEAD")],
+    violations = Violations()
+    for i, schedule in enumerate(spec.schedules):
+        for j, amount in enumerate(schedule.amounts):
+            if amount.amount > ceiling:
+                violations.add(
+                    f"credit_schedules[{i}].amounts[{j}].amount", f"must be at most {ceiling}", "AMOUNT_ABOVE_CEILING"
+                )
+    violations.raise_if_any(
+        f"amounts above the ceiling of {ceiling} set by --max-applied-amount",
+        reason="AMOUNT_ABOVE_CEILING",
+        metadata={"max_applied_amount": str(ceiling)},
     )
 
 
@@ -155,7 +162,7 @@ class _Batch:
     """What a batch of applies works on, read once and kept up to date as items are applied."""
 
     uow: GrantUnitOfWork
-    max_revision_step: int
+    ctx: GrantContext
     real_now: datetime
     batch_size: int
     clocks: dict[str, datetime]  # frozen time of each test clock named in the batch that exists
@@ -167,6 +174,10 @@ class _Batch:
     new_subscriptions: list[StoredSubscription] = field(default_factory=list)
     new_schedules: list[StoredSchedule] = field(default_factory=list)
     changed: dict[str, StoredSubscription] = field(default_factory=dict)
+    # Its events (SUBSCRIPTION_CHANGED of each revision applied, SUBSCRIPTION_ENDED of each that ends
+    # at or before now), written by `flush`.
+    events: list[NewEvent] = field(default_factory=list)
+    ended: list[StoredSubscription] = field(default_factory=list)
 
     @classmethod
     def load(cls, ctx: GrantContext, uow: GrantUnitOfWork, specs: Sequence[SubscriptionSpec]) -> _Batch:
@@ -175,7 +186,7 @@ class _Batch:
         subscriptions = uow.subscriptions.lock_many(sorted({s.subscription_id for s in specs}))
         return cls(
             uow,
-            ctx.max_revision_step,
+            ctx,
             ctx.clock.now(),
             ctx.batch_size,
             clocks,
@@ -188,9 +199,18 @@ class _Batch:
         if clock_key != REAL_TIME and clock_key not in self.clocks:
             raise NotFound(f"test clock {clock_key!r} not found", reason="TEST_CLOCK_NOT_FOUND")
         sub = self.subscriptions.get(spec.subscription_id)
-        check_revision_step(
-            "subscription", spec.subscription_id, spec.revision, sub.revision if sub else 0, self.max_revision_step
+        window = advance(
+            "subscription",
+            spec.subscription_id,
+            sub.revision if sub else 0,
+            spec.revision,
+            sub.revision_window if sub else NO_WINDOW,
+            self.real_now,
+            self.ctx.max_revision_step,
+            self.ctx.max_revision_step_window,
         )
+        if spec.revision > (sub.revision if sub else 0):
+            check_amounts(spec, self.ctx.max_applied_amount)
         customer = self.customers.get(spec.customer_key)
         if customer is None:
             customer = Customer(spec.customer_key, clock_key)
@@ -212,12 +232,14 @@ class _Batch:
                 end_time=spec.end_time,
                 clock_key=clock_key,
                 update_time=now,
+                revision_window=window,
             )
             self.new_subscriptions.append(sub)
             self.new_schedules.extend(
                 _new_schedule(sub, spec, i, schedule) for i, schedule in enumerate(spec.schedules)
             )
             self.subscriptions[spec.subscription_id] = sub
+            self._changed(sub, 0, now, (), ())
             return ApplyResult(ApplyOutcome.APPLIED, spec.revision)
         if spec.revision == sub.revision:
             return ApplyResult(ApplyOutcome.ALREADY_APPLIED, sub.revision)
@@ -229,10 +251,41 @@ class _Batch:
         catch_up_in_transaction(self.uow, clock_key, now, spec.customer_key, self.batch_size)
         end_time, late = clamp_end(sub.end_time, spec.end_time, now)
         clamped = [ClampedChange("", spec.end_time, end_time or now)] if late else []
-        sub = replace(sub, revision=spec.revision, end_time=end_time, update_time=now)
+        sub = replace(sub, revision=spec.revision, end_time=end_time, update_time=now, revision_window=window)
+        previous = self.subscriptions[spec.subscription_id]
         self.subscriptions[spec.subscription_id] = self.changed[spec.subscription_id] = sub
-        clamped.extend(_apply_schedules(self.uow, sub, spec, now, self.new_schedules))
+        withdrawn: list[str] = []
+        clamped.extend(_apply_schedules(self.uow, sub, spec, now, self.new_schedules, withdrawn))
+        self._changed(sub, previous.revision, now, clamped, withdrawn)
+        alerts.evaluate(self.uow, clock_key, now, [spec.customer_key])
         return ApplyResult(ApplyOutcome.APPLIED, spec.revision, clamped=tuple(clamped))
+
+    def _changed(
+        self,
+        sub: StoredSubscription,
+        previous_revision: int,
+        now: datetime,
+        clamped: Sequence[ClampedChange],
+        withdrawn: Sequence[str],
+    ) -> None:
+        late = [LateChange(c.entitlement_key, c.requested_time, c.applied_time) for c in clamped]
+        self.events.append(
+            subscription_changed(
+                EventType.SUBSCRIPTION_CHANGED,
+                sub.subscription_id,
+                sub.customer_key,
+                sub.clock_key,
+                now,
+                sub.revision,
+                previous_revision,
+                sub.end_time,
+                late,
+                withdrawn,
+                new_id("evt"),
+            )
+        )
+        if sub.end_time is not None and sub.end_time <= now:
+            self.ended = [s for s in self.ended if s.subscription_id != sub.subscription_id] + [sub]
 
     def flush_new(self) -> None:
         """Insert what the batch adds, each table after the one it refers to."""
@@ -246,6 +299,10 @@ class _Batch:
         self.flush_new()
         self.uow.subscriptions.save_all(list(self.changed.values()))
         self.changed = {}
+        # An end already reported (a later revision of an ended subscription) is skipped by its dedupe key.
+        self.uow.events.add([*self.events, *ended_events(self.ended)])
+        self.uow.subscriptions.mark_end_reported([s.subscription_id for s in self.ended])
+        self.events, self.ended = [], []
 
 
 def _check_immutable(sub: StoredSubscription, spec: SubscriptionSpec, clock_key: str) -> None:
@@ -270,9 +327,11 @@ def _apply_schedules(
     spec: SubscriptionSpec,
     now: datetime,
     new_schedules: list[StoredSchedule],
+    withdrawn: list[str],
 ) -> list[ClampedChange]:
     """Apply the schedules of `spec` (its end time: `sub.end_time`, already clamped) at `now`; the
-    amount changes clamped to `now`. The schedules it adds are appended to `new_schedules`."""
+    amount changes clamped to `now`. The schedules it adds are appended to `new_schedules`, the
+    grants it withdraws to `withdrawn`."""
     # Locked, so that a catch-up issuing these schedules right now finishes first and its cursors are seen.
     clamped: list[ClampedChange] = []
     existing = {s.entitlement_key: s for s in uow.schedules.of_subscription(sub.subscription_id, for_update=True)}
@@ -294,22 +353,22 @@ def _apply_schedules(
             if late is not None:
                 clamped.append(ClampedChange(schedule.entitlement_key, late, now))
         terms = replace(stored.schedule, amounts=amounts, end_time=sub.end_time)
-        _save_and_reconcile(uow, replace(stored, schedule=terms, position=position, removed=False), now)
+        withdrawn += _save_and_reconcile(uow, replace(stored, schedule=terms, position=position, removed=False), now)
     for key, stored in existing.items():
         if key in wanted or stored.removed:
             continue
         # A schedule dropped by a revision ends now: its current grant expires now, no later one is issued.
         end_time = now if stored.schedule.end_time is None else min(stored.schedule.end_time, now)
         terms = replace(stored.schedule, end_time=end_time)
-        _save_and_reconcile(uow, replace(stored, schedule=terms, removed=True), now)
+        withdrawn += _save_and_reconcile(uow, replace(stored, schedule=terms, removed=True), now)
     return clamped
 
 
-def _save_and_reconcile(uow: GrantUnitOfWork, stored: StoredSchedule, now: datetime) -> None:
+def _save_and_reconcile(uow: GrantUnitOfWork, stored: StoredSchedule, now: datetime) -> list[str]:
     """Store the schedule's new terms and its cursor's start (`next_period_start`), then bring what
-    it has issued in line with them."""
+    it has issued in line with them; the grants withdrawn."""
     uow.schedules.save(stored)
-    reconcile_issued(uow, stored, now)
+    return reconcile_issued(uow, stored, now)
 
 
 def _new_schedule(
@@ -358,19 +417,27 @@ def apply_credit_currency(
     effective_time: datetime | None,
 ) -> tuple[ApplyOutcome, int]:
     def work(uow: GrantUnitOfWork) -> tuple[ApplyOutcome, int]:
-        held = uow.currencies.revision(currency_key, for_update=True)
-        check_revision_step(
-            "credit currency", currency_key, revision, held if held is not None else 0, ctx.max_revision_step
+        stored = uow.currencies.revision(currency_key, for_update=True)
+        held, window = stored if stored is not None else (0, NO_WINDOW)
+        window = advance(
+            "credit currency",
+            currency_key,
+            held,
+            revision,
+            window,
+            ctx.clock.now(),
+            ctx.max_revision_step,
+            ctx.max_revision_step_window,
         )
-        if held is not None:
+        if stored is not None:
             if revision == held:
                 return ApplyOutcome.ALREADY_APPLIED, held
             if revision < held:
                 return ApplyOutcome.STALE, held
-            uow.currencies.set_revision(currency_key, revision)
+            uow.currencies.set_revision(currency_key, revision, window)
             start = effective_time or ctx.clock.now()
         else:
-            uow.currencies.add(currency_key, revision)
+            uow.currencies.add(currency_key, revision, window)
             start = effective_time or BEGINNING_OF_TIME
         uow.currencies.add_rate_set(currency_key, revision, start, rates)
         return ApplyOutcome.APPLIED, revision

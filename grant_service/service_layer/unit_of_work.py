@@ -10,6 +10,7 @@ from typing import Protocol, TypeVar
 
 from grant_service.domain.model import CustomerNow
 from grant_service.service_layer.ports import (
+    AlertRepository,
     CurrencyRepository,
     CustomerRepository,
     DebitRepository,
@@ -44,6 +45,7 @@ class GrantUnitOfWork(Protocol):
     webhooks: WebhookEndpointRepository
     webhook_deliveries: WebhookDeliveryRepository
     events: EventRepository
+    alerts: AlertRepository
 
 
 class UnitsOfWork(Protocol):
@@ -64,6 +66,14 @@ class UnitsOfWork(Protocol):
         which may be shared with the debits other threads submit at the same time, committed
         together (credit_common.db.group_commit). A DomainError raised by `work` before it writes
         is its own answer and does not affect the others; any other failure runs it again alone."""
+        ...
+
+    def event_generation(self) -> int:
+        """A number that grows each time a transaction of this process that wrote events commits."""
+        ...
+
+    def wait_for_events(self, generation: int, timeout_s: float) -> None:
+        """Return once `event_generation()` has passed `generation`, or after `timeout_s`."""
         ...
 
     def customer_now(self, customer_key: str, currency_key: str) -> tuple[datetime, CustomerNow | None]:

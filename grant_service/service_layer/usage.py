@@ -23,7 +23,8 @@ from credit_common.errors import (
     ResourceExhausted,
 )
 from credit_common.idempotency import fingerprint
-from credit_common.ids import new_id
+from credit_common.ids import new_id, new_ids
+from grant_service.domain.alerts import BalanceState, state_of
 from grant_service.domain.balances import (
     InsufficientCredits,
     allocate,
@@ -32,7 +33,9 @@ from grant_service.domain.balances import (
     exact_product,
     exact_sum,
 )
-from grant_service.domain.model import REAL_TIME, DebitableGrant, Usage
+from grant_service.domain.events import NewEvent, grant_depleted, usage_rejected
+from grant_service.domain.model import REAL_TIME, DebitableGrant, DebitHead, Usage
+from grant_service.service_layer import alerts
 from grant_service.service_layer.context import (
     GrantContext,
     catch_up_customer,
@@ -105,6 +108,14 @@ def _feature_not_found(feature_key: str) -> NotFound:
 
 
 @dataclass(frozen=True)
+class _Refused:
+    """The usage was refused for insufficient credits: its USAGE_REJECTED event is written in the
+    debit's transaction, which commits; `error` is then the caller's answer."""
+
+    error: DomainError
+
+
+@dataclass(frozen=True)
 class _CatchUpFirst:
     """The customer has a period to issue or a grant to expire at `now`: catch up, then debit."""
 
@@ -142,6 +153,8 @@ def report_usage(
         outcome = ctx.uows.debit(partial(_debit, ctx, debit, caught_up=caught_up), customer_key, SCOPE, request_id)
         if isinstance(outcome, UsageResult):
             return outcome
+        if isinstance(outcome, _Refused):
+            raise outcome.error
         catch_up(
             ctx.uows,
             clock_key=outcome.clock_key,
@@ -152,7 +165,9 @@ def report_usage(
         caught_up = True
 
 
-def _debit(ctx: GrantContext, debit: _Debit, uow: GrantUnitOfWork, *, caught_up: bool) -> UsageResult | _CatchUpFirst:
+def _debit(
+    ctx: GrantContext, debit: _Debit, uow: GrantUnitOfWork, *, caught_up: bool
+) -> UsageResult | _CatchUpFirst | _Refused:
     request_id, print_, customer_key = debit.request_id, debit.print_, debit.customer_key
     head = uow.debits.head(customer_key, SCOPE, request_id)
     if head is None:
@@ -175,8 +190,8 @@ def _debit(ctx: GrantContext, debit: _Debit, uow: GrantUnitOfWork, *, caught_up:
             issue_due_batch(uow, head.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
             grants = uow.debits.open_grants(customer_key)
     try:
-        return _burn(debit, uow, now, head.rates_version, grants)
-    except DomainError:
+        return _burn(debit, uow, now, head, grants)
+    except DomainError as error:
         # On PostgreSQL the DebitHead comes from a snapshot taken before the customer's lock was granted:
         # a twin of this request (same request_id, e.g. sent to another replica) may have committed in
         # the meantime, and its result, not this error, is the answer. (Had this debit succeeded, its
@@ -184,20 +199,38 @@ def _debit(ctx: GrantContext, debit: _Debit, uow: GrantUnitOfWork, *, caught_up:
         seen = idempotency.replay(uow.request_ids, SCOPE, request_id, print_)
         if seen is not None:
             return load_usage(uow, seen)
-        raise
+        if error.reason != "INSUFFICIENT_CREDITS":
+            raise
+        uow.events.add(
+            [
+                usage_rejected(
+                    customer_key,
+                    error.metadata["currency_key"],
+                    head.clock_key,
+                    now,
+                    request_id,
+                    debit.feature_key,
+                    debit.quantity,
+                    Decimal(error.metadata["required"]),
+                    Decimal(error.metadata["available"]),
+                    new_id("evt"),
+                )
+            ]
+        )
+        return _Refused(error)
 
 
 def _burn(
     debit: _Debit,
     uow: GrantUnitOfWork,
     now: datetime,
-    rates_version: int,
+    head: DebitHead,
     customer_grants: list[DebitableGrant],
 ) -> UsageResult:
     """Price the debit, burn the customer's open grants (locked) active at `now`, and record it all."""
     request_id, customer_key = debit.request_id, debit.customer_key
     feature_key, quantity, currency_key = debit.feature_key, debit.quantity, debit.currency_key
-    rates = uow.rates.in_force(feature_key, now, rates_version)
+    rates = uow.rates.in_force(feature_key, now, head.rates_version)
     currency, rate = price(uow, rates, feature_key, currency_key)
     credits = exact_product(quantity, rate)
     grants = {g.view.grant_id: g for g in customer_grants if g.currency_key == currency}
@@ -227,7 +260,13 @@ def _burn(
         usage_time=now,
         balance_after=exact_difference(available(views, now), credits),
     )
-    _record(uow, debit, grants, taken, usage, now)
+    crossed = []
+    if head.alerts_version:
+        before = state_of([(v.amount, v.used) for v in views if v.is_active_at(now)])
+        after = {(customer_key, currency): BalanceState(exact_difference(before.balance, credits), before.granted)}
+        version = head.alerts_version
+        crossed = alerts.evaluate(uow, head.clock_key, now, [customer_key], version=version, after=after, write=False)
+    _record(uow, debit, grants, taken, usage, now, head.clock_key, crossed)
     return UsageResult(usage, taken)
 
 
@@ -238,11 +277,30 @@ def _record(
     taken: list[tuple[str, Decimal]],
     usage: Usage,
     now: datetime,
+    clock_key: str,
+    crossed: list[NewEvent],
 ) -> None:
+    """Write the debit with its events: the grants it depleted, then the alert levels it crossed."""
     quantity, feature_key = debit.quantity, debit.feature_key
+    used = [(grant_id, exact_sum((grants[grant_id].view.used, amount))) for grant_id, amount in taken]
+    depleted = [(grants[grant_id], total) for grant_id, total in used if total == grants[grant_id].view.amount]
+    events = [
+        grant_depleted(
+            grant.grant_id,
+            grant.customer_key,
+            grant.currency_key,
+            grant.subscription_id,
+            total,
+            clock_key,
+            now,
+            usage.usage_id,
+            event_id,
+        )
+        for (grant, total), event_id in zip(depleted, new_ids("evt", len(depleted)), strict=True)
+    ]
     uow.debits.record(
         usage,
-        [(grant_id, exact_sum((grants[grant_id].view.used, amount))) for grant_id, amount in taken],
+        used,
         [
             ledger_entry(
                 grants[grant_id],
@@ -256,6 +314,7 @@ def _record(
         ],
         SCOPE,
         debit.print_,
+        events + crossed,
     )
 
 

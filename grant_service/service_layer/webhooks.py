@@ -318,7 +318,3 @@ def fan_out(uows: UnitsOfWork, now: datetime, body_of: EventBody, limit: int = F
         return len(events), len(deliveries)
 
     return uows.write(work)
-
-
-def event_log_id(ctx: GrantContext) -> str:
-    return ctx.uows.read(lambda uow: uow.events.log_id())

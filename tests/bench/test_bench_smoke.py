@@ -51,9 +51,11 @@ def test_tiny_benchmark_runs_every_scenario(backend: str, tmp_path: Path) -> Non
     assert storm["baseline"] > 0 and storm["ratio"] > 0
     exact = next(r for r in rows if r["figure"] == "ledger debits == accepted usage")
     assert exact["verdict"] == "ok" and exact["value"] > 0
+    provisioning = next(r for r in rows if r["figure"].startswith("provisions/s"))
+    assert provisioning["verdict"] != "MISS", provisioning  # no provisioning failed
     handoff = next(r for r in rows if r["figure"] == "last reply -> every first grant")
-    # Until the catalog delivers to the grant service, the run reports the handoff as not delivered.
-    assert (handoff["value"] or 0) >= 0 and (handoff["value"] is not None or "handoff" in handoff["verdict"])
+    # Every provisioned subscription reached the grant service and got its first grant.
+    assert handoff["value"] is not None and handoff["value"] >= 0 and handoff["verdict"] == "ok", handoff
 
 
 @pytest.mark.timeout(300)

@@ -6,6 +6,7 @@ method and the role it needs. Health and reflection answer without a key."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from catalog_service.adapters.grant_client import GrantServiceClient
 from catalog_service.entrypoints import app as catalog_app
 from catalog_service.entrypoints import roles as catalog_roles
-from credit_common.auth.interceptor import roles_of
+from credit_common.auth.check import roles_of
 from credit_common.auth.keys import SYNC
 from credit_common.auth.store import SqlApiKeyStore
 from credit_common.clock import SystemClock
@@ -29,11 +30,67 @@ from credit_common.grpc.errors import error_details
 from credit_common.runtime import ServiceDefinition
 from grant_service.entrypoints import app as grant_app
 from grant_service.entrypoints import roles as grant_roles
+from tests.conftest import BACKENDS
 from tests.support.auth import create_key_at
 from tests.support.servers import serving
 
 DEADLINE_S = 10.0
+STREAM_DEADLINE_S = 1.0  # a stream that is allowed may stay open: its deadline ends it
 AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+# method -> the roles that may call it, besides admin. Not read from the services' tables on purpose.
+EXPECTED_ROLES: dict[str, dict[str, set[str]]] = {
+    "grant": {
+        "ApplySubscription": {"sync"},
+        "ApplySubscriptions": {"sync"},
+        "ApplyCreditCurrency": {"sync"},
+        "GetSubscription": {"reader"},
+        "GetBalance": {"reader"},
+        "ListGrants": {"reader"},
+        "ListLedgerEntries": {"reader"},
+        "ListEvents": {"reader"},
+        "WatchEvents": {"reader"},
+        "SetBalanceAlerts": {"operator"},
+        "GetBalanceAlerts": {"operator", "reader"},
+        "ClearBalanceAlerts": {"operator"},
+        "ReportUsage": {"usage"},
+        "CheckUsage": {"usage"},
+        "VoidGrant": {"operator"},
+        "CreateGrant": {"operator"},
+        "CreateTestClock": {"test-clocks"},
+        "GetTestClock": {"test-clocks", "sync"},
+        "ListTestClocks": {"test-clocks"},
+        "AdvanceTestClock": {"test-clocks"},
+        "DeleteTestClock": {"test-clocks"},
+    },
+    "catalog": {
+        "CreateFeature": {"catalog-admin"},
+        "GetFeature": {"reader"},
+        "ListFeatures": {"reader"},
+        "CreateCreditCurrency": {"catalog-admin"},
+        "GetCreditCurrency": {"reader"},
+        "ListCreditCurrencies": {"reader"},
+        "UpdateCreditCurrency": {"catalog-admin"},
+        "CreatePlan": {"catalog-admin"},
+        "UpdatePlan": {"catalog-admin"},
+        "GetPlan": {"reader"},
+        "ListPlans": {"reader"},
+        "PublishPlan": {"catalog-admin"},
+        "ArchivePlan": {"catalog-admin"},
+        "CreateCustomer": {"catalog-admin"},
+        "GetCustomer": {"reader"},
+        "ListCustomers": {"reader"},
+        "ProvisionSubscription": {"catalog-admin"},
+        "GetSubscription": {"reader"},
+        "ListSubscriptions": {"reader"},
+        "CancelSubscription": {"catalog-admin"},
+        "AmendSubscription": {"catalog-admin"},
+    },
+}
+SERVICE_ROLES = {
+    "grant": {"reader", "usage", "operator", "sync", "test-clocks", "admin"},
+    "catalog": {"reader", "catalog-admin", "admin"},
+}
 
 
 @dataclass
@@ -48,26 +105,41 @@ class Service:
     other_key: str  # a valid key of the other service
     address: str = ""
 
-    def call(self, method: MethodDescriptor, metadata: list[tuple[str, str]]) -> grpc.StatusCode:
+    def call(
+        self, method: MethodDescriptor, metadata: list[tuple[str, str]], body: bytes | None = None
+    ) -> grpc.StatusCode:
+        """Call `method` with an empty request (or the raw bytes `body`); the status it ends with.
+        A server stream is read to its end or its short deadline."""
         request_type = message_factory.GetMessageClass(method.input_type)
         response_type = message_factory.GetMessageClass(method.output_type)
-        callable_ = self.channel.unary_unary(
-            f"/{self.descriptor.full_name}/{method.name}",
-            request_serializer=request_type.SerializeToString,
-            response_deserializer=response_type.FromString,
-        )
+        path = f"/{self.descriptor.full_name}/{method.name}"
+        request = request_type().SerializeToString() if body is None else body
+        assert not method.client_streaming, "no client-streaming method is expected"
         try:
-            callable_(request_type(), timeout=DEADLINE_S, metadata=metadata)
+            if method.server_streaming:
+                stream = self.channel.unary_stream(path, response_deserializer=response_type.FromString)
+                for _ in stream(request, timeout=STREAM_DEADLINE_S, metadata=metadata):
+                    pass
+            else:
+                unary = self.channel.unary_unary(path, response_deserializer=response_type.FromString)
+                unary(request, timeout=DEADLINE_S, metadata=metadata)
         except grpc.RpcError as error:
             self.last_error = error
             return error.code()
         return grpc.StatusCode.OK
 
 
-@pytest.fixture(scope="module")
-def services(tmp_path_factory) -> Iterator[dict[str, Service]]:
-    folder = tmp_path_factory.mktemp("auth")
-    grant_url, catalog_url = f"sqlite:///{folder / 'grant.db'}", f"sqlite:///{folder / 'catalog.db'}"
+@pytest.fixture(scope="module", params=BACKENDS)
+def services(request, tmp_path_factory) -> Iterator[dict[str, Service]]:
+    """Both services on one backend: the keys are looked up in each service's database."""
+    if request.param == "sqlite":
+        folder = tmp_path_factory.mktemp("auth")
+        grant_url, catalog_url = f"sqlite:///{folder / 'grant.db'}", f"sqlite:///{folder / 'catalog.db'}"
+    else:
+        postgres = request.getfixturevalue("postgres_server")
+        suffix = uuid.uuid4().hex[:12]
+        grant_url = postgres.create_database(f"auth_grant_{suffix}")
+        catalog_url = postgres.create_database(f"auth_catalog_{suffix}")
     sync_key = create_key_at(grant_app.DEFINITION, grant_url, (SYNC,), label="catalog")
     grant_args = ["--enable-test-clocks", "--catch-up-interval", "0"]
     with serving(grant_app.DEFINITION, grant_app.build, grant_url, args=grant_args) as (grant_running, _):
@@ -84,7 +156,7 @@ def services(tmp_path_factory) -> Iterator[dict[str, Service]]:
                 ("grant", grant_app, grant_roles, grant_url, grant_running.port),
                 ("catalog", catalog_app, catalog_roles, catalog_url, catalog_running.port),
             ):
-                keys = {role: create_key_at(app.DEFINITION, url, (role,)) for role in sorted(roles_of(roles.ROLES))}
+                keys = {role: create_key_at(app.DEFINITION, url, (role,)) for role in sorted(SERVICE_ROLES[name])}
                 revoked = create_key_at(app.DEFINITION, url, ("admin",), label="revoked")
                 revoke(app.DEFINITION, url, revoked)
                 channels.append(grpc.insecure_channel(f"127.0.0.1:{port}"))
@@ -125,9 +197,17 @@ def expect_refusal(service: Service, code: grpc.StatusCode, reason: str) -> dict
     return dict(info.metadata)
 
 
-ROLE_CASES = [("grant", role) for role in sorted(roles_of(grant_roles.ROLES))] + [
-    ("catalog", role) for role in sorted(roles_of(catalog_roles.ROLES))
-]
+ROLE_CASES = [(service, role) for service, roles in SERVICE_ROLES.items() for role in sorted(roles)]
+
+
+@pytest.mark.parametrize("service_name", ["grant", "catalog"])
+def test_the_role_tables_are_the_expected_ones(services, service_name):
+    """Every method of the service is in the expected table, and the product's table says the same."""
+    service = services[service_name]
+    expected = EXPECTED_ROLES[service_name]
+    assert {m.name for m in service.descriptor.methods} == set(expected)
+    assert {name: set(roles) for name, roles in service.roles.items()} == expected
+    assert roles_of(service.roles) == SERVICE_ROLES[service_name]
 
 
 @pytest.mark.parametrize(("service_name", "role"), ROLE_CASES)
@@ -135,9 +215,10 @@ def test_each_role_may_call_exactly_the_methods_of_its_table(services, service_n
     service = services[service_name]
     allowed_somewhere = False
     for method in service.descriptor.methods:
+        expected = EXPECTED_ROLES[service_name][method.name]
         accepted = service.roles[method.name]
         code = service.call(method, bearer(service.keys[role]))
-        if role == "admin" or role in accepted:
+        if role == "admin" or role in expected:
             allowed_somewhere = True
             assert code not in AUTH_CODES, (method.name, code, service.last_error.details())
         else:
@@ -181,16 +262,77 @@ def test_the_x_api_key_header_is_accepted_too(services, service_name):
 
 
 @pytest.mark.parametrize("service_name", ["grant", "catalog"])
-def test_health_and_reflection_need_no_key(services, service_name):
+def test_health_needs_no_key_and_reflection_needs_any_valid_key(services, service_name):
     service = services[service_name]
     health = health_pb2_grpc.HealthStub(service.channel)
     for name in ("", service.descriptor.full_name):
         reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=DEADLINE_S)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     reflection = reflection_pb2_grpc.ServerReflectionStub(service.channel)
-    replies = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
-    names = {s.name for reply in replies for s in reply.list_services_response.service}
-    assert service.descriptor.full_name in names
+
+    def list_services(metadata):
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        replies = reflection.ServerReflectionInfo(iter([request]), timeout=DEADLINE_S, metadata=metadata)
+        return {s.name for reply in replies for s in reply.list_services_response.service}
+
+    for role in sorted(SERVICE_ROLES[service_name]):  # any role will do
+        assert service.descriptor.full_name in list_services(bearer(service.keys[role]))
+    for metadata, reason in (([], "API_KEY_MISSING"), (bearer(service.revoked_key), "API_KEY_REVOKED")):
+        with pytest.raises(grpc.RpcError) as refused:
+            list_services(metadata)
+        service.last_error = refused.value
+        expect_refusal(service, grpc.StatusCode.UNAUTHENTICATED, reason)
+
+
+def malformed_body(method: MethodDescriptor) -> bytes:
+    """A request of `method`'s type that the request check refuses: a NUL in a string field, or a
+    Timestamp out of range, wherever the message (or one it holds) has one."""
+    request_type = message_factory.GetMessageClass(method.input_type)
+
+    def spoil(message, depth=0) -> bool:
+        for field in message.DESCRIPTOR.fields:
+            repeated = field.is_repeated
+            if field.type == field.TYPE_STRING and not repeated and not field.containing_oneof:
+                setattr(message, field.name, "nul\x00inside")
+                return True
+            if field.type != field.TYPE_MESSAGE or field.message_type.GetOptions().map_entry:
+                continue
+            if repeated:
+                if depth < 2 and spoil(getattr(message, field.name).add(), depth + 1):
+                    return True
+            else:
+                if field.message_type.full_name == "google.protobuf.Timestamp":
+                    getattr(message, field.name).seconds = -(10**13)
+                    return True
+                if depth < 2 and spoil(getattr(message, field.name), depth + 1):
+                    return True
+        return False
+
+    request = request_type()
+    assert spoil(request), f"{method.full_name} has no field to spoil"
+    return request.SerializeToString()
+
+
+UNDECODABLE = b"\x0f\xff\xff"  # field 1 with wire type 7: no message parses it
+BATCHES = {"ApplySubscriptions"}  # a batch judges its items one by one: a bad item fails alone, in the answer
+
+
+@pytest.mark.parametrize("service_name", ["grant", "catalog"])
+def test_the_key_is_checked_before_the_request_is_read(services, service_name):
+    """No key or a bad key: UNAUTHENTICATED for a valid, a malformed and an undecodable body alike,
+    so an anonymous caller learns nothing of how requests are parsed. With a good key the malformed
+    and undecodable bodies are INVALID_ARGUMENT (the bodies really are bad)."""
+    service = services[service_name]
+    for method in service.descriptor.methods:
+        bodies = {"valid": None, "malformed": malformed_body(method), "undecodable": UNDECODABLE}
+        for label, body in bodies.items():
+            for metadata, reason in (([], "API_KEY_MISSING"), (bearer("cgk_nope"), "API_KEY_INVALID")):
+                code = service.call(method, metadata, body)
+                assert code == grpc.StatusCode.UNAUTHENTICATED, (method.name, label, reason, code)
+                expect_refusal(service, code, reason)
+            if body is not None and not (label == "malformed" and method.name in BATCHES):
+                code = service.call(method, bearer(service.keys["admin"]), body)
+                assert code == grpc.StatusCode.INVALID_ARGUMENT, (method.name, label, code)
 
 
 def test_the_catalog_reads_a_test_clock_with_its_sync_key(services):

@@ -10,8 +10,8 @@ from typing import Any
 import grpc
 from sqlalchemy import Engine
 
+from credit_common.auth.check import roles_of
 from credit_common.auth.client import with_api_key
-from credit_common.auth.interceptor import roles_of
 from credit_common.auth.keys import ADMIN
 from credit_common.auth.store import SqlApiKeyStore
 from credit_common.clock import SystemClock

@@ -10,7 +10,7 @@ import pytest
 
 from catalog_service.entrypoints import roles as catalog_roles
 from catalog_service.v1 import catalog_service_pb2
-from credit_common.auth.interceptor import KeyCache, bearer_key, method_roles, roles_of
+from credit_common.auth.check import KeyCache, bearer_key, method_roles, roles_of
 from credit_common.auth.keys import ADMIN, READER, SYNC, ApiKey, hash_secret, new_key, parse_key, secret_matches
 from credit_common.clock import ManualClock
 from grant_service.entrypoints import roles as grant_roles

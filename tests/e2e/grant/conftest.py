@@ -29,7 +29,7 @@ class GrantClient:
 @pytest.fixture
 def grant(database_url_factory) -> Iterator[GrantClient]:
     clock = ManualClock(REAL_NOW)
-    args = ["--enable-test-clocks", "--catch-up-interval", "0"]
+    args = ["--enable-test-clocks", "--catch-up-interval", "0", "--events-heartbeat-interval", "0.2"]
     with serving(app.DEFINITION, app.build, database_url_factory("grant"), clock=clock, args=args) as (running, ch):
         yield GrantClient(grant_service_pb2_grpc.GrantServiceStub(ch), clock, running)
 

@@ -41,7 +41,8 @@ def services(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Servi
             return f"sqlite:///{tmp_path_factory.mktemp(name) / f'{name}.db'}"
         return request.getfixturevalue("postgres_server").create_database(f"{name}_{uuid.uuid4().hex[:12]}")
 
-    grant_args = ["--enable-test-clocks", "--catch-up-interval", "0"]
+    # A stream (WatchEvents) sends its first message within a heartbeat interval at the latest.
+    grant_args = ["--enable-test-clocks", "--catch-up-interval", "0", "--events-heartbeat-interval", "1"]
     grant_url = url("grant")
     sync_key = create_key_at(grant_app.DEFINITION, grant_url, (SYNC,), label="catalog")
     with serving(grant_app.DEFINITION, grant_app.build, grant_url, clock=ManualClock(REAL_NOW), args=grant_args) as (

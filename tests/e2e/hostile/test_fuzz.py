@@ -360,7 +360,12 @@ class Fuzzer:
             call = self._callables.get(name)
             if call is None:
                 channel = self.services.catalog_channel if service is SERVICES[0] else self.services.grant_channel
-                call = channel.unary_unary(name, request_serializer=None, response_deserializer=None)
+                if method.server_streaming:  # WatchEvents: its first message (or its error) is the answer
+                    call = _first_message(
+                        channel.unary_stream(name, request_serializer=None, response_deserializer=None)
+                    )
+                else:
+                    call = channel.unary_unary(name, request_serializer=None, response_deserializer=None)
                 self._callables[name] = call
             return call
 
@@ -390,6 +395,19 @@ class Fuzzer:
         with ThreadPoolExecutor(max_workers=CONCURRENCY, thread_name_prefix="fuzz") as pool:
             for done in [pool.submit(self.send_message, service, method, r, what) for r, what in requests]:
                 done.result()
+
+
+def _first_message(call):
+    """A server-streaming call as a unary one: its first message, then hang up."""
+
+    def first(payload: bytes, timeout: float) -> bytes | None:
+        stream = call(payload, timeout=timeout)
+        try:
+            return next(stream, None)
+        finally:
+            stream.cancel()
+
+    return first
 
 
 def _show(value: Any) -> str:

@@ -3,6 +3,7 @@ server that a test may stop and start under them (its own, not the session's).""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from credit_common.db.engine import DatabaseSettings, create_db_engine
 from credit_common.db.migrations import upgrade
 from credit_common.grpc.errors import error_details
-from grant_service.adapters.orm import GrantRow, LedgerEntryRow, ScheduleRow
+from grant_service.adapters.orm import EventRow, GrantRow, LedgerEntryRow, ScheduleRow
 from tests.support.grant_rows import insert_due_subscriptions
 from tests.support.postgres import PostgresServer
 from tests.support.processes import ServiceProcess
@@ -138,6 +139,7 @@ def assert_each_seeded_subscription_granted_once(url: str, count: int) -> None:
                 select(LedgerEntryRow.grant_id, LedgerEntryRow.type, LedgerEntryRow.amount)
             ).all()
             cursors = dict(connection.execute(select(ScheduleRow.schedule_id, ScheduleRow.next_period_index)).all())
+            events = connection.execute(select(EventRow.type, EventRow.dedupe_key, EventRow.payload)).all()
     finally:
         engine.dispose()
     per_schedule = Counter(g.schedule_id for g in grants)
@@ -150,3 +152,7 @@ def assert_each_seeded_subscription_granted_once(url: str, count: int) -> None:
     assert set(granted) == {g.grant_id for g in grants} and set(granted.values()) == {1}
     assert {e.amount for e in entries} == {Decimal("1000")}
     assert set(cursors.values()) == {1}
+    # The event log: one CREDITS_GRANTED per grant, none lost, none twice.
+    assert Counter(e.type for e in events) == {"CREDITS_GRANTED": count}
+    reported = Counter(json.loads(e.payload)["grant_id"] for e in events)
+    assert set(reported) == {g.grant_id for g in grants} and set(reported.values()) == {1}

@@ -7,10 +7,11 @@ table (or a name in it that is not a method) is an error, so a new RPC cannot sh
 The key comes in the `authorization: Bearer <key>` or `x-api-key: <key>` metadata. Keys are
 looked up by id through a small cache (`KeyCache`): an entry, found or not, is trusted for
 `ttl`, so a revoked key stops working within that bound while a hot method costs a dict
-lookup and a SHA-256 per call. Failures are domain errors, which the ServiceInterceptor
-(outside this one) turns into statuses with an ErrorInfo and logs like any other RPC:
-UNAUTHENTICATED (API_KEY_MISSING, API_KEY_INVALID, API_KEY_REVOKED) and PERMISSION_DENIED
-(ROLE_REQUIRED, with the method and the role needed). Health and reflection stay open.
+lookup and a SHA-256 per call. The ServiceInterceptor (credit_common.grpc.interceptors) runs
+the check first, before the request is decoded or validated; failures are domain errors it turns
+into statuses with an ErrorInfo and logs like any other RPC: UNAUTHENTICATED (API_KEY_MISSING,
+API_KEY_INVALID, API_KEY_REVOKED) and PERMISSION_DENIED (ROLE_REQUIRED, with the method and the
+role needed). Health stays open; reflection is open, keyed or off (`--reflection`).
 """
 
 from __future__ import annotations
@@ -20,16 +21,15 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection as reflection_service
 
 from credit_common.auth.keys import ADMIN, ApiKey, parse_key, secret_matches
 from credit_common.clock import Clock
 from credit_common.errors import PermissionDenied, Unauthenticated
 
-OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
+REFLECTION_MODES = frozenset({"on", "off", "authenticated"})
 DEFAULT_CACHE_TTL = timedelta(seconds=5)
 CACHE_MAX_ENTRIES = 10_000
 
@@ -45,13 +45,10 @@ def method_roles(service: ServiceDescriptor, table: Mapping[str, Iterable[str]])
     missing = sorted(methods - set(table))
     unknown = sorted(set(table) - methods)
     empty = sorted(name for name, roles in table.items() if not tuple(roles))
-    # Server-streaming methods are authorized before their first message (AuthInterceptor); methods
-    # that stream requests are not served.
-    streaming = sorted(m.name for m in service.methods if m.client_streaming)
-    if missing or unknown or empty or streaming:
+    if missing or unknown or empty:
         raise ValueError(
-            f"the role table of {service.full_name} must map every (unary) method to roles: "
-            f"missing {missing}, not methods {unknown}, without roles {empty}, streaming {streaming}"
+            f"the role table of {service.full_name} must map every method to roles: "
+            f"missing {missing}, not methods {unknown}, without roles {empty}"
         )
     return {f"/{service.full_name}/{name}": tuple(roles) for name, roles in table.items()}
 
@@ -96,47 +93,46 @@ def bearer_key(metadata: Iterable[Any] | None) -> str | None:
     return None
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
-    def __init__(self, roles: Mapping[str, tuple[str, ...]], keys: KeyCache) -> None:
+class ApiKeyCheck:
+    """Who is calling, and may they call this method: run by the ServiceInterceptor before anything
+    reads the request, so a caller without a good key learns nothing of how requests are parsed.
+
+    Health is open to anyone (load balancers). Reflection is open with `reflection="on"`, and
+    needs a valid key of any role with `reflection="authenticated"` (docs/security.md)."""
+
+    def __init__(self, roles: Mapping[str, tuple[str, ...]], keys: KeyCache, *, reflection: str = "authenticated"):
         """`roles`: full method path -> accepted roles (from `method_roles`)."""
+        if reflection not in REFLECTION_MODES:
+            raise ValueError(f"reflection must be one of {sorted(REFLECTION_MODES)}, not {reflection!r}")
         self._roles = dict(roles)
         self._keys = keys
+        self._open = {health.SERVICE_NAME} | ({reflection_service.SERVICE_NAME} if reflection == "on" else set())
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.split("/")[1] in OPEN_SERVICES:
-            return handler
+    def identify(self, metadata, method: str) -> ApiKey | None:
+        """The caller's valid key, or None if `method` is open to anyone; Unauthenticated otherwise."""
+        return None if _service_of(method) in self._open else self.authenticate(metadata)
+
+    def authorize(self, key: ApiKey, method: str) -> None:
+        """PermissionDenied unless one of `key`'s roles allows `method` (any key may use reflection)."""
+        if _service_of(method) == reflection_service.SERVICE_NAME:
+            return
         accepted = self._roles.get(method, ())
-        metadata = handler_call_details.invocation_metadata
-        if handler.unary_stream is not None:
-            streamed = handler.unary_stream
-
-            def stream(request: Any, context: grpc.ServicerContext) -> Any:
-                self.authorize(metadata, method, accepted)
-                yield from streamed(request, context)
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        inner = handler.unary_unary
-        if inner is None:  # method_roles accepts no client streaming: never serve it unchecked
-            return None
-
-        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
-            self.authorize(metadata, method, accepted)
-            return inner(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            behavior,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        if accepted and key.allows(accepted):
+            return
+        needed = accepted[0] if accepted else ADMIN
+        raise PermissionDenied(
+            f"{method} needs the role {needed!r}; the API key {key.key_id} has {', '.join(sorted(key.roles))}",
+            reason="ROLE_REQUIRED",
+            metadata={
+                "method": method,
+                "required_role": needed,
+                "accepted_roles": ",".join((*accepted, ADMIN)),
+                "key_id": key.key_id,
+            },
         )
 
-    def authorize(self, metadata, method: str, accepted: tuple[str, ...]) -> ApiKey:
-        """The caller's key, if it may call `method`; else Unauthenticated or PermissionDenied."""
+    def authenticate(self, metadata) -> ApiKey:
+        """The caller's valid, unrevoked key; else Unauthenticated."""
         token = bearer_key(metadata)
         if token is None:
             raise Unauthenticated(
@@ -150,16 +146,20 @@ class AuthInterceptor(grpc.ServerInterceptor):
             raise Unauthenticated(
                 f"the API key {key.key_id} has been revoked", reason="API_KEY_REVOKED", metadata={"key_id": key.key_id}
             )
-        if not accepted or not key.allows(accepted):
-            needed = accepted[0] if accepted else ADMIN
-            raise PermissionDenied(
-                f"{method} needs the role {needed!r}; the API key {key.key_id} has {', '.join(sorted(key.roles))}",
-                reason="ROLE_REQUIRED",
-                metadata={
-                    "method": method,
-                    "required_role": needed,
-                    "accepted_roles": ",".join((*accepted, ADMIN)),
-                    "key_id": key.key_id,
-                },
-            )
         return key
+
+
+def _service_of(method: str) -> str:
+    """ "pkg.Service" of "/pkg.Service/Method"."""
+    return method.split("/")[1] if method.count("/") >= 2 else ""
+
+
+def read_only(service: ServiceDescriptor, names: Iterable[str]) -> frozenset[str]:
+    """The full paths of the methods `names` of `service`, which change nothing: every other method is
+    audited (its log line names the key, its roles and the resource). ValueError for a name that is
+    not a method."""
+    methods = {method.name for method in service.methods}
+    unknown = sorted(set(names) - methods)
+    if unknown:
+        raise ValueError(f"not methods of {service.full_name}: {unknown}")
+    return frozenset(f"/{service.full_name}/{name}" for name in names)
