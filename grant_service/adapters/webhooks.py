@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, insert, select, update
+from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -121,6 +121,10 @@ class SqlWebhookEndpointRepository:
     def enabled(self) -> list[WebhookEndpoint]:
         query = select(E).where(E.c.disabled_reason == "").order_by(E.c.create_time, E.c.endpoint_id)
         return [_endpoint_of(row) for row in self.session.execute(query)]
+
+    def any_enabled(self) -> bool:
+        query = select(E.c.endpoint_id).where(E.c.disabled_reason == "").limit(1)
+        return self.session.execute(query).first() is not None
 
     def save(self, endpoint: WebhookEndpoint) -> None:
         self.session.execute(
@@ -292,16 +296,27 @@ class SqlWebhookQueue:
             return applied, disabled
         with self._sessions.write() as session, session.begin():
             leases.lock_in_id_order(session, D, [r.claim.token.id for r in records])
+            # Delivered ones in one statement (true whoever holds the lease: the receiver has it);
+            # the others each under its own lease token (fenced).
+            delivered = [r.claim.token.id for r in records if r.status == STATUS_DELIVERED]
+            written: set[int] = set()
+            if delivered:
+                written = set(
+                    session.scalars(
+                        update(D)
+                        .where(D.c.id.in_(delivered), D.c.status == STATUS_PENDING)
+                        .values(status=STATUS_DELIVERED, leased=False, last_error=None, delivered_at=now)
+                        .returning(D.c.id)
+                    )
+                )
             for r in records:
+                if r.status == STATUS_DELIVERED:
+                    applied.append(r.claim.token.id in written)
+                    continue
                 values: dict[str, object] = {"status": r.status, "leased": False, "last_error": r.attempt.error or None}
                 if r.status == STATUS_PENDING:
                     values["next_attempt_at"] = r.next_attempt_at
-                if r.status == STATUS_DELIVERED:
-                    values["delivered_at"] = r.delivered_at
-                    condition = and_(D.c.id == r.claim.token.id, D.c.status == STATUS_PENDING)
-                else:
-                    condition = leases.held(D, r.claim.token)
-                result = session.execute(update(D).where(condition).values(**values))
+                result = session.execute(update(D).where(leases.held(D, r.claim.token)).values(**values))
                 applied.append(result.rowcount == 1)
             session.execute(
                 insert(A),

@@ -120,7 +120,7 @@ class WebhookDispatcher:
         rng: RandomSource | None = None,
         lanes: int = 8,
         batch: int = 50,
-        flush_every: int = 20,
+        flush_every: int = 50,
         lease: timedelta = timedelta(seconds=60),
         poll_interval: timedelta = timedelta(milliseconds=200),
         disable_after: timedelta = DEFAULT_DISABLE_AFTER,

@@ -292,6 +292,10 @@ def fan_out(uows: UnitsOfWork, now: datetime, body_of: EventBody, limit: int = F
     a time (the cursor's lock). Returns (events read, deliveries queued)."""
 
     def anything_new(uow: GrantUnitOfWork) -> bool:
+        # Without an enabled endpoint nothing is queued and the cursor may wait: an endpoint gets
+        # only events recorded after it was created, so the fan-out then skips what it missed.
+        if not uow.webhooks.any_enabled():
+            return False
         return bool(uow.events.after(uow.webhook_deliveries.cursor(), 1))
 
     if not uows.read(anything_new):  # most passes: no write transaction, no lock
