@@ -5,6 +5,7 @@ Delivery itself is the dispatcher's (webhook_dispatcher.py)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -28,6 +29,8 @@ from grant_service.domain.webhooks import (
 )
 from grant_service.service_layer.context import GrantContext
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork, UnitsOfWork
+
+log = logging.getLogger("grant_service.webhooks")
 
 # An event as a webhook body (the canonical JSON of its CreditEvent), given the log's id.
 EventBody = Callable[[StoredEvent, str], bytes]
@@ -314,9 +317,16 @@ def fan_out(uows: UnitsOfWork, now: datetime, body_of: EventBody, limit: int = F
                 targets = [
                     e for e in endpoints if e.wants(stored.event.type.value) and e.create_time <= stored.recorded_time
                 ]
-                if targets:
+                if not targets:
+                    continue
+                try:
                     body = body_of(stored, log_id)
-                    deliveries += [_delivery(e.endpoint_id, stored, body, Trigger.EVENT, "", now) for e in targets]
+                except Exception:  # a bug in the encoding must not stop every later event
+                    log.exception(
+                        "event not encodable as a webhook body; skipped", extra={"event_id": stored.event.event_id}
+                    )
+                    continue
+                deliveries += [_delivery(e.endpoint_id, stored, body, Trigger.EVENT, "", now) for e in targets]
         uow.webhook_deliveries.add(deliveries)
         uow.webhook_deliveries.set_cursor(events[-1].position)
         return len(events), len(deliveries)

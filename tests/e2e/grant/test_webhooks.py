@@ -31,7 +31,7 @@ from grant_service.entrypoints import app
 from grant_service.v1 import grant_service_pb2 as pb
 from grant_service.v1 import grant_service_pb2_grpc
 from grant_service.v1 import webhooks_pb2 as wpb
-from tests.e2e.grant.conftest import expect_error, subscription, utc
+from tests.e2e.grant.conftest import expect_error, subscription, ts, utc
 from tests.support.servers import serving
 from tests.support.webhook_receiver import Receiver, receiving, wait_for
 
@@ -505,9 +505,10 @@ def test_update_mask_and_ids_are_checked(server):
 # --------------------------------------------------------------------------- isolation
 
 
-def test_a_hanging_receiver_never_holds_up_usage(database_url_factory):
-    """Every delivery lane is held by a receiver that does not answer; ReportUsage and GetBalance
-    keep being answered meanwhile (behaviour, not timings)."""
+def test_a_hanging_receiver_never_holds_up_usage_or_the_catch_up(database_url_factory):
+    """Every delivery lane is held by a receiver that does not answer; ReportUsage, GetBalance and
+    a test clock's catch-up over three periods (which writes events for those endpoints) keep being
+    answered meanwhile (behaviour, not timings)."""
     for server in _server(database_url_factory, "--webhook-timeout-ms", "60000", "--webhook-lease-s", "300"):
         release = threading.Event()
         with receiving(hold=release) as receiver:
@@ -538,6 +539,18 @@ def test_a_hanging_receiver_never_holds_up_usage(database_url_factory):
                 assert reply.usage.credits
             balance = server.stub.GetBalance(pb.GetBalanceRequest(customer_key="acme", currency_key="ai-credits"))
             assert Decimal(balance.balance.available) == Decimal(980)
+            clock = server.stub.CreateTestClock(
+                pb.CreateTestClockRequest(name="c", frozen_time=ts(utc(2026, 1, 1))), timeout=30
+            ).test_clock
+            server.stub.ApplySubscription(
+                subscription("sub_2", "beta", utc(2026, 1, 1), [("50", None)], clock_id=clock.test_clock_id), timeout=30
+            )
+            server.stub.AdvanceTestClock(
+                pb.AdvanceTestClockRequest(test_clock_id=clock.test_clock_id, frozen_time=ts(utc(2026, 4, 1))),
+                timeout=30,
+            )
+            grants = server.stub.ListGrants(pb.ListGrantsRequest(customer_key="beta"), timeout=30).grants
+            assert len(grants) == 4  # January to April: the catch-up ran
             assert receiver.holding == 3 and receiver.count() == 0, "the receiver answered: the test proves nothing"
             release.set()
             receiver.hold = None
