@@ -15,10 +15,19 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.scenarios import SIZES, Backend, Row, provisioning, reads_and_debits, renewal_storm, webhook_delivery
+from bench.scenarios import (
+    SIZES,
+    Backend,
+    Row,
+    credit_events,
+    provisioning,
+    reads_and_debits,
+    renewal_storm,
+    webhook_delivery,
+)
 from credit_common.config import cpu_list, on_off, positive_int
 
-SCENARIOS = ("storm", "reads", "usage", "provision", "webhooks")
+SCENARIOS = ("storm", "reads", "usage", "provision", "events", "webhooks")
 
 
 def machine() -> dict:
@@ -161,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                 if "provision" in scenarios:
                     log(f"[{name}] provisioning end to end")
                     rows += provisioning(backend, size, log)
+                if "events" in scenarios:
+                    log(f"[{name}] credit events")
+                    rows += credit_events(backend, size, log)
                 if "webhooks" in scenarios:
                     log(f"[{name}] webhook delivery")
                     rows += webhook_delivery(backend, size, log)

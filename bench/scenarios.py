@@ -109,7 +109,38 @@ def _now() -> datetime:
 
 def renewal_storm(backend: Backend, size: Size, log) -> list[Row]:
     n = size.storm
-    url = backend.new_database("storm")
+    rate, rss, baseline = _storm(backend, size, log, "storm")
+    return [
+        Row(
+            "renewal storm",
+            backend.name,
+            f"grants issued/s (N={n:,})",
+            rate,
+            "grants/s",
+            baseline,
+            rate / baseline,
+            "ratio >= 0.10",
+            _judge(rate / baseline >= 0.10),
+        ),
+        Row(
+            "renewal storm",
+            backend.name,
+            f"peak RSS grant service (N={n:,})",
+            rss,
+            "MB",
+            bar="< 300 MB at N=1,000,000",
+            verdict=_judge(rss < 300) if n >= 1_000_000 else ("n/a" if rss < 300 else "MISS"),
+        ),
+    ]
+
+
+def _storm(
+    backend: Backend, size: Size, log, name: str, env: dict[str, str] | None = None
+) -> tuple[float, float, float]:
+    """A renewal storm of `size.storm` subscriptions due at once: (grants issued/s, peak RSS in MB,
+    the baseline INSERT ... SELECT's grants/s)."""
+    n = size.storm
+    url = backend.new_database(name)
     engine = seed.migrated_engine(url, GRANT_MIGRATIONS)
     now = _now()
     anchor = (now - timedelta(seconds=1)).replace(microsecond=0)
@@ -122,7 +153,7 @@ def renewal_storm(backend: Backend, size: Size, log) -> list[Row]:
     baseline = n / baseline_s
     log(f"  baseline INSERT ... SELECT of {n} grants + entries: {baseline_s:.2f}s ({baseline:,.0f}/s)")
     spawned = time.perf_counter()
-    server = start_service("grant_service", url, backend.run_dir)
+    server = start_service("grant_service", url, backend.run_dir, env=env)
     # The figure is the steady rate: grants committed after the first commit was seen, over the time
     # since then (the first batch can land before the health check answers; imports are not catch-up).
     first_at, first_count, done_at = None, 0, None
@@ -163,28 +194,7 @@ def renewal_storm(backend: Backend, size: Size, log) -> list[Row]:
     log(f"  all {n} grants {done_at - spawned:.1f}s after the process started")
     rate = issued / elapsed
     log(f"  issued {issued} grants in {elapsed:.1f}s ({rate:,.0f}/s), peak RSS {rss:.0f} MB")
-    return [
-        Row(
-            "renewal storm",
-            backend.name,
-            f"grants issued/s (N={n:,})",
-            rate,
-            "grants/s",
-            baseline,
-            rate / baseline,
-            "ratio >= 0.10",
-            _judge(rate / baseline >= 0.10),
-        ),
-        Row(
-            "renewal storm",
-            backend.name,
-            f"peak RSS grant service (N={n:,})",
-            rss,
-            "MB",
-            bar="< 300 MB at N=1,000,000",
-            verdict=_judge(rss < 300) if n >= 1_000_000 else ("n/a" if rss < 300 else "MISS"),
-        ),
-    ]
+    return rate, rss, baseline
 
 
 # ------------------------------------------------------------------ 2 and 3. reads and debits
@@ -485,6 +495,169 @@ def _catalog_setup(cpb) -> list[tuple[str, object]]:
         ),
         ("PublishPlan", parse(cpb.PublishPlanRequest, {"key": seed.PLAN})),
     ]
+
+
+# ------------------------------------------------------------------------------ 5. credit events
+
+
+def credit_events(backend: Backend, size: Size, log) -> list[Row]:
+    """What the event log costs: the renewal storm with events off, then on; ReportUsage with no
+    balance alert levels, then with default levels for every customer (events on both times),
+    alternating twice, each next to a caller writing an event 50 times a second (CreateGrant); and,
+    during the runs with levels, the time from those events' recording to their arrival on a
+    WatchEvents stream."""
+    rows: list[Row] = []
+    n = size.storm
+    rates = {}
+    for mode in ("off", "on"):
+        log(f"  renewal storm, events {mode}")
+        rates[mode], _, _ = _storm(backend, size, log, f"events_storm_{mode}", env={"GRANT_EVENTS": mode})
+    ratio = rates["on"] / rates["off"]
+    rows.append(
+        Row(
+            "credit events",
+            backend.name,
+            f"renewal storm grants/s, events on vs off (N={n:,})",
+            rates["on"],
+            "grants/s",
+            rates["off"],
+            ratio,
+            "ratio >= 0.8",
+            _judge(ratio >= 0.8),
+        )
+    )
+    from grant_service.v1 import grant_service_pb2 as gpb
+    from grant_service.v1 import grant_service_pb2_grpc as gpb_grpc
+
+    url = backend.new_database("events_usage")
+    engine = seed.migrated_engine(url, GRANT_MIGRATIONS)
+    now = _now()
+    with engine.begin() as conn:
+        seed.seed_rates(conn)
+        anchor = seed.anchor_for_periods(now, 1)
+        big = Decimal(10) ** 15
+        seed.seed_subscriptions(conn, "u", size.usage_customers, anchor, 1, big, now)
+        seed.seed_issued_periods(conn, "u", size.usage_customers, anchor, 1, big, Decimal(0))
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f"VACUUM ANALYZE {', '.join(SEEDED_TABLES)}")
+    server = start_service("grant_service", url, backend.run_dir)
+    load = {"callers": size.callers, "processes": size.processes, "duration_s": size.duration_s}
+    usage = {"prefix": "u", "customers": size.usage_customers, "feature": seed.FEATURE}
+    channel = keyed_channel(server.address, server.api_key)
+    stub = gpb_grpc.GrantServiceStub(channel)
+    results: dict[str, list[LoadResult]] = {"none": [], "levels": []}
+    latencies: list[float] = []
+    try:
+        for round_ in range(2):
+            for mode in ("none", "levels"):
+                levels = [gpb.BalanceAlertLevel(percent="10"), gpb.BalanceAlertLevel(amount="1000")]
+                if mode == "levels":
+                    request = gpb.SetBalanceAlertsRequest(currency_key=seed.CURRENCY, levels=levels)
+                    stub.SetBalanceAlerts(request, timeout=30)
+                else:
+                    stub.ClearBalanceAlerts(gpb.ClearBalanceAlertsRequest(currency_key=seed.CURRENCY), timeout=30)
+                watch = _StreamLatency(stub, gpb)  # its writer loads both modes alike
+                result = run_load(
+                    server.address,
+                    "usage",
+                    params={**usage, "tag": f"{mode}{round_}"},
+                    api_key=server.api_key,
+                    **load,
+                )
+                timed = watch.stop()
+                if mode == "levels":
+                    latencies += timed
+                results[mode].append(result)
+                log(f"  ReportUsage, alert levels {mode}: {_describe(result)}")
+    finally:
+        channel.close()
+        server.stop()
+        engine.dispose()
+    plain = sum(r.qps for r in results["none"]) / len(results["none"])
+    alerted = sum(r.qps for r in results["levels"]) / len(results["levels"])
+    rows.append(
+        Row(
+            "credit events",
+            backend.name,
+            f"ReportUsage QPS, alert levels on vs none ({size.usage_customers:,} customers)",
+            alerted,
+            "calls/s",
+            plain,
+            alerted / plain if plain else None,
+            "ratio >= 0.9",
+            _judge(plain > 0 and alerted / plain >= 0.9),
+        )
+    )
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else None
+    log(f"  commit-to-stream: {len(latencies)} events, p99 {p99} ms")
+    rows.append(
+        Row(
+            "credit events",
+            backend.name,
+            "recorded -> WatchEvents p99 under the usage load",
+            p99,
+            "ms",
+            bar="< 100 ms",
+            verdict=_judge(p99 is not None and p99 < 100) if latencies else "no events",
+            note=f"{len(latencies)} events",
+        )
+    )
+    return rows
+
+
+class _StreamLatency:
+    """A WatchEvents stream from the log's end and a writer of one CreateGrant every 20 ms: for each
+    event the writer causes, the time from its recorded_time to its arrival (ms)."""
+
+    def __init__(self, stub, gpb) -> None:
+        import threading
+
+        self._stop = threading.Event()
+        self.latencies: list[float] = []
+        cursor = ""
+        while True:  # to the end of the log: only the events written from now on are timed
+            page = stub.ListEvents(gpb.ListEventsRequest(page_size=1000, page_token=cursor), timeout=30)
+            if page.events:
+                self._cursor = page.events[-1].cursor
+            if not page.next_page_token:
+                break
+            cursor = page.next_page_token
+        self._cursor = getattr(self, "_cursor", "")
+        self._stream = stub.WatchEvents(gpb.WatchEventsRequest(cursor=self._cursor, customer_key="u0"))
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._writer = threading.Thread(target=self._write, args=(stub, gpb), daemon=True)
+        self._reader.start()
+        self._writer.start()
+
+    def _read(self) -> None:
+        import grpc
+
+        try:
+            for message in self._stream:
+                if message.HasField("event"):
+                    recorded = message.event.recorded_time.ToNanoseconds() / 1e9
+                    self.latencies.append((time.time() - recorded) * 1000)
+        except grpc.RpcError:
+            pass  # cancelled by stop()
+
+    def _write(self, stub, gpb) -> None:
+        n = 0
+        while not self._stop.wait(0.02):
+            n += 1
+            request = gpb.CreateGrantRequest(
+                request_id=f"latency-{time.time_ns()}-{n}", customer_key="u0", currency_key=seed.CURRENCY, amount="1"
+            )
+            stub.CreateGrant(request, timeout=30)
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._writer.join(30)
+        time.sleep(0.5)  # the last events reach the stream
+        self._stream.cancel()
+        self._reader.join(30)
+        return self.latencies
 
 
 # ------------------------------------------------------------------------------ 5. webhooks

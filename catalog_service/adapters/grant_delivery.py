@@ -29,13 +29,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from catalog_service.domain.outbox import KIND_CREDIT_CURRENCY, KIND_SUBSCRIPTION, DeliveryOutcome, OutcomeKind
+from catalog_service.domain.outbox import (
+    KIND_CREDIT_CURRENCY,
+    KIND_SUBSCRIPTION,
+    DeliveryOutcome,
+    LateChange,
+    OutcomeKind,
+)
 from credit_common.grpc.errors import error_details
 from grant_service.v1 import grant_service_pb2, grant_service_pb2_grpc
 
@@ -136,7 +142,10 @@ class GrantDelivery:
         max_reconnect_backoff: timedelta = timedelta(seconds=5),
         keepalive: timedelta = timedelta(minutes=5),
         extra_options: Sequence[tuple[str, Any]] = (),
+        on_late: Callable[[str, list[LateChange]], None] | None = None,
     ) -> None:
+        """`on_late(subscription_id, changes)`: told of the changes the grant service applied later
+        than dated (e.g. to record them for the handoff state), before the outcome is returned."""
         if (target is None) == (channel is None):
             raise ValueError("give either a target address or a channel")
         if deadline <= timedelta(0):
@@ -147,6 +156,7 @@ class GrantDelivery:
         )
         self._stub = grant_service_pb2_grpc.GrantServiceStub(self._channel)
         self.deadline = deadline
+        self._on_late = on_late
         self._senders: dict[str, Callable[[bytes, float], DeliveryOutcome]] = {
             KIND_SUBSCRIPTION: self._apply_subscription,
             KIND_CREDIT_CURRENCY: self._apply_credit_currency,
@@ -189,7 +199,7 @@ class GrantDelivery:
             else:
                 answers = _batch_outcomes(response, len(requests))
                 for request, result in zip(requests, response.results, strict=False):
-                    log_clamped(request, result.clamped_changes)
+                    self._late(request, result.clamped_changes)
             for i, answer in zip(sent, answers, strict=True):
                 outcomes[i] = answer
         assert all(o is not None for o in outcomes)
@@ -219,13 +229,38 @@ class GrantDelivery:
     def _apply_subscription(self, payload: bytes, timeout: float) -> DeliveryOutcome:
         request = grant_service_pb2.ApplySubscriptionRequest.FromString(payload)
         response = self._stub.ApplySubscription(request, timeout=timeout)
-        log_clamped(request, response.clamped_changes)
+        self._late(request, response.clamped_changes)
         return _outcome(response.outcome, response.current_revision)
 
     def _apply_credit_currency(self, payload: bytes, timeout: float) -> DeliveryOutcome:
         request = grant_service_pb2.ApplyCreditCurrencyRequest.FromString(payload)
         response = self._stub.ApplyCreditCurrency(request, timeout=timeout)
         return _outcome(response.outcome, response.current_revision)
+
+    def _late(
+        self, request: grant_service_pb2.ApplySubscriptionRequest, changes: Sequence[grant_service_pb2.ClampedChange]
+    ) -> None:
+        log_clamped(request, changes)
+        if not changes or self._on_late is None:
+            return
+        try:
+            self._on_late(
+                request.subscription_id,
+                [
+                    LateChange(
+                        request.revision,
+                        c.entitlement_key,
+                        c.requested_time.ToDatetime(tzinfo=UTC) if c.HasField("requested_time") else None,
+                        c.applied_time.ToDatetime(tzinfo=UTC),
+                    )
+                    for c in changes
+                ],
+            )
+        except Exception as error:  # the delivery itself succeeded: its outcome must still be recorded
+            log.warning(
+                "late changes not recorded",
+                extra={"subscription_id": request.subscription_id, "error": str(error).splitlines()[0]},
+            )
 
     def _timeout(self) -> float:
         return self.deadline.total_seconds()

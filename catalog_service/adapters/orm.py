@@ -130,5 +130,17 @@ class OutboxDeliveryRow(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
+class LateChangeRow(Base):
+    """A change of a delivered revision that the grant service applied later than dated (its
+    ClampedChange), recorded when the delivery's answer comes back; shown in the handoff state."""
+
+    __tablename__ = "late_changes"
+    subscription_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, primary_key=True)
+    entitlement_key: Mapped[str] = mapped_column(String(64), primary_key=True)  # '' for the end time
+    requested_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    applied_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 # API keys of this service's callers (credit_common.auth): id, hash of the secret, roles, label.
 API_KEYS = define_api_keys_table(Base.metadata)

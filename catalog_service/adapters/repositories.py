@@ -5,7 +5,7 @@ key of the last item of the previous page."""
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from catalog_service.adapters import grant_payloads, outbox_sql
+from catalog_service.adapters.late_changes import late_changes_of
 from catalog_service.adapters.orm import (
     CreditCurrencyRow,
     CreditRateRow,
@@ -534,4 +535,6 @@ class OutboxRepository:
         )
 
     def handoff_states(self, subscription_ids: Collection[str]) -> dict[str, HandoffState]:
-        return outbox_sql.handoff_states(self.session, self.table, subscription_ids)
+        states = outbox_sql.handoff_states(self.session, self.table, subscription_ids)
+        late = late_changes_of(self.session, states)
+        return {key: replace(state, late_changes=late.get(key, ())) for key, state in states.items()}

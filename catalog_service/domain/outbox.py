@@ -112,6 +112,18 @@ class HandoffStatus(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class LateChange:
+    """A change of a delivered revision that the grant service applied at its "now" (`applied_time`)
+    instead of the instant the catalog dated it (`requested_time`; None: an end time removed).
+    `entitlement_key` is empty for the end time."""
+
+    revision: int
+    entitlement_key: str
+    requested_time: datetime | None
+    applied_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class HandoffState:
     status: HandoffStatus
     latest_revision: int | None = None  # highest revision queued
@@ -120,6 +132,7 @@ class HandoffState:
     attempts: int = 0  # attempts of that revision
     next_attempt_at: datetime | None = None  # when a pending revision is tried next
     delivered_at: datetime | None = None  # when the latest delivered revision was delivered
+    late_changes: tuple[LateChange, ...] = ()  # changes the grant service applied later than dated
 
 
 def summarize(records: Iterable[DeliveryRecord]) -> HandoffState:

@@ -193,6 +193,15 @@ def handoff_pb(state: HandoffState) -> pb.HandoffState:
         failure_reason=(state.reason or "") if state.status is not HandoffStatus.DELIVERED else "",
         attempts=state.attempts,
         next_attempt_time=to_timestamp(state.next_attempt_at) if pending else None,
+        late_changes=[
+            pb.LateChange(
+                revision=c.revision,
+                entitlement_key=c.entitlement_key,
+                requested_time=to_timestamp(c.requested_time),
+                applied_time=to_timestamp(c.applied_time),
+            )
+            for c in state.late_changes
+        ],
     )
 
 

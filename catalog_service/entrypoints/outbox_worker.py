@@ -16,6 +16,7 @@ import grpc
 from sqlalchemy import Engine, Table
 
 from catalog_service.adapters.grant_delivery import GrantDelivery
+from catalog_service.adapters.late_changes import LateChangeRecorder
 from catalog_service.adapters.outbox_sql import SqlOutboxRepository
 from catalog_service.entrypoints.settings import OutboxSettings
 from catalog_service.service_layer.dispatcher import Dispatcher
@@ -56,7 +57,8 @@ def start_outbox_worker(
 ) -> OutboxWorker:
     """Start a dispatcher of `table`'s deliveries over `channel`, each call with `deadline`."""
     repository = SqlOutboxRepository(session_factories(engine), table)
-    delivery = GrantDelivery(channel=channel, deadline=deadline)
+    late = LateChangeRecorder(session_factories(engine).write)
+    delivery = GrantDelivery(channel=channel, deadline=deadline, on_late=late.record)
     dispatcher = Dispatcher(
         repository,
         delivery,

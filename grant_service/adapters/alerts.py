@@ -94,27 +94,27 @@ class SqlAlertRepository:
             )
         )
 
-    def states_of(self, customer_keys: Iterable[str]) -> dict[Pair, BalanceState]:
+    def states_of(self, customer_keys: Iterable[str]) -> dict[Pair, frozenset[str]]:
         customers = sorted(set(customer_keys))
-        found: dict[Pair, BalanceState] = {}
+        found: dict[Pair, frozenset[str]] = {}
         for start in range(0, len(customers), 500):
             rows = self.session.execute(
                 select(ALERT_STATES).where(ALERT_STATES.c.customer_key.in_(customers[start : start + 500]))
             )
-            found.update({(r.customer_key, r.currency_key): BalanceState(r.balance, r.granted) for r in rows})
+            found.update({(r.customer_key, r.currency_key): frozenset(json.loads(r.below)) for r in rows})
         return found
 
-    def save_states(self, states: Mapping[Pair, BalanceState]) -> None:
+    def save_states(self, states: Mapping[Pair, frozenset[str]]) -> None:
         if not states:
             return
         rows = [
-            {"customer_key": c, "currency_key": k, "balance": s.balance, "granted": s.granted}
+            {"customer_key": c, "currency_key": k, "below": json.dumps(sorted(s))}
             for (c, k), s in sorted(states.items())
         ]
         insert = postgresql.insert(ALERT_STATES) if is_postgres(self.session) else sqlite.insert(ALERT_STATES)
         statement = insert.on_conflict_do_update(
             index_elements=["customer_key", "currency_key"],
-            set_={"balance": insert.excluded.balance, "granted": insert.excluded.granted},
+            set_={"below": insert.excluded.below},
         )
         self.session.execute(statement, rows)
 

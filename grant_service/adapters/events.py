@@ -122,12 +122,13 @@ def _event_of(row: Any) -> StoredEvent:
 
 
 class SqlEventRepository:
-    def __init__(self, session: Session, clock: Clock | None = None) -> None:
+    def __init__(self, session: Session, clock: Clock | None = None, *, enabled: bool = True) -> None:
         self.session = session
         self._clock = clock
+        self.enabled = enabled
 
     def add(self, events: Sequence[NewEvent]) -> None:
-        if not events:
+        if not events or not self.enabled:
             return
         now = self._clock.now() if self._clock is not None else datetime.now(UTC)
         insert_ignoring_conflicts(self.session, EventRow, event_rows(events, now), "event_id")

@@ -243,13 +243,13 @@ class BalanceAlertSetRow(Base):
 
 
 class BalanceAlertStateRow(Base):
-    """The balance state last evaluated for alerts (of a customer and currency with levels)."""
+    """The alert state last evaluated (of a customer and currency with levels): the levels its
+    balance was below, and whether it was depleted (grant_service.domain.alerts.below)."""
 
     __tablename__ = "balance_alert_states"
     customer_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     currency_key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    balance: Mapped[Decimal] = mapped_column(ExactDecimal())
-    granted: Mapped[Decimal] = mapped_column(ExactDecimal())
+    below: Mapped[str] = mapped_column(Text)  # JSON list of level keys ("amount:100", "percent:50", "depleted")
 
 
 class EventLogRow(Base):

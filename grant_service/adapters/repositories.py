@@ -30,6 +30,7 @@ from grant_service.adapters.mappers import (
     usage_of,
 )
 from grant_service.adapters.orm import (
+    ALERT_STATES,
     CURRENCIES,
     CUSTOMERS,
     RATES,
@@ -115,6 +116,9 @@ class SqlTestClockRepository:
         grants = select(GrantRow.grant_id).where(GrantRow.clock_key == test_clock_id)
         session.execute(delete(LedgerEntryRow).where(LedgerEntryRow.grant_id.in_(grants)))
         session.execute(delete(UsageRow).where(UsageRow.customer_key.in_(customers)))
+        # Their alert state goes too; their events stay (the log is append-only), and so do alert levels
+        # set for them (append-only: their highest id is the version that caches trust).
+        session.execute(delete(ALERT_STATES).where(ALERT_STATES.c.customer_key.in_(customers)))
         session.execute(delete(GrantRow).where(GrantRow.clock_key == test_clock_id))
         session.execute(delete(ScheduleRow).where(ScheduleRow.clock_key == test_clock_id))
         session.execute(delete(SubscriptionRow).where(SubscriptionRow.clock_key == test_clock_id))
@@ -359,9 +363,10 @@ def request_id_row(scope: str, request_id: str, fingerprint: str, resource_id: s
 
 
 class SqlDebitRepository:
-    def __init__(self, session: Session, clock: Clock | None = None) -> None:
+    def __init__(self, session: Session, clock: Clock | None = None, *, events: bool = True) -> None:
         self.session = session
         self._clock = clock
+        self._events = events
 
     def head(self, customer_key: str, scope: str, request_id: str) -> DebitHead | None:
         return debit_head(self.session, customer_key, scope, request_id)
@@ -382,6 +387,7 @@ class SqlDebitRepository:
         if usage.request_id:
             request = request_id_row(scope, usage.request_id, fingerprint, usage.usage_id, usage.usage_time)
         usage_row = {name: getattr(usage, name) for name in Usage.__slots__}
+        events = events if self._events else ()
         recorded = self._clock.now() if self._clock is not None and events else usage.usage_time
         record_debit(self.session, usage_row, used, entries, request, event_rows(events, recorded))
         if events:

@@ -49,9 +49,10 @@ class SqlGrantUnitOfWork:
         rates: RatesCache | None = None,
         clock: Clock | None = None,
         alerts: AlertsCache | None = None,
+        events: bool = True,
     ) -> None:
         self.session = session
-        self.events = SqlEventRepository(session, clock)
+        self.events = SqlEventRepository(session, clock, enabled=events)
         self.alerts = SqlAlertRepository(session, alerts)
         self.clocks = SqlTestClockRepository(session)
         self.customers = SqlCustomerRepository(session)
@@ -59,7 +60,7 @@ class SqlGrantUnitOfWork:
         self.grants = SqlGrantRepository(session)
         self.issuance = SqlIssuanceRepository(session)
         self.ledger = SqlLedgerRepository(session)
-        self.debits = SqlDebitRepository(session, clock)
+        self.debits = SqlDebitRepository(session, clock, events=events)
         self.rates = SqlRateRepository(session, rates)
         self.request_ids = SqlRequestIdRepository(session)
         self.subscriptions = SqlSubscriptionRepository(session)
@@ -78,8 +79,17 @@ class SqlUnitsOfWork:
     run by one of them (credit_common.batching), on a connection the thread keeps. `linger_s`: how
     long a batch's leader may wait for more callers. The rate sets are cached (RatesCache)."""
 
-    def __init__(self, factories: SessionFactories, clock: Clock, *, linger_s: float = 0.0, attempts: int = 3) -> None:
+    def __init__(
+        self,
+        factories: SessionFactories,
+        clock: Clock,
+        *,
+        linger_s: float = 0.0,
+        attempts: int = 3,
+        events: bool = True,
+    ) -> None:
         self.factories = factories
+        self._events_enabled = events
         self._clock = clock
         self._attempts = attempts
         self._rates = RatesCache()
@@ -90,7 +100,7 @@ class SqlUnitsOfWork:
         self._balance_reads = Batcher(self._read_current_grants, linger_s=linger_s)
 
     def _unit(self, session: Session) -> SqlGrantUnitOfWork:
-        return SqlGrantUnitOfWork(session, self._rates, self._clock, self._alerts)
+        return SqlGrantUnitOfWork(session, self._rates, self._clock, self._alerts, self._events_enabled)
 
     def _write(self, work: Callable[[Session], T]) -> T:
         for attempt in range(self._attempts):

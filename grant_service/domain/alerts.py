@@ -4,8 +4,9 @@ that are events (docs/grant-semantics.md#balance-alerts).
 A level is an absolute amount or a percentage of what the customer was granted for the current
 period: the sum of the amounts of its grants of the currency active at the instant (a voided or
 expired grant no longer counts, a one-off grant counts while active). A balance is "below" a level
-when it is strictly less than the level's amount at that instant. Alerts compare the state last
-evaluated with the state now (both taken once every change at their instant is applied), so a
+when it is strictly less than the level's amount at that instant. The alert state of a customer
+and currency is the set of levels its balance is below (and whether it is depleted); alerts compare
+the state last stored with the state now (taken once every change at its instant is applied), so a
 level fires BALANCE_LOW once per downward crossing, BALANCE_RECOVERED once when the balance is
 back at or above it, and nothing while it stays on one side. BALANCE_DEPLETED: the balance reached
 0 while the customer has active grants (they are used up or voided down to nothing); leaving that
@@ -19,6 +20,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from credit_common.decimals import format_decimal
 from grant_service.domain.balances import exact_difference, exact_product, exact_sum
 from grant_service.domain.events import EventType, NewEvent
 
@@ -56,6 +58,21 @@ class BalanceState:
         return self.balance <= 0 and self.granted > 0
 
 
+DEPLETED = "depleted"  # the flag of the depletion among the levels' keys
+
+
+def level_key(level: AlertLevel) -> str:
+    return f"{level.kind}:{format_decimal(level.value)}"
+
+
+def below(levels: Sequence[AlertLevel], state: BalanceState) -> frozenset[str]:
+    """The alert state of `state`: the keys of the levels it is below, and DEPLETED if it is."""
+    keys = {level_key(lv) for lv in levels if state.balance < lv.threshold(state.granted)}
+    if state.depleted:
+        keys.add(DEPLETED)
+    return frozenset(keys)
+
+
 @dataclass(frozen=True, slots=True)
 class Crossing:
     type: EventType
@@ -63,25 +80,26 @@ class Crossing:
     threshold: Decimal
 
 
-def crossings(levels: Sequence[AlertLevel], before: BalanceState | None, after: BalanceState) -> list[Crossing]:
-    """The alert events of a change from `before` (None: never evaluated: as if above every level and
-    not depleted) to `after`, in the order a balance moving that way meets them: when it rises, out
-    of the depletion first, then each level from the lowest; when it falls, each level from the
-    highest, then the depletion."""
+def crossings(levels: Sequence[AlertLevel], before: frozenset[str] | None, after: BalanceState) -> list[Crossing]:
+    """The alert events of going from the alert state `before` (what was last evaluated; None: never,
+    as if above every level and not depleted) to `after`, in the order a balance moving that way
+    meets them: when it rises, out of the depletion first, then each level from the lowest; when it
+    falls, each level from the highest, then the depletion. A key of `before` that is no longer a
+    level (the levels were changed) is dropped without an event."""
+    was = before or frozenset()
+    now = below(levels, after)
     rising: list[Crossing] = []
     falling: list[Crossing] = []
-    if before is not None and before.depleted and not after.depleted:
+    if DEPLETED in was and DEPLETED not in now:
         rising.append(Crossing(EventType.BALANCE_RECOVERED, DEPLETION, _ZERO))
     for level in sorted(levels, key=lambda lv: lv.threshold(after.granted)):
-        threshold = level.threshold(after.granted)
-        was = before is not None and before.balance < level.threshold(before.granted)
-        now = after.balance < threshold
-        if now and not was:
+        key, threshold = level_key(level), level.threshold(after.granted)
+        if key in now and key not in was:
             falling.append(Crossing(EventType.BALANCE_LOW, level, threshold))
-        elif was and not now:
+        elif key in was and key not in now:
             rising.append(Crossing(EventType.BALANCE_RECOVERED, level, threshold))
     falling.reverse()
-    if after.depleted and (before is None or not before.depleted):
+    if DEPLETED in now and DEPLETED not in was:
         falling.append(Crossing(EventType.BALANCE_DEPLETED, DEPLETION, _ZERO))
     return rising + falling
 
@@ -97,9 +115,9 @@ def alert_event(
     currency_key: str,
     clock_key: str,
     occurred: datetime,
-    before: BalanceState | None,
     after: BalanceState,
     event_id: str,
+    previous_balance: Decimal | None = None,
 ) -> NewEvent:
     return NewEvent(
         event_id,
@@ -113,7 +131,7 @@ def alert_event(
             "level": crossing.level.as_payload(),
             "threshold": crossing.threshold,
             "balance": after.balance,
-            "previous_balance": before.balance if before is not None else after.balance,
+            "previous_balance": previous_balance if previous_balance is not None else "",
             "granted_amount": after.granted,
         },
     )

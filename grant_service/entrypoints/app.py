@@ -39,7 +39,12 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
     clock = clock or SystemClock()
     read_engine = create_db_engine(read_engine_settings(settings.database, settings.max_workers))
     ctx = GrantContext(
-        uows=SqlUnitsOfWork(session_factories(engine, read_engine), clock, linger_s=settings.batch_linger_s),
+        uows=SqlUnitsOfWork(
+            session_factories(engine, read_engine),
+            clock,
+            linger_s=settings.batch_linger_s,
+            events=settings.events_enabled,
+        ),
         clock=clock,
         test_clocks_enabled=settings.test_clocks_enabled,
         batch_size=settings.catch_up_batch_size,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 
-from credit_common.config import Env, ServiceFlags, ServiceSettings, env_flag, positive_int
+from credit_common.config import Env, ServiceFlags, ServiceSettings, env_flag, on_off, positive_int
 from grant_service.domain.webhooks import DEFAULT_DISABLE_AFTER, UrlPolicy
 
 
@@ -47,7 +47,8 @@ class GrantSettings(ServiceSettings):
     max_applied_amount: Decimal | None  # the largest amount ApplySubscription(s) may schedule; None: no ceiling
     test_clocks_enabled: bool  # the test clock methods answer (else FAILED_PRECONDITION)
     events_heartbeat_s: float = 15.0  # WatchEvents: a heartbeat after this long without a message
-    events_poll_s: float = 0.25  # WatchEvents: reads at least this often (other replicas' commits)
+    events_poll_s: float = 0.05  # WatchEvents: reads at least this often (other replicas' commits)
+    events_enabled: bool = True  # write credit events (off: for the benchmark's comparison only)
     webhooks: WebhookSettings = field(default_factory=lambda: WebhookSettings())
 
     def __post_init__(self) -> None:
@@ -120,9 +121,17 @@ def add_arguments(parser: argparse.ArgumentParser, env: Env) -> None:
     parser.add_argument(
         "--events-poll-interval-ms",
         type=float,
-        default=float(env("EVENTS_POLL_INTERVAL_MS", "250")),
+        default=float(env("EVENTS_POLL_INTERVAL_MS", "50")),
         help="how often a WatchEvents stream reads the log when no commit of this process woke it, for the "
-        "events other replicas write (default 250)",
+        "events other replicas (and other server processes) write (default 50)",
+    )
+    parser.add_argument(
+        "--events",
+        type=on_off,
+        default=env("EVENTS", "on"),
+        metavar="on|off",
+        help="write credit events (default on); off writes none (ListEvents, WatchEvents and webhooks then "
+        "see nothing new): only for measuring what the event log costs (make bench)",
     )
     parser.add_argument(
         "--enable-test-clocks",
@@ -225,6 +234,7 @@ def grant_settings(common: ServiceSettings, args: argparse.Namespace) -> GrantSe
         test_clocks_enabled=args.enable_test_clocks,
         events_heartbeat_s=args.events_heartbeat_interval,
         events_poll_s=args.events_poll_interval_ms / 1000,
+        events_enabled=args.events,
         webhooks=webhook_settings(args),
     )
 

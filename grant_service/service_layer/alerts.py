@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from credit_common.errors import FieldViolation, InvalidArgument
 from credit_common.ids import new_ids
-from grant_service.domain.alerts import MAX_LEVELS, AlertLevel, BalanceState, alert_event, crossings
+from grant_service.domain.alerts import MAX_LEVELS, AlertLevel, BalanceState, alert_event, below, crossings
 from grant_service.domain.events import NewEvent
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 
@@ -27,6 +27,33 @@ if TYPE_CHECKING:
     from grant_service.service_layer.context import GrantContext
 
 Pair = tuple[str, str]
+
+
+def crossed_by_debit(
+    uow: GrantUnitOfWork,
+    clock_key: str,
+    now: datetime,
+    pair: Pair,
+    before: BalanceState,
+    after: BalanceState,
+    version: int,
+) -> list[NewEvent]:
+    """The alert events of a debit of `pair` from `before` to `after` (not written: the debit writes
+    them with its own statement). A debit that crosses no level (the common case) reads and writes
+    nothing: the stored state is then still that of `before` (every change is evaluated once final)."""
+    levels = uow.alerts.in_force(pair[0], pair[1], version)
+    if levels is None or below(levels, before) == below(levels, after):
+        return []
+    return evaluate(
+        uow,
+        clock_key,
+        now,
+        [pair[0]],
+        version=version,
+        after={pair: after},
+        write=False,
+        previous_balance=before.balance,
+    )
 
 
 def evaluate(
@@ -39,6 +66,7 @@ def evaluate(
     after: Mapping[Pair, BalanceState] | None = None,
     only_if_complete: bool = False,
     write: bool = True,
+    previous_balance: Decimal | None = None,
 ) -> list[NewEvent]:
     """Evaluate at `now` the alerts of the customers' currencies that have levels, and write their
     events. `after`: the only pairs that changed and their states now, if the caller knows them
@@ -60,9 +88,9 @@ def evaluate(
     else:
         current = uow.alerts.current_of(customers)
         for pair in stored:
-            current.setdefault(pair, _NOTHING)
+            current.setdefault(pair, _NOTHING)  # no open grant left in that currency
     events: list[NewEvent] = []
-    changed: dict[Pair, BalanceState] = {}
+    changed: dict[Pair, frozenset[str]] = {}
     for pair in sorted(current):
         levels = uow.alerts.in_force(pair[0], pair[1], version)
         if levels is None:
@@ -70,11 +98,12 @@ def evaluate(
         before, state = stored.get(pair), current[pair]
         found = crossings(levels, before, state)
         events.extend(
-            alert_event(c, pair[0], pair[1], clock_key, now, before, state, event_id)
+            alert_event(c, pair[0], pair[1], clock_key, now, state, event_id, previous_balance)
             for c, event_id in zip(found, new_ids("evt", len(found)), strict=True)
         )
-        if before != state:
-            changed[pair] = state
+        flags = below(levels, state)
+        if before != flags:
+            changed[pair] = flags
     if write:
         uow.events.add(events)
     uow.alerts.save_states(changed)

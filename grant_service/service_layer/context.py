@@ -34,7 +34,7 @@ class GrantContext:
     # WatchEvents: a heartbeat after this long without a message; a read at least this often
     # (commits of other replicas are not notified).
     events_heartbeat_s: float = 15.0
-    events_poll_s: float = 0.25
+    events_poll_s: float = 0.05
     # Webhooks: where endpoints may point, and an event as a webhook body (set by the wiring).
     webhook_policy: UrlPolicy = field(default_factory=UrlPolicy)
     event_body: Callable[[StoredEvent, str], bytes] | None = None

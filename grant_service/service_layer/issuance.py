@@ -251,7 +251,8 @@ def issue_segments(
             for grant, entry_id in zip(opened, new_ids("led", len(opened)), strict=True)
         ]
     )
-    uow.events.add(granted_events(opened))
+    if uow.events.enabled:
+        uow.events.add(granted_events(opened))
     return issued
 
 
@@ -388,7 +389,8 @@ def close_expired(uow: GrantUnitOfWork, grants: Sequence[Grant | NewGrant]) -> N
         ]
     )
     uow.issuance.close([g.grant_id for g in grants])
-    uow.events.add(expired_events(grants))
+    if uow.events.enabled:
+        uow.events.add(expired_events(grants))
 
 
 def catch_up_in_transaction(

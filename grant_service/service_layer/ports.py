@@ -377,6 +377,8 @@ class EventRepository(Protocol):
     which no event can still commit (the high-water mark: docs/architecture.md#the-event-log), so
     that a reader that has read up to a position never misses an event that commits later."""
 
+    enabled: bool  # False: `add` writes nothing (--events off, for measuring the log's cost)
+
     def add(self, events: Sequence[NewEvent]) -> None:
         """Append `events` (in bulk), skipping any whose dedupe key the log already holds (the same
         fact written by another replica or an earlier attempt): that is never an error."""
@@ -415,11 +417,12 @@ class AlertRepository(Protocol):
         """Record levels (None: cleared) for the customer ('' : the currency's default)."""
         ...
 
-    def states_of(self, customer_keys: Sequence[str]) -> dict[tuple[str, str], BalanceState]:
-        """The state last evaluated of each (customer, currency) of these customers that has one."""
+    def states_of(self, customer_keys: Sequence[str]) -> dict[tuple[str, str], frozenset[str]]:
+        """The alert state last stored (domain.alerts.below) of each (customer, currency) of these
+        customers that has one."""
         ...
 
-    def save_states(self, states: dict[tuple[str, str], BalanceState]) -> None: ...
+    def save_states(self, states: dict[tuple[str, str], frozenset[str]]) -> None: ...
 
     def current_of(self, customer_keys: Sequence[str]) -> dict[tuple[str, str], BalanceState]:
         """The state of each (customer, currency) of these customers that has open grants, from

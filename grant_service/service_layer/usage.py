@@ -260,12 +260,12 @@ def _burn(
         usage_time=now,
         balance_after=exact_difference(available(views, now), credits),
     )
-    crossed = []
+    crossed: list[NewEvent] = []
     if head.alerts_version:
         before = state_of([(v.amount, v.used) for v in views if v.is_active_at(now)])
-        after = {(customer_key, currency): BalanceState(exact_difference(before.balance, credits), before.granted)}
-        version = head.alerts_version
-        crossed = alerts.evaluate(uow, head.clock_key, now, [customer_key], version=version, after=after, write=False)
+        after = BalanceState(exact_difference(before.balance, credits), before.granted)
+        pair = (customer_key, currency)
+        crossed = alerts.crossed_by_debit(uow, head.clock_key, now, pair, before, after, head.alerts_version)
     _record(uow, debit, grants, taken, usage, now, head.clock_key, crossed)
     return UsageResult(usage, taken)
 
@@ -284,6 +284,8 @@ def _record(
     quantity, feature_key = debit.quantity, debit.feature_key
     used = [(grant_id, exact_sum((grants[grant_id].view.used, amount))) for grant_id, amount in taken]
     depleted = [(grants[grant_id], total) for grant_id, total in used if total == grants[grant_id].view.amount]
+    if not uow.events.enabled:
+        depleted = []
     events = [
         grant_depleted(
             grant.grant_id,

@@ -81,8 +81,9 @@ def _story(stub) -> str:
 
 
 def alert(level: dict, threshold: str, balance: str, previous: str, granted: str) -> dict:
-    payload = {"level": level, "threshold": threshold, "balance": balance, "previous_balance": previous}
-    return {**payload, "granted_amount": granted}
+    """A balance_alert payload; `previous` only for a debit's crossing ("" otherwise)."""
+    payload = {"level": level, "threshold": threshold, "balance": balance, "granted_amount": granted}
+    return {**payload, "previous_balance": previous} if previous else payload
 
 
 def _fields(message) -> dict:
@@ -145,9 +146,9 @@ def test_a_test_clock_story_produces_every_event_in_order(grant):
                 "effective_time": "2026-01-31T10:00:00Z",
             },
         ),
-        ("BALANCE_RECOVERED", t0, alert({"amount": "0"}, "0", "50", "0", "1050")),
+        ("BALANCE_RECOVERED", t0, alert({"amount": "0"}, "0", "50", "", "1050")),
         ("GRANT_VOIDED", t0, {"grant_id": gift, "voided_amount": "50", "reason": "mistake"}),
-        ("BALANCE_DEPLETED", t0, alert({"amount": "0"}, "0", "0", "50", "1000")),
+        ("BALANCE_DEPLETED", t0, alert({"amount": "0"}, "0", "0", "", "1000")),
         (
             "CREDITS_EXPIRED",
             feb28,
@@ -176,9 +177,9 @@ def test_a_test_clock_story_produces_every_event_in_order(grant):
         ),
         # One evaluation once the catch-up is done (at the clock's time): the expiry and the new period at
         # one instant are no low-then-recovered pair.
-        ("BALANCE_RECOVERED", mar5, alert({"amount": "0"}, "0", "1000", "0", "1000")),
-        ("BALANCE_RECOVERED", mar5, alert({"amount": "100"}, "100", "1000", "0", "1000")),
-        ("BALANCE_RECOVERED", mar5, alert({"percent": "50"}, "500", "1000", "0", "1000")),
+        ("BALANCE_RECOVERED", mar5, alert({"amount": "0"}, "0", "1000", "", "1000")),
+        ("BALANCE_RECOVERED", mar5, alert({"amount": "100"}, "100", "1000", "", "1000")),
+        ("BALANCE_RECOVERED", mar5, alert({"percent": "50"}, "500", "1000", "", "1000")),
         (
             "CREDITS_EXPIRED",
             mar5,
@@ -192,7 +193,7 @@ def test_a_test_clock_story_produces_every_event_in_order(grant):
             },
         ),
         # The subscription's end leaves no active grant: below the absolute level (not "depleted").
-        ("BALANCE_LOW", mar5, alert({"amount": "100"}, "100", "0", "1000", "0")),
+        ("BALANCE_LOW", mar5, alert({"amount": "100"}, "100", "0", "", "0")),
         (
             "SUBSCRIPTION_CHANGED",
             mar5,
@@ -220,6 +221,7 @@ def test_a_test_clock_story_produces_every_event_in_order(grant):
             },
         ),
     ]
+    assert {e.type for e in events} == set(E.values()) - {E.CREDIT_EVENT_TYPE_UNSPECIFIED}  # every kind
     assert all(e.test_clock_id == clock_id and e.customer_key == "acme" for e in events)
     assert len({e.event_id for e in events}) == len(events)
     # The stream sends the same events, and resumed from any cursor, the rest.

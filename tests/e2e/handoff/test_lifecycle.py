@@ -250,3 +250,46 @@ def test_immediate_amendment_then_cancel_exactly_at_an_issued_period_start(deplo
     assert ledger() == [(GRANT, "1000", anchor), (EXPIRE, "-1000", period_1)]
     balance = grant.GetBalance(grant_pb2.GetBalanceRequest(customer_key="edge", currency_key="ai-credits"))
     assert balance.balance.available == "0"
+
+
+def test_a_cancel_applied_late_is_in_the_handoff_state_and_the_event_log(deployment):
+    """Issue 20: a cancel the grant service receives after the instant the catalog dated it (here
+    after its outage) ends the subscription at the delivery time there; the catalog's handoff state
+    shows it (requested and applied instants), and so does the grant service's SUBSCRIPTION_CHANGED."""
+    d = deployment()
+    d.grant.start()
+    d.catalog.start()
+    catalog, grant = d.catalog_stub, d.grant_stub
+    setup_catalog(catalog)
+    call(catalog.CreateCustomer, pb.CreateCustomerRequest(customer=pb.Customer(key="late")))
+    sub_id = call(
+        catalog.ProvisionSubscription,
+        pb.ProvisionSubscriptionRequest(
+            request_id="provision",
+            customer_key="late",
+            plan_key="enterprise",
+            entitlement_values={"ai-credits-monthly": "1000"},
+        ),
+    ).subscription.subscription_id
+    wait_for(lambda: applied_revision(grant, sub_id) == 1, "revision 1", (d.catalog, d.grant))
+    d.grant.stop()
+    cancelled = call(
+        catalog.CancelSubscription,
+        pb.CancelSubscriptionRequest(subscription_id=sub_id, mode=pb.CANCEL_MODE_IMMEDIATELY, request_id="cancel"),
+    ).subscription
+    d.grant.start()
+    wait_for(lambda: applied_revision(grant, sub_id) == 2, "revision 2", (d.catalog, d.grant))
+
+    def late() -> list:
+        handoff = catalog.GetSubscription(pb.GetSubscriptionRequest(subscription_id=sub_id), timeout=DEADLINE_S)
+        return list(handoff.subscription.handoff.late_changes)
+
+    changes = wait_for(late, "the late change in the handoff state", (d.catalog, d.grant))
+    assert [(c.revision, c.entitlement_key, c.requested_time) for c in changes] == [(2, "", cancelled.end_time)]
+    assert changes[0].applied_time.ToDatetime() > changes[0].requested_time.ToDatetime()
+    events = grant.ListEvents(
+        grant_pb2.ListEventsRequest(customer_key="late", types=[grant_pb2.CREDIT_EVENT_TYPE_SUBSCRIPTION_CHANGED]),
+        timeout=DEADLINE_S,
+    ).events
+    clamped = events[-1].subscription_changed.clamped_changes
+    assert [(c.requested_time, c.applied_time) for c in clamped] == [(cancelled.end_time, changes[0].applied_time)]

@@ -77,6 +77,7 @@ def test_a_batch_reads_once_and_writes_one_statement_per_table(database_url_fact
         ("INSERT", "customers"): 1,
         ("INSERT", "subscriptions"): 1,
         ("INSERT", "schedules"): 1,
+        ("INSERT", "events"): 1,  # one SUBSCRIPTION_CHANGED per revision, in one statement
     }
 
     statements.clear()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal as D
 
-from grant_service.domain.alerts import DEPLETION, AlertLevel, BalanceState, crossings
+from grant_service.domain.alerts import DEPLETION, AlertLevel, BalanceState, below, crossings
 from grant_service.domain.events import EventType
 
 LOW, DEPLETED, RECOVERED = EventType.BALANCE_LOW, EventType.BALANCE_DEPLETED, EventType.BALANCE_RECOVERED
@@ -18,7 +18,9 @@ def s(balance: str, granted: str = "1000") -> BalanceState:
 
 
 def kinds(levels, before, after):
-    return [(c.type, c.level, c.threshold) for c in crossings(levels, before, after)]
+    """The crossings from the alert state of `before` (None: never evaluated) to `after`."""
+    flags = None if before is None else below(levels, before)
+    return [(c.type, c.level, c.threshold) for c in crossings(levels, flags, after)]
 
 
 def test_once_per_downward_crossing_and_rearmed_only_above():
@@ -60,3 +62,10 @@ def test_never_evaluated_counts_as_above_and_no_grants_is_not_depleted():
     assert kinds([HUNDRED], None, s("50")) == [(LOW, HUNDRED, D(100))]
     assert kinds([], s("10"), s("0", "0")) == []  # the last grant expired: nothing granted, not depleted
     assert kinds([], s("10"), s("0")) == [(DEPLETED, DEPLETION, D(0))]
+
+
+def test_levels_changed_since_the_state_was_stored():
+    stored = below([HALF], s("400"))  # below 50%
+    # 50% replaced by 100: the old level is dropped silently, the new one fires if below.
+    assert [(c.type, c.level) for c in crossings([HUNDRED], stored, s("50"))] == [(LOW, HUNDRED)]
+    assert crossings([HUNDRED], stored, s("400")) == []

@@ -1,7 +1,7 @@
 """events: the durable credit event log (table `events`, one row per event, unique by event id
 and by dedupe key) and its identity (`event_log`, one row with a random id that cursors carry);
 `subscriptions.end_reported` (its SUBSCRIPTION_ENDED event written); balance alerts: the levels
-set (`balance_alert_sets`, append-only) and the state last evaluated (`balance_alert_states`).
+set (`balance_alert_sets`, append-only) and the alert state last evaluated (`balance_alert_states`).
 
 On PostgreSQL `events.txid` defaults to the writing transaction's id (pg_current_xact_id()), by
 which readers order the log and hold back below the oldest transaction still running
@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-from credit_common.db.types import ExactDecimal, UtcDateTime
+from credit_common.db.types import UtcDateTime
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -70,8 +70,7 @@ def upgrade() -> None:
         "balance_alert_states",
         sa.Column("customer_key", sa.String(length=64), nullable=False),
         sa.Column("currency_key", sa.String(length=64), nullable=False),
-        sa.Column("balance", ExactDecimal(), nullable=False),
-        sa.Column("granted", ExactDecimal(), nullable=False),
+        sa.Column("below", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("customer_key", "currency_key", name=op.f("pk_balance_alert_states")),
     )
     # Whether a subscription's SUBSCRIPTION_ENDED event is written; the ends already past before

@@ -1,0 +1,57 @@
+"""Late changes (catalog_service.domain.outbox.LateChange): recorded when the grant service's answer
+to a delivery names changes it applied at its "now" instead of the requested instant, and read with
+the handoff state. Recorded in a transaction of its own as soon as the answer arrives, before the
+delivery's outcome is written: a catalog that dies in between sends the revision again and gets
+ALREADY_APPLIED, with the late changes already recorded (a death between the answer and this record
+loses them, and the grant service's SUBSCRIPTION_CHANGED event still has them)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from catalog_service.adapters.orm import LateChangeRow
+from catalog_service.domain.outbox import LateChange
+
+TABLE = LateChangeRow.__table__
+
+
+class LateChangeRecorder:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def record(self, subscription_id: str, changes: Sequence[LateChange]) -> None:
+        if not changes:
+            return
+        rows = [
+            {
+                "subscription_id": subscription_id,
+                "revision": c.revision,
+                "entitlement_key": c.entitlement_key,
+                "requested_time": c.requested_time,
+                "applied_time": c.applied_time,
+            }
+            for c in changes
+        ]
+        with self._sessions() as session, session.begin():
+            dialect = session.get_bind().dialect.name
+            insert = postgresql.insert(TABLE) if dialect == "postgresql" else sqlite.insert(TABLE)
+            session.execute(insert.on_conflict_do_nothing(), rows)
+
+
+def late_changes_of(session: Session, subscription_ids: Iterable[str]) -> dict[str, tuple[LateChange, ...]]:
+    ids = sorted(set(subscription_ids))
+    found: dict[str, list[LateChange]] = defaultdict(list)
+    for start in range(0, len(ids), 500):
+        rows = session.execute(
+            select(TABLE)
+            .where(TABLE.c.subscription_id.in_(ids[start : start + 500]))
+            .order_by(TABLE.c.subscription_id, TABLE.c.revision, TABLE.c.entitlement_key)
+        )
+        for r in rows:
+            found[r.subscription_id].append(LateChange(r.revision, r.entitlement_key, r.requested_time, r.applied_time))
+    return {key: tuple(changes) for key, changes in found.items()}
