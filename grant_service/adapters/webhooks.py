@@ -295,6 +295,12 @@ class SqlWebhookQueue:
         if not records:
             return applied, disabled
         with self._sessions.write() as session, session.begin():
+            # The endpoint first, then its deliveries: the order of a claim and of the endpoint's
+            # own changes, so none of them waits on another in a cycle. A deleted endpoint took
+            # its deliveries and attempts with it: nothing to write.
+            owner = session.execute(locked(session, select(E.c.endpoint_id).where(E.c.endpoint_id == endpoint_id)))
+            if owner.first() is None:
+                return [False] * len(records), False
             leases.lock_in_id_order(session, D, [r.claim.token.id for r in records])
             # Delivered ones in one statement (true whoever holds the lease: the receiver has it);
             # the others each under its own lease token (fenced).
