@@ -258,6 +258,17 @@ class SqlWebhookQueue:
                 query = query.where(E.c.endpoint_id.not_in(list(busy)))
             query = query.order_by(E.c.endpoint_id).limit(endpoints)
             for row in session.execute(leases.skip_locked(session, query, E)).all():
+                # Looked at again under the endpoint's lock: on PostgreSQL the select above may have
+                # seen the endpoint idle just before another worker's claim of it committed.
+                other = D.alias("other")
+                busy_now = exists().where(
+                    other.c.endpoint_id == row.endpoint_id,
+                    other.c.status == STATUS_PENDING,
+                    other.c.leased.is_(True),
+                    other.c.next_attempt_at > now,
+                )
+                if session.execute(select(busy_now)).scalar():
+                    continue
                 rows = session.execute(
                     select(D.c.id, D.c.attempts, D.c.event_id, D.c.event_type, D.c.body, D.c.trigger)
                     .where(D.c.endpoint_id == row.endpoint_id, leases.due(D, now))
