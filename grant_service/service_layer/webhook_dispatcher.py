@@ -182,8 +182,13 @@ class WebhookDispatcher:
         return bool(fanned or lanes)
 
     def drain(self, passes: int = 100) -> None:
-        """Run passes, waiting for their lanes, until one finds nothing to do (tests)."""
+        """Wait for the lanes in flight (the worker's too), then run passes, waiting for their lanes,
+        until one finds nothing to do (tests)."""
         for _ in range(passes):
+            with self._lock:
+                running = list(self._busy.values())
+            for future in running:
+                future.result()
             if not self.run_once(wait=True):
                 return
 
