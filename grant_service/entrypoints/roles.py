@@ -63,5 +63,8 @@ READ_METHODS = read_only(
         "CheckUsage",
         "GetTestClock",
         "ListTestClocks",
+        "GetWebhookEndpoint",
+        "ListWebhookEndpoints",
+        "ListWebhookDeliveryAttempts",
     ),
 )
