@@ -206,25 +206,24 @@ class WebhookDispatcher:
 
     def _deliver(self, endpoint: WebhookEndpoint, claims: list) -> None:
         records: list[Record] = []
-        lease_until = claims[0].token.lease_until if claims else None
-        for i, claim in enumerate(claims):
+        pending = list(claims)  # not attempted yet, in order
+        while pending:
             if self._stopping.is_set():
                 self._flush(endpoint, records)
-                self._release(claims[i:], self._clock.now())
+                self._release(pending, self._clock.now())
                 return
             now = self._clock.now()
-            if lease_until is not None and lease_until - now < self._lease / 2:
+            if pending[0].token.lease_until - now < self._lease / 2:
                 self._flush(endpoint, records)
                 records = []
-                claims[i:] = self._renew(claims[i:], now + self._lease)
-                if not claims[i:]:
-                    return
-                lease_until = claims[i].token.lease_until
+                pending = self._renew(pending, now + self._lease)  # those taken over are dropped
+                continue
+            claim = pending.pop(0)
             record, unreachable = self._attempt(endpoint, claim)
             records.append(record)
-            if unreachable and i + 1 < len(claims):
+            if unreachable and pending:
                 self._flush(endpoint, records)
-                self._release(claims[i + 1 :], record.next_attempt_at or self._clock.now())
+                self._release(pending, record.next_attempt_at or self._clock.now())
                 return
             if len(records) >= self._flush_every:
                 self._flush(endpoint, records)

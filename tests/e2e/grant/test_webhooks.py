@@ -18,7 +18,7 @@ from decimal import Decimal
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, json_format
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from credit_common.clock import ManualClock
@@ -556,3 +556,30 @@ def test_a_hanging_receiver_never_holds_up_usage_or_the_catch_up(database_url_fa
             release.set()
             receiver.hold = None
             wait_for(lambda: set(added) <= set(receiver.ok_ids()), "every event once released")  # noqa: B023
+
+
+# --------------------------------------------------------------------------- one schema
+
+
+def test_a_use_cases_event_arrives_as_the_same_credit_event_list_events_returns(server, receiver):
+    """Events written by the RPCs themselves (a subscription applied, a one-off grant) reach the
+    endpoint, and each body is the canonical JSON of the very CreditEvent ListEvents returns."""
+    secret = server.create(receiver.url).signing_secret
+    server.stub.ApplyCreditCurrency(
+        pb.ApplyCreditCurrencyRequest(
+            currency_key="ai-credits", revision=1, rates=[pb.CreditRate(feature_key="f", credits_per_unit="1")]
+        ),
+        timeout=30,
+    )
+    server.stub.ApplySubscription(subscription("sub_1", "acme", utc(2026, 5, 1, 12), [("1000", None)]), timeout=30)
+    grant = server.stub.CreateGrant(
+        pb.CreateGrantRequest(request_id="g1", customer_key="acme", currency_key="ai-credits", amount="25"),
+        timeout=30,
+    ).grant
+    listed = server.stub.ListEvents(pb.ListEventsRequest(customer_key="acme", page_size=100), timeout=30).events
+    assert grant.grant_id in {e.credits_granted.grant_id for e in listed}
+    server.dispatcher.nudge()
+    wait_for(lambda: receiver.count() >= len(listed), "every event of the log")
+    bodies = {r.headers["webhook-id"]: verify(secret, r) for r in receiver.received}
+    for event in listed:
+        assert bodies[event.event_id] == json_format.MessageToDict(event)

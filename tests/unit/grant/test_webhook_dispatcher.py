@@ -51,7 +51,10 @@ class FakeQueue:
         self.records.extend(records)
         return [True] * len(records), False
 
+    renewed: list = field(default_factory=list)
+
     def renew(self, tokens, until):
+        self.renewed.append(([t.id for t in tokens], until))
         return [LeaseToken(t.id, until, t.attempts) for t in tokens]
 
     def release(self, tokens, due_at):
@@ -135,3 +138,30 @@ def test_stop_finishes_the_attempt_in_flight_and_gives_back_the_rest():
     stopper.join(10)
     assert [r.claim.event_id for r in queue.records] == ["evt_0"]
     assert queue.released == [(i, T0) for i in range(1, 5)]
+
+
+class SlowSender(FakeSender):
+    """Each attempt takes 40 s of the injected clock."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__([])
+        self.clock = clock
+
+    def send(self, url, headers, body):
+        self.clock.advance(timedelta(seconds=40))
+        return super().send(url, headers, body)
+
+
+def test_a_long_lane_renews_the_leases_of_what_it_has_not_sent():
+    clock = ManualClock(T0)
+    queue = FakeQueue(lanes=[_lane(3)])
+    dispatcher = _dispatcher(queue, SlowSender(clock), clock)
+    dispatcher.run_once(wait=True)
+    # the lease (60 s) is half gone after the first attempt: the two left are renewed, and again after the next
+    assert queue.renewed == [([1, 2], T0 + timedelta(seconds=100)), ([2], T0 + timedelta(seconds=140))]
+    assert [r.claim.token.lease_until for r in queue.records] == [
+        T0 + timedelta(seconds=60),
+        T0 + timedelta(seconds=100),
+        T0 + timedelta(seconds=140),
+    ]
+    dispatcher.stop()
