@@ -229,6 +229,13 @@ def main() -> int:
     step(f"Handoff: provisioning queued revision 1 (handoff {queued})")
     handed_off(1)
 
+    step("Balance alerts for this customer: below 20% of what it was granted, and below 5,000 credits")
+    levels = [gr.BalanceAlertLevel(percent="20"), gr.BalanceAlertLevel(amount="5000")]
+    grant.SetBalanceAlerts(
+        gr.SetBalanceAlertsRequest(customer_key=customer.key, currency_key="ai-credits", levels=levels),
+        timeout=DEADLINE,
+    )
+
     def balance() -> str:
         return grant.GetBalance(
             gr.GetBalanceRequest(customer_key=customer.key, currency_key="ai-credits"), timeout=DEADLINE
@@ -341,6 +348,36 @@ def main() -> int:
                 gr.GrantStatus.Name(g.status).removeprefix("GRANT_STATUS_"),
             ]
             for g in grants
+        ],
+    )
+    events, token = [], ""
+    while True:  # the credit event log of the customer, as ListEvents pages it (WatchEvents streams the same)
+        page = grant.ListEvents(
+            gr.ListEventsRequest(customer_key=customer.key, page_size=100, page_token=token), timeout=DEADLINE
+        )
+        events += page.events
+        token = page.next_page_token
+        if not token:
+            break
+
+    def about(event) -> str:
+        payload = getattr(event, event.WhichOneof("payload"))
+        if event.HasField("balance_alert"):
+            return f"balance {payload.balance}, level {payload.threshold}"
+        if event.HasField("subscription_changed"):
+            late = " (applied late)" if payload.clamped_changes else ""
+            return f"revision {payload.revision}{late}"
+        if event.HasField("usage_rejected"):
+            return f"{payload.requested_credits} requested, {payload.available_credits} available"
+        amount = getattr(payload, "expired_amount", "") or getattr(payload, "amount", "")
+        return f"{amount} {getattr(payload, 'grant_id', '')}".strip()
+
+    table(
+        f"Credit events of {customer.key}",
+        ["occurred (UTC)", "type", "what"],
+        [
+            [when(e.occurred_time), gr.CreditEventType.Name(e.type).removeprefix("CREDIT_EVENT_TYPE_"), about(e)]
+            for e in events
         ],
     )
     final = catalog.GetSubscription(cat.GetSubscriptionRequest(subscription_id=sub_id), timeout=DEADLINE).subscription

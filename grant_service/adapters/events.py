@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import BigInteger, Select, Text, cast, event, func, select, tuple_
+import psycopg
+from sqlalchemy import BigInteger, Engine, Select, Text, cast, event, func, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from credit_common.clock import Clock
@@ -29,6 +30,51 @@ from grant_service.adapters.sql import insert_ignoring_conflicts, is_postgres
 from grant_service.domain.events import EventFilter, EventPosition, EventType, NewEvent, StoredEvent
 
 WROTE_EVENTS = "credit_grants.wrote_events"  # session.info: this transaction wrote events
+NOTIFY_CHANNEL = "credit_grants_events"
+_NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
+
+
+def wrote_events(session: Session) -> None:
+    """Note that the session's transaction wrote events: its commit wakes this process's streams
+    (EventSignal), and on PostgreSQL every process's (a NOTIFY, delivered at commit: EventListener)."""
+    if session.info.get(WROTE_EVENTS):
+        return
+    session.info[WROTE_EVENTS] = True
+    if is_postgres(session):
+        session.execute(_NOTIFY)
+
+
+class EventListener:
+    """PostgreSQL: a thread that LISTENs on its own connection and signals this process's streams
+    when any process (another replica, another server process) commits events, so that they read
+    at once rather than at their next poll. While the database is away it retries every second;
+    the streams' poll covers the gap."""
+
+    def __init__(self, engine: Engine, signal: EventSignal) -> None:
+        self._conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._signal = signal
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="credit-events-listener", daemon=True)
+
+    def start(self) -> Callable[[], None]:
+        self._thread.start()
+        return self.stop
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as connection:
+                    connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self._signal.committed()  # what committed while nobody listened: read it now
+                    while not self._stopped.is_set():
+                        for _ in connection.notifies(timeout=0.5, stop_after=1):
+                            self._signal.committed()
+            except psycopg.Error:
+                self._stopped.wait(1.0)
 
 
 class EventSignal:
@@ -132,7 +178,7 @@ class SqlEventRepository:
             return
         now = self._clock.now() if self._clock is not None else datetime.now(UTC)
         insert_ignoring_conflicts(self.session, EventRow, event_rows(events, now), "event_id")
-        self.session.info[WROTE_EVENTS] = True
+        wrote_events(self.session)
 
     def log_id(self) -> str:
         return self.session.execute(select(EVENT_LOG.c.log_id)).scalar_one()

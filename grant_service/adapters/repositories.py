@@ -17,7 +17,7 @@ from credit_common.clock import Clock
 from credit_common.db.keyset import keyset_after
 from credit_common.idempotency import SeenRequest
 from grant_service.adapters.debits import debit_head, insert_request_id, open_grants, record_debit
-from grant_service.adapters.events import WROTE_EVENTS, event_rows
+from grant_service.adapters.events import event_rows, wrote_events
 from grant_service.adapters.mappers import (
     clock_of,
     encode_amounts,
@@ -391,7 +391,7 @@ class SqlDebitRepository:
         recorded = self._clock.now() if self._clock is not None and events else usage.usage_time
         record_debit(self.session, usage_row, used, entries, request, event_rows(events, recorded))
         if events:
-            self.session.info[WROTE_EVENTS] = True
+            wrote_events(self.session)
 
     def recorded(self, usage_id: str) -> tuple[Usage, list[tuple[str, Decimal]]] | None:
         usage = self.session.get(UsageRow, usage_id)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -20,7 +20,7 @@ from credit_common.db.group_commit import GroupCommit
 from grant_service.adapters.alerts import AlertsCache, SqlAlertRepository
 from grant_service.adapters.balance_reads import current_grants
 from grant_service.adapters.debits import debit_group
-from grant_service.adapters.events import EventSignal, SqlEventRepository
+from grant_service.adapters.events import EventListener, EventSignal, SqlEventRepository
 from grant_service.adapters.mappers import customer_now_of
 from grant_service.adapters.rates import RatesCache
 from grant_service.adapters.repositories import (
@@ -124,6 +124,13 @@ class SqlUnitsOfWork:
         return self.debits.run(
             lambda session: work(self._unit(session)), key=customer_key, subject=(customer_key, scope, request_id)
         )
+
+    def listen_for_events(self, engine: Engine) -> Callable[[], None]:
+        """On PostgreSQL, wake this process's streams on every process's commits of events (the
+        function returned stops it); elsewhere nothing (SQLite: one process per database file)."""
+        if engine.dialect.name != "postgresql":
+            return lambda: None
+        return EventListener(engine, self._events).start()
 
     def event_generation(self) -> int:
         return self._events.generation

@@ -18,7 +18,7 @@ from grant_service.entrypoints.roles import METHOD_ROLES, READ_METHODS, SERVICE
 from grant_service.entrypoints.servicer import GrantServicer
 from grant_service.entrypoints.settings import FLAGS, GrantSettings
 from grant_service.entrypoints.timer import start_catch_up_timer
-from grant_service.entrypoints.webhook_worker import webhook_dispatcher
+from grant_service.entrypoints.webhook_worker import wake_on_events, webhook_dispatcher
 from grant_service.service_layer.context import GrantContext
 from grant_service.v1 import grant_service_pb2_grpc
 
@@ -38,13 +38,14 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
     # GetBalance's hot path reads on a connection per RPC thread, from a pool of its own.
     clock = clock or SystemClock()
     read_engine = create_db_engine(read_engine_settings(settings.database, settings.max_workers))
+    uows = SqlUnitsOfWork(
+        session_factories(engine, read_engine),
+        clock,
+        linger_s=settings.batch_linger_s,
+        events=settings.events_enabled,
+    )
     ctx = GrantContext(
-        uows=SqlUnitsOfWork(
-            session_factories(engine, read_engine),
-            clock,
-            linger_s=settings.batch_linger_s,
-            events=settings.events_enabled,
-        ),
+        uows=uows,
         clock=clock,
         test_clocks_enabled=settings.test_clocks_enabled,
         batch_size=settings.catch_up_batch_size,
@@ -63,12 +64,14 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
 
     running = start(DEFINITION, settings, register, engine=engine, clock=clock)
     running.on_stop.append(read_engine.dispose)
+    running.on_stop.append(uows.listen_for_events(engine))
     if settings.webhooks.workers > 0:
         dispatcher, sender = webhook_dispatcher(engine, ctx.uows, clock, settings.webhooks)
         dispatcher.start()
         running.webhooks = dispatcher  # type: ignore[attr-defined]
         running.on_stop.append(sender.close)
         running.on_stop.append(dispatcher.stop)
+        running.on_stop.append(wake_on_events(uows, dispatcher))
     if settings.catch_up_interval_s > 0:
         stop_timer = start_catch_up_timer(ctx, settings.catch_up_interval_s)
         running.on_stop.append(stop_timer)

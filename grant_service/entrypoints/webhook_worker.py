@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import Engine
@@ -40,3 +42,28 @@ def webhook_dispatcher(
         disable_after=settings.disable_after,
     )
     return dispatcher, sender
+
+
+def wake_on_events(uows: UnitsOfWork, dispatcher: WebhookDispatcher) -> Callable[[], None]:
+    """Nudge the dispatcher whenever a transaction that wrote events commits (this process's, and on
+    PostgreSQL every process's, through the event listener), so a webhook leaves without waiting for
+    the poll. Returns the function that stops it."""
+    stopping = threading.Event()
+
+    def run() -> None:
+        generation = uows.event_generation()
+        while not stopping.is_set():
+            uows.wait_for_events(generation, 1.0)
+            current = uows.event_generation()
+            if current != generation:
+                generation = current
+                dispatcher.nudge()
+
+    thread = threading.Thread(target=run, name="webhook-wakeup", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopping.set()
+        thread.join(2.0)
+
+    return stop

@@ -67,12 +67,15 @@ def evaluate(
     only_if_complete: bool = False,
     write: bool = True,
     previous_balance: Decimal | None = None,
+    occurred: Mapping[str, datetime] | None = None,
 ) -> list[NewEvent]:
     """Evaluate at `now` the alerts of the customers' currencies that have levels, and write their
     events. `after`: the only pairs that changed and their states now, if the caller knows them
     (else every currency of the customers, read from their open grants); `only_if_complete`: skip
     the customers with something still due at `now` (a catch-up under way); `write`: False leaves
-    writing the events to the caller (the states are saved either way)."""
+    writing the events to the caller (the states are saved either way); `occurred`: per customer,
+    the instant of the last change evaluated if before `now` (a catch-up's), the events' occurred
+    time (default: `now`)."""
     version = uow.alerts.version() if version is None else version
     customers = sorted(set(customer_keys))
     if not version or not customers:
@@ -89,6 +92,10 @@ def evaluate(
         current = uow.alerts.current_of(customers)
         for pair in stored:
             current.setdefault(pair, _NOTHING)  # no open grant left in that currency
+
+    def at(customer_key: str) -> datetime:
+        return (occurred or {}).get(customer_key, now)
+
     events: list[NewEvent] = []
     changed: dict[Pair, frozenset[str]] = {}
     for pair in sorted(current):
@@ -98,7 +105,7 @@ def evaluate(
         before, state = stored.get(pair), current[pair]
         found = crossings(levels, before, state)
         events.extend(
-            alert_event(c, pair[0], pair[1], clock_key, now, state, event_id, previous_balance)
+            alert_event(c, pair[0], pair[1], clock_key, at(pair[0]), state, event_id, previous_balance)
             for c, event_id in zip(found, new_ids("evt", len(found)), strict=True)
         )
         flags = below(levels, state)
@@ -166,3 +173,12 @@ def set_balance_alerts(
 
 def get_balance_alerts(ctx: GrantContext, customer_key: str, currency_key: str) -> AlertSettings:
     return ctx.uows.read(lambda uow: _read(uow, customer_key, currency_key))
+
+
+def last_changes(changes: Iterable[tuple[str, datetime | None]]) -> dict[str, datetime]:
+    """Per customer, the latest of the instants of its changes (customer_key, instant)."""
+    latest: dict[str, datetime] = {}
+    for customer_key, instant in changes:
+        if instant is not None and (customer_key not in latest or instant > latest[customer_key]):
+            latest[customer_key] = instant
+    return latest

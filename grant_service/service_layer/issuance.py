@@ -182,7 +182,11 @@ def issue_due_batch(
     for (k, next_start), schedule_ids in advanced.items():
         uow.issuance.advance_cursors(schedule_ids, k, next_start)
     if issued:
-        alerts.evaluate(uow, clock_key, now, {g.customer_key for g in issued}, only_if_complete=True)
+        instants = [(g.customer_key, g.effective_time) for g in issued] + [
+            (g.customer_key, g.expire_time) for g in over
+        ]
+        latest = alerts.last_changes((c, t) for c, t in instants if t <= now)
+        alerts.evaluate(uow, clock_key, now, latest, only_if_complete=True, occurred=latest)
     return len(schedules), len(issued), len(over)
 
 
@@ -310,7 +314,11 @@ def open_due_batch(
     uow.issuance.add_entries(entries)
     uow.events.add(facts)
     uow.issuance.opened([g.grant_id for g in grants], closed=sorted(over))
-    alerts.evaluate(uow, clock_key, now, {g.customer_key for g in grants}, only_if_complete=True)
+    latest = alerts.last_changes(
+        [(g.customer_key, g.effective_time) for g in grants]
+        + [(g.customer_key, g.expire_time) for g in grants if g.grant_id in over]
+    )
+    alerts.evaluate(uow, clock_key, now, latest, only_if_complete=True, occurred=latest)
     return len(grants), len(over)
 
 
@@ -360,7 +368,8 @@ def expire_due_batch(
     grants = uow.issuance.due_to_expire(clock_key, now, customer_key, batch_size, skip_locked=skip_locked)
     close_expired(uow, grants)
     if grants:
-        alerts.evaluate(uow, clock_key, now, {g.customer_key for g in grants}, only_if_complete=True)
+        latest = alerts.last_changes((g.customer_key, g.expire_time) for g in grants)
+        alerts.evaluate(uow, clock_key, now, latest, only_if_complete=True, occurred=latest)
     return len(grants)
 
 

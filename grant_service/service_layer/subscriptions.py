@@ -178,6 +178,7 @@ class _Batch:
     # at or before now), written by `flush`.
     events: list[NewEvent] = field(default_factory=list)
     ended: list[StoredSubscription] = field(default_factory=list)
+    alerts_version: int | None = None  # of the balance alert levels, read once per batch
 
     @classmethod
     def load(cls, ctx: GrantContext, uow: GrantUnitOfWork, specs: Sequence[SubscriptionSpec]) -> _Batch:
@@ -257,7 +258,9 @@ class _Batch:
         withdrawn: list[str] = []
         clamped.extend(_apply_schedules(self.uow, sub, spec, now, self.new_schedules, withdrawn))
         self._changed(sub, previous.revision, now, clamped, withdrawn)
-        alerts.evaluate(self.uow, clock_key, now, [spec.customer_key])
+        if self.alerts_version is None:
+            self.alerts_version = self.uow.alerts.version()
+        alerts.evaluate(self.uow, clock_key, now, [spec.customer_key], version=self.alerts_version)
         return ApplyResult(ApplyOutcome.APPLIED, spec.revision, clamped=tuple(clamped))
 
     def _changed(

@@ -97,3 +97,25 @@ def test_live_and_resumed_streams_miss_nothing_under_concurrent_writers(database
     assert len(resumed) == total and len(set(resumed)) == total
     assert live["ids"] == resumed  # the same events, once each, in the same order
     assert {f"evt_w{w}_{n}" for w in range(WRITERS) for n in range(PER_WRITER)} <= set(resumed)
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_a_stream_is_woken_by_another_replicas_commit(database_url_factory):
+    """PostgreSQL: a replica's commit of events wakes the streams of every replica (NOTIFY), not at
+    their next poll: here the poll is a minute, the stream's deadline 20 s."""
+    url = database_url_factory("grant")
+    clock = ManualClock(REAL_NOW)
+    args = ["--catch-up-interval", "0", "--events-poll-interval-ms", "60000", "--events-heartbeat-interval", "60"]
+    with (
+        serving(app.DEFINITION, app.build, url, clock=clock, args=args) as (_, watching),
+        serving(app.DEFINITION, app.build, url, clock=clock, args=args, migrate=False) as (_, writing),
+    ):
+        watcher = grant_service_pb2_grpc.GrantServiceStub(watching)
+        writer = grant_service_pb2_grpc.GrantServiceStub(writing)
+        stream = watcher.WatchEvents(pb.WatchEventsRequest(), timeout=20)
+        threading.Timer(
+            0.5, lambda: writer.ApplySubscription(subscription("sub_n", "woken", utc(2026, 5, 1), [("10", None)]))
+        ).start()
+        first = next(message for message in stream if message.HasField("event"))
+        stream.cancel()
+        assert first.event.subscription_changed.subscription_id == "sub_n"
