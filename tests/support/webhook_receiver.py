@@ -29,10 +29,12 @@ class Receiver:
     holding: int = 0  # requests waiting now
     lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
+    location: str | None = None  # sent as Location with every answer (a redirect with a 3xx status)
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hooks"
 
     def answer(self) -> int:
         with self.lock:
@@ -70,6 +72,8 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             try:
                 answer = b"" if status in (204, 304) else b"ok"
                 self.send_response(status)
+                if receiver.location is not None:
+                    self.send_header("location", receiver.location)
                 if status not in (204, 304):
                     self.send_header("content-length", str(len(answer)))
                 self.end_headers()
@@ -92,8 +96,18 @@ class _Server(ThreadingHTTPServer):
 
 @contextmanager
 def receiving(**options) -> Iterator[Receiver]:
+    """A receiver; with tls=True it serves HTTPS with a certificate of a throwaway CA (trustme) that
+    no client trusts."""
     receiver = Receiver(**options)
     server = _Server(("127.0.0.1", 0), _handler(receiver))
+    if receiver.tls:
+        import ssl
+
+        import trustme
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        trustme.CA().issue_cert("127.0.0.1").configure_cert(context)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     receiver.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, name="webhook-receiver", daemon=True)
     thread.start()

@@ -286,6 +286,28 @@ def test_an_unreachable_endpoint_costs_one_attempt_per_step_not_one_per_event(se
         assert receiver.ids() == events
 
 
+def test_redirects_are_not_followed(server):
+    with receiving() as elsewhere, receiving(status=302) as receiver:
+        receiver.location = elsewhere.url
+        server.create(receiver.url)
+        [event_id] = server.add_events(1)
+        server.recorded(1, event_id=event_id)
+        [attempt] = server.attempts(event_id=event_id)
+        assert (attempt.http_status, attempt.error) == (302, "HTTP 302 (redirect not followed)")
+        assert attempt.HasField("next_attempt_time")
+        assert elsewhere.count() == 0
+
+
+def test_a_certificate_nobody_trusts_is_refused(server):
+    with receiving(tls=True) as receiver:
+        server.create(receiver.url)
+        [event_id] = server.add_events(1)
+        server.recorded(1, event_id=event_id)
+        [attempt] = server.attempts(event_id=event_id)
+        assert attempt.http_status == 0 and "CERTIFICATE_VERIFY_FAILED" in attempt.error, attempt.error
+        assert receiver.count() == 0
+
+
 def test_an_endpoint_failing_past_the_limit_is_disabled(database_url_factory):
     for server in _server(database_url_factory, "--webhook-disable-after-hours", "1"):
         with receiving(status=500) as receiver:
