@@ -26,7 +26,7 @@ from credit_common.db.engine import DatabaseSettings, create_db_engine, session_
 from credit_common.ids import new_id
 from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
 from grant_service.domain.events import EventType, NewEvent
-from grant_service.domain.webhooks import sign
+from grant_service.domain.webhooks import DisabledReason, WebhookEndpoint, new_secret, sign
 from grant_service.entrypoints import app
 from grant_service.v1 import grant_service_pb2 as pb
 from grant_service.v1 import grant_service_pb2_grpc
@@ -605,3 +605,25 @@ def test_a_use_cases_event_arrives_as_the_same_credit_event_list_events_returns(
     bodies = {r.headers["webhook-id"]: verify(secret, r) for r in receiver.received}
     for event in listed:
         assert bodies[event.event_id] == json_format.MessageToDict(event)
+
+
+def test_a_target_the_policy_refuses_now_is_not_reached(strict_server):
+    """An endpoint stored before the policy got stricter (written here straight to the database) is
+    checked again before every attempt: a failed attempt, nothing sent."""
+    with receiving() as receiver:
+        engine = create_db_engine(DatabaseSettings(url=strict_server.url, pool_size=1, max_overflow=0))
+        T = REAL_NOW
+        try:
+            with session_factories(engine).write() as session, session.begin():
+                SqlGrantUnitOfWork(session).webhooks.add(
+                    WebhookEndpoint(
+                        "whe_old", receiver.url, (), "", DisabledReason.NONE, new_secret(), None, None, T, T
+                    )
+                )
+        finally:
+            engine.dispose()
+        [event_id] = strict_server.add_events(1)
+        strict_server.recorded(1, event_id=event_id)
+        [attempt] = strict_server.attempts(event_id=event_id)
+        assert attempt.error.startswith("target refused") and "[HTTPS_REQUIRED]" in attempt.error, attempt.error
+        assert receiver.count() == 0
