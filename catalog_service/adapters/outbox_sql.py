@@ -7,6 +7,7 @@ The repository works on any `Table` with the agreed columns (see
 defines the same table for tests and as the reference of the contract; nothing
 here creates tables.
 
+Leases, their claim and fencing are the shared ones (credit_common.delivery.leases).
 Claiming: one write transaction selects a bounded batch of due pending rows,
 only the lowest pending revision of each (kind, aggregate_key), each with the
 highest revision queued for its aggregate (to judge a STALE answer), and leases them
@@ -64,6 +65,8 @@ from catalog_service.domain.outbox import (
 )
 from credit_common.db.engine import SessionFactories
 from credit_common.db.types import UtcDateTime
+from credit_common.delivery import leases
+from credit_common.delivery.leases import Backlog, LeaseToken
 from grant_service.v1 import grant_service_pb2
 
 TABLE_NAME = "outbox_deliveries"
@@ -156,21 +159,9 @@ class SqlOutboxRepository:
     def __init__(self, sessions: SessionFactories, table: Table) -> None:
         self._sessions = sessions
         self._table = table
-        missing = {
-            "id",
-            "kind",
-            "aggregate_key",
-            "revision",
-            "payload",
-            "status",
-            "attempts",
-            "next_attempt_at",
-            "last_error",
-            "created_at",
-            "delivered_at",
-        } - set(table.c.keys())
-        if missing:
-            raise ValueError(f"table {table.name} lacks the outbox columns {sorted(missing)}")
+        leases.check_queue_table(
+            table, ("kind", "aggregate_key", "revision", "payload", "last_error", "created_at", "delivered_at")
+        )
 
     @property
     def table(self) -> Table:
@@ -199,29 +190,11 @@ class SqlOutboxRepository:
         )
         query = (
             select(t.c.id, t.c.kind, t.c.aggregate_key, t.c.revision, t.c.payload, t.c.attempts, latest.label("latest"))
-            .where(t.c.status == STATUS_PENDING, t.c.next_attempt_at <= now, ~lower_pending)
+            .where(leases.due(t, now), ~lower_pending)
             .order_by(t.c.next_attempt_at, t.c.id)
             .limit(limit)
         )
-        # A cheap read first: most polls find nothing due, and on SQLite the claim's
-        # write transaction would take the database's write lock for nothing.
-        with self._sessions.read() as session:
-            due = session.execute(
-                select(t.c.id).where(t.c.status == STATUS_PENDING, t.c.next_attempt_at <= now).limit(1)
-            ).first()
-        if due is None:
-            return []
-        with self._sessions.write() as session, session.begin():
-            if session.get_bind().dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True, of=t)
-            rows = session.execute(query).all()
-            if not rows:
-                return []
-            session.execute(
-                update(t)
-                .where(t.c.id.in_([r.id for r in rows]))
-                .values(next_attempt_at=lease_until, attempts=t.c.attempts + 1)
-            )
+        rows = leases.claim(self._sessions, t, query, now=now, lease_until=lease_until)
         return [
             ClaimedDelivery(
                 id=r.id,
@@ -243,26 +216,13 @@ class SqlOutboxRepository:
         t = self._table
         applied = [False] * len(resolutions)
         with self._sessions.write() as session, session.begin():
-            if session.get_bind().dialect.name == "postgresql":
-                # Rows are locked in id order, so two dispatchers writing overlapping batches
-                # (after a lease takeover) cannot deadlock.
-                session.execute(
-                    select(t.c.id)
-                    .where(t.c.id.in_(sorted({r.claim.id for r in resolutions})))
-                    .order_by(t.c.id)
-                    .with_for_update()
-                )
+            leases.lock_in_id_order(session, t, [r.claim.id for r in resolutions])
             delivered: dict[tuple[datetime, datetime | None], list[int]] = {}
             for i, r in enumerate(resolutions):
                 if r.status == STATUS_DELIVERED:
                     delivered.setdefault((r.next_attempt_at, r.delivered_at), []).append(i)
                     continue
-                condition = and_(
-                    t.c.id == r.claim.id,
-                    t.c.status == STATUS_PENDING,
-                    t.c.next_attempt_at == r.claim.lease_until,
-                    t.c.attempts == r.claim.attempts,
-                )
+                condition = leases.held(t, LeaseToken(r.claim.id, r.claim.lease_until, r.claim.attempts))
                 result = session.execute(
                     update(t)
                     .where(condition)
@@ -292,6 +252,10 @@ class SqlOutboxRepository:
                 for i in indices:
                     applied[i] = resolutions[i].claim.id in written
         return applied
+
+    def backlog(self, now: datetime) -> Backlog:
+        """Deliveries due now and how long the oldest has waited (for logs and metrics)."""
+        return leases.backlog(self._sessions, self._table, now)
 
     # -- operators ------------------------------------------------------------------------------
 

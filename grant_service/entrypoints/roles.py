@@ -4,7 +4,7 @@ allows everything). A method missing here stops the service at startup."""
 from __future__ import annotations
 
 from credit_common.auth.check import method_roles, read_only
-from credit_common.auth.keys import OPERATOR, READER, SYNC, TEST_CLOCKS, USAGE
+from credit_common.auth.keys import OPERATOR, READER, SYNC, TEST_CLOCKS, USAGE, WEBHOOKS
 from credit_common.contract import check_role_table
 from grant_service.v1 import grant_service_pb2
 
@@ -37,6 +37,18 @@ ROLES: dict[str, tuple[str, ...]] = {
     "ListTestClocks": (TEST_CLOCKS,),
     "AdvanceTestClock": (TEST_CLOCKS,),
     "DeleteTestClock": (TEST_CLOCKS,),
+    # webhook endpoints: who holds their secrets and chooses where events go (docs/security.md)
+    "CreateWebhookEndpoint": (WEBHOOKS,),
+    "GetWebhookEndpoint": (WEBHOOKS,),
+    "ListWebhookEndpoints": (WEBHOOKS,),
+    "UpdateWebhookEndpoint": (WEBHOOKS,),
+    "DisableWebhookEndpoint": (WEBHOOKS,),
+    "EnableWebhookEndpoint": (WEBHOOKS,),
+    "DeleteWebhookEndpoint": (WEBHOOKS,),
+    "RotateWebhookSecret": (WEBHOOKS,),
+    "ListWebhookDeliveryAttempts": (WEBHOOKS,),
+    "ResendWebhookEvent": (WEBHOOKS,),
+    "ReplayWebhookEvents": (WEBHOOKS,),
 }
 
 SERVICE = grant_service_pb2.DESCRIPTOR.services_by_name["GrantService"]
@@ -56,5 +68,8 @@ READ_METHODS = read_only(
         "ListEvents",
         "WatchEvents",
         "GetBalanceAlerts",
+        "GetWebhookEndpoint",
+        "ListWebhookEndpoints",
+        "ListWebhookDeliveryAttempts",
     ),
 )

@@ -62,6 +62,17 @@ EXPECTED_ROLES: dict[str, dict[str, set[str]]] = {
         "ListTestClocks": {"test-clocks"},
         "AdvanceTestClock": {"test-clocks"},
         "DeleteTestClock": {"test-clocks"},
+        "CreateWebhookEndpoint": {"webhooks"},
+        "GetWebhookEndpoint": {"webhooks"},
+        "ListWebhookEndpoints": {"webhooks"},
+        "UpdateWebhookEndpoint": {"webhooks"},
+        "DisableWebhookEndpoint": {"webhooks"},
+        "EnableWebhookEndpoint": {"webhooks"},
+        "DeleteWebhookEndpoint": {"webhooks"},
+        "RotateWebhookSecret": {"webhooks"},
+        "ListWebhookDeliveryAttempts": {"webhooks"},
+        "ResendWebhookEvent": {"webhooks"},
+        "ReplayWebhookEvents": {"webhooks"},
     },
     "catalog": {
         "CreateFeature": {"catalog-admin"},
@@ -90,7 +101,7 @@ EXPECTED_ROLES: dict[str, dict[str, set[str]]] = {
     },
 }
 SERVICE_ROLES = {
-    "grant": {"reader", "usage", "operator", "sync", "test-clocks", "admin"},
+    "grant": {"reader", "usage", "operator", "sync", "test-clocks", "webhooks", "admin"},
     "catalog": {"reader", "catalog-admin", "operator", "admin"},
 }
 
