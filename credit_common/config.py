@@ -59,6 +59,7 @@ class ServiceSettings:
     limits: ServerLimits = ServerLimits()
     auth: bool = True  # every RPC but health and reflection needs an API key with a role that allows it
     auth_cache_ttl: timedelta = timedelta(seconds=5)  # how long a key looked up is trusted (revocation bound)
+    metrics_listen: str | None = None  # host:port of the Prometheus /metrics listener; None: no metrics served
 
     def extended(self, settings_type: type[SettingsT], **own: object) -> SettingsT:
         """The common fields of these settings in a service's own settings type (a subclass), with its
@@ -297,6 +298,13 @@ def parse_service_args(
         default=env("AUTH_CACHE_TTL_MS", "5000"),
         help="how long a looked-up API key is trusted (default 5000): a revoked key stops working within this time",
     )
+    parser.add_argument(
+        "--metrics-listen",
+        default=env("METRICS_LISTEN", ""),
+        help="host:port to serve Prometheus metrics on, over HTTP at /metrics (default: off; e.g. "
+        "127.0.0.1:9464; with --processes N the supervisor serves the sum of every server process). "
+        "See docs/operations.md, Metrics",
+    )
     _add_transport_arguments(parser, env)
     if flags is not None:
         flags.add(parser, env)
@@ -333,6 +341,7 @@ def parse_service_args(
         ),
         auth=args.auth,
         auth_cache_ttl=timedelta(milliseconds=args.auth_cache_ttl_ms),
+        metrics_listen=args.metrics_listen or None,
     )
     if flags is None:
         return common

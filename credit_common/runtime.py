@@ -22,6 +22,7 @@ from credit_common.db.migrations import SchemaNotCurrent, check_current, upgrade
 from credit_common.grpc.interceptors import ServiceInterceptor
 from credit_common.grpc.server import RunningServer, run_until_signal, start_server
 from credit_common.logging import configure_logging
+from credit_common.metrics import GaugeSource, start_metrics, watch_pool
 from credit_common.processes import supervise
 
 log = logging.getLogger("credit_grants.runtime")
@@ -36,6 +37,9 @@ class ServiceDefinition:
     method_roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # credit_common.auth.method_roles
     api_keys: Table | None = None  # the service's api_keys table (credit_common.auth.store)
     flags: ServiceFlags | None = None  # the service's own flags and its typed settings (credit_common.config)
+    # Gauges of the database's state, computed when /metrics is scraped (credit_common.metrics). Another
+    # part of a service adds its own here (e.g. the webhooks' backlog and lag).
+    gauges: Sequence[GaugeSource] = ()
 
 
 def open_engine(definition: ServiceDefinition, settings: ServiceSettings, *, migrate: bool) -> Engine:
@@ -124,6 +128,18 @@ def main(
         return supervise(definition, settings, build, serve=main)
     running = build(settings, engine)
     running.on_stop.insert(0, engine.dispose)
+    watch_pool(engine, "main")
+    if settings.metrics_listen:
+        try:
+            exposition, scrape_engine = start_metrics(settings.metrics_listen, settings.database, definition.gauges)
+        except (OSError, ValueError) as error:
+            running.stop(0)
+            message = f"cannot serve metrics on {settings.metrics_listen}: {getattr(error, 'strerror', None) or error}"
+            log.error(message)
+            print(f"{definition.name}: {message}", file=sys.stderr)
+            return 2
+        running.on_stop.insert(0, scrape_engine.dispose)
+        running.on_stop.insert(0, exposition.stop)  # the last to stop: a scrape during the drain still works
     quiet_garbage_collection()
     log.info(
         "serving",

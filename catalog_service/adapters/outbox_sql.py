@@ -63,6 +63,7 @@ from catalog_service.domain.outbox import (
 )
 from credit_common.db.engine import SessionFactories
 from credit_common.db.types import UtcDateTime
+from credit_common.metrics import GaugeSource
 from grant_service.v1 import grant_service_pb2
 
 TABLE_NAME = "outbox_deliveries"
@@ -352,3 +353,41 @@ def handoff_states(
                 )
             )
     return {key: summarize(rows) for key, rows in records.items()}
+
+
+def outbox_gauges(table: Table) -> GaugeSource:
+    """The outbox's depth for /metrics (credit_common.metrics.DatabaseGauges): deliveries pending and
+    parked, by kind, and the age of the oldest pending one (0 when none is pending)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    def collect(connection, now: datetime):
+        t = table
+        pending = GaugeMetricFamily(
+            "credit_grants_outbox_pending", "Outbox deliveries not yet delivered (due or backing off).", labels=["kind"]
+        )
+        parked = GaugeMetricFamily(
+            "credit_grants_outbox_parked",
+            "Outbox deliveries parked (failed permanently): never sent again until an operator requeues them.",
+            labels=["kind"],
+        )
+        oldest = GaugeMetricFamily(
+            "credit_grants_outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending outbox delivery (0 when none is pending): how late the handoff runs.",
+        )
+        counts = {(kind, status): 0 for kind in (KIND_SUBSCRIPTION, KIND_CREDIT_CURRENCY) for status in ("p", "f")}
+        rows = connection.execute(
+            select(t.c.kind, t.c.status, func.count(), func.min(t.c.created_at))
+            .where(t.c.status.in_([STATUS_PENDING, STATUS_FAILED]))
+            .group_by(t.c.kind, t.c.status)
+        ).all()
+        first: datetime | None = None
+        for kind, status, count, created in rows:
+            counts[(kind, "p" if status == STATUS_PENDING else "f")] = count
+            if status == STATUS_PENDING and created is not None:
+                first = created if first is None or created < first else first
+        for (kind, status), count in sorted(counts.items()):
+            (pending if status == "p" else parked).add_metric([kind], count)
+        oldest.add_metric([], max((now - first).total_seconds(), 0.0) if first is not None else 0.0)
+        return [pending, parked, oldest]
+
+    return collect

@@ -59,6 +59,7 @@ from catalog_service.domain.outbox import (
     judge_stale,
 )
 from credit_common.clock import Clock
+from credit_common.metrics import OUTBOX_ATTEMPTS, OUTBOX_OUTCOMES
 
 log = logging.getLogger("catalog_service.dispatcher")
 
@@ -175,6 +176,9 @@ class Dispatcher:
         applied = self._outbox.record(resolutions)
         counts = {OutcomeKind.DELIVERED: 0, OutcomeKind.RETRY: 0, OutcomeKind.PARKED: 0}
         fenced = 0
+        for claim, outcome in zip(claims, outcomes, strict=True):
+            OUTBOX_ATTEMPTS.labels(claim.kind).inc()
+            OUTBOX_OUTCOMES.labels(claim.kind, outcome.kind.value).inc()
         for resolution, outcome, ok in zip(resolutions, outcomes, applied, strict=True):
             if ok:
                 counts[outcome.kind] += 1

@@ -16,7 +16,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from credit_common.config import ServerLimits, TlsSettings, read_file
+from credit_common.drain import Drain
 from credit_common.grpc.interceptors import ServiceInterceptor
+from credit_common.grpc.observe import ObservingInterceptor
 
 log = logging.getLogger("credit_grants.server")
 INT_MAX = 2**31 - 1
@@ -27,13 +29,16 @@ DEFAULT_LIMITS = ServerLimits()
 @dataclass
 class RunningServer:
     """A started server. `stop()` runs the shutdown in the documented order:
-    health NOT_SERVING, stop accepting and drain RPCs, then the background work."""
+    health NOT_SERVING, the drain (new calls refused with UNAVAILABLE, streams ended with UNAVAILABLE:
+    credit_common.drain), stop accepting and let the RPCs in flight finish within `grace`, then the
+    background work (`on_stop`, in reverse order)."""
 
     server: grpc.Server
     port: int
     health: health.HealthServicer
     service_names: Sequence[str]
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    drain: Drain = field(default_factory=Drain)
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, grace: float = 5.0) -> None:
@@ -41,6 +46,7 @@ class RunningServer:
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
+        self.drain.begin()
         self.server.stop(grace).wait()
         for callback in reversed(self.on_stop):
             try:
@@ -50,6 +56,28 @@ class RunningServer:
 
     def wait_for_termination(self) -> None:
         self.server.wait_for_termination()
+
+
+class DrainingHealthServicer(health.HealthServicer):
+    """The health service, whose Watch streams end with UNAVAILABLE when the drain begins (after
+    their NOT_SERVING update), so that a watching client moves to another replica."""
+
+    def __init__(self, drain: Drain) -> None:
+        super().__init__(experimental_non_blocking=True)
+        self._drain = drain
+
+    def Watch(self, request, context, send_response_callback=None):
+        watcher = super().Watch(request, context, send_response_callback)
+
+        def end() -> None:
+            Drain.end_stream(context)
+            if send_response_callback is not None:
+                send_response_callback(None)
+            elif watcher is not None:
+                watcher.close()
+
+        context.add_callback(self._drain.on_drain(end))
+        return watcher
 
 
 def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials | None:
@@ -98,6 +126,9 @@ def start_server(
     share_port: bool = False,
     tls: TlsSettings = PLAINTEXT,
     limits: ServerLimits = DEFAULT_LIMITS,
+    drain: Drain | None = None,
+    tracing: grpc.ServerInterceptor | None = None,
+    record_metrics: bool = True,
 ) -> RunningServer:
     """Start a server on `address` ("host:port"; port 0 picks a free one).
 
@@ -106,17 +137,23 @@ def start_server(
     inside `interceptor`, so that its refusals are mapped and logged like any error. `share_port`: listen
     with SO_REUSEPORT, beside the other server processes of one service
     (credit_common.processes); otherwise a port in use is an error. `tls`: TLS
-    or mTLS on the listener (default plaintext); `limits`: what it accepts.
+    or mTLS on the listener (default plaintext); `limits`: what it accepts. Outside them all: the
+    drain, the call's deadline and the RPC metrics (credit_common.grpc.observe), then the trace
+    spans (`tracing`, credit_common.tracing; None: no tracing).
     """
     credentials = server_credentials(tls)
+    drain = drain or Drain()
+    outer: list[grpc.ServerInterceptor] = [ObservingInterceptor(drain, record_metrics=record_metrics)]
+    if tracing is not None:
+        outer.append(tracing)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=[interceptor, auth] if auth is not None else [interceptor],
+        interceptors=[*outer, interceptor, auth] if auth is not None else [*outer, interceptor],
         options=server_options(limits, share_port=share_port),
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
     register(server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_servicer = DrainingHealthServicer(drain)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
@@ -125,7 +162,7 @@ def start_server(
     server.start()
     for name in (*service_names, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server=server, port=port, health=health_servicer, service_names=service_names)
+    return RunningServer(server=server, port=port, health=health_servicer, service_names=service_names, drain=drain)
 
 
 def run_until_signal(running: RunningServer, grace: float) -> None:
