@@ -39,6 +39,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the library writes there from its import on
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
