@@ -19,6 +19,7 @@ import grpc
 
 from catalog_service.adapters.grant_delivery import channel_options
 from credit_common.auth.client import with_api_key
+from credit_common.calls import outbound_timeout
 from credit_common.config import read_file
 from credit_common.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
 from credit_common.grpc.errors import error_details
@@ -94,7 +95,8 @@ class GrantServiceClient:
         InvalidArgument on `field` (the caller's name for it) if it is not a valid id."""
         try:
             reply = self._stub.GetTestClock(
-                grant_pb2.GetTestClockRequest(test_clock_id=test_clock_id), timeout=self.deadline.total_seconds()
+                grant_pb2.GetTestClockRequest(test_clock_id=test_clock_id),
+                timeout=outbound_timeout(self.deadline.total_seconds()),  # within the caller's deadline
             )
         except grpc.RpcError as error:
             translated = _translate(
