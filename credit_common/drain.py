@@ -31,6 +31,29 @@ class Drain:
         self._lock = threading.Lock()
         self._callbacks: dict[int, Callable[[], None]] = {}
         self._next = 0
+        self._idle = threading.Condition(threading.Lock())
+        self._in_flight = 0
+
+    # -- calls in flight (counted by credit_common.grpc.observe) ---------------------------------------
+
+    def enter(self) -> None:
+        with self._idle:
+            self._in_flight += 1
+
+    def leave(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.notify_all()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Block until no unary call is in flight, or `timeout` passes; whether none is."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
     @property
     def draining(self) -> bool:

@@ -1,6 +1,6 @@
 """The outermost server interceptor: what every RPC gets before any other interceptor sees it.
 
-- The drain (credit_common.drain): once it began, a new call is refused with UNAVAILABLE, and a
+- The drain (credit_common.drain): once it began, a new call (but a health check) is refused with UNAVAILABLE, and a
   response stream ends with UNAVAILABLE after its next item (a blocking iterator with `close()`, such
   as the health service's Watch, is closed at once).
 - The call (credit_common.calls): bound to the thread that serves it, so that the transaction
@@ -28,6 +28,8 @@ from credit_common.drain import DRAINING_MESSAGE, Drain
 
 _REASON_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 _AUTH_REASONS = frozenset({"API_KEY_MISSING", "API_KEY_INVALID", "API_KEY_REVOKED", "ROLE_REQUIRED"})
+# Still answered during the drain: a probe must see NOT_SERVING, not a refusal.
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
 class _MethodMetrics:
@@ -88,14 +90,16 @@ class ObservingInterceptor(grpc.ServerInterceptor):
     def _unary(self, inner, method: str, metrics: _MethodMetrics):
         drain = self._drain
         record = self._record
+        refuse = not method.startswith(_HEALTH_PREFIX)
 
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
-            if drain.draining:
+            if refuse and drain.draining:
                 metrics.finish(grpc.StatusCode.UNAVAILABLE, 0.0)
                 context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
             if metrics.started is not None:
                 metrics.started.inc()
             started = time.perf_counter()
+            drain.enter()
             token = calls._current.set(calls.Call(context, method, drain))
             code = grpc.StatusCode.OK
             try:
@@ -107,6 +111,7 @@ class ObservingInterceptor(grpc.ServerInterceptor):
                 raise
             finally:
                 calls._current.reset(token)
+                drain.leave()
                 if record:
                     metrics.finish(code, time.perf_counter() - started)
                     if code in _REASON_CODES:

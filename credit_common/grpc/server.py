@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ log = logging.getLogger("credit_grants.server")
 INT_MAX = 2**31 - 1
 PLAINTEXT = TlsSettings()
 DEFAULT_LIMITS = ServerLimits()
+DRAIN_NOTICE_S = 1.0  # on SIGTERM, new calls are refused this long at least before the listener closes
 
 
 @dataclass
@@ -41,13 +43,23 @@ class RunningServer:
     drain: Drain = field(default_factory=Drain)
     _stopped: threading.Event = field(default_factory=threading.Event)
 
-    def stop(self, grace: float = 5.0) -> None:
+    def stop(self, grace: float = 5.0, notice_s: float = 0.0) -> None:
+        """`notice_s`: refuse new calls for at least this long before the listener closes, even with no
+        call in flight, so that clients and load balancers see NOT_SERVING or UNAVAILABLE and move away
+        (a call that reaches a server already closing gets CANCELLED from gRPC itself, not UNAVAILABLE)."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.drain.begin()
-        self.server.stop(grace).wait()
+        # The listener keeps answering (new calls: UNAVAILABLE, health: NOT_SERVING) while the calls in
+        # flight finish: a call that reaches a server already stopping gets CANCELLED from gRPC itself.
+        started = time.monotonic()
+        self.drain.wait_idle(grace)
+        notice = min(notice_s, grace) - (time.monotonic() - started)
+        if notice > 0:
+            time.sleep(notice)
+        self.server.stop(max(grace - (time.monotonic() - started), 0.0)).wait()
         for callback in reversed(self.on_stop):
             try:
                 callback()
@@ -176,5 +188,5 @@ def run_until_signal(running: RunningServer, grace: float) -> None:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     stop.wait()
-    running.stop(grace)
+    running.stop(grace, notice_s=min(DRAIN_NOTICE_S, grace / 2))
     log.info("stopped")
