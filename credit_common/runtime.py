@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import grpc
 from sqlalchemy import Engine, Table
 
+from credit_common import tracing
 from credit_common.auth.interceptor import AuthInterceptor, KeyCache
 from credit_common.auth.store import SqlApiKeyStore
 from credit_common.clock import Clock
@@ -71,6 +72,7 @@ def start(
         share_port=settings.process_index is not None,
         tls=settings.tls,
         limits=settings.limits,
+        tracing=tracing.server_interceptor(),
     )
 
 
@@ -126,7 +128,9 @@ def main(
     if supervisor:
         engine.dispose()
         return supervise(definition, settings, build, serve=main)
+    tracing.configure_from_env(definition.name)  # nothing unless the OTEL_* variables ask for traces
     running = build(settings, engine)
+    running.on_stop.insert(0, tracing.shutdown)  # the last: spans of the drain are exported too
     running.on_stop.insert(0, engine.dispose)
     watch_pool(engine, "main")
     if settings.metrics_listen:

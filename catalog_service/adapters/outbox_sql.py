@@ -64,6 +64,7 @@ from catalog_service.domain.outbox import (
 from credit_common.db.engine import SessionFactories
 from credit_common.db.types import UtcDateTime
 from credit_common.metrics import GaugeSource
+from credit_common.tracing import current_traceparent
 from grant_service.v1 import grant_service_pb2
 
 TABLE_NAME = "outbox_deliveries"
@@ -86,6 +87,7 @@ def outbox_table(metadata: MetaData, name: str = TABLE_NAME) -> Table:
         Column("last_error", Text, nullable=True),
         Column("created_at", UtcDateTime, nullable=False),
         Column("delivered_at", UtcDateTime, nullable=True),
+        Column("trace_context", String(512), nullable=True),
         UniqueConstraint("kind", "aggregate_key", "revision"),
         Index(f"ix_{name}_status_next_attempt_at", "status", "next_attempt_at"),
     )
@@ -104,19 +106,22 @@ def add_pending(
     """Queue one delivery in the caller's transaction (the one that changes the
     aggregate), due at once; returns the row as the handoff state reads it. The
     unique (kind, aggregate_key, revision) makes a second insert of the same
-    revision fail with the transaction."""
-    session.execute(
-        insert(table).values(
-            kind=kind,
-            aggregate_key=aggregate_key,
-            revision=revision,
-            payload=payload,
-            status=STATUS_PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-        )
+    revision fail with the transaction. With tracing on, the row keeps the current
+    trace's traceparent, which its delivery continues (credit_common.tracing)."""
+    values = dict(
+        kind=kind,
+        aggregate_key=aggregate_key,
+        revision=revision,
+        payload=payload,
+        status=STATUS_PENDING,
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
     )
+    traceparent = current_traceparent()
+    if traceparent is not None and "trace_context" in table.c:
+        values["trace_context"] = traceparent
+    session.execute(insert(table).values(**values))
     return DeliveryRecord(
         revision=revision, status=STATUS_PENDING, attempts=0, last_error=None, next_attempt_at=now, delivered_at=None
     )
@@ -197,8 +202,18 @@ class SqlOutboxRepository:
             .where(every.c.kind == t.c.kind, every.c.aggregate_key == t.c.aggregate_key)
             .scalar_subquery()
         )
+        trace_context = t.c.trace_context if "trace_context" in t.c else literal(None).label("trace_context")
         query = (
-            select(t.c.id, t.c.kind, t.c.aggregate_key, t.c.revision, t.c.payload, t.c.attempts, latest.label("latest"))
+            select(
+                t.c.id,
+                t.c.kind,
+                t.c.aggregate_key,
+                t.c.revision,
+                t.c.payload,
+                t.c.attempts,
+                latest.label("latest"),
+                trace_context,
+            )
             .where(t.c.status == STATUS_PENDING, t.c.next_attempt_at <= now, ~lower_pending)
             .order_by(t.c.next_attempt_at, t.c.id)
             .limit(limit)
@@ -232,6 +247,7 @@ class SqlOutboxRepository:
                 attempts=r.attempts + 1,
                 lease_until=lease_until,
                 latest_revision=r.latest,
+                trace_context=r.trace_context,
             )
             for r in rows
         ]

@@ -58,6 +58,7 @@ from catalog_service.domain.outbox import (
     Resolution,
     judge_stale,
 )
+from credit_common import tracing
 from credit_common.clock import Clock
 from credit_common.metrics import OUTBOX_ATTEMPTS, OUTBOX_OUTCOMES
 
@@ -224,7 +225,12 @@ class Dispatcher:
 
     def _send(self, call: Sequence[ClaimedDelivery]) -> list[DeliveryOutcome]:
         try:
-            outcomes = self._delivery.deliver_many(call[0].kind, [claim.payload for claim in call])
+            # The trace of the call that queued them goes on (credit_common.tracing): one trace from
+            # ProvisionSubscription to ApplySubscription, whichever attempt or process delivers it.
+            with tracing.continued(
+                [claim.trace_context for claim in call], f"outbox deliver {call[0].kind}", deliveries=len(call)
+            ):
+                outcomes = self._delivery.deliver_many(call[0].kind, [claim.payload for claim in call])
             if len(outcomes) != len(call):
                 raise RuntimeError(f"{len(outcomes)} outcomes for {len(call)} deliveries")
             return outcomes
