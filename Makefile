@@ -11,7 +11,7 @@ GENERATED := catalog_service/v1/catalog_service_pb2.py grant_service/v1/grant_se
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup protos run test lint bench demo clean
+.PHONY: help setup protos promtool run test lint bench demo clean
 
 help:
 	@echo "make run    - set up and start both services on SQLite (catalog :50051, grant :50052)"
@@ -36,6 +36,21 @@ $(GENERATED) &: $(PROTOS) $(INSTALLED)
 
 setup: $(GENERATED)
 
+# promtool (Debian package prometheus) runs the alert rules' unit tests (deploy/prometheus,
+# tests/integration/test_operator_files.py). Installed with apt-get when missing and possible (root,
+# Debian or Ubuntu); otherwise that test is skipped and says why.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing promtool: apt-get install prometheus"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; } || \
+	      echo "promtool: apt-get install prometheus failed: the alert rule tests are skipped"; \
+	  else \
+	    echo "promtool: not installed, and installing it needs apt-get as root: the alert rule tests are skipped"; \
+	  fi; }
+
 protos: setup
 
 # Development keys (data/*.key, mode 0600) are created once and reused while the databases accept them.
@@ -51,11 +66,12 @@ run: setup
 	echo "  catalog service (50051): $$catalog_key"; \
 	echo "  the catalog's sync key of the grant service: data/catalog-sync.key"; \
 	trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \
-	GRANT_ENABLE_TEST_CLOCKS=$${GRANT_ENABLE_TEST_CLOCKS:-true} $(PY) -m grant_service serve --migrate & \
-	CATALOG_GRANT_SERVICE_API_KEY=$$sync_key $(PY) -m catalog_service serve --migrate & \
+	echo "metrics: http://127.0.0.1:9051/metrics (catalog), http://127.0.0.1:9052/metrics (grant)"; \
+	GRANT_ENABLE_TEST_CLOCKS=$${GRANT_ENABLE_TEST_CLOCKS:-true} $(PY) -m grant_service serve --migrate --metrics-listen 127.0.0.1:9052 & \
+	CATALOG_GRANT_SERVICE_API_KEY=$$sync_key $(PY) -m catalog_service serve --migrate --metrics-listen 127.0.0.1:9051 & \
 	wait
 
-test: setup
+test: setup promtool
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 demo: setup

@@ -1,5 +1,6 @@
 """`python -m bench [--size tiny|small|default|full] [--backend sqlite|postgresql|both]
-[--scenario storm,reads,usage,provision] [--auth on|off]`: run the scenarios, print one table, write it as JSON."""
+[--scenario storm,reads,usage,provision,metrics] [--auth on|off]`: run the scenarios, print one table,
+write it as JSON."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.scenarios import SIZES, Backend, Row, provisioning, reads_and_debits, renewal_storm
+from bench.scenarios import SIZES, Backend, Row, metrics_overhead, provisioning, reads_and_debits, renewal_storm
 from credit_common.config import cpu_list, on_off, positive_int
 
-SCENARIOS = ("storm", "reads", "usage", "provision")
+SCENARIOS = ("storm", "reads", "usage", "provision", "metrics")
 
 
 def machine() -> dict:
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                 if "provision" in scenarios:
                     log(f"[{name}] provisioning end to end")
                     rows += provisioning(backend, size, log)
+                if "metrics" in scenarios:
+                    log(f"[{name}] GetBalance with metrics on and off")
+                    rows += metrics_overhead(backend, size, log)
             finally:
                 backend.close()
     finally:

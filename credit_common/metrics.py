@@ -126,6 +126,13 @@ POOL_CAPACITY = Gauge(
 )
 
 
+def recorded(settings: Any) -> bool:
+    """Whether a server process records the RPC metrics and samples its pools: when it serves them
+    (`--metrics-listen`), or when it is a server process of a supervisor that does (its
+    PROMETHEUS_MULTIPROC_DIR set). Otherwise nobody could read them, and the RPCs do not pay for them."""
+    return bool(settings.metrics_listen) or (settings.process_index is not None and bool(os.environ.get(MULTIPROC_ENV)))
+
+
 # -- the ledger tally: counted when the transaction commits ----------------------------------------
 
 

@@ -23,7 +23,7 @@ from credit_common.db.migrations import SchemaNotCurrent, check_current, upgrade
 from credit_common.grpc.interceptors import ServiceInterceptor
 from credit_common.grpc.server import RunningServer, run_until_signal, start_server
 from credit_common.logging import configure_logging
-from credit_common.metrics import GaugeSource, start_metrics, watch_pool
+from credit_common.metrics import GaugeSource, recorded, start_metrics, watch_pool
 from credit_common.processes import supervise
 
 log = logging.getLogger("credit_grants.runtime")
@@ -73,6 +73,7 @@ def start(
         tls=settings.tls,
         limits=settings.limits,
         tracing=tracing.server_interceptor(),
+        record_metrics=recorded(settings),
     )
 
 
@@ -132,7 +133,8 @@ def main(
     running = build(settings, engine)
     running.on_stop.insert(0, tracing.shutdown)  # the last: spans of the drain are exported too
     running.on_stop.insert(0, engine.dispose)
-    watch_pool(engine, "main")
+    if recorded(settings):
+        watch_pool(engine, "main")
     if settings.metrics_listen:
         try:
             exposition, scrape_engine = start_metrics(settings.metrics_listen, settings.database, definition.gauges)

@@ -32,6 +32,16 @@ _AUTH_REASONS = frozenset({"API_KEY_MISSING", "API_KEY_INVALID", "API_KEY_REVOKE
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
+def go_code_name(code: grpc.StatusCode) -> str:
+    """The grpc_code label as go-grpc-prometheus writes it (Go's codes.Code.String()): OK, Canceled,
+    InvalidArgument, DeadlineExceeded, ... so that existing dashboards and alerts work unchanged."""
+    if code is grpc.StatusCode.OK:
+        return "OK"
+    if code is grpc.StatusCode.CANCELLED:
+        return "Canceled"
+    return "".join(part.capitalize() for part in code.name.split("_"))
+
+
 class _MethodMetrics:
     """The labelled children of one method, looked up once (a `labels()` call costs more than an inc)."""
 
@@ -49,7 +59,7 @@ class _MethodMetrics:
             return
         handled = self._handled.get(code)
         if handled is None:
-            handled = self._handled[code] = m.RPC_HANDLED.labels(*self._labels, code.name)
+            handled = self._handled[code] = m.RPC_HANDLED.labels(*self._labels, go_code_name(code))
         handled.inc()
         self.seconds.observe(seconds)
 

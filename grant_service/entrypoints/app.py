@@ -8,7 +8,7 @@ from sqlalchemy import Engine
 from credit_common.clock import Clock, SystemClock
 from credit_common.db.engine import create_db_engine, read_engine_settings, session_factories
 from credit_common.grpc.server import RunningServer
-from credit_common.metrics import watch_pool
+from credit_common.metrics import recorded, watch_pool
 from credit_common.runtime import ServiceDefinition, start
 from grant_service.adapters.orm import API_KEYS
 from grant_service.adapters.sql import catch_up_gauges
@@ -50,7 +50,8 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
 
     running = start(DEFINITION, settings, register, engine=engine, clock=clock)
     running.on_stop.append(read_engine.dispose)
-    watch_pool(read_engine, "read")
+    if recorded(settings):
+        watch_pool(read_engine, "read")
     if settings.catch_up_interval_s > 0:
         stop_timer = start_catch_up_timer(ctx, settings.catch_up_interval_s)
         running.on_stop.append(stop_timer)

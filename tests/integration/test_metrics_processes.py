@@ -44,7 +44,7 @@ def test_one_scrape_sums_every_server_process(database_url_factory, tmp_path):
                 channel.close()
         samples = scrape(metrics_port)
         assert value(samples, "grpc_server_started_total", grpc_method="GetBalance") == CALLS
-        assert value(samples, "grpc_server_handled_total", grpc_method="GetBalance", grpc_code="NOT_FOUND") == CALLS
+        assert value(samples, "grpc_server_handled_total", grpc_method="GetBalance", grpc_code="NotFound") == CALLS
         assert value(samples, "credit_grants_metrics_database_up") == 1
         # Both server processes recorded calls: one counter file each.
         writers = {path.name for path in metrics_dir.glob("counter_*.db")}

@@ -17,6 +17,7 @@ from catalog_service.v1 import catalog_service_pb2 as cpb
 from catalog_service.v1 import catalog_service_pb2_grpc
 from credit_common import calls
 from credit_common.clock import ManualClock
+from credit_common.grpc.observe import go_code_name
 from grant_service.entrypoints import app as grant_app
 from grant_service.v1 import grant_service_pb2 as pb
 from grant_service.v1 import grant_service_pb2_grpc
@@ -53,12 +54,12 @@ def _gone_before_commit(future_call, reached, how: str) -> grpc.StatusCode:
 
 @pytest.mark.parametrize("how", ["deadline", "cancel"])
 def test_catalog_provisioning_after_the_caller_gave_up_commits_nothing(database_url_factory, how):
-    args = ["--grant-service-address", "127.0.0.1:1"]
+    args = ["--grant-service-address", "127.0.0.1:1", "--metrics-listen", "127.0.0.1:0"]
     with serving(catalog_app.DEFINITION, catalog_app.build, database_url_factory("catalog"), args=args) as (_, ch):
         stub = catalog_service_pb2_grpc.CatalogServiceStub(ch)
         setup_catalog(stub)
         stub.CreateCustomer(cpb.CreateCustomerRequest(request_id="c1", customer=cpb.Customer(key="acme")))
-        service, code = "catalog_service.v1.CatalogService", "DEADLINE_EXCEEDED" if how == "deadline" else "CANCELLED"
+        service, code = "catalog_service.v1.CatalogService", "DeadlineExceeded" if how == "deadline" else "Canceled"
         before = _handled(service, "ProvisionSubscription", code)
         request = cpb.ProvisionSubscriptionRequest(
             request_id="ps1",
@@ -68,7 +69,7 @@ def test_catalog_provisioning_after_the_caller_gave_up_commits_nothing(database_
         )
         with commit_held_until_caller_gone("/ProvisionSubscription") as reached:
             future_call = stub.ProvisionSubscription.future(request, timeout=DEADLINE_S if how == "deadline" else 30)
-            assert _gone_before_commit(future_call, reached, how).name == code
+            assert go_code_name(_gone_before_commit(future_call, reached, how)) == code
             _wait_handled(service, "ProvisionSubscription", code, before)
         listed = stub.ListSubscriptions(cpb.ListSubscriptionsRequest(customer_key="acme"))
         assert list(listed.subscriptions) == []
@@ -79,7 +80,7 @@ def test_catalog_provisioning_after_the_caller_gave_up_commits_nothing(database_
 
 @pytest.fixture
 def grant_stub(database_url_factory):
-    args = ["--catch-up-interval", "0"]
+    args = ["--catch-up-interval", "0", "--metrics-listen", "127.0.0.1:0"]
     url = database_url_factory("grant")
     with serving(grant_app.DEFINITION, grant_app.build, url, clock=ManualClock(REAL_NOW), args=args) as (_, ch):
         stub = grant_service_pb2_grpc.GrantServiceStub(ch)
@@ -95,12 +96,12 @@ def grant_stub(database_url_factory):
 
 @pytest.mark.parametrize("how", ["deadline", "cancel"])
 def test_grant_write_after_the_caller_gave_up_commits_nothing(grant_stub, how):
-    service, code = "grant_service.v1.GrantService", "DEADLINE_EXCEEDED" if how == "deadline" else "CANCELLED"
+    service, code = "grant_service.v1.GrantService", "DeadlineExceeded" if how == "deadline" else "Canceled"
     before = _handled(service, "ApplySubscription", code)
     request = subscription("sub_d", "acme", utc(2026, 5, 20), [("100", None)])
     with commit_held_until_caller_gone("/ApplySubscription") as reached:
         future_call = grant_stub.ApplySubscription.future(request, timeout=DEADLINE_S if how == "deadline" else 30)
-        assert _gone_before_commit(future_call, reached, how).name == code
+        assert go_code_name(_gone_before_commit(future_call, reached, how)) == code
         _wait_handled(service, "ApplySubscription", code, before)
     with pytest.raises(grpc.RpcError) as missing:
         grant_stub.GetSubscription(pb.GetSubscriptionRequest(subscription_id="sub_d"))
@@ -110,12 +111,12 @@ def test_grant_write_after_the_caller_gave_up_commits_nothing(grant_stub, how):
 @pytest.mark.parametrize("how", ["deadline", "cancel"])
 def test_debit_after_the_caller_gave_up_commits_nothing(grant_stub, how):
     grant_stub.ApplySubscription(subscription("sub_u", "acme", utc(2026, 5, 20), [("100", None)]))
-    service, code = "grant_service.v1.GrantService", "DEADLINE_EXCEEDED" if how == "deadline" else "CANCELLED"
+    service, code = "grant_service.v1.GrantService", "DeadlineExceeded" if how == "deadline" else "Canceled"
     before = _handled(service, "ReportUsage", code)
     request = pb.ReportUsageRequest(request_id="u1", customer_key="acme", feature_key="gpt-call", quantity="10")
     with commit_held_until_caller_gone("/ReportUsage") as reached:
         future_call = grant_stub.ReportUsage.future(request, timeout=DEADLINE_S if how == "deadline" else 30)
-        assert _gone_before_commit(future_call, reached, how).name == code
+        assert go_code_name(_gone_before_commit(future_call, reached, how)) == code
         _wait_handled(service, "ReportUsage", code, before)
     balance = grant_stub.GetBalance(pb.GetBalanceRequest(customer_key="acme", currency_key="ai-credits"))
     assert balance.balance.available == "100"

@@ -30,7 +30,7 @@ START = utc(2026, 5, 20)
 def grant_with_metrics(database_url_factory):
     url = database_url_factory("grant")
     clock = ManualClock(REAL_NOW)
-    args = ["--catch-up-interval", "0"]
+    args = ["--catch-up-interval", "0", "--metrics-listen", "127.0.0.1:0"]
     with serving(grant_app.DEFINITION, grant_app.build, url, clock=clock, args=args) as (running, channel):
         server, engine = start_metrics("127.0.0.1:0", DatabaseSettings(url=url), grant_app.DEFINITION.gauges, cache_s=0)
         try:
@@ -68,10 +68,10 @@ def test_grant_service_metrics(grant_with_metrics):
     usage = {"grpc_service": "grant_service.v1.GrantService", "grpc_method": "ReportUsage", "grpc_type": "unary"}
     assert delta("grpc_server_started_total", **usage) == 2
     assert delta("grpc_server_handled_total", grpc_code="OK", **usage) == 1
-    assert delta("grpc_server_handled_total", grpc_code="RESOURCE_EXHAUSTED", **usage) == 1
+    assert delta("grpc_server_handled_total", grpc_code="ResourceExhausted", **usage) == 1
     assert delta("grpc_server_handling_seconds_count", **usage) == 2
     assert delta("grpc_server_handling_seconds_bucket", le="+Inf", **usage) == 2
-    assert delta("grpc_server_handled_total", grpc_method="GetBalance", grpc_code="UNAUTHENTICATED") == 1
+    assert delta("grpc_server_handled_total", grpc_method="GetBalance", grpc_code="Unauthenticated") == 1
     assert delta("credit_grants_auth_failures_total", reason="API_KEY_MISSING") == 1
     assert delta("credit_grants_usage_insufficient_credits_total") == 1
     assert delta("credit_grants_grants_issued_total", currency="ai-credits") == 1
@@ -105,7 +105,14 @@ def test_pool_gauges(database_url_factory):
 
 def test_catalog_outbox_metrics(database_url_factory):
     url = database_url_factory("catalog")
-    args = ["--grant-service-address", "127.0.0.1:1", "--outbox-poll-interval-ms", "50"]
+    args = [
+        "--grant-service-address",
+        "127.0.0.1:1",
+        "--outbox-poll-interval-ms",
+        "50",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]
     with serving(catalog_app.DEFINITION, catalog_app.build, url, args=args) as (running, channel):
         server, scrape_engine = start_metrics(
             "127.0.0.1:0", DatabaseSettings(url=url), catalog_app.DEFINITION.gauges, cache_s=0
