@@ -285,6 +285,28 @@ def scrape_engine(settings: Any) -> Engine:
     )
 
 
+# -- what is queued for the metrics, recorded before a scrape -----------------------------------------
+
+_flushes: list[weakref.WeakMethod] = []
+_flushes_lock = threading.Lock()
+
+
+def flush_before_scrape(flush: Callable[[], None]) -> None:
+    """Have a scrape of this process call `flush` (a bound method, held weakly) first: a recorder that
+    queues its events (credit_common.grpc.observe) then never shows a scrape stale values."""
+    with _flushes_lock:
+        _flushes[:] = [ref for ref in _flushes if ref() is not None]
+        _flushes.append(weakref.WeakMethod(flush))  # type: ignore[arg-type]
+
+
+def flush_pending() -> None:
+    with _flushes_lock:
+        flushes = [ref() for ref in _flushes]
+    for flush in flushes:
+        if flush is not None:
+            flush()
+
+
 # -- serving /metrics --------------------------------------------------------------------------------
 
 
@@ -297,6 +319,7 @@ class _Exposition:
         self._extra = list(extra)
 
     def collect(self) -> Iterator[Metric]:
+        flush_pending()
         if self._multiprocess_dir is not None:
             yield from MultiProcessCollector(None, path=self._multiprocess_dir).collect()
         else:

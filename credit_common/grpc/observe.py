@@ -15,7 +15,10 @@ It only wraps handlers: the interceptors inside it (errors, auth, validation) ar
 from __future__ import annotations
 
 import inspect
+import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,10 +68,43 @@ class _MethodMetrics:
 
 
 class ObservingInterceptor(grpc.ServerInterceptor):
-    def __init__(self, drain: Drain, *, record_metrics: bool = True) -> None:
+    """RPC threads do not update the metrics themselves: each appends what happened (a start, an end
+    with its code and duration) to a queue, and one thread moves the queue into the metrics every
+    `flush_interval_s` and before every scrape of this process (credit_common.metrics.flush_pending).
+    An update of a metric takes a lock (in multiprocess mode one lock for every metric of the
+    process, and a write to the mmapped file); taken by every RPC thread, it is handed from thread
+    to thread under load. An append to a deque takes none."""
+
+    def __init__(self, drain: Drain, *, record_metrics: bool = True, flush_interval_s: float = 0.5) -> None:
         self._drain = drain
         self._record = record_metrics
         self._methods: dict[tuple[str, str], _MethodMetrics] = {}
+        self._events: deque[tuple[_MethodMetrics, grpc.StatusCode | None, float]] = deque()
+        self._stopping = threading.Event()
+        if record_metrics:
+            m.flush_before_scrape(self.flush)
+            reference = weakref.ref(self)
+            threading.Thread(
+                target=_flush_every, args=(reference, self._stopping, flush_interval_s), name="rpc-metrics", daemon=True
+            ).start()
+
+    def flush(self) -> None:
+        """Record the queued starts and ends in the metrics."""
+        events = self._events
+        while True:
+            try:
+                metrics, code, seconds = events.popleft()
+            except IndexError:
+                return
+            if code is None:
+                metrics.started.inc()
+            else:
+                metrics.finish(code, seconds)
+
+    def stop(self) -> None:
+        """Record what is queued and end the flushing thread (the server stopped)."""
+        self._stopping.set()
+        self.flush()
 
     def _metrics(self, kind: str, method: str) -> _MethodMetrics:
         key = (kind, method)
@@ -102,12 +138,15 @@ class ObservingInterceptor(grpc.ServerInterceptor):
         record = self._record
         refuse = not method.startswith(_HEALTH_PREFIX)
 
+        events = self._events
+
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
             if refuse and drain.draining:
-                metrics.finish(grpc.StatusCode.UNAVAILABLE, 0.0)
+                if record:
+                    events.append((metrics, grpc.StatusCode.UNAVAILABLE, 0.0))
                 context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
-            if metrics.started is not None:
-                metrics.started.inc()
+            if record:
+                events.append((metrics, None, 0.0))
             started = time.perf_counter()
             drain.enter()
             token = calls._current.set(calls.Call(context, method, drain))
@@ -123,7 +162,7 @@ class ObservingInterceptor(grpc.ServerInterceptor):
                 calls._current.reset(token)
                 drain.leave()
                 if record:
-                    metrics.finish(code, time.perf_counter() - started)
+                    events.append((metrics, code, time.perf_counter() - started))
                     if code in _REASON_CODES:
                         _count_reason(context)
 
@@ -133,12 +172,15 @@ class ObservingInterceptor(grpc.ServerInterceptor):
         drain = self._drain
         record = self._record
 
+        events = self._events
+
         def behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             if drain.draining:
-                metrics.finish(grpc.StatusCode.UNAVAILABLE, 0.0)
+                if record:
+                    events.append((metrics, grpc.StatusCode.UNAVAILABLE, 0.0))
                 context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
-            if metrics.started is not None:
-                metrics.started.inc()
+            if record:
+                events.append((metrics, None, 0.0))
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             unregister = None
@@ -166,9 +208,18 @@ class ObservingInterceptor(grpc.ServerInterceptor):
                 if unregister is not None:
                     unregister()
                 if record:
-                    metrics.finish(code, time.perf_counter() - started)
+                    events.append((metrics, code, time.perf_counter() - started))
 
         return behavior
+
+
+def _flush_every(reference: weakref.ref, stopping: threading.Event, interval_s: float) -> None:
+    while not stopping.wait(interval_s):
+        interceptor = reference()
+        if interceptor is None:
+            return
+        interceptor.flush()
+        del interceptor
 
 
 def _count_reason(context: grpc.ServicerContext) -> None:

@@ -41,6 +41,7 @@ class RunningServer:
     service_names: Sequence[str]
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     drain: Drain = field(default_factory=Drain)
+    observer: ObservingInterceptor | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, grace: float = 5.0, notice_s: float = 0.0) -> None:
@@ -60,6 +61,8 @@ class RunningServer:
         if notice > 0:
             time.sleep(notice)
         self.server.stop(max(grace - (time.monotonic() - started), 0.0)).wait()
+        if self.observer is not None:
+            self.observer.stop()  # the last RPCs' metrics recorded
         for callback in reversed(self.on_stop):
             try:
                 callback()
@@ -155,7 +158,8 @@ def start_server(
     """
     credentials = server_credentials(tls)
     drain = drain or Drain()
-    outer: list[grpc.ServerInterceptor] = [ObservingInterceptor(drain, record_metrics=record_metrics)]
+    observer = ObservingInterceptor(drain, record_metrics=record_metrics)
+    outer: list[grpc.ServerInterceptor] = [observer]
     if tracing is not None:
         outer.append(tracing)
     server = grpc.server(
@@ -174,7 +178,9 @@ def start_server(
     server.start()
     for name in (*service_names, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server=server, port=port, health=health_servicer, service_names=service_names, drain=drain)
+    return RunningServer(
+        server=server, port=port, health=health_servicer, service_names=service_names, drain=drain, observer=observer
+    )
 
 
 def run_until_signal(running: RunningServer, grace: float) -> None:

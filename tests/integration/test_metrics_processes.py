@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import time
 
 import grpc
 import pytest
@@ -42,7 +43,11 @@ def test_one_scrape_sums_every_server_process(database_url_factory, tmp_path):
         finally:
             for channel in channels:
                 channel.close()
-        samples = scrape(metrics_port)
+        # Each server process records its RPCs' metrics within half a second (credit_common.grpc.observe).
+        give_up = time.monotonic() + 30
+        while value(samples := scrape(metrics_port), "grpc_server_handled_total", grpc_method="GetBalance") < CALLS:
+            assert time.monotonic() < give_up, "the server processes never recorded every call"
+            time.sleep(0.1)
         assert value(samples, "grpc_server_started_total", grpc_method="GetBalance") == CALLS
         assert value(samples, "grpc_server_handled_total", grpc_method="GetBalance", grpc_code="NotFound") == CALLS
         assert value(samples, "credit_grants_metrics_database_up") == 1
