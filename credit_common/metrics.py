@@ -385,7 +385,7 @@ def start_metrics(
     sources: Sequence[GaugeSource],
     *,
     multiprocess_dir: str | None = None,
-    cache_s: float = 1.0,
+    cache_s: float = 5.0,
 ) -> tuple[MetricsServer, Engine]:
     """Serve /metrics on `address`: this process's metrics (or with `multiprocess_dir`, those of every
     server process) and the database gauges of `sources`, read on an engine of the scrape's own over

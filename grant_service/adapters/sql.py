@@ -163,6 +163,7 @@ def catch_up_gauges(connection: Connection, now: datetime) -> list[Metric]:
         GRANTS.c.closed.is_(False),
         GRANTS.c.expire_time.is_not(None),
         GRANTS.c.expire_time <= now,
+        GRANTS.c.opens_at.is_(None),  # as the catch-up's due expiries: a pending grant is opened first
     )
     lag = GaugeMetricFamily(
         "credit_grants_catch_up_lag_seconds",
