@@ -106,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run the services with API keys checked (default on; every call carries a key) or with --auth "
         "off, for the comparison of docs/security.md",
     )
+    parser.add_argument(
+        "--metrics-rounds",
+        type=positive_int,
+        default=2,
+        help="runs of each of metrics off and on in the metrics scenario, alternating (default 2)",
+    )
     args = parser.parse_args(argv)
     scenarios = SCENARIOS if args.scenario == "all" else tuple(s.strip() for s in args.scenario.split(","))
     unknown = set(scenarios) - set(SCENARIOS)
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows += provisioning(backend, size, log)
                 if "metrics" in scenarios:
                     log(f"[{name}] GetBalance with metrics on and off")
-                    rows += metrics_overhead(backend, size, log)
+                    rows += metrics_overhead(backend, size, log, rounds=args.metrics_rounds)
             finally:
                 backend.close()
     finally:

@@ -143,6 +143,7 @@ class ObservingInterceptor(grpc.ServerInterceptor):
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
             if refuse and drain.draining:
                 if record:
+                    events.append((metrics, None, 0.0))
                     events.append((metrics, grpc.StatusCode.UNAVAILABLE, 0.0))
                 context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
             if record:
@@ -177,6 +178,7 @@ class ObservingInterceptor(grpc.ServerInterceptor):
         def behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             if drain.draining:
                 if record:
+                    events.append((metrics, None, 0.0))
                     events.append((metrics, grpc.StatusCode.UNAVAILABLE, 0.0))
                 context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
             if record:
@@ -186,20 +188,21 @@ class ObservingInterceptor(grpc.ServerInterceptor):
             unregister = None
             call = calls.Call(context, method, drain)
             try:
+                # The call stays bound while the stream runs: a generator's body runs as it is iterated.
                 with calls.serving(call):
                     responses = inner(request, context)
-                if responses is None:
-                    return
-                if not inspect.isgenerator(responses) and callable(getattr(responses, "close", None)):
-                    unregister = drain.on_drain(lambda: (Drain.end_stream(context), responses.close()))
-                for response in responses:
-                    yield response
-                    if drain.draining:
-                        Drain.end_stream(context)
-                        break
-                else:
-                    if drain.draining:
-                        Drain.end_stream(context)
+                    if responses is None:
+                        return
+                    if not inspect.isgenerator(responses) and callable(getattr(responses, "close", None)):
+                        unregister = drain.on_drain(lambda: (Drain.end_stream(context), responses.close()))
+                    for response in responses:
+                        yield response
+                        if drain.draining:
+                            Drain.end_stream(context)
+                            break
+                    else:
+                        if drain.draining:
+                            Drain.end_stream(context)
                 code = context.code() or grpc.StatusCode.OK
             except BaseException:
                 code = context.code() or grpc.StatusCode.UNKNOWN
