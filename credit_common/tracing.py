@@ -89,11 +89,61 @@ def enabled() -> bool:
 
 
 def server_interceptor() -> grpc.ServerInterceptor | None:
+    """The server spans' interceptor while tracing is on, else None."""
     if _provider is None:
         return None
     from opentelemetry.instrumentation.grpc import server_interceptor as otel_server_interceptor
 
-    return otel_server_interceptor(tracer_provider=_provider)
+    return _StatusOfSpans(otel_server_interceptor(tracer_provider=_provider))
+
+
+# Codes that are the server's failure: its span's status is Error (OpenTelemetry's gRPC conventions).
+_SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+class _StatusOfSpans(grpc.ServerInterceptor):
+    """The instrumentation's server interceptor, whose spans also get the status that the error
+    mapping sets with `abort_with_status` (which the instrumentation does not see): the attribute
+    rpc.grpc.status_code always, the span status Error for the server's own failures."""
+
+    def __init__(self, spans: grpc.ServerInterceptor) -> None:
+        self._spans = spans
+
+    def intercept_service(self, continuation, handler_call_details):
+        return self._spans.intercept_service(lambda details: _with_status(continuation(details)), handler_call_details)
+
+
+def _with_status(handler):
+    if handler is None or handler.unary_unary is None:
+        return handler
+    inner = handler.unary_unary
+
+    def behavior(request, context):
+        try:
+            return inner(request, context)
+        finally:
+            code = context.code()
+            if code is not None and code is not grpc.StatusCode.OK:
+                from opentelemetry import trace
+                from opentelemetry.trace import Status, StatusCode
+
+                span = trace.get_current_span()
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                if code in _SERVER_ERRORS:
+                    span.set_status(Status(StatusCode.ERROR, code.name))
+
+    return grpc.unary_unary_rpc_method_handler(
+        behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
 
 
 def traced_channel(channel: grpc.Channel) -> grpc.Channel:

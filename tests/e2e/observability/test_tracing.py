@@ -172,6 +172,7 @@ def test_log_records_carry_the_trace(spans, database_url_factory, caplog):
         _get_balance(channel)
     span = _server_span(spans, "/grant_service.v1.GrantService/GetBalance")
     records = [r for r in caplog.records if getattr(r, "method", "").endswith("/GetBalance")]
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
     assert records and records[0].trace_id == format(span.context.trace_id, "032x")
     assert records[0].span_id == format(span.context.span_id, "016x")
 
