@@ -36,20 +36,23 @@ $(GENERATED) &: $(PROTOS) $(INSTALLED)
 
 setup: $(GENERATED)
 
-# promtool (Debian package prometheus) runs the alert rules' unit tests (deploy/prometheus,
-# tests/integration/test_operator_files.py). Installed with apt-get when missing and possible (root,
-# Debian or Ubuntu); otherwise that test is skipped and says why.
+# promtool runs the alert rules' unit tests (deploy/prometheus, tests/integration/test_operator_files.py).
+# When it is not on PATH, it is taken out of the Debian package prometheus (apt-get download, dpkg-deb -x:
+# no service installed or started) into $(BIN); without apt (not Debian or Ubuntu, or no package lists
+# and no root for apt-get update) that test is skipped and says why.
 promtool:
-	@command -v promtool >/dev/null 2>&1 || { \
-	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    echo "installing promtool: apt-get install prometheus"; \
-	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
-	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; } || \
-	      echo "promtool: apt-get install prometheus failed: the alert rule tests are skipped"; \
+	@command -v promtool >/dev/null 2>&1 || [ -x $(BIN)/promtool ] || { \
+	  dir=$$(mktemp -d); \
+	  if command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1; then \
+	    echo "promtool: extracting it from the Debian package prometheus into $(BIN)"; \
+	    (cd $$dir && { apt-get download prometheus >/dev/null 2>&1 || \
+	      { [ "$$(id -u)" = 0 ] && apt-get update -qq >/dev/null 2>&1 && apt-get download prometheus >/dev/null 2>&1; }; } && \
+	      dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool $(abspath $(BIN))/promtool) || \
+	      echo "promtool: the Debian package prometheus could not be downloaded: the alert rule tests are skipped"; \
 	  else \
-	    echo "promtool: not installed, and installing it needs apt-get as root: the alert rule tests are skipped"; \
-	  fi; }
+	    echo "promtool: not installed and no apt-get to fetch it (Debian package prometheus): the alert rule tests are skipped"; \
+	  fi; \
+	  rm -rf $$dir; }
 
 protos: setup
 

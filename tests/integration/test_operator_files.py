@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,11 +30,13 @@ METRIC = re.compile(r"\b((?:grpc_server|credit_grants)_[a-z0-9_]+)")
 
 
 def _promtool() -> str:
-    promtool = shutil.which("promtool")
+    """promtool on PATH, or the one `make test` took out of the Debian package prometheus into the venv."""
+    beside = Path(sys.executable).parent / "promtool"
+    promtool = shutil.which("promtool") or (str(beside) if beside.exists() else None)
     if promtool is None:
         pytest.skip(
-            "promtool is not installed, and `make test` could not install it: it comes with the Debian "
-            "package prometheus (`apt-get install -y prometheus`, as root, on Debian or Ubuntu)"
+            "promtool is not installed, and `make test` could not fetch it: it comes with the Debian package "
+            "prometheus (`make promtool` extracts it with apt-get download; or `apt-get install prometheus`)"
         )
     return promtool
 
