@@ -37,17 +37,27 @@ class Call:
 
     def gone(self) -> DomainError | None:
         """Why the caller no longer waits for the answer (deadline passed, cancelled), or None."""
-        if self.context.time_remaining() <= 0:
-            return DeadlineExceeded(
-                f"the deadline of {self.method} passed before its commit: nothing was committed",
-                reason="DEADLINE_EXCEEDED",
-            )
+        remaining = self.context.time_remaining()
+        if remaining <= 0:
+            return self._deadline_exceeded()
         if not self.context.is_active():
+            # gRPC ends a call at its deadline by its own timer, a moment before the wall clock that
+            # time_remaining() reads says so: a call ended that close to its deadline ran out of time.
+            if remaining < DEADLINE_TOLERANCE_S:
+                return self._deadline_exceeded()
             return Cancelled(
                 f"the caller cancelled {self.method} before its commit: nothing was committed", reason="CANCELLED"
             )
         return None
 
+    def _deadline_exceeded(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"the deadline of {self.method} passed before its commit: nothing was committed",
+            reason="DEADLINE_EXCEEDED",
+        )
+
+
+DEADLINE_TOLERANCE_S = 0.25
 
 _current: ContextVar[Call | None] = ContextVar("credit_grants_call", default=None)
 
