@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 DATA ?= data
 
-.PHONY: help setup protos run test lint bench demo clean
+.PHONY: help setup protos promtool run test lint bench demo clean
 
 help:
 	@echo "make run    - set up and start both services on SQLite (catalog :50051, grant :50052)"
@@ -43,6 +43,24 @@ $(GENERATED) &: $(PROTOS) $(INSTALLED)
 
 setup: $(GENERATED)
 
+# promtool runs the alert rules' unit tests (deploy/prometheus, tests/integration/test_operator_files.py).
+# When it is not on PATH, it is taken out of the Debian package prometheus (apt-get download, dpkg-deb -x:
+# no service installed or started) into $(BIN); without apt (not Debian or Ubuntu, or no package lists
+# and no root for apt-get update) that test is skipped and says why.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || [ -x $(BIN)/promtool ] || { \
+	  dir=$$(mktemp -d); \
+	  if command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1; then \
+	    echo "promtool: extracting it from the Debian package prometheus into $(BIN)"; \
+	    (cd $$dir && { apt-get download prometheus >/dev/null 2>&1 || \
+	      { [ "$$(id -u)" = 0 ] && apt-get update -qq >/dev/null 2>&1 && apt-get download prometheus >/dev/null 2>&1; }; } && \
+	      dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool $(abspath $(BIN))/promtool) || \
+	      echo "promtool: the Debian package prometheus could not be downloaded: the alert rule tests are skipped"; \
+	  else \
+	    echo "promtool: not installed and no apt-get to fetch it (Debian package prometheus): the alert rule tests are skipped"; \
+	  fi; \
+	  rm -rf $$dir; }
+
 protos: setup
 
 # Development keys ($(DATA)/*.key, mode 0600) are created once and reused while the databases accept them.
@@ -58,13 +76,14 @@ run: setup
 	echo "  grant service   (50052): $$grant_key"; \
 	echo "  catalog service (50051): $$catalog_key"; \
 	echo "  the catalog's sync key of the grant service: $(DATA)/catalog-sync.key"; \
+	echo "metrics: http://127.0.0.1:9051/metrics (catalog), http://127.0.0.1:9052/metrics (grant)"; \
 	trap 'kill $$(jobs -p) 2>/dev/null || true; wait || true; exit 0' INT TERM; \
 	trap 'kill $$(jobs -p) 2>/dev/null || true' EXIT; \
-	GRANT_ENABLE_TEST_CLOCKS=$${GRANT_ENABLE_TEST_CLOCKS:-true} $(PY) -m grant_service serve --migrate & \
-	CATALOG_GRANT_SERVICE_API_KEY=$$sync_key $(PY) -m catalog_service serve --migrate & \
+	GRANT_ENABLE_TEST_CLOCKS=$${GRANT_ENABLE_TEST_CLOCKS:-true} $(PY) -m grant_service serve --migrate --metrics-listen 127.0.0.1:9052 & \
+	CATALOG_GRANT_SERVICE_API_KEY=$$sync_key $(PY) -m catalog_service serve --migrate --metrics-listen 127.0.0.1:9051 & \
 	wait
 
-test: setup
+test: setup promtool
 	$(PY) -m pytest -n 2 --dist load $(PYTEST_ARGS)
 
 demo: setup

@@ -1,6 +1,6 @@
 """`python -m bench [--size tiny|small|default|full] [--backend sqlite|postgresql|both]
-[--scenario storm,reads,usage,provision,webhooks] [--auth on|off]`: run the scenarios, print one
-table, write it as JSON."""
+[--scenario storm,reads,usage,provision,events,webhooks,metrics] [--auth on|off]`: run the scenarios,
+print one table, write it as JSON."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from bench.scenarios import (
     Backend,
     Row,
     credit_events,
+    metrics_overhead,
     provisioning,
     reads_and_debits,
     renewal_storm,
@@ -27,7 +28,7 @@ from bench.scenarios import (
 )
 from credit_common.config import cpu_list, on_off, positive_int
 
-SCENARIOS = ("storm", "reads", "usage", "provision", "events", "webhooks")
+SCENARIOS = ("storm", "reads", "usage", "provision", "events", "webhooks", "metrics")
 
 
 def machine() -> dict:
@@ -115,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run the services with API keys checked (default on; every call carries a key) or with --auth "
         "off, for the comparison of docs/security.md",
     )
+    parser.add_argument(
+        "--metrics-rounds",
+        type=positive_int,
+        default=2,
+        help="runs of each of metrics off and on in the metrics scenario, alternating (default 2)",
+    )
     args = parser.parse_args(argv)
     scenarios = SCENARIOS if args.scenario == "all" else tuple(s.strip() for s in args.scenario.split(","))
     unknown = set(scenarios) - set(SCENARIOS)
@@ -176,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                 if "webhooks" in scenarios:
                     log(f"[{name}] webhook delivery")
                     rows += webhook_delivery(backend, size, log)
+                if "metrics" in scenarios:
+                    log(f"[{name}] GetBalance with metrics on and off")
+                    rows += metrics_overhead(backend, size, log, rounds=args.metrics_rounds)
             finally:
                 backend.close()
     finally:

@@ -734,3 +734,87 @@ def webhook_delivery(backend: Backend, size: Size, log) -> list[Row]:
             )
         )
     return rows
+
+
+# ------------------------------------------------------------------------ metrics on and off
+
+
+def metrics_overhead(backend: Backend, size: Size, log, rounds: int = 2) -> list[Row]:
+    """GetBalance's throughput with metrics on (--metrics-listen, scraped every second meanwhile: harsher
+    than any Prometheus) against off, the servers started alternately (off, on, off, on, ...) so that a
+    drift of the machine falls on both. Bar: on >= 0.95 of off."""
+    import threading
+    import urllib.request
+
+    from tests.support.postgres import free_port
+
+    url = backend.new_database("metrics")
+    engine = seed.migrated_engine(url, GRANT_MIGRATIONS)
+    now = _now()
+    with engine.begin() as conn:
+        seed.seed_rates(conn)
+        anchor = seed.anchor_for_periods(now, 12)
+        seed.seed_subscriptions(conn, "b", size.balance_customers, anchor, 12, Decimal(1000), now)
+        seed.seed_issued_periods(conn, "b", size.balance_customers, anchor, 12, Decimal(1000), Decimal(400))
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f"VACUUM ANALYZE {', '.join(SEEDED_TABLES)}")
+    params = {"prefix": "b", "customers": size.balance_customers, "currency": seed.CURRENCY}
+    results: dict[bool, list[LoadResult]] = {False: [], True: []}
+    scrapes = 0
+    try:
+        for _ in range(rounds):
+            for on in (False, True):
+                port = free_port()
+                args = ["--metrics-listen", f"127.0.0.1:{port}"] if on else []
+                server = start_service("grant_service", url, backend.run_dir, args=args)
+                stop = threading.Event()
+
+                def scrape(port=port, stop=stop) -> None:
+                    nonlocal scrapes
+                    while not stop.wait(1.0):
+                        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+                            reply.read()
+                        scrapes += 1
+
+                scraper = threading.Thread(target=scrape, daemon=True) if on else None
+                try:
+                    if scraper is not None:
+                        scraper.start()
+                    result = run_load(
+                        server.address,
+                        "balance",
+                        params=params,
+                        callers=size.callers,
+                        processes=size.processes,
+                        duration_s=size.duration_s,
+                        api_key=server.api_key,
+                    )
+                finally:
+                    stop.set()
+                    if scraper is not None:
+                        scraper.join(15)
+                    server.stop()
+                log(f"  GetBalance, metrics {'on' if on else 'off'}: {_describe(result)}")
+                results[on].append(result)
+    finally:
+        engine.dispose()
+    off_qps = sum(r.qps for r in results[False]) / rounds
+    on_qps = sum(r.qps for r in results[True]) / rounds
+    ratio = on_qps / off_qps if off_qps else None
+    errors = sum(sum(r.errors.values()) for rs in results.values() for r in rs)
+    return [
+        Row(
+            "metrics on/off",
+            backend.name,
+            "GetBalance QPS, metrics on (scraped every second) / off",
+            on_qps,
+            "calls/s",
+            baseline=off_qps,
+            ratio=ratio,
+            bar="ratio >= 0.95",
+            verdict="MISS" if errors or ratio is None or ratio < 0.95 else "ok",
+            note=f"{rounds} alternating rounds each; {scrapes} scrapes during the load"
+            + (f"; {errors} errors" if errors else ""),
+        )
+    ]

@@ -66,6 +66,7 @@ class ServiceSettings:
     auth: bool = True  # every RPC but health and reflection needs an API key with a role that allows it
     auth_cache_ttl: timedelta = timedelta(seconds=5)  # how long a key looked up is trusted (revocation bound)
     reflection: str = "authenticated"  # server reflection: on (open to anyone), authenticated (any valid key), off
+    metrics_listen: str | None = None  # host:port of the Prometheus /metrics listener; None: no metrics served
 
     def extended(self, settings_type: type[SettingsT], **own: object) -> SettingsT:
         """The common fields of these settings in a service's own settings type (a subclass), with its
@@ -311,6 +312,13 @@ def parse_service_args(
         help="server reflection (what grpcurl list/describe use): authenticated (default): any valid API key, "
         "sent by grpcurl with -H; on: open to anyone; off: not served. With --auth off it is open unless off",
     )
+    parser.add_argument(
+        "--metrics-listen",
+        default=env("METRICS_LISTEN", ""),
+        help="host:port to serve Prometheus metrics on, over HTTP at /metrics (default: off; e.g. "
+        "127.0.0.1:9464; with --processes N the supervisor serves the sum of every server process). "
+        "See docs/operations.md, Metrics",
+    )
     _add_transport_arguments(parser, env)
     if flags is not None:
         flags.add(parser, env)
@@ -356,6 +364,7 @@ def parse_service_args(
         auth=args.auth,
         reflection=args.reflection,
         auth_cache_ttl=timedelta(milliseconds=args.auth_cache_ttl_ms),
+        metrics_listen=args.metrics_listen or None,
     )
     if flags is None:
         return common

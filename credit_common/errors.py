@@ -100,6 +100,13 @@ class DeadlineExceeded(DomainError):
     default_reason = "DEADLINE_EXCEEDED"
 
 
+class Cancelled(DomainError):
+    """The caller cancelled the call: nothing of it was committed (credit_common.calls)."""
+
+    code = "CANCELLED"
+    default_reason = "CANCELLED"
+
+
 class Violations:
     """Collects field violations so that one request reports every problem at once."""
 

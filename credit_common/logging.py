@@ -17,12 +17,17 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from logging.handlers import QueueHandler
 from typing import TextIO
 
 # An AccessLog line on the writer's queue: (created, logger name, message, fields).
 _Line = tuple[float, str, str, dict]
+
+# Set by credit_common.tracing while tracing is on: the current trace_id and span_id ({} outside a
+# span), added to every record in the thread that logs it, so that logs and traces join.
+trace_fields: Callable[[], dict[str, str]] | None = None
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -62,6 +67,8 @@ class _Enqueue(QueueHandler):
     traceback, if any, is rendered here (the frames are gone by the time the writer runs)."""
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if trace_fields is not None:
+            record.__dict__.update(trace_fields())
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         record.exc_info = None
@@ -170,6 +177,8 @@ class AccessLog:
         logger = self._logger
         if not logger.isEnabledFor(logging.INFO):
             return
+        if trace_fields is not None:
+            fields.update(trace_fields())
         if _writer is None or not self._only_to(_handler):
             logger.info(self._message, extra=fields)
             return

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from credit_common import metrics
 from credit_common.config import ServiceSettings
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ def server_settings(settings: ServiceSettings, listen: str, index: int) -> Servi
         processes=1,
         process_index=index,
         cpus=frozenset({cpus[index % len(cpus)]}) if cpus else None,
+        metrics_listen=None,  # the supervisor serves the metrics of them all
     )
 
 
@@ -104,6 +106,34 @@ def supervise(
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    exposition = None
+    multiprocess_dir, created_dir = None, False
+    if settings.metrics_listen:
+        # Before the server processes start: they inherit PROMETHEUS_MULTIPROC_DIR (credit_common.metrics).
+        multiprocess_dir, created_dir = metrics.prepare_multiprocess_dir(definition.name)
+        try:
+            exposition = metrics.start_metrics(
+                settings.metrics_listen, settings.database, definition.gauges, multiprocess_dir=multiprocess_dir
+            )
+        except (OSError, ValueError) as error:
+            reserved.close()
+            message = f"cannot serve metrics on {settings.metrics_listen}: {getattr(error, 'strerror', None) or error}"
+            log.error(message)
+            print(f"{definition.name}: {message}", file=sys.stderr)
+            return 2
+    try:
+        return _supervise(
+            definition, settings, build, serve, reserved, listen, port, stop, stopped_by, multiprocess_dir
+        )
+    finally:
+        if exposition is not None:
+            exposition[0].stop()
+            exposition[1].dispose()
+        if created_dir and multiprocess_dir is not None:
+            metrics.remove_multiprocess_dir(multiprocess_dir)
+
+
+def _supervise(definition, settings, build, serve, reserved, listen, port, stop, stopped_by, multiprocess_dir) -> int:
     context = multiprocessing.get_context("spawn")
     children = []
     with reserved:
@@ -130,6 +160,7 @@ def supervise(
             failed = None
         if failed is not None:
             failed.join(10)  # its sentinel can fire a moment before its exit status is there
+            metrics.process_ended(failed.pid, multiprocess_dir)
             log.error(
                 "a server process exited: stopping the others",
                 extra={"server_process": failed.name, "pid": failed.pid, "exit_code": failed.exitcode},
@@ -137,6 +168,8 @@ def supervise(
         else:
             log.info("shutting down", extra={"signal": stopped_by[0] if stopped_by else None})
         codes = _stop_all(children, settings.shutdown_grace_s + 10)
+        for child in children:
+            metrics.process_ended(child.pid, multiprocess_dir)
     if failed is not None:
         return failed.exitcode if failed.exitcode and failed.exitcode > 0 else 1
     log.info("stopped")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import grpc
 from sqlalchemy import Engine, Table
 
+from credit_common import tracing
 from credit_common.auth.check import ApiKeyCheck, KeyCache
 from credit_common.auth.store import SqlApiKeyStore
 from credit_common.clock import Clock
@@ -23,6 +24,7 @@ from credit_common.grpc.interceptors import ServiceInterceptor
 from credit_common.grpc.server import RunningServer, run_until_signal, start_server
 from credit_common.grpc.streams import StreamBudget
 from credit_common.logging import configure_logging
+from credit_common.metrics import GaugeSource, recorded, start_metrics, watch_pool
 from credit_common.processes import supervise
 
 log = logging.getLogger("credit_grants.runtime")
@@ -38,6 +40,9 @@ class ServiceDefinition:
     read_methods: frozenset[str] = frozenset()  # full paths of the methods that change nothing (not audited)
     api_keys: Table | None = None  # the service's api_keys table (credit_common.auth.store)
     flags: ServiceFlags | None = None  # the service's own flags and its typed settings (credit_common.config)
+    # Gauges of the database's state, computed when /metrics is scraped (credit_common.metrics). Another
+    # part of a service adds its own here (e.g. the webhooks' backlog and lag).
+    gauges: Sequence[GaugeSource] = ()
 
 
 def open_engine(definition: ServiceDefinition, settings: ServiceSettings, *, migrate: bool) -> Engine:
@@ -76,6 +81,8 @@ def start(
         tls=settings.tls,
         limits=settings.limits,
         reflection=settings.reflection != "off",
+        tracing=tracing.server_interceptor(),
+        record_metrics=recorded(settings),
     )
 
 
@@ -131,8 +138,23 @@ def main(
     if supervisor:
         engine.dispose()
         return supervise(definition, settings, build, serve=main)
+    tracing.configure_from_env(definition.name)  # nothing unless the OTEL_* variables ask for traces
     running = build(settings, engine)
+    running.on_stop.insert(0, tracing.shutdown)  # the last: spans of the drain are exported too
     running.on_stop.insert(0, engine.dispose)
+    if recorded(settings):
+        watch_pool(engine, "main")
+    if settings.metrics_listen:
+        try:
+            exposition, scrape_engine = start_metrics(settings.metrics_listen, settings.database, definition.gauges)
+        except (OSError, ValueError) as error:
+            running.stop(0)
+            message = f"cannot serve metrics on {settings.metrics_listen}: {getattr(error, 'strerror', None) or error}"
+            log.error(message)
+            print(f"{definition.name}: {message}", file=sys.stderr)
+            return 2
+        running.on_stop.insert(0, scrape_engine.dispose)
+        running.on_stop.insert(0, exposition.stop)  # the last to stop: a scrape during the drain still works
     quiet_garbage_collection()
     log.info(
         "serving",

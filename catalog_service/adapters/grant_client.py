@@ -19,9 +19,11 @@ import grpc
 
 from catalog_service.adapters.grant_delivery import channel_options
 from credit_common.auth.client import with_api_key
+from credit_common.calls import outbound_timeout
 from credit_common.config import read_file
 from credit_common.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
 from credit_common.grpc.errors import error_details
+from credit_common.tracing import traced_channel
 from grant_service.v1 import grant_service_pb2 as grant_pb2
 from grant_service.v1 import grant_service_pb2_grpc as grant_pb2_grpc
 
@@ -83,7 +85,7 @@ class GrantServiceClient:
             if tls.server_name:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
             channel = grpc.secure_channel(address, credentials, options=options)
-        self.channel = with_api_key(channel, api_key)
+        self.channel = traced_channel(with_api_key(channel, api_key))
         self._stub = grant_pb2_grpc.GrantServiceStub(self.channel)
 
     def close(self) -> None:
@@ -94,7 +96,8 @@ class GrantServiceClient:
         InvalidArgument on `field` (the caller's name for it) if it is not a valid id."""
         try:
             reply = self._stub.GetTestClock(
-                grant_pb2.GetTestClockRequest(test_clock_id=test_clock_id), timeout=self.deadline.total_seconds()
+                grant_pb2.GetTestClockRequest(test_clock_id=test_clock_id),
+                timeout=outbound_timeout(self.deadline.total_seconds()),  # within the caller's deadline
             )
         except grpc.RpcError as error:
             translated = _translate(

@@ -128,6 +128,8 @@ class OutboxDeliveryRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # The W3C traceparent of the call that queued it (credit_common.tracing); None with tracing off.
+    trace_context: Mapped[str | None] = mapped_column(String(512), nullable=True)
 
 
 class LateChangeRow(Base):

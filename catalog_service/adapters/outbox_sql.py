@@ -67,6 +67,8 @@ from credit_common.db.engine import SessionFactories
 from credit_common.db.types import UtcDateTime
 from credit_common.delivery import leases
 from credit_common.delivery.leases import Backlog, LeaseToken
+from credit_common.metrics import GaugeSource
+from credit_common.tracing import current_traceparent
 from grant_service.v1 import grant_service_pb2
 
 TABLE_NAME = "outbox_deliveries"
@@ -89,6 +91,7 @@ def outbox_table(metadata: MetaData, name: str = TABLE_NAME) -> Table:
         Column("last_error", Text, nullable=True),
         Column("created_at", UtcDateTime, nullable=False),
         Column("delivered_at", UtcDateTime, nullable=True),
+        Column("trace_context", String(512), nullable=True),
         UniqueConstraint("kind", "aggregate_key", "revision"),
         Index(f"ix_{name}_status_next_attempt_at", "status", "next_attempt_at"),
     )
@@ -107,19 +110,22 @@ def add_pending(
     """Queue one delivery in the caller's transaction (the one that changes the
     aggregate), due at once; returns the row as the handoff state reads it. The
     unique (kind, aggregate_key, revision) makes a second insert of the same
-    revision fail with the transaction."""
-    session.execute(
-        insert(table).values(
-            kind=kind,
-            aggregate_key=aggregate_key,
-            revision=revision,
-            payload=payload,
-            status=STATUS_PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-        )
+    revision fail with the transaction. With tracing on, the row keeps the current
+    trace's traceparent, which its delivery continues (credit_common.tracing)."""
+    values = dict(
+        kind=kind,
+        aggregate_key=aggregate_key,
+        revision=revision,
+        payload=payload,
+        status=STATUS_PENDING,
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
     )
+    traceparent = current_traceparent()
+    if traceparent is not None and "trace_context" in table.c:
+        values["trace_context"] = traceparent
+    session.execute(insert(table).values(**values))
     return DeliveryRecord(
         revision=revision, status=STATUS_PENDING, attempts=0, last_error=None, next_attempt_at=now, delivered_at=None
     )
@@ -188,8 +194,18 @@ class SqlOutboxRepository:
             .where(every.c.kind == t.c.kind, every.c.aggregate_key == t.c.aggregate_key)
             .scalar_subquery()
         )
+        trace_context = t.c.trace_context if "trace_context" in t.c else literal(None).label("trace_context")
         query = (
-            select(t.c.id, t.c.kind, t.c.aggregate_key, t.c.revision, t.c.payload, t.c.attempts, latest.label("latest"))
+            select(
+                t.c.id,
+                t.c.kind,
+                t.c.aggregate_key,
+                t.c.revision,
+                t.c.payload,
+                t.c.attempts,
+                latest.label("latest"),
+                trace_context,
+            )
             .where(leases.due(t, now), ~lower_pending)
             .order_by(t.c.next_attempt_at, t.c.id)
             .limit(limit)
@@ -205,6 +221,7 @@ class SqlOutboxRepository:
                 attempts=r.attempts + 1,
                 lease_until=lease_until,
                 latest_revision=r.latest,
+                trace_context=r.trace_context,
             )
             for r in rows
         ]
@@ -359,3 +376,41 @@ def list_entries(
         query = query.where(t.c.id > after_id)
     rows = session.execute(query.order_by(t.c.id).limit(limit)).all()
     return [OutboxEntry(**r._asdict()) for r in rows]
+
+
+def outbox_gauges(table: Table) -> GaugeSource:
+    """The outbox's depth for /metrics (credit_common.metrics.DatabaseGauges): deliveries pending and
+    parked, by kind, and the age of the oldest pending one (0 when none is pending)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    def collect(connection, now: datetime):
+        t = table
+        pending = GaugeMetricFamily(
+            "credit_grants_outbox_pending", "Outbox deliveries not yet delivered (due or backing off).", labels=["kind"]
+        )
+        parked = GaugeMetricFamily(
+            "credit_grants_outbox_parked",
+            "Outbox deliveries parked (failed permanently): never sent again until an operator requeues them.",
+            labels=["kind"],
+        )
+        oldest = GaugeMetricFamily(
+            "credit_grants_outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending outbox delivery (0 when none is pending): how late the handoff runs.",
+        )
+        counts = {(kind, status): 0 for kind in (KIND_SUBSCRIPTION, KIND_CREDIT_CURRENCY) for status in ("p", "f")}
+        rows = connection.execute(
+            select(t.c.kind, t.c.status, func.count(), func.min(t.c.created_at))
+            .where(t.c.status.in_([STATUS_PENDING, STATUS_FAILED]))
+            .group_by(t.c.kind, t.c.status)
+        ).all()
+        first: datetime | None = None
+        for kind, status, count, created in rows:
+            counts[(kind, "p" if status == STATUS_PENDING else "f")] = count
+            if status == STATUS_PENDING and created is not None:
+                first = created if first is None or created < first else first
+        for (kind, status), count in sorted(counts.items()):
+            (pending if status == "p" else parked).add_metric([kind], count)
+        oldest.add_metric([], max((now - first).total_seconds(), 0.0) if first is not None else 0.0)
+        return [pending, parked, oldest]
+
+    return collect

@@ -73,6 +73,7 @@ class ClaimedDelivery:
     attempts: int  # the number of this attempt, counting it (1 for the first)
     lease_until: datetime
     latest_revision: int  # the highest revision of the aggregate the catalog had queued when claimed
+    trace_context: str | None = None  # the W3C traceparent of the call that queued it, if traced
 
 
 def judge_stale(claim: ClaimedDelivery, outcome: DeliveryOutcome) -> DeliveryOutcome:

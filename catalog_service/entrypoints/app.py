@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 
 from catalog_service.adapters.grant_client import GrantServiceClient
 from catalog_service.adapters.orm import API_KEYS, OutboxDeliveryRow
+from catalog_service.adapters.outbox_sql import outbox_gauges
 from catalog_service.entrypoints.outbox_worker import start_outbox_worker
 from catalog_service.entrypoints.roles import METHOD_ROLES, READ_METHODS, SERVICE
 from catalog_service.entrypoints.servicer import CatalogServicer
@@ -31,6 +32,7 @@ DEFINITION = ServiceDefinition(
     read_methods=READ_METHODS,
     api_keys=API_KEYS,
     flags=FLAGS,
+    gauges=(outbox_gauges(OutboxDeliveryRow.__table__),),
 )
 
 

@@ -56,10 +56,12 @@ from catalog_service.domain.outbox import (
     Resolution,
     judge_stale,
 )
+from credit_common import tracing
 from credit_common.backoff import BackoffPolicy, RandomSource
 from credit_common.clock import Clock
 from credit_common.delivery.leases import Backlog
 from credit_common.delivery.worker import PollingWorker
+from credit_common.metrics import OUTBOX_ATTEMPTS, OUTBOX_OUTCOMES
 
 log = logging.getLogger("catalog_service.dispatcher")
 
@@ -184,6 +186,9 @@ class Dispatcher:
         applied = self._outbox.record(resolutions)
         counts = {OutcomeKind.DELIVERED: 0, OutcomeKind.RETRY: 0, OutcomeKind.PARKED: 0}
         fenced = 0
+        for claim, outcome in zip(claims, outcomes, strict=True):
+            OUTBOX_ATTEMPTS.labels(claim.kind).inc()
+            OUTBOX_OUTCOMES.labels(claim.kind, outcome.kind.value).inc()
         for resolution, outcome, ok in zip(resolutions, outcomes, applied, strict=True):
             if ok:
                 counts[outcome.kind] += 1
@@ -229,7 +234,12 @@ class Dispatcher:
 
     def _send(self, call: Sequence[ClaimedDelivery]) -> list[DeliveryOutcome]:
         try:
-            outcomes = self._delivery.deliver_many(call[0].kind, [claim.payload for claim in call])
+            # The trace of the call that queued them goes on (credit_common.tracing): one trace from
+            # ProvisionSubscription to ApplySubscription, whichever attempt or process delivers it.
+            with tracing.continued(
+                [claim.trace_context for claim in call], f"outbox deliver {call[0].kind}", deliveries=len(call)
+            ):
+                outcomes = self._delivery.deliver_many(call[0].kind, [claim.payload for claim in call])
             if len(outcomes) != len(call):
                 raise RuntimeError(f"{len(outcomes)} outcomes for {len(call)} deliveries")
             return outcomes

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from credit_common import calls
 from credit_common.batching import Batch, Batcher, Slot
 from credit_common.errors import DomainError
 
@@ -41,6 +42,7 @@ class _Unit:
     work: Callable[[Session], Any]
     key: str
     subject: Any
+    call: calls.Call | None = None  # the RPC it serves: a unit whose caller is gone does not commit
 
 
 class GroupCommit:
@@ -61,8 +63,11 @@ class GroupCommit:
         within: Callable[[Session, list[Any]], AbstractContextManager[object]] | None = None,
         max_units: int = 64,
         linger_s: float = 0.0,
+        observe_size: Callable[[int], None] | None = None,
     ) -> None:
+        """`observe_size`: told the number of units of each group committed (a metric)."""
         self._sessions = sessions
+        self._observe_size = observe_size
         self._single = single
         self._within = within
         self._batcher = Batcher(self._run_group, max_units, linger_s)
@@ -75,7 +80,7 @@ class GroupCommit:
     def run(self, work: Callable[[Session], T], key: str = "", subject: Any = None) -> T:
         """Run `work` in a group's transaction; its result (or error) once that group is committed.
         `subject` is what `within` is told of the unit."""
-        return self._batcher.submit(_Unit(work, key, subject))
+        return self._batcher.submit(_Unit(work, key, subject, calls.current()))
 
     def _run_group(self, take: Batch) -> None:
         broken = False
@@ -102,6 +107,13 @@ class GroupCommit:
                                 member.fail(error)
                 except Exception:  # the transaction is unusable: see the module's docstring
                     broken = True
+            if not broken:
+                # A unit whose caller gave up (deadline, cancel) must not commit; its writes are in the
+                # group's transaction, so the group is rolled back and each unit runs alone, where that
+                # one fails with DeadlineExceeded or Cancelled (credit_common.calls) and the others commit.
+                calls.check_before_commit(None)
+                if any(member.item.call is not None and member.item.call.gone() for member in ordered):
+                    broken = True
             if broken:
                 with contextlib.suppress(Exception):  # a lost connection: the units run again below
                     session.rollback()
@@ -112,12 +124,15 @@ class GroupCommit:
                     for member in ordered:
                         member.fail(error)
                     return
+                if self._observe_size is not None:
+                    self._observe_size(len(ordered))
         if broken:
             for member in ordered:
                 self._run_alone(member)
 
     def _run_alone(self, slot: Slot) -> None:
         try:
-            slot.succeed(self._single(slot.item.work))
+            with calls.serving(slot.item.call):
+                slot.succeed(self._single(slot.item.work))
         except Exception as error:
             slot.fail(error)

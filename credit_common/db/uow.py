@@ -8,6 +8,8 @@ from typing import Self
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from credit_common.calls import check_before_commit
+
 
 class SqlAlchemyUnitOfWork:
     """Base of each service's unit of work; subclasses attach repositories in
@@ -35,6 +37,9 @@ class SqlAlchemyUnitOfWork:
             self.session.close()
 
     def commit(self) -> None:
+        """Commit, unless the call being served is gone (credit_common.calls): then DeadlineExceeded or
+        Cancelled, and leaving the block rolls back."""
+        check_before_commit()
         self.session.commit()
 
     def flush(self) -> None:

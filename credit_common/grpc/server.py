@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -16,33 +17,53 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection as reflection_service
 
 from credit_common.config import ServerLimits, TlsSettings, read_file
+from credit_common.drain import Drain
 from credit_common.grpc.documented_pool import documented_pool
 from credit_common.grpc.interceptors import ServiceInterceptor
+from credit_common.grpc.observe import ObservingInterceptor
 
 log = logging.getLogger("credit_grants.server")
 INT_MAX = 2**31 - 1
 PLAINTEXT = TlsSettings()
 DEFAULT_LIMITS = ServerLimits()
+DRAIN_NOTICE_S = 1.0  # on SIGTERM, new calls are refused this long at least before the listener closes
 
 
 @dataclass
 class RunningServer:
     """A started server. `stop()` runs the shutdown in the documented order:
-    health NOT_SERVING, stop accepting and drain RPCs, then the background work."""
+    health NOT_SERVING, the drain (new calls refused with UNAVAILABLE, streams ended with UNAVAILABLE:
+    credit_common.drain), stop accepting and let the RPCs in flight finish within `grace`, then the
+    background work (`on_stop`, in reverse order)."""
 
     server: grpc.Server
     port: int
     health: health.HealthServicer
     service_names: Sequence[str]
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    drain: Drain = field(default_factory=Drain)
+    observer: ObservingInterceptor | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
-    def stop(self, grace: float = 5.0) -> None:
+    def stop(self, grace: float = 5.0, notice_s: float = 0.0) -> None:
+        """`notice_s`: refuse new calls for at least this long before the listener closes, even with no
+        call in flight, so that clients and load balancers see NOT_SERVING or UNAVAILABLE and move away
+        (a call that reaches a server already closing gets CANCELLED from gRPC itself, not UNAVAILABLE)."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        self.drain.begin()
+        # The listener keeps answering (new calls: UNAVAILABLE, health: NOT_SERVING) while the calls in
+        # flight finish: a call that reaches a server already stopping gets CANCELLED from gRPC itself.
+        started = time.monotonic()
+        self.drain.wait_idle(grace)
+        notice = min(notice_s, grace) - (time.monotonic() - started)
+        if notice > 0:
+            time.sleep(notice)
+        self.server.stop(max(grace - (time.monotonic() - started), 0.0)).wait()
+        if self.observer is not None:
+            self.observer.stop()  # the last RPCs' metrics recorded
         for callback in reversed(self.on_stop):
             try:
                 callback()
@@ -51,6 +72,28 @@ class RunningServer:
 
     def wait_for_termination(self) -> None:
         self.server.wait_for_termination()
+
+
+class DrainingHealthServicer(health.HealthServicer):
+    """The health service, whose Watch streams end with UNAVAILABLE when the drain begins (after
+    their NOT_SERVING update), so that a watching client moves to another replica."""
+
+    def __init__(self, drain: Drain) -> None:
+        super().__init__(experimental_non_blocking=True)
+        self._drain = drain
+
+    def Watch(self, request, context, send_response_callback=None):
+        watcher = super().Watch(request, context, send_response_callback)
+
+        def end() -> None:
+            Drain.end_stream(context)
+            if send_response_callback is not None:
+                send_response_callback(None)
+            elif watcher is not None:
+                watcher.close()
+
+        context.add_callback(self._drain.on_drain(end))
+        return watcher
 
 
 def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials | None:
@@ -99,6 +142,9 @@ def start_server(
     tls: TlsSettings = PLAINTEXT,
     limits: ServerLimits = DEFAULT_LIMITS,
     reflection: bool = True,
+    drain: Drain | None = None,
+    tracing: grpc.ServerInterceptor | None = None,
+    record_metrics: bool = True,
 ) -> RunningServer:
     """Start a server on `address` ("host:port"; port 0 picks a free one).
 
@@ -108,17 +154,24 @@ def start_server(
     `reflection`: serve server reflection (who may use it is the interceptor's key check). `share_port`: listen
     with SO_REUSEPORT, beside the other server processes of one service
     (credit_common.processes); otherwise a port in use is an error. `tls`: TLS
-    or mTLS on the listener (default plaintext); `limits`: what it accepts.
+    or mTLS on the listener (default plaintext); `limits`: what it accepts. Outside them all: the
+    drain, the call's deadline and the RPC metrics (credit_common.grpc.observe), then the trace
+    spans (`tracing`, credit_common.tracing; None: no tracing).
     """
     credentials = server_credentials(tls)
+    drain = drain or Drain()
+    observer = ObservingInterceptor(drain, record_metrics=record_metrics)
+    outer: list[grpc.ServerInterceptor] = [observer]
+    if tracing is not None:
+        outer.append(tracing)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-        interceptors=[interceptor],
+        interceptors=[*outer, interceptor],
         options=server_options(limits, share_port=share_port),
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
     register(server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_servicer = DrainingHealthServicer(drain)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection:
         reflection_service.enable_server_reflection(
@@ -132,7 +185,9 @@ def start_server(
     server.start()
     for name in (*service_names, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = RunningServer(server=server, port=port, health=health_servicer, service_names=service_names)
+    running = RunningServer(
+        server=server, port=port, health=health_servicer, service_names=service_names, drain=drain, observer=observer
+    )
     running.on_stop.append(interceptor.streams.close)
     return running
 
@@ -148,5 +203,5 @@ def run_until_signal(running: RunningServer, grace: float) -> None:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     stop.wait()
-    running.stop(grace)
+    running.stop(grace, notice_s=min(DRAIN_NOTICE_S, grace / 2))
     log.info("stopped")

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from credit_common.db.driver import DriverStatement, deferred_writes, rows_of
 from credit_common.idempotency import SeenRequest
+from credit_common.metrics import tally_ledger
 from grant_service.adapters.mappers import view_of
 from grant_service.adapters.orm import (
     ALERT_SETS,
@@ -235,6 +236,7 @@ def record_debit(
     request id (if any) and its events (rows of `events`). On PostgreSQL all of it is one statement
     (data-modifying CTEs)."""
     conn = session.connection()
+    tally_ledger(session, entries)
     if is_postgres(session):
         params = {f"u_{name}": value for name, value in usage.items()}
         for i, (grant_id, value) in enumerate(used):

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from credit_common.clock import Clock
 from credit_common.db.keyset import keyset_after
 from credit_common.idempotency import SeenRequest
+from credit_common.metrics import tally_ledger
 from grant_service.adapters.debits import debit_head, insert_request_id, open_grants, record_debit
 from grant_service.adapters.events import event_rows, wrote_events
 from grant_service.adapters.mappers import (
@@ -301,6 +302,7 @@ class SqlLedgerRepository:
     def add(self, entry: dict[str, Any]) -> None:
         self.session.add(LedgerEntryRow(**entry))
         self.session.flush()
+        tally_ledger(self.session, [entry])
 
     def debits_by_grant(self, grant_ids: Sequence[str], at: datetime | None = None) -> dict[str, Decimal]:
         """Summed exactly in Python."""
@@ -516,7 +518,8 @@ class SqlIssuanceRepository:
         return insert_ignoring_conflicts(self.session, GrantRow, rows, "grant_id")
 
     def add_entries(self, entries: Sequence[dict[str, Any]]) -> None:
-        insert_ignoring_conflicts(self.session, LedgerEntryRow, entries, "entry_id")
+        inserted = insert_ignoring_conflicts(self.session, LedgerEntryRow, entries, "entry_id")
+        tally_ledger(self.session, (entry for entry in entries if entry["entry_id"] in inserted))
 
     def opened(self, grant_ids: Sequence[str], closed: Sequence[str] = ()) -> None:
         if not grant_ids:

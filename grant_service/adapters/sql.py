@@ -6,10 +6,13 @@ cannot both succeed and neither crashes), and the one definition of what a catch
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
+from prometheus_client.core import Metric
 from sqlalchemy import (
     Boolean,
+    Connection,
     Integer,
     Select,
     func,
@@ -21,6 +24,7 @@ from grant_service.adapters.orm import (
     GRANTS,
     SCHEDULES,
 )
+from grant_service.domain.model import REAL_TIME
 
 
 def is_postgres(session: Session) -> bool:
@@ -140,3 +144,34 @@ def pending_columns(customer_key) -> tuple:
         next_expiry.scalar_subquery().label("next_expiry"),
         next_open.scalar_subquery().label("next_open"),
     )
+
+
+def catch_up_gauges(connection: Connection, now: datetime) -> list[Metric]:
+    """The catch-up's lag for /metrics (credit_common.metrics.DatabaseGauges): the age of the oldest
+    period due to be issued or grant due to expire, of real-time customers, that no catch-up has
+    processed yet (0 when nothing is due). Test clocks are not counted: their time is not now."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    due_issue = select(func.min(SCHEDULES.c.next_period_start)).where(
+        SCHEDULES.c.clock_key == REAL_TIME,
+        SCHEDULES.c.removed.is_(False),
+        SCHEDULES.c.next_period_start.is_not(None),
+        SCHEDULES.c.next_period_start <= now,
+    )
+    due_expiry = select(func.min(GRANTS.c.expire_time)).where(
+        GRANTS.c.clock_key == REAL_TIME,
+        GRANTS.c.closed.is_(False),
+        GRANTS.c.expire_time.is_not(None),
+        GRANTS.c.expire_time <= now,
+        GRANTS.c.opens_at.is_(None),  # as the catch-up's due expiries: a pending grant is opened first
+    )
+    lag = GaugeMetricFamily(
+        "credit_grants_catch_up_lag_seconds",
+        "Age of the oldest period due to be issued or grant due to expire that the catch-up has not processed "
+        "(real-time customers; 0 when nothing is due).",
+        labels=["work"],
+    )
+    for work, query in (("issue", due_issue), ("expire", due_expiry)):
+        oldest = connection.execute(query).scalar()
+        lag.add_metric([work], max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0)
+    return [lag]

@@ -14,9 +14,11 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from credit_common.batching import Batcher, Slot
+from credit_common.calls import check_before_commit
 from credit_common.clock import Clock
 from credit_common.db.engine import CONFLICT_SQLSTATES, SessionFactories, sqlstate
 from credit_common.db.group_commit import GroupCommit
+from credit_common.metrics import GROUP_COMMIT_SIZE
 from grant_service.adapters.alerts import AlertsCache, SqlAlertRepository
 from grant_service.adapters.balance_reads import current_grants
 from grant_service.adapters.debits import debit_group
@@ -96,7 +98,9 @@ class SqlUnitsOfWork:
         self._alerts = AlertsCache()
         self._events = EventSignal()
         self._events.listen(factories.write)
-        self.debits = GroupCommit(factories.write, self._write, debit_group, linger_s=linger_s)
+        self.debits = GroupCommit(
+            factories.write, self._write, debit_group, linger_s=linger_s, observe_size=GROUP_COMMIT_SIZE.observe
+        )
         self._balance_reads = Batcher(self._read_current_grants, linger_s=linger_s)
 
     def _unit(self, session: Session) -> SqlGrantUnitOfWork:
@@ -106,7 +110,9 @@ class SqlUnitsOfWork:
         for attempt in range(self._attempts):
             try:
                 with self.factories.write() as session, session.begin():
-                    return work(session)
+                    result = work(session)
+                    check_before_commit()  # a call whose caller gave up does not commit: credit_common.calls
+                    return result
             except (IntegrityError, OperationalError) as error:
                 retryable = isinstance(error, IntegrityError) or sqlstate(error) in CONFLICT_SQLSTATES
                 if not retryable or attempt == self._attempts - 1:

@@ -10,8 +10,10 @@ from sqlalchemy import Engine
 from credit_common.clock import Clock, SystemClock
 from credit_common.db.engine import create_db_engine, read_engine_settings, session_factories
 from credit_common.grpc.server import RunningServer
+from credit_common.metrics import recorded, watch_pool
 from credit_common.runtime import ServiceDefinition, start
 from grant_service.adapters.orm import API_KEYS
+from grant_service.adapters.sql import catch_up_gauges
 from grant_service.adapters.unit_of_work import SqlUnitsOfWork
 from grant_service.entrypoints.event_json import event_body
 from grant_service.entrypoints.roles import METHOD_ROLES, READ_METHODS, SERVICE
@@ -31,6 +33,7 @@ DEFINITION = ServiceDefinition(
     read_methods=READ_METHODS,
     api_keys=API_KEYS,
     flags=FLAGS,
+    gauges=(catch_up_gauges,),
 )
 
 
@@ -64,6 +67,8 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
 
     running = start(DEFINITION, settings, register, engine=engine, clock=clock)
     running.on_stop.append(read_engine.dispose)
+    if recorded(settings):
+        watch_pool(read_engine, "read")
     running.on_stop.append(uows.listen_for_events(engine))
     if settings.webhooks.workers > 0:
         dispatcher, sender = webhook_dispatcher(engine, ctx.uows, clock, settings.webhooks)

@@ -43,6 +43,7 @@ def test_tiny_benchmark_runs_every_scenario(backend: str, tmp_path: Path) -> Non
         ("usage debits", "ReportUsage"),
         ("provisioning", "provisions/s"),
         ("webhooks", "deliveries/s to a local receiver"),
+        ("metrics on/off", "GetBalance QPS, metrics on"),
     ]:
         matching = [r for (s, f), r in figures.items() if s == scenario and f.startswith(figure)]
         assert matching, f"no {scenario} / {figure} row"

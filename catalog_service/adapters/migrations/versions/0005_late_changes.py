@@ -2,7 +2,7 @@
 catalog dated them (its ClampedChange), shown in a subscription's handoff state.
 
 Revision ID: 0005
-Revises: 0003 (main's observability work adds a 0004; the integrator re-points this to it)
+Revises: 0004
 Create Date: 2026-12-06
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 from credit_common.db.types import UtcDateTime
 
 revision: str = "0005"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
