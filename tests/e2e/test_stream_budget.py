@@ -179,3 +179,25 @@ def test_health_watch_floods_are_bounded(service, database_url_factory):
         finally:
             for watch in watches:
                 watch.cancel()
+
+
+def test_event_streams_run_off_the_unary_workers(database_url_factory):
+    """The same for WatchEvents, a server stream wrapped by every interceptor (drain, metrics, keys):
+    40 idle event streams of one key on a 4-worker grant server, and unary calls are still served."""
+    args = ("--max-streams", "64", "--max-streams-per-caller", "64", "--events-heartbeat-interval", "0.5")
+    with server("grant", database_url_factory("db"), *args) as (keyed, anonymous):
+        stub = grant_service_pb2_grpc.GrantServiceStub(keyed)
+        streams = [
+            stub.WatchEvents(grant_service_pb2.WatchEventsRequest(customer_key="nobody"), timeout=60)
+            for _ in range(STREAMS)
+        ]
+        try:
+            for stream in streams:  # each stream's handler runs: it sent its first heartbeat
+                assert next(stream).HasField("heartbeat")
+            for _ in range(3):
+                unary_call("grant", keyed)
+                health_check(anonymous)
+            assert all(stream.is_active() for stream in streams)
+        finally:
+            for stream in streams:
+                stream.cancel()
