@@ -93,6 +93,11 @@ _TALLY = "credit_grants_metrics_tally"
 OUTBOX_ATTEMPTS = Counter(
     "credit_grants_outbox_delivery_attempts_total", "Outbox deliveries sent to the grant service, by kind.", ("kind",)
 )
+WEBHOOK_DELIVERIES = Counter(
+    "credit_grants_webhook_deliveries_total",
+    "Webhook delivery attempts recorded, by outcome (delivered, retry, given_up).",
+    ("outcome",),
+)
 OUTBOX_OUTCOMES = Counter(
     "credit_grants_outbox_delivery_outcomes_total",
     "Outcomes of outbox delivery attempts, by kind and outcome (delivered, retry, parked).",

@@ -201,12 +201,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     def _fail(self, call: _Call, error: Exception, context: grpc.ServicerContext) -> None:
         """Abort the RPC with the status `error` deserves (abort raises, ending the handler)."""
-        if not context.is_active():
-            call.code = grpc.StatusCode.CANCELLED  # the client went away (or the server is stopping): nobody to tell
-            return
         if isinstance(error, DomainError):
             call.code, call.reason = grpc.StatusCode[error.code], error.reason
             context.abort_with_status(to_rpc_status(error, self._domain))
+        if not context.is_active():
+            # The client went away (a stream's request iterator raises): nobody to tell, nothing unexpected.
+            call.code = grpc.StatusCode.CANCELLED
+            raise error
         if context.code() not in (None, grpc.StatusCode.OK):
             call.code = context.code()  # the handler aborted on its own
             raise error

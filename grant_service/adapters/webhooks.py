@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, exists, func, insert, select, update
+from prometheus_client.metrics_core import Metric
+from sqlalchemy import Connection, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -420,3 +421,31 @@ __all__ = [
     "SqlWebhookEndpointRepository",
     "SqlWebhookQueue",
 ]
+
+
+def webhook_gauges(connection: Connection, now: datetime) -> list[Metric]:
+    """Webhook delivery for /metrics (credit_common.metrics.DatabaseGauges): deliveries not yet
+    delivered, the age of the oldest of them, and the enabled endpoints failing without a success."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    pending, oldest = connection.execute(
+        select(func.count(), func.min(D.c.created_at)).where(D.c.status == STATUS_PENDING)
+    ).one()
+    failing = connection.execute(
+        select(func.count()).where(E.c.failing_since.is_not(None), E.c.disabled_reason == "")
+    ).scalar()
+    backlog = GaugeMetricFamily(
+        "credit_grants_webhook_backlog", "Webhook deliveries not yet delivered (due or backing off)."
+    )
+    backlog.add_metric([], pending)
+    lag = GaugeMetricFamily(
+        "credit_grants_webhook_lag_seconds",
+        "Age of the oldest webhook delivery not yet delivered (0 when none is pending): how late delivery runs.",
+    )
+    lag.add_metric([], max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0)
+    endpoints = GaugeMetricFamily(
+        "credit_grants_webhook_endpoints_failing",
+        "Enabled webhook endpoints whose deliveries have been failing since their last success.",
+    )
+    endpoints.add_metric([], failing or 0)
+    return [backlog, lag, endpoints]

@@ -15,6 +15,7 @@ from credit_common.runtime import ServiceDefinition, start
 from grant_service.adapters.orm import API_KEYS
 from grant_service.adapters.sql import catch_up_gauges
 from grant_service.adapters.unit_of_work import SqlUnitsOfWork
+from grant_service.adapters.webhooks import webhook_gauges
 from grant_service.entrypoints.event_json import event_body
 from grant_service.entrypoints.roles import METHOD_ROLES, READ_METHODS, SERVICE
 from grant_service.entrypoints.servicer import GrantServicer
@@ -33,7 +34,7 @@ DEFINITION = ServiceDefinition(
     read_methods=READ_METHODS,
     api_keys=API_KEYS,
     flags=FLAGS,
-    gauges=(catch_up_gauges,),
+    gauges=(catch_up_gauges, webhook_gauges),
 )
 
 

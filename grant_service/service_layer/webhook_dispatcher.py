@@ -36,6 +36,7 @@ from credit_common.backoff import SVIX_SCHEDULE, RandomSource, RetrySchedule
 from credit_common.clock import Clock, SystemClock
 from credit_common.delivery.leases import Backlog, LeaseToken
 from credit_common.delivery.worker import PollingWorker
+from credit_common.metrics import WEBHOOK_DELIVERIES
 from grant_service.domain.webhooks import (
     DEFAULT_DISABLE_AFTER,
     STATUS_DELIVERED,
@@ -280,6 +281,13 @@ class WebhookDispatcher:
             t.retried += sum(1 for r in records if r.status == STATUS_PENDING)
             t.given_up += sum(1 for r in records if r.status == STATUS_FAILED)
             t.disabled += int(disabled)
+        for outcome, status in (
+            ("delivered", STATUS_DELIVERED),
+            ("retry", STATUS_PENDING),
+            ("given_up", STATUS_FAILED),
+        ):
+            if count := sum(1 for r in records if r.status == status):
+                WEBHOOK_DELIVERIES.labels(outcome).inc(count)
         for r, ok in zip(records, applied, strict=True):
             extra = {
                 "endpoint_id": endpoint.endpoint_id,

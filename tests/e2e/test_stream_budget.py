@@ -25,7 +25,7 @@ from grant_service.v1 import grant_service_pb2, grant_service_pb2_grpc
 from tests.support.auth import create_key
 from tests.support.servers import serving
 
-DEADLINE_S = 5.0
+DEADLINE_S = 15.0  # generous: a starved call waits forever, a served one answers at once
 WORKERS = 4
 STREAMS = 40  # ten times the workers
 
