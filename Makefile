@@ -7,9 +7,12 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 INSTALLED := $(VENV)/.installed
 PROTOS := $(sort $(shell find protos -name '*.proto'))
-GENERATED := catalog_service/v1/catalog_service_pb2.py grant_service/v1/grant_service_pb2.py
+GENERATED := catalog_service/v1/catalog_service_pb2.py grant_service/v1/grant_service_pb2.py \
+  credit_grants/v1/options_pb2.py \
+  catalog_service/v1/catalog_service.binpb grant_service/v1/grant_service.binpb credit_grants/v1/options.binpb
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+DATA ?= data
 
 .PHONY: help setup protos run test lint bench demo clean
 
@@ -32,25 +35,31 @@ $(INSTALLED): pyproject.toml | $(PY)
 
 $(GENERATED) &: $(PROTOS) $(INSTALLED)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	@# each file's descriptors with their comments, for server reflection (credit_common/grpc/documented_pool.py)
+	@for proto in $(PROTOS); do \
+	  out=$${proto#protos/}; $(PY) -m grpc_tools.protoc -Iprotos --include_source_info --descriptor_set_out=$${out%.proto}.binpb $$proto; \
+	done
 	@touch $(GENERATED)
 
 setup: $(GENERATED)
 
 protos: setup
 
-# Development keys (data/*.key, mode 0600) are created once and reused while the databases accept them.
+# Development keys ($(DATA)/*.key, mode 0600) are created once and reused while the databases accept them.
+# Ctrl-C stops both services and ends without an error (the traps' kill and wait never fail).
 run: setup
-	@mkdir -p -m 700 data
+	@mkdir -p -m 700 $(DATA)
 	@$(PY) -m grant_service migrate --log-level WARNING && $(PY) -m catalog_service migrate --log-level WARNING
 	@set -e; \
-	grant_key=$$($(PY) -m grant_service keys ensure --role admin --label dev-admin --file data/grant-admin.key); \
-	catalog_key=$$($(PY) -m catalog_service keys ensure --role admin --label dev-admin --file data/catalog-admin.key); \
-	sync_key=$$($(PY) -m grant_service keys ensure --role sync --label catalog-sync --file data/catalog-sync.key); \
-	echo "API keys (admin; kept in data/*.key; see docs/security.md):"; \
+	grant_key=$$($(PY) -m grant_service keys ensure --role admin --label dev-admin --file $(DATA)/grant-admin.key); \
+	catalog_key=$$($(PY) -m catalog_service keys ensure --role admin --label dev-admin --file $(DATA)/catalog-admin.key); \
+	sync_key=$$($(PY) -m grant_service keys ensure --role sync --label catalog-sync --file $(DATA)/catalog-sync.key); \
+	echo "API keys (admin; kept in $(DATA)/*.key; see docs/security.md):"; \
 	echo "  grant service   (50052): $$grant_key"; \
 	echo "  catalog service (50051): $$catalog_key"; \
-	echo "  the catalog's sync key of the grant service: data/catalog-sync.key"; \
-	trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \
+	echo "  the catalog's sync key of the grant service: $(DATA)/catalog-sync.key"; \
+	trap 'kill $$(jobs -p) 2>/dev/null || true; wait || true; exit 0' INT TERM; \
+	trap 'kill $$(jobs -p) 2>/dev/null || true' EXIT; \
 	GRANT_ENABLE_TEST_CLOCKS=$${GRANT_ENABLE_TEST_CLOCKS:-true} $(PY) -m grant_service serve --migrate & \
 	CATALOG_GRANT_SERVICE_API_KEY=$$sync_key $(PY) -m catalog_service serve --migrate & \
 	wait
@@ -71,4 +80,4 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis
-	find . -name '*_pb2*.py*' -not -path './.git/*' -delete
+	find . \( -name '*_pb2*.py*' -o -name '*.binpb' \) -not -path './.git/*' -not -path './$(VENV)/*' -delete

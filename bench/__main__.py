@@ -1,5 +1,6 @@
 """`python -m bench [--size tiny|small|default|full] [--backend sqlite|postgresql|both]
-[--scenario storm,reads,usage,provision] [--auth on|off]`: run the scenarios, print one table, write it as JSON."""
+[--scenario storm,reads,usage,provision,webhooks] [--auth on|off]`: run the scenarios, print one
+table, write it as JSON."""
 
 from __future__ import annotations
 
@@ -14,10 +15,19 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.scenarios import SIZES, Backend, Row, credit_events, provisioning, reads_and_debits, renewal_storm
+from bench.scenarios import (
+    SIZES,
+    Backend,
+    Row,
+    credit_events,
+    provisioning,
+    reads_and_debits,
+    renewal_storm,
+    webhook_delivery,
+)
 from credit_common.config import cpu_list, on_off, positive_int
 
-SCENARIOS = ("storm", "reads", "usage", "provision", "events")
+SCENARIOS = ("storm", "reads", "usage", "provision", "events", "webhooks")
 
 
 def machine() -> dict:
@@ -163,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                 if "events" in scenarios:
                     log(f"[{name}] credit events")
                     rows += credit_events(backend, size, log)
+                if "webhooks" in scenarios:
+                    log(f"[{name}] webhook delivery")
+                    rows += webhook_delivery(backend, size, log)
             finally:
                 backend.close()
     finally:

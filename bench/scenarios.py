@@ -658,3 +658,79 @@ class _StreamLatency:
         self._stream.cancel()
         self._reader.join(30)
         return self.latencies
+
+
+# ------------------------------------------------------------------------------ 5. webhooks
+
+
+def webhook_delivery(backend: Backend, size: Size, log) -> list[Row]:
+    """N events appended to the log at once, delivered by the grant service's dispatcher to one
+    local receiver: through one endpoint (one lane: first attempts one at a time, in order), then
+    through four endpoints (four lanes). The figure is events delivered per second, from the
+    first delivery seen to the last."""
+    from credit_common.db.engine import session_factories
+    from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
+    from grant_service.domain.events import EventType, NewEvent
+    from grant_service.v1 import grant_service_pb2_grpc
+    from grant_service.v1 import webhooks_pb2 as wpb
+    from tests.support.webhook_receiver import receiving
+
+    n = max(500, size.usage_customers)
+    rows: list[Row] = []
+    for endpoints in (1, 4):
+        url = backend.new_database(f"webhooks{endpoints}")
+        engine = seed.migrated_engine(url, GRANT_MIGRATIONS)
+        args = ["--catch-up-interval", "0", "--webhook-allow-http", "--webhook-allow-private"]
+        server = start_service("grant_service", url, backend.run_dir, args=args)
+        try:
+            with receiving() as receiver:
+                channel = keyed_channel(server.address, server.api_key)
+                stub = grant_service_pb2_grpc.GrantServiceStub(channel)
+                for e in range(endpoints):
+                    stub.CreateWebhookEndpoint(wpb.CreateWebhookEndpointRequest(url=f"{receiver.url}/{e}"), timeout=30)
+                channel.close()
+                time.sleep(0.01)  # events recorded after the endpoints exist
+                now = _now()
+                events = [
+                    NewEvent(
+                        f"evt_{i:07d}",
+                        EventType.CREDITS_GRANTED,
+                        f"c{i % 100}",
+                        "ai-credits",
+                        "",
+                        now,
+                        f"bench:{i}",
+                        {"grant_id": f"grt_{i}", "amount": Decimal(1000), "effective_time": now},
+                    )
+                    for i in range(n)
+                ]
+                with session_factories(engine).write() as session, session.begin():
+                    SqlGrantUnitOfWork(session).events.add(events)
+                total = n * endpoints
+                limit = time.perf_counter() + max(120.0, total / 50)
+                first_at = None
+                while receiver.count() < total and time.perf_counter() < limit:
+                    if first_at is None and receiver.count():
+                        first_at = time.perf_counter()
+                    time.sleep(0.01)
+                done_at = time.perf_counter()
+                got = receiver.count()
+        finally:
+            server.stop()
+            engine.dispose()
+        if got < total or first_at is None:
+            raise AssertionError(f"webhooks: {got} of {total} deliveries arrived")
+        rate = total / (done_at - first_at)
+        log(f"  {endpoints} endpoint(s): {total} deliveries in {done_at - first_at:.1f}s ({rate:,.0f}/s)")
+        rows.append(
+            Row(
+                "webhooks",
+                backend.name,
+                f"deliveries/s to a local receiver ({endpoints} endpoint{'s' if endpoints > 1 else ''}, N={n:,})",
+                rate,
+                "deliveries/s",
+                bar=">= 500/s",
+                verdict=_judge(rate >= 500),
+            )
+        )
+    return rows

@@ -23,6 +23,8 @@ import grpc
 
 from catalog_service.v1 import catalog_service_pb2 as cat
 from catalog_service.v1 import catalog_service_pb2_grpc as cat_grpc
+from credit_client import ClientSettings
+from credit_client._transport import open_channel
 from credit_common.auth.client import with_api_key
 from credit_common.grpc.errors import error_details
 from credit_common.grpc.timestamps import to_timestamp
@@ -30,6 +32,9 @@ from grant_service.v1 import grant_service_pb2 as gr
 from grant_service.v1 import grant_service_pb2_grpc as gr_grpc
 
 DEADLINE = 10.0
+# The demo's own catalog entries, made by its first run and reused by the next ones (the README's
+# session makes others: each story runs on a database where the other ran).
+FEATURE, CURRENCY, PLAN = "gpt-call", "demo-credits", "demo-enterprise"
 
 
 def rid() -> str:
@@ -90,49 +95,67 @@ def main() -> int:
         default="data/grant-admin.key",
         help="API key of the grant service (default: the one `make run` made); or the variable GRANT_API_KEY",
     )
+    parser.add_argument("--tls-ca", help="TLS: the CA (PEM) of both services' certificates (default: plaintext)")
+    parser.add_argument("--tls-cert", help="mTLS: the client certificate (PEM) to present")
+    parser.add_argument("--tls-key", help="mTLS: its private key (PEM)")
+    parser.add_argument("--tls-server-name", help="the name in the services' certificates, if not the address's")
     args = parser.parse_args()
 
     catalog_key = api_key("CATALOG_API_KEY", args.catalog_key_file)
     grant_key = api_key("GRANT_API_KEY", args.grant_key_file)
-    catalog = cat_grpc.CatalogServiceStub(with_api_key(grpc.insecure_channel(args.catalog), catalog_key))
-    grant = gr_grpc.GrantServiceStub(with_api_key(grpc.insecure_channel(args.grant), grant_key))
+
+    def channel(address: str) -> grpc.Channel:
+        settings = ClientSettings(
+            address=address,
+            tls_ca_file=args.tls_ca,
+            tls_cert_file=args.tls_cert,
+            tls_key_file=args.tls_key,
+            tls_server_name=args.tls_server_name,
+        )
+        return open_channel(settings)
+
+    catalog = cat_grpc.CatalogServiceStub(with_api_key(channel(args.catalog), catalog_key))
+    grant = gr_grpc.GrantServiceStub(with_api_key(channel(args.grant), grant_key))
     run = uuid.uuid4().hex[:6]
 
-    step("Feature 'gpt-call' (metered, unit: call)")
+    step(f"Feature '{FEATURE}' (metered, unit: call)")
     get_or_create(
         lambda: catalog.CreateFeature(
             cat.CreateFeatureRequest(
                 feature=cat.Feature(
-                    key="gpt-call", display_name="GPT call", type=cat.FEATURE_TYPE_METERED, unit_name="call"
+                    key=FEATURE, display_name="GPT call", type=cat.FEATURE_TYPE_METERED, unit_name="call"
                 ),
                 request_id=rid(),
             ),
             timeout=DEADLINE,
         ),
         catalog.GetFeature,
-        cat.GetFeatureRequest(key="gpt-call"),
+        cat.GetFeatureRequest(key=FEATURE),
     )
 
-    step("Credit currency 'ai-credits': one gpt-call burns 2.5 credits")
-    get_or_create(
+    step(f"Credit currency '{CURRENCY}': one {FEATURE} burns 2.5 credits")
+    currency = get_or_create(
         lambda: catalog.CreateCreditCurrency(
             cat.CreateCreditCurrencyRequest(
                 credit_currency=cat.CreditCurrency(
-                    key="ai-credits",
-                    display_name="AI credits",
+                    key=CURRENCY,
+                    display_name="Demo credits",
                     unit_name="credit",
-                    rates=[cat.CreditRate(feature_key="gpt-call", credits_per_unit="2.5")],
+                    rates=[cat.CreditRate(feature_key=FEATURE, credits_per_unit="2.5")],
                 ),
                 request_id=rid(),
             ),
             timeout=DEADLINE,
         ),
         catalog.GetCreditCurrency,
-        cat.GetCreditCurrencyRequest(key="ai-credits"),
-    )
+        cat.GetCreditCurrencyRequest(key=CURRENCY),
+    ).credit_currency
+    if [(r.feature_key, r.credits_per_unit) for r in currency.rates] != [(FEATURE, "2.5")]:
+        print(f"    the currency {CURRENCY!r} was changed since the demo made it: its rates are not {FEATURE}=2.5")
+        return 1
 
-    plan_key = "enterprise-custom"
-    step(f"Custom plan '{plan_key}': a variable monthly ai-credits entitlement (1,000 to 1,000,000)")
+    plan_key = PLAN
+    step(f"Custom plan '{plan_key}': a variable monthly {CURRENCY} entitlement (1,000 to 1,000,000)")
     get_or_create(
         lambda: catalog.CreatePlan(
             cat.CreatePlanRequest(
@@ -143,7 +166,7 @@ def main() -> int:
                     credit_entitlements=[
                         cat.CreditEntitlement(
                             key="ai-credits-monthly",
-                            currency_key="ai-credits",
+                            currency_key=CURRENCY,
                             cadence=cat.CADENCE_MONTHLY,
                             variable_amount=cat.VariableValue(min="1000", max="1000000"),
                         )
@@ -162,6 +185,9 @@ def main() -> int:
     else:
         plan = catalog.GetPlan(cat.GetPlanRequest(key=plan_key), timeout=DEADLINE).plan
     print(f"    published as version {plan.version}")
+    if [e.currency_key for e in plan.credit_entitlements] != [CURRENCY]:
+        print(f"    the plan {plan_key!r} was changed since the demo made it: it does not grant {CURRENCY}")
+        return 1
 
     start = datetime(2026, 1, 31, 10, 0, tzinfo=UTC)
     step(f"Test clock frozen at {start:%Y-%m-%d %H:%M} UTC, and customer 'acme-{run}' attached to it")
@@ -238,16 +264,16 @@ def main() -> int:
 
     def balance() -> str:
         return grant.GetBalance(
-            gr.GetBalanceRequest(customer_key=customer.key, currency_key="ai-credits"), timeout=DEADLINE
+            gr.GetBalanceRequest(customer_key=customer.key, currency_key=CURRENCY), timeout=DEADLINE
         ).balance.available
 
     def use(calls: str) -> None:
         usage = grant.ReportUsage(
-            gr.ReportUsageRequest(request_id=rid(), customer_key=customer.key, feature_key="gpt-call", quantity=calls),
+            gr.ReportUsageRequest(request_id=rid(), customer_key=customer.key, feature_key=FEATURE, quantity=calls),
             timeout=DEADLINE,
         ).usage
         print(
-            f"    {calls} gpt-calls at {when(usage.usage_time)} cost {usage.credits} credits; "
+            f"    {calls} {FEATURE}s at {when(usage.usage_time)} cost {usage.credits} credits; "
             f"balance now {usage.balance_after}"
         )
 
@@ -315,11 +341,11 @@ def main() -> int:
     advance(month, "the last grant expired at the end, no renewal")
 
     entries = grant.ListLedgerEntries(
-        gr.ListLedgerEntriesRequest(customer_key=customer.key, currency_key="ai-credits", page_size=100),
+        gr.ListLedgerEntriesRequest(customer_key=customer.key, currency_key=CURRENCY, page_size=100),
         timeout=DEADLINE,
     ).entries
     table(
-        "Ledger of acme (ai-credits)",
+        f"Ledger of {customer.key} ({CURRENCY})",
         ["effective (UTC)", "type", "amount", "grant"],
         [
             [
@@ -332,7 +358,7 @@ def main() -> int:
         ],
     )
     grants = grant.ListGrants(
-        gr.ListGrantsRequest(customer_key=customer.key, currency_key="ai-credits", page_size=100), timeout=DEADLINE
+        gr.ListGrantsRequest(customer_key=customer.key, currency_key=CURRENCY, page_size=100), timeout=DEADLINE
     ).grants
     table(
         "Grants",
@@ -389,7 +415,7 @@ def main() -> int:
     print(
         f"\nSubscription {cat.SubscriptionStatus.Name(final.status).removeprefix('SUBSCRIPTION_STATUS_')}, "
         f"handoff {cat.HandoffStatus.Name(final.handoff.status).removeprefix('HANDOFF_STATUS_')} "
-        f"(revision {final.handoff.delivered_revision}); balance at {month:%Y-%m-%d %H:%M}: {balance()} ai-credits"
+        f"(revision {final.handoff.delivered_revision}); balance at {month:%Y-%m-%d %H:%M}: {balance()} {CURRENCY}"
     )
     return 0
 

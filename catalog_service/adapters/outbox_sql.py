@@ -7,6 +7,7 @@ The repository works on any `Table` with the agreed columns (see
 defines the same table for tests and as the reference of the contract; nothing
 here creates tables.
 
+Leases, their claim and fencing are the shared ones (credit_common.delivery.leases).
 Claiming: one write transaction selects a bounded batch of due pending rows,
 only the lowest pending revision of each (kind, aggregate_key), each with the
 highest revision queued for its aggregate (to judge a STALE answer), and leases them
@@ -58,11 +59,14 @@ from catalog_service.domain.outbox import (
     ClaimedDelivery,
     DeliveryRecord,
     HandoffState,
+    OutboxEntry,
     Resolution,
     summarize,
 )
 from credit_common.db.engine import SessionFactories
 from credit_common.db.types import UtcDateTime
+from credit_common.delivery import leases
+from credit_common.delivery.leases import Backlog, LeaseToken
 from grant_service.v1 import grant_service_pb2
 
 TABLE_NAME = "outbox_deliveries"
@@ -155,21 +159,9 @@ class SqlOutboxRepository:
     def __init__(self, sessions: SessionFactories, table: Table) -> None:
         self._sessions = sessions
         self._table = table
-        missing = {
-            "id",
-            "kind",
-            "aggregate_key",
-            "revision",
-            "payload",
-            "status",
-            "attempts",
-            "next_attempt_at",
-            "last_error",
-            "created_at",
-            "delivered_at",
-        } - set(table.c.keys())
-        if missing:
-            raise ValueError(f"table {table.name} lacks the outbox columns {sorted(missing)}")
+        leases.check_queue_table(
+            table, ("kind", "aggregate_key", "revision", "payload", "last_error", "created_at", "delivered_at")
+        )
 
     @property
     def table(self) -> Table:
@@ -198,29 +190,11 @@ class SqlOutboxRepository:
         )
         query = (
             select(t.c.id, t.c.kind, t.c.aggregate_key, t.c.revision, t.c.payload, t.c.attempts, latest.label("latest"))
-            .where(t.c.status == STATUS_PENDING, t.c.next_attempt_at <= now, ~lower_pending)
+            .where(leases.due(t, now), ~lower_pending)
             .order_by(t.c.next_attempt_at, t.c.id)
             .limit(limit)
         )
-        # A cheap read first: most polls find nothing due, and on SQLite the claim's
-        # write transaction would take the database's write lock for nothing.
-        with self._sessions.read() as session:
-            due = session.execute(
-                select(t.c.id).where(t.c.status == STATUS_PENDING, t.c.next_attempt_at <= now).limit(1)
-            ).first()
-        if due is None:
-            return []
-        with self._sessions.write() as session, session.begin():
-            if session.get_bind().dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True, of=t)
-            rows = session.execute(query).all()
-            if not rows:
-                return []
-            session.execute(
-                update(t)
-                .where(t.c.id.in_([r.id for r in rows]))
-                .values(next_attempt_at=lease_until, attempts=t.c.attempts + 1)
-            )
+        rows = leases.claim(self._sessions, t, query, now=now, lease_until=lease_until)
         return [
             ClaimedDelivery(
                 id=r.id,
@@ -242,26 +216,13 @@ class SqlOutboxRepository:
         t = self._table
         applied = [False] * len(resolutions)
         with self._sessions.write() as session, session.begin():
-            if session.get_bind().dialect.name == "postgresql":
-                # Rows are locked in id order, so two dispatchers writing overlapping batches
-                # (after a lease takeover) cannot deadlock.
-                session.execute(
-                    select(t.c.id)
-                    .where(t.c.id.in_(sorted({r.claim.id for r in resolutions})))
-                    .order_by(t.c.id)
-                    .with_for_update()
-                )
+            leases.lock_in_id_order(session, t, [r.claim.id for r in resolutions])
             delivered: dict[tuple[datetime, datetime | None], list[int]] = {}
             for i, r in enumerate(resolutions):
                 if r.status == STATUS_DELIVERED:
                     delivered.setdefault((r.next_attempt_at, r.delivered_at), []).append(i)
                     continue
-                condition = and_(
-                    t.c.id == r.claim.id,
-                    t.c.status == STATUS_PENDING,
-                    t.c.next_attempt_at == r.claim.lease_until,
-                    t.c.attempts == r.claim.attempts,
-                )
+                condition = leases.held(t, LeaseToken(r.claim.id, r.claim.lease_until, r.claim.attempts))
                 result = session.execute(
                     update(t)
                     .where(condition)
@@ -292,19 +253,17 @@ class SqlOutboxRepository:
                     applied[i] = resolutions[i].claim.id in written
         return applied
 
+    def backlog(self, now: datetime) -> Backlog:
+        """Deliveries due now and how long the oldest has waited (for logs and metrics)."""
+        return leases.backlog(self._sessions, self._table, now)
+
     # -- operators ------------------------------------------------------------------------------
 
     def requeue_failed(self, kind: str, aggregate_key: str, now: datetime) -> int:
         """Put the parked deliveries of one aggregate back in the queue, due now
         (after the cause was fixed). Returns how many."""
-        t = self._table
         with self._sessions.write() as session, session.begin():
-            result = session.execute(
-                update(t)
-                .where(t.c.kind == kind, t.c.aggregate_key == aggregate_key, t.c.status == STATUS_FAILED)
-                .values(status=STATUS_PENDING, next_attempt_at=now)
-            )
-            return result.rowcount
+            return requeue_failed(session, self._table, kind, aggregate_key, now)
 
     # -- the catalog's Get/List ------------------------------------------------------------------
 
@@ -352,3 +311,51 @@ def handoff_states(
                 )
             )
     return {key: summarize(rows) for key, rows in records.items()}
+
+
+def requeue_failed(session: Session, table: Table, kind: str | None, aggregate_key: str | None, now: datetime) -> int:
+    """Put parked deliveries back in the queue, due `now`, in the caller's transaction: those of
+    one aggregate, or with `kind` and `aggregate_key` None every parked one. Returns how many."""
+    t = table
+    condition = t.c.status == STATUS_FAILED
+    if kind is not None:
+        condition = and_(condition, t.c.kind == kind)
+    if aggregate_key is not None:
+        condition = and_(condition, t.c.aggregate_key == aggregate_key)
+    return session.execute(update(t).where(condition).values(status=STATUS_PENDING, next_attempt_at=now)).rowcount
+
+
+def list_entries(
+    session: Session,
+    table: Table,
+    *,
+    status: str | None,
+    kind: str | None,
+    aggregate_key: str | None,
+    after_id: int | None,
+    limit: int,
+) -> list[OutboxEntry]:
+    """Deliveries in id order (the order they were queued), after `after_id`, optionally filtered."""
+    t = table
+    query = select(
+        t.c.id,
+        t.c.kind,
+        t.c.aggregate_key,
+        t.c.revision,
+        t.c.status,
+        t.c.attempts,
+        t.c.last_error,
+        t.c.next_attempt_at,
+        t.c.created_at,
+        t.c.delivered_at,
+    )
+    if status is not None:
+        query = query.where(t.c.status == status)
+    if kind is not None:
+        query = query.where(t.c.kind == kind)
+    if aggregate_key is not None:
+        query = query.where(t.c.aggregate_key == aggregate_key)
+    if after_id is not None:
+        query = query.where(t.c.id > after_id)
+    rows = session.execute(query.order_by(t.c.id).limit(limit)).all()
+    return [OutboxEntry(**r._asdict()) for r in rows]

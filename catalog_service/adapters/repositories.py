@@ -46,7 +46,7 @@ from catalog_service.domain.model import (
     Subscription,
     VariableValue,
 )
-from catalog_service.domain.outbox import DeliveryRecord, HandoffState
+from catalog_service.domain.outbox import DeliveryRecord, HandoffState, OutboxEntry
 from credit_common.db.keyset import keyset_after
 from credit_common.decimals import format_decimal
 from credit_common.idempotency import SeenRequest
@@ -538,3 +538,19 @@ class OutboxRepository:
         states = outbox_sql.handoff_states(self.session, self.table, subscription_ids)
         late = late_changes_of(self.session, states)
         return {key: replace(state, late_changes=late.get(key, ())) for key, state in states.items()}
+
+    def list(
+        self, *, status: str | None, kind: str | None, aggregate_key: str | None, after_id: int | None, limit: int
+    ) -> list[OutboxEntry]:
+        return outbox_sql.list_entries(
+            self.session,
+            self.table,
+            status=status,
+            kind=kind,
+            aggregate_key=aggregate_key,
+            after_id=after_id,
+            limit=limit,
+        )
+
+    def requeue_failed(self, kind: str | None, aggregate_key: str | None, now: datetime) -> int:
+        return outbox_sql.requeue_failed(self.session, self.table, kind, aggregate_key, now)

@@ -104,6 +104,22 @@ class DeliveryRecord:
     delivered_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One delivery as an operator sees it (ListHandoffs): the row without its payload."""
+
+    id: int
+    kind: str
+    aggregate_key: str
+    revision: int
+    status: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime
+    created_at: datetime
+    delivered_at: datetime | None
+
+
 class HandoffStatus(enum.Enum):
     NONE = "none"  # nothing was ever queued for the aggregate
     PENDING = "pending"  # some revision is still to be delivered (maybe retrying: see `reason`)

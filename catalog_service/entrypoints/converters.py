@@ -19,7 +19,16 @@ from catalog_service.domain.model import (
     SubscriptionStatus,
     VariableValue,
 )
-from catalog_service.domain.outbox import HandoffState, HandoffStatus
+from catalog_service.domain.outbox import (
+    KIND_CREDIT_CURRENCY,
+    KIND_SUBSCRIPTION,
+    STATUS_DELIVERED,
+    STATUS_FAILED,
+    STATUS_PENDING,
+    HandoffState,
+    HandoffStatus,
+    OutboxEntry,
+)
 from catalog_service.domain.plans import CreditEntitlementSpec, FeatureEntitlementSpec, PlanSpec, VariableSpec
 from catalog_service.service_layer.services import SubscriptionView
 from catalog_service.v1 import catalog_service_pb2 as pb
@@ -243,3 +252,33 @@ def subscription_pb(view: SubscriptionView) -> pb.Subscription:
         else:
             entry.limit = _dec(e.limit)
     return message
+
+
+# ----------------------------------------------------------------- handoffs
+
+OUTBOX_STATUSES = {
+    pb.HANDOFF_STATUS_PENDING: STATUS_PENDING,
+    pb.HANDOFF_STATUS_DELIVERED: STATUS_DELIVERED,
+    pb.HANDOFF_STATUS_FAILED: STATUS_FAILED,
+}
+OUTBOX_STATUSES_PB = {v: k for k, v in OUTBOX_STATUSES.items()}
+HANDOFF_KINDS = {
+    pb.HANDOFF_KIND_SUBSCRIPTION: KIND_SUBSCRIPTION,
+    pb.HANDOFF_KIND_CREDIT_CURRENCY: KIND_CREDIT_CURRENCY,
+}
+HANDOFF_KINDS_PB = {v: k for k, v in HANDOFF_KINDS.items()}
+
+
+def handoff_entry_pb(e: OutboxEntry) -> pb.Handoff:
+    return pb.Handoff(
+        handoff_id=e.id,
+        kind=HANDOFF_KINDS_PB.get(e.kind, pb.HANDOFF_KIND_UNSPECIFIED),
+        key=e.aggregate_key,
+        revision=e.revision,
+        status=OUTBOX_STATUSES_PB.get(e.status, pb.HANDOFF_STATUS_UNSPECIFIED),
+        attempts=e.attempts,
+        last_error=e.last_error or "",
+        next_attempt_time=to_timestamp(e.next_attempt_at) if e.status == STATUS_PENDING else None,
+        create_time=to_timestamp(e.created_at),
+        deliver_time=to_timestamp(e.delivered_at),
+    )

@@ -22,6 +22,7 @@ from catalog_service.entrypoints.settings import OutboxSettings
 from catalog_service.service_layer.dispatcher import Dispatcher
 from credit_common.clock import Clock
 from credit_common.db.engine import session_factories
+from credit_common.delivery.leases import Backlog
 
 
 @dataclass
@@ -31,6 +32,11 @@ class OutboxWorker:
     dispatcher: Dispatcher
     delivery: GrantDelivery
     repository: SqlOutboxRepository
+    clock: Clock
+
+    def backlog(self) -> Backlog:
+        """Deliveries due now and the lag of the oldest (for metrics)."""
+        return self.repository.backlog(self.clock.now())
 
     def nudge(self) -> None:
         self.dispatcher.nudge()
@@ -62,6 +68,7 @@ def start_outbox_worker(
         lease=settings.lease,
         poll_interval=settings.poll_interval,
         backoff=settings.backoff,
+        backlog=lambda: repository.backlog(clock.now()),
     )
     dispatcher.start()
-    return OutboxWorker(dispatcher, delivery, repository)
+    return OutboxWorker(dispatcher, delivery, repository, clock)

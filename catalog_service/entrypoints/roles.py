@@ -1,12 +1,12 @@
 """Who may call what: every method of CatalogService and the roles that allow it (`admin`
-allows everything). A method missing here stops the service at startup. The catalog has no
-operator action over RPC (a parked delivery is requeued from the database)."""
+allows everything). A method missing here stops the service at startup."""
 
 from __future__ import annotations
 
 from catalog_service.v1 import catalog_service_pb2
 from credit_common.auth.check import method_roles, read_only
-from credit_common.auth.keys import CATALOG_ADMIN, READER
+from credit_common.auth.keys import CATALOG_ADMIN, OPERATOR, READER
+from credit_common.contract import check_role_table
 
 ROLES: dict[str, tuple[str, ...]] = {
     "CreateFeature": (CATALOG_ADMIN,),
@@ -30,9 +30,13 @@ ROLES: dict[str, tuple[str, ...]] = {
     "ListSubscriptions": (READER,),
     "CancelSubscription": (CATALOG_ADMIN,),
     "AmendSubscription": (CATALOG_ADMIN,),
+    # operator actions: the outbox of handoffs to the grant service
+    "ListHandoffs": (OPERATOR,),
+    "RequeueHandoffs": (OPERATOR,),
 }
 
 SERVICE = catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"]
+check_role_table(SERVICE, ROLES)  # the protos' required_roles say the same (credit_common/contract.py)
 METHOD_ROLES = method_roles(SERVICE, ROLES)
 # The methods that change nothing; every other method's log line is an audit record (docs/operations.md).
 READ_METHODS = read_only(
@@ -48,5 +52,6 @@ READ_METHODS = read_only(
         "ListCustomers",
         "GetSubscription",
         "ListSubscriptions",
+        "ListHandoffs",
     ),
 )

@@ -226,3 +226,32 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             ),
             lambda view: pb.AmendSubscriptionResponse(subscription=conv.subscription_pb(view)),
         )
+
+    # ------------------------------------------------ handoffs (operators)
+
+    def ListHandoffs(self, request: pb.ListHandoffsRequest, context) -> pb.ListHandoffsResponse:
+        status = _enum_in(conv.OUTBOX_STATUSES, request.status, "status")
+        kind = _enum_in(conv.HANDOFF_KINDS, request.kind, "kind")
+        items, token = self.service.list_handoffs(status, kind, request.key, request.page_size, request.page_token)
+        return pb.ListHandoffsResponse(handoffs=[conv.handoff_entry_pb(e) for e in items], next_page_token=token)
+
+    def RequeueHandoffs(self, request: pb.RequeueHandoffsRequest, context) -> pb.RequeueHandoffsResponse:
+        kind = _enum_in(conv.HANDOFF_KINDS, request.kind, "kind")
+        return _mutate(
+            "RequeueHandoffs",
+            request,
+            pb.RequeueHandoffsResponse,
+            lambda key: self.service.requeue_handoffs(kind, request.key, request.all_parked, key),
+            lambda count: pb.RequeueHandoffsResponse(requeued_count=count),
+        )
+
+
+def _enum_in(table: dict[int, str], value: int, field: str) -> str | None:
+    """The domain value of an enum field used as a filter or choice: None for UNSPECIFIED (0)."""
+    if value == 0:
+        return None
+    if value not in table:
+        raise InvalidArgument(
+            f"{field} is not a known value", violations=[FieldViolation(field, f"unknown value {value}")]
+        )
+    return table[value]

@@ -14,8 +14,8 @@ from datetime import timedelta
 
 from catalog_service.adapters.grant_client import GrantTls
 from catalog_service.adapters.grant_delivery import APPLY_BATCH_MAX
-from catalog_service.domain.backoff import BackoffPolicy
 from catalog_service.service_layer.dispatcher import DEFAULT_BATCH_SIZE, DEFAULT_SEND_BATCH_SIZE
+from credit_common.backoff import BackoffPolicy
 from credit_common.config import Env, ServiceFlags, ServiceSettings, env_flag, readable_file
 
 DEFAULT_GRANT_SERVICE_ADDRESS = "127.0.0.1:50052"

@@ -16,14 +16,13 @@ One pass (`Dispatcher.run_once`):
    naming a revision above every one the catalog queued is parked too, with an
    error in the log (catalog_service.domain.outbox.judge_stale).
 
-The worker: `start()` runs passes in a daemon thread, a new pass every
+The worker: `start()` runs passes in the shared loop of
+credit_common.delivery.worker (a daemon thread, a new pass every
 `poll_interval`, at once after a pass that delivered something (the next
-revisions of those aggregates may be waiting), or at once when `nudge()`d (call
-it right after committing a transaction that queued a delivery). A thread and
-not an APScheduler job: the nudge needs a wake-up event, and a 0.2 s interval
-job would fill APScheduler's logs and misfire under load. `stop()` wakes the
-thread, waits for its pass to finish (bounded by the call deadline) and joins
-it. All state is in the database, so a restarted process carries on where the
+revisions of those aggregates may be waiting), or at once when `nudge()`d: call
+it right after committing a transaction that queued a delivery). `stop()` wakes
+the thread, waits for its pass to finish (bounded by the call deadline) and
+joins it. All state is in the database, so a restarted process carries on where the
 last one stopped; several processes (replicas) may run dispatchers on one
 PostgreSQL database.
 
@@ -40,13 +39,12 @@ import logging
 import math
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from catalog_service.domain.backoff import BackoffPolicy, RandomSource
 from catalog_service.domain.outbox import (
     KINDS,
     STATUS_DELIVERED,
@@ -58,7 +56,10 @@ from catalog_service.domain.outbox import (
     Resolution,
     judge_stale,
 )
+from credit_common.backoff import BackoffPolicy, RandomSource
 from credit_common.clock import Clock
+from credit_common.delivery.leases import Backlog
+from credit_common.delivery.worker import PollingWorker
 
 log = logging.getLogger("catalog_service.dispatcher")
 
@@ -118,6 +119,7 @@ class Dispatcher:
         lease: timedelta = timedelta(seconds=60),
         poll_interval: timedelta = timedelta(milliseconds=200),
         name: str = "outbox-dispatcher",
+        backlog: Callable[[], Backlog] | None = None,
     ) -> None:
         if batch_size < 1 or send_batch_size < 1 or send_concurrency < 1:
             raise ValueError("batch_size, send_batch_size and send_concurrency must be at least 1")
@@ -145,11 +147,18 @@ class Dispatcher:
         self._send_concurrency = send_concurrency
         self._pool: ThreadPoolExecutor | None = None
         self._totals = PassReport()
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
         self._lifecycle = threading.Lock()
-        self._passes = 0
+        self._worker = PollingWorker(
+            lambda: self.run_once().delivered > 0,
+            name=name,
+            label="outbox dispatcher",
+            failure_message="outbox dispatch pass failed",
+            poll_interval=poll_interval,
+            backoff=self._backoff,
+            rng=self._rng,
+            logger=log,
+            backlog=backlog,
+        )
 
     # -- one pass -------------------------------------------------------------------------------
 
@@ -274,29 +283,17 @@ class Dispatcher:
     # -- the worker -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run passes in a background thread until `stop()`."""
-        with self._lifecycle:
-            if self._thread is not None:
-                raise RuntimeError("the dispatcher is already started")
-            self._stopping.clear()
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
-        log.info("outbox dispatcher started", extra={"dispatcher": self._name})
+        """Run passes in a background thread until `stop()` (credit_common.delivery.worker)."""
+        self._worker.start()
 
     def nudge(self) -> None:
         """Run a pass now instead of at the next poll (cheap; safe from any thread)."""
-        self._wake.set()
+        self._worker.nudge()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the worker: the pass in progress finishes (calls are bounded by the
         deadline), then the thread is joined. Idempotent."""
-        with self._lifecycle:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stopping.set()
-            self._wake.set()
-            thread.join(timeout)
-            log.info("outbox dispatcher stopped", extra={"dispatcher": self._name})
+        self._worker.stop(timeout)
         with self._lifecycle:
             pool, self._pool = self._pool, None
         if pool is not None:
@@ -304,36 +301,12 @@ class Dispatcher:
 
     @property
     def running(self) -> bool:
-        thread = self._thread
-        return thread is not None and thread.is_alive()
+        return self._worker.running
 
     @property
     def completed_passes(self) -> int:
         """Passes the worker thread has completed (for health checks and tests)."""
-        return self._passes
-
-    def _run(self) -> None:
-        failures = 0
-        wait = timedelta(0)
-        while not self._stopping.is_set():
-            if wait > timedelta(0):
-                self._wake.wait(wait.total_seconds())
-            self._wake.clear()
-            if self._stopping.is_set():
-                return
-            try:
-                report = self.run_once()
-            except Exception:
-                failures += 1
-                wait = max(self._poll_interval, self._backoff.delay(failures, self._rng))
-                log.exception(
-                    "outbox dispatch pass failed",
-                    extra={"dispatcher": self._name, "failures": failures, "retry_in_s": wait.total_seconds()},
-                )
-                continue
-            failures = 0
-            self._passes += 1
-            wait = timedelta(0) if report.delivered else self._poll_interval
+        return self._worker.completed_passes
 
 
 def _fields(claim: ClaimedDelivery, **more: object) -> dict[str, object]:

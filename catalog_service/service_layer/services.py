@@ -26,7 +26,7 @@ from catalog_service.domain.model import (
     Subscription,
     SubscriptionStatus,
 )
-from catalog_service.domain.outbox import HandoffState, summarize
+from catalog_service.domain.outbox import HandoffState, OutboxEntry, summarize
 from catalog_service.domain.plans import (
     PLAN_UPDATABLE_FIELDS,
     PlanSpec,
@@ -617,3 +617,46 @@ class CatalogService:
             items = uow.subscriptions.list(customer_key, plan_key, page.after, page.size + 1)
             items, token = page.cut(items, lambda s: (s.create_time, s.subscription_id))
             return self._views(uow, items), token
+
+    # ------------------------------------------------- handoffs (operators)
+
+    def list_handoffs(
+        self, status: str | None, kind: str | None, key: str, page_size: int, page_token: str
+    ) -> tuple[list[OutboxEntry], str]:
+        """The outbox's deliveries, oldest first; `status`/`kind` None and `key` '' for all."""
+        filters = [status or "", kind or "", key]
+        page = page_request(page_size, page_token, filters, method=_SERVICE + "ListHandoffs", key=(int,))
+        with self.uows.read() as uow:
+            items = uow.outbox.list(
+                status=status,
+                kind=kind,
+                aggregate_key=key or None,
+                after_id=page.after[0] if page.after else None,
+                limit=page.size + 1,
+            )
+        return page.cut(items, lambda e: (e.id,))
+
+    def requeue_handoffs(
+        self, kind: str | None, key: str, all_parked: bool, request: RequestKey | None
+    ) -> int | Replayed:
+        """Put parked deliveries back in the queue, due now: those of one aggregate (`kind` and
+        `key`), or every parked one (`all_parked`). Returns how many were parked."""
+        violations = Violations()
+        if all_parked:
+            if kind is not None:
+                violations.add("kind", "must be unset with all_parked")
+            if key:
+                violations.add("key", "must be empty with all_parked")
+        else:
+            if kind is None:
+                violations.add("kind", "is required (SUBSCRIPTION or CREDIT_CURRENCY) unless all_parked is set")
+            if not key:
+                violations.add("key", "is required (a subscription_id or currency key) unless all_parked is set")
+        violations.raise_if_any()
+
+        def effect(uow: CatalogUnitOfWork) -> int:
+            if all_parked:
+                return uow.outbox.requeue_failed(None, None, self.clock.now())
+            return uow.outbox.requeue_failed(kind, key, self.clock.now())
+
+        return self._queued(run_once(self.uows, self.clock, request, effect))

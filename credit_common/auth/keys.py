@@ -26,6 +26,7 @@ CATALOG_ADMIN = "catalog-admin"
 OPERATOR = "operator"
 SYNC = "sync"
 TEST_CLOCKS = "test-clocks"
+WEBHOOKS = "webhooks"
 ADMIN = "admin"
 
 

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection as reflection_service
 
 from credit_common.config import ServerLimits, TlsSettings, read_file
+from credit_common.grpc.documented_pool import documented_pool
 from credit_common.grpc.interceptors import ServiceInterceptor
 
 log = logging.getLogger("credit_grants.server")
@@ -121,7 +122,9 @@ def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection:
         reflection_service.enable_server_reflection(
-            (*service_names, health.SERVICE_NAME, reflection_service.SERVICE_NAME), server
+            (*service_names, health.SERVICE_NAME, reflection_service.SERVICE_NAME),
+            server,
+            pool=documented_pool(service_names),
         )
     port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if port == 0:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -260,6 +261,80 @@ class EventLogRow(Base):
 
 
 # API keys of this service's callers (credit_common.auth): id, hash of the secret, roles, label.
+class WebhookEndpointRow(Base):
+    """A webhook endpoint and its signing secrets (stored as they are: signing needs them)."""
+
+    __tablename__ = "webhook_endpoints"
+    endpoint_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    event_types: Mapped[str] = mapped_column(Text, default="")  # space-separated; empty: every type
+    description: Mapped[str] = mapped_column(String(512), default="")
+    disabled_reason: Mapped[str] = mapped_column(String(16), default="")  # "": enabled
+    secret: Mapped[str] = mapped_column(String(80))
+    previous_secret: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    previous_secret_expire_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    failing_since: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    __table_args__ = (Index("ix_webhook_endpoints_create_time", "create_time", "endpoint_id"),)
+
+
+class WebhookDeliveryRow(Base):
+    """One event to send to one endpoint: a queue row (credit_common.delivery.leases), leased while
+    a worker sends it (`leased` and `next_attempt_at` in the future). Unique per (endpoint, event,
+    trigger_key): "" for the event's own delivery, the resend's or replay's id for the others."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    endpoint_id: Mapped[str] = mapped_column(String(40))
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_seq: Mapped[int] = mapped_column(BigInteger)
+    event_type: Mapped[str] = mapped_column(String(64))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    trigger: Mapped[str] = mapped_column(String(16))
+    trigger_key: Mapped[str] = mapped_column(String(40), default="")
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    leased: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id", "trigger_key"),
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint_status_seq", "endpoint_id", "status", "event_seq"),
+    )
+
+
+class WebhookAttemptRow(Base):
+    __tablename__ = "webhook_attempts"
+    attempt_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(BigInteger)
+    endpoint_id: Mapped[str] = mapped_column(String(40))
+    event_id: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer)
+    attempt_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    duration_us: Mapped[int] = mapped_column(BigInteger)
+    http_status: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    next_attempt_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    trigger: Mapped[str] = mapped_column(String(16))
+    __table_args__ = (
+        Index("ix_webhook_attempts_endpoint_time", "endpoint_id", "attempt_time", "attempt_id"),
+        Index("ix_webhook_attempts_event_time", "event_id", "attempt_time", "attempt_id"),
+    )
+
+
+class WebhookCursorRow(Base):
+    """How far the fan-out has read the event log (one row, `name` "events")."""
+
+    __tablename__ = "webhook_cursor"
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    txid: Mapped[int] = mapped_column(BigInteger)  # the event log position (txid, seq) of the last event fanned out
+    seq: Mapped[int] = mapped_column(BigInteger)
+
+
 API_KEYS = define_api_keys_table(Base.metadata)
 
 # The tables, for the Core statements of the repositories and the hot paths (no ORM instances).
@@ -274,6 +349,10 @@ REQUEST_IDS = RequestIdRow.__table__
 CURRENCIES = CurrencyRow.__table__
 RATE_SETS = RateSetRow.__table__
 RATES = RateRow.__table__
+WEBHOOK_ENDPOINTS = WebhookEndpointRow.__table__
+WEBHOOK_DELIVERIES = WebhookDeliveryRow.__table__
+WEBHOOK_ATTEMPTS = WebhookAttemptRow.__table__
+WEBHOOK_CURSOR = WebhookCursorRow.__table__
 EVENTS = EventRow.__table__
 EVENT_LOG = EventLogRow.__table__
 ALERT_SETS = BalanceAlertSetRow.__table__

@@ -36,6 +36,7 @@ from grant_service.adapters.repositories import (
     SqlSubscriptionRepository,
     SqlTestClockRepository,
 )
+from grant_service.adapters.webhooks import SqlWebhookDeliveryRepository, SqlWebhookEndpointRepository
 from grant_service.domain.model import CustomerNow
 
 T = TypeVar("T")
@@ -64,6 +65,8 @@ class SqlGrantUnitOfWork:
         self.request_ids = SqlRequestIdRepository(session)
         self.subscriptions = SqlSubscriptionRepository(session)
         self.schedules = SqlScheduleRepository(session)
+        self.webhooks = SqlWebhookEndpointRepository(session)
+        self.webhook_deliveries = SqlWebhookDeliveryRepository(session)
 
 
 class SqlUnitsOfWork:

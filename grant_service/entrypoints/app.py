@@ -13,10 +13,12 @@ from credit_common.grpc.server import RunningServer
 from credit_common.runtime import ServiceDefinition, start
 from grant_service.adapters.orm import API_KEYS
 from grant_service.adapters.unit_of_work import SqlUnitsOfWork
+from grant_service.entrypoints.event_json import event_body
 from grant_service.entrypoints.roles import METHOD_ROLES, READ_METHODS, SERVICE
 from grant_service.entrypoints.servicer import GrantServicer
 from grant_service.entrypoints.settings import FLAGS, GrantSettings
 from grant_service.entrypoints.timer import start_catch_up_timer
+from grant_service.entrypoints.webhook_worker import wake_on_events, webhook_dispatcher
 from grant_service.service_layer.context import GrantContext
 from grant_service.v1 import grant_service_pb2_grpc
 
@@ -52,6 +54,8 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
         events_poll_s=settings.events_poll_s,
         max_revision_step_window=timedelta(seconds=settings.max_revision_step_window_s),
         max_applied_amount=settings.max_applied_amount,
+        webhook_policy=settings.webhooks.policy,
+        event_body=event_body,
     )
     servicer = GrantServicer(ctx)
 
@@ -61,6 +65,13 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
     running = start(DEFINITION, settings, register, engine=engine, clock=clock)
     running.on_stop.append(read_engine.dispose)
     running.on_stop.append(uows.listen_for_events(engine))
+    if settings.webhooks.workers > 0:
+        dispatcher, sender = webhook_dispatcher(engine, ctx.uows, clock, settings.webhooks)
+        dispatcher.start()
+        running.webhooks = dispatcher  # type: ignore[attr-defined]
+        running.on_stop.append(sender.close)
+        running.on_stop.append(dispatcher.stop)
+        running.on_stop.append(wake_on_events(uows, dispatcher))
     if settings.catch_up_interval_s > 0:
         stop_timer = start_catch_up_timer(ctx, settings.catch_up_interval_s)
         running.on_stop.append(stop_timer)

@@ -4,7 +4,8 @@ allows everything). A method missing here stops the service at startup."""
 from __future__ import annotations
 
 from credit_common.auth.check import method_roles, read_only
-from credit_common.auth.keys import OPERATOR, READER, SYNC, TEST_CLOCKS, USAGE
+from credit_common.auth.keys import OPERATOR, READER, SYNC, TEST_CLOCKS, USAGE, WEBHOOKS
+from credit_common.contract import check_role_table
 from grant_service.v1 import grant_service_pb2
 
 ROLES: dict[str, tuple[str, ...]] = {
@@ -36,9 +37,22 @@ ROLES: dict[str, tuple[str, ...]] = {
     "ListTestClocks": (TEST_CLOCKS,),
     "AdvanceTestClock": (TEST_CLOCKS,),
     "DeleteTestClock": (TEST_CLOCKS,),
+    # webhook endpoints: who holds their secrets and chooses where events go (docs/security.md)
+    "CreateWebhookEndpoint": (WEBHOOKS,),
+    "GetWebhookEndpoint": (WEBHOOKS,),
+    "ListWebhookEndpoints": (WEBHOOKS,),
+    "UpdateWebhookEndpoint": (WEBHOOKS,),
+    "DisableWebhookEndpoint": (WEBHOOKS,),
+    "EnableWebhookEndpoint": (WEBHOOKS,),
+    "DeleteWebhookEndpoint": (WEBHOOKS,),
+    "RotateWebhookSecret": (WEBHOOKS,),
+    "ListWebhookDeliveryAttempts": (WEBHOOKS,),
+    "ResendWebhookEvent": (WEBHOOKS,),
+    "ReplayWebhookEvents": (WEBHOOKS,),
 }
 
 SERVICE = grant_service_pb2.DESCRIPTOR.services_by_name["GrantService"]
+check_role_table(SERVICE, ROLES)  # the protos' required_roles say the same (credit_common/contract.py)
 METHOD_ROLES = method_roles(SERVICE, ROLES)
 # The methods that change nothing; every other method's log line is an audit record (docs/operations.md).
 READ_METHODS = read_only(
@@ -51,5 +65,11 @@ READ_METHODS = read_only(
         "CheckUsage",
         "GetTestClock",
         "ListTestClocks",
+        "ListEvents",
+        "WatchEvents",
+        "GetBalanceAlerts",
+        "GetWebhookEndpoint",
+        "ListWebhookEndpoints",
+        "ListWebhookDeliveryAttempts",
     ),
 )

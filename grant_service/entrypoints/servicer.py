@@ -9,10 +9,21 @@ from collections.abc import Iterator
 from credit_common.errors import DomainError
 from credit_common.grpc.validation import check_request
 from grant_service.entrypoints import converters as conv
-from grant_service.service_layer import alerts, balances, events, operators, subscriptions, test_clocks, usage
+from grant_service.entrypoints import webhook_converters as wconv
+from grant_service.service_layer import (
+    alerts,
+    balances,
+    events,
+    operators,
+    subscriptions,
+    test_clocks,
+    usage,
+    webhooks,
+)
 from grant_service.service_layer.context import GrantContext
 from grant_service.v1 import grant_service_pb2 as pb
 from grant_service.v1 import grant_service_pb2_grpc
+from grant_service.v1 import webhooks_pb2 as wpb
 
 
 class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
@@ -199,3 +210,68 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
         conv.check_test_clock_id(request)
         test_clocks.delete_test_clock(self._ctx, request.test_clock_id, request.request_id)
         return pb.DeleteTestClockResponse()
+
+    # ------------------------------------------------------------------ webhooks
+
+    def CreateWebhookEndpoint(self, request: wpb.CreateWebhookEndpointRequest, context):
+        types = wconv.create_args(request)
+        endpoint, secret = webhooks.create_endpoint(
+            self._ctx, request.url, types, request.description, request.request_id
+        )
+        return wpb.CreateWebhookEndpointResponse(endpoint=wconv.endpoint_pb(endpoint), signing_secret=secret)
+
+    def GetWebhookEndpoint(self, request: wpb.GetWebhookEndpointRequest, context):
+        wconv.check_endpoint_id(request)
+        endpoint = webhooks.get_endpoint(self._ctx, request.endpoint_id)
+        return wpb.GetWebhookEndpointResponse(endpoint=wconv.endpoint_pb(endpoint))
+
+    def ListWebhookEndpoints(self, request: wpb.ListWebhookEndpointsRequest, context):
+        endpoints, token = webhooks.list_endpoints(self._ctx, wconv.endpoints_page(request))
+        return wpb.ListWebhookEndpointsResponse(
+            endpoints=[wconv.endpoint_pb(e) for e in endpoints], next_page_token=token
+        )
+
+    def UpdateWebhookEndpoint(self, request: wpb.UpdateWebhookEndpointRequest, context):
+        changes = wconv.update_changes(request)
+        endpoint = webhooks.update_endpoint(self._ctx, request.endpoint.endpoint_id, changes)
+        return wpb.UpdateWebhookEndpointResponse(endpoint=wconv.endpoint_pb(endpoint))
+
+    def DisableWebhookEndpoint(self, request: wpb.DisableWebhookEndpointRequest, context):
+        wconv.check_endpoint_id(request)
+        endpoint = webhooks.set_enabled(self._ctx, request.endpoint_id, False)
+        return wpb.DisableWebhookEndpointResponse(endpoint=wconv.endpoint_pb(endpoint))
+
+    def EnableWebhookEndpoint(self, request: wpb.EnableWebhookEndpointRequest, context):
+        wconv.check_endpoint_id(request)
+        endpoint = webhooks.set_enabled(self._ctx, request.endpoint_id, True)
+        return wpb.EnableWebhookEndpointResponse(endpoint=wconv.endpoint_pb(endpoint))
+
+    def DeleteWebhookEndpoint(self, request: wpb.DeleteWebhookEndpointRequest, context):
+        wconv.check_endpoint_id(request)
+        webhooks.delete_endpoint(self._ctx, request.endpoint_id)
+        return wpb.DeleteWebhookEndpointResponse()
+
+    def RotateWebhookSecret(self, request: wpb.RotateWebhookSecretRequest, context):
+        ttl = wconv.rotate_ttl(request)
+        endpoint, secret = webhooks.rotate_secret(self._ctx, request.endpoint_id, ttl, request.request_id)
+        return wpb.RotateWebhookSecretResponse(endpoint=wconv.endpoint_pb(endpoint), signing_secret=secret)
+
+    def ListWebhookDeliveryAttempts(self, request: wpb.ListWebhookDeliveryAttemptsRequest, context):
+        page = wconv.attempts_page(request)
+        attempts, token = webhooks.list_attempts(self._ctx, request.endpoint_id, request.event_id, page)
+        return wpb.ListWebhookDeliveryAttemptsResponse(
+            attempts=[wconv.attempt_pb(a) for a in attempts], next_page_token=token
+        )
+
+    def ResendWebhookEvent(self, request: wpb.ResendWebhookEventRequest, context):
+        wconv.check_resend(request)
+        delivery_id = webhooks.resend_event(self._ctx, request.endpoint_id, request.event_id, request.request_id)
+        return wpb.ResendWebhookEventResponse(delivery_id=delivery_id)
+
+    def ReplayWebhookEvents(self, request: wpb.ReplayWebhookEventsRequest, context):
+        wconv.check_replay(request)
+        log_id = events.log_id(self._ctx)
+        after = events.decode_cursor(request.after_cursor, log_id, "after_cursor")
+        result = webhooks.replay_events(self._ctx, request.endpoint_id, after, request.max_events, request.request_id)
+        last = events.encode_cursor(log_id, result.last) if result.last is not None else ""
+        return wpb.ReplayWebhookEventsResponse(queued=result.queued, last_cursor=last, more=result.more)

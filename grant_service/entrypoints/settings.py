@@ -5,10 +5,36 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 
 from credit_common.config import Env, ServiceFlags, ServiceSettings, env_flag, on_off, positive_int
+from grant_service.domain.webhooks import DEFAULT_DISABLE_AFTER, UrlPolicy
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Webhook delivery in this process (docs/operations.md#webhooks)."""
+
+    workers: int = 8  # lanes: endpoints delivered to at once by this process; 0: no delivery here
+    timeout_s: float = 10.0  # an attempt's read/write timeout
+    connect_timeout_s: float = 5.0
+    batch_size: int = 50  # deliveries one lane claims
+    lease_s: float = 60.0
+    poll_interval_s: float = 0.2
+    disable_after: timedelta = DEFAULT_DISABLE_AFTER
+    policy: UrlPolicy = field(default_factory=UrlPolicy)
+
+    def __post_init__(self) -> None:
+        if self.workers < 0 or self.batch_size < 1:
+            raise ValueError("--webhook-workers must be 0 or more and --webhook-batch-size at least 1")
+        if not (self.timeout_s > 0 and self.connect_timeout_s > 0 and self.poll_interval_s > 0):
+            raise ValueError("webhook timeouts and the poll interval must be positive")
+        if self.lease_s < 3 * (self.timeout_s + self.connect_timeout_s):
+            raise ValueError("--webhook-lease-s must be at least 3 times an attempt's timeouts")
+        if self.disable_after <= timedelta(0):
+            raise ValueError("--webhook-disable-after-hours must be positive")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,6 +49,7 @@ class GrantSettings(ServiceSettings):
     events_heartbeat_s: float = 15.0  # WatchEvents: a heartbeat after this long without a message
     events_poll_s: float = 0.05  # WatchEvents: reads at least this often (other replicas' commits)
     events_enabled: bool = True  # write credit events (off: for the benchmark's comparison only)
+    webhooks: WebhookSettings = field(default_factory=lambda: WebhookSettings())
 
     def __post_init__(self) -> None:
         if not (self.catch_up_interval_s >= 0 and math.isfinite(self.catch_up_interval_s)):
@@ -114,6 +141,86 @@ def add_arguments(parser: argparse.ArgumentParser, env: Env) -> None:
     )
 
 
+def add_webhook_arguments(parser: argparse.ArgumentParser, env: Env) -> None:
+    group = parser.add_argument_group("webhooks (docs/operations.md#webhooks)")
+    group.add_argument(
+        "--webhook-workers",
+        type=int,
+        default=int(env("WEBHOOK_WORKERS", "8")),
+        help="endpoints this process delivers to at once, each on its own thread (default 8; 0: none here)",
+    )
+    group.add_argument(
+        "--webhook-timeout-ms",
+        type=float,
+        default=float(env("WEBHOOK_TIMEOUT_MS", "10000")),
+        help="an attempt's read/write timeout (default 10000)",
+    )
+    group.add_argument(
+        "--webhook-connect-timeout-ms",
+        type=float,
+        default=float(env("WEBHOOK_CONNECT_TIMEOUT_MS", "5000")),
+        help="an attempt's connect timeout (default 5000)",
+    )
+    group.add_argument(
+        "--webhook-batch-size",
+        type=int,
+        default=int(env("WEBHOOK_BATCH_SIZE", "50")),
+        help="deliveries of one endpoint claimed at once (default 50)",
+    )
+    group.add_argument(
+        "--webhook-lease-s",
+        type=float,
+        default=float(env("WEBHOOK_LEASE_S", "60")),
+        help="lease of claimed deliveries, renewed while sending (default 60; >= 3x the timeouts)",
+    )
+    group.add_argument(
+        "--webhook-poll-interval-ms",
+        type=float,
+        default=float(env("WEBHOOK_POLL_INTERVAL_MS", "200")),
+        help="how often the dispatcher looks for new events and due retries (default 200)",
+    )
+    group.add_argument(
+        "--webhook-disable-after-hours",
+        type=float,
+        default=float(env("WEBHOOK_DISABLE_AFTER_HOURS", "120")),
+        help="disable an endpoint whose attempts have all failed for this long (default 120: 5 days)",
+    )
+    group.add_argument(
+        "--webhook-allow-http",
+        action="store_true",
+        default=env_flag(env("WEBHOOK_ALLOW_HTTP", "false")),
+        help="accept http:// endpoint URLs (default: https only)",
+    )
+    group.add_argument(
+        "--webhook-allow-private",
+        action="store_true",
+        default=env_flag(env("WEBHOOK_ALLOW_PRIVATE", "false")),
+        help="allow endpoints on loopback, private and link-local addresses (default: refused)",
+    )
+    group.add_argument(
+        "--webhook-allowed-hosts",
+        default=env("WEBHOOK_ALLOWED_HOSTS", ""),
+        help="comma-separated host patterns endpoints must match, e.g. '*.example.com,hooks.partner.io' "
+        "(default: any public host)",
+    )
+
+
+def webhook_settings(args: argparse.Namespace) -> WebhookSettings:
+    hosts = tuple(h.strip() for h in args.webhook_allowed_hosts.split(",") if h.strip())
+    return WebhookSettings(
+        workers=args.webhook_workers,
+        timeout_s=args.webhook_timeout_ms / 1000,
+        connect_timeout_s=args.webhook_connect_timeout_ms / 1000,
+        batch_size=args.webhook_batch_size,
+        lease_s=args.webhook_lease_s,
+        poll_interval_s=args.webhook_poll_interval_ms / 1000,
+        disable_after=timedelta(hours=args.webhook_disable_after_hours),
+        policy=UrlPolicy(
+            allow_http=args.webhook_allow_http, allowed_hosts=hosts, allow_private=args.webhook_allow_private
+        ),
+    )
+
+
 def grant_settings(common: ServiceSettings, args: argparse.Namespace) -> GrantSettings:
     """The grant service's settings of the common ones and its parsed flags (ValueError: refused)."""
     return common.extended(
@@ -128,6 +235,7 @@ def grant_settings(common: ServiceSettings, args: argparse.Namespace) -> GrantSe
         events_heartbeat_s=args.events_heartbeat_interval,
         events_poll_s=args.events_poll_interval_ms / 1000,
         events_enabled=args.events,
+        webhooks=webhook_settings(args),
     )
 
 
@@ -143,4 +251,9 @@ def decimal_amount(text: str | None) -> Decimal | None:
     return value
 
 
-FLAGS = ServiceFlags(add=add_arguments, settings=grant_settings)
+def add_all_arguments(parser: argparse.ArgumentParser, env: Env) -> None:
+    add_arguments(parser, env)
+    add_webhook_arguments(parser, env)
+
+
+FLAGS = ServiceFlags(add=add_all_arguments, settings=grant_settings)

@@ -4,7 +4,8 @@ request-id replay of a record already read)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -12,7 +13,9 @@ from credit_common import idempotency
 from credit_common.clock import Clock
 from credit_common.errors import FailedPrecondition, NotFound
 from credit_common.idempotency import SeenRequest
+from grant_service.domain.events import StoredEvent
 from grant_service.domain.model import REAL_TIME, Customer
+from grant_service.domain.webhooks import UrlPolicy
 from grant_service.service_layer.issuance import catch_up
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork, UnitsOfWork
 
@@ -32,6 +35,9 @@ class GrantContext:
     # (commits of other replicas are not notified).
     events_heartbeat_s: float = 15.0
     events_poll_s: float = 0.05
+    # Webhooks: where endpoints may point, and an event as a webhook body (set by the wiring).
+    webhook_policy: UrlPolicy = field(default_factory=UrlPolicy)
+    event_body: Callable[[StoredEvent, str], bytes] | None = None
 
     def now_in(self, uow: GrantUnitOfWork, clock_key: str) -> datetime:
         """Real time, or the time of test clock `clock_key` as `uow` reads it."""

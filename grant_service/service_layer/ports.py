@@ -26,6 +26,7 @@ from grant_service.domain.model import (
 )
 from grant_service.domain.revisions import RevisionWindow
 from grant_service.domain.schedules import Pending
+from grant_service.domain.webhooks import DeliveryAttempt, NewDelivery, WebhookEndpoint
 
 
 class TestClockRepository(Protocol):
@@ -308,6 +309,65 @@ class ScheduleRepository(Protocol):
         """Store its terms (amounts, end time), position, `removed` and its cursor's start
         (`next_period_start`); the cursor's period, its ownership, cadence, currency and anchor never
         change."""
+        ...
+
+
+class WebhookEndpointRepository(Protocol):
+    """Webhook endpoints, with their secrets."""
+
+    def add(self, endpoint: WebhookEndpoint) -> None: ...
+
+    def get(self, endpoint_id: str, *, for_update: bool = False) -> WebhookEndpoint | None:
+        """The endpoint (locked for the transaction with `for_update`: what serialises its changes
+        with the delivery workers' claims), None if there is none."""
+        ...
+
+    def list(self, after: tuple[datetime, str] | None, limit: int) -> list[WebhookEndpoint]:
+        """Up to `limit` endpoints, newest first (create_time, then id, descending), after `after`."""
+        ...
+
+    def enabled(self) -> list[WebhookEndpoint]:
+        """Every enabled endpoint (the fan-out's targets)."""
+        ...
+
+    def any_enabled(self) -> bool: ...
+
+    def save(self, endpoint: WebhookEndpoint) -> None:
+        """Write every field of an endpoint that exists."""
+        ...
+
+    def delete(self, endpoint_id: str) -> None:
+        """Delete the endpoint, its deliveries and its attempts."""
+        ...
+
+
+class WebhookDeliveryRepository(Protocol):
+    """Deliveries queued for the workers, the attempts made, and the fan-out's cursor."""
+
+    def add(self, deliveries: Sequence[NewDelivery]) -> list[int]:
+        """Queue the deliveries, due at once; one already queued (same endpoint, event and trigger
+        key) is skipped, never doubled. The ids of those queued."""
+        ...
+
+    def attempts(
+        self, endpoint_id: str, event_id: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[DeliveryAttempt]:
+        """Attempts to `endpoint_id` and/or of `event_id` ("": any), newest first, after `after`."""
+        ...
+
+    def cursor(self) -> EventPosition | None:
+        """The fan-out's position, unlocked (a cheap look before taking the lock)."""
+        ...
+
+    def lock_cursor(self) -> EventPosition | None:
+        """The log position of the last event fanned out (None: none yet), locked until the
+        transaction ends, so one fan-out runs at a time across replicas."""
+        ...
+
+    def set_cursor(self, position: EventPosition) -> None: ...
+
+    def event(self, event_id: str) -> StoredEvent | None:
+        """One event of the log by its id."""
         ...
 
 

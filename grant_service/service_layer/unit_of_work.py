@@ -23,6 +23,8 @@ from grant_service.service_layer.ports import (
     ScheduleRepository,
     SubscriptionRepository,
     TestClockRepository,
+    WebhookDeliveryRepository,
+    WebhookEndpointRepository,
 )
 
 T = TypeVar("T")
@@ -40,6 +42,8 @@ class GrantUnitOfWork(Protocol):
     request_ids: RequestIdRepository
     subscriptions: SubscriptionRepository
     schedules: ScheduleRepository
+    webhooks: WebhookEndpointRepository
+    webhook_deliveries: WebhookDeliveryRepository
     events: EventRepository
     alerts: AlertRepository
 

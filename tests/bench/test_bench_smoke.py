@@ -42,6 +42,7 @@ def test_tiny_benchmark_runs_every_scenario(backend: str, tmp_path: Path) -> Non
         ("balance reads", "GetBalance"),
         ("usage debits", "ReportUsage"),
         ("provisioning", "provisions/s"),
+        ("webhooks", "deliveries/s to a local receiver"),
     ]:
         matching = [r for (s, f), r in figures.items() if s == scenario and f.startswith(figure)]
         assert matching, f"no {scenario} / {figure} row"

@@ -62,6 +62,17 @@ EXPECTED_ROLES: dict[str, dict[str, set[str]]] = {
         "ListTestClocks": {"test-clocks"},
         "AdvanceTestClock": {"test-clocks"},
         "DeleteTestClock": {"test-clocks"},
+        "CreateWebhookEndpoint": {"webhooks"},
+        "GetWebhookEndpoint": {"webhooks"},
+        "ListWebhookEndpoints": {"webhooks"},
+        "UpdateWebhookEndpoint": {"webhooks"},
+        "DisableWebhookEndpoint": {"webhooks"},
+        "EnableWebhookEndpoint": {"webhooks"},
+        "DeleteWebhookEndpoint": {"webhooks"},
+        "RotateWebhookSecret": {"webhooks"},
+        "ListWebhookDeliveryAttempts": {"webhooks"},
+        "ResendWebhookEvent": {"webhooks"},
+        "ReplayWebhookEvents": {"webhooks"},
     },
     "catalog": {
         "CreateFeature": {"catalog-admin"},
@@ -85,11 +96,13 @@ EXPECTED_ROLES: dict[str, dict[str, set[str]]] = {
         "ListSubscriptions": {"reader"},
         "CancelSubscription": {"catalog-admin"},
         "AmendSubscription": {"catalog-admin"},
+        "ListHandoffs": {"operator"},
+        "RequeueHandoffs": {"operator"},
     },
 }
 SERVICE_ROLES = {
-    "grant": {"reader", "usage", "operator", "sync", "test-clocks", "admin"},
-    "catalog": {"reader", "catalog-admin", "admin"},
+    "grant": {"reader", "usage", "operator", "sync", "test-clocks", "webhooks", "admin"},
+    "catalog": {"reader", "catalog-admin", "operator", "admin"},
 }
 
 

@@ -88,8 +88,8 @@ def test_a_table_missing_a_method_or_naming_a_non_method_is_refused():
 
 
 def test_the_roles_each_service_knows():
-    assert roles_of(grant_roles.ROLES) == {"reader", "usage", "operator", "sync", "test-clocks", "admin"}
-    assert roles_of(catalog_roles.ROLES) == {"reader", "catalog-admin", "admin"}
+    assert roles_of(grant_roles.ROLES) == {"reader", "usage", "operator", "sync", "test-clocks", "webhooks", "admin"}
+    assert roles_of(catalog_roles.ROLES) == {"reader", "catalog-admin", "operator", "admin"}
 
 
 class CountingStore:

@@ -85,3 +85,26 @@ def test_the_link_check_sees_links():
     assert _anchor("Handoff to the grant service (outbox)") == "handoff-to-the-grant-service-outbox"
     assert _anchor("Default size (`--size default`, both backends)") == "default-size---size-default-both-backends"
     assert not _is_relative("https://example.com/a.md")
+
+
+_COMMANDS = ("python", "python3", "grpcurl", "credit-grants", "buf", "pytest", "alembic", "ruff", "pip")  # the .venv's
+_SH_BLOCK = re.compile(r"^```(?:sh|bash|shell)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_commands_work_as_written_after_make_run(document):
+    """A command the docs tell a user to type names the virtualenv's program (`.venv/bin/grpcurl`,
+    `.venv/bin/python -m ...`): `python -m grant_service keys` alone fails outside the virtualenv.
+    A block that starts with `source .venv/bin/activate` may drop the prefix; a variable ($PY, $G)
+    is set in its block."""
+    text = document.read_text(encoding="utf-8")
+    bare = []
+    for block in _SH_BLOCK.findall(text):
+        if "source .venv/bin/activate" in block:
+            continue
+        bare += [line for line in block.splitlines() if line.split(" ", 1)[0] in _COMMANDS]
+    for span in _CODE_SPAN.findall(_FENCE.sub("", text)):
+        words = span.strip("`").split()
+        if len(words) > 1 and words[0] in _COMMANDS:
+            bare.append(span)
+    assert not bare, f"{document.relative_to(ROOT)}: give these as .venv/bin/<program> (or after activate): {bare}"

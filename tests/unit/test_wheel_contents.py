@@ -23,7 +23,7 @@ def _shipped_packages() -> list[str]:
 
 def test_the_services_are_shipped():
     packages = set(_shipped_packages())
-    assert {"credit_common", "catalog_service.entrypoints", "grant_service.entrypoints"} <= packages
+    assert {"credit_common", "catalog_service.entrypoints", "grant_service.entrypoints", "credit_client"} <= packages
 
 
 def test_no_test_or_benchmark_helper_is_shipped():

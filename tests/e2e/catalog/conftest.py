@@ -38,9 +38,12 @@ class FakeGrantService(grant_pb2_grpc.GrantServiceServicer):
     def __init__(self) -> None:
         self.clocks: dict[str, datetime] = {}
         self.applied: dict[str, Message] = {}
+        self.rejected: set[str] = set()  # keys whose Apply is refused (INVALID_ARGUMENT: the catalog parks it)
         self._lock = threading.Lock()
 
-    def _apply(self, key: str, request: Message, response_type):
+    def _apply(self, key: str, request: Message, response_type, context=None):
+        if key in self.rejected and context is not None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"fake: {key} is rejected")
         with self._lock:
             current = self.applied.get(key)
             if current is not None and current.revision >= request.revision:
@@ -54,10 +57,10 @@ class FakeGrantService(grant_pb2_grpc.GrantServiceServicer):
             return response_type(outcome=grant_pb2.APPLY_OUTCOME_APPLIED, current_revision=request.revision)
 
     def ApplySubscription(self, request, context):
-        return self._apply(request.subscription_id, request, grant_pb2.ApplySubscriptionResponse)
+        return self._apply(request.subscription_id, request, grant_pb2.ApplySubscriptionResponse, context)
 
     def ApplyCreditCurrency(self, request, context):
-        return self._apply(request.currency_key, request, grant_pb2.ApplyCreditCurrencyResponse)
+        return self._apply(request.currency_key, request, grant_pb2.ApplyCreditCurrencyResponse, context)
 
     def GetTestClock(self, request, context):
         now = self.clocks.get(request.test_clock_id)

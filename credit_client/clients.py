@@ -1,0 +1,444 @@
+"""Typed clients of both services: one method per RPC, plain Python arguments in (str keys,
+Decimal/str/int amounts, aware datetimes, enum names such as "metered" or "immediately"), the
+generated proto messages out (`catalog_service.v1.catalog_service_pb2`,
+`grant_service.v1.grant_service_pb2`). List methods return an iterator over every page.
+
+    with CatalogClient.from_env() as catalog:
+        catalog.create_customer("acme", "Acme Corp")
+    with GrantClient(address="127.0.0.1:50052", api_key=key) as grants:
+        print(grants.get_balance("acme", "ai-credits").available)
+
+Every call has a deadline, mutations a request_id (pass your own to retry across processes;
+otherwise one is generated and reused for the retries of UNAVAILABLE), and failures raise
+credit_client.errors.ApiError subclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from google.protobuf import json_format, timestamp_pb2
+from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.message import Message
+
+from catalog_service.v1 import catalog_service_pb2 as cpb
+from catalog_service.v1 import catalog_service_pb2_grpc as cpb_grpc
+from credit_client._transport import Transport, decimal_text
+from credit_client.settings import ClientSettings
+from grant_service.v1 import grant_service_pb2 as gpb
+from grant_service.v1 import grant_service_pb2_grpc as gpb_grpc
+
+Amount = str | Decimal | int
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A Timestamp of an aware datetime (naive ones are refused: they say nothing of the zone)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"a time must be timezone-aware (UTC), got {value!r}")
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value.astimezone(UTC))
+    return ts
+
+
+def enum_value(enum: EnumDescriptor, value: int | str | None, field: str) -> int:
+    """An enum value from its number, its full name ("CANCEL_MODE_IMMEDIATELY") or its short,
+    case-insensitive name ("immediately", "at-period-end"); None is UNSPECIFIED (0)."""
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value
+    prefix = enum.values[0].name.removesuffix("UNSPECIFIED")  # e.g. "CANCEL_MODE_"
+    name = value.strip().upper().replace("-", "_")
+    for candidate in (name, prefix + name):
+        if candidate in enum.values_by_name:
+            return enum.values_by_name[candidate].number
+    choices = ", ".join(v.name.removeprefix(prefix).lower() for v in enum.values[1:])
+    raise ValueError(f"{field} must be one of {choices}; got {value!r}")
+
+
+def short_name(enum: EnumDescriptor, number: int) -> str:
+    """ "delivered" for HANDOFF_STATUS_DELIVERED (what the CLI shows)."""
+    prefix = enum.values[0].name.removesuffix("UNSPECIFIED")
+    found = enum.values_by_number.get(number)
+    return found.name.removeprefix(prefix).lower() if found else str(number)
+
+
+def _values(values: Mapping[str, Amount] | None, field: str) -> dict[str, str]:
+    return {k: decimal_text(v, f"{field}[{k}]") for k, v in (values or {}).items()}
+
+
+class _Client:
+    _stub_type: type
+    _service: str
+
+    def __init__(self, settings: ClientSettings | None = None, **overrides: Any) -> None:
+        """`settings`, or the environment's (ClientSettings.from_env) with `overrides` (e.g.
+        address=..., api_key=..., tls_ca_file=..., deadline_s=...)."""
+        if settings is None:
+            settings = ClientSettings.from_env(self._service, **overrides)
+        elif overrides:
+            settings = settings.with_(**overrides)
+        self.settings = settings
+        self._transport = Transport(settings, self._stub_type)
+
+    @classmethod
+    def from_env(cls, **overrides: Any):
+        return cls(None, **overrides)
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def call(self, method: str, request: Message, *, deadline_s: float | None = None) -> Any:
+        """Any RPC by name with its request message (what the typed methods use)."""
+        return self._transport.call(method, request, deadline_s=deadline_s)
+
+    def _pages(self, method: str, request: Message, items: str, limit: int | None = None) -> Iterator[Any]:
+        """Every item of a List method, page after page (at most `limit`)."""
+        seen = 0
+        while True:
+            page = self.call(method, request)
+            for item in getattr(page, items):
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield item
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+
+class CatalogClient(_Client):
+    """catalog_service.v1.CatalogService."""
+
+    _stub_type = cpb_grpc.CatalogServiceStub
+    _service = "catalog"
+
+    # features
+    def create_feature(
+        self, key: str, display_name: str, type: int | str, unit_name: str = "", *, request_id: str = ""
+    ) -> cpb.Feature:
+        feature = cpb.Feature(
+            key=key,
+            display_name=display_name,
+            type=enum_value(cpb.FeatureType.DESCRIPTOR, type, "type"),
+            unit_name=unit_name,
+        )
+        return self.call("CreateFeature", cpb.CreateFeatureRequest(feature=feature, request_id=request_id)).feature
+
+    def get_feature(self, key: str) -> cpb.Feature:
+        return self.call("GetFeature", cpb.GetFeatureRequest(key=key)).feature
+
+    def list_features(self, *, limit: int | None = None) -> Iterator[cpb.Feature]:
+        return self._pages("ListFeatures", cpb.ListFeaturesRequest(), "features", limit)
+
+    # credit currencies
+    def create_credit_currency(
+        self,
+        key: str,
+        display_name: str,
+        unit_name: str,
+        rates: Mapping[str, Amount],
+        *,
+        request_id: str = "",
+    ) -> cpb.CreditCurrency:
+        currency = cpb.CreditCurrency(
+            key=key,
+            display_name=display_name,
+            unit_name=unit_name,
+            rates=[cpb.CreditRate(feature_key=k, credits_per_unit=v) for k, v in _values(rates, "rates").items()],
+        )
+        request = cpb.CreateCreditCurrencyRequest(credit_currency=currency, request_id=request_id)
+        return self.call("CreateCreditCurrency", request).credit_currency
+
+    def update_credit_currency(
+        self,
+        key: str,
+        *,
+        display_name: str | None = None,
+        unit_name: str | None = None,
+        rates: Mapping[str, Amount] | None = None,
+        request_id: str = "",
+    ) -> cpb.CreditCurrency:
+        """Changes what is given (not None); `rates` replaces the whole list."""
+        currency = cpb.CreditCurrency(key=key)
+        mask = []
+        if display_name is not None:
+            currency.display_name, mask = display_name, [*mask, "display_name"]
+        if unit_name is not None:
+            currency.unit_name, mask = unit_name, [*mask, "unit_name"]
+        if rates is not None:
+            currency.rates.extend(
+                cpb.CreditRate(feature_key=k, credits_per_unit=v) for k, v in _values(rates, "rates").items()
+            )
+            mask.append("rates")
+        request = cpb.UpdateCreditCurrencyRequest(credit_currency=currency, request_id=request_id)
+        request.update_mask.paths.extend(mask)
+        return self.call("UpdateCreditCurrency", request).credit_currency
+
+    def get_credit_currency(self, key: str) -> cpb.CreditCurrency:
+        return self.call("GetCreditCurrency", cpb.GetCreditCurrencyRequest(key=key)).credit_currency
+
+    def list_credit_currencies(self, *, limit: int | None = None) -> Iterator[cpb.CreditCurrency]:
+        return self._pages("ListCreditCurrencies", cpb.ListCreditCurrenciesRequest(), "credit_currencies", limit)
+
+    # plans
+    @staticmethod
+    def plan_message(plan: cpb.Plan | Mapping[str, Any]) -> cpb.Plan:
+        """A Plan from a message or from its JSON form (as in a YAML/JSON file: field names as in
+        the proto or camelCase, enums by full name such as "CADENCE_MONTHLY")."""
+        if isinstance(plan, cpb.Plan):
+            return plan
+        return json_format.ParseDict(dict(plan), cpb.Plan())
+
+    def create_plan(self, plan: cpb.Plan | Mapping[str, Any], *, request_id: str = "") -> cpb.Plan:
+        request = cpb.CreatePlanRequest(plan=self.plan_message(plan), request_id=request_id)
+        return self.call("CreatePlan", request).plan
+
+    def update_plan(
+        self, plan: cpb.Plan | Mapping[str, Any], update_mask: list[str], *, request_id: str = ""
+    ) -> cpb.Plan:
+        request = cpb.UpdatePlanRequest(plan=self.plan_message(plan), request_id=request_id)
+        request.update_mask.paths.extend(update_mask)
+        return self.call("UpdatePlan", request).plan
+
+    def get_plan(self, key: str, version: int = 0, *, draft: bool = False) -> cpb.Plan:
+        return self.call("GetPlan", cpb.GetPlanRequest(key=key, version=version, draft=draft)).plan
+
+    def list_plans(self, status: int | str | None = None, *, limit: int | None = None) -> Iterator[cpb.Plan]:
+        request = cpb.ListPlansRequest(status=enum_value(cpb.PlanStatus.DESCRIPTOR, status, "status"))
+        return self._pages("ListPlans", request, "plans", limit)
+
+    def publish_plan(self, key: str, *, request_id: str = "") -> cpb.Plan:
+        return self.call("PublishPlan", cpb.PublishPlanRequest(key=key, request_id=request_id)).plan
+
+    def archive_plan(self, key: str, *, request_id: str = "") -> cpb.Plan:
+        return self.call("ArchivePlan", cpb.ArchivePlanRequest(key=key, request_id=request_id)).plan
+
+    # customers
+    def create_customer(
+        self, key: str, display_name: str = "", *, test_clock_id: str = "", request_id: str = ""
+    ) -> cpb.Customer:
+        customer = cpb.Customer(key=key, display_name=display_name, test_clock_id=test_clock_id)
+        return self.call("CreateCustomer", cpb.CreateCustomerRequest(customer=customer, request_id=request_id)).customer
+
+    def get_customer(self, key: str) -> cpb.Customer:
+        return self.call("GetCustomer", cpb.GetCustomerRequest(key=key)).customer
+
+    def list_customers(self, *, limit: int | None = None) -> Iterator[cpb.Customer]:
+        return self._pages("ListCustomers", cpb.ListCustomersRequest(), "customers", limit)
+
+    # subscriptions
+    def provision_subscription(
+        self,
+        customer_key: str,
+        plan_key: str,
+        entitlement_values: Mapping[str, Amount] | None = None,
+        *,
+        plan_version: int = 0,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        test_clock_id: str = "",
+        request_id: str = "",
+    ) -> cpb.Subscription:
+        request = cpb.ProvisionSubscriptionRequest(
+            request_id=request_id,
+            customer_key=customer_key,
+            plan_key=plan_key,
+            plan_version=plan_version,
+            entitlement_values=_values(entitlement_values, "entitlement_values"),
+            start_time=timestamp(start_time),
+            end_time=timestamp(end_time),
+            test_clock_id=test_clock_id,
+        )
+        return self.call("ProvisionSubscription", request).subscription
+
+    def get_subscription(self, subscription_id: str) -> cpb.Subscription:
+        return self.call("GetSubscription", cpb.GetSubscriptionRequest(subscription_id=subscription_id)).subscription
+
+    def list_subscriptions(
+        self, customer_key: str = "", plan_key: str = "", *, limit: int | None = None
+    ) -> Iterator[cpb.Subscription]:
+        request = cpb.ListSubscriptionsRequest(customer_key=customer_key, plan_key=plan_key)
+        return self._pages("ListSubscriptions", request, "subscriptions", limit)
+
+    def cancel_subscription(self, subscription_id: str, mode: int | str, *, request_id: str = "") -> cpb.Subscription:
+        request = cpb.CancelSubscriptionRequest(
+            subscription_id=subscription_id,
+            mode=enum_value(cpb.CancelMode.DESCRIPTOR, mode, "mode"),
+            request_id=request_id,
+        )
+        return self.call("CancelSubscription", request).subscription
+
+    def amend_subscription(
+        self,
+        subscription_id: str,
+        entitlement_values: Mapping[str, Amount],
+        timing: int | str | None = None,
+        *,
+        request_id: str = "",
+    ) -> cpb.Subscription:
+        request = cpb.AmendSubscriptionRequest(
+            subscription_id=subscription_id,
+            entitlement_values=_values(entitlement_values, "entitlement_values"),
+            timing=enum_value(cpb.AmendmentTiming.DESCRIPTOR, timing, "timing"),
+            request_id=request_id,
+        )
+        return self.call("AmendSubscription", request).subscription
+
+    # handoffs (role operator)
+    def list_handoffs(
+        self,
+        status: int | str | None = None,
+        kind: int | str | None = None,
+        key: str = "",
+        *,
+        limit: int | None = None,
+    ) -> Iterator[cpb.Handoff]:
+        request = cpb.ListHandoffsRequest(
+            status=enum_value(cpb.HandoffStatus.DESCRIPTOR, status, "status"),
+            kind=enum_value(cpb.HandoffKind.DESCRIPTOR, kind, "kind"),
+            key=key,
+        )
+        return self._pages("ListHandoffs", request, "handoffs", limit)
+
+    def requeue_handoffs(
+        self, kind: int | str | None = None, key: str = "", *, all_parked: bool = False, request_id: str = ""
+    ) -> int:
+        request = cpb.RequeueHandoffsRequest(
+            kind=enum_value(cpb.HandoffKind.DESCRIPTOR, kind, "kind"),
+            key=key,
+            all_parked=all_parked,
+            request_id=request_id,
+        )
+        return self.call("RequeueHandoffs", request).requeued_count
+
+
+class GrantClient(_Client):
+    """grant_service.v1.GrantService (the Apply methods, the catalog's, are left to `call`)."""
+
+    _stub_type = gpb_grpc.GrantServiceStub
+    _service = "grant"
+
+    def get_balance(
+        self, customer_key: str, currency_key: str, *, as_of: datetime | None = None, with_grants: bool = False
+    ) -> gpb.Balance:
+        request = gpb.GetBalanceRequest(
+            customer_key=customer_key,
+            currency_key=currency_key,
+            as_of_time=timestamp(as_of),
+            view=gpb.BALANCE_VIEW_WITH_GRANTS if with_grants else gpb.BALANCE_VIEW_BASIC,
+        )
+        return self.call("GetBalance", request).balance
+
+    def list_grants(
+        self, customer_key: str, currency_key: str = "", subscription_id: str = "", *, limit: int | None = None
+    ) -> Iterator[gpb.Grant]:
+        request = gpb.ListGrantsRequest(
+            customer_key=customer_key, currency_key=currency_key, subscription_id=subscription_id
+        )
+        return self._pages("ListGrants", request, "grants", limit)
+
+    def list_ledger_entries(
+        self,
+        customer_key: str,
+        currency_key: str = "",
+        *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        type: int | str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[gpb.LedgerEntry]:
+        """Oldest first."""
+        request = gpb.ListLedgerEntriesRequest(
+            customer_key=customer_key,
+            currency_key=currency_key,
+            start_time=timestamp(start_time),
+            end_time=timestamp(end_time),
+            type=enum_value(gpb.LedgerEntryType.DESCRIPTOR, type, "type"),
+        )
+        return self._pages("ListLedgerEntries", request, "entries", limit)
+
+    def get_subscription(self, subscription_id: str) -> gpb.Subscription:
+        return self.call("GetSubscription", gpb.GetSubscriptionRequest(subscription_id=subscription_id)).subscription
+
+    def report_usage(
+        self, customer_key: str, feature_key: str, quantity: Amount, currency_key: str = "", *, request_id: str = ""
+    ) -> gpb.Usage:
+        request = gpb.ReportUsageRequest(
+            request_id=request_id,
+            customer_key=customer_key,
+            feature_key=feature_key,
+            quantity=decimal_text(quantity, "quantity"),
+            currency_key=currency_key,
+        )
+        return self.call("ReportUsage", request).usage
+
+    def check_usage(
+        self, customer_key: str, feature_key: str, quantity: Amount, currency_key: str = ""
+    ) -> gpb.CheckUsageResponse:
+        request = gpb.CheckUsageRequest(
+            customer_key=customer_key,
+            feature_key=feature_key,
+            quantity=decimal_text(quantity, "quantity"),
+            currency_key=currency_key,
+        )
+        return self.call("CheckUsage", request)
+
+    def void_grant(self, grant_id: str, reason: str = "", *, request_id: str = "") -> gpb.Grant:
+        return self.call(
+            "VoidGrant", gpb.VoidGrantRequest(grant_id=grant_id, reason=reason, request_id=request_id)
+        ).grant
+
+    def create_grant(
+        self,
+        customer_key: str,
+        currency_key: str,
+        amount: Amount,
+        *,
+        effective_time: datetime | None = None,
+        expire_time: datetime | None = None,
+        priority: int | None = None,
+        reason: str = "",
+        request_id: str = "",
+    ) -> gpb.Grant:
+        request = gpb.CreateGrantRequest(
+            request_id=request_id,
+            customer_key=customer_key,
+            currency_key=currency_key,
+            amount=decimal_text(amount, "amount"),
+            effective_time=timestamp(effective_time),
+            expire_time=timestamp(expire_time),
+            priority=priority,
+            reason=reason,
+        )
+        return self.call("CreateGrant", request).grant
+
+    # test clocks
+    def create_test_clock(self, name: str, frozen_time: datetime, *, request_id: str = "") -> gpb.TestClock:
+        request = gpb.CreateTestClockRequest(name=name, frozen_time=timestamp(frozen_time), request_id=request_id)
+        return self.call("CreateTestClock", request).test_clock
+
+    def get_test_clock(self, test_clock_id: str) -> gpb.TestClock:
+        return self.call("GetTestClock", gpb.GetTestClockRequest(test_clock_id=test_clock_id)).test_clock
+
+    def list_test_clocks(self, *, limit: int | None = None) -> Iterator[gpb.TestClock]:
+        return self._pages("ListTestClocks", gpb.ListTestClocksRequest(), "test_clocks", limit)
+
+    def advance_test_clock(self, test_clock_id: str, frozen_time: datetime, *, request_id: str = "") -> gpb.TestClock:
+        request = gpb.AdvanceTestClockRequest(
+            test_clock_id=test_clock_id, frozen_time=timestamp(frozen_time), request_id=request_id
+        )
+        return self.call("AdvanceTestClock", request).test_clock
+
+    def delete_test_clock(self, test_clock_id: str, *, request_id: str = "") -> None:
+        self.call("DeleteTestClock", gpb.DeleteTestClockRequest(test_clock_id=test_clock_id, request_id=request_id))

@@ -1,0 +1,1 @@
+"""Generated stubs of protos/credit_grants (the contract's shared options); make protos."""
