@@ -47,9 +47,11 @@ PAYLOAD_OF: dict[EventType, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewEvent:
-    """An event to append to the log, in the transaction of the change it reports."""
+    """An event to append to the log, in the transaction of the change it reports. Not frozen (as
+    StoredSchedule): a frozen dataclass's constructor sets each field through object.__setattr__,
+    and a renewal storm makes two of these per grant; nothing changes one once made."""
 
     event_id: str
     type: EventType
