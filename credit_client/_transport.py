@@ -19,7 +19,7 @@ from credit_client.errors import from_rpc_error
 from credit_client.settings import ClientSettings
 
 M = TypeVar("M", bound=Message)
-_MAX_BACKOFF_S = 5.0
+MAX_BACKOFF_S = 5.0
 
 
 def _read(path: str | None) -> bytes | None:
@@ -85,5 +85,15 @@ class Transport:
                 if not retry:
                     raise from_rpc_error(error, method=method, request_id=request_id) from None
             self._sleep(random.uniform(pause / 2, pause))
-            pause = min(pause * 2, _MAX_BACKOFF_S)
+            pause = min(pause * 2, MAX_BACKOFF_S)
         raise AssertionError("unreachable")
+
+    def open_stream(self, method: str, request: Message) -> Any:
+        """Start the server-streaming `method` (e.g. "WatchEvents"): no deadline (it runs until
+        cancelled) and no retry here (the caller resumes where it stopped, e.g. from a cursor). The
+        answer iterates over the messages and has `cancel()`; its errors are grpc.RpcError."""
+        return getattr(self.stub, method)(request, metadata=self._metadata)
+
+    def pause(self, seconds: float) -> None:
+        """The jittered pause before a retry (injectable sleep, as for `call`)."""
+        self._sleep(random.uniform(seconds / 2, seconds))
