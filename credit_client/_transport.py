@@ -5,6 +5,7 @@ UNAVAILABLE with that same request_id, and failures raised as credit_client.erro
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -48,6 +49,34 @@ def decimal_text(value: str | Decimal | int, field: str) -> str:
     if isinstance(value, Decimal):
         return format(value, "f")
     return str(value)
+
+
+class IdleWatchdog:
+    """Calls `expire` (e.g. a stream's `cancel`) once `kick` has not been called for `timeout_s`
+    seconds of real time: a stream that went quiet, heartbeats included, is dead. `stop()` ends it."""
+
+    def __init__(self, timeout_s: float, expire: Callable[[], Any]) -> None:
+        self._timeout_s, self._expire = timeout_s, expire
+        self._last = time.monotonic()
+        self._stopped = threading.Event()
+        self.fired = False
+        threading.Thread(target=self._run, name="credit-client-idle-watchdog", daemon=True).start()
+
+    def kick(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        while True:
+            left = self._last + self._timeout_s - time.monotonic()
+            if left <= 0:
+                self.fired = True
+                self._expire()
+                return
+            if self._stopped.wait(left):
+                return
 
 
 class Transport:

@@ -6,7 +6,9 @@ and the exit status says what happened (`EXIT_CODES`)."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -989,19 +991,29 @@ def events_watch(
     customer: Annotated[str, typer.Option(help="only this customer's")] = "",
     type: EventTypes = None,
     limit: Annotated[int | None, typer.Option(help="stop after this many events (default: never)")] = None,
+    idle_timeout: Annotated[
+        float,
+        typer.Option(
+            help="seconds without an event or a heartbeat after which the stream is taken for dead and "
+            "reopened (default 60; 0: never); above the server's --events-heartbeat-interval (15 s)"
+        ),
+    ] = 60.0,
 ) -> None:
     """Follow the event log live, one event per line; Ctrl-C ends it.
 
     Every event after --cursor (default: the start of the log), then each new one as it commits
     (JSON: one object per line); heartbeats are not printed; Ctrl-C ends it with status 0. A broken
-    connection (UNAVAILABLE) is reopened from the last event's cursor, so no event is missed or
-    repeated; CREDIT_GRANTS_GRANT_RETRIES failures in a row end it with status 6."""
+    connection (UNAVAILABLE, or nothing for --idle-timeout) is reopened from the last event's cursor,
+    so no event is missed or repeated; CREDIT_GRANTS_GRANT_RETRIES failures in a row end it with
+    status 6. A reader that goes away (`| head -n 1`) ends it with status 0."""
     types = _event_type_numbers(type)
     s = state()
     last = cursor
     if limit is not None and limit <= 0:
         return
-    stream = s.grant.watch_events(cursor, customer, types)
+    if idle_timeout < 0:
+        raise typer.BadParameter("must be 0 (never) or more seconds", param_hint="--idle-timeout")
+    stream = s.grant.watch_events(cursor, customer, types, idle_timeout_s=idle_timeout or None)
     seen = 0
     try:
         for event in stream:
@@ -1015,10 +1027,21 @@ def events_watch(
                 break
     except KeyboardInterrupt:
         pass
+    except BrokenPipeError:  # the reader went away (`... | head -n 1`): done, quietly
+        _stdout_to_devnull()
     finally:
         stream.close()
     if last and s.output is Output.table:
         print(f"resume with: credit-grants events watch --cursor {last}", file=sys.stderr)
+
+
+def _stdout_to_devnull() -> None:
+    """After a broken pipe: point stdout at /dev/null so that the exit's flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 # ------------------------------------------------------------ balance alerts

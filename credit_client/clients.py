@@ -26,8 +26,8 @@ from google.protobuf.message import Message
 
 from catalog_service.v1 import catalog_service_pb2 as cpb
 from catalog_service.v1 import catalog_service_pb2_grpc as cpb_grpc
-from credit_client._transport import MAX_BACKOFF_S, Transport, decimal_text
-from credit_client.errors import from_rpc_error
+from credit_client._transport import MAX_BACKOFF_S, IdleWatchdog, Transport, decimal_text
+from credit_client.errors import DeadlineExceeded, from_rpc_error
 from credit_client.settings import ClientSettings
 from grant_service.v1 import grant_service_pb2 as gpb
 from grant_service.v1 import grant_service_pb2_grpc as gpb_grpc
@@ -532,6 +532,7 @@ class GrantClient(_Client):
         *,
         heartbeats: bool = False,
         retries: int | None = None,
+        idle_timeout_s: float | None = None,
     ) -> Iterator[gpb.CreditEvent | gpb.Heartbeat]:
         """Every credit event after `cursor` (empty: from the start of the log), then each new one
         as it commits, for as long as the caller iterates (closing the iterator ends the stream).
@@ -541,15 +542,21 @@ class GrantClient(_Client):
         the cursor of the last event yielded, so no event is missed or repeated; `retries`
         (default settings.retries) is how many reconnects in a row may fail before Unavailable is
         raised, with the doubling pause of `call` between them (any message received starts the
-        count again). Other errors are raised at once (e.g. InvalidArgument INVALID_CURSOR)."""
+        count again). With `idle_timeout_s`, a stream on which nothing came for that long (no
+        event, no heartbeat: the server sends one every --events-heartbeat-interval, default 15 s)
+        is taken for dead and reopened the same way; after the last retry that is DeadlineExceeded.
+        Other errors are raised at once (e.g. InvalidArgument INVALID_CURSOR)."""
         type_numbers = _event_types(types)
         retries = self.settings.retries if retries is None else retries
         failures, pause = 0, self.settings.retry_backoff_s
         while True:
             request = gpb.WatchEventsRequest(cursor=cursor, customer_key=customer_key, types=type_numbers)
             stream = self._transport.open_stream("WatchEvents", request)
+            watchdog = IdleWatchdog(idle_timeout_s, stream.cancel) if idle_timeout_s else None
             try:
                 for message in stream:
+                    if watchdog is not None:
+                        watchdog.kick()
                     failures, pause = 0, self.settings.retry_backoff_s
                     if message.HasField("event"):
                         cursor = message.event.cursor
@@ -557,9 +564,18 @@ class GrantClient(_Client):
                     elif heartbeats:
                         yield message.heartbeat
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or failures >= retries:
+                stalled = watchdog is not None and watchdog.fired and error.code() == grpc.StatusCode.CANCELLED
+                if stalled and failures >= retries:
+                    raise DeadlineExceeded(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"WatchEvents: nothing (no event, no heartbeat) came for {idle_timeout_s:g} s",
+                        method="WatchEvents",
+                    ) from None
+                if not stalled and (error.code() != grpc.StatusCode.UNAVAILABLE or failures >= retries):
                     raise from_rpc_error(error, method="WatchEvents") from None
             finally:
+                if watchdog is not None:
+                    watchdog.stop()
                 stream.cancel()
             failures += 1
             self._transport.pause(pause)

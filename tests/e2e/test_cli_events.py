@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from datetime import datetime
 
 import grpc
@@ -148,13 +149,15 @@ def test_events_watch_resumes_from_a_cursor(run: Cli):
     assert f"--cursor {everything[1]['cursor']}" in table.stderr  # where to resume
 
 
-def _lines(stream) -> queue.Queue:
-    """The lines of a subprocess's pipe, as they come."""
+def _lines(stream, count: int | None = None) -> queue.Queue:
+    """The lines of a subprocess's pipe as they come (the first `count`), then None."""
     lines: queue.Queue = queue.Queue()
 
     def read():
-        for line in stream:
+        for n, line in enumerate(stream, 1):
             lines.put(line)
+            if n == count:
+                break
         lines.put(None)
 
     threading.Thread(target=read, daemon=True).start()
@@ -163,14 +166,7 @@ def _lines(stream) -> queue.Queue:
 
 def test_events_watch_prints_an_event_produced_while_it_runs_and_ctrl_c_ends_it(run: Cli, tmp_path):
     last = run.ok("-o json events list").json()[-1]
-    watcher = subprocess.Popen(
-        [sys.executable, "-m", "credit_client.cli", "-o", "json", "events", "watch", "--cursor", last["cursor"]],
-        env={**os.environ, **run.env},
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    watcher = _watcher(run, tmp_path, "--cursor", last["cursor"])
     try:
         lines = _lines(watcher.stdout)
         grant = run.ok("-o json grants create globex ai-credits 250 --reason goodwill").json()
@@ -189,14 +185,47 @@ def test_events_watch_prints_an_event_produced_while_it_runs_and_ctrl_c_ends_it(
     assert watcher.stderr.read() == ""
 
 
+def _watcher(run: Cli, cwd, *args: str) -> subprocess.Popen:
+    """`credit-grants -o json events watch ARGS` in a process of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "credit_client.cli", "-o", "json", "events", "watch", *args],
+        env={**os.environ, **run.env},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_events_watch_ends_quietly_when_its_reader_goes(run: Cli, tmp_path):
+    """As in `credit-grants -o json events watch | head -n 1`: status 0, no error."""
+    last = run.ok("-o json events list").json()[-1]
+    watcher = _watcher(run, tmp_path, "--cursor", last["cursor"])
+    try:
+        lines = _lines(watcher.stdout, count=1)
+        run.ok("grants create globex ai-credits 5 --reason one")
+        assert json.loads(lines.get(timeout=GUARD_S))["credits_granted"]["amount"] == "5"
+        assert lines.get(timeout=GUARD_S) is None
+        watcher.stdout.close()  # the reader goes; the next event meets a broken pipe
+        run.ok("grants create globex ai-credits 6 --reason two")
+        assert watcher.wait(timeout=GUARD_S) == cli.EXIT_OK
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    assert watcher.stderr.read() == ""
+
+
 class BreakingProxy(gpb_grpc.GrantServiceServicer):
     """Forwards WatchEvents to the real grant service, but its first stream breaks with UNAVAILABLE
-    after `break_after` events; it records the cursor each call asked for."""
+    after `break_after` events (or, `stall`ing, sends nothing more, not even heartbeats, and never
+    ends by itself); it records the cursor each call asked for."""
 
-    def __init__(self, target: str, break_after: int) -> None:
+    def __init__(self, target: str, break_after: int, *, stall: bool = False) -> None:
         self.channel = grpc.insecure_channel(target)
         self.stub = gpb_grpc.GrantServiceStub(self.channel)
         self.break_after = break_after
+        self.stall = stall
         self.cursors: list[str] = []
 
     def WatchEvents(self, request, context):
@@ -208,14 +237,19 @@ class BreakingProxy(gpb_grpc.GrantServiceServicer):
         for message in upstream:
             if first and sent == self.break_after:
                 upstream.cancel()
+                if self.stall:  # quiet until the client gives up on it (else fail the test)
+                    ended = threading.Event()
+                    context.add_callback(ended.set)
+                    ended.wait(GUARD_S)
+                    context.abort(grpc.StatusCode.INTERNAL, "the client never gave up on a silent stream")
                 context.abort(grpc.StatusCode.UNAVAILABLE, "injected: connection lost")
             yield message
             sent += message.HasField("event")
 
 
-@pytest.fixture
-def proxy(run: Cli) -> Iterator[tuple[BreakingProxy, str]]:
-    servicer = BreakingProxy(run.env["CREDIT_GRANTS_GRANT_ADDRESS"], break_after=2)
+@contextmanager
+def proxying(run: Cli, *, stall: bool = False) -> Iterator[tuple[BreakingProxy, str]]:
+    servicer = BreakingProxy(run.env["CREDIT_GRANTS_GRANT_ADDRESS"], break_after=2, stall=stall)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     gpb_grpc.add_GrantServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -225,6 +259,25 @@ def proxy(run: Cli) -> Iterator[tuple[BreakingProxy, str]]:
     finally:
         server.stop(None)
         servicer.channel.close()
+
+
+@pytest.fixture
+def proxy(run: Cli) -> Iterator[tuple[BreakingProxy, str]]:
+    with proxying(run) as proxied:
+        yield proxied
+
+
+def test_events_watch_reopens_a_stream_gone_silent(run: Cli):
+    """Heartbeats every 0.1 s here: a stream without one for --idle-timeout is dead, and is reopened
+    from the last cursor (the proxy would hold it open, silent, for ever)."""
+    everything = run.ok("-o json events list").json()
+    with proxying(run, stall=True) as (servicer, address):
+        watched = run.ok(
+            f"-o json events watch --limit {len(everything)} --idle-timeout 1",
+            env={"CREDIT_GRANTS_GRANT_ADDRESS": address},
+        )
+    assert [json.loads(line)["event_id"] for line in watched.stdout.splitlines()] == [e["event_id"] for e in everything]
+    assert servicer.cursors == ["", everything[1]["cursor"]]
 
 
 def test_events_watch_reconnects_from_the_last_cursor_after_unavailable(run: Cli, proxy):
