@@ -981,8 +981,15 @@ def events_list(
         print(f"last page; watch what follows: --cursor {page.events[-1].cursor}", file=sys.stderr)
 
 
+_EVENT_LINE_WIDTHS = (19, 20, 0, 0, 0, 0)  # time and type padded (the longest type is 20 long)
+
+
 def _event_line(e: gpb.CreditEvent) -> str:
-    return "  ".join(str(value(e)) for _header, value in EVENT_COLUMNS)
+    """One event on one line, as `events watch` prints it: the columns of `events list`."""
+    cells = [
+        str(value(e)).ljust(width) for (_header, value), width in zip(EVENT_COLUMNS, _EVENT_LINE_WIDTHS, strict=True)
+    ]
+    return "  ".join(cells)
 
 
 @events.command("watch")
