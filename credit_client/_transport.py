@@ -5,6 +5,7 @@ UNAVAILABLE with that same request_id, and failures raised as credit_client.erro
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from credit_client.errors import from_rpc_error
 from credit_client.settings import ClientSettings
 
 M = TypeVar("M", bound=Message)
-_MAX_BACKOFF_S = 5.0
+MAX_BACKOFF_S = 5.0
 
 
 def _read(path: str | None) -> bytes | None:
@@ -48,6 +49,34 @@ def decimal_text(value: str | Decimal | int, field: str) -> str:
     if isinstance(value, Decimal):
         return format(value, "f")
     return str(value)
+
+
+class IdleWatchdog:
+    """Calls `expire` (e.g. a stream's `cancel`) once `kick` has not been called for `timeout_s`
+    seconds of real time: a stream that went quiet, heartbeats included, is dead. `stop()` ends it."""
+
+    def __init__(self, timeout_s: float, expire: Callable[[], Any]) -> None:
+        self._timeout_s, self._expire = timeout_s, expire
+        self._last = time.monotonic()
+        self._stopped = threading.Event()
+        self.fired = False
+        threading.Thread(target=self._run, name="credit-client-idle-watchdog", daemon=True).start()
+
+    def kick(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        while True:
+            left = self._last + self._timeout_s - time.monotonic()
+            if left <= 0:
+                self.fired = True
+                self._expire()
+                return
+            if self._stopped.wait(left):
+                return
 
 
 class Transport:
@@ -85,5 +114,15 @@ class Transport:
                 if not retry:
                     raise from_rpc_error(error, method=method, request_id=request_id) from None
             self._sleep(random.uniform(pause / 2, pause))
-            pause = min(pause * 2, _MAX_BACKOFF_S)
+            pause = min(pause * 2, MAX_BACKOFF_S)
         raise AssertionError("unreachable")
+
+    def open_stream(self, method: str, request: Message) -> Any:
+        """Start the server-streaming `method` (e.g. "WatchEvents"): no deadline (it runs until
+        cancelled) and no retry here (the caller resumes where it stopped, e.g. from a cursor). The
+        answer iterates over the messages and has `cancel()`; its errors are grpc.RpcError."""
+        return getattr(self.stub, method)(request, metadata=self._metadata)
+
+    def pause(self, seconds: float) -> None:
+        """The jittered pause before a retry (injectable sleep, as for `call`)."""
+        self._sleep(random.uniform(seconds / 2, seconds))

@@ -6,12 +6,15 @@ and the exit status says what happened (`EXIT_CODES`)."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,10 +28,11 @@ from rich.console import Console
 from rich.table import Table
 
 from catalog_service.v1 import catalog_service_pb2 as cpb
-from credit_client.clients import CatalogClient, GrantClient, short_name
+from credit_client.clients import CatalogClient, GrantClient, enum_value, short_name
 from credit_client.errors import ApiError
 from credit_client.settings import ClientSettings
 from grant_service.v1 import grant_service_pb2 as gpb
+from grant_service.v1 import webhooks_pb2 as wpb
 
 # Exit statuses scripts can rely on.
 EXIT_OK = 0
@@ -872,6 +876,407 @@ def handoffs_requeue(
         raise fail("give KIND and KEY, or --all")
     count = state().catalog.requeue_handoffs(kind, key or "", all_parked=all_parked, request_id=request_id)
     show_value({"requeued_count": count}, f"{count} parked handoff(s) requeued")
+
+
+# -------------------------------------------------------------------- events
+
+events = group("events", "Credit events of the grant service (role reader): list them, or watch them live.")
+
+
+def _event_details(e: gpb.CreditEvent) -> str:
+    """What happened, in a few words (the payload of its type)."""
+    which = e.WhichOneof("payload")
+    if which == "credits_granted":
+        p = e.credits_granted
+        expires = f", expires {when(p.expire_time)}" if p.HasField("expire_time") else ""
+        return f"{p.amount} granted (grant {p.grant_id}, {short_name(gpb.GrantSource.DESCRIPTOR, p.source)}{expires})"
+    if which == "credits_expired":
+        p = e.credits_expired
+        return f"{p.expired_amount} of {p.amount} expired (grant {p.grant_id})"
+    if which == "grant_voided":
+        p = e.grant_voided
+        return f"{p.voided_amount} voided (grant {p.grant_id}{', ' + p.reason if p.reason else ''})"
+    if which == "grant_depleted":
+        p = e.grant_depleted
+        return f"grant {p.grant_id} used up ({p.amount}, last by usage {p.usage_id or '-'})"
+    if which == "balance_alert":
+        p = e.balance_alert
+        level = _level_text(p.level)
+        previous = f" (was {p.previous_balance})" if p.previous_balance else ""
+        return f"balance {p.balance}{previous}, level {level} = {p.threshold} of {p.granted_amount} granted"
+    if which == "usage_rejected":
+        p = e.usage_rejected
+        return (
+            f"usage of {p.quantity} {p.feature_key} refused: needs {p.requested_credits}, "
+            f"{p.available_credits} available (request {p.request_id})"
+        )
+    if which == "subscription_changed":
+        p = e.subscription_changed
+        return f"subscription {p.subscription_id} revision {p.previous_revision} -> {p.revision}"
+    return "-"
+
+
+EVENT_COLUMNS = [
+    ("occurred (UTC)", lambda e: when(e.occurred_time)),
+    ("type", lambda e: short_name(gpb.CreditEventType.DESCRIPTOR, e.type)),
+    ("customer", lambda e: e.customer_key),
+    ("currency", lambda e: e.currency_key or "-"),
+    ("what", _event_details),
+    ("event", lambda e: e.event_id),
+]
+EventTypes = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--type",
+        help="only this type (repeat): credits-granted, credits-expired, grant-voided, grant-depleted, balance-low, "
+        "balance-depleted, balance-recovered, usage-rejected, subscription-changed, subscription-ended",
+    ),
+]
+
+
+def _event_type_numbers(types: list[str] | None) -> list[int]:
+    """The --type values as CreditEventType numbers; an unknown one is a usage error naming --type."""
+    try:
+        return [enum_value(gpb.CreditEventType.DESCRIPTOR, t, "--type") for t in types or ()]
+    except ValueError as error:
+        raise typer.BadParameter(str(error).removeprefix("--type "), param_hint="--type") from None
+
+
+@events.command("list")
+def events_list(
+    customer: Annotated[str, typer.Option(help="only this customer's")] = "",
+    currency: Annotated[str, typer.Option(help="only this currency's")] = "",
+    type: EventTypes = None,
+    since: Annotated[str | None, typer.Option(help="occurred at or after this instant, ISO 8601")] = None,
+    until: Annotated[str | None, typer.Option(help="occurred before this instant, ISO 8601")] = None,
+    limit: Annotated[int | None, typer.Option(help="at most this many events (every page until then)")] = None,
+    page_size: Annotated[
+        int | None, typer.Option(help="one page of this many (at most 1000) and its next page token")
+    ] = None,
+    page_token: Annotated[str, typer.Option(help="the page after the one that gave this token")] = "",
+) -> None:
+    """Credit events in log order, oldest first.
+
+    Every page (up to --limit) by default; with --page-size or --page-token one page, then the token
+    of the next (JSON: {"events": [...], "next_page_token": ...})."""
+    types = _event_type_numbers(type)
+    start, end = parse_time(since, "--since"), parse_time(until, "--until")
+    s = state()
+    if page_size is None and not page_token:
+        found = list(s.grant.list_events(customer, currency, types, start_time=start, end_time=end, limit=limit))
+        show(found, EVENT_COLUMNS)
+        if found and s.output is Output.table:
+            print(f"watch what follows: credit-grants events watch --cursor {found[-1].cursor}", file=sys.stderr)
+        return
+    page = s.grant.list_events_page(
+        customer, currency, types, start_time=start, end_time=end, page_size=page_size or 0, page_token=page_token
+    )
+    if s.output is Output.json:
+        print(json.dumps(as_dict(page), indent=2, sort_keys=True))
+        return
+    show(list(page.events), EVENT_COLUMNS)
+    if page.next_page_token:
+        print(f"next page: --page-token {page.next_page_token}", file=sys.stderr)
+    elif page.events:
+        print(f"last page; watch what follows: --cursor {page.events[-1].cursor}", file=sys.stderr)
+
+
+_EVENT_LINE_WIDTHS = (19, 20, 0, 0, 0, 0)  # time and type padded (the longest type is 20 long)
+
+
+def _event_line(e: gpb.CreditEvent) -> str:
+    """One event on one line, as `events watch` prints it: the columns of `events list`."""
+    cells = [
+        str(value(e)).ljust(width) for (_header, value), width in zip(EVENT_COLUMNS, _EVENT_LINE_WIDTHS, strict=True)
+    ]
+    return "  ".join(cells)
+
+
+@events.command("watch")
+def events_watch(
+    cursor: Annotated[str, typer.Option(help="continue after the event with this cursor (default: the start)")] = "",
+    customer: Annotated[str, typer.Option(help="only this customer's")] = "",
+    type: EventTypes = None,
+    limit: Annotated[int | None, typer.Option(help="stop after this many events (default: never)")] = None,
+    idle_timeout: Annotated[
+        float,
+        typer.Option(
+            help="seconds without an event or a heartbeat after which the stream is taken for dead and "
+            "reopened (default 60; 0: never); above the server's --events-heartbeat-interval (15 s)"
+        ),
+    ] = 60.0,
+) -> None:
+    """Follow the event log live, one event per line; Ctrl-C ends it.
+
+    Every event after --cursor (default: the start of the log), then each new one as it commits
+    (JSON: one object per line); heartbeats are not printed; Ctrl-C ends it with status 0. A broken
+    connection (UNAVAILABLE, or nothing for --idle-timeout) is reopened from the last event's cursor,
+    so no event is missed or repeated; CREDIT_GRANTS_GRANT_RETRIES failures in a row end it with
+    status 6. A reader that goes away (`| head -n 1`) ends it with status 0."""
+    types = _event_type_numbers(type)
+    s = state()
+    last = cursor
+    if limit is not None and limit <= 0:
+        return
+    if idle_timeout < 0:
+        raise typer.BadParameter("must be 0 (never) or more seconds", param_hint="--idle-timeout")
+    stream = s.grant.watch_events(cursor, customer, types, idle_timeout_s=idle_timeout or None)
+    seen = 0
+    try:
+        for event in stream:
+            last = event.cursor
+            if s.output is Output.json:
+                print(json.dumps(as_dict(event), sort_keys=True), flush=True)
+            else:
+                print(_event_line(event), flush=True)
+            seen += 1
+            if limit is not None and seen >= limit:
+                break
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # the reader went away (`... | head -n 1`): done, quietly
+        _stdout_to_devnull()
+    finally:
+        stream.close()
+    if last and s.output is Output.table:
+        print(f"resume with: credit-grants events watch --cursor {last}", file=sys.stderr)
+
+
+def _stdout_to_devnull() -> None:
+    """After a broken pipe: point stdout at /dev/null so that the exit's flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
+
+
+# ------------------------------------------------------------ balance alerts
+
+alerts = group("alerts", "Balance alert levels (grant service): set and clear need the role operator.")
+
+
+def _level_text(level: gpb.BalanceAlertLevel) -> str:
+    return f"{level.percent}%" if level.WhichOneof("level") == "percent" else level.amount
+
+
+ALERT_COLUMNS = [
+    ("customer", lambda a: a.customer_key or "(currency default)"),
+    ("currency", lambda a: a.currency_key),
+    ("levels", lambda a: ", ".join(_level_text(v) for v in a.levels) or "none"),
+    ("source", lambda a: short_name(gpb.BalanceAlertsSource.DESCRIPTOR, a.source)),
+]
+AlertCustomer = Annotated[str, typer.Option(help="this customer's levels (default: the currency's default levels)")]
+
+
+@alerts.command("set")
+def alerts_set(
+    currency: str,
+    levels: Annotated[
+        list[str] | None, typer.Argument(help="each an amount of credits (500) or a percentage of the grants (10%)")
+    ] = None,
+    customer: AlertCustomer = "",
+    none: Annotated[bool, typer.Option("--none", help="no levels at all (only BALANCE_DEPLETED is reported)")] = False,
+) -> None:
+    """Replace the alert levels of a customer, or the currency's default for every customer without
+    their own: e.g. `alerts set ai-credits 1000 10% --customer acme`. A balance falling below a
+    level is a BALANCE_LOW event; nothing fires until the balance next changes."""
+    if bool(levels) == none:
+        raise fail("give one or more LEVELS (e.g. 1000 or 10%), or --none")
+    show(state().grant.set_balance_alerts(currency, levels or [], customer), ALERT_COLUMNS)
+
+
+@alerts.command("show")
+def alerts_show(currency: str, customer: AlertCustomer = "") -> None:
+    """The levels in force for a customer (their own, else the currency's default), and their source."""
+    show(state().grant.get_balance_alerts(currency, customer), ALERT_COLUMNS)
+
+
+@alerts.command("clear")
+def alerts_clear(currency: str, customer: AlertCustomer = "") -> None:
+    """Remove a customer's own levels (the currency's default applies again), or the default's."""
+    show(state().grant.clear_balance_alerts(currency, customer), ALERT_COLUMNS)
+
+
+# ------------------------------------------------------------------ webhooks
+
+webhooks = group("webhooks", "Webhook endpoints receiving the credit events (role webhooks).")
+ENDPOINT_COLUMNS = [
+    ("id", lambda w: w.endpoint_id),
+    ("url", lambda w: w.url),
+    ("events", lambda w: ", ".join(_short_event_type(t) for t in w.event_types) or "all"),
+    (
+        "enabled",
+        lambda w: (
+            "yes"
+            if w.enabled
+            else f"no ({short_name(wpb.WebhookDisabledReason.DESCRIPTOR, w.disabled_reason).replace('_', ' ')})"
+        ),
+    ),
+    ("failing since (UTC)", lambda w: when(w.failing_since)),
+    ("description", lambda w: w.description or "-"),
+    ("created (UTC)", lambda w: when(w.create_time)),
+]
+ATTEMPT_COLUMNS = [
+    ("time (UTC)", lambda a: when(a.attempt_time)),
+    ("endpoint", lambda a: a.endpoint_id),
+    ("event", lambda a: a.event_id),
+    ("attempt", lambda a: a.attempt),
+    ("trigger", lambda a: short_name(wpb.WebhookDeliveryTrigger.DESCRIPTOR, a.trigger)),
+    ("result", lambda a: a.error or f"HTTP {a.http_status}"),
+    ("next attempt (UTC)", lambda a: when(a.next_attempt_time)),
+]
+WebhookEventTypes = Annotated[
+    list[str] | None,
+    typer.Option("--event-type", help="send only this type (repeat), e.g. credits-granted; none: every type"),
+]
+EndpointId = Annotated[str, typer.Argument(help="the endpoint's id (whe_...)")]
+
+
+def _short_event_type(name: str) -> str:
+    return name.removeprefix("CREDIT_EVENT_TYPE_").lower() if name.startswith("CREDIT_EVENT_TYPE_") else name
+
+
+def _with_secret(response: Any) -> None:
+    """An endpoint and its signing secret: printed once, as the server returned it."""
+    if state().output is Output.json:
+        print(json.dumps(as_dict(response), indent=2, sort_keys=True))
+        return
+    show(response.endpoint, ENDPOINT_COLUMNS)
+    state().console.print(
+        f"signing secret (shown this once: store it with the receiver): {response.signing_secret}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@webhooks.command("create")
+def webhooks_create(
+    url: Annotated[str, typer.Argument(help="where events are POSTed, https://...")],
+    event_type: WebhookEventTypes = None,
+    description: Annotated[str, typer.Option(help="for the people who manage it")] = "",
+    request_id: RequestId = "",
+) -> None:
+    """Create an enabled endpoint; its signing secret (whsec_...) is printed this once."""
+    _with_secret(state().grant.create_webhook_endpoint(url, event_type, description, request_id=request_id))
+
+
+@webhooks.command("list")
+def webhooks_list(limit: Annotated[int | None, typer.Option(help="at most this many")] = None) -> None:
+    """The endpoints, newest first (never their secrets)."""
+    show(list(state().grant.list_webhook_endpoints(limit=limit)), ENDPOINT_COLUMNS)
+
+
+@webhooks.command("show")
+def webhooks_show(endpoint_id: EndpointId) -> None:
+    show(state().grant.get_webhook_endpoint(endpoint_id), ENDPOINT_COLUMNS)
+
+
+@webhooks.command("update")
+def webhooks_update(
+    endpoint_id: EndpointId,
+    url: Annotated[str | None, typer.Option(help="the new URL")] = None,
+    event_type: Annotated[
+        list[str] | None, typer.Option("--event-type", help="replaces the types sent (repeat)")
+    ] = None,
+    all_events: Annotated[bool, typer.Option("--all-events", help="send every type")] = False,
+    description: Annotated[str | None, typer.Option(help="the new description")] = None,
+) -> None:
+    """Change an endpoint's URL, event types or description (enable and disable have their own commands)."""
+    if event_type and all_events:
+        raise fail("give --event-type or --all-events, not both")
+    types = [] if all_events else event_type
+    if url is None and types is None and description is None:
+        raise fail("nothing to update: give --url, --event-type, --all-events or --description")
+    endpoint = state().grant.update_webhook_endpoint(endpoint_id, url=url, event_types=types, description=description)
+    show(endpoint, ENDPOINT_COLUMNS)
+
+
+@webhooks.command("disable")
+def webhooks_disable(endpoint_id: EndpointId) -> None:
+    """Stop deliveries to it (events meanwhile are not queued for it)."""
+    show(state().grant.disable_webhook_endpoint(endpoint_id), ENDPOINT_COLUMNS)
+
+
+@webhooks.command("enable")
+def webhooks_enable(endpoint_id: EndpointId) -> None:
+    """Resume deliveries, also to an endpoint the service disabled for failing (then `replay` what it missed)."""
+    show(state().grant.enable_webhook_endpoint(endpoint_id), ENDPOINT_COLUMNS)
+
+
+@webhooks.command("delete")
+def webhooks_delete(endpoint_id: EndpointId) -> None:
+    """Delete it, with its pending deliveries and attempts."""
+    state().grant.delete_webhook_endpoint(endpoint_id)
+    show_value({"deleted": endpoint_id}, f"webhook endpoint {endpoint_id} deleted")
+
+
+def parse_duration(text: str | None, option: str) -> timedelta | None:
+    """Seconds ("90"), or with a unit: "90s", "30m", "24h", "2d"."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = Decimal(number) * units[unit]
+    except InvalidOperation:
+        raise typer.BadParameter(f"{text!r} is not a duration such as 3600, 30m, 24h or 0", param_hint=option) from None
+    if not seconds.is_finite() or seconds < 0:
+        raise typer.BadParameter(f"{text!r} must be a duration of 0 or more", param_hint=option)
+    return timedelta(seconds=int(seconds), microseconds=int((seconds % 1) * 1_000_000))
+
+
+@webhooks.command("rotate-secret")
+def webhooks_rotate_secret(
+    endpoint_id: EndpointId,
+    previous_secret_ttl: Annotated[
+        str | None,
+        typer.Option(help="how long the old secret also signs: 3600, 30m, 24h, 0 (default 24h, at most 7d)"),
+    ] = None,
+    request_id: RequestId = "",
+) -> None:
+    """A new signing secret, printed this once; the old one keeps signing too for --previous-secret-ttl."""
+    ttl = parse_duration(previous_secret_ttl, "--previous-secret-ttl")
+    _with_secret(state().grant.rotate_webhook_secret(endpoint_id, ttl, request_id=request_id))
+
+
+@webhooks.command("attempts")
+def webhooks_attempts(
+    endpoint: Annotated[str, typer.Option(help="attempts to this endpoint")] = "",
+    event: Annotated[str, typer.Option(help="attempts of this event (evt_...)")] = "",
+    limit: Annotated[int | None, typer.Option(help="at most this many")] = None,
+) -> None:
+    """Delivery attempts, newest first, to an endpoint and/or of an event (give at least one)."""
+    if not endpoint and not event:
+        raise fail("give --endpoint, --event or both")
+    show(list(state().grant.list_webhook_delivery_attempts(endpoint, event, limit=limit)), ATTEMPT_COLUMNS)
+
+
+@webhooks.command("resend")
+def webhooks_resend(
+    endpoint_id: EndpointId,
+    event_id: Annotated[str, typer.Argument(help="the event (evt_...)")],
+    request_id: RequestId = "",
+) -> None:
+    """Queue one event for one endpoint again (whatever types it subscribes to)."""
+    delivery = state().grant.resend_webhook_event(endpoint_id, event_id, request_id=request_id)
+    show_value({"delivery_id": delivery}, f"event {event_id} queued for {endpoint_id} (delivery {delivery})")
+
+
+@webhooks.command("replay")
+def webhooks_replay(
+    endpoint_id: EndpointId,
+    after: Annotated[str, typer.Option(help="the events after this cursor (default: from the first)")] = "",
+    max_events: Annotated[int, typer.Option(help="at most this many (default and maximum 1000)")] = 0,
+    request_id: RequestId = "",
+) -> None:
+    """Queue again, for one endpoint, the events after a cursor of the types it subscribes to."""
+    result = state().grant.replay_webhook_events(endpoint_id, after, max_events, request_id=request_id)
+    text = f"{result.queued} event(s) queued for {endpoint_id}"
+    if result.more:
+        text += f"; more: run again with --after {result.last_cursor}"
+    show_value({"queued": result.queued, "last_cursor": result.last_cursor, "more": result.more}, text)
 
 
 # --------------------------------------------------------------------- keys

@@ -14,21 +14,24 @@ credit_client.errors.ApiError subclasses."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from google.protobuf import json_format, timestamp_pb2
+import grpc
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 
 from catalog_service.v1 import catalog_service_pb2 as cpb
 from catalog_service.v1 import catalog_service_pb2_grpc as cpb_grpc
-from credit_client._transport import Transport, decimal_text
+from credit_client._transport import MAX_BACKOFF_S, IdleWatchdog, Transport, decimal_text
+from credit_client.errors import DeadlineExceeded, from_rpc_error
 from credit_client.settings import ClientSettings
 from grant_service.v1 import grant_service_pb2 as gpb
 from grant_service.v1 import grant_service_pb2_grpc as gpb_grpc
+from grant_service.v1 import webhooks_pb2 as wpb
 
 Amount = str | Decimal | int
 
@@ -65,6 +68,32 @@ def short_name(enum: EnumDescriptor, number: int) -> str:
     prefix = enum.values[0].name.removesuffix("UNSPECIFIED")
     found = enum.values_by_number.get(number)
     return found.name.removeprefix(prefix).lower() if found else str(number)
+
+
+def _event_types(types: Iterable[int | str] | None, field: str = "types") -> list[int]:
+    """CreditEventType numbers from names ("credits-granted", "CREDIT_EVENT_TYPE_BALANCE_LOW")."""
+    return [enum_value(gpb.CreditEventType.DESCRIPTOR, t, f"{field}[{i}]") for i, t in enumerate(types or ())]
+
+
+def event_type_name(value: int | str, field: str = "event_types") -> str:
+    """The full CreditEventType name a webhook endpoint stores ("CREDIT_EVENT_TYPE_CREDITS_GRANTED")
+    from a number or a short name; a name the client does not know goes as given (the server says)."""
+    try:
+        number = enum_value(gpb.CreditEventType.DESCRIPTOR, value, field)
+    except ValueError:
+        return str(value)
+    return gpb.CreditEventType.Name(number)
+
+
+def alert_level(level: str | gpb.BalanceAlertLevel) -> gpb.BalanceAlertLevel:
+    """A balance alert level from its text: "500" (an amount of credits) or "10%" (a percentage of
+    what the customer was granted for the period). The server checks the decimals."""
+    if isinstance(level, gpb.BalanceAlertLevel):
+        return level
+    text = str(level).strip()
+    if text.endswith("%"):
+        return gpb.BalanceAlertLevel(percent=text[:-1].strip())
+    return gpb.BalanceAlertLevel(amount=text)
 
 
 def _values(values: Mapping[str, Amount] | None, field: str) -> dict[str, str]:
@@ -442,3 +471,232 @@ class GrantClient(_Client):
 
     def delete_test_clock(self, test_clock_id: str, *, request_id: str = "") -> None:
         self.call("DeleteTestClock", gpb.DeleteTestClockRequest(test_clock_id=test_clock_id, request_id=request_id))
+
+    # credit events (role reader)
+    @staticmethod
+    def _events_request(
+        customer_key: str,
+        currency_key: str,
+        types: Iterable[int | str] | None,
+        start_time: datetime | None,
+        end_time: datetime | None,
+        page_size: int,
+        page_token: str = "",
+    ) -> gpb.ListEventsRequest:
+        return gpb.ListEventsRequest(
+            customer_key=customer_key,
+            currency_key=currency_key,
+            types=_event_types(types),
+            start_time=timestamp(start_time),
+            end_time=timestamp(end_time),
+            page_size=page_size,
+            page_token=page_token,
+        )
+
+    def list_events(
+        self,
+        customer_key: str = "",
+        currency_key: str = "",
+        types: Iterable[int | str] | None = None,
+        *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        page_size: int = 0,
+        limit: int | None = None,
+    ) -> Iterator[gpb.CreditEvent]:
+        """Credit events in log order (oldest first), every page; `types` by short name
+        ("credits-granted", "balance-low") or number; occurred in [start_time, end_time)."""
+        request = self._events_request(customer_key, currency_key, types, start_time, end_time, page_size)
+        return self._pages("ListEvents", request, "events", limit)
+
+    def list_events_page(
+        self,
+        customer_key: str = "",
+        currency_key: str = "",
+        types: Iterable[int | str] | None = None,
+        *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> gpb.ListEventsResponse:
+        """One page of ListEvents, with its `next_page_token` (empty on the last page)."""
+        request = self._events_request(customer_key, currency_key, types, start_time, end_time, page_size, page_token)
+        return self.call("ListEvents", request)
+
+    def watch_events(
+        self,
+        cursor: str = "",
+        customer_key: str = "",
+        types: Iterable[int | str] | None = None,
+        *,
+        heartbeats: bool = False,
+        retries: int | None = None,
+        idle_timeout_s: float | None = None,
+    ) -> Iterator[gpb.CreditEvent | gpb.Heartbeat]:
+        """Every credit event after `cursor` (empty: from the start of the log), then each new one
+        as it commits, for as long as the caller iterates (closing the iterator ends the stream).
+        With `heartbeats`, the server's heartbeats are yielded too (gpb.Heartbeat).
+
+        When the stream breaks with UNAVAILABLE (or the server ends it), it is opened again from
+        the cursor of the last event yielded, so no event is missed or repeated; `retries`
+        (default settings.retries) is how many reconnects in a row may fail before Unavailable is
+        raised, with the doubling pause of `call` between them (any message received starts the
+        count again). With `idle_timeout_s`, a stream on which nothing came for that long (no
+        event, no heartbeat: the server sends one every --events-heartbeat-interval, default 15 s)
+        is taken for dead and reopened the same way; after the last retry that is DeadlineExceeded.
+        Other errors are raised at once (e.g. InvalidArgument INVALID_CURSOR)."""
+        type_numbers = _event_types(types)
+        retries = self.settings.retries if retries is None else retries
+        failures, pause = 0, self.settings.retry_backoff_s
+        while True:
+            request = gpb.WatchEventsRequest(cursor=cursor, customer_key=customer_key, types=type_numbers)
+            stream = self._transport.open_stream("WatchEvents", request)
+            watchdog = IdleWatchdog(idle_timeout_s, stream.cancel) if idle_timeout_s else None
+            try:
+                for message in stream:
+                    if watchdog is not None:
+                        watchdog.kick()
+                    failures, pause = 0, self.settings.retry_backoff_s
+                    if message.HasField("event"):
+                        cursor = message.event.cursor
+                        yield message.event
+                    elif heartbeats:
+                        yield message.heartbeat
+            except grpc.RpcError as error:
+                stalled = watchdog is not None and watchdog.fired and error.code() == grpc.StatusCode.CANCELLED
+                if stalled and failures >= retries:
+                    raise DeadlineExceeded(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"WatchEvents: nothing (no event, no heartbeat) came for {idle_timeout_s:g} s",
+                        method="WatchEvents",
+                    ) from None
+                if not stalled and (error.code() != grpc.StatusCode.UNAVAILABLE or failures >= retries):
+                    raise from_rpc_error(error, method="WatchEvents") from None
+            finally:
+                if watchdog is not None:
+                    watchdog.stop()
+                stream.cancel()
+            failures += 1
+            self._transport.pause(pause)
+            pause = min(pause * 2, MAX_BACKOFF_S)
+
+    # balance alerts (set and clear: role operator; show: reader)
+    def set_balance_alerts(
+        self, currency_key: str, levels: Iterable[str | gpb.BalanceAlertLevel], customer_key: str = ""
+    ) -> gpb.BalanceAlerts:
+        """Replace the levels of a customer in a currency, or with no customer_key the currency's
+        default; each level "500" (an amount) or "10%" (of the period's grants). An empty list: no
+        levels (BALANCE_DEPLETED is still reported)."""
+        request = gpb.SetBalanceAlertsRequest(
+            customer_key=customer_key, currency_key=currency_key, levels=[alert_level(v) for v in levels]
+        )
+        return self.call("SetBalanceAlerts", request).alerts
+
+    def get_balance_alerts(self, currency_key: str, customer_key: str = "") -> gpb.BalanceAlerts:
+        """The levels in force (the customer's own, else the currency's default) and their source."""
+        request = gpb.GetBalanceAlertsRequest(customer_key=customer_key, currency_key=currency_key)
+        return self.call("GetBalanceAlerts", request).alerts
+
+    def clear_balance_alerts(self, currency_key: str, customer_key: str = "") -> gpb.BalanceAlerts:
+        """Remove a customer's levels (the currency's default applies again), or the default's."""
+        request = gpb.ClearBalanceAlertsRequest(customer_key=customer_key, currency_key=currency_key)
+        return self.call("ClearBalanceAlerts", request).alerts
+
+    # webhook endpoints (role webhooks)
+    def create_webhook_endpoint(
+        self,
+        url: str,
+        event_types: Iterable[int | str] | None = None,
+        description: str = "",
+        *,
+        request_id: str = "",
+    ) -> wpb.CreateWebhookEndpointResponse:
+        """The endpoint and its signing secret (`signing_secret`: returned here and by a rotation
+        only). `event_types` by short name ("credits-granted") or full name; none: every type."""
+        request = wpb.CreateWebhookEndpointRequest(
+            url=url,
+            event_types=[event_type_name(t, f"event_types[{i}]") for i, t in enumerate(event_types or ())],
+            description=description,
+            request_id=request_id,
+        )
+        return self.call("CreateWebhookEndpoint", request)
+
+    def get_webhook_endpoint(self, endpoint_id: str) -> wpb.WebhookEndpoint:
+        return self.call("GetWebhookEndpoint", wpb.GetWebhookEndpointRequest(endpoint_id=endpoint_id)).endpoint
+
+    def list_webhook_endpoints(self, *, limit: int | None = None) -> Iterator[wpb.WebhookEndpoint]:
+        """Newest first."""
+        return self._pages("ListWebhookEndpoints", wpb.ListWebhookEndpointsRequest(), "endpoints", limit)
+
+    def update_webhook_endpoint(
+        self,
+        endpoint_id: str,
+        *,
+        url: str | None = None,
+        event_types: Iterable[int | str] | None = None,
+        description: str | None = None,
+        enabled: bool | None = None,
+    ) -> wpb.WebhookEndpoint:
+        """Changes what is given (not None); `event_types` replaces the list (empty: every type)."""
+        endpoint = wpb.WebhookEndpoint(endpoint_id=endpoint_id)
+        mask = []
+        if url is not None:
+            endpoint.url = url
+            mask.append("url")
+        if event_types is not None:
+            endpoint.event_types.extend(event_type_name(t, f"event_types[{i}]") for i, t in enumerate(event_types))
+            mask.append("event_types")
+        if description is not None:
+            endpoint.description = description
+            mask.append("description")
+        if enabled is not None:
+            endpoint.enabled = enabled
+            mask.append("enabled")
+        request = wpb.UpdateWebhookEndpointRequest(endpoint=endpoint)
+        request.update_mask.paths.extend(mask)
+        return self.call("UpdateWebhookEndpoint", request).endpoint
+
+    def disable_webhook_endpoint(self, endpoint_id: str) -> wpb.WebhookEndpoint:
+        request = wpb.DisableWebhookEndpointRequest(endpoint_id=endpoint_id)
+        return self.call("DisableWebhookEndpoint", request).endpoint
+
+    def enable_webhook_endpoint(self, endpoint_id: str) -> wpb.WebhookEndpoint:
+        return self.call("EnableWebhookEndpoint", wpb.EnableWebhookEndpointRequest(endpoint_id=endpoint_id)).endpoint
+
+    def delete_webhook_endpoint(self, endpoint_id: str) -> None:
+        self.call("DeleteWebhookEndpoint", wpb.DeleteWebhookEndpointRequest(endpoint_id=endpoint_id))
+
+    def rotate_webhook_secret(
+        self, endpoint_id: str, previous_secret_ttl: timedelta | None = None, *, request_id: str = ""
+    ) -> wpb.RotateWebhookSecretResponse:
+        """A new signing secret (`signing_secret`, shown once); the old one also signs for
+        `previous_secret_ttl` (None: the server's 24 hours; zero: it stops at once)."""
+        request = wpb.RotateWebhookSecretRequest(endpoint_id=endpoint_id, request_id=request_id)
+        if previous_secret_ttl is not None:
+            ttl = duration_pb2.Duration()
+            ttl.FromTimedelta(previous_secret_ttl)
+            request.previous_secret_ttl.CopyFrom(ttl)
+        return self.call("RotateWebhookSecret", request)
+
+    def list_webhook_delivery_attempts(
+        self, endpoint_id: str = "", event_id: str = "", *, limit: int | None = None
+    ) -> Iterator[wpb.WebhookDeliveryAttempt]:
+        """Newest first; to one endpoint and/or of one event (at least one of them)."""
+        request = wpb.ListWebhookDeliveryAttemptsRequest(endpoint_id=endpoint_id, event_id=event_id)
+        return self._pages("ListWebhookDeliveryAttempts", request, "attempts", limit)
+
+    def resend_webhook_event(self, endpoint_id: str, event_id: str, *, request_id: str = "") -> str:
+        """Queue one event for one endpoint again; the delivery's id."""
+        request = wpb.ResendWebhookEventRequest(endpoint_id=endpoint_id, event_id=event_id, request_id=request_id)
+        return self.call("ResendWebhookEvent", request).delivery_id
+
+    def replay_webhook_events(
+        self, endpoint_id: str, after_cursor: str = "", max_events: int = 0, *, request_id: str = ""
+    ) -> wpb.ReplayWebhookEventsResponse:
+        """Queue the events after `after_cursor` (empty: from the first) for one endpoint again:
+        `queued`, `last_cursor`, `more` (call again from last_cursor while it is true)."""
+        request = wpb.ReplayWebhookEventsRequest(
+            endpoint_id=endpoint_id, after_cursor=after_cursor, max_events=max_events, request_id=request_id
+        )
+        return self.call("ReplayWebhookEvents", request)
