@@ -54,6 +54,7 @@ EXPECTED_ROLES: dict[str, dict[str, set[str]]] = {
         "GetBalanceAlerts": {"operator", "reader"},
         "ClearBalanceAlerts": {"operator"},
         "ReportUsage": {"usage"},
+        "ReportUsageBatch": {"usage"},
         "CheckUsage": {"usage"},
         "VoidGrant": {"operator"},
         "CreateGrant": {"operator"},
