@@ -29,10 +29,15 @@ class LoadResult:
     errors: Counter = field(default_factory=Counter)
     accepted: Counter = field(default_factory=Counter)  # usage: accepted units per customer
     retries: int = 0
+    units: int = 0  # what the ok calls carried: 1 each, a batch call its items
 
     @property
     def qps(self) -> float:
         return self.ok / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def units_per_s(self) -> float:
+        return self.units / self.elapsed_s if self.elapsed_s else 0.0
 
     def percentile(self, p: float) -> float:
         if not self.latencies_ms:
@@ -91,6 +96,7 @@ def run_load(
         result.errors.update(part["errors"])
         result.accepted.update(part["accepted"])
         result.retries += part["retries"]
+        result.units += part["units"]
         ends.append(part["end"])
     result.elapsed_s = max(ends) - start_at
     return result
@@ -122,7 +128,7 @@ def _worker(job: dict) -> dict:
     latencies = array("d")
     errors: Counter = Counter()
     accepted: Counter = Counter()
-    state = {"ok": 0, "retries": 0}
+    state = {"ok": 0, "retries": 0, "units": 0}
     if _barrier is not None:
         _barrier.wait(timeout=600)
     start_at = time.time() + START_SLACK_S
@@ -137,7 +143,7 @@ def _worker(job: dict) -> dict:
         mine = array("d")
         my_errors: Counter = Counter()
         my_accepted: Counter = Counter()
-        ok = retries = 0
+        ok = retries = units = 0
         while True:
             if deadline is not None and time.time() >= deadline:
                 break
@@ -152,12 +158,17 @@ def _worker(job: dict) -> dict:
             started = time.perf_counter()
             for _attempt in range(20):
                 try:
-                    call.send(request)
+                    reply = call.send(request)
                     mine.append((time.perf_counter() - started) * 1000)
                     ok += 1
-                    key = call.accepted_key(request)
-                    if key is not None:
-                        my_accepted[key] += 1
+                    if hasattr(call, "accepted_keys"):  # a batch call: its items' outcomes
+                        my_accepted.update(call.accepted_keys(request, reply, my_errors))
+                        units += len(call.items(request))
+                    else:
+                        key = call.accepted_key(request)
+                        if key is not None:
+                            my_accepted[key] += 1
+                        units += 1
                     break
                 except grpc.RpcError as error:
                     code = error.code().name
@@ -175,6 +186,7 @@ def _worker(job: dict) -> dict:
             accepted.update(my_accepted)
             state["ok"] += ok
             state["retries"] += retries
+            state["units"] += units
 
     delay = start_at - time.time()
     if delay > 0:
@@ -193,6 +205,7 @@ def _worker(job: dict) -> dict:
         "errors": dict(errors),
         "accepted": dict(accepted),
         "retries": state["retries"],
+        "units": state["units"],
         "start": start_at,
         "end": end,
     }
@@ -267,6 +280,52 @@ class _Usage:
         return request.customer_key
 
 
+class _UsageBatch:
+    """ReportUsageBatch of `batch` usages of 1 unit, each for a random customer (or the hot one), each
+    with its own request_id. An ambiguous failure of the call is retried with the same usages: those
+    that were accepted answer as replayed, and count once."""
+
+    retry_ambiguous = True
+
+    def __init__(self, channel: grpc.Channel, params: dict) -> None:
+        from grant_service.v1 import grant_service_pb2, grant_service_pb2_grpc
+
+        self._pb = grant_service_pb2
+        self._stub = grant_service_pb2_grpc.GrantServiceStub(channel)
+        self._prefix, self._n, self._feature = params["prefix"], params["customers"], params["feature"]
+        self._hot = params.get("hot")
+        self._tag, self._size = params["tag"], params["batch"]
+
+    def request(self, rng, item, request_id):
+        usages = [
+            self._pb.ReportUsageRequest(
+                request_id=f"{self._tag}-{request_id}-{i}",
+                customer_key=self._hot if self._hot else f"{self._prefix}{rng.randrange(self._n)}",
+                feature_key=self._feature,
+                quantity="1",
+            )
+            for i in range(self._size)
+        ]
+        return self._pb.ReportUsageBatchRequest(usages=usages)
+
+    def send(self, request):
+        return self._stub.ReportUsageBatch(request, timeout=RPC_TIMEOUT_S)
+
+    def items(self, request) -> list:
+        return list(request.usages)
+
+    def accepted_keys(self, request, reply, errors: Counter) -> list[str]:
+        """The customers of the usages accepted (or replayed: accepted by a first attempt whose answer
+        was lost); a rejected usage counts as an error by its reason."""
+        keys = []
+        for usage, result in zip(request.usages, reply.results, strict=True):
+            if result.outcome == self._pb.USAGE_OUTCOME_REJECTED:
+                errors[result.rejection.reason] += 1
+            else:
+                keys.append(usage.customer_key)
+        return keys
+
+
 class _Provision:
     retry_ambiguous = True
 
@@ -292,4 +351,10 @@ class _Provision:
         return request.customer_key
 
 
-_CALLERS = {"health": _Health, "balance": _Balance, "usage": _Usage, "provision": _Provision}
+_CALLERS = {
+    "health": _Health,
+    "balance": _Balance,
+    "usage": _Usage,
+    "usage-batch": _UsageBatch,
+    "provision": _Provision,
+}

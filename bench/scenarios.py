@@ -260,7 +260,11 @@ def reads_and_debits(backend: Backend, size: Size, log, *, reads: bool, debits: 
             one = run_load(server.address, "usage", params={**usage, "tag": "hot", "hot": hot}, **load)
             log(f"  ReportUsage, one hot customer: {_describe(one)}")
             rows += _latency_rows("usage debits", backend.name, "ReportUsage (1 hot customer)", one, noop, None)
-            accepted = many.accepted + one.accepted
+            batch_rows, batch_accepted = _batch_rows(
+                server.address, backend.name, size, load, usage, hot, many, one, log
+            )
+            rows += batch_rows
+            accepted = many.accepted + one.accepted + batch_accepted
             verdict = check_debits(engine, accepted)
             log(f"  exactness: {verdict}")
             rows.append(
@@ -279,6 +283,57 @@ def reads_and_debits(backend: Backend, size: Size, log, *, reads: bool, debits: 
         server.stop()
         engine.dispose()
     return rows
+
+
+USAGE_BATCH = 1000  # usages per ReportUsageBatch call (its maximum)
+BATCH_CALLERS = 4  # metering clients sending batches: few callers, much usage each
+BATCH_BAR = 10.0  # usages/s through ReportUsageBatch over ReportUsage's calls/s, same run
+
+
+def _batch_rows(
+    address: str,
+    backend: str,
+    size: Size,
+    load: dict,
+    usage: dict,
+    hot: str,
+    many: LoadResult,
+    one: LoadResult,
+    log,
+) -> tuple[list[Row], Counter]:
+    """ReportUsageBatch, USAGE_BATCH usages per call from BATCH_CALLERS callers, for random customers
+    then for the hot one: usages/s against ReportUsage's calls/s of the same run (the same customers,
+    1 unit each); and what they accepted, for the ledger check."""
+    rows: list[Row] = []
+    accepted: Counter = Counter()
+    batch_load = {**load, "callers": BATCH_CALLERS, "processes": min(BATCH_CALLERS, size.processes)}
+    for label, params, single in (
+        (f"{size.usage_customers:,} customers", {**usage, "tag": "bmany"}, many),
+        ("1 hot customer", {**usage, "tag": "bhot", "hot": hot}, one),
+    ):
+        result = run_load(address, "usage-batch", params={**params, "batch": USAGE_BATCH}, **batch_load)
+        accepted += result.accepted
+        ratio = result.units_per_s / single.qps if single.qps else None
+        log(
+            f"  ReportUsageBatch ({USAGE_BATCH} per call), {label}: {result.units_per_s:,.0f} usages/s "
+            f"= {ratio or 0:.1f}x ReportUsage; calls {_describe(result)}"
+        )
+        note = f"errors {dict(result.errors)}" if result.errors else ""
+        rate = Row(
+            "usage debits",
+            backend,
+            f"ReportUsageBatch ({label}) usages/s",
+            result.units_per_s,
+            "usages/s",
+            baseline=single.qps,
+            ratio=ratio,
+            note=note,
+        )
+        if single is many:
+            rate.bar, rate.verdict = f"ratio >= {BATCH_BAR:g}", _judge((ratio or 0) >= BATCH_BAR and not result.errors)
+        rows.append(rate)
+        rows.append(Row("usage debits", backend, f"ReportUsageBatch ({label}) call p99", result.percentile(99), "ms"))
+    return rows, accepted
 
 
 def check_debits(engine: Engine, accepted: Counter) -> str:

@@ -16,6 +16,9 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
 
 
+_heads: dict[str, tuple[int, str]] = {}  # prefix -> (millisecond, its ids' time digits), the last made
+
+
 def is_valid_key(key: str) -> bool:
     return bool(KEY_PATTERN.match(key))
 
@@ -29,9 +32,16 @@ def new_ids(prefix: str, n: int) -> list[str]:
     """n ids as `new_id` makes them: 26 Crockford base32 digits of (milliseconds << 80 | 80 random
     bits), i.e. 10 digits of the time then 16 of randomness. Made in one go for a batch: the catch-up
     makes two ids per grant, and one at a time was a visible share of a batch (docs/performance.md)."""
+    if n <= 0:
+        return []
     millis = time.time_ns() // 1_000_000
-    # 10 bytes of the time encode to 16 digits, of which the last 10 hold its 50 low bits.
-    head = f"{prefix}_{base64.b32encode(millis.to_bytes(10, 'big')).translate(_TO_CROCKFORD)[-10:].decode()}"
+    last = _heads.get(prefix)
+    if last is not None and last[0] == millis:  # a debit makes several ids a millisecond: encoded once
+        head = last[1]
+    else:
+        # 10 bytes of the time encode to 16 digits, of which the last 10 hold its 50 low bits.
+        head = f"{prefix}_{base64.b32encode(millis.to_bytes(10, 'big')).translate(_TO_CROCKFORD)[-10:].decode()}"
+        _heads[prefix] = (millis, head)
     # 10 random bytes are exactly 16 digits: the randomness of all n ids encoded at once.
     tails = base64.b32encode(os.urandom(10 * n)).translate(_TO_CROCKFORD).decode()
     return [head + tails[i : i + 16] for i in range(0, 16 * n, 16)]

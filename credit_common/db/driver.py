@@ -133,7 +133,7 @@ def rows_of(connection: Connection, *queries: tuple[DriverStatement, Mapping[str
     try:
         with _as_sqlalchemy_errors(connection, first_sql, first_args, cursors[0]):
             with together:
-                for sql, args in writes:
+                for sql, args in _coalesced(writes):
                     if len(args) == 1:
                         cursors[-1].execute(sql, args[0])
                     else:
@@ -148,6 +148,18 @@ def rows_of(connection: Connection, *queries: tuple[DriverStatement, Mapping[str
 
 
 _DEFERRED = "credit_grants.deferred_writes"
+
+
+def _coalesced(writes: list[tuple[str, list]]) -> list[tuple[str, list]]:
+    """The deferred writes, consecutive runs of one statement as one (its rows in order): a batch's
+    debits of one shape are one `executemany`, in the same order as one by one."""
+    merged: list[tuple[str, list]] = []
+    for sql, args in writes:
+        if merged and merged[-1][0] == sql:
+            merged[-1][1].extend(args)
+        else:
+            merged.append((sql, list(args)))
+    return merged
 
 
 @contextmanager

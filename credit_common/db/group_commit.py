@@ -23,7 +23,7 @@ the group gets that error, as each would have alone.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -81,6 +81,18 @@ class GroupCommit:
         """Run `work` in a group's transaction; its result (or error) once that group is committed.
         `subject` is what `within` is told of the unit."""
         return self._batcher.submit(_Unit(work, key, subject, calls.current()))
+
+    def run_together(self, units: Sequence[tuple[Callable[[Session], Any], str, Any]]) -> list[Slot]:
+        """Run `units` (each (work, key, subject), as `run` takes them) as one group of their own, now,
+        in the calling thread: in key order (stably: a key's units in the order given), in one
+        transaction, with the group's rules (a DomainError is a unit's own answer; any other failure
+        runs each unit alone). One slot per unit, in the order given: its `outcome()` is the unit's
+        result, or raises its error. For a caller that has many units at once (a batch call), so
+        that they share a transaction however large it is (`run`'s groups are at most `max_units`)."""
+        slots: list[Slot] = [Slot(_Unit(work, key, subject, calls.current())) for work, key, subject in units]
+        if slots:
+            self._run_group(lambda: slots)
+        return slots
 
     def _run_group(self, take: Batch) -> None:
         broken = False

@@ -5,10 +5,12 @@ select() per call costs its cache key each time) and run on the session's connec
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -82,10 +84,11 @@ def debit_head(session: Session, customer_key: str, scope: str, request_id: str)
     """Lock the customer (FOR UPDATE on PostgreSQL; SQLite's write transaction holds the database) and
     read its DebitHead; None if there is no such customer. Its open grants are read (and locked) by a
     second statement, run once the first holds the lock: one round trip for both on PostgreSQL."""
-    prefetched = session.info.get(_PREFETCHED)
-    if prefetched and (entry := prefetched.pop(customer_key, None)) is not None:
-        head, seen, grants = entry
-        return _head(head, seen.get(request_id), grants)
+    group: _Group | None = session.info.get(_PREFETCHED)
+    if group is not None and group.scope == scope and request_id in group.request_ids:
+        entry = group.heads.get(customer_key)
+        if entry is not None:
+            return _head(entry[0], group.seen.get(request_id), entry[1])
     for_update = is_postgres(session)
     heads, grants = rows_of(
         session.connection(),
@@ -95,7 +98,10 @@ def debit_head(session: Session, customer_key: str, scope: str, request_id: str)
     if not heads:
         return None
     *head, fingerprint, resource_id = heads[0]
-    return _head(head, None if fingerprint is None else SeenRequest(fingerprint, resource_id), _debitable(grants))
+    debitable = _debitable(grants)
+    if group is not None:
+        group.heads[customer_key] = (head, debitable)
+    return _head(head, None if fingerprint is None else SeenRequest(fingerprint, resource_id), debitable)
 
 
 def _head(columns: Sequence[Any], seen: SeenRequest[str] | None, grants: list[DebitableGrant]) -> DebitHead:
@@ -140,7 +146,11 @@ def _debitable(rows: Sequence[Any]) -> list[DebitableGrant]:
 def open_grants(session: Session, customer_key: str) -> list[DebitableGrant]:
     """The customer's open grants, of every currency, locked in id order, with their running totals:
     those of them active at the customer's "now" are what a debit burns."""
-    return _debitable(_OPEN_GRANTS[is_postgres(session)].rows(session.connection(), {"customer_key": customer_key}))
+    grants = _debitable(_OPEN_GRANTS[is_postgres(session)].rows(session.connection(), {"customer_key": customer_key}))
+    group: _Group | None = session.info.get(_PREFETCHED)
+    if group is not None and customer_key in group.heads:  # grants issued since its head was read
+        group.heads[customer_key] = (group.heads[customer_key][0], grants)
+    return grants
 
 
 # A group of debits (credit_common.db.group_commit) on PostgreSQL: their customers locked in key order
@@ -176,6 +186,30 @@ _GROUP_REQUESTS = DriverStatement(
 )
 _PREFETCHED = "credit_grants.debit_heads"
 
+# The same on SQLite, for a group of several debits (a batch call's): no round trips to save, but
+# one statement per group instead of two per debit.
+_KEYS_IN = bindparam("keys", expanding=True)
+_GROUP_HEADS_SQLITE = select(CUSTOMERS.c.customer_key, *_head_columns()).where(CUSTOMERS.c.customer_key.in_(_KEYS_IN))
+_GROUP_GRANTS_SQLITE = _open_grants_statement(False, GRANTS.c.customer_key.in_(_KEYS_IN))
+_GROUP_REQUESTS_SQLITE = select(REQUEST_IDS.c.request_id, REQUEST_IDS.c.fingerprint, REQUEST_IDS.c.resource_id).where(
+    REQUEST_IDS.c.scope == bindparam("scope"), REQUEST_IDS.c.request_id.in_(bindparam("request_ids", expanding=True))
+)
+
+
+@dataclass
+class _Group:
+    """What a group's transaction knows of its debits' customers (the customers locked, the database's
+    write lock held on SQLite), kept current by the group's own writes: each customer's DebitHead
+    columns and open grants (`debit_head` answers from them: a customer's later debits in the group
+    read nothing; `record_debit` sets the grants' new running totals, `open_grants` the grants issued
+    meanwhile), and the records of the group's request ids (`seen`: those found, and those the group
+    recorded)."""
+
+    scope: str
+    request_ids: set[str]
+    heads: dict[str, tuple[Sequence[Any], list[DebitableGrant]]]
+    seen: dict[str, SeenRequest[str]] = field(default_factory=dict)
+
 
 @contextmanager
 def debit_group(session: Session, debits: Sequence[tuple[str, str, str]]) -> Iterator[None]:
@@ -185,30 +219,46 @@ def debit_group(session: Session, debits: Sequence[tuple[str, str, str]]) -> Ite
     later one, after that debit's writes, reads again); and their writes sent together at the end
     (credit_common.db.driver.deferred_writes). Elsewhere nothing: SQLite's statements cost no round
     trip, and its write transaction already holds the database."""
-    if not is_postgres(session) or not debits:
+    if not debits or (not is_postgres(session) and len(debits) < 2):
         yield
         return
     _prefetch_debit_heads(session, debits)
-    with deferred_writes(session.connection()):
-        yield
+    try:
+        with deferred_writes(session.connection()):
+            yield
+    finally:
+        session.info.pop(_PREFETCHED, None)
 
 
 def _prefetch_debit_heads(session: Session, debits: Sequence[tuple[str, str, str]]) -> None:
     scopes = {scope for _, scope, _ in debits}
     if len(scopes) != 1:
         raise ValueError("one scope per group")
+    scope = scopes.pop()
     customers = sorted({customer for customer, _, _ in debits})
-    heads, grants, requests = rows_of(
-        session.connection(),
-        (_GROUP_HEADS, {"keys": customers}),
-        (_GROUP_GRANTS, {"keys": customers}),
-        (_GROUP_REQUESTS, {"scope": scopes.pop(), "request_ids": sorted({r for _, _, r in debits if r})}),
-    )
+    request_ids = sorted({r for _, _, r in debits if r})
+    if is_postgres(session):
+        heads, grants, requests = rows_of(
+            session.connection(),
+            (_GROUP_HEADS, {"keys": customers}),
+            (_GROUP_GRANTS, {"keys": customers}),
+            (_GROUP_REQUESTS, {"scope": scope, "request_ids": request_ids}),
+        )
+    else:
+        connection = session.connection()
+        heads = connection.execute(_GROUP_HEADS_SQLITE, {"keys": customers}).all()
+        grants = connection.execute(_GROUP_GRANTS_SQLITE, {"keys": customers}).all()
+        requests = connection.execute(_GROUP_REQUESTS_SQLITE, {"scope": scope, "request_ids": request_ids}).all()
     by_customer: dict[str, list[Any]] = defaultdict(list)
     for row in grants:
         by_customer[row.customer_key].append(row)
-    seen = {request_id: SeenRequest(fingerprint, resource_id) for request_id, fingerprint, resource_id in requests}
-    session.info[_PREFETCHED] = {customer: (head, seen, _debitable(by_customer[customer])) for customer, *head in heads}
+    group = _Group(
+        scope,
+        set(request_ids),
+        {customer: (head, _debitable(by_customer[customer])) for customer, *head in heads},
+        {request_id: SeenRequest(fingerprint, resource_id) for request_id, fingerprint, resource_id in requests},
+    )
+    session.info[_PREFETCHED] = group
 
 
 # Run on the driver (see credit_common.db.driver): each row gives every column.
@@ -235,6 +285,7 @@ def record_debit(
     twin won), the grants' new running totals (grant id, used), its DEBIT entries, the record of its
     request id (if any) and its events (rows of `events`). On PostgreSQL all of it is one statement
     (data-modifying CTEs)."""
+    _written(session, usage["customer_key"], used, request)
     conn = session.connection()
     tally_ledger(session, entries)
     if is_postgres(session):
@@ -255,6 +306,27 @@ def record_debit(
     if request is not None:
         insert_request_id(conn, request)
     _INSERT_EVENTS.execute(conn, list(events))
+
+
+def _written(
+    session: Session, customer_key: str, used: Sequence[tuple[str, Decimal]], request: dict[str, Any] | None
+) -> None:
+    """Keep the group's knowledge (`_Group`) current with a debit's writes."""
+    group: _Group | None = session.info.get(_PREFETCHED)
+    if group is None:
+        return
+    if request is not None:
+        group.seen[request["request_id"]] = SeenRequest(request["fingerprint"], request["resource_id"])
+    entry = group.heads.get(customer_key)
+    if entry is not None:
+        totals = dict(used)
+        grants = [
+            grant
+            if grant.grant_id not in totals
+            else dataclasses.replace(grant, view=dataclasses.replace(grant.view, used=totals[grant.grant_id]))
+            for grant in entry[1]
+        ]
+        group.heads[customer_key] = (entry[0], grants)
 
 
 @functools.cache

@@ -5,8 +5,9 @@ chosen with it: debits committed in groups, GetBalance's batched reads."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -131,6 +132,17 @@ class SqlUnitsOfWork:
             lambda session: work(self._unit(session)), key=customer_key, subject=(customer_key, scope, request_id)
         )
 
+    def debit_together(
+        self, debits: Sequence[tuple[Callable[[SqlGrantUnitOfWork], T], str, str, str]]
+    ) -> list[T | Exception]:
+        slots = self.debits.run_together(
+            [
+                (partial(_in_unit, self._unit, work), customer_key, (customer_key, scope, request_id))
+                for work, customer_key, scope, request_id in debits
+            ]
+        )
+        return [slot.result if slot.error is None else slot.error for slot in slots]
+
     def listen_for_events(self, engine: Engine) -> Callable[[], None]:
         """On PostgreSQL, wake this process's streams on every process's commits of events (the
         function returned stops it); elsewhere nothing (SQLite: one process per database file)."""
@@ -163,3 +175,9 @@ class SqlUnitsOfWork:
                     slot.succeed((now, rows.get(slot.item[0], [])))
 
         self.factories.single_statement.run(read)
+
+
+def _in_unit(
+    unit: Callable[[Session], SqlGrantUnitOfWork], work: Callable[[SqlGrantUnitOfWork], T], session: Session
+) -> T:
+    return work(unit(session))

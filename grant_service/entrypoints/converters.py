@@ -39,11 +39,13 @@ from grant_service.service_layer.subscriptions import (
     ScheduleSpec,
     SubscriptionSpec,
 )
-from grant_service.service_layer.usage import UsageCheck
+from grant_service.service_layer.usage import BATCH_MAX as USAGE_BATCH_MAX
+from grant_service.service_layer.usage import UsageCheck, UsageRequest, UsageResult
 from grant_service.v1 import grant_service_pb2 as pb
 
 APPLY_BATCH_MAX = 500  # items of one ApplySubscriptions call
 check_items_in_handler(pb.ApplySubscriptionsRequest.DESCRIPTOR.fields_by_name["requests"].full_name)
+check_items_in_handler(pb.ReportUsageBatchRequest.DESCRIPTOR.fields_by_name["usages"].full_name)
 
 CADENCES = {pb.CADENCE_MONTHLY: Cadence.MONTHLY, pb.CADENCE_YEARLY: Cadence.YEARLY}
 CADENCES_PB = {v: k for k, v in CADENCES.items()}
@@ -113,6 +115,28 @@ def time_of(message, field: str) -> datetime | None:
 
 
 # ---------------------------------------------------------------------- requests
+
+
+def check_usage_batch(request: pb.ReportUsageBatchRequest) -> None:
+    fields = Fields()
+    if not request.usages:
+        fields.violations.add("usages", "must have at least one item")
+    elif len(request.usages) > USAGE_BATCH_MAX:
+        fields.violations.add("usages", f"must have at most {USAGE_BATCH_MAX} items")
+    fields.done()
+
+
+def usage_request(request: pb.ReportUsageRequest) -> UsageRequest:
+    """One usage of a ReportUsageBatch, its fields checked as ReportUsage checks them."""
+    quantity = usage_quantity(request)
+    return UsageRequest(request.request_id, request.customer_key, request.feature_key, quantity, request.currency_key)
+
+
+def usage_result_pb(result: UsageResult | DomainError) -> pb.ReportUsageResult:
+    if isinstance(result, DomainError):
+        return pb.ReportUsageResult(outcome=pb.USAGE_OUTCOME_REJECTED, rejection=rejected_pb(result).rejection)
+    outcome = pb.USAGE_OUTCOME_REPLAYED if result.replayed else pb.USAGE_OUTCOME_ACCEPTED
+    return pb.ReportUsageResult(outcome=outcome, usage=usage_pb(result.usage, result.debits))
 
 
 def check_apply_batch(request: pb.ApplySubscriptionsRequest) -> None:

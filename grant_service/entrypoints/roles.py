@@ -27,6 +27,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "ClearBalanceAlerts": (OPERATOR,),
     # metering
     "ReportUsage": (USAGE,),
+    "ReportUsageBatch": (USAGE,),
     "CheckUsage": (USAGE,),
     # operator actions: mint or void credits
     "VoidGrant": (OPERATOR,),

@@ -148,6 +148,23 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
         )
         return pb.ReportUsageResponse(usage=conv.usage_pb(result.usage, result.debits))
 
+    def ReportUsageBatch(self, request: pb.ReportUsageBatchRequest, context) -> pb.ReportUsageBatchResponse:
+        conv.check_usage_batch(request)
+        # Each usage is validated alone: an invalid one is rejected, the others are reported.
+        results: list[pb.ReportUsageResult | None] = []
+        requests: list[usage.UsageRequest] = []
+        for item in request.usages:
+            try:
+                check_request(item)  # what the interceptor checks of a ReportUsageRequest
+                requests.append(conv.usage_request(item))
+                results.append(None)
+            except DomainError as error:
+                results.append(conv.usage_result_pb(error))
+        reported = iter(usage.report_usages(self._ctx, requests) if requests else [])
+        return pb.ReportUsageBatchResponse(
+            results=[result if result is not None else conv.usage_result_pb(next(reported)) for result in results]
+        )
+
     def CheckUsage(self, request: pb.CheckUsageRequest, context) -> pb.CheckUsageResponse:
         quantity = conv.usage_quantity(request)
         check = usage.check_usage(self._ctx, request.customer_key, request.feature_key, quantity, request.currency_key)

@@ -4,7 +4,7 @@ grant_service/adapters/unit_of_work.py, chosen at wiring."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar
 
@@ -66,6 +66,15 @@ class UnitsOfWork(Protocol):
         which may be shared with the debits other threads submit at the same time, committed
         together (credit_common.db.group_commit). A DomainError raised by `work` before it writes
         is its own answer and does not affect the others; any other failure runs it again alone."""
+        ...
+
+    def debit_together(
+        self, debits: Sequence[tuple[Callable[[GrantUnitOfWork], T], str, str, str]]
+    ) -> list[T | Exception]:
+        """Run several debits, each (work, customer_key, scope, request_id) as `debit` takes them, in
+        one write transaction of their own (a batch call's), by the rules of `debit`: a customer's
+        debits in the order given, a DomainError its debit's own answer, any other failure running
+        each debit alone. Each debit's result, or its error, in the order given."""
         ...
 
     def event_generation(self) -> int:

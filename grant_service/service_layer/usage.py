@@ -49,10 +49,25 @@ from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 SCOPE = "ReportUsage"
 
 
+BATCH_MAX = 1000  # usages of one ReportUsageBatch call
+
+
 @dataclass(frozen=True)
 class UsageResult:
     usage: Usage
     debits: list[tuple[str, Decimal]]
+    replayed: bool = False  # the first result of this request id, recorded before
+
+
+@dataclass(frozen=True)
+class UsageRequest:
+    """One usage of a batch (ReportUsageBatch): ReportUsage's arguments."""
+
+    request_id: str
+    customer_key: str
+    feature_key: str
+    quantity: Decimal
+    currency_key: str
 
 
 @dataclass(frozen=True)
@@ -140,14 +155,7 @@ def report_usage(
     and burn its grants, record. If something of the customer is due at its "now", the transaction
     is left untouched, the customer caught up (committed by itself, as before a read) and the debit
     run again; a period that starts in between is then issued in the debit's own transaction."""
-    debit = _Debit(
-        request_id,
-        fingerprint(customer_key, feature_key, str(quantity), currency_key),
-        customer_key,
-        feature_key,
-        quantity,
-        currency_key,
-    )
+    debit = _debit_of(UsageRequest(request_id, customer_key, feature_key, quantity, currency_key))
     caught_up = False
     while True:
         outcome = ctx.uows.debit(partial(_debit, ctx, debit, caught_up=caught_up), customer_key, SCOPE, request_id)
@@ -165,6 +173,64 @@ def report_usage(
         caught_up = True
 
 
+def _debit_of(request: UsageRequest) -> _Debit:
+    customer_key, feature_key, quantity, currency_key = (
+        request.customer_key,
+        request.feature_key,
+        request.quantity,
+        request.currency_key,
+    )
+    print_ = fingerprint(customer_key, feature_key, str(quantity), currency_key)
+    return _Debit(request.request_id, print_, customer_key, feature_key, quantity, currency_key)
+
+
+def report_usages(ctx: GrantContext, requests: list[UsageRequest]) -> list[UsageResult | DomainError]:
+    """ReportUsageBatch: each usage as ReportUsage would debit it, all of them in one write transaction
+    (the debit group's, `UnitsOfWork.debit_together`), a customer's usages in the order given. Each
+    usage's answer: its UsageResult (accepted, or `replayed`), or the DomainError ReportUsage would
+    have raised for it alone (its USAGE_REJECTED event written as ReportUsage writes it).
+
+    A customer with something due at its "now" (a period to issue, a grant to expire) is caught up
+    between two rounds, as `report_usage` does: its usages from the first that found it due (each
+    later one of it finds it due too, unless it is a replay) run again in the second round, in order,
+    where a period starting in between is issued in the debit's own transaction."""
+    debits = [_debit_of(request) for request in requests]
+    results: list[UsageResult | DomainError | None] = [None] * len(debits)
+    waiting = list(range(len(debits)))
+    caught_up: set[str] = set()
+    while waiting:
+        outcomes = ctx.uows.debit_together(
+            [
+                (
+                    partial(_debit, ctx, debits[i], caught_up=debits[i].customer_key in caught_up),
+                    debits[i].customer_key,
+                    SCOPE,
+                    debits[i].request_id,
+                )
+                for i in waiting
+            ]
+        )
+        again: list[int] = []
+        due: dict[str, _CatchUpFirst] = {}
+        for i, outcome in zip(waiting, outcomes, strict=True):
+            if isinstance(outcome, _CatchUpFirst):
+                again.append(i)
+                due.setdefault(debits[i].customer_key, outcome)
+            elif isinstance(outcome, _Refused):
+                results[i] = outcome.error
+            elif isinstance(outcome, UsageResult | DomainError):
+                results[i] = outcome
+            else:  # not the caller's doing (the database): the whole call fails, as ReportUsage would
+                raise outcome
+        for customer_key, first in due.items():
+            catch_up(
+                ctx.uows, clock_key=first.clock_key, now=first.now, customer_key=customer_key, batch_size=ctx.batch_size
+            )
+            caught_up.add(customer_key)
+        waiting = again
+    return [result for result in results if result is not None]
+
+
 def _debit(
     ctx: GrantContext, debit: _Debit, uow: GrantUnitOfWork, *, caught_up: bool
 ) -> UsageResult | _CatchUpFirst | _Refused:
@@ -176,7 +242,7 @@ def _debit(
         raise test_clock_not_found(head.clock_key)
     seen = replayed_record(head.seen, SCOPE, request_id, print_)
     if seen is not None:
-        return load_usage(uow, seen)
+        return load_usage(uow, seen, replayed=True)
     # The customer's "now", taken once its lock is held: its debits are in time order.
     now = ctx.clock.now() if head.clock_key == REAL_TIME else head.frozen_time
     grants = head.open_grants
@@ -198,7 +264,7 @@ def _debit(
         # usage's insert would have failed on the request_id, and the write's retry replays the twin.)
         seen = idempotency.replay(uow.request_ids, SCOPE, request_id, print_)
         if seen is not None:
-            return load_usage(uow, seen)
+            return load_usage(uow, seen, replayed=True)
         if error.reason != "INSUFFICIENT_CREDITS":
             raise
         uow.events.add(
@@ -320,12 +386,12 @@ def _record(
     )
 
 
-def load_usage(uow: GrantUnitOfWork, usage_id: str) -> UsageResult:
+def load_usage(uow: GrantUnitOfWork, usage_id: str, *, replayed: bool = False) -> UsageResult:
     recorded = uow.debits.recorded(usage_id)
     if recorded is None:  # its test clock was deleted since
         raise NotFound(f"usage {usage_id!r} not found", reason="USAGE_NOT_FOUND", metadata={"usage_id": usage_id})
     usage, debits = recorded
-    return UsageResult(usage, debits)
+    return UsageResult(usage, debits, replayed)
 
 
 def check_usage(

@@ -54,6 +54,7 @@ EXPECTED_ROLES: dict[str, dict[str, set[str]]] = {
         "GetBalanceAlerts": {"operator", "reader"},
         "ClearBalanceAlerts": {"operator"},
         "ReportUsage": {"usage"},
+        "ReportUsageBatch": {"usage"},
         "CheckUsage": {"usage"},
         "VoidGrant": {"operator"},
         "CreateGrant": {"operator"},
@@ -327,7 +328,10 @@ def malformed_body(method: MethodDescriptor) -> bytes:
 
 
 UNDECODABLE = b"\x0f\xff\xff"  # field 1 with wire type 7: no message parses it
-BATCHES = {"ApplySubscriptions"}  # a batch judges its items one by one: a bad item fails alone, in the answer
+BATCHES = {
+    "ApplySubscriptions",
+    "ReportUsageBatch",
+}  # a batch judges its items one by one: a bad item fails alone, in the answer
 
 
 @pytest.mark.parametrize("service_name", ["grant", "catalog"])

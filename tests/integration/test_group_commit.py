@@ -156,3 +156,37 @@ def test_units_queued_while_the_leader_waits_for_the_write_lock_join_its_group(t
     assert _keys(engine) == [f"k{i}" for i in range(5)]
     assert len(commits) == 1  # the five in one transaction
     engine.dispose()
+
+
+def test_run_together_runs_its_units_in_one_transaction_in_key_order_each_with_its_own_answer(engine):
+    committer, commits = _committer(engine)
+    order: list[str] = []
+
+    def unit(key: str, name: str, fail: bool = False) -> tuple[Callable[[Session], object], str, None]:
+        def work(session: Session) -> str:
+            order.append(name)
+            if fail:
+                raise NotFound(f"{name} not found", reason="THING_NOT_FOUND")
+            session.execute(insert(_ROWS).values(key=name))
+            return name
+
+        return work, key, None
+
+    units = [unit("b", "b1"), unit("a", "a1"), unit("b", "b2", fail=True), unit("a", "a2"), unit("b", "b3")]
+    slots = committer.run_together(units)
+    assert order == ["a1", "a2", "b1", "b2", "b3"]  # by key, a key's units in the order given
+    assert [slot.error is None for slot in slots] == [True, True, False, True, True]
+    assert [slot.outcome() for i, slot in enumerate(slots) if i != 2] == ["b1", "a1", "a2", "b3"]
+    with pytest.raises(NotFound):
+        slots[2].outcome()
+    assert _keys(engine) == ["a1", "a2", "b1", "b3"] and commits == ["commit"]
+
+
+def test_run_together_runs_each_unit_alone_once_one_breaks_the_transaction(engine):
+    committer, commits = _committer(engine)
+    units = [(_insert("x"), "k", None), (_insert("x"), "k", None), (_insert("y"), "k", None)]
+    slots = committer.run_together(units)
+    assert slots[0].outcome() == "x" and slots[2].outcome() == "y"
+    with pytest.raises(IntegrityError):
+        slots[1].outcome()
+    assert _keys(engine) == ["x", "y"] and len(commits) == 2  # x alone, y alone

@@ -204,6 +204,26 @@ def test_a_bad_item_of_a_batch_is_rejected_alone(services: Services):
     assert third.outcome == gpb.APPLY_OUTCOME_APPLIED
 
 
+def test_a_bad_usage_of_a_usage_batch_is_rejected_alone(services: Services):
+    """ReportUsageBatch too: the generic check (a NUL) and the field checks reject the bad usage, not the call."""
+    usage = {"customer_key": "nobody-here", "feature_key": "f", "quantity": "1"}
+    reply = services.grant.ReportUsageBatch(
+        gpb.ReportUsageBatchRequest(
+            usages=[
+                gpb.ReportUsageRequest(request_id="batch\x00usage", **usage),
+                gpb.ReportUsageRequest(request_id="batch-usage-2", **{**usage, "quantity": "1e999999"}),
+                gpb.ReportUsageRequest(request_id="batch-usage-3", **usage),
+            ]
+        ),
+        timeout=30,
+    )
+    first, second, third = reply.results
+    assert first.outcome == gpb.USAGE_OUTCOME_REJECTED and first.rejection.code == "INVALID_ARGUMENT"
+    assert [v.field for v in first.rejection.field_violations] == ["request_id"]
+    assert [v.field for v in second.rejection.field_violations] == ["quantity"]
+    assert (third.rejection.code, third.rejection.reason) == ("NOT_FOUND", "CUSTOMER_NOT_FOUND")
+
+
 def test_a_subscription_whose_first_period_ends_after_year_9999_is_refused_by_the_catalog(services: Services):
     """As the grant service refuses it (S5): else the catalog accepts what its handoff can never deliver."""
     c = services.catalog
