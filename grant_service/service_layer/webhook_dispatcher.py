@@ -35,7 +35,7 @@ from typing import Protocol
 from credit_common.backoff import SVIX_SCHEDULE, RandomSource, RetrySchedule
 from credit_common.clock import Clock, SystemClock
 from credit_common.delivery.leases import Backlog, LeaseToken
-from credit_common.delivery.worker import PollingWorker
+from credit_common.delivery.worker import PollingWorker, log_failure
 from credit_common.metrics import WEBHOOK_DELIVERIES
 from grant_service.domain.webhooks import (
     DEFAULT_DISABLE_AFTER,
@@ -203,7 +203,7 @@ class WebhookDispatcher:
         try:
             self._deliver(lane.endpoint, list(lane.claims))
         except Exception:
-            log.exception("webhook lane failed", extra={"endpoint_id": lane.endpoint.endpoint_id})
+            log_failure(log, "webhook lane failed", {"endpoint_id": lane.endpoint.endpoint_id})
 
     def _deliver(self, endpoint: WebhookEndpoint, claims: list) -> None:
         records: list[Record] = []
