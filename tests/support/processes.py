@@ -185,8 +185,10 @@ class ServiceProcess:
                     raise ProcessFailed(f"{self.name} did not become ready in {timeout_s} s: {self.log_tail()}")
                 time.sleep(0.05)
 
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
-        """Send `sig` (SIGTERM: graceful, SIGKILL: a crash) and wait for the exit; the exit code."""
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 60.0) -> int | None:
+        """Send `sig` (SIGTERM: graceful, SIGKILL: a crash) and wait for the exit; the exit code. The
+        bound is above the longest graceful shutdown (a second's notice, --shutdown-grace 10 s, a webhook
+        attempt in flight up to its 15 s of timeouts, the background threads' joins) on a loaded machine."""
         process, self.process = self.process, None
         if process is None:
             return None
@@ -198,7 +200,9 @@ class ServiceProcess:
                 process.kill()
                 process.wait(timeout=timeout_s)
                 self.returncode = process.returncode
-                raise ProcessFailed(f"{self.name} did not exit within {timeout_s} s of {sig.name}") from None
+                raise ProcessFailed(
+                    f"{self.name} did not exit within {timeout_s} s of {sig.name}: {self.log_tail()}"
+                ) from None
         self.returncode = process.returncode
         return process.returncode
 
