@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -264,3 +266,16 @@ def translate_db_error(error: Exception) -> DomainError | None:
         if any(marker in text for marker in _TRANSIENT_MESSAGES):
             return Unavailable("the database is unavailable; retry", reason="DATABASE_UNAVAILABLE")
     return None
+
+
+def log_failure(logger: logging.Logger, message: str, extra: dict[str, object]) -> None:
+    """Log the exception being handled by background work (a catch-up run, a delivery pass or lane): a
+    database that is down, restarting or busy is a warning without a traceback (the next run retries, and
+    an outage is ridden out); anything else an error with it."""
+    error = sys.exc_info()[1]
+    if error is not None and translate_db_error(error) is not None:
+        logger.warning(
+            message, extra={**extra, "error": str(error).splitlines()[0] if str(error) else type(error).__name__}
+        )
+    else:
+        logger.exception(message, extra=extra)

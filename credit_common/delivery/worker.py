@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import logging
 import random
-import sys
 import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 from credit_common.backoff import BackoffPolicy, RandomSource
-from credit_common.db.engine import translate_db_error
+from credit_common.db.engine import log_failure
 from credit_common.delivery.leases import Backlog
 
 log = logging.getLogger("credit_grants.delivery")
@@ -147,15 +145,3 @@ class PollingWorker:
                 f"{self._label} backlog",
                 extra={"dispatcher": self._name, "due": backlog.due, "lag_s": round(backlog.lag_s, 3)},
             )
-
-
-def log_failure(logger: logging.Logger, message: str, extra: dict[str, Any]) -> None:
-    """Log the exception being handled: a database that is down, restarting or busy is a warning without
-    a traceback (the next pass retries, and an outage is ridden out); anything else an error with it."""
-    error = sys.exc_info()[1]
-    if error is not None and translate_db_error(error) is not None:
-        logger.warning(
-            message, extra={**extra, "error": str(error).splitlines()[0] if str(error) else type(error).__name__}
-        )
-    else:
-        logger.exception(message, extra=extra)

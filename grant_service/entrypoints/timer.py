@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from credit_common.db.engine import translate_db_error
+from credit_common.db.engine import log_failure
 from grant_service.domain.model import REAL_TIME
 from grant_service.service_layer.context import GrantContext
 from grant_service.service_layer.issuance import catch_up
@@ -24,11 +24,8 @@ def start_catch_up_timer(ctx: GrantContext, interval_s: float) -> Callable[[], N
     def run() -> None:
         try:
             catch_up(ctx.uows, clock_key=REAL_TIME, now=ctx.clock.now(), batch_size=ctx.batch_size)
-        except Exception as error:
-            if translate_db_error(error) is not None:  # the database is down, restarting or busy: no traceback
-                log.warning("catch-up failed; the next run retries", extra={"error": str(error).splitlines()[0]})
-            else:
-                log.exception("catch-up failed; the next run retries")
+        except Exception:
+            log_failure(log, "catch-up failed; the next run retries", {})
 
     scheduler = BackgroundScheduler(timezone="UTC")
     scheduler.add_job(

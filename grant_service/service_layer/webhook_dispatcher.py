@@ -34,8 +34,9 @@ from typing import Protocol
 
 from credit_common.backoff import SVIX_SCHEDULE, RandomSource, RetrySchedule
 from credit_common.clock import Clock, SystemClock
+from credit_common.db.engine import log_failure
 from credit_common.delivery.leases import Backlog, LeaseToken
-from credit_common.delivery.worker import PollingWorker, log_failure
+from credit_common.delivery.worker import PollingWorker
 from credit_common.metrics import WEBHOOK_DELIVERIES
 from grant_service.domain.webhooks import (
     DEFAULT_DISABLE_AFTER,
