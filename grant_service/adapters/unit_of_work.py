@@ -72,8 +72,8 @@ class SqlGrantUnitOfWork:
         self.webhook_deliveries = SqlWebhookDeliveryRepository(session)
 
 
-class SqlUnitsOfWork:
-    """`UnitsOfWork` (service_layer/unit_of_work.py) over the service's session factories: writes
+class SqlTransactions:
+    """The transaction runner `Transactions` (service_layer/unit_of_work.py) over the service's session factories: writes
     on the write factory (on SQLite, it takes the write lock up front), reads on the read one.
 
     Debits run in groups (credit_common.db.group_commit): on PostgreSQL a group's customers are

@@ -14,7 +14,7 @@ from credit_common.metrics import recorded, watch_pool
 from credit_common.runtime import ServiceDefinition, start
 from grant_service.adapters.orm import API_KEYS
 from grant_service.adapters.sql import catch_up_gauges
-from grant_service.adapters.unit_of_work import SqlUnitsOfWork
+from grant_service.adapters.unit_of_work import SqlTransactions
 from grant_service.adapters.webhooks import webhook_gauges
 from grant_service.entrypoints.event_json import event_body
 from grant_service.entrypoints.roles import METHOD_ROLES, READ_METHODS, SERVICE
@@ -42,14 +42,14 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
     # GetBalance's hot path reads on a connection per RPC thread, from a pool of its own.
     clock = clock or SystemClock()
     read_engine = create_db_engine(read_engine_settings(settings.database, settings.max_workers))
-    uows = SqlUnitsOfWork(
+    transactions = SqlTransactions(
         session_factories(engine, read_engine),
         clock,
         linger_s=settings.batch_linger_s,
         events=settings.events_enabled,
     )
     ctx = GrantContext(
-        uows=uows,
+        transactions=transactions,
         clock=clock,
         test_clocks_enabled=settings.test_clocks_enabled,
         batch_size=settings.catch_up_batch_size,
@@ -70,14 +70,14 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
     running.on_stop.append(read_engine.dispose)
     if recorded(settings):
         watch_pool(read_engine, "read")
-    running.on_stop.append(uows.listen_for_events(engine))
+    running.on_stop.append(transactions.listen_for_events(engine))
     if settings.webhooks.workers > 0:
-        dispatcher, sender = webhook_dispatcher(engine, ctx.uows, clock, settings.webhooks)
+        dispatcher, sender = webhook_dispatcher(engine, ctx.transactions, clock, settings.webhooks)
         dispatcher.start()
         running.webhooks = dispatcher  # type: ignore[attr-defined]
         running.on_stop.append(sender.close)
         running.on_stop.append(dispatcher.stop)
-        running.on_stop.append(wake_on_events(uows, dispatcher))
+        running.on_stop.append(wake_on_events(transactions, dispatcher))
     if settings.catch_up_interval_s > 0:
         stop_timer = start_catch_up_timer(ctx, settings.catch_up_interval_s)
         running.on_stop.append(stop_timer)

@@ -23,7 +23,7 @@ def start_catch_up_timer(ctx: GrantContext, interval_s: float) -> Callable[[], N
 
     def run() -> None:
         try:
-            catch_up(ctx.uows, clock_key=REAL_TIME, now=ctx.clock.now(), batch_size=ctx.batch_size)
+            catch_up(ctx.transactions, clock_key=REAL_TIME, now=ctx.clock.now(), batch_size=ctx.batch_size)
         except Exception:
             log_failure(log, "catch-up failed; the next run retries", {})
 

@@ -15,13 +15,13 @@ from grant_service.adapters.webhook_http import HttpWebhookSender
 from grant_service.adapters.webhooks import SqlWebhookQueue
 from grant_service.entrypoints.event_json import event_body
 from grant_service.entrypoints.settings import WebhookSettings
-from grant_service.service_layer.unit_of_work import UnitsOfWork
+from grant_service.service_layer.unit_of_work import Transactions
 from grant_service.service_layer.webhook_dispatcher import WebhookDispatcher
 from grant_service.service_layer.webhooks import fan_out
 
 
 def webhook_dispatcher(
-    engine: Engine, uows: UnitsOfWork, clock: Clock, settings: WebhookSettings
+    engine: Engine, transactions: Transactions, clock: Clock, settings: WebhookSettings
 ) -> tuple[WebhookDispatcher, HttpWebhookSender]:
     """A dispatcher (not started) over the process's database and a sender of its own."""
     sender = HttpWebhookSender(
@@ -34,7 +34,7 @@ def webhook_dispatcher(
         SqlWebhookQueue(session_factories(engine)),
         sender,
         clock=clock,
-        fan_out=lambda now: fan_out(uows, now, event_body),
+        fan_out=lambda now: fan_out(transactions, now, event_body),
         lanes=max(settings.workers, 1),
         batch=settings.batch_size,
         lease=timedelta(seconds=settings.lease_s),
@@ -44,17 +44,17 @@ def webhook_dispatcher(
     return dispatcher, sender
 
 
-def wake_on_events(uows: UnitsOfWork, dispatcher: WebhookDispatcher) -> Callable[[], None]:
+def wake_on_events(transactions: Transactions, dispatcher: WebhookDispatcher) -> Callable[[], None]:
     """Nudge the dispatcher whenever a transaction that wrote events commits (this process's, and on
     PostgreSQL every process's, through the event listener), so a webhook leaves without waiting for
     the poll. Returns the function that stops it."""
     stopping = threading.Event()
 
     def run() -> None:
-        generation = uows.event_generation()
+        generation = transactions.event_generation()
         while not stopping.is_set():
-            uows.wait_for_events(generation, 1.0)
-            current = uows.event_generation()
+            transactions.wait_for_events(generation, 1.0)
+            current = transactions.event_generation()
             if current != generation:
                 generation = current
                 dispatcher.nudge()

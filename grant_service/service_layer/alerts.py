@@ -168,11 +168,11 @@ def set_balance_alerts(
         uow.alerts.set(customer_key, currency_key, tuple(levels) if levels is not None else None, ctx.clock.now())
         return _read(uow, customer_key, currency_key)
 
-    return ctx.uows.write(work)
+    return ctx.transactions.write(work)
 
 
 def get_balance_alerts(ctx: GrantContext, customer_key: str, currency_key: str) -> AlertSettings:
-    return ctx.uows.read(lambda uow: _read(uow, customer_key, currency_key))
+    return ctx.transactions.read(lambda uow: _read(uow, customer_key, currency_key))
 
 
 def last_changes(changes: Iterable[tuple[str, datetime | None]]) -> dict[str, datetime]:

@@ -51,7 +51,7 @@ def current_balance(ctx: GrantContext, customer_key: str, currency_key: str, wit
     """The hot path of GetBalance: a customer on real time with nothing due, which is one statement
     (the customer, its due flags and its active grants) outside any transaction. None when it does
     not apply (a test clock, something due, no active grant): the general path answers then."""
-    now, customer = ctx.uows.customer_now(customer_key, currency_key)
+    now, customer = ctx.transactions.customer_now(customer_key, currency_key)
     if customer is None:
         raise customer_not_found(customer_key)
     if customer.clock_key != REAL_TIME or customer.pending.due(now) or not customer.grants:
@@ -92,10 +92,10 @@ def get_balance(
             raise currency_not_found(currency_key)
         return BalanceInfo(customer_key, currency_key, at, total, infos if with_grants else [])
 
-    info = ctx.uows.read(lambda uow: work(uow, None))
+    info = ctx.transactions.read(lambda uow: work(uow, None))
     if info is None:
         _, now = catch_up_customer(ctx, customer_key)
-        info = ctx.uows.read(lambda uow: work(uow, now))
+        info = ctx.transactions.read(lambda uow: work(uow, now))
     return info
 
 
@@ -110,7 +110,7 @@ def list_grants(
         used = uow.ledger.debits_by_grant([g.grant_id for g in grants], now)
         return [evaluate(g, used.get(g.grant_id, Decimal(0)), now) for g in grants], token
 
-    return ctx.uows.read(work)
+    return ctx.transactions.read(work)
 
 
 def list_ledger_entries(
@@ -123,7 +123,7 @@ def list_ledger_entries(
     page: PageRequest,
 ) -> tuple[list[LedgerEntry], str]:
     catch_up_customer(ctx, customer_key)
-    entries = ctx.uows.read(
+    entries = ctx.transactions.read(
         lambda uow: uow.ledger.list(customer_key, currency_key, start, end, entry_type, page.after, page.size + 1)
     )
     return page.cut(entries, lambda e: (e.effective_time, e.seq))

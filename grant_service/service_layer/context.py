@@ -17,12 +17,12 @@ from grant_service.domain.events import StoredEvent
 from grant_service.domain.model import REAL_TIME, Customer
 from grant_service.domain.webhooks import UrlPolicy
 from grant_service.service_layer.issuance import catch_up
-from grant_service.service_layer.unit_of_work import GrantUnitOfWork, UnitsOfWork
+from grant_service.service_layer.unit_of_work import GrantUnitOfWork, Transactions
 
 
 @dataclass(frozen=True)
 class GrantContext:
-    uows: UnitsOfWork
+    transactions: Transactions
     clock: Clock
     test_clocks_enabled: bool = False
     batch_size: int = 500
@@ -72,9 +72,15 @@ def customer_due(ctx: GrantContext, uow: GrantUnitOfWork, customer_key: str) -> 
 def catch_up_customer(ctx: GrantContext, customer_key: str) -> tuple[Customer, datetime]:
     """Bring one customer's grants up to its "now" (issue and expire what is due), so that reads
     never depend on the timer having run; returns the customer and that instant."""
-    customer, now, anything_due = ctx.uows.read(lambda uow: customer_due(ctx, uow, customer_key))
+    customer, now, anything_due = ctx.transactions.read(lambda uow: customer_due(ctx, uow, customer_key))
     if anything_due:
-        catch_up(ctx.uows, clock_key=customer.clock_key, now=now, customer_key=customer_key, batch_size=ctx.batch_size)
+        catch_up(
+            ctx.transactions,
+            clock_key=customer.clock_key,
+            now=now,
+            customer_key=customer_key,
+            batch_size=ctx.batch_size,
+        )
     return customer, now
 
 

@@ -74,7 +74,7 @@ def decode_cursor(cursor: str, log_id: str, field: str = "cursor") -> EventPosit
 
 
 def log_id(ctx: GrantContext) -> str:
-    return ctx.uows.read(lambda uow: uow.events.log_id())
+    return ctx.transactions.read(lambda uow: uow.events.log_id())
 
 
 def list_events(ctx: GrantContext, where: EventFilter, page: PageRequest) -> tuple[list[EventWithCursor], str]:
@@ -83,7 +83,7 @@ def list_events(ctx: GrantContext, where: EventFilter, page: PageRequest) -> tup
     def work(uow) -> tuple[str, list[StoredEvent]]:
         return uow.events.log_id(), uow.events.after(after, page.size + 1, where)
 
-    log, events = ctx.uows.read(work)
+    log, events = ctx.transactions.read(work)
     shown, token = page.cut(events, lambda e: (e.position.txid, e.position.seq))
     return [EventWithCursor(e, encode_cursor(log, e.position)) for e in shown], token
 
@@ -109,8 +109,8 @@ def watch_events(
     cursor = encode_cursor(log, position) if position is not None else ""
     last_sent = time.monotonic()
     while is_active():
-        generation = ctx.uows.event_generation()
-        batch = ctx.uows.read(lambda uow, after=position: uow.events.after(after, READ_BATCH, where))
+        generation = ctx.transactions.event_generation()
+        batch = ctx.transactions.read(lambda uow, after=position: uow.events.after(after, READ_BATCH, where))
         for stored in batch:
             position = stored.position
             cursor = encode_cursor(log, position)
@@ -123,4 +123,4 @@ def watch_events(
         if quiet >= heartbeat_s:
             yield Heartbeat(ctx.clock.now(), cursor)
             last_sent, quiet = time.monotonic(), 0.0
-        ctx.uows.wait_for_events(generation, max(0.0, min(poll_s, heartbeat_s - quiet)))
+        ctx.transactions.wait_for_events(generation, max(0.0, min(poll_s, heartbeat_s - quiet)))

@@ -40,7 +40,7 @@ from grant_service.domain.model import (
 )
 from grant_service.domain.schedules import GrantSegment, Schedule, StoredGrant, reconcile
 from grant_service.service_layer import alerts
-from grant_service.service_layer.unit_of_work import GrantUnitOfWork, UnitsOfWork
+from grant_service.service_layer.unit_of_work import GrantUnitOfWork, Transactions
 
 log = logging.getLogger("credit_grants.grant.issuance")
 
@@ -53,7 +53,7 @@ class CatchUpResult:
 
 
 def catch_up(
-    uows: UnitsOfWork,
+    transactions: Transactions,
     *,
     clock_key: str,
     now: datetime,
@@ -70,7 +70,7 @@ def catch_up(
     result = CatchUpResult()
     # Expiries first, so that at a period boundary the ledger reads: EXPIRE of the old grant, GRANT of the new.
     while True:
-        done = uows.write(
+        done = transactions.write(
             lambda uow: expire_due_batch(uow, clock_key, now, customer_key, batch_size, skip_locked=skip_locked)
         )
         result.expired += done
@@ -78,7 +78,7 @@ def catch_up(
             break
     # Then the pending grants whose time has come, each closed at once if it is already over.
     while True:
-        done, expired = uows.write(
+        done, expired = transactions.write(
             lambda uow: open_due_batch(uow, clock_key, now, customer_key, batch_size, skip_locked=skip_locked)
         )
         result.opened += done
@@ -86,7 +86,7 @@ def catch_up(
         if done < batch_size:
             break
     while True:
-        done, issued, expired = uows.write(
+        done, issued, expired = transactions.write(
             lambda uow: issue_due_batch(uow, clock_key, now, customer_key, batch_size, skip_locked=skip_locked)
         )
         result.issued += issued
@@ -95,7 +95,7 @@ def catch_up(
             break
     # Then the subscriptions whose end has passed: their SUBSCRIPTION_ENDED.
     while (
-        uows.write(
+        transactions.write(
             lambda uow: report_ended_batch(uow, clock_key, now, customer_key, batch_size, skip_locked=skip_locked)
         )
         == batch_size

@@ -37,7 +37,7 @@ def _grant_info(uow: GrantUnitOfWork, ctx: GrantContext, grant_id: str) -> Grant
 
 def void_grant(ctx: GrantContext, grant_id: str, reason: str, request_id: str) -> GrantInfo:
     print_ = fingerprint(grant_id, reason)
-    customer_key = ctx.uows.read(lambda uow: uow.grants.customer_of(grant_id))
+    customer_key = ctx.transactions.read(lambda uow: uow.grants.customer_of(grant_id))
     if customer_key is None:
         raise _grant_not_found(grant_id)
     customer, _ = catch_up_customer(ctx, customer_key)
@@ -71,7 +71,7 @@ def void_grant(ctx: GrantContext, grant_id: str, reason: str, request_id: str) -
         voided = replace(grant, void_time=now, closed=True, reason=reason, opens_at=None)
         return evaluate(voided, grant.used, now)
 
-    return ctx.uows.write(work)
+    return ctx.transactions.write(work)
 
 
 def create_grant(
@@ -129,4 +129,4 @@ def create_grant(
         remember(uow.request_ids, "CreateGrant", request_id, print_, grant.grant_id, now)
         return evaluate(grant, Decimal(0), now)
 
-    return ctx.uows.write(work)
+    return ctx.transactions.write(work)

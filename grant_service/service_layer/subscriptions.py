@@ -150,7 +150,7 @@ def apply_subscriptions(ctx: GrantContext, specs: Sequence[SubscriptionSpec]) ->
 
     while True:
         try:
-            applied = ctx.uows.write(work)
+            applied = ctx.transactions.write(work)
             break
         except _Rejected as rejection:
             rejected[rejection.index] = rejection.error
@@ -409,7 +409,7 @@ def get_subscription(ctx: GrantContext, subscription_id: str) -> Subscription:
             )
         )
 
-    return ctx.uows.read(work)
+    return ctx.transactions.read(work)
 
 
 def apply_credit_currency(
@@ -445,4 +445,4 @@ def apply_credit_currency(
         uow.currencies.add_rate_set(currency_key, revision, start, rates)
         return ApplyOutcome.APPLIED, revision
 
-    return ctx.uows.write(work)
+    return ctx.transactions.write(work)

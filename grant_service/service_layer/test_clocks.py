@@ -42,17 +42,17 @@ def create_test_clock(ctx: GrantContext, name: str, frozen_time: datetime, reque
         remember(uow.request_ids, "CreateTestClock", request_id, print_, clock.test_clock_id, now)
         return clock
 
-    return ctx.uows.write(work)
+    return ctx.transactions.write(work)
 
 
 def get_test_clock(ctx: GrantContext, test_clock_id: str) -> TestClock:
     require_test_clocks(ctx)
-    return ctx.uows.read(lambda uow: _get(uow, test_clock_id))
+    return ctx.transactions.read(lambda uow: _get(uow, test_clock_id))
 
 
 def list_test_clocks(ctx: GrantContext, page: PageRequest) -> tuple[list[TestClock], str]:
     require_test_clocks(ctx)
-    clocks = ctx.uows.read(lambda uow: uow.clocks.list(page.after, page.size + 1))
+    clocks = ctx.transactions.read(lambda uow: uow.clocks.list(page.after, page.size + 1))
     return page.cut(clocks, lambda c: (c.create_time, c.test_clock_id))
 
 
@@ -76,8 +76,8 @@ def advance_test_clock(ctx: GrantContext, test_clock_id: str, frozen_time: datet
         remember(uow.request_ids, "AdvanceTestClock", request_id, print_, test_clock_id, ctx.clock.now())
         return replace(clock, frozen_time=frozen_time)
 
-    clock = ctx.uows.write(work)
-    catch_up(ctx.uows, clock_key=test_clock_id, now=clock.frozen_time, batch_size=ctx.batch_size)
+    clock = ctx.transactions.write(work)
+    catch_up(ctx.transactions, clock_key=test_clock_id, now=clock.frozen_time, batch_size=ctx.batch_size)
     return clock
 
 
@@ -93,4 +93,4 @@ def delete_test_clock(ctx: GrantContext, test_clock_id: str, request_id: str) ->
         uow.clocks.delete(test_clock_id)
         remember(uow.request_ids, "DeleteTestClock", request_id, print_, test_clock_id, ctx.clock.now())
 
-    ctx.uows.write(work)
+    ctx.transactions.write(work)

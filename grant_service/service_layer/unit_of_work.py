@@ -1,6 +1,8 @@
 """The grant service's unit of work, as the service layer sees it: one transaction
-and its repositories (ports.py). The SQL implementation is in
-grant_service/adapters/unit_of_work.py, chosen at wiring."""
+and its repositories (ports.py); and the transaction runner (`Transactions`) that
+gives a use case's work a unit of work, commits it and runs it again after a lost
+race. The SQL implementations are in grant_service/adapters/unit_of_work.py,
+chosen at wiring."""
 
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ T = TypeVar("T")
 
 
 class GrantUnitOfWork(Protocol):
+    """One transaction's repositories: a use case's work takes one (`uow`) from `Transactions`."""
+
     clocks: TestClockRepository
     customers: CustomerRepository
     currencies: CurrencyRepository
@@ -48,8 +52,9 @@ class GrantUnitOfWork(Protocol):
     alerts: AlertRepository
 
 
-class UnitsOfWork(Protocol):
-    """Runs use cases' work in transactions."""
+class Transactions(Protocol):
+    """The transaction runner: runs a use case's work (a function of a `GrantUnitOfWork`) in one
+    transaction each time it is called."""
 
     def write(self, work: Callable[[GrantUnitOfWork], T]) -> T:
         """Run `work` in one write transaction and commit. A lost race with a concurrent caller (the

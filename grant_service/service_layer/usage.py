@@ -158,13 +158,15 @@ def report_usage(
     debit = _debit_of(UsageRequest(request_id, customer_key, feature_key, quantity, currency_key))
     caught_up = False
     while True:
-        outcome = ctx.uows.debit(partial(_debit, ctx, debit, caught_up=caught_up), customer_key, SCOPE, request_id)
+        outcome = ctx.transactions.debit(
+            partial(_debit, ctx, debit, caught_up=caught_up), customer_key, SCOPE, request_id
+        )
         if isinstance(outcome, UsageResult):
             return outcome
         if isinstance(outcome, _Refused):
             raise outcome.error
         catch_up(
-            ctx.uows,
+            ctx.transactions,
             clock_key=outcome.clock_key,
             now=outcome.now,
             customer_key=customer_key,
@@ -186,7 +188,7 @@ def _debit_of(request: UsageRequest) -> _Debit:
 
 def report_usages(ctx: GrantContext, requests: list[UsageRequest]) -> list[UsageResult | DomainError]:
     """ReportUsageBatch: each usage as ReportUsage would debit it, all of them in one write transaction
-    (the debit group's, `UnitsOfWork.debit_together`), a customer's usages in the order given. Each
+    (the debit group's, `Transactions.debit_together`), a customer's usages in the order given. Each
     usage's answer: its UsageResult (accepted, or `replayed`), or the DomainError ReportUsage would
     have raised for it alone (its USAGE_REJECTED event written as ReportUsage writes it).
 
@@ -199,7 +201,7 @@ def report_usages(ctx: GrantContext, requests: list[UsageRequest]) -> list[Usage
     waiting = list(range(len(debits)))
     caught_up: set[str] = set()
     while waiting:
-        outcomes = ctx.uows.debit_together(
+        outcomes = ctx.transactions.debit_together(
             [
                 (
                     partial(_debit, ctx, debits[i], caught_up=debits[i].customer_key in caught_up),
@@ -224,7 +226,11 @@ def report_usages(ctx: GrantContext, requests: list[UsageRequest]) -> list[Usage
                 raise outcome
         for customer_key, first in due.items():
             catch_up(
-                ctx.uows, clock_key=first.clock_key, now=first.now, customer_key=customer_key, batch_size=ctx.batch_size
+                ctx.transactions,
+                clock_key=first.clock_key,
+                now=first.now,
+                customer_key=customer_key,
+                batch_size=ctx.batch_size,
             )
             caught_up.add(customer_key)
         waiting = again
@@ -406,4 +412,4 @@ def check_usage(
         total = available(views, now)
         return UsageCheck(total >= credits, currency, rate, credits, total)
 
-    return ctx.uows.read(work)
+    return ctx.transactions.read(work)

@@ -28,7 +28,7 @@ from grant_service.domain.webhooks import (
     new_secret,
 )
 from grant_service.service_layer.context import GrantContext
-from grant_service.service_layer.unit_of_work import GrantUnitOfWork, UnitsOfWork
+from grant_service.service_layer.unit_of_work import GrantUnitOfWork, Transactions
 
 log = logging.getLogger("grant_service.webhooks")
 
@@ -102,15 +102,15 @@ def create_endpoint(
         remember(uow.request_ids, "CreateWebhookEndpoint", request_id, print_, endpoint.endpoint_id, now)
         return endpoint, endpoint.secret
 
-    return ctx.uows.write(work)
+    return ctx.transactions.write(work)
 
 
 def get_endpoint(ctx: GrantContext, endpoint_id: str) -> WebhookEndpoint:
-    return ctx.uows.read(lambda uow: _get(uow, endpoint_id))
+    return ctx.transactions.read(lambda uow: _get(uow, endpoint_id))
 
 
 def list_endpoints(ctx: GrantContext, page: PageRequest) -> tuple[list[WebhookEndpoint], str]:
-    endpoints = ctx.uows.read(lambda uow: uow.webhooks.list(page.after, page.size + 1))
+    endpoints = ctx.transactions.read(lambda uow: uow.webhooks.list(page.after, page.size + 1))
     return page.cut(endpoints, lambda e: (e.create_time, e.endpoint_id))
 
 
@@ -145,7 +145,7 @@ def update_endpoint(ctx: GrantContext, endpoint_id: str, changes: EndpointChange
             uow.webhooks.save(updated)
         return updated
 
-    return ctx.uows.write(work)
+    return ctx.transactions.write(work)
 
 
 def _enabled(endpoint: WebhookEndpoint, enabled: bool) -> WebhookEndpoint:
@@ -165,7 +165,7 @@ def delete_endpoint(ctx: GrantContext, endpoint_id: str) -> None:
         _get(uow, endpoint_id, for_update=True)
         uow.webhooks.delete(endpoint_id)
 
-    ctx.uows.write(work)
+    ctx.transactions.write(work)
 
 
 def rotate_secret(
@@ -192,7 +192,7 @@ def rotate_secret(
         remember(uow.request_ids, "RotateWebhookSecret", request_id, print_, endpoint_id, now)
         return rotated, rotated.secret
 
-    return ctx.uows.write(work)
+    return ctx.transactions.write(work)
 
 
 def list_attempts(
@@ -203,7 +203,7 @@ def list_attempts(
             _get(uow, endpoint_id)
         return uow.webhook_deliveries.attempts(endpoint_id, event_id, page.after, page.size + 1)
 
-    attempts = ctx.uows.read(work)
+    attempts = ctx.transactions.read(work)
     return page.cut(attempts, lambda a: (a.attempt_time, a.attempt_id))
 
 
@@ -243,7 +243,7 @@ def resend_event(ctx: GrantContext, endpoint_id: str, event_id: str, request_id:
         remember(uow.request_ids, "ResendWebhookEvent", request_id, print_, delivery_id, now)
         return delivery_id
 
-    return ctx.uows.write(work)
+    return ctx.transactions.write(work)
 
 
 @dataclass(frozen=True)
@@ -286,10 +286,12 @@ def replay_events(
         remember(uow.request_ids, "ReplayWebhookEvents", request_id, print_, json.dumps(record), now)
         return result
 
-    return ctx.uows.write(work)
+    return ctx.transactions.write(work)
 
 
-def fan_out(uows: UnitsOfWork, now: datetime, body_of: EventBody, limit: int = FAN_OUT_BATCH) -> tuple[int, int]:
+def fan_out(
+    transactions: Transactions, now: datetime, body_of: EventBody, limit: int = FAN_OUT_BATCH
+) -> tuple[int, int]:
     """Queue the events after the fan-out's cursor for every enabled endpoint that wants them (and
     that existed when the event was recorded), and move the cursor; one transaction, one fan-out at
     a time (the cursor's lock). Returns (events read, deliveries queued)."""
@@ -301,7 +303,7 @@ def fan_out(uows: UnitsOfWork, now: datetime, body_of: EventBody, limit: int = F
             return False
         return bool(uow.events.after(uow.webhook_deliveries.cursor(), 1))
 
-    if not uows.read(anything_new):  # most passes: no write transaction, no lock
+    if not transactions.read(anything_new):  # most passes: no write transaction, no lock
         return 0, 0
 
     def work(uow: GrantUnitOfWork) -> tuple[int, int]:
@@ -331,4 +333,4 @@ def fan_out(uows: UnitsOfWork, now: datetime, body_of: EventBody, limit: int = F
         uow.webhook_deliveries.set_cursor(events[-1].position)
         return len(events), len(deliveries)
 
-    return uows.write(work)
+    return transactions.write(work)

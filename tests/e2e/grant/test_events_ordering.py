@@ -16,7 +16,7 @@ import pytest
 
 from credit_common.clock import ManualClock
 from credit_common.db.engine import DatabaseSettings, create_db_engine, session_factories
-from grant_service.adapters.unit_of_work import SqlUnitsOfWork
+from grant_service.adapters.unit_of_work import SqlTransactions
 from grant_service.domain.events import EventType, NewEvent
 from grant_service.entrypoints import app
 from grant_service.v1 import grant_service_pb2 as pb
@@ -60,7 +60,7 @@ def test_live_and_resumed_streams_miss_nothing_under_concurrent_writers(database
 
         # A second process's writes (another replica): transactions held open after their insert.
         engine = create_db_engine(DatabaseSettings(url=url))
-        uows = SqlUnitsOfWork(session_factories(engine), clock)
+        transactions = SqlTransactions(session_factories(engine), clock)
 
         def direct(writer: int) -> None:
             rng = random.Random(writer)
@@ -73,7 +73,7 @@ def test_live_and_resumed_streams_miss_nothing_under_concurrent_writers(database
                     )
                     time.sleep(rng.random() * 0.01)  # commit late, with an earlier seq than others' commits
 
-                uows.write(work)
+                transactions.write(work)
 
         def one_off(n: int) -> None:
             stub.CreateGrant(

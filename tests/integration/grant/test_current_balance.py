@@ -168,7 +168,7 @@ def test_the_reads_of_concurrent_callers_answer_each_its_own_customer_and_curren
     assert wrong == []
     assert expected[("c3", "ai-credits")][0] == Decimal("100.5") + 1000 - 1  # 4 calls at 0.25
     # One statement for several customers: each one's rows (two active grants each), none for "nobody".
-    read = ctx.uows.factories.single_statement.run(
+    read = ctx.transactions.factories.single_statement.run(
         lambda c: current_grants(c, ["c1", "nobody", "c4"], "ai-credits", clock.now())
     )
     assert sorted(read) == ["c1", "c4"]

@@ -44,7 +44,7 @@ def test_a_balance_read_waits_for_the_timer_batch_issuing_its_grant(database_url
     _subscribe(ctx, 1, NOW - timedelta(days=1))  # customer c0: 7 credits due, not issued yet
     balances: list[Decimal] = []
     try:
-        with ctx.uows.factories.write() as timer, timer.begin():
+        with ctx.transactions.factories.write() as timer, timer.begin():
             # a timer batch in another replica: the schedule locked, its grant inserted, not committed
             assert issue_due_batch(SqlGrantUnitOfWork(timer), "", NOW, None, 500)[1] == 1
             reader = threading.Thread(
@@ -87,7 +87,7 @@ def test_advancing_a_test_clock_waits_for_a_catch_up_issuing_on_that_clock(datab
     later = anchor + timedelta(hours=1)
     advanced: list[str] = []
     try:
-        with ctx.uows.factories.write() as holder, holder.begin():
+        with ctx.transactions.factories.write() as holder, holder.begin():
             # a customer's catch-up in another request: the schedule locked, its grant inserted, not committed
             assert (
                 issue_due_batch(

@@ -104,8 +104,8 @@ def test_a_schedule_is_stored_and_read_back_exactly(database_url_factory):
     upgrade("grant_service.adapters:migrations", engine)
     ctx = sql_context(session_factories(engine), ManualClock(NOW))
     apply_subscriptions(ctx, _specs(1, 5, n=1))
-    uows = ctx.uows
-    stored = uows.read(lambda uow: uow.schedules.of_subscription("sub_0"))
+    transactions = ctx.transactions
+    stored = transactions.read(lambda uow: uow.schedules.of_subscription("sub_0"))
     assert [s.schedule_id for s in stored] == sorted(s.schedule_id for s in stored)
     first, second = sorted(stored, key=lambda s: s.position)
     assert (first.entitlement_key, second.entitlement_key) == ("credits", "extra")
@@ -115,8 +115,8 @@ def test_a_schedule_is_stored_and_read_back_exactly(database_url_factory):
     changed = replace(
         second, schedule=replace(second.schedule, amounts=amounts, end_time=NOW), position=0, removed=True
     )
-    uows.write(lambda uow: uow.schedules.save(changed))
+    transactions.write(lambda uow: uow.schedules.save(changed))
 
-    again = uows.read(lambda uow: uow.schedules.of_subscription("sub_0", for_update=True))
+    again = transactions.read(lambda uow: uow.schedules.of_subscription("sub_0", for_update=True))
     assert again == [changed if s == second else s for s in stored]
     engine.dispose()

@@ -94,7 +94,7 @@ def test_a_debit_that_waited_for_its_twin_replays_it_instead_of_failing(database
             answers.append(error)
 
     try:
-        with ctx.uows.factories.write() as first, first.begin():
+        with ctx.transactions.factories.write() as first, first.begin():
             assert SqlGrantUnitOfWork(first).customers.lock("c0") is not None
             waiting = threading.Thread(target=twin)
             waiting.start()
@@ -176,7 +176,7 @@ def test_debits_submitted_together_each_get_their_own_answer_from_one_group(data
 def _together(ctx: GrantContext, calls: list) -> list:
     """Each call's result or error, the calls' debits having made one group, in this order."""
     return one_batch(
-        lambda hold: ctx.uows.debits.run(lambda _session: hold(), subject=("", SCOPE, "")),
-        lambda: ctx.uows.debits.waiting,
+        lambda hold: ctx.transactions.debits.run(lambda _session: hold(), subject=("", SCOPE, "")),
+        lambda: ctx.transactions.debits.waiting,
         calls,
     )
