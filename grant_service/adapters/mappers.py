@@ -20,9 +20,9 @@ from grant_service.domain.model import (
     Grant,
     GrantSource,
     LedgerEntry,
+    SimulatedClock,
     StoredSchedule,
     StoredSubscription,
-    TestClock,
     Usage,
 )
 from grant_service.domain.revisions import RevisionWindow
@@ -113,8 +113,8 @@ def usage_of(row: Any) -> Usage:
     return Usage(**{name: values[name] for name in Usage.__slots__})
 
 
-def clock_of(row: ClockRow) -> TestClock:
-    return TestClock(row.test_clock_id, row.name, row.frozen_time, row.create_time)
+def clock_of(row: ClockRow) -> SimulatedClock:
+    return SimulatedClock(row.test_clock_id, row.name, row.frozen_time, row.create_time)
 
 
 def stored_subscription_of(row: Any) -> StoredSubscription:

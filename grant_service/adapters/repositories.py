@@ -59,20 +59,20 @@ from grant_service.domain.model import (
     Grant,
     LedgerEntry,
     NewGrant,
+    SimulatedClock,
     StoredSchedule,
     StoredSubscription,
-    TestClock,
     Usage,
 )
 from grant_service.domain.revisions import RevisionWindow
 from grant_service.domain.schedules import Pending, Schedule
 
 
-class SqlTestClockRepository:
+class SqlSimulatedClockRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def get(self, test_clock_id: str, *, for_update: bool = False) -> TestClock | None:
+    def get(self, test_clock_id: str, *, for_update: bool = False) -> SimulatedClock | None:
         query = select(ClockRow).where(ClockRow.test_clock_id == test_clock_id)
         row = self.session.scalars(locked(self.session, query) if for_update else query).first()
         return None if row is None else clock_of(row)
@@ -88,7 +88,7 @@ class SqlTestClockRepository:
         )
         return {key: frozen for key, frozen in self.session.execute(query)}
 
-    def add(self, clock: TestClock) -> None:
+    def add(self, clock: SimulatedClock) -> None:
         self.session.add(
             ClockRow(
                 test_clock_id=clock.test_clock_id,
@@ -104,7 +104,7 @@ class SqlTestClockRepository:
             update(ClockRow).where(ClockRow.test_clock_id == test_clock_id).values(frozen_time=frozen_time)
         )
 
-    def list(self, after: tuple[datetime, str] | None, limit: int) -> list[TestClock]:
+    def list(self, after: tuple[datetime, str] | None, limit: int) -> list[SimulatedClock]:
         query = select(ClockRow).where(
             keyset_after((ClockRow.create_time, ClockRow.test_clock_id), after, descending=True)
         )

@@ -36,8 +36,8 @@ from grant_service.adapters.repositories import (
     SqlRateRepository,
     SqlRequestIdRepository,
     SqlScheduleRepository,
+    SqlSimulatedClockRepository,
     SqlSubscriptionRepository,
-    SqlTestClockRepository,
 )
 from grant_service.adapters.webhooks import SqlWebhookDeliveryRepository, SqlWebhookEndpointRepository
 from grant_service.domain.model import CustomerNow
@@ -57,7 +57,7 @@ class SqlGrantUnitOfWork:
         self.session = session
         self.events = SqlEventRepository(session, clock, enabled=events)
         self.alerts = SqlAlertRepository(session, alerts)
-        self.clocks = SqlTestClockRepository(session)
+        self.clocks = SqlSimulatedClockRepository(session)
         self.customers = SqlCustomerRepository(session)
         self.currencies = SqlCurrencyRepository(session)
         self.grants = SqlGrantRepository(session)
@@ -73,8 +73,9 @@ class SqlGrantUnitOfWork:
 
 
 class SqlTransactions:
-    """The transaction runner `Transactions` (service_layer/unit_of_work.py) over the service's session factories: writes
-    on the write factory (on SQLite, it takes the write lock up front), reads on the read one.
+    """The transaction runner `Transactions` (service_layer/unit_of_work.py) over the service's
+    session factories: writes on the write factory (on SQLite, it takes the write lock up front),
+    reads on the read one.
 
     Debits run in groups (credit_common.db.group_commit): on PostgreSQL a group's customers are
     locked and their DebitHeads read in one round trip, its writes sent together

@@ -139,8 +139,9 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
-class TestClock:
-    __test__ = False  # not a pytest test class
+class SimulatedClock:
+    """A test clock (the API's TestClock): a frozen "now" for the customers attached to it, moved
+    only by AdvanceTestClock."""
 
     test_clock_id: str
     name: str

@@ -25,8 +25,8 @@ from grant_service.domain.model import (
     GrantSource,
     GrantStatus,
     LedgerEntry,
+    SimulatedClock,
     Subscription,
-    TestClock,
     Usage,
 )
 from grant_service.domain.schedules import ScheduledAmount, first_period_fits
@@ -589,7 +589,7 @@ def usage_check_pb(check: UsageCheck) -> pb.CheckUsageResponse:
     )
 
 
-def clock_pb(clock: TestClock) -> pb.TestClock:
+def clock_pb(clock: SimulatedClock) -> pb.TestClock:
     return pb.TestClock(
         test_clock_id=clock.test_clock_id,
         name=clock.name,

@@ -15,8 +15,8 @@ from grant_service.service_layer import (
     balances,
     events,
     operators,
+    simulated_clocks,
     subscriptions,
-    test_clocks,
     usage,
     webhooks,
 )
@@ -196,36 +196,36 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
 
     def CreateTestClock(self, request: pb.CreateTestClockRequest, context) -> pb.CreateTestClockResponse:
         fields = conv.create_test_clock_fields(request)
-        test_clocks.require_test_clocks(self._ctx)
+        simulated_clocks.require_test_clocks(self._ctx)
         fields.done()
-        clock = test_clocks.create_test_clock(
+        clock = simulated_clocks.create_test_clock(
             self._ctx, request.name, conv.time_of(request, "frozen_time"), request.request_id
         )
         return pb.CreateTestClockResponse(test_clock=conv.clock_pb(clock))
 
     def GetTestClock(self, request: pb.GetTestClockRequest, context) -> pb.GetTestClockResponse:
-        test_clocks.require_test_clocks(self._ctx)
+        simulated_clocks.require_test_clocks(self._ctx)
         conv.check_test_clock_id(request)
-        clock = test_clocks.get_test_clock(self._ctx, request.test_clock_id)
+        clock = simulated_clocks.get_test_clock(self._ctx, request.test_clock_id)
         return pb.GetTestClockResponse(test_clock=conv.clock_pb(clock))
 
     def ListTestClocks(self, request: pb.ListTestClocksRequest, context) -> pb.ListTestClocksResponse:
-        test_clocks.require_test_clocks(self._ctx)
-        clocks, token = test_clocks.list_test_clocks(self._ctx, conv.clocks_page(request))
+        simulated_clocks.require_test_clocks(self._ctx)
+        clocks, token = simulated_clocks.list_test_clocks(self._ctx, conv.clocks_page(request))
         return pb.ListTestClocksResponse(test_clocks=[conv.clock_pb(c) for c in clocks], next_page_token=token)
 
     def AdvanceTestClock(self, request: pb.AdvanceTestClockRequest, context) -> pb.AdvanceTestClockResponse:
-        test_clocks.require_test_clocks(self._ctx)
+        simulated_clocks.require_test_clocks(self._ctx)
         conv.check_advance_test_clock(request)
-        clock = test_clocks.advance_test_clock(
+        clock = simulated_clocks.advance_test_clock(
             self._ctx, request.test_clock_id, conv.time_of(request, "frozen_time"), request.request_id
         )
         return pb.AdvanceTestClockResponse(test_clock=conv.clock_pb(clock))
 
     def DeleteTestClock(self, request: pb.DeleteTestClockRequest, context) -> pb.DeleteTestClockResponse:
-        test_clocks.require_test_clocks(self._ctx)
+        simulated_clocks.require_test_clocks(self._ctx)
         conv.check_test_clock_id(request)
-        test_clocks.delete_test_clock(self._ctx, request.test_clock_id, request.request_id)
+        simulated_clocks.delete_test_clock(self._ctx, request.test_clock_id, request.request_id)
         return pb.DeleteTestClockResponse()
 
     # ------------------------------------------------------------------ webhooks

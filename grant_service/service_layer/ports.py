@@ -19,9 +19,9 @@ from grant_service.domain.model import (
     Grant,
     LedgerEntry,
     NewGrant,
+    SimulatedClock,
     StoredSchedule,
     StoredSubscription,
-    TestClock,
     Usage,
 )
 from grant_service.domain.revisions import RevisionWindow
@@ -29,10 +29,10 @@ from grant_service.domain.schedules import Pending
 from grant_service.domain.webhooks import DeliveryAttempt, NewDelivery, WebhookEndpoint
 
 
-class TestClockRepository(Protocol):
-    __test__ = False  # not a pytest test class
+class SimulatedClockRepository(Protocol):
+    """Test clocks (SimulatedClock)."""
 
-    def get(self, test_clock_id: str, *, for_update: bool = False) -> TestClock | None:
+    def get(self, test_clock_id: str, *, for_update: bool = False) -> SimulatedClock | None:
         """The clock (locked for the transaction with `for_update`), None if there is none."""
         ...
 
@@ -42,11 +42,11 @@ class TestClockRepository(Protocol):
         """The frozen time of each of the test clocks that exists."""
         ...
 
-    def add(self, clock: TestClock) -> None: ...
+    def add(self, clock: SimulatedClock) -> None: ...
 
     def set_frozen_time(self, test_clock_id: str, frozen_time: datetime) -> None: ...
 
-    def list(self, after: tuple[datetime, str] | None, limit: int) -> list[TestClock]:
+    def list(self, after: tuple[datetime, str] | None, limit: int) -> list[SimulatedClock]:
         """Up to `limit` clocks, newest first (create_time, then id, descending), after `after`."""
         ...
 

@@ -23,8 +23,8 @@ from grant_service.service_layer.ports import (
     RateRepository,
     RequestIdRepository,
     ScheduleRepository,
+    SimulatedClockRepository,
     SubscriptionRepository,
-    TestClockRepository,
     WebhookDeliveryRepository,
     WebhookEndpointRepository,
 )
@@ -35,7 +35,7 @@ T = TypeVar("T")
 class GrantUnitOfWork(Protocol):
     """One transaction's repositories: a use case's work takes one (`uow`) from `Transactions`."""
 
-    clocks: TestClockRepository
+    clocks: SimulatedClockRepository
     customers: CustomerRepository
     currencies: CurrencyRepository
     grants: GrantRepository

@@ -23,8 +23,8 @@ from grant_service.domain.schedules import ScheduledAmount
 from grant_service.entrypoints import app
 from grant_service.service_layer.context import GrantContext
 from grant_service.service_layer.issuance import catch_up
+from grant_service.service_layer.simulated_clocks import create_test_clock
 from grant_service.service_layer.subscriptions import ScheduleSpec, SubscriptionSpec, apply_subscription
-from grant_service.service_layer.test_clocks import create_test_clock
 from tests.support.grant_context import sql_context
 from tests.support.grant_rows import insert_due_subscriptions
 from tests.support.servers import serving

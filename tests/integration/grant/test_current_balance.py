@@ -19,13 +19,13 @@ from grant_service.adapters.balance_reads import current_grants
 from grant_service.domain.schedules import ScheduledAmount
 from grant_service.service_layer.balances import current_balance, get_balance
 from grant_service.service_layer.context import GrantContext
+from grant_service.service_layer.simulated_clocks import create_test_clock
 from grant_service.service_layer.subscriptions import (
     ScheduleSpec,
     SubscriptionSpec,
     apply_credit_currency,
     apply_subscription,
 )
-from grant_service.service_layer.test_clocks import create_test_clock
 from grant_service.service_layer.usage import report_usage
 from tests.support.grant_context import sql_context
 

@@ -19,8 +19,8 @@ from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
 from grant_service.domain.schedules import ScheduledAmount
 from grant_service.service_layer.balances import get_balance
 from grant_service.service_layer.issuance import issue_due_batch
+from grant_service.service_layer.simulated_clocks import advance_test_clock, create_test_clock
 from grant_service.service_layer.subscriptions import ScheduleSpec, SubscriptionSpec, apply_subscription
-from grant_service.service_layer.test_clocks import advance_test_clock, create_test_clock
 from tests.integration.grant.test_catch_up import NOW, _engine, _subscribe
 from tests.support.grant_context import sql_context
 

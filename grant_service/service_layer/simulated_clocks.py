@@ -11,13 +11,13 @@ from credit_common.errors import InvalidArgument, NotFound
 from credit_common.idempotency import fingerprint, remember, replay
 from credit_common.ids import new_id
 from credit_common.pagination import PageRequest
-from grant_service.domain.model import TestClock
+from grant_service.domain.model import SimulatedClock
 from grant_service.service_layer.context import GrantContext, require_test_clocks
 from grant_service.service_layer.issuance import catch_up
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 
 
-def _get(uow: GrantUnitOfWork, test_clock_id: str, *, for_update: bool = False) -> TestClock:
+def _get(uow: GrantUnitOfWork, test_clock_id: str, *, for_update: bool = False) -> SimulatedClock:
     clock = uow.clocks.get(test_clock_id, for_update=for_update)
     if clock is None:
         raise NotFound(
@@ -28,16 +28,16 @@ def _get(uow: GrantUnitOfWork, test_clock_id: str, *, for_update: bool = False) 
     return clock
 
 
-def create_test_clock(ctx: GrantContext, name: str, frozen_time: datetime, request_id: str) -> TestClock:
+def create_test_clock(ctx: GrantContext, name: str, frozen_time: datetime, request_id: str) -> SimulatedClock:
     require_test_clocks(ctx)
     print_ = fingerprint(name, frozen_time)
 
-    def work(uow: GrantUnitOfWork) -> TestClock:
+    def work(uow: GrantUnitOfWork) -> SimulatedClock:
         seen = replay(uow.request_ids, "CreateTestClock", request_id, print_)
         if seen is not None:
             return _get(uow, seen)
         now = ctx.clock.now()
-        clock = TestClock(test_clock_id=new_id("clk"), name=name, frozen_time=frozen_time, create_time=now)
+        clock = SimulatedClock(test_clock_id=new_id("clk"), name=name, frozen_time=frozen_time, create_time=now)
         uow.clocks.add(clock)
         remember(uow.request_ids, "CreateTestClock", request_id, print_, clock.test_clock_id, now)
         return clock
@@ -45,22 +45,22 @@ def create_test_clock(ctx: GrantContext, name: str, frozen_time: datetime, reque
     return ctx.transactions.write(work)
 
 
-def get_test_clock(ctx: GrantContext, test_clock_id: str) -> TestClock:
+def get_test_clock(ctx: GrantContext, test_clock_id: str) -> SimulatedClock:
     require_test_clocks(ctx)
     return ctx.transactions.read(lambda uow: _get(uow, test_clock_id))
 
 
-def list_test_clocks(ctx: GrantContext, page: PageRequest) -> tuple[list[TestClock], str]:
+def list_test_clocks(ctx: GrantContext, page: PageRequest) -> tuple[list[SimulatedClock], str]:
     require_test_clocks(ctx)
     clocks = ctx.transactions.read(lambda uow: uow.clocks.list(page.after, page.size + 1))
     return page.cut(clocks, lambda c: (c.create_time, c.test_clock_id))
 
 
-def advance_test_clock(ctx: GrantContext, test_clock_id: str, frozen_time: datetime, request_id: str) -> TestClock:
+def advance_test_clock(ctx: GrantContext, test_clock_id: str, frozen_time: datetime, request_id: str) -> SimulatedClock:
     require_test_clocks(ctx)
     print_ = fingerprint(test_clock_id, frozen_time)
 
-    def work(uow: GrantUnitOfWork) -> TestClock:
+    def work(uow: GrantUnitOfWork) -> SimulatedClock:
         seen = replay(uow.request_ids, "AdvanceTestClock", request_id, print_)
         clock = _get(uow, test_clock_id, for_update=True)
         if seen is not None:
