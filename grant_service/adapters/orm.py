@@ -30,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from credit_common.auth.store import define_api_keys_table
 from credit_common.db.types import NAMING_CONVENTION, ExactDecimal, UtcDateTime
-from grant_service.domain.model import REAL_TIME
+from grant_service.domain.clocks import REAL_TIME
 
 # An auto-incrementing 64-bit key (SQLite only auto-increments INTEGER PRIMARY KEY).
 BigIntKey = BigInteger().with_variant(Integer, "sqlite")

@@ -51,6 +51,7 @@ from grant_service.adapters.orm import (
 from grant_service.adapters.rates import RatesCache, feature_known, rates_in_force
 from grant_service.adapters.sql import insert_ignoring_conflicts, is_postgres, locked, pending_columns
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_sum
+from grant_service.domain.clocks import ClockKey
 from grant_service.domain.events import NewEvent
 from grant_service.domain.model import (
     Customer,
@@ -435,7 +436,7 @@ class SqlIssuanceRepository:
         self.session = session
 
     def due_schedules(
-        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+        self, clock_key: ClockKey, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
     ) -> list[StoredSchedule]:
         query = select(*_DUE_COLUMNS).where(SCHEDULES.c.next_period_start <= now)
         if customer_key is not None:
@@ -463,7 +464,7 @@ class SqlIssuanceRepository:
         return result
 
     def _due_grants(
-        self, query: Select, order: Any, clock_key: str, customer_key: str | None, limit: int, skip_locked: bool
+        self, query: Select, order: Any, clock_key: ClockKey, customer_key: str | None, limit: int, skip_locked: bool
     ) -> list[Grant]:
         if customer_key is not None:
             query = query.where(GrantRow.customer_key == customer_key)
@@ -475,7 +476,7 @@ class SqlIssuanceRepository:
         return [grant_of(row) for row in rows]
 
     def due_to_expire(
-        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+        self, clock_key: ClockKey, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
     ) -> list[Grant]:
         query = select(GrantRow).where(
             GrantRow.closed.is_(False), GrantRow.expire_time <= now, GrantRow.opens_at.is_(None)
@@ -483,7 +484,7 @@ class SqlIssuanceRepository:
         return self._due_grants(query, GrantRow.expire_time, clock_key, customer_key, limit, skip_locked)
 
     def due_to_open(
-        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+        self, clock_key: ClockKey, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
     ) -> list[Grant]:
         query = select(GrantRow).where(GrantRow.opens_at <= now)
         return self._due_grants(query, GrantRow.opens_at, clock_key, customer_key, limit, skip_locked)
@@ -617,7 +618,7 @@ class SqlSubscriptionRepository:
             )
 
     def ended_unreported(
-        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+        self, clock_key: ClockKey, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
     ) -> list[StoredSubscription]:
         query = select(SUBSCRIPTIONS).where(SUBSCRIPTIONS.c.end_reported.is_(False), SUBSCRIPTIONS.c.end_time <= now)
         if customer_key is not None:

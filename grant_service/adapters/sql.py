@@ -24,7 +24,7 @@ from grant_service.adapters.orm import (
     GRANTS,
     SCHEDULES,
 )
-from grant_service.domain.model import REAL_TIME
+from grant_service.domain.clocks import REAL_TIME
 
 
 def is_postgres(session: Session) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 
 from credit_common.decimals import format_decimal
 from grant_service.domain.balances import exact_difference, exact_product, exact_sum
+from grant_service.domain.clocks import ClockKey
 from grant_service.domain.events import EventType, NewEvent
 
 MAX_LEVELS = 10
@@ -113,7 +114,7 @@ def alert_event(
     crossing: Crossing,
     customer_key: str,
     currency_key: str,
-    clock_key: str,
+    clock_key: ClockKey,
     occurred: datetime,
     after: BalanceState,
     event_id: str,

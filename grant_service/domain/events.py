@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from grant_service.domain.clocks import ClockKey
+
 
 class EventType(enum.Enum):
     """The kinds of event; the value is the proto enum's suffix (CREDIT_EVENT_TYPE_<value>)."""
@@ -57,7 +59,7 @@ class NewEvent:
     type: EventType
     customer_key: str
     currency_key: str
-    clock_key: str
+    clock_key: ClockKey
     occurred_time: datetime
     # Unique in the log: the same fact has the same key (e.g. "CREDITS_GRANTED:grt_...").
     dedupe_key: str
@@ -110,7 +112,7 @@ class EventFilter:
 # expire_time; a NewGrant or a Grant) and the event's id (made in bulk by the caller).
 
 
-def credits_granted(grant: Any, clock_key: str, source: str, event_id: str) -> NewEvent:
+def credits_granted(grant: Any, clock_key: ClockKey, source: str, event_id: str) -> NewEvent:
     one_off = source == "ONE_OFF"
     return NewEvent(
         event_id,
@@ -133,7 +135,7 @@ def credits_granted(grant: Any, clock_key: str, source: str, event_id: str) -> N
     )
 
 
-def credits_expired(grant: Any, clock_key: str, remainder: Any, event_id: str) -> NewEvent:
+def credits_expired(grant: Any, clock_key: ClockKey, remainder: Any, event_id: str) -> NewEvent:
     return NewEvent(
         event_id,
         EventType.CREDITS_EXPIRED,
@@ -153,7 +155,9 @@ def credits_expired(grant: Any, clock_key: str, remainder: Any, event_id: str) -
     )
 
 
-def grant_voided(grant: Any, clock_key: str, remainder: Any, now: datetime, reason: str, event_id: str) -> NewEvent:
+def grant_voided(
+    grant: Any, clock_key: ClockKey, remainder: Any, now: datetime, reason: str, event_id: str
+) -> NewEvent:
     return NewEvent(
         event_id,
         EventType.GRANT_VOIDED,
@@ -177,7 +181,7 @@ def grant_depleted(
     currency_key: str,
     subscription_id: str | None,
     amount: Any,
-    clock_key: str,
+    clock_key: ClockKey,
     now: datetime,
     usage_id: str,
     event_id: str,
@@ -197,7 +201,7 @@ def grant_depleted(
 def usage_rejected(
     customer_key: str,
     currency_key: str,
-    clock_key: str,
+    clock_key: ClockKey,
     now: datetime,
     request_id: str,
     feature_key: str,
@@ -237,7 +241,7 @@ def subscription_changed(
     type_: EventType,
     subscription_id: str,
     customer_key: str,
-    clock_key: str,
+    clock_key: ClockKey,
     occurred: datetime,
     revision: int,
     previous_revision: int,

@@ -12,16 +12,16 @@ from decimal import Decimal
 from credit_common.idempotency import SeenRequest
 from credit_common.periods import Cadence
 from grant_service.domain.balances import GrantView, exact_difference
+from grant_service.domain.clocks import REAL_TIME as REAL_TIME  # re-exported: its home is domain.clocks
+from grant_service.domain.clocks import ClockKey, api_test_clock_id
 from grant_service.domain.revisions import NO_WINDOW, RevisionWindow
 from grant_service.domain.schedules import GrantSegment, Pending, Schedule, ScheduledAmount
-
-REAL_TIME = ""  # clock_key of everything that runs on real time
 
 
 @dataclass(frozen=True, slots=True)
 class Customer:
     customer_key: str
-    clock_key: str  # REAL_TIME, or the test clock it is attached to
+    clock_key: ClockKey  # real time, or the test clock it is attached to
 
 
 class GrantSource(enum.Enum):
@@ -49,7 +49,7 @@ class Grant:
     grant_id: str
     customer_key: str
     currency_key: str
-    clock_key: str
+    clock_key: ClockKey
     source: GrantSource
     subscription_id: str | None
     entitlement_key: str | None
@@ -81,7 +81,7 @@ class CustomerNow:
     """What GetBalance's hot path reads of a customer at one instant: its clock, what a catch-up
     owes it, and its grants in one currency active then (their `used`: running totals)."""
 
-    clock_key: str
+    clock_key: ClockKey
     pending: Pending
     grants: tuple[Grant, ...]
 
@@ -166,13 +166,13 @@ class Subscription:
     revision: int
     start_time: datetime
     end_time: datetime | None
-    clock_key: str
+    clock_key: ClockKey
     update_time: datetime
     credit_schedules: tuple[CreditSchedule, ...]
 
     @property
     def test_clock_id(self) -> str:
-        return "" if self.clock_key == REAL_TIME else self.clock_key
+        return api_test_clock_id(self.clock_key)
 
 
 @dataclass(slots=True)
@@ -185,7 +185,7 @@ class StoredSchedule:
     schedule_id: str
     subscription_id: str
     customer_key: str
-    clock_key: str
+    clock_key: ClockKey
     entitlement_key: str
     currency_key: str
     schedule: Schedule
@@ -286,7 +286,7 @@ class DebitHead:
     tells at its "now" whether one is due), the version of the rate sets (the number of rate sets
     the transaction sees: they are append-only), and its open grants of every currency, in id order."""
 
-    clock_key: str
+    clock_key: ClockKey
     frozen_time: datetime | None
     seen: SeenRequest[str] | None
     pending: Pending
@@ -305,7 +305,7 @@ class StoredSubscription:
     revision: int
     start_time: datetime
     end_time: datetime | None
-    clock_key: str
+    clock_key: ClockKey
     update_time: datetime
     revision_window: RevisionWindow = NO_WINDOW
 

@@ -18,6 +18,7 @@ from credit_common.ids import KEY_RULE, REQUEST_ID_MAX_LENGTH, is_valid_key
 from credit_common.pagination import PageRequest, page_request
 from credit_common.periods import Cadence
 from grant_service.domain.alerts import MAX_LEVELS, AlertLevel
+from grant_service.domain.clocks import api_test_clock_id
 from grant_service.domain.events import PAYLOAD_OF, EventFilter, EventType
 from grant_service.domain.model import (
     EntryType,
@@ -323,7 +324,7 @@ def event_pb(event: EventWithCursor) -> pb.CreditEvent:
         recorded_time=to_timestamp(stored.recorded_time),
         customer_key=fact.customer_key,
         currency_key=fact.currency_key,
-        test_clock_id=fact.clock_key,
+        test_clock_id=api_test_clock_id(fact.clock_key),
     )
     json_format.ParseDict(dict(fact.payload), getattr(message, PAYLOAD_OF[fact.type]))
     return message

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from credit_common.db.engine import log_failure
-from grant_service.domain.model import REAL_TIME
+from grant_service.domain.clocks import REAL_TIME
 from grant_service.service_layer.context import GrantContext
 from grant_service.service_layer.issuance import catch_up
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from credit_common.errors import FieldViolation, InvalidArgument
 from credit_common.ids import new_ids
 from grant_service.domain.alerts import MAX_LEVELS, AlertLevel, BalanceState, alert_event, below, crossings
+from grant_service.domain.clocks import ClockKey
 from grant_service.domain.events import NewEvent
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 
@@ -31,7 +32,7 @@ Pair = tuple[str, str]
 
 def crossed_by_debit(
     uow: GrantUnitOfWork,
-    clock_key: str,
+    clock_key: ClockKey,
     now: datetime,
     pair: Pair,
     before: BalanceState,
@@ -58,7 +59,7 @@ def crossed_by_debit(
 
 def evaluate(
     uow: GrantUnitOfWork,
-    clock_key: str,
+    clock_key: ClockKey,
     now: datetime,
     customer_keys: Iterable[str],
     *,

@@ -10,7 +10,8 @@ from decimal import Decimal
 from credit_common.errors import InvalidArgument, NotFound
 from credit_common.pagination import PageRequest
 from grant_service.domain.balances import active_in_burn_order, exact_sum
-from grant_service.domain.model import REAL_TIME, GrantInfo, LedgerEntry, evaluate
+from grant_service.domain.clocks import on_real_time
+from grant_service.domain.model import GrantInfo, LedgerEntry, evaluate
 from grant_service.service_layer.context import GrantContext, catch_up_customer, customer_due, customer_not_found
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 
@@ -54,7 +55,7 @@ def current_balance(ctx: GrantContext, customer_key: str, currency_key: str, wit
     now, customer = ctx.transactions.customer_now(customer_key, currency_key)
     if customer is None:
         raise customer_not_found(customer_key)
-    if customer.clock_key != REAL_TIME or customer.pending.due(now) or not customer.grants:
+    if not on_real_time(customer.clock_key) or customer.pending.due(now) or not customer.grants:
         return None
     views = active_in_burn_order((g.view(g.used) for g in customer.grants), now)
     by_id = {g.grant_id: g for g in customer.grants} if with_grants else {}

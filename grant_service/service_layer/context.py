@@ -13,8 +13,9 @@ from credit_common import idempotency
 from credit_common.clock import Clock
 from credit_common.errors import FailedPrecondition, NotFound
 from credit_common.idempotency import SeenRequest
+from grant_service.domain.clocks import ClockKey, on_real_time
 from grant_service.domain.events import StoredEvent
-from grant_service.domain.model import REAL_TIME, Customer
+from grant_service.domain.model import Customer
 from grant_service.domain.webhooks import UrlPolicy
 from grant_service.service_layer.issuance import catch_up
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork, Transactions
@@ -39,9 +40,9 @@ class GrantContext:
     webhook_policy: UrlPolicy = field(default_factory=UrlPolicy)
     event_body: Callable[[StoredEvent, str], bytes] | None = None
 
-    def now_in(self, uow: GrantUnitOfWork, clock_key: str) -> datetime:
+    def now_in(self, uow: GrantUnitOfWork, clock_key: ClockKey) -> datetime:
         """Real time, or the time of test clock `clock_key` as `uow` reads it."""
-        if clock_key == REAL_TIME:
+        if on_real_time(clock_key):
             return self.clock.now()
         frozen = uow.clocks.frozen_time(clock_key)
         if frozen is None:
@@ -55,7 +56,7 @@ def customer_not_found(customer_key: str) -> NotFound:
     )
 
 
-def test_clock_not_found(clock_key: str) -> NotFound:
+def test_clock_not_found(clock_key: ClockKey) -> NotFound:
     return NotFound(f"test clock {clock_key!r} not found", reason="TEST_CLOCK_NOT_FOUND")
 
 

@@ -22,6 +22,7 @@ from decimal import Decimal
 
 from credit_common.ids import new_id, new_ids
 from grant_service.domain.balances import exact_difference
+from grant_service.domain.clocks import ClockKey, clock_label, on_real_time
 from grant_service.domain.events import (
     EventType,
     NewEvent,
@@ -30,7 +31,6 @@ from grant_service.domain.events import (
     subscription_changed,
 )
 from grant_service.domain.model import (
-    REAL_TIME,
     DebitableGrant,
     Grant,
     GrantSource,
@@ -55,7 +55,7 @@ class CatchUpResult:
 def catch_up(
     transactions: Transactions,
     *,
-    clock_key: str,
+    clock_key: ClockKey,
     now: datetime,
     customer_key: str | None = None,
     batch_size: int = 500,
@@ -66,7 +66,7 @@ def catch_up(
     work: whoever holds a row is issuing it). Every other catch-up must not return before what is
     due is committed, so it waits for such locks: a customer's own catch-up before a read or a
     debit, and a test clock's advance (its reply promises everything due is issued)."""
-    skip_locked = customer_key is None and clock_key == REAL_TIME
+    skip_locked = customer_key is None and on_real_time(clock_key)
     result = CatchUpResult()
     # Expiries first, so that at a period boundary the ledger reads: EXPIRE of the old grant, GRANT of the new.
     while True:
@@ -105,7 +105,7 @@ def catch_up(
         log.info(
             "catch-up",
             extra={
-                "clock": clock_key or "real",
+                "clock": clock_label(clock_key),
                 "issued": result.issued,
                 "opened": result.opened,
                 "expired": result.expired,
@@ -116,7 +116,7 @@ def catch_up(
 
 def report_ended_batch(
     uow: GrantUnitOfWork,
-    clock_key: str,
+    clock_key: ClockKey,
     now: datetime,
     customer_key: str | None,
     batch_size: int,
@@ -153,7 +153,7 @@ def ended_events(ended: Sequence[StoredSubscription]) -> list[NewEvent]:
 
 def issue_due_batch(
     uow: GrantUnitOfWork,
-    clock_key: str,
+    clock_key: ClockKey,
     now: datetime,
     customer_key: str | None,
     batch_size: int,
@@ -282,7 +282,7 @@ def recurring_description(grant: Grant | NewGrant) -> str:
 
 def open_due_batch(
     uow: GrantUnitOfWork,
-    clock_key: str,
+    clock_key: ClockKey,
     now: datetime,
     customer_key: str | None,
     batch_size: int,
@@ -357,7 +357,7 @@ def ledger_entry(
 
 def expire_due_batch(
     uow: GrantUnitOfWork,
-    clock_key: str,
+    clock_key: ClockKey,
     now: datetime,
     customer_key: str | None,
     batch_size: int,
@@ -403,7 +403,7 @@ def close_expired(uow: GrantUnitOfWork, grants: Sequence[Grant | NewGrant]) -> N
 
 
 def catch_up_in_transaction(
-    uow: GrantUnitOfWork, clock_key: str, now: datetime, customer_key: str, batch_size: int
+    uow: GrantUnitOfWork, clock_key: ClockKey, now: datetime, customer_key: str, batch_size: int
 ) -> None:
     """The customer's catch-up to `now`, inside the caller's transaction (waiting for locks), when
     something of it is due: what a change at `now` applies to is then the customer's state at `now`."""

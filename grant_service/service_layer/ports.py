@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from credit_common.idempotency import SeenRequest
 from grant_service.domain.alerts import AlertLevel, BalanceState
+from grant_service.domain.clocks import ClockKey
 from grant_service.domain.events import EventFilter, EventPosition, NewEvent, StoredEvent
 from grant_service.domain.model import (
     Customer,
@@ -203,19 +204,19 @@ class IssuanceRepository(Protocol):
     then sees what that transaction did."""
 
     def due_schedules(
-        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+        self, clock_key: ClockKey, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
     ) -> list[StoredSchedule]:
         """Up to `limit` schedules whose next period has started at `now`."""
         ...
 
     def due_to_expire(
-        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+        self, clock_key: ClockKey, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
     ) -> list[Grant]:
         """Up to `limit` open grants (not pending) whose expiry has passed at `now`."""
         ...
 
     def due_to_open(
-        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+        self, clock_key: ClockKey, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
     ) -> list[Grant]:
         """Up to `limit` pending grants whose effective time has come at `now`."""
         ...
@@ -284,7 +285,7 @@ class SubscriptionRepository(Protocol):
         ...
 
     def ended_unreported(
-        self, clock_key: str, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
+        self, clock_key: ClockKey, now: datetime, customer_key: str | None, limit: int, *, skip_locked: bool
     ) -> list[StoredSubscription]:
         """Up to `limit` subscriptions (of a clock, or of one customer) whose end has passed at `now`
         and whose SUBSCRIPTION_ENDED is not written, locked (as IssuanceRepository's due rows)."""

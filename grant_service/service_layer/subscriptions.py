@@ -13,9 +13,9 @@ from decimal import Decimal
 from credit_common.errors import DomainError, FailedPrecondition, NotFound, Violations
 from credit_common.ids import new_id
 from credit_common.periods import Cadence
+from grant_service.domain.clocks import ClockKey, api_test_clock_id, clock_key_of, on_real_time
 from grant_service.domain.events import EventType, LateChange, NewEvent, subscription_changed
 from grant_service.domain.model import (
-    REAL_TIME,
     CreditSchedule,
     Customer,
     StoredSchedule,
@@ -196,8 +196,8 @@ class _Batch:
         )
 
     def apply(self, spec: SubscriptionSpec) -> ApplyResult:
-        clock_key = spec.test_clock_id or REAL_TIME
-        if clock_key != REAL_TIME and clock_key not in self.clocks:
+        clock_key = clock_key_of(spec.test_clock_id)
+        if not on_real_time(clock_key) and clock_key not in self.clocks:
             raise NotFound(f"test clock {clock_key!r} not found", reason="TEST_CLOCK_NOT_FOUND")
         sub = self.subscriptions.get(spec.subscription_id)
         window = advance(
@@ -221,9 +221,12 @@ class _Batch:
             raise FailedPrecondition(
                 "the subscription's test clock differs from its customer's",
                 reason="TEST_CLOCK_MISMATCH",
-                metadata={"customer_key": spec.customer_key, "customer_test_clock_id": customer.clock_key},
+                metadata={
+                    "customer_key": spec.customer_key,
+                    "customer_test_clock_id": api_test_clock_id(customer.clock_key),
+                },
             )
-        now = self.real_now if clock_key == REAL_TIME else self.clocks[clock_key]
+        now = self.real_now if on_real_time(clock_key) else self.clocks[clock_key]
         if sub is None:
             sub = StoredSubscription(
                 subscription_id=spec.subscription_id,
@@ -308,7 +311,7 @@ class _Batch:
         self.events, self.ended = [], []
 
 
-def _check_immutable(sub: StoredSubscription, spec: SubscriptionSpec, clock_key: str) -> None:
+def _check_immutable(sub: StoredSubscription, spec: SubscriptionSpec, clock_key: ClockKey) -> None:
     changed = []
     if sub.customer_key != spec.customer_key:
         changed.append("customer_key")
