@@ -1,11 +1,13 @@
-"""GetBalance's hot path: the customers asked at one instant, their clock, what a catch-up owes
-them and their grants active then, in one statement run on the driver (credit_common.db.driver)."""
+"""The read model of GetBalance's fast path (`BalanceReads`, service_layer/ports.py): the
+customers asked at one instant, their clock, what a catch-up owes them and their grants active
+then, in one statement run on the driver (credit_common.db.driver); the reads of concurrent
+callers are batched into one such statement."""
 
 from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -18,13 +20,18 @@ from sqlalchemy import (
     select,
 )
 
+from credit_common.batching import Batcher, Slot
+from credit_common.clock import Clock
 from credit_common.db.driver import DriverStatement
+from credit_common.db.engine import SessionFactories
 from credit_common.db.types import UtcDateTime
+from grant_service.adapters.mappers import customer_now_of
 from grant_service.adapters.orm import (
     CUSTOMERS,
     GRANTS,
 )
 from grant_service.adapters.sql import pending_columns
+from grant_service.domain.model import CustomerNow
 
 
 def _current_grants_statement(customers_count: int) -> Select:
@@ -77,3 +84,34 @@ def current_grants(
     for row in _current_grants(len(customer_keys)).rows(connection, params):
         by_customer[row.of_customer].append(row)
     return by_customer
+
+
+class SqlBalanceReads:
+    """`BalanceReads` over the service's session factories: the reads of concurrent callers are one
+    statement (`current_grants`), run by one of them (credit_common.batching) on a connection the
+    thread keeps (`single_statement`). `linger_s`: how long a batch's leader may wait for more callers."""
+
+    def __init__(self, factories: SessionFactories, clock: Clock, *, linger_s: float = 0.0) -> None:
+        self.factories = factories
+        self._clock = clock
+        self._batches = Batcher(self._read_batch, linger_s=linger_s)
+
+    def customer_now(self, customer_key: str, currency_key: str) -> tuple[datetime, CustomerNow | None]:
+        now, rows = self._batches.submit((customer_key, currency_key))
+        return now, customer_now_of(rows)
+
+    def _read_batch(self, take: Callable[[], list[Slot]]) -> None:
+        slots = take()
+        now = self._clock.now()
+        by_currency: dict[str, list[Slot]] = defaultdict(list)
+        for slot in slots:
+            by_currency[slot.item[1]].append(slot)
+
+        def read(connection: Connection) -> None:
+            for currency_key, asking in by_currency.items():
+                customers = sorted({slot.item[0] for slot in asking})
+                rows = current_grants(connection, customers, currency_key, now)
+                for slot in asking:
+                    slot.succeed((now, rows.get(slot.item[0], [])))
+
+        self.factories.single_statement.run(read)

@@ -1,30 +1,26 @@
 """The SQL unit of work of the grant service: one SQLAlchemy session and
-transaction, and its repositories (adapters/repositories.py); and the fast paths
-chosen with it: debits committed in groups, GetBalance's batched reads."""
+transaction, and its repositories (adapters/repositories.py); and the transaction
+runner over it, with the fast path chosen with it: debits committed in groups.
+GetBalance's read model is adapters/balance_reads.py."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from functools import partial
 from typing import TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from credit_common.batching import Batcher, Slot
 from credit_common.calls import check_before_commit
 from credit_common.clock import Clock
 from credit_common.db.engine import CONFLICT_SQLSTATES, SessionFactories, sqlstate
 from credit_common.db.group_commit import GroupCommit
 from credit_common.metrics import GROUP_COMMIT_SIZE
 from grant_service.adapters.alerts import AlertsCache, SqlAlertRepository
-from grant_service.adapters.balance_reads import current_grants
 from grant_service.adapters.debits import debit_group
 from grant_service.adapters.events import EventListener, EventSignal, SqlEventRepository
-from grant_service.adapters.mappers import customer_now_of
 from grant_service.adapters.rates import RatesCache
 from grant_service.adapters.repositories import (
     SqlCurrencyRepository,
@@ -40,7 +36,6 @@ from grant_service.adapters.repositories import (
     SqlSubscriptionRepository,
 )
 from grant_service.adapters.webhooks import SqlWebhookDeliveryRepository, SqlWebhookEndpointRepository
-from grant_service.domain.model import CustomerNow
 
 T = TypeVar("T")
 
@@ -79,9 +74,8 @@ class SqlTransactions:
 
     Debits run in groups (credit_common.db.group_commit): on PostgreSQL a group's customers are
     locked and their DebitHeads read in one round trip, its writes sent together
-    (debits.debit_group). GetBalance's hot-path reads of concurrent callers are one statement,
-    run by one of them (credit_common.batching), on a connection the thread keeps. `linger_s`: how
-    long a batch's leader may wait for more callers. The rate sets are cached (RatesCache)."""
+    (debits.debit_group). `linger_s`: how long a group's leader may wait for more callers. The rate
+    sets are cached (RatesCache)."""
 
     def __init__(
         self,
@@ -103,7 +97,6 @@ class SqlTransactions:
         self.debits = GroupCommit(
             factories.write, self._write, debit_group, linger_s=linger_s, observe_size=GROUP_COMMIT_SIZE.observe
         )
-        self._balance_reads = Batcher(self._read_current_grants, linger_s=linger_s)
 
     def _unit(self, session: Session) -> SqlGrantUnitOfWork:
         return SqlGrantUnitOfWork(session, self._rates, self._clock, self._alerts, self._events_enabled)
@@ -156,26 +149,6 @@ class SqlTransactions:
 
     def wait_for_events(self, generation: int, timeout_s: float) -> None:
         self._events.wait(generation, timeout_s)
-
-    def customer_now(self, customer_key: str, currency_key: str) -> tuple[datetime, CustomerNow | None]:
-        now, rows = self._balance_reads.submit((customer_key, currency_key))
-        return now, customer_now_of(rows)
-
-    def _read_current_grants(self, take: Callable[[], list[Slot]]) -> None:
-        slots = take()
-        now = self._clock.now()
-        by_currency: dict[str, list[Slot]] = defaultdict(list)
-        for slot in slots:
-            by_currency[slot.item[1]].append(slot)
-
-        def read(connection: Connection) -> None:
-            for currency_key, asking in by_currency.items():
-                customers = sorted({slot.item[0] for slot in asking})
-                rows = current_grants(connection, customers, currency_key, now)
-                for slot in asking:
-                    slot.succeed((now, rows.get(slot.item[0], [])))
-
-        self.factories.single_statement.run(read)
 
 
 def _in_unit(

@@ -12,6 +12,7 @@ from credit_common.db.engine import create_db_engine, read_engine_settings, sess
 from credit_common.grpc.server import RunningServer
 from credit_common.metrics import recorded, watch_pool
 from credit_common.runtime import ServiceDefinition, start
+from grant_service.adapters.balance_reads import SqlBalanceReads
 from grant_service.adapters.orm import API_KEYS
 from grant_service.adapters.sql import catch_up_gauges
 from grant_service.adapters.unit_of_work import SqlTransactions
@@ -42,14 +43,16 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
     # GetBalance's hot path reads on a connection per RPC thread, from a pool of its own.
     clock = clock or SystemClock()
     read_engine = create_db_engine(read_engine_settings(settings.database, settings.max_workers))
+    factories = session_factories(engine, read_engine)
     transactions = SqlTransactions(
-        session_factories(engine, read_engine),
+        factories,
         clock,
         linger_s=settings.batch_linger_s,
         events=settings.events_enabled,
     )
     ctx = GrantContext(
         transactions=transactions,
+        balance_reads=SqlBalanceReads(factories, clock, linger_s=settings.batch_linger_s),
         clock=clock,
         test_clocks_enabled=settings.test_clocks_enabled,
         batch_size=settings.catch_up_batch_size,

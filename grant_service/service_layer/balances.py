@@ -49,10 +49,11 @@ def balance_at(
 
 
 def current_balance(ctx: GrantContext, customer_key: str, currency_key: str, with_grants: bool) -> BalanceInfo | None:
-    """The hot path of GetBalance: a customer on real time with nothing due, which is one statement
-    (the customer, its due flags and its active grants) outside any transaction. None when it does
-    not apply (a test clock, something due, no active grant): the general path answers then."""
-    now, customer = ctx.transactions.customer_now(customer_key, currency_key)
+    """The hot path of GetBalance: a customer on real time with nothing due, answered from the read
+    model (`ctx.balance_reads`: the customer, what is due and its active grants, outside any
+    transaction). None when it does not apply (a test clock, something due, no active grant): the
+    general path answers then."""
+    now, customer = ctx.balance_reads.customer_now(customer_key, currency_key)
     if customer is None:
         raise customer_not_found(customer_key)
     if not on_real_time(customer.clock_key) or customer.pending.due(now) or not customer.grants:
@@ -66,7 +67,7 @@ def current_balance(ctx: GrantContext, customer_key: str, currency_key: str, wit
 def get_balance(
     ctx: GrantContext, customer_key: str, currency_key: str, as_of: datetime | None, with_grants: bool
 ) -> BalanceInfo:
-    """The common case (real time, nothing due) is one statement, see `current_balance`. Otherwise
+    """The common case (real time, nothing due) is one read of the read model, see `current_balance`. Otherwise
     one read transaction: the customer, the due check, the grants; and if anything is due, the
     customer is caught up first, as every read does."""
     if as_of is None:

@@ -1,6 +1,7 @@
-"""What every use case of the grant service needs: its units of work, the clock,
-settings; plus the helpers shared by them (a customer's "now", its catch-up,
-request-id replay of a record already read)."""
+"""What every use case of the grant service needs: its transaction runner, the
+read model of GetBalance's fast path, the clock, settings; plus the helpers shared
+by them (a customer's "now", its catch-up, request-id replay of a record already
+read)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ from grant_service.domain.events import StoredEvent
 from grant_service.domain.model import Customer
 from grant_service.domain.webhooks import UrlPolicy
 from grant_service.service_layer.issuance import catch_up
+from grant_service.service_layer.ports import BalanceReads
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork, Transactions
 
 
 @dataclass(frozen=True)
 class GrantContext:
     transactions: Transactions
+    balance_reads: BalanceReads
     clock: Clock
     test_clocks_enabled: bool = False
     batch_size: int = 500

@@ -1,6 +1,7 @@
 """What the service layer needs of storage, as protocols: the repositories of a
-unit of work (unit_of_work.py). Their SQL implementations are in
-grant_service/adapters/repositories.py."""
+unit of work (unit_of_work.py), and the read model of GetBalance's fast path
+(`BalanceReads`). Their SQL implementations are in grant_service/adapters/
+(repositories.py, balance_reads.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from grant_service.domain.clocks import ClockKey
 from grant_service.domain.events import EventFilter, EventPosition, NewEvent, StoredEvent
 from grant_service.domain.model import (
     Customer,
+    CustomerNow,
     DebitableGrant,
     DebitHead,
     Grant,
@@ -28,6 +30,18 @@ from grant_service.domain.model import (
 from grant_service.domain.revisions import RevisionWindow
 from grant_service.domain.schedules import Pending
 from grant_service.domain.webhooks import DeliveryAttempt, NewDelivery, WebhookEndpoint
+
+
+class BalanceReads(Protocol):
+    """The read model of GetBalance's fast path (a view, in cosmicpython's words): what a current
+    balance needs of a customer, read outside any transaction, without a unit of work. How the reads
+    are made (one statement for many concurrent callers, a connection per thread) is the
+    implementation's business; what it answers is what a read transaction at that instant would see."""
+
+    def customer_now(self, customer_key: str, currency_key: str) -> tuple[datetime, CustomerNow | None]:
+        """Real time now, and the customer then (None: no such customer): its clock, what a catch-up
+        owes it, its grants in `currency_key` active then, with their running debit totals."""
+        ...
 
 
 class SimulatedClockRepository(Protocol):

@@ -7,10 +7,8 @@ chosen at wiring."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Protocol, TypeVar
 
-from grant_service.domain.model import CustomerNow
 from grant_service.service_layer.ports import (
     AlertRepository,
     CurrencyRepository,
@@ -88,10 +86,4 @@ class Transactions(Protocol):
 
     def wait_for_events(self, generation: int, timeout_s: float) -> None:
         """Return once `event_generation()` has passed `generation`, or after `timeout_s`."""
-        ...
-
-    def customer_now(self, customer_key: str, currency_key: str) -> tuple[datetime, CustomerNow | None]:
-        """Real time now, and the customer then (None: no such customer): its clock, what a catch-up
-        owes it, its grants in `currency_key` active then. One statement outside any transaction;
-        the reads of concurrent callers may be one statement together (GetBalance's hot path)."""
         ...

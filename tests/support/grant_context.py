@@ -7,9 +7,15 @@ from typing import Any
 
 from credit_common.clock import Clock
 from credit_common.db.engine import SessionFactories
+from grant_service.adapters.balance_reads import SqlBalanceReads
 from grant_service.adapters.unit_of_work import SqlTransactions
 from grant_service.service_layer.context import GrantContext
 
 
 def sql_context(factories: SessionFactories, clock: Clock, *, linger_s: float = 0.0, **settings: Any) -> GrantContext:
-    return GrantContext(transactions=SqlTransactions(factories, clock, linger_s=linger_s), clock=clock, **settings)
+    return GrantContext(
+        transactions=SqlTransactions(factories, clock, linger_s=linger_s),
+        balance_reads=SqlBalanceReads(factories, clock, linger_s=linger_s),
+        clock=clock,
+        **settings,
+    )
