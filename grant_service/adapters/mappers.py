@@ -103,8 +103,29 @@ def entry_of(row: LedgerEntryRow) -> LedgerEntry:
         usage_id=row.usage_id,
         subscription_id=row.subscription_id,
         description=row.description,
+        opens=row.opens_grant_id is not None,
+        closes=row.closes_grant_id is not None,
         seq=row.seq,
     )
+
+
+def ledger_row(entry: LedgerEntry) -> dict[str, Any]:
+    """The columns of `ledger_entries` of a new entry (its `seq` is the database's)."""
+    grant_id = entry.grant_id
+    return {
+        "entry_id": entry.entry_id,
+        "customer_key": entry.customer_key,
+        "currency_key": entry.currency_key,
+        "type": entry.type.value,
+        "amount": entry.amount,
+        "grant_id": grant_id,
+        "effective_time": entry.effective_time,
+        "usage_id": entry.usage_id,
+        "subscription_id": entry.subscription_id,
+        "description": entry.description,
+        "opens_grant_id": grant_id if entry.opens else None,
+        "closes_grant_id": grant_id if entry.closes else None,
+    }
 
 
 def usage_of(row: Any) -> Usage:

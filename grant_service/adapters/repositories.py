@@ -24,6 +24,7 @@ from grant_service.adapters.mappers import (
     encode_amounts,
     entry_of,
     grant_of,
+    ledger_row,
     schedule_of,
     stored_schedule_of,
     stored_subscription_of,
@@ -300,10 +301,11 @@ class SqlLedgerRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def add(self, entry: dict[str, Any]) -> None:
-        self.session.add(LedgerEntryRow(**entry))
+    def add(self, entry: LedgerEntry) -> None:
+        row = ledger_row(entry)
+        self.session.add(LedgerEntryRow(**row))
         self.session.flush()
-        tally_ledger(self.session, [entry])
+        tally_ledger(self.session, [row])
 
     def debits_by_grant(self, grant_ids: Sequence[str], at: datetime | None = None) -> dict[str, Decimal]:
         """Summed exactly in Python."""
@@ -381,18 +383,19 @@ class SqlDebitRepository:
         self,
         usage: Usage,
         used: Sequence[tuple[str, Decimal]],
-        entries: Sequence[dict[str, Any]],
+        entries: Sequence[LedgerEntry],
         scope: str,
         fingerprint: str,
         events: Sequence[NewEvent] = (),
     ) -> None:
+        rows = [ledger_row(entry) for entry in entries]
         request = None
         if usage.request_id:
             request = request_id_row(scope, usage.request_id, fingerprint, usage.usage_id, usage.usage_time)
         usage_row = {name: getattr(usage, name) for name in Usage.__slots__}
         events = events if self._events else ()
         recorded = self._clock.now() if self._clock is not None and events else usage.usage_time
-        record_debit(self.session, usage_row, used, entries, request, event_rows(events, recorded))
+        record_debit(self.session, usage_row, used, rows, request, event_rows(events, recorded))
         if events:
             wrote_events(self.session)
 
@@ -518,9 +521,10 @@ class SqlIssuanceRepository:
             )
         return insert_ignoring_conflicts(self.session, GrantRow, rows, "grant_id")
 
-    def add_entries(self, entries: Sequence[dict[str, Any]]) -> None:
-        inserted = insert_ignoring_conflicts(self.session, LedgerEntryRow, entries, "entry_id")
-        tally_ledger(self.session, (entry for entry in entries if entry["entry_id"] in inserted))
+    def add_entries(self, entries: Sequence[LedgerEntry]) -> None:
+        rows = [ledger_row(entry) for entry in entries]
+        inserted = insert_ignoring_conflicts(self.session, LedgerEntryRow, rows, "entry_id")
+        tally_ledger(self.session, (row for row in rows if row["entry_id"] in inserted))
 
     def opened(self, grant_ids: Sequence[str], closed: Sequence[str] = ()) -> None:
         if not grant_ids:

@@ -109,8 +109,14 @@ def evaluate(grant: Grant, used: Decimal, at: datetime) -> GrantInfo:
     return GrantInfo(grant, used, Decimal(remaining), status)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LedgerEntry:
+    """An entry of the append-only ledger, written by the use cases and read back. `opens`: the
+    grant's GRANT (a grant has at most one), `closes`: its EXPIRE or VOID (at most one); the storage
+    skips an opening or closing entry that the grant already has. Never changed once made, but not
+    frozen: a frozen dataclass's constructor sets each field through object.__setattr__, and the
+    catch-up makes one of these per grant of a renewal storm."""
+
     entry_id: str
     customer_key: str
     currency_key: str
@@ -121,7 +127,9 @@ class LedgerEntry:
     usage_id: str | None
     subscription_id: str | None
     description: str
-    seq: int | None = None  # its position in the ledger (the order of entries at the same instant)
+    opens: bool = False
+    closes: bool = False
+    seq: int | None = None  # its place in the ledger (the order of entries at one instant; None: not written yet)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,8 +32,10 @@ from grant_service.domain.events import (
 )
 from grant_service.domain.model import (
     DebitableGrant,
+    EntryType,
     Grant,
     GrantSource,
+    LedgerEntry,
     NewGrant,
     StoredSchedule,
     StoredSubscription,
@@ -322,13 +324,15 @@ def open_due_batch(
     return len(grants), len(over)
 
 
-def grant_entry(grant: Grant | NewGrant, description: str, *, entry_id: str | None = None) -> dict:
-    return ledger_entry(grant, "GRANT", grant.amount, grant.effective_time, description, opens=True, entry_id=entry_id)
+def grant_entry(grant: Grant | NewGrant, description: str, *, entry_id: str | None = None) -> LedgerEntry:
+    return ledger_entry(
+        grant, EntryType.GRANT, grant.amount, grant.effective_time, description, opens=True, entry_id=entry_id
+    )
 
 
 def ledger_entry(
     grant: Grant | NewGrant | DebitableGrant,
-    type_: str,
+    type_: EntryType,
     amount: Decimal,
     effective_time: datetime,
     description: str,
@@ -337,22 +341,22 @@ def ledger_entry(
     closes: bool = False,
     usage_id: str | None = None,
     entry_id: str | None = None,
-) -> dict:
+) -> LedgerEntry:
     """A ledger entry of `grant`; its id is `entry_id` (made in bulk by the caller) or a new one."""
-    return {
-        "entry_id": entry_id or new_id("led"),
-        "customer_key": grant.customer_key,
-        "currency_key": grant.currency_key,
-        "type": type_,
-        "amount": amount,
-        "grant_id": grant.grant_id,
-        "effective_time": effective_time,
-        "usage_id": usage_id,
-        "subscription_id": grant.subscription_id,
-        "description": description,
-        "opens_grant_id": grant.grant_id if opens else None,
-        "closes_grant_id": grant.grant_id if closes else None,
-    }
+    return LedgerEntry(
+        entry_id or new_id("led"),
+        grant.customer_key,
+        grant.currency_key,
+        type_,
+        amount,
+        grant.grant_id,
+        effective_time,
+        usage_id,
+        grant.subscription_id,
+        description,
+        opens,
+        closes,
+    )
 
 
 def expire_due_batch(
@@ -373,11 +377,11 @@ def expire_due_batch(
     return len(grants)
 
 
-def expire_entry(grant: Grant | NewGrant, *, entry_id: str | None = None) -> dict:
+def expire_entry(grant: Grant | NewGrant, *, entry_id: str | None = None) -> LedgerEntry:
     assert grant.expire_time is not None
     return ledger_entry(
         grant,
-        "EXPIRE",
+        EntryType.EXPIRE,
         -exact_difference(grant.amount, grant.used),
         grant.expire_time,
         "unused remainder expired",

@@ -11,7 +11,7 @@ from credit_common.idempotency import fingerprint, remember, replay
 from credit_common.ids import new_id
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_difference
 from grant_service.domain.events import grant_voided
-from grant_service.domain.model import Grant, GrantInfo, GrantSource, evaluate
+from grant_service.domain.model import EntryType, Grant, GrantInfo, GrantSource, evaluate
 from grant_service.service_layer import alerts
 from grant_service.service_layer.balances import currency_not_found
 from grant_service.service_layer.context import GrantContext, catch_up_customer, customer_not_found
@@ -62,7 +62,9 @@ def void_grant(ctx: GrantContext, grant_id: str, reason: str, request_id: str) -
         remaining = Decimal(0)
         if grant.opens_at is None:
             remaining = exact_difference(grant.amount, grant.used)
-            uow.ledger.add(ledger_entry(grant, "VOID", -remaining, now, reason or "voided by an operator", closes=True))
+            uow.ledger.add(
+                ledger_entry(grant, EntryType.VOID, -remaining, now, reason or "voided by an operator", closes=True)
+            )
         uow.events.add([grant_voided(grant, customer.clock_key, remaining, now, reason, new_id("evt"))])
         # A pending grant (not yet effective) never counted: voided, it never will, and has no ledger entry.
         uow.grants.void(grant_id, now, reason)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Protocol
 
 from credit_common.idempotency import SeenRequest
 from grant_service.domain.alerts import AlertLevel, BalanceState
@@ -140,8 +140,8 @@ class GrantRepository(Protocol):
 
 
 class LedgerRepository(Protocol):
-    def add(self, entry: dict[str, Any]) -> None:
-        """Append one entry (the columns of `ledger_entries`, see issuance.ledger_entry)."""
+    def add(self, entry: LedgerEntry) -> None:
+        """Append one entry (its `seq` is given by the ledger)."""
         ...
 
     def debits_by_grant(self, grant_ids: Sequence[str], at: datetime | None = None) -> dict[str, Decimal]:
@@ -180,7 +180,7 @@ class DebitRepository(Protocol):
         self,
         usage: Usage,
         used: Sequence[tuple[str, Decimal]],
-        entries: Sequence[dict[str, Any]],
+        entries: Sequence[LedgerEntry],
         scope: str,
         fingerprint: str,
         events: Sequence[NewEvent] = (),
@@ -240,7 +240,7 @@ class IssuanceRepository(Protocol):
         same schedule period segment); the ids of those inserted."""
         ...
 
-    def add_entries(self, entries: Sequence[dict[str, Any]]) -> None:
+    def add_entries(self, entries: Sequence[LedgerEntry]) -> None:
         """Append ledger entries (see LedgerRepository.add), skipping any whose grant already has
         its opening or closing entry."""
         ...

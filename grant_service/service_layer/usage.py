@@ -34,7 +34,7 @@ from grant_service.domain.balances import (
     exact_sum,
 )
 from grant_service.domain.events import NewEvent, grant_depleted, usage_rejected
-from grant_service.domain.model import REAL_TIME, DebitableGrant, DebitHead, Usage
+from grant_service.domain.model import REAL_TIME, DebitableGrant, DebitHead, EntryType, Usage
 from grant_service.service_layer import alerts
 from grant_service.service_layer.context import (
     GrantContext,
@@ -378,7 +378,7 @@ def _record(
         [
             ledger_entry(
                 grants[grant_id],
-                "DEBIT",
+                EntryType.DEBIT,
                 -amount,
                 now,
                 f"{format_decimal(quantity)} x {feature_key}",
