@@ -16,8 +16,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from credit_common.decimals import format_decimal
+from grant_service.adapters.locking import is_postgres
 from grant_service.adapters.orm import ALERT_SETS, ALERT_STATES, GRANTS
-from grant_service.adapters.sql import is_postgres
 from grant_service.domain.alerts import AlertLevel, BalanceState, state_of
 
 Pair = tuple[str, str]

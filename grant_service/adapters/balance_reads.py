@@ -25,12 +25,12 @@ from credit_common.clock import Clock
 from credit_common.db.driver import DriverStatement
 from credit_common.db.engine import SessionFactories
 from credit_common.db.types import UtcDateTime
+from grant_service.adapters.catch_up import pending_columns
 from grant_service.adapters.mappers import customer_now_of
 from grant_service.adapters.orm import (
     CUSTOMERS,
     GRANTS,
 )
-from grant_service.adapters.sql import pending_columns
 from grant_service.domain.model import CustomerNow
 
 

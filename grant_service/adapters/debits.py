@@ -34,6 +34,8 @@ from sqlalchemy.orm import Session
 from credit_common.db.driver import DriverStatement, deferred_writes, rows_of
 from credit_common.idempotency import SeenRequest
 from credit_common.metrics import tally_ledger
+from grant_service.adapters.catch_up import pending_columns
+from grant_service.adapters.locking import is_postgres
 from grant_service.adapters.mappers import view_of
 from grant_service.adapters.orm import (
     ALERT_SETS,
@@ -46,7 +48,6 @@ from grant_service.adapters.orm import (
     REQUEST_IDS,
     USAGES,
 )
-from grant_service.adapters.sql import is_postgres, pending_columns
 from grant_service.domain.model import (
     DebitableGrant,
     DebitHead,

@@ -25,8 +25,9 @@ from sqlalchemy.orm import Session
 
 from credit_common.clock import Clock
 from credit_common.decimals import format_decimal
+from grant_service.adapters.locking import is_postgres
 from grant_service.adapters.orm import EVENT_LOG, EVENTS, EventRow
-from grant_service.adapters.sql import insert_ignoring_conflicts, is_postgres
+from grant_service.adapters.sql import insert_ignoring_conflicts
 from grant_service.domain.events import EventFilter, EventPosition, EventType, NewEvent, StoredEvent
 
 WROTE_EVENTS = "credit_grants.wrote_events"  # session.info: this transaction wrote events

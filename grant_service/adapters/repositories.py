@@ -17,8 +17,10 @@ from credit_common.clock import Clock
 from credit_common.db.keyset import keyset_after
 from credit_common.idempotency import SeenRequest
 from credit_common.metrics import tally_ledger
+from grant_service.adapters.catch_up import pending_columns
 from grant_service.adapters.debits import debit_head, insert_request_id, open_grants, record_debit
 from grant_service.adapters.events import event_rows, wrote_events
+from grant_service.adapters.locking import is_postgres, locked
 from grant_service.adapters.mappers import (
     clock_of,
     encode_amounts,
@@ -50,7 +52,7 @@ from grant_service.adapters.orm import (
     UsageRow,
 )
 from grant_service.adapters.rates import RatesCache, feature_known, rates_in_force
-from grant_service.adapters.sql import insert_ignoring_conflicts, is_postgres, locked, pending_columns
+from grant_service.adapters.sql import insert_ignoring_conflicts
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_sum
 from grant_service.domain.clocks import ClockKey
 from grant_service.domain.events import NewEvent

@@ -28,6 +28,7 @@ from credit_common.delivery import leases
 from credit_common.delivery.leases import Backlog, LeaseToken
 from credit_common.ids import new_ids
 from grant_service.adapters.events import _event_of as event_of
+from grant_service.adapters.locking import is_postgres, locked
 from grant_service.adapters.orm import (
     EVENTS,
     WEBHOOK_ATTEMPTS,
@@ -35,7 +36,6 @@ from grant_service.adapters.orm import (
     WEBHOOK_DELIVERIES,
     WEBHOOK_ENDPOINTS,
 )
-from grant_service.adapters.sql import is_postgres, locked
 from grant_service.domain.events import EventPosition, StoredEvent
 from grant_service.domain.webhooks import (
     STATUS_DELIVERED,

@@ -13,8 +13,8 @@ from credit_common.grpc.server import RunningServer
 from credit_common.metrics import recorded, watch_pool
 from credit_common.runtime import ServiceDefinition, start
 from grant_service.adapters.balance_reads import SqlBalanceReads
+from grant_service.adapters.catch_up import catch_up_gauges
 from grant_service.adapters.orm import API_KEYS
-from grant_service.adapters.sql import catch_up_gauges
 from grant_service.adapters.unit_of_work import SqlTransactions
 from grant_service.adapters.webhooks import webhook_gauges
 from grant_service.entrypoints.event_json import event_body
