@@ -69,6 +69,16 @@ class Grant:
     closed: bool = False
     opens_at: datetime | None = None
 
+    @property
+    def opened(self) -> bool:
+        """Its GRANT entry is written (it is not pending)."""
+        return self.opens_at is None
+
+    @property
+    def debited(self) -> bool:
+        """Something was debited from it."""
+        return self.used != 0
+
     def view(self, used: Decimal) -> GrantView:
         """The grant as seen at an instant at which `used` credits of it were debited."""
         return GrantView(

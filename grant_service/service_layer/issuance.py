@@ -40,7 +40,8 @@ from grant_service.domain.model import (
     StoredSchedule,
     StoredSubscription,
 )
-from grant_service.domain.schedules import GrantSegment, Schedule, StoredGrant, reconcile
+from grant_service.domain.reconciliation import reconcile
+from grant_service.domain.schedules import GrantSegment, Schedule
 from grant_service.service_layer import alerts
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork, Transactions
 
@@ -441,7 +442,7 @@ def reconcile_issued(uow: GrantUnitOfWork, stored: StoredSchedule, now: datetime
     if not periods:
         return []
     existing = {g.grant_id: g for g in uow.issuance.grants_of_periods(stored.schedule_id, sorted(periods))}
-    plan = reconcile(schedule, [_stored(g) for g in existing.values()], sorted(periods), now)
+    plan = reconcile(schedule, list(existing.values()), sorted(periods), now)
     for grant_id, expiry in plan.expiries.items():
         uow.issuance.set_expiry(grant_id, expiry)
         existing[grant_id] = replace(existing[grant_id], expire_time=expiry)
@@ -450,18 +451,3 @@ def reconcile_issued(uow: GrantUnitOfWork, stored: StoredSchedule, now: datetime
     issue_segments(uow, [(stored, segment) for segment in plan.issue], now)
     return list(plan.withdrawn)
 
-
-def _stored(grant: Grant) -> StoredGrant:
-    assert grant.period_index is not None and grant.segment is not None and grant.expire_time is not None
-    return StoredGrant(
-        grant.grant_id,
-        grant.period_index,
-        grant.segment,
-        grant.amount,
-        grant.effective_time,
-        grant.expire_time,
-        grant.void_time,
-        opened=grant.opens_at is None,
-        closed=grant.closed,
-        debited=grant.used != 0,
-    )

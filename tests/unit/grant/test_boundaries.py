@@ -8,16 +8,18 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from credit_common.periods import MAX_INSTANT, Cadence, period_index_at, period_start, period_start_or_none
+from grant_service.domain.balances import RECURRING_PRIORITY
+from grant_service.domain.clocks import REAL_TIME
+from grant_service.domain.model import Grant, GrantSource
+from grant_service.domain.reconciliation import reconcile
 from grant_service.domain.schedules import (
     GrantSegment,
     Pending,
     Schedule,
     ScheduledAmount,
-    StoredGrant,
     clamp_amounts,
     clamp_end,
     first_period_fits,
-    reconcile,
 )
 
 
@@ -34,7 +36,28 @@ def amounts(*pairs) -> tuple[ScheduledAmount, ...]:
 
 
 def issued(grant_id, k, seg, amount, start, end, *, opened=True, closed=False, void=None, debited=False):
-    return StoredGrant(grant_id, k, seg, Decimal(amount), start, end, void, opened, closed, debited)
+    """A recurring grant as stored: segment `seg` of period `k`."""
+    return Grant(
+        grant_id=grant_id,
+        customer_key="c1",
+        currency_key="ai-credits",
+        clock_key=REAL_TIME,
+        source=GrantSource.RECURRING,
+        subscription_id="sub_1",
+        entitlement_key="monthly",
+        period_index=k,
+        amount=Decimal(amount),
+        effective_time=start,
+        expire_time=end,
+        priority=RECURRING_PRIORITY,
+        void_time=void,
+        reason="",
+        schedule_id="sch_1",
+        segment=seg,
+        used=Decimal(1) if debited else Decimal(0),
+        closed=closed,
+        opens_at=None if opened else start,
+    )
 
 
 def test_amount_changed_exactly_at_an_issued_period_start_withdraws_its_grant():
