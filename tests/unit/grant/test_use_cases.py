@@ -1,0 +1,415 @@
+"""The grant service's use cases over the in-memory fakes of its ports (tests/support/grant_fakes.py):
+applying subscriptions, the catch-up, voids and one-off grants, balance alerts and test clocks, at
+unit speed. The SQL repositories behind the same ports are tested on both backends in
+tests/integration/grant; the RPCs over a real server in tests/e2e/grant."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from credit_common.clock import ManualClock
+from credit_common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from credit_common.pagination import PageRequest
+from credit_common.periods import Cadence
+from grant_service.domain.alerts import AlertLevel
+from grant_service.domain.clocks import REAL_TIME
+from grant_service.domain.events import EventType
+from grant_service.domain.model import EntryType, GrantStatus
+from grant_service.domain.schedules import ScheduledAmount
+from grant_service.service_layer import alerts, balances, operators, simulated_clocks
+from grant_service.service_layer.issuance import catch_up
+from grant_service.service_layer.subscriptions import (
+    ApplyOutcome,
+    ScheduleSpec,
+    SubscriptionSpec,
+    apply_credit_currency,
+    apply_subscription,
+    apply_subscriptions,
+    get_subscription,
+)
+from tests.support.grant_fakes import FakeStore, fake_context
+
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+ANCHOR = datetime(2026, 3, 15, tzinfo=UTC)  # periods Mar 15, Apr 15, May 15 have started at NOW
+
+
+def _spec(
+    revision: int = 1,
+    *,
+    subscription_id: str = "sub_1",
+    customer_key: str = "c1",
+    start: datetime = ANCHOR,
+    end: datetime | None = None,
+    amounts: tuple[tuple[str, datetime], ...] = (("100", ANCHOR),),
+    test_clock_id: str = "",
+) -> SubscriptionSpec:
+    scheduled = tuple(ScheduledAmount(Decimal(a), t) for a, t in amounts)
+    return SubscriptionSpec(
+        subscription_id,
+        customer_key,
+        revision,
+        start,
+        end,
+        (ScheduleSpec("monthly", "ai-credits", Cadence.MONTHLY, scheduled),),
+        test_clock_id,
+    )
+
+
+@pytest.fixture
+def store() -> FakeStore:
+    return FakeStore()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(NOW)
+
+
+@pytest.fixture
+def ctx(store, clock):
+    return fake_context(clock, store, test_clocks_enabled=True, batch_size=2)
+
+
+def _entries(store: FakeStore, customer_key: str = "c1") -> list[tuple[str, datetime, Decimal]]:
+    return [(e.type.value, e.effective_time, e.amount) for e in store.ledger if e.customer_key == customer_key]
+
+
+def _events(store: FakeStore, *types: EventType) -> list[EventType]:
+    return [e.event.type for e in store.events if not types or e.event.type in types]
+
+
+# ------------------------------------------------------------------------------ subscriptions
+
+
+def test_a_new_subscription_is_stored_with_its_customer_and_schedule_and_issues_nothing_yet(ctx, store):
+    result = apply_subscription(ctx, _spec())
+
+    assert (result.outcome, result.current_revision) == (ApplyOutcome.APPLIED, 1)
+    assert store.customers["c1"].clock_key == REAL_TIME
+    sub = get_subscription(ctx, "sub_1")
+    assert (sub.revision, sub.start_time, sub.end_time, sub.test_clock_id) == (1, ANCHOR, None, "")
+    assert [s.entitlement_key for s in sub.credit_schedules] == ["monthly"]
+    assert store.grants == {} and store.ledger == []  # the catch-up issues, not the apply
+    assert _events(store) == [EventType.SUBSCRIPTION_CHANGED]
+
+
+def test_the_same_revision_is_already_applied_and_an_older_one_stale(ctx):
+    apply_subscription(ctx, _spec(1))
+    apply_subscription(ctx, _spec(2, end=NOW + timedelta(days=30)))
+
+    assert apply_subscription(ctx, _spec(2)).outcome is ApplyOutcome.ALREADY_APPLIED
+    stale = apply_subscription(ctx, _spec(1))
+    assert (stale.outcome, stale.current_revision) == (ApplyOutcome.STALE, 2)
+    assert get_subscription(ctx, "sub_1").end_time == NOW + timedelta(days=30)
+
+
+def test_a_revision_cannot_move_a_subscription_to_another_customer(ctx):
+    apply_subscription(ctx, _spec(1))
+    with pytest.raises(FailedPrecondition) as raised:
+        apply_subscription(ctx, _spec(2, customer_key="c2"))
+    assert raised.value.reason == "IMMUTABLE_FIELD_CHANGED"
+
+
+def test_a_rejected_item_of_a_batch_leaves_no_trace_and_the_others_are_applied(ctx, store):
+    results = apply_subscriptions(
+        ctx,
+        [_spec(subscription_id="sub_a", customer_key="a"), _spec(test_clock_id="clk_missing"), _spec(customer_key="b")],
+    )
+
+    assert [r.outcome for r in results] == [ApplyOutcome.APPLIED, None, ApplyOutcome.APPLIED]
+    assert isinstance(results[1].error, NotFound) and results[1].error.reason == "TEST_CLOCK_NOT_FOUND"
+    assert sorted(store.customers) == ["a", "b"]
+    assert sorted(store.subscriptions) == ["sub_1", "sub_a"]
+
+
+def test_unknown_subscription_is_not_found(ctx):
+    with pytest.raises(NotFound):
+        get_subscription(ctx, "sub_nobody")
+
+
+def test_a_currency_revision_is_applied_once_and_an_older_one_is_stale(ctx, store):
+    assert apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal("2.5")}, None) == (ApplyOutcome.APPLIED, 1)
+    assert apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal(3)}, None) == (ApplyOutcome.ALREADY_APPLIED, 1)
+    assert apply_credit_currency(ctx, "ai-credits", 2, {"gpt": Decimal(3)}, None) == (ApplyOutcome.APPLIED, 2)
+    assert apply_credit_currency(ctx, "ai-credits", 1, {}, None) == (ApplyOutcome.STALE, 2)
+    assert [(revision, rates) for _, revision, _, rates in store.rate_sets] == [
+        (1, {"gpt": Decimal("2.5")}),
+        (2, {"gpt": Decimal(3)}),
+    ]
+
+
+# ------------------------------------------------------------------------------ the catch-up
+
+
+def test_the_catch_up_issues_every_started_period_and_expires_the_past_ones_in_ledger_order(ctx, store):
+    apply_subscription(ctx, _spec())
+    apr, may, jun = ANCHOR.replace(month=4), ANCHOR.replace(month=5), ANCHOR.replace(month=6)
+
+    result = catch_up(ctx.transactions, clock_key=REAL_TIME, now=NOW, batch_size=2)
+
+    assert (result.issued, result.expired) == (3, 2)
+    assert _entries(store) == [
+        ("GRANT", ANCHOR, Decimal(100)),
+        ("EXPIRE", apr, Decimal(-100)),
+        ("GRANT", apr, Decimal(100)),
+        ("EXPIRE", may, Decimal(-100)),
+        ("GRANT", may, Decimal(100)),
+    ]
+    assert store.schedules[next(iter(store.schedules))].next_period_start == jun
+    assert _events(store, EventType.CREDITS_GRANTED, EventType.CREDITS_EXPIRED).count(EventType.CREDITS_GRANTED) == 3
+
+
+def test_the_catch_up_run_again_issues_nothing_more(ctx, store):
+    apply_subscription(ctx, _spec())
+    catch_up(ctx.transactions, clock_key=REAL_TIME, now=NOW, batch_size=2)
+    ledger, events = list(store.ledger), list(store.events)
+
+    again = catch_up(ctx.transactions, clock_key=REAL_TIME, now=NOW, batch_size=2)
+
+    assert (again.issued, again.expired, again.opened) == (0, 0, 0)
+    assert store.ledger == ledger and store.events == events
+
+
+def test_a_balance_read_catches_the_customer_up_first(ctx, store):
+    apply_subscription(ctx, _spec())
+
+    info = balances.get_balance(ctx, "c1", "ai-credits", None, True)
+
+    assert info.available == Decimal(100)
+    assert [g.grant.effective_time for g in info.grants] == [ANCHOR.replace(month=5)]
+    assert len(store.grants) == 3  # issued by the read's catch-up
+
+
+def test_the_balance_fast_path_answers_from_the_read_model_once_nothing_is_due(ctx):
+    apply_subscription(ctx, _spec())
+    balances.get_balance(ctx, "c1", "ai-credits", None, False)  # catches up
+    committed = ctx.transactions.committed
+
+    info = balances.current_balance(ctx, "c1", "ai-credits", with_grants=True)
+
+    assert info is not None and info.available == Decimal(100) and len(info.grants) == 1
+    assert ctx.transactions.committed == committed
+    with pytest.raises(NotFound):
+        balances.current_balance(ctx, "nobody", "ai-credits", with_grants=False)
+
+
+def test_a_past_balance_counts_what_was_active_then(ctx):
+    apply_subscription(ctx, _spec(amounts=(("100", ANCHOR), ("40", ANCHOR.replace(month=5)))))
+
+    past = balances.get_balance(ctx, "c1", "ai-credits", ANCHOR.replace(month=4, day=20), False)
+    now = balances.get_balance(ctx, "c1", "ai-credits", None, False)
+
+    assert (past.available, now.available) == (Decimal(100), Decimal(40))
+    with pytest.raises(InvalidArgument):
+        balances.get_balance(ctx, "c1", "ai-credits", NOW + timedelta(days=1), False)
+
+
+def test_cancelling_now_cuts_the_current_grant_and_issues_no_later_one(ctx, store, clock):
+    apply_subscription(ctx, _spec())
+    catch_up(ctx.transactions, clock_key=REAL_TIME, now=NOW, batch_size=2)
+
+    result = apply_subscription(ctx, _spec(2, end=NOW))
+    clock.set(NOW + timedelta(days=60))
+    catch_up(ctx.transactions, clock_key=REAL_TIME, now=clock.now(), batch_size=2)
+
+    assert result.outcome is ApplyOutcome.APPLIED
+    assert _entries(store)[-1] == ("EXPIRE", NOW, Decimal(-100))
+    assert len(store.grants) == 3
+    assert _events(store, EventType.SUBSCRIPTION_ENDED) == [EventType.SUBSCRIPTION_ENDED]
+
+
+def test_an_amendment_effective_now_replaces_the_current_grant_from_now(ctx, store):
+    apply_subscription(ctx, _spec())
+    catch_up(ctx.transactions, clock_key=REAL_TIME, now=NOW, batch_size=2)
+
+    apply_subscription(ctx, _spec(2, amounts=(("100", ANCHOR), ("300", NOW))))
+
+    assert _entries(store)[-2:] == [("EXPIRE", NOW, Decimal(-100)), ("GRANT", NOW, Decimal(300))]
+    assert balances.get_balance(ctx, "c1", "ai-credits", None, False).available == Decimal(300)
+
+
+# ------------------------------------------------------------------------------ voids and one-off grants
+
+
+def _one_off(ctx, request_id: str = "r1", amount: str = "50", **kwargs):
+    fields = {"effective_time": None, "expire_time": None, "priority": None, "reason": "goodwill", **kwargs}
+    return operators.create_grant(ctx, request_id, "c1", "ai-credits", Decimal(amount), **fields)
+
+
+def test_a_one_off_grant_counts_at_once_and_its_request_id_replays_it(ctx, store):
+    apply_subscription(ctx, _spec())
+
+    grant = _one_off(ctx)
+    again = _one_off(ctx)
+
+    assert grant.status is GrantStatus.ACTIVE and again.grant.grant_id == grant.grant.grant_id
+    assert balances.get_balance(ctx, "c1", "ai-credits", None, False).available == Decimal(150)
+    with pytest.raises(AlreadyExists):
+        _one_off(ctx, amount="51")
+    assert [e.description for e in store.ledger if e.grant_id == grant.grant.grant_id] == ["goodwill"]
+
+
+def test_a_one_off_grant_for_later_is_pending_until_its_time_comes(ctx, store, clock):
+    apply_subscription(ctx, _spec())
+    later = NOW + timedelta(days=2)
+
+    grant = _one_off(ctx, effective_time=later)
+
+    assert grant.status is GrantStatus.PENDING
+    assert not [e for e in store.ledger if e.grant_id == grant.grant.grant_id]
+    clock.set(later)
+    assert balances.get_balance(ctx, "c1", "ai-credits", None, False).available == Decimal(150)
+    assert [e.type for e in store.ledger if e.grant_id == grant.grant.grant_id] == [EntryType.GRANT]
+
+
+def test_a_one_off_grant_needs_a_known_customer_and_currency_and_an_expiry_after_its_start(ctx):
+    with pytest.raises(NotFound):
+        _one_off(ctx)
+    apply_subscription(ctx, _spec())
+    with pytest.raises(NotFound) as raised:
+        operators.create_grant(ctx, "r2", "c1", "other", Decimal(1), None, None, None, "")
+    assert raised.value.reason == "CURRENCY_NOT_FOUND"
+    with pytest.raises(InvalidArgument):
+        _one_off(ctx, "r3", expire_time=NOW)
+
+
+def test_a_void_records_what_was_left_and_cannot_happen_twice(ctx, store):
+    apply_subscription(ctx, _spec())
+    grant = _one_off(ctx)
+
+    voided = operators.void_grant(ctx, grant.grant.grant_id, "mistake", "v1")
+
+    assert voided.status is GrantStatus.VOIDED and voided.grant.void_time == NOW
+    assert _entries(store)[-1] == ("VOID", NOW, Decimal(-50))
+    assert balances.get_balance(ctx, "c1", "ai-credits", None, False).available == Decimal(100)
+    assert operators.void_grant(ctx, grant.grant.grant_id, "mistake", "v1").grant.grant_id == grant.grant.grant_id
+    with pytest.raises(FailedPrecondition) as raised:
+        operators.void_grant(ctx, grant.grant.grant_id, "mistake", "v2")
+    assert raised.value.reason == "GRANT_ALREADY_VOIDED"
+    assert _events(store, EventType.GRANT_VOIDED) == [EventType.GRANT_VOIDED]
+
+
+def test_voiding_a_pending_grant_writes_no_ledger_entry(ctx, store):
+    apply_subscription(ctx, _spec())
+    grant = _one_off(ctx, effective_time=NOW + timedelta(days=1))
+
+    operators.void_grant(ctx, grant.grant.grant_id, "", "v1")
+
+    assert not [e for e in store.ledger if e.grant_id == grant.grant.grant_id]
+    assert store.grants[grant.grant.grant_id].opens_at is None  # never opens
+
+
+def test_an_expired_or_unknown_grant_cannot_be_voided(ctx, clock):
+    apply_subscription(ctx, _spec())
+    grant = _one_off(ctx, expire_time=NOW + timedelta(hours=1))
+    clock.set(NOW + timedelta(hours=2))
+
+    with pytest.raises(FailedPrecondition) as raised:
+        operators.void_grant(ctx, grant.grant.grant_id, "", "v1")
+    assert raised.value.reason == "GRANT_EXPIRED"
+    with pytest.raises(NotFound):
+        operators.void_grant(ctx, "grt_nobody", "", "v2")
+
+
+# ------------------------------------------------------------------------------ balance alerts
+
+
+def test_alert_levels_of_a_customer_override_the_currency_default_until_cleared(ctx):
+    default = (AlertLevel("percent", Decimal(20)),)
+    own = (AlertLevel("amount", Decimal(10)),)
+    alerts.set_balance_alerts(ctx, "", "ai-credits", default)
+    alerts.set_balance_alerts(ctx, "c1", "ai-credits", own)
+
+    assert alerts.get_balance_alerts(ctx, "c1", "ai-credits").in_force == own
+    cleared = alerts.set_balance_alerts(ctx, "c1", "ai-credits", None)
+    assert (cleared.own, cleared.in_force) == (None, default)
+    with pytest.raises(InvalidArgument):
+        alerts.set_balance_alerts(ctx, "c1", "ai-credits", [AlertLevel("percent", Decimal(101))])
+
+
+def test_a_void_that_crosses_a_level_fires_once_and_recovery_fires_when_back_above(ctx, store):
+    apply_subscription(ctx, _spec())
+    balances.get_balance(ctx, "c1", "ai-credits", None, False)  # catch up: 100 available
+    alerts.set_balance_alerts(ctx, "c1", "ai-credits", [AlertLevel("amount", Decimal(120))])
+    extra = _one_off(ctx, amount="50")  # 150: above the level (nothing was below before)
+
+    alert_types = (EventType.BALANCE_LOW, EventType.BALANCE_RECOVERED, EventType.BALANCE_DEPLETED)
+    assert _events(store, *alert_types) == []
+
+    operators.void_grant(ctx, extra.grant.grant_id, "", "v1")  # 100: below 120
+    assert _events(store, *alert_types) == [EventType.BALANCE_LOW]
+    _one_off(ctx, "r2", amount="10")  # 110: still below, nothing more
+    assert _events(store, *alert_types) == [EventType.BALANCE_LOW]
+    _one_off(ctx, "r3", amount="20")  # 130: recovered
+    assert _events(store, *alert_types) == [EventType.BALANCE_LOW, EventType.BALANCE_RECOVERED]
+    assert store.alert_states[("c1", "ai-credits")] == frozenset()
+
+
+def test_voiding_the_last_credits_is_a_low_balance_not_a_depletion_when_nothing_is_granted_any_more(ctx, store):
+    apply_subscription(ctx, _spec(amounts=(("0", ANCHOR),)))
+    grant = _one_off(ctx, amount="5")
+    alerts.set_balance_alerts(ctx, "", "ai-credits", [AlertLevel("amount", Decimal(1))])
+
+    operators.void_grant(ctx, grant.grant.grant_id, "", "v1")
+
+    assert _events(store, EventType.BALANCE_LOW, EventType.BALANCE_DEPLETED) == [EventType.BALANCE_LOW]
+
+
+# ------------------------------------------------------------------------------ test clocks
+
+
+def test_advancing_a_test_clock_issues_what_is_due_at_its_new_time_and_real_time_is_untouched(ctx, store):
+    clock = simulated_clocks.create_test_clock(ctx, "trial", ANCHOR, "k1")
+    apply_subscription(ctx, _spec(test_clock_id=clock.test_clock_id))
+    apply_subscription(ctx, _spec(subscription_id="sub_real", customer_key="real"))
+
+    moved = simulated_clocks.advance_test_clock(ctx, clock.test_clock_id, ANCHOR.replace(month=4), "k2")
+
+    assert moved.frozen_time == ANCHOR.replace(month=4)
+    assert [t for t, *_ in _entries(store)] == ["GRANT", "EXPIRE", "GRANT"]
+    assert _entries(store, "real") == []
+    info = balances.get_balance(ctx, "c1", "ai-credits", None, False)
+    assert (info.as_of, info.available) == (ANCHOR.replace(month=4), Decimal(100))
+
+
+def test_a_test_clock_never_moves_backwards_and_a_request_id_replays_its_advance(ctx):
+    clock = simulated_clocks.create_test_clock(ctx, "trial", ANCHOR, "k1")
+    assert simulated_clocks.create_test_clock(ctx, "trial", ANCHOR, "k1").test_clock_id == clock.test_clock_id
+    simulated_clocks.advance_test_clock(ctx, clock.test_clock_id, NOW, "k2")
+
+    with pytest.raises(InvalidArgument) as raised:
+        simulated_clocks.advance_test_clock(ctx, clock.test_clock_id, ANCHOR, "k3")
+    assert raised.value.reason == "TEST_CLOCK_BACKWARDS"
+    assert simulated_clocks.advance_test_clock(ctx, clock.test_clock_id, NOW, "k2").frozen_time == NOW
+
+
+def test_deleting_a_test_clock_deletes_everything_attached_to_it(ctx, store):
+    clock = simulated_clocks.create_test_clock(ctx, "trial", ANCHOR, "k1")
+    apply_subscription(ctx, _spec(test_clock_id=clock.test_clock_id))
+    apply_subscription(ctx, _spec(subscription_id="sub_real", customer_key="real"))
+    simulated_clocks.advance_test_clock(ctx, clock.test_clock_id, NOW, "k2")
+
+    simulated_clocks.delete_test_clock(ctx, clock.test_clock_id, "k3")
+
+    assert list(store.customers) == ["real"] and list(store.subscriptions) == ["sub_real"]
+    assert store.grants == {} and store.ledger == [] and store.clocks == {}
+    with pytest.raises(NotFound):
+        simulated_clocks.get_test_clock(ctx, clock.test_clock_id)
+
+
+def test_test_clocks_are_refused_when_the_server_does_not_enable_them(clock, store):
+    ctx = fake_context(clock, store)
+    with pytest.raises(FailedPrecondition):
+        simulated_clocks.create_test_clock(ctx, "trial", ANCHOR, "k1")
+    result = apply_subscriptions(ctx, [_spec(test_clock_id="clk_1")])[0]
+    assert result.error is not None and result.error.reason == "TEST_CLOCKS_DISABLED"
+
+
+def test_the_ledger_pages_in_order(ctx):
+    apply_subscription(ctx, _spec())
+    first, token = balances.list_ledger_entries(ctx, "c1", "", None, None, None, PageRequest(2, None))
+    assert token and [e.type for e in first] == [EntryType.GRANT, EntryType.EXPIRE]
+    assert len(first) == 2
