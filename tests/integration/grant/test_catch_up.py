@@ -19,6 +19,7 @@ from credit_common.db.migrations import upgrade
 from credit_common.periods import Cadence
 from grant_service.adapters.orm import Base, GrantRow, LedgerEntryRow, ScheduleRow
 from grant_service.adapters.unit_of_work import SqlTransactions
+from grant_service.domain.clocks import REAL_TIME
 from grant_service.domain.schedules import ScheduledAmount
 from grant_service.entrypoints import app
 from grant_service.service_layer.context import GrantContext
@@ -76,12 +77,12 @@ def test_catch_up_is_idempotent_under_racing_threads_and_a_reset_cursor(database
     _subscribe(ctx, 30, datetime(2025, 12, 15, tzinfo=UTC))  # periods Dec..May: 6 grants, 5 expired each
 
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda _: catch_up(ctx.transactions, clock_key="", now=NOW, batch_size=7), range(4)))
+        list(pool.map(lambda _: catch_up(ctx.transactions, clock_key=REAL_TIME, now=NOW, batch_size=7), range(4)))
     assert _counts(engine) == (180, 180, 150)
     # Even with every cursor wound back (as if a crash lost them), nothing is issued twice.
     with engine.begin() as c:
         c.execute(update(ScheduleRow).values(next_period_index=0, next_period_start=datetime(2025, 12, 15, tzinfo=UTC)))
-    catch_up(ctx.transactions, clock_key="", now=NOW, batch_size=7)
+    catch_up(ctx.transactions, clock_key=REAL_TIME, now=NOW, batch_size=7)
     assert _counts(engine) == (180, 180, 150)
     with engine.connect() as c:
         assert c.scalar(select(func.count()).select_from(ScheduleRow).where(ScheduleRow.next_period_index == 6)) == 30
@@ -182,7 +183,10 @@ def test_a_batch_of_schedules_with_different_terms_issues_as_one_schedule_per_ba
                 .values(next_period_index=3, next_period_start=datetime(2026, 4, 30, tzinfo=UTC))
             )
         catch_up(
-            SqlTransactions(session_factories(engine), ManualClock(NOW)), clock_key="", now=NOW, batch_size=batch_size
+            SqlTransactions(session_factories(engine), ManualClock(NOW)),
+            clock_key=REAL_TIME,
+            now=NOW,
+            batch_size=batch_size,
         )
         histories.append(_history(engine))
         engine.dispose()
@@ -207,18 +211,18 @@ def test_the_sweep_opens_pending_grants_once_in_time_order(database_url_factory)
     ctx = sql_context(session_factories(engine), ManualClock(NOW), batch_size=3)
     apply_credit_currency(ctx, "ai-credits", 1, {}, None)
     _subscribe(ctx, 4, datetime(2026, 5, 15, tzinfo=UTC))
-    catch_up(ctx.transactions, clock_key="", now=NOW, batch_size=3)
+    catch_up(ctx.transactions, clock_key=REAL_TIME, now=NOW, batch_size=3)
     assert _counts(engine) == (4, 4, 0)
     later = NOW + timedelta(days=1)
     for i in range(4):
         create_grant(ctx, f"r{i}", f"c{i}", "ai-credits", Decimal(3), later, later + timedelta(hours=i + 1), None, "")
         create_grant(ctx, f"s{i}", f"c{i}", "ai-credits", Decimal(4), later, None, None, "")
     assert _counts(engine) == (12, 4, 0)  # stored, nothing in the ledger
-    catch_up(ctx.transactions, clock_key="", now=later - timedelta(microseconds=1), batch_size=3)
+    catch_up(ctx.transactions, clock_key=REAL_TIME, now=later - timedelta(microseconds=1), batch_size=3)
     assert _counts(engine) == (12, 4, 0)  # not yet due: still nothing opened
     swept_at = later + timedelta(hours=2, minutes=30)
     with ThreadPoolExecutor(3) as pool:
-        list(pool.map(lambda _: catch_up(ctx.transactions, clock_key="", now=swept_at, batch_size=3), range(3)))
+        list(pool.map(lambda _: catch_up(ctx.transactions, clock_key=REAL_TIME, now=swept_at, batch_size=3), range(3)))
     assert _counts(engine) == (12, 12, 2)  # 8 opened, 2 of them already over
     with engine.connect() as c:
         rows = c.execute(

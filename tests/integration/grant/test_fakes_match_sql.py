@@ -14,6 +14,7 @@ from credit_common.db.migrations import upgrade
 from credit_common.pagination import PageRequest
 from credit_common.periods import Cadence
 from grant_service.domain.alerts import AlertLevel
+from grant_service.domain.clocks import REAL_TIME
 from grant_service.domain.schedules import ScheduledAmount
 from grant_service.service_layer import alerts, balances, operators, simulated_clocks
 from grant_service.service_layer.context import GrantContext
@@ -73,7 +74,7 @@ def _story(ctx: GrantContext, clock: ManualClock) -> dict:
     apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal("2.5")}, None)
     alerts.set_balance_alerts(ctx, "", "ai-credits", [AlertLevel("amount", Decimal(150))])
     apply_subscription(ctx, _spec(1, "a", [("100", ANCHOR)]))
-    catch_up(ctx.transactions, clock_key="", now=NOW, batch_size=2)
+    catch_up(ctx.transactions, clock_key=REAL_TIME, now=NOW, batch_size=2)
     apply_subscription(ctx, _spec(2, "a", [("100", ANCHOR), ("250", NOW - timedelta(days=3))]))
     extra = operators.create_grant(ctx, "r1", "a", "ai-credits", Decimal(40), None, None, 5, "goodwill")
     operators.create_grant(ctx, "r2", "a", "ai-credits", Decimal(7), NOW + timedelta(days=1), None, None, "")
