@@ -23,7 +23,9 @@ _SCALARS = st.one_of(
     st.datetimes(timezones=st.just(UTC)),
     st.sampled_from(list(EventType)),
 )
-_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3))
+_VALUES = st.recursive(
+    _SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3)
+)
 _PAYLOADS = st.dictionaries(st.text(), _VALUES, max_size=8)
 
 
@@ -45,15 +47,27 @@ def test_a_storm_batch_shares_its_values_and_each_payload_stays_its_own():
             "",
             start,
             f"CREDITS_GRANTED:grt_{i}",
-            {"grant_id": f"grt_{i}", "amount": Decimal("1000.50") if i % 2 else Decimal(1000), "period_index": i,
-             "effective_time": start, "expire_time": start + timedelta(days=31), "flag": i == 1},
+            {
+                "grant_id": f"grt_{i}",
+                "amount": Decimal("1000.50") if i % 2 else Decimal(1000),
+                "period_index": i,
+                "effective_time": start,
+                "expire_time": start + timedelta(days=31),
+                "flag": i == 1,
+            },
         )
         for i in range(3)
     ]
     rows = event_rows(events, start)
     assert [json.loads(row["payload"]) for row in rows] == [
-        {"grant_id": f"grt_{i}", "amount": "1000.5" if i % 2 else "1000", "period_index": i,
-         "effective_time": "2026-12-01T00:00:00Z", "expire_time": "2027-01-01T00:00:00Z", "flag": i == 1}
+        {
+            "grant_id": f"grt_{i}",
+            "amount": "1000.5" if i % 2 else "1000",
+            "period_index": i,
+            "effective_time": "2026-12-01T00:00:00Z",
+            "expire_time": "2027-01-01T00:00:00Z",
+            "flag": i == 1,
+        }
         for i in range(3)
     ]
     assert [row["payload"] for row in rows] == [encode_payload(e.payload) for e in events]
