@@ -27,10 +27,14 @@ from credit_common.clock import Clock
 from credit_common.decimals import format_decimal
 from grant_service.adapters.orm import EVENT_LOG, EVENTS, EventRow
 from grant_service.adapters.sql import insert_ignoring_conflicts, is_postgres
-from grant_service.domain.events import EventFilter, EventPosition, EventType, NewEvent, StoredEvent
+from grant_service.domain.events import EventFilter, EventPosition, EventScan, EventType, NewEvent, StoredEvent
 
 WROTE_EVENTS = "credit_grants.wrote_events"  # session.info: this transaction wrote events
 NOTIFY_CHANNEL = "credit_grants_events"
+# The most rows of the log one read examines for a filter the log has no index for (a type, a
+# currency, a time range): such a read costs what one of an indexed filter does, and a stream or a
+# page continues after the rows examined (docs/architecture.md#the-event-log).
+SCAN_ROWS = 2000
 _NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
 
 
@@ -230,14 +234,50 @@ class SqlEventRepository:
         return self.session.execute(select(EVENT_LOG.c.log_id)).scalar_one()
 
     def after(self, position: EventPosition | None, limit: int, where: EventFilter | None = None) -> list[StoredEvent]:
-        query: Select = select(EVENTS)
+        return self._read(position, None, limit, where)
+
+    def scan(self, position: EventPosition | None, limit: int, where: EventFilter) -> EventScan:
+        if where.indexed:
+            events = self._read(position, None, limit, where)
+            return EventScan(events, events[-1].position if events else position, len(events) < limit)
+        # The rows to examine first: up to the SCAN_ROWS-th after `position` (of the customer, if
+        # the filter names one), else up to the last; read before the events, so that the events
+        # read is bounded by a row both reads saw below the high-water mark.
+        window = self._window(position, where)
+        order = (EVENTS.c.txid, EVENTS.c.seq)
+        nth = self.session.execute(
+            select(*order).where(*window).order_by(*order).offset(SCAN_ROWS - 1).limit(1)
+        ).first()
+        complete = nth is None  # fewer rows than SCAN_ROWS left: up to the last
+        if complete:
+            nth = self.session.execute(
+                select(*order).where(*window).order_by(EVENTS.c.txid.desc(), EVENTS.c.seq.desc()).limit(1)
+            ).first()
+            if nth is None:
+                return EventScan([], position, True)
+        bound = EventPosition(nth.txid, nth.seq)
+        events = self._read(position, bound, limit, where)
+        if len(events) == limit:
+            return EventScan(events, events[-1].position, False)
+        return EventScan(events, bound, complete)
+
+    def _window(self, position: EventPosition | None, where: EventFilter | None) -> list[Any]:
+        window = []
         if position is not None:
-            query = query.where(tuple_(EVENTS.c.txid, EVENTS.c.seq) > tuple_(position.txid, position.seq))
+            window.append(tuple_(EVENTS.c.txid, EVENTS.c.seq) > tuple_(position.txid, position.seq))
         if is_postgres(self.session):
-            query = query.where(_below_high_water_mark())
+            window.append(_below_high_water_mark())
+        if where is not None and where.customer_key:
+            window.append(EVENTS.c.customer_key == where.customer_key)
+        return window
+
+    def _read(
+        self, position: EventPosition | None, bound: EventPosition | None, limit: int, where: EventFilter | None
+    ) -> list[StoredEvent]:
+        query: Select = select(EVENTS).where(*self._window(position, where))
+        if bound is not None:
+            query = query.where(tuple_(EVENTS.c.txid, EVENTS.c.seq) <= tuple_(bound.txid, bound.seq))
         if where is not None:
-            if where.customer_key:
-                query = query.where(EVENTS.c.customer_key == where.customer_key)
             if where.currency_key:
                 query = query.where(EVENTS.c.currency_key == where.currency_key)
             if where.types:
