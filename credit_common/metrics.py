@@ -143,22 +143,30 @@ def recorded(settings: Any) -> bool:
 
 def tally_ledger(session: Session, entries: Iterable[dict[str, Any]]) -> None:
     """Count ledger entries written in `session`'s transaction (dicts with type, currency_key, amount);
-    added to the counters only if and when that transaction commits."""
-    tally = session.info.setdefault(_TALLY, [])
+    added to the counters only if and when that transaction commits. Summed per (type, currency) as
+    they come: a catch-up batch writes hundreds, and a counter's `labels().inc()` per entry was a
+    tenth of a renewal storm (docs/performance.md)."""
+    tally: dict[tuple[str, str], list[Any]] = session.info.setdefault(_TALLY, {})
     for entry in entries:
-        tally.append((entry["type"], entry["currency_key"], entry["amount"]))
+        key = (entry["type"], entry["currency_key"])
+        total = tally.get(key)
+        if total is None:
+            tally[key] = [abs(Decimal(entry["amount"])), 1]
+        else:
+            total[0] += abs(Decimal(entry["amount"]))
+            total[1] += 1
 
 
 def _flush_tally(session: Session) -> None:
     tally = session.info.pop(_TALLY, None)
     if not tally:
         return
-    for kind, currency, amount in tally:
+    for (kind, currency), (amount, count) in tally.items():
         counter = _BY_ENTRY_TYPE.get(kind)
         if counter is not None:
-            counter.labels(currency).inc(float(abs(Decimal(amount))))
+            counter.labels(currency).inc(float(amount))
         if kind == "GRANT":
-            GRANTS_ISSUED.labels(currency).inc()
+            GRANTS_ISSUED.labels(currency).inc(count)
 
 
 def _drop_tally(session: Session, *_: object) -> None:

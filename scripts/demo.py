@@ -3,7 +3,8 @@
 feature -> credit currency -> custom plan with a variable monthly credit entitlement ->
 publish -> customer on a test clock -> provision with a negotiated amount -> handoff to the
 grant service -> usage -> advance the clock: renewal, no rollover -> amend next period ->
-amend immediately -> cancel at period end -> ledger, grants and amount history.
+amend immediately -> cancel at period end -> ledger, grants and amount history. The customer's
+credit events are watched live (WatchEvents) from the start: each step shows the events it caused.
 
     make run      # in one terminal
     make demo     # in another
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -79,6 +81,78 @@ def api_key(variable: str, path: str) -> str | None:
 
 def step(text: str) -> None:
     print(f"\n==> {text}")
+
+
+def about(event) -> str:
+    """One line on a credit event: its type and what it says."""
+    kind = gr.CreditEventType.Name(event.type).removeprefix("CREDIT_EVENT_TYPE_")
+    payload = getattr(event, event.WhichOneof("payload"))
+    if event.HasField("balance_alert"):
+        what = f"balance {payload.balance}, level {payload.threshold}"
+    elif event.HasField("subscription_changed"):
+        what = f"revision {payload.revision}" + (" (applied late)" if payload.clamped_changes else "")
+    elif event.HasField("usage_rejected"):
+        what = f"{payload.requested_credits} requested, {payload.available_credits} available"
+    else:
+        amount = getattr(payload, "expired_amount", "") or getattr(payload, "amount", "")
+        what = f"{amount} {getattr(payload, 'grant_id', '')}".strip()
+    return f"{kind:<20} {when(event.occurred_time)}  {what}"
+
+
+class LiveEvents:
+    """WatchEvents of one customer on a thread of its own, from the start of the log: the events
+    arrive as the story causes them. `show()` prints those that arrived since the last call, once
+    every event ListEvents has of the customer has come through the stream (the stream and the
+    list read the same log in the same order)."""
+
+    def __init__(self, grant, customer_key: str) -> None:
+        self._grant, self._customer_key = grant, customer_key
+        self._received: list = []
+        self._shown = 0
+        self._error: grpc.RpcError | None = None
+        self._arrived = threading.Condition()
+        self._call = grant.WatchEvents(gr.WatchEventsRequest(customer_key=customer_key))
+        threading.Thread(target=self._watch, name="demo-watch-events", daemon=True).start()
+
+    def _watch(self) -> None:
+        try:
+            for message in self._call:
+                if message.HasField("event"):
+                    with self._arrived:
+                        self._received.append(message.event)
+                        self._arrived.notify_all()
+        except grpc.RpcError as error:
+            with self._arrived:
+                self._error = error
+                self._arrived.notify_all()
+
+    def logged(self) -> list:
+        """The customer's events as ListEvents pages them."""
+        events, token = [], ""
+        while True:
+            page = self._grant.ListEvents(
+                gr.ListEventsRequest(customer_key=self._customer_key, page_size=100, page_token=token),
+                timeout=DEADLINE,
+            )
+            events += page.events
+            token = page.next_page_token
+            if not token:
+                return events
+
+    def show(self) -> None:
+        expected = len(self.logged())
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: len(self._received) >= expected or self._error, timeout=DEADLINE):
+                raise SystemExit(f"    the stream delivered {len(self._received)} of {expected} events")
+            if self._error is not None and self._error.code() != grpc.StatusCode.CANCELLED:
+                raise self._error
+            new, self._shown = self._received[self._shown :], len(self._received)
+        for event in new:
+            print(f"    event  {about(event)}")
+
+    def close(self) -> int:
+        self._call.cancel()
+        return len(self._received)
 
 
 def main() -> int:
@@ -202,6 +276,8 @@ def main() -> int:
         ),
         timeout=DEADLINE,
     ).customer
+    step(f"Watch {customer.key}'s credit events live (WatchEvents): each step below shows those it caused")
+    live = LiveEvents(grant, customer.key)
 
     step("Provision without the negotiated amount: the catalog says what is missing")
     try:
@@ -250,6 +326,7 @@ def main() -> int:
             f"    handoff DELIVERED after {handoff.attempts} attempt(s): the grant service holds revision "
             f"{held.revision}"
         )
+        live.show()
 
     queued = cat.HandoffStatus.Name(subscription.handoff.status).removeprefix("HANDOFF_STATUS_")
     step(f"Handoff: provisioning queued revision 1 (handoff {queued})")
@@ -258,7 +335,7 @@ def main() -> int:
     step("Balance alerts for this customer: below 20% of what it was granted, and below 5,000 credits")
     levels = [gr.BalanceAlertLevel(percent="20"), gr.BalanceAlertLevel(amount="5000")]
     grant.SetBalanceAlerts(
-        gr.SetBalanceAlertsRequest(customer_key=customer.key, currency_key="ai-credits", levels=levels),
+        gr.SetBalanceAlertsRequest(customer_key=customer.key, currency_key=CURRENCY, levels=levels),
         timeout=DEADLINE,
     )
 
@@ -276,17 +353,19 @@ def main() -> int:
             f"    {calls} {FEATURE}s at {when(usage.usage_time)} cost {usage.credits} credits; "
             f"balance now {usage.balance_after}"
         )
+        live.show()
 
     step("Usage in the first month")
     print(f"    balance {balance()}")
     use("8000")
-    use("2000")
+    use("9000")
     step("A usage larger than the balance is refused whole")
     try:
         use("100000")
     except grpc.RpcError as error:
         info, _ = error_details(error)
         print(f"    {error.code().name} ({info.reason}): available {info.metadata.get('available')}")
+        live.show()
 
     def advance(to: datetime, why: str) -> None:
         step(f"Advance the test clock to {to:%Y-%m-%d %H:%M}: {why}")
@@ -297,6 +376,7 @@ def main() -> int:
             timeout=30,
         )
         print(f"    balance {balance()}")
+        live.show()
 
     def amend(amount: str, timing: int) -> None:
         sub = catalog.AmendSubscription(
@@ -376,36 +456,10 @@ def main() -> int:
             for g in grants
         ],
     )
-    events, token = [], ""
-    while True:  # the credit event log of the customer, as ListEvents pages it (WatchEvents streams the same)
-        page = grant.ListEvents(
-            gr.ListEventsRequest(customer_key=customer.key, page_size=100, page_token=token), timeout=DEADLINE
-        )
-        events += page.events
-        token = page.next_page_token
-        if not token:
-            break
-
-    def about(event) -> str:
-        payload = getattr(event, event.WhichOneof("payload"))
-        if event.HasField("balance_alert"):
-            return f"balance {payload.balance}, level {payload.threshold}"
-        if event.HasField("subscription_changed"):
-            late = " (applied late)" if payload.clamped_changes else ""
-            return f"revision {payload.revision}{late}"
-        if event.HasField("usage_rejected"):
-            return f"{payload.requested_credits} requested, {payload.available_credits} available"
-        amount = getattr(payload, "expired_amount", "") or getattr(payload, "amount", "")
-        return f"{amount} {getattr(payload, 'grant_id', '')}".strip()
-
-    table(
-        f"Credit events of {customer.key}",
-        ["occurred (UTC)", "type", "what"],
-        [
-            [when(e.occurred_time), gr.CreditEventType.Name(e.type).removeprefix("CREDIT_EVENT_TYPE_"), about(e)]
-            for e in events
-        ],
-    )
+    watched, listed = live.close(), len(live.logged())
+    print(f"\n{watched} credit events of {customer.key} watched live; ListEvents lists the same {listed}")
+    if watched != listed:
+        return 1
     final = catalog.GetSubscription(cat.GetSubscriptionRequest(subscription_id=sub_id), timeout=DEADLINE).subscription
     table(
         "Amount history of ai-credits-monthly (catalog)",

@@ -96,6 +96,12 @@ class EventFilter:
     start: datetime | None = None
     end: datetime | None = None
 
+    @property
+    def indexed(self) -> bool:
+        """Whether the log has an index for the whole filter (none, or only a customer): otherwise a
+        read examines the rows in log order and keeps those that match, and must bound how many."""
+        return not (self.currency_key or self.types or self.start is not None or self.end is not None)
+
     def matches(self, event: NewEvent) -> bool:
         return (
             (not self.customer_key or event.customer_key == self.customer_key)
@@ -104,6 +110,18 @@ class EventFilter:
             and (self.start is None or event.occurred_time >= self.start)
             and (self.end is None or event.occurred_time < self.end)
         )
+
+
+@dataclass(frozen=True, slots=True)
+class EventScan:
+    """What one read of the log found: the matching events in log order, and the last position it
+    examined (None: the log holds nothing after the read's start). A read whose filter the log
+    cannot look up by index examines a bounded number of rows; `complete` is False when it stopped
+    there, with more of the log to examine after `examined`."""
+
+    events: list[StoredEvent]
+    examined: EventPosition | None
+    complete: bool
 
 
 # ------------------------------------------------------------------------------ the events' makers

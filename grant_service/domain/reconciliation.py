@@ -21,9 +21,7 @@ class Reconciliation:
     issue: list[GrantSegment] = field(default_factory=list)  # new grants (pending if they start after now)
 
 
-def reconcile(
-    schedule: Schedule, grants: Sequence[Grant], periods: Sequence[int], now: datetime
-) -> Reconciliation:
+def reconcile(schedule: Schedule, grants: Sequence[Grant], periods: Sequence[int], now: datetime) -> Reconciliation:
     """Bring the issued `periods` (their grants: `grants`, recurring grants as stored, caught up:
     every grant effective at `now` is opened) in line with `schedule`, changed at `now`.
 

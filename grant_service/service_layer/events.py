@@ -19,7 +19,7 @@ from datetime import datetime
 
 from credit_common.errors import FieldViolation, InvalidArgument
 from credit_common.pagination import PageRequest
-from grant_service.domain.events import EventFilter, EventPosition, StoredEvent
+from grant_service.domain.events import EventFilter, EventPosition, EventScan, StoredEvent
 from grant_service.service_layer.context import GrantContext
 
 READ_BATCH = 500
@@ -78,13 +78,18 @@ def log_id(ctx: GrantContext) -> str:
 
 
 def list_events(ctx: GrantContext, where: EventFilter, page: PageRequest) -> tuple[list[EventWithCursor], str]:
+    """A page of events. A filter the log has no index for examines a bounded part of the log per
+    page (EventFilter.indexed), so a page may hold fewer than `page.size` events, none even, and
+    still have a next page: the caller pages on while the token is not empty."""
     after = EventPosition(*page.after) if page.after is not None else None
 
-    def work(uow) -> tuple[str, list[StoredEvent]]:
-        return uow.events.log_id(), uow.events.after(after, page.size + 1, where)
+    def work(uow) -> tuple[str, EventScan]:
+        return uow.events.log_id(), uow.events.scan(after, page.size + 1, where)
 
-    log, events = ctx.transactions.read(work)
-    shown, token = page.cut(events, lambda e: (e.position.txid, e.position.seq))
+    log, found = ctx.transactions.read(work)
+    shown, token = page.cut(found.events, lambda e: (e.position.txid, e.position.seq))
+    if not token and not found.complete and found.examined is not None:
+        token = page.token_after((found.examined.txid, found.examined.seq))
     return [EventWithCursor(e, encode_cursor(log, e.position)) for e in shown], token
 
 
@@ -110,17 +115,20 @@ def watch_events(
     last_sent = time.monotonic()
     while is_active():
         generation = ctx.transactions.event_generation()
-        batch = ctx.transactions.read(lambda uow, after=position: uow.events.after(after, READ_BATCH, where))
-        for stored in batch:
+        found = ctx.transactions.read(lambda uow, after=position: uow.events.scan(after, READ_BATCH, where))
+        for stored in found.events:
             position = stored.position
             cursor = encode_cursor(log, position)
             yield EventWithCursor(stored, cursor)
-        if batch:
+        if found.events:
             last_sent = time.monotonic()
-        if len(batch) == READ_BATCH:
-            continue
+        if found.examined is not None and found.examined != position:
+            position = found.examined  # rows examined that did not match: not read again
+            cursor = encode_cursor(log, position)
         quiet = time.monotonic() - last_sent
         if quiet >= heartbeat_s:
             yield Heartbeat(ctx.clock.now(), cursor)
             last_sent, quiet = time.monotonic(), 0.0
+        if not found.complete:
+            continue  # more of the log to read or examine now
         ctx.transactions.wait_for_events(generation, max(0.0, min(poll_s, heartbeat_s - quiet)))

@@ -168,13 +168,13 @@ def issue_due_batch(
     a schedule another transaction is issuing (then sees it issued) instead of skipping it."""
     schedules = uow.issuance.due_schedules(clock_key, now, customer_key, batch_size, skip_locked=skip_locked)
     segments: list[tuple[StoredSchedule, GrantSegment]] = []
-    # What is due depends only on the schedule's terms and cursor, which a storm's schedules share
-    # (the repository hands out one Schedule object per distinct terms): worked out once per terms
-    # and cursor in the batch, and the cursors advanced by one statement each.
-    plans: dict[tuple[int, int], tuple[list[GrantSegment], int, datetime | None]] = {}
+    # What is due depends only on the schedule's terms (a Schedule value) and cursor, which a storm's
+    # schedules share: worked out once per terms and cursor in the batch, and the cursors advanced
+    # by one statement each.
+    plans: dict[tuple[Schedule, int], tuple[list[GrantSegment], int, datetime | None]] = {}
     advanced: dict[tuple[int, datetime | None], list[str]] = {}
     for stored in schedules:
-        terms = (id(stored.schedule), stored.next_period_index)
+        terms = (stored.schedule, stored.next_period_index)
         plan = plans.get(terms)
         if plan is None:
             plan = plans[terms] = due_segments(stored.schedule, stored.next_period_index, now)
@@ -450,4 +450,3 @@ def reconcile_issued(uow: GrantUnitOfWork, stored: StoredSchedule, now: datetime
     close_expired(uow, [existing[g] for g, expiry in plan.expiries.items() if expiry <= now])
     issue_segments(uow, [(stored, segment) for segment in plan.issue], now)
     return list(plan.withdrawn)
-

@@ -13,7 +13,7 @@ from typing import Protocol
 from credit_common.idempotency import SeenRequest
 from grant_service.domain.alerts import AlertLevel, BalanceState
 from grant_service.domain.clocks import ClockKey
-from grant_service.domain.events import EventFilter, EventPosition, NewEvent, StoredEvent
+from grant_service.domain.events import EventFilter, EventPosition, EventScan, NewEvent, StoredEvent
 from grant_service.domain.model import (
     Customer,
     CustomerNow,
@@ -406,6 +406,13 @@ class EventRepository(Protocol):
     def after(self, position: EventPosition | None, limit: int, where: EventFilter | None = None) -> list[StoredEvent]:
         """Up to `limit` events after `position` (None: from the start), in log order, that match
         `where`; only committed events below the high-water mark."""
+        ...
+
+    def scan(self, position: EventPosition | None, limit: int, where: EventFilter) -> EventScan:
+        """As `after`, at a bounded cost whatever the filter: a filter the log has no index for
+        (EventFilter.indexed) examines at most a fixed number of rows after `position` (of the
+        customer's rows, if it names one), then stops; `examined` is where the next read continues
+        (every row up to it was examined, matching or not), `complete` False if rows are left."""
         ...
 
 

@@ -142,13 +142,43 @@ def ledger_rows(text: str) -> list[tuple[str, ...]]:
     return [tuple(row.split()[:4]) for row in table]
 
 
+# The credit events the demo's story causes, as its live WatchEvents stream shows them step by step.
+DEMO_EVENTS = [
+    "SUBSCRIPTION_CHANGED",  # revision 1 applied
+    "CREDITS_GRANTED",  # period 0
+    "BALANCE_LOW",  # 7,500 left: below 20% of 50,000
+    "USAGE_REJECTED",
+    "CREDITS_EXPIRED",  # renewal: 7,500 expire
+    "CREDITS_GRANTED",
+    "BALANCE_RECOVERED",
+    "SUBSCRIPTION_CHANGED",  # amended from the next period
+    "CREDITS_EXPIRED",
+    "CREDITS_GRANTED",  # 80,000
+    "CREDITS_EXPIRED",  # amended immediately
+    "CREDITS_GRANTED",  # 20,000
+    "SUBSCRIPTION_CHANGED",
+    "SUBSCRIPTION_CHANGED",  # cancelled at period end
+    "CREDITS_EXPIRED",
+    "BALANCE_LOW",  # 0: below 5,000
+    "SUBSCRIPTION_ENDED",
+]
+
+
+def live_events(text: str) -> list[str]:
+    """The types of the events the demo printed as its stream delivered them, in order."""
+    return [line.split()[1] for line in text.splitlines() if line.startswith("    event  ")]
+
+
 def test_the_readme_session_and_the_demo_run_in_any_order_and_again(folder: Folder):
     shown = ARCHITECTURE.read_text()
     shown = shown[shown.index("Ledger of", shown.index("## Subscription lifecycle")) :]
-    run_readme_session(folder)
-    assert ledger_rows(run_demo(folder)) == ledger_rows(shown)
-    run_readme_session(folder)
-    assert ledger_rows(run_demo(folder)) == ledger_rows(shown)
+    for _ in range(2):
+        run_readme_session(folder)
+        output = run_demo(folder)
+        assert ledger_rows(output) == ledger_rows(shown)
+        assert live_events(output) == DEMO_EVENTS
+        assert f"{len(DEMO_EVENTS)} credit events of acme-" in output
+        assert f"watched live; ListEvents lists the same {len(DEMO_EVENTS)}" in output
 
 
 def test_the_first_call_of_the_readme_answers_on_a_fresh_database(folder: Folder):

@@ -9,7 +9,8 @@ id, a second customer with the same key: as a unique constraint would). What the
 
 - concurrency: one thread at a time. Locks (`for_update`, `lock`, `lock_many`) only read, and
   `skip_locked` skips nothing; no race is ever lost, so `Transactions.write` runs its work once.
-- the event log's high-water mark: every committed event is visible at once, in commit order.
+- the event log's high-water mark: every committed event is visible at once, in commit order;
+  nor the bound on the rows a read with an unindexed filter examines (`EventRepository.scan`).
 - caches: a `version` argument (alert levels, rate sets) is accepted and ignored.
 - the debit port (`uow.debits`, `Transactions.debit`/`debit_together`) and webhooks: using them
   raises NotImplementedError (their fakes can come with their own tests).
@@ -32,7 +33,7 @@ from credit_common.idempotency import SeenRequest
 from grant_service.domain.alerts import AlertLevel, BalanceState, state_of
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_sum
 from grant_service.domain.clocks import ClockKey
-from grant_service.domain.events import EventFilter, EventPosition, NewEvent, StoredEvent
+from grant_service.domain.events import EventFilter, EventPosition, EventScan, NewEvent, StoredEvent
 from grant_service.domain.model import (
     Customer,
     CustomerNow,
@@ -548,6 +549,18 @@ class FakeEventRepository:
             if (position is None or e.position > position) and (where is None or where.matches(e.event))
         ]
         return found[:limit]
+
+    def scan(self, position: EventPosition | None, limit: int, where: EventFilter) -> EventScan:
+        """Examines every row after `position` up to the `limit`-th match (the bound on rows examined
+        of an unindexed filter is not modelled)."""
+        rows = [e for e in self.store.events if position is None or e.position > position]
+        found: list[StoredEvent] = []
+        for i, stored in enumerate(rows):
+            if where.matches(stored.event):
+                found.append(stored)
+                if len(found) == limit:
+                    return EventScan(found, stored.position, i == len(rows) - 1)
+        return EventScan(found, rows[-1].position if rows else None, True)
 
 
 class FakeAlertRepository:
