@@ -16,10 +16,10 @@ from credit_common.pagination import PageRequest
 from credit_common.periods import Cadence
 from grant_service.domain.alerts import AlertLevel
 from grant_service.domain.clocks import REAL_TIME
-from grant_service.domain.events import EventType
+from grant_service.domain.events import EventFilter, EventType
 from grant_service.domain.model import EntryType, GrantStatus
 from grant_service.domain.schedules import ScheduledAmount
-from grant_service.service_layer import alerts, balances, operators, simulated_clocks
+from grant_service.service_layer import alerts, balances, events, operators, simulated_clocks
 from grant_service.service_layer.issuance import catch_up
 from grant_service.service_layer.subscriptions import (
     ApplyOutcome,
@@ -413,3 +413,16 @@ def test_the_ledger_pages_in_order(ctx):
     first, token = balances.list_ledger_entries(ctx, "c1", "", None, None, None, PageRequest(2, None))
     assert token and [e.type for e in first] == [EntryType.GRANT, EntryType.EXPIRE]
     assert len(first) == 2
+
+
+def test_events_are_listed_in_log_order_filtered_by_type_and_page_on(ctx):
+    apply_subscription(ctx, _spec())
+    catch_up(ctx.transactions, clock_key=REAL_TIME, now=NOW, batch_size=2)
+    where = EventFilter(types=frozenset({EventType.CREDITS_EXPIRED}))
+
+    first, token = events.list_events(ctx, where, PageRequest(1, None))
+    last = first[-1].stored.position
+    rest, end = events.list_events(ctx, where, PageRequest(1, (last.txid, last.seq)))
+
+    assert [e.stored.event.occurred_time for e in first + rest] == [ANCHOR.replace(month=4), ANCHOR.replace(month=5)]
+    assert token and not end
