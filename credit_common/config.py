@@ -112,6 +112,14 @@ def cpu_list(text: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """("host", port) of a listen address: "host:port", "[v6 host]:port"."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from credit_common.errors import AlreadyExists, FieldViolation, InvalidArgument
-from credit_common.ids import REQUEST_ID_MAX_LENGTH
+from credit_common import fields
+from credit_common.errors import AlreadyExists, Violations
 
 T = TypeVar("T")
 
@@ -39,16 +39,11 @@ def fingerprint(*values: Any) -> str:
     return hashlib.sha256(json.dumps(values, default=str, sort_keys=True).encode()).hexdigest()
 
 
-def request_id_violation(request_id: str, field: str = "request_id") -> FieldViolation | None:
-    if len(request_id) > REQUEST_ID_MAX_LENGTH:
-        return FieldViolation(field, f"must be at most {REQUEST_ID_MAX_LENGTH} characters")
-    return None
-
-
 def check_request_id(request_id: str, field: str = "request_id") -> None:
-    violation = request_id_violation(request_id, field)
-    if violation is not None:
-        raise InvalidArgument(f"{field} is too long", violations=[violation])
+    """INVALID_ARGUMENT if `request_id` is too long (credit_common.fields.check_request_id)."""
+    violations = Violations()
+    fields.check_request_id(request_id, field, violations)
+    violations.raise_if_any(f"{field} is too long")
 
 
 def replay(store: RequestStore[T], scope: str, request_id: str, print_: str) -> T | None:

@@ -48,6 +48,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session
 
+from credit_common.config import split_address
+
 log = logging.getLogger("credit_grants.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -355,8 +357,6 @@ class MetricsServer:
 
 def serve_metrics(address: str, *, multiprocess_dir: str | None = None, extra: Sequence[Any] = ()) -> MetricsServer:
     """Serve /metrics over HTTP on `address` ("host:port"; port 0 picks one) in a thread of its own."""
-    from credit_common.processes import split_address
-
     host, port = split_address(address)
     server, thread = start_http_server(port, addr=host, registry=_Exposition(multiprocess_dir, extra))
     return MetricsServer(server.server_port, server, thread)

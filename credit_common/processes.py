@@ -28,25 +28,16 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from credit_common import metrics
-from credit_common.config import ServiceSettings
+from credit_common.config import ServiceSettings, split_address
+from credit_common.service import ServiceDefinition
 
-if TYPE_CHECKING:
-    from credit_common.runtime import ServiceDefinition
+__all__ = ["reserve_port", "server_settings", "split_address", "supervise"]
 
 log = logging.getLogger("credit_grants.processes")
 
 _PR_SET_PDEATHSIG = 1
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """("host", port) of "host:port", "[v6 host]:port"."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"{address!r} is not host:port")
-    return host.strip("[]"), int(port)
 
 
 def reserve_port(address: str) -> tuple[socket.socket, int]:
@@ -80,14 +71,13 @@ def server_settings(settings: ServiceSettings, listen: str, index: int) -> Servi
     )
 
 
-def supervise(
-    definition: ServiceDefinition,
-    settings: ServiceSettings,
-    build: Callable,
-    serve: Callable[[ServiceDefinition, ServiceSettings, Callable], int],
-) -> int:
-    """Start `settings.processes` server processes, each running `serve(definition, its settings,
-    build)`, and supervise them until SIGTERM/SIGINT or until one of them exits. The exit code."""
+Serve = Callable[[ServiceDefinition, ServiceSettings], int]
+
+
+def supervise(definition: ServiceDefinition, settings: ServiceSettings, serve: Serve) -> int:
+    """Start `settings.processes` server processes, each running `serve(definition, its settings)`
+    (credit_common.runtime.main), and supervise them until SIGTERM/SIGINT or until one of them exits.
+    The exit code."""
     try:
         reserved, port = reserve_port(settings.listen)
     except (OSError, ValueError) as error:
@@ -122,9 +112,7 @@ def supervise(
             print(f"{definition.name}: {message}", file=sys.stderr)
             return 2
     try:
-        return _supervise(
-            definition, settings, build, serve, reserved, listen, port, stop, stopped_by, multiprocess_dir
-        )
+        return _supervise(definition, settings, serve, reserved, listen, port, stop, stopped_by, multiprocess_dir)
     finally:
         if exposition is not None:
             exposition[0].stop()
@@ -133,14 +121,14 @@ def supervise(
             metrics.remove_multiprocess_dir(multiprocess_dir)
 
 
-def _supervise(definition, settings, build, serve, reserved, listen, port, stop, stopped_by, multiprocess_dir) -> int:
+def _supervise(definition, settings, serve, reserved, listen, port, stop, stopped_by, multiprocess_dir) -> int:
     context = multiprocessing.get_context("spawn")
     children = []
     with reserved:
         for index in range(settings.processes):
             child = context.Process(
                 target=_serve_child,
-                args=(os.getpid(), serve, definition, server_settings(settings, listen, index), build),
+                args=(os.getpid(), serve, definition, server_settings(settings, listen, index)),
                 name=f"{definition.name}-{index}",
             )
             child.start()
@@ -191,15 +179,9 @@ def _stop_all(children: list, timeout_s: float) -> list[int]:
     return [child.exitcode for child in children]
 
 
-def _serve_child(
-    parent: int,
-    serve: Callable[[ServiceDefinition, ServiceSettings, Callable], int],
-    definition: ServiceDefinition,
-    settings: ServiceSettings,
-    build: Callable,
-) -> None:
+def _serve_child(parent: int, serve: Serve, definition: ServiceDefinition, settings: ServiceSettings) -> None:
     _die_with_parent(parent)
-    sys.exit(serve(definition, settings, build))
+    sys.exit(serve(definition, settings))
 
 
 def _die_with_parent(parent: int) -> None:

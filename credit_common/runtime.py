@@ -1,5 +1,6 @@
-"""The life of a service process: configuration, database, server, background
-work, signals. Each service supplies only what is its own."""
+"""The life of a service process: `python -m <service>` (its flags, the `keys` command), the database,
+the server and what the service starts with it, signals, several server processes. Each service
+declares only what is its own (credit_common.service.ServiceDefinition) and gets the rest here."""
 
 from __future__ import annotations
 
@@ -7,42 +8,30 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
 import grpc
-from sqlalchemy import Engine, Table
+from sqlalchemy import Engine
 
 from credit_common import tracing
 from credit_common.auth.check import ApiKeyCheck, KeyCache
+from credit_common.auth.cli import keys_main
 from credit_common.auth.store import SqlApiKeyStore
-from credit_common.clock import Clock
-from credit_common.config import ServiceFlags, ServiceSettings, SettingsT
+from credit_common.clock import Clock, SystemClock
+from credit_common.config import ServiceSettings, parse_service_args
 from credit_common.db.engine import create_db_engine, translate_db_error
 from credit_common.db.migrations import SchemaNotCurrent, check_current, upgrade
 from credit_common.grpc.interceptors import ServiceInterceptor
 from credit_common.grpc.server import RunningServer, run_until_signal, start_server
 from credit_common.grpc.streams import StreamBudget
 from credit_common.logging import configure_logging
-from credit_common.metrics import GaugeSource, recorded, start_metrics, watch_pool
+from credit_common.metrics import recorded, start_metrics, watch_pool
 from credit_common.processes import supervise
+from credit_common.service import ServiceDefinition, Stop
+
+__all__ = ["ServiceDefinition", "api_key_check", "build", "main", "open_engine", "run", "start"]
 
 log = logging.getLogger("credit_grants.runtime")
-
-
-@dataclass(frozen=True)
-class ServiceDefinition:
-    name: str  # "catalog_service"
-    error_domain: str  # ErrorInfo.domain, e.g. "catalog.credit-grants"
-    service_names: Sequence[str]  # full gRPC service names
-    migrations: str  # Alembic script location, e.g. "catalog_service.adapters:migrations"
-    method_roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # credit_common.auth.method_roles
-    read_methods: frozenset[str] = frozenset()  # full paths of the methods that change nothing (not audited)
-    api_keys: Table | None = None  # the service's api_keys table (credit_common.auth.store)
-    flags: ServiceFlags | None = None  # the service's own flags and its typed settings (credit_common.config)
-    # Gauges of the database's state, computed when /metrics is scraped (credit_common.metrics). Another
-    # part of a service adds its own here (e.g. the webhooks' backlog and lag).
-    gauges: Sequence[GaugeSource] = ()
 
 
 def open_engine(definition: ServiceDefinition, settings: ServiceSettings, *, migrate: bool) -> Engine:
@@ -99,13 +88,61 @@ def api_key_check(
     return ApiKeyCheck(definition.method_roles, keys, reflection=settings.reflection)
 
 
-def main(
-    definition: ServiceDefinition,
-    settings: SettingsT,
-    build: Callable[[SettingsT, Engine], RunningServer],
-) -> int:
-    """`python -m <service>`: migrate, or serve until SIGTERM/SIGINT (with `--processes N`, supervise
-    N server processes that do: credit_common.processes)."""
+def build(
+    definition: ServiceDefinition, settings: ServiceSettings, engine: Engine, clock: Clock | None = None
+) -> RunningServer:
+    """Start `definition`'s server over `engine` with the parts its `assemble` makes. Shutdown
+    (`running.stop`): health NOT_SERVING, the server drains, then what the service started stops, the
+    last started first. If the start fails, what was already started is stopped."""
+    if definition.assemble is None:
+        raise ValueError(f"{definition.name} declares no assemble: nothing to serve")
+    clock = clock or SystemClock()
+    stops: list[Stop] = []
+    try:
+        parts = definition.assemble(settings, engine, clock, stops.append)
+        running = start(definition, settings, parts.register, engine=engine, clock=clock)
+    except BaseException:
+        _stop_all(stops)
+        raise
+    running.on_stop.extend(stops)
+    if parts.started is not None:
+        try:
+            running.on_stop.extend(parts.started(running))
+        except BaseException:
+            running.stop(0)
+            raise
+    return running
+
+
+def _stop_all(stops: Sequence[Stop]) -> None:
+    for stop in reversed(stops):
+        try:
+            stop()
+        except Exception:
+            log.exception("error while stopping after a failed start")
+
+
+def run(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> int:
+    """`python -m <service> [serve|migrate] [flags]` or `python -m <service> keys ...`: see --help."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["keys"]:
+        return keys_main(
+            definition, env_prefix=definition.env_prefix, database_file=definition.database_file, argv=argv[1:]
+        )
+    settings = parse_service_args(
+        service=definition.name,
+        env_prefix=definition.env_prefix,
+        default_port=definition.default_port,
+        database_file=definition.database_file,
+        argv=argv,
+        flags=definition.flags,
+    )
+    return main(definition, settings)
+
+
+def main(definition: ServiceDefinition, settings: ServiceSettings) -> int:
+    """Migrate, or serve until SIGTERM/SIGINT (with `--processes N`, supervise N server processes that
+    do: credit_common.processes)."""
     supervisor = settings.command == "serve" and settings.processes > 1
     if settings.cpus is not None and not supervisor:
         try:
@@ -137,9 +174,9 @@ def main(
         return 3
     if supervisor:
         engine.dispose()
-        return supervise(definition, settings, build, serve=main)
+        return supervise(definition, settings, serve=main)
     tracing.configure_from_env(definition.name)  # nothing unless the OTEL_* variables ask for traces
-    running = build(settings, engine)
+    running = build(definition, settings, engine)
     running.on_stop.insert(0, tracing.shutdown)  # the last: spans of the drain are exported too
     running.on_stop.insert(0, engine.dispose)
     if recorded(settings):

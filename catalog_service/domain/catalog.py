@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from catalog_service.domain.model import CreditRate, FeatureType
-from catalog_service.domain.plans import check_text, parse_amount
 from credit_common.errors import Violations
+from credit_common.fields import check_required, check_text, parse_amount
 
 CURRENCY_UPDATABLE_FIELDS = ("display_name", "unit_name", "rates")
 
@@ -32,14 +32,15 @@ def parse_rates(
     for i, (feature_key, text) in enumerate(rates):
         path = f"{prefix}[{i}]"
         feature_type = feature_types.get(feature_key)
-        if not feature_key:
-            violations.add(f"{path}.feature_key", "is required")
-        elif feature_type is None:
-            violations.add(f"{path}.feature_key", f"no feature {feature_key!r}", "FEATURE_NOT_FOUND")
-        elif feature_type is not FeatureType.METERED:
-            violations.add(
-                f"{path}.feature_key", f"feature {feature_key!r} is not METERED: it cannot burn credits", "NOT_METERED"
-            )
+        if check_required(feature_key, f"{path}.feature_key", violations):
+            if feature_type is None:
+                violations.add(f"{path}.feature_key", f"no feature {feature_key!r}", "FEATURE_NOT_FOUND")
+            elif feature_type is not FeatureType.METERED:
+                violations.add(
+                    f"{path}.feature_key",
+                    f"feature {feature_key!r} is not METERED: it cannot burn credits",
+                    "NOT_METERED",
+                )
         if feature_key and feature_key in seen:
             violations.add(f"{path}.feature_key", f"feature {feature_key!r} has two rates", "DUPLICATE_RATE")
         seen.add(feature_key)

@@ -17,11 +17,11 @@ from catalog_service.domain.model import (
     PlanContent,
     VariableValue,
 )
-from credit_common.decimals import DecimalFormatError, parse_decimal
 from credit_common.errors import Violations
-from credit_common.ids import KEY_RULE, is_valid_key
+from credit_common.fields import check_key, check_required, check_text, parse_amount
 
-MAX_TEXT = 1000
+__all__ = ["check_key", "check_text", "parse_amount"]  # the catalog's field checks are credit_common's (fields.py)
+
 PLAN_UPDATABLE_FIELDS = ("display_name", "description", "custom", "credit_entitlements", "feature_entitlements")
 
 
@@ -61,25 +61,6 @@ class PlanSpec:
     feature_entitlements: tuple[FeatureEntitlementSpec, ...] = ()
 
 
-def check_key(key: str, path: str, violations: Violations) -> None:
-    if not is_valid_key(key):
-        violations.add(path, f"{KEY_RULE} (got {key!r})" if key else "is required", "INVALID_KEY")
-
-
-def parse_amount(text: str, path: str, violations: Violations, *, allow_zero: bool) -> Decimal | None:
-    """A decimal > 0 (amounts) or >= 0 (limits); None and a violation if it is not."""
-    try:
-        return parse_decimal(text, allow_zero=allow_zero)
-    except DecimalFormatError as error:
-        violations.add(path, str(error), "INVALID_DECIMAL")
-        return None
-
-
-def check_text(text: str, path: str, violations: Violations, limit: int = MAX_TEXT) -> None:
-    if len(text) > limit:
-        violations.add(path, f"must be at most {limit} characters")
-
-
 # ------------------------------------------------------------------ parsing
 
 
@@ -94,8 +75,7 @@ def _parse_variable(spec: VariableSpec, path: str, violations: Violations, *, al
 
 def _parse_credit(spec: CreditEntitlementSpec, path: str, violations: Violations) -> CreditEntitlement:
     check_key(spec.key, f"{path}.key", violations)
-    if not spec.currency_key:
-        violations.add(f"{path}.currency_key", "is required")
+    check_required(spec.currency_key, f"{path}.currency_key", violations)
     if spec.cadence is None:
         violations.add(f"{path}.cadence", "must be CADENCE_MONTHLY or CADENCE_YEARLY")
     fixed = variable = None
@@ -110,8 +90,7 @@ def _parse_credit(spec: CreditEntitlementSpec, path: str, violations: Violations
 
 def _parse_feature(spec: FeatureEntitlementSpec, path: str, violations: Violations) -> FeatureEntitlement:
     check_key(spec.key, f"{path}.key", violations)
-    if not spec.feature_key:
-        violations.add(f"{path}.feature_key", "is required")
+    check_required(spec.feature_key, f"{path}.feature_key", violations)
     access = limit = variable = None
     if spec.access is not None:
         access = spec.access

@@ -14,8 +14,9 @@ from catalog_service.domain.model import (
     ResolvedFeatureEntitlement,
     VariableValue,
 )
-from catalog_service.domain.plans import in_bounds, parse_amount
+from catalog_service.domain.plans import in_bounds
 from credit_common.errors import Violations
+from credit_common.fields import REQUIRED, parse_amount
 
 
 @dataclass
@@ -87,7 +88,7 @@ def amendment_amounts(content: PlanContent, values: Mapping[str, str], violation
     plan version: only variable credit entitlements, within their bounds, > 0.
     One violation per problem; the valid amounts are returned."""
     if not values:
-        violations.add("entitlement_values", "is required: at least one entitlement key and its new amount")
+        violations.add("entitlement_values", "is required: at least one entitlement key and its new amount", REQUIRED)
     amounts: dict[str, Decimal] = {}
     credit = {e.key: e for e in content.credit_entitlements}
     feature = {e.key for e in content.feature_entitlements}

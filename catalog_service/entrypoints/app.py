@@ -1,9 +1,11 @@
-"""Wiring of the catalog service: database, service layer, the outbox
-dispatcher, gRPC servicer, server."""
+"""The catalog service as it declares itself (DEFINITION): its own parts are the service layer over
+the database, the gRPC servicer and the outbox dispatcher; credit_common.runtime does the rest."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 
 from sqlalchemy import Engine
 
@@ -17,11 +19,41 @@ from catalog_service.entrypoints.settings import FLAGS, CatalogSettings
 from catalog_service.service_layer.services import CatalogService
 from catalog_service.service_layer.unit_of_work import UnitsOfWork
 from catalog_service.v1 import catalog_service_pb2_grpc
-from credit_common.clock import Clock, SystemClock
-from credit_common.grpc.server import RunningServer
-from credit_common.runtime import ServiceDefinition, start
+from credit_common import runtime
+from credit_common.clock import Clock
+from credit_common.service import ServiceDefinition, ServiceParts, Stop
 
 log = logging.getLogger("catalog_service.app")
+
+
+def assemble(settings: CatalogSettings, engine: Engine, clock: Clock, on_stop: Callable[[Stop], None]) -> ServiceParts:
+    """The catalog's own parts: its service layer and servicer, its outbox dispatcher, over one
+    channel to the grant service. After the server drained, the dispatcher stops, then the channel
+    closes."""
+    grant = settings.grant_service
+    if not grant.api_key:
+        log.warning(
+            "no API key for the grant service (--grant-service-api-key, CATALOG_GRANT_SERVICE_API_KEY): "
+            "a grant service with authentication on refuses the handoff"
+        )
+    grant_client = GrantServiceClient(grant.address, deadline=grant.deadline, tls=grant.tls, api_key=grant.api_key)
+    on_stop(grant_client.close)
+    worker = start_outbox_worker(
+        engine,
+        OutboxDeliveryRow.__table__,
+        clock,
+        channel=grant_client.channel,
+        deadline=grant.deadline,
+        settings=settings.outbox,
+    )
+    on_stop(worker.stop)
+    service = CatalogService(UnitsOfWork(engine), clock, test_clocks=grant_client, on_queued=worker.nudge)
+
+    def register(server) -> None:
+        catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(service), server)
+
+    return ServiceParts(register)
+
 
 DEFINITION = ServiceDefinition(
     name="catalog_service",
@@ -33,45 +65,9 @@ DEFINITION = ServiceDefinition(
     api_keys=API_KEYS,
     flags=FLAGS,
     gauges=(outbox_gauges(OutboxDeliveryRow.__table__),),
+    env_prefix="CATALOG",
+    default_port=50051,
+    database_file="catalog.db",
+    assemble=assemble,
 )
-
-
-def build(settings: CatalogSettings, engine: Engine, clock: Clock | None = None) -> RunningServer:
-    """Start the catalog: its server and its outbox dispatcher, over one channel
-    to the grant service. Shutdown (`running.stop`): health NOT_SERVING, the
-    server drains, then the dispatcher stops, then the channel closes."""
-    clock = clock or SystemClock()
-    grant = settings.grant_service
-    if not grant.api_key:
-        log.warning(
-            "no API key for the grant service (--grant-service-api-key, CATALOG_GRANT_SERVICE_API_KEY): "
-            "a grant service with authentication on refuses the handoff"
-        )
-    grant_client = GrantServiceClient(grant.address, deadline=grant.deadline, tls=grant.tls, api_key=grant.api_key)
-    try:
-        worker = start_outbox_worker(
-            engine,
-            OutboxDeliveryRow.__table__,
-            clock,
-            channel=grant_client.channel,
-            deadline=grant.deadline,
-            settings=settings.outbox,
-        )
-    except Exception:
-        grant_client.close()
-        raise
-    service = CatalogService(UnitsOfWork(engine), clock, test_clocks=grant_client, on_queued=worker.nudge)
-
-    def register(server) -> None:
-        catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(service), server)
-
-    try:
-        running = start(DEFINITION, settings, register, engine=engine, clock=clock)
-    except Exception:
-        worker.stop()
-        grant_client.close()
-        raise
-    # on_stop runs in reverse order after the server drained: the worker stops before the channel closes.
-    running.on_stop.append(grant_client.close)
-    running.on_stop.append(worker.stop)
-    return running
+build = partial(runtime.build, DEFINITION)  # (settings, engine, clock=None) -> RunningServer

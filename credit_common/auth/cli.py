@@ -17,7 +17,7 @@ from credit_common.config import _env, add_database_url_argument
 from credit_common.db.engine import DatabaseSettings, create_db_engine
 from credit_common.db.migrations import SchemaNotCurrent, check_current
 from credit_common.errors import DomainError
-from credit_common.runtime import ServiceDefinition
+from credit_common.service import ServiceDefinition
 
 
 def keys_parser(definition: ServiceDefinition, env_prefix: str, database_file: str) -> argparse.ArgumentParser:

@@ -24,10 +24,10 @@ from sqlalchemy import BigInteger, Engine, Select, Text, cast, event, func, sele
 from sqlalchemy.orm import Session
 
 from credit_common.clock import Clock
+from credit_common.db.bulk import insert_ignoring_conflicts
 from credit_common.decimals import format_decimal
 from grant_service.adapters.locking import is_postgres
 from grant_service.adapters.orm import EVENT_LOG, EVENTS, EventRow
-from grant_service.adapters.sql import insert_ignoring_conflicts
 from grant_service.domain.events import EventFilter, EventPosition, EventScan, EventType, NewEvent, StoredEvent
 
 WROTE_EVENTS = "credit_grants.wrote_events"  # session.info: this transaction wrote events

@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from credit_common.clock import Clock
+from credit_common.db.bulk import insert_ignoring_conflicts
 from credit_common.db.keyset import keyset_after
 from credit_common.idempotency import SeenRequest
 from credit_common.metrics import tally_ledger
@@ -52,7 +53,6 @@ from grant_service.adapters.orm import (
     UsageRow,
 )
 from grant_service.adapters.rates import RatesCache, feature_known, rates_in_force
-from grant_service.adapters.sql import insert_ignoring_conflicts
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_sum
 from grant_service.domain.clocks import ClockKey
 from grant_service.domain.events import NewEvent

@@ -1,17 +1,21 @@
-"""Wiring of the grant service: database, service layer, gRPC servicer, server,
-and the catch-up timer."""
+"""The grant service as it declares itself (DEFINITION): its own parts are the units of work and the
+use-case context over the database, the gRPC servicer, the event listener, the webhook dispatcher
+and the catch-up timer; credit_common.runtime does the rest."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 
 from sqlalchemy import Engine
 
-from credit_common.clock import Clock, SystemClock
+from credit_common import runtime
+from credit_common.clock import Clock
 from credit_common.db.engine import create_db_engine, read_engine_settings, session_factories
 from credit_common.grpc.server import RunningServer
 from credit_common.metrics import recorded, watch_pool
-from credit_common.runtime import ServiceDefinition, start
+from credit_common.service import ServiceDefinition, ServiceParts, Stop
 from grant_service.adapters.balance_reads import SqlBalanceReads
 from grant_service.adapters.catch_up import catch_up_gauges
 from grant_service.adapters.orm import API_KEYS
@@ -26,23 +30,13 @@ from grant_service.entrypoints.webhook_worker import wake_on_events, webhook_dis
 from grant_service.service_layer.context import GrantContext
 from grant_service.v1 import grant_service_pb2_grpc
 
-DEFINITION = ServiceDefinition(
-    name="grant_service",
-    error_domain="grant.credit-grants",
-    service_names=(SERVICE.full_name,),
-    migrations="grant_service.adapters:migrations",
-    method_roles=METHOD_ROLES,
-    read_methods=READ_METHODS,
-    api_keys=API_KEYS,
-    flags=FLAGS,
-    gauges=(catch_up_gauges, webhook_gauges),
-)
 
-
-def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -> RunningServer:
+def assemble(settings: GrantSettings, engine: Engine, clock: Clock, on_stop: Callable[[Stop], None]) -> ServiceParts:
+    """The grant service's own parts: its units of work and use-case context, its servicer; once the
+    server started, the event listener, the webhook dispatcher and the catch-up timer."""
     # GetBalance's hot path reads on a connection per RPC thread, from a pool of its own.
-    clock = clock or SystemClock()
     read_engine = create_db_engine(read_engine_settings(settings.database, settings.max_workers))
+    on_stop(read_engine.dispose)
     factories = session_factories(engine, read_engine)
     transactions = SqlTransactions(
         factories,
@@ -69,19 +63,36 @@ def build(settings: GrantSettings, engine: Engine, clock: Clock | None = None) -
     def register(server) -> None:
         grant_service_pb2_grpc.add_GrantServiceServicer_to_server(servicer, server)
 
-    running = start(DEFINITION, settings, register, engine=engine, clock=clock)
-    running.on_stop.append(read_engine.dispose)
-    if recorded(settings):
-        watch_pool(read_engine, "read")
-    running.on_stop.append(transactions.listen_for_events(engine))
-    if settings.webhooks.workers > 0:
-        dispatcher, sender = webhook_dispatcher(engine, ctx.transactions, clock, settings.webhooks)
-        dispatcher.start()
-        running.webhooks = dispatcher  # type: ignore[attr-defined]
-        running.on_stop.append(sender.close)
-        running.on_stop.append(dispatcher.stop)
-        running.on_stop.append(wake_on_events(transactions, dispatcher))
-    if settings.catch_up_interval_s > 0:
-        stop_timer = start_catch_up_timer(ctx, settings.catch_up_interval_s)
-        running.on_stop.append(stop_timer)
-    return running
+    def started(running: RunningServer) -> list[Stop]:
+        stops: list[Stop] = []
+        if recorded(settings):
+            watch_pool(read_engine, "read")
+        stops.append(transactions.listen_for_events(engine))
+        if settings.webhooks.workers > 0:
+            dispatcher, sender = webhook_dispatcher(engine, ctx.transactions, clock, settings.webhooks)
+            dispatcher.start()
+            running.webhooks = dispatcher  # type: ignore[attr-defined]
+            stops += [sender.close, dispatcher.stop, wake_on_events(transactions, dispatcher)]
+        if settings.catch_up_interval_s > 0:
+            stops.append(start_catch_up_timer(ctx, settings.catch_up_interval_s))
+        return stops
+
+    return ServiceParts(register, started)
+
+
+DEFINITION = ServiceDefinition(
+    name="grant_service",
+    error_domain="grant.credit-grants",
+    service_names=(SERVICE.full_name,),
+    migrations="grant_service.adapters:migrations",
+    method_roles=METHOD_ROLES,
+    read_methods=READ_METHODS,
+    api_keys=API_KEYS,
+    flags=FLAGS,
+    gauges=(catch_up_gauges, webhook_gauges),
+    env_prefix="GRANT",
+    default_port=50052,
+    database_file="grant.db",
+    assemble=assemble,
+)
+build = partial(runtime.build, DEFINITION)  # (settings, engine, clock=None) -> RunningServer

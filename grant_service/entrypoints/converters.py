@@ -10,11 +10,11 @@ from decimal import Decimal
 
 from google.protobuf import json_format
 
-from credit_common.decimals import DecimalFormatError, format_decimal, parse_decimal
-from credit_common.errors import DomainError, Violations
+from credit_common.decimals import format_decimal
+from credit_common.errors import DomainError
+from credit_common.fields import REQUIRED, Fields, check_length, parse_amount
 from credit_common.grpc.timestamps import from_timestamp, to_timestamp
 from credit_common.grpc.validation import check_items_in_handler
-from credit_common.ids import KEY_RULE, REQUEST_ID_MAX_LENGTH, is_valid_key
 from credit_common.pagination import PageRequest, page_request
 from credit_common.periods import Cadence
 from grant_service.domain.alerts import MAX_LEVELS, AlertLevel
@@ -73,44 +73,6 @@ _LIST_EVENTS = f"/{_SERVICE}/ListEvents"
 _LIST_TEST_CLOCKS = f"/{_SERVICE}/ListTestClocks"
 
 
-class Fields:
-    """Field checks that collect every problem of a request before failing."""
-
-    def __init__(self) -> None:
-        self.violations = Violations()
-
-    def key(self, field: str, value: str) -> str:
-        if not value:
-            self.violations.add(field, "is required")
-        elif not is_valid_key(value):
-            self.violations.add(field, KEY_RULE)
-        return value
-
-    def required(self, field: str, value: str, max_length: int = 128) -> str:
-        if not value:
-            self.violations.add(field, "is required")
-        elif len(value) > max_length:
-            self.violations.add(field, f"must be at most {max_length} characters")
-        return value
-
-    def request_id(self, field: str, value: str, *, required: bool = False) -> str:
-        if required and not value:
-            self.violations.add(field, "is required")
-        elif len(value) > REQUEST_ID_MAX_LENGTH:
-            self.violations.add(field, f"must be at most {REQUEST_ID_MAX_LENGTH} characters")
-        return value
-
-    def positive(self, field: str, value: str) -> Decimal:
-        try:
-            return parse_decimal(value, allow_zero=False)
-        except DecimalFormatError as error:
-            self.violations.add(field, str(error))
-            return Decimal(1)
-
-    def done(self) -> None:
-        self.violations.raise_if_any()
-
-
 def time_of(message, field: str) -> datetime | None:
     return from_timestamp(message, field)
 
@@ -120,10 +82,7 @@ def time_of(message, field: str) -> datetime | None:
 
 def check_usage_batch(request: pb.ReportUsageBatchRequest) -> None:
     fields = Fields()
-    if not request.usages:
-        fields.violations.add("usages", "must have at least one item")
-    elif len(request.usages) > USAGE_BATCH_MAX:
-        fields.violations.add("usages", f"must have at most {USAGE_BATCH_MAX} items")
+    fields.items("usages", request.usages, at_most=USAGE_BATCH_MAX)
     fields.done()
 
 
@@ -142,10 +101,7 @@ def usage_result_pb(result: UsageResult | DomainError) -> pb.ReportUsageResult:
 
 def check_apply_batch(request: pb.ApplySubscriptionsRequest) -> None:
     fields = Fields()
-    if not request.requests:
-        fields.violations.add("requests", "must have at least one item")
-    elif len(request.requests) > APPLY_BATCH_MAX:
-        fields.violations.add("requests", f"must have at most {APPLY_BATCH_MAX} items")
+    fields.items("requests", request.requests, at_most=APPLY_BATCH_MAX)
     fields.done()
 
 
@@ -157,11 +113,10 @@ def subscription_spec(request: pb.ApplySubscriptionRequest) -> SubscriptionSpec:
         fields.violations.add("revision", "must be at least 1")
     start, end = time_of(request, "start_time"), time_of(request, "end_time")
     if start is None:
-        fields.violations.add("start_time", "is required")
+        fields.violations.add("start_time", "is required", REQUIRED)
     if start is not None and end is not None and end < start:
         fields.violations.add("end_time", "must not be before start_time")
-    if len(request.test_clock_id) > 40:
-        fields.violations.add("test_clock_id", "must be at most 40 characters")
+    check_length(request.test_clock_id, "test_clock_id", fields.violations, 40)
     schedules = []
     seen: set[str] = set()
     for i, schedule in enumerate(request.credit_schedules):
@@ -176,8 +131,7 @@ def subscription_spec(request: pb.ApplySubscriptionRequest) -> SubscriptionSpec:
             fields.violations.add(f"{path}.cadence", "must be CADENCE_MONTHLY or CADENCE_YEARLY")
         elif start is not None and not first_period_fits(start, cadence):
             fields.violations.add("start_time", f"the first {cadence.value.lower()} period must end before year 10000")
-        if not schedule.amounts:
-            fields.violations.add(f"{path}.amounts", "must have at least one amount")
+        fields.items(f"{path}.amounts", schedule.amounts, at_most=None)
         amounts: list[ScheduledAmount] = []
         for j, scheduled in enumerate(schedule.amounts):
             amount = fields.positive(f"{path}.amounts[{j}].amount", scheduled.amount)
@@ -287,15 +241,10 @@ def _event_types(fields: Fields, types) -> frozenset[EventType]:
     return frozenset(chosen)
 
 
-def _optional_key(fields: Fields, field: str, value: str) -> None:
-    if value:
-        fields.key(field, value)
-
-
 def list_events_query(request: pb.ListEventsRequest) -> tuple[EventFilter, PageRequest]:
     fields = Fields()
-    _optional_key(fields, "customer_key", request.customer_key)
-    _optional_key(fields, "currency_key", request.currency_key)
+    fields.optional_key("customer_key", request.customer_key)
+    fields.optional_key("currency_key", request.currency_key)
     types = _event_types(fields, request.types)
     start, end = time_of(request, "start_time"), time_of(request, "end_time")
     if start and end and end < start:
@@ -308,7 +257,7 @@ def list_events_query(request: pb.ListEventsRequest) -> tuple[EventFilter, PageR
 
 def watch_events_filter(request: pb.WatchEventsRequest) -> EventFilter:
     fields = Fields()
-    _optional_key(fields, "customer_key", request.customer_key)
+    fields.optional_key("customer_key", request.customer_key)
     types = _event_types(fields, request.types)
     fields.done()
     return EventFilter(customer_key=request.customer_key, types=types)
@@ -332,7 +281,7 @@ def event_pb(event: EventWithCursor) -> pb.CreditEvent:
 
 def alert_key(request) -> tuple[str, str]:
     fields = Fields()
-    _optional_key(fields, "customer_key", request.customer_key)
+    fields.optional_key("customer_key", request.customer_key)
     fields.key("currency_key", request.currency_key)
     fields.done()
     return request.customer_key, request.currency_key
@@ -340,20 +289,19 @@ def alert_key(request) -> tuple[str, str]:
 
 def alert_levels(request: pb.SetBalanceAlertsRequest) -> list[AlertLevel]:
     fields = Fields()
-    _optional_key(fields, "customer_key", request.customer_key)
+    fields.optional_key("customer_key", request.customer_key)
     fields.key("currency_key", request.currency_key)
-    if len(request.levels) > MAX_LEVELS:
-        fields.violations.add("levels", f"at most {MAX_LEVELS} levels")
+    fields.items("levels", request.levels, at_most=MAX_LEVELS, required=False)
     levels = []
     for i, level in enumerate(request.levels):
         kind = level.WhichOneof("level")
         if kind is None:
             fields.violations.add(f"levels[{i}]", "set amount or percent")
             continue
-        try:
-            value = parse_decimal(getattr(level, kind), allow_negative=True)
-        except DecimalFormatError as error:
-            fields.violations.add(f"levels[{i}].{kind}", str(error))
+        value = parse_amount(
+            getattr(level, kind), f"levels[{i}].{kind}", fields.violations, allow_zero=True, allow_negative=True
+        )
+        if value is None:
             continue
         if value < 0:
             fields.violations.add(f"levels[{i}].{kind}", "must not be below zero", "NEGATIVE_THRESHOLD")
@@ -394,8 +342,7 @@ def usage_quantity(request: pb.ReportUsageRequest | pb.CheckUsageRequest) -> Dec
     fields.key("customer_key", request.customer_key)
     fields.key("feature_key", request.feature_key)
     quantity = fields.positive("quantity", request.quantity)
-    if request.currency_key:
-        fields.key("currency_key", request.currency_key)
+    fields.optional_key("currency_key", request.currency_key)
     fields.done()
     return quantity
 
@@ -404,8 +351,7 @@ def check_void_grant(request: pb.VoidGrantRequest) -> None:
     fields = Fields()
     fields.required("grant_id", request.grant_id, 40)
     fields.request_id("request_id", request.request_id)
-    if len(request.reason) > 1000:
-        fields.violations.add("reason", "must be at most 1000 characters")
+    fields.text("reason", request.reason, 1000)
     fields.done()
 
 
@@ -415,8 +361,7 @@ def create_grant_amount(request: pb.CreateGrantRequest) -> Decimal:
     fields.key("customer_key", request.customer_key)
     fields.key("currency_key", request.currency_key)
     amount = fields.positive("amount", request.amount)
-    if len(request.reason) > 1000:
-        fields.violations.add("reason", "must be at most 1000 characters")
+    fields.text("reason", request.reason, 1000)
     fields.done()
     return amount
 
@@ -425,9 +370,8 @@ def create_test_clock_fields(request: pb.CreateTestClockRequest) -> Fields:
     """The checks of a CreateTestClock request, not yet raised (`done`)."""
     fields = Fields()
     if not request.HasField("frozen_time"):
-        fields.violations.add("frozen_time", "is required")
-    if len(request.name) > 200:
-        fields.violations.add("name", "must be at most 200 characters")
+        fields.violations.add("frozen_time", "is required", REQUIRED)
+    fields.text("name", request.name, 200)
     fields.request_id("request_id", request.request_id)
     return fields
 
@@ -444,7 +388,7 @@ def check_advance_test_clock(request: pb.AdvanceTestClockRequest) -> None:
     fields = Fields()
     fields.required("test_clock_id", request.test_clock_id, 40)
     if not request.HasField("frozen_time"):
-        fields.violations.add("frozen_time", "is required")
+        fields.violations.add("frozen_time", "is required", REQUIRED)
     fields.request_id("request_id", request.request_id)
     fields.done()
 

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 from google.protobuf import duration_pb2
 
 from credit_common.errors import Violations
+from credit_common.fields import REQUIRED, check_id, check_items, check_length, check_request_id
 from credit_common.grpc.timestamps import to_timestamp
-from credit_common.ids import REQUEST_ID_MAX_LENGTH
 from credit_common.pagination import PageRequest, page_request
 from grant_service.domain.events import EventType
 from grant_service.domain.webhooks import EVENT_TYPES_MAX, DeliveryAttempt, DisabledReason, Trigger, WebhookEndpoint
@@ -38,8 +38,7 @@ TRIGGER_PB = {
 def event_types(violations: Violations, names, path: str) -> tuple[EventType, ...]:
     """The event types named (CreditEventType names), one violation per unknown name."""
     types = []
-    if len(names) > EVENT_TYPES_MAX:
-        violations.add(path, f"must have at most {EVENT_TYPES_MAX} items", "TOO_MANY")
+    if not check_items(names, path, violations, at_most=EVENT_TYPES_MAX, required=False):
         return ()
     for i, name in enumerate(names):
         try:
@@ -57,22 +56,16 @@ def event_types(violations: Violations, names, path: str) -> tuple[EventType, ..
 
 
 def _request_id(violations: Violations, value: str) -> None:
-    if len(value) > REQUEST_ID_MAX_LENGTH:
-        violations.add("request_id", f"must be at most {REQUEST_ID_MAX_LENGTH} characters", "TOO_LONG")
+    check_request_id(value, "request_id", violations)
 
 
 def _endpoint_id(violations: Violations, value: str, path: str = "endpoint_id") -> str:
-    if not value:
-        violations.add(path, "is required", "REQUIRED")
-    elif len(value) > 40:
-        violations.add(path, "must be at most 40 characters", "TOO_LONG")
+    check_id(value, path, violations, 40)
     return value
 
 
 def _done(violations: Violations) -> None:
-    if violations:
-        reason = next((v.reason for v in violations if v.reason), "INVALID_ARGUMENT")
-        violations.raise_if_any(reason=reason)
+    violations.raise_if_any()
 
 
 def create_args(request: wpb.CreateWebhookEndpointRequest) -> tuple[EventType, ...]:
@@ -94,7 +87,7 @@ def update_changes(request: wpb.UpdateWebhookEndpointRequest) -> EndpointChanges
     _endpoint_id(violations, request.endpoint.endpoint_id, "endpoint.endpoint_id")
     paths = list(request.update_mask.paths)
     if not paths:
-        violations.add("update_mask", f"is required: name the fields to change ({', '.join(UPDATABLE)})", "REQUIRED")
+        violations.add("update_mask", f"is required: name the fields to change ({', '.join(UPDATABLE)})", REQUIRED)
     for path in paths:
         if path not in UPDATABLE:
             violations.add(
@@ -129,10 +122,9 @@ def rotate_ttl(request: wpb.RotateWebhookSecretRequest) -> timedelta | None:
 def attempts_page(request: wpb.ListWebhookDeliveryAttemptsRequest) -> PageRequest:
     violations = Violations()
     if not request.endpoint_id and not request.event_id:
-        violations.add("endpoint_id", "endpoint_id or event_id is required", "REQUIRED")
+        violations.add("endpoint_id", "endpoint_id or event_id is required", REQUIRED)
     for field, value in (("endpoint_id", request.endpoint_id), ("event_id", request.event_id)):
-        if len(value) > 64:
-            violations.add(field, "must be at most 64 characters", "TOO_LONG")
+        check_length(value, field, violations, 64)
     _done(violations)
     return page_request(
         request.page_size,
@@ -150,10 +142,7 @@ def endpoints_page(request: wpb.ListWebhookEndpointsRequest) -> PageRequest:
 def check_resend(request: wpb.ResendWebhookEventRequest) -> None:
     violations = Violations()
     _endpoint_id(violations, request.endpoint_id)
-    if not request.event_id:
-        violations.add("event_id", "is required", "REQUIRED")
-    elif len(request.event_id) > 64:
-        violations.add("event_id", "must be at most 64 characters", "TOO_LONG")
+    check_id(request.event_id, "event_id", violations, 64)
     _request_id(violations, request.request_id)
     _done(violations)
 

@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from credit_common.errors import FieldViolation, InvalidArgument, NotFound
+from credit_common.errors import FieldViolation, InvalidArgument, NotFound, Violations
+from credit_common.fields import check_text
 from credit_common.idempotency import fingerprint, remember, replay
 from credit_common.ids import new_id
 from credit_common.pagination import PageRequest
@@ -50,20 +51,17 @@ def endpoint_not_found(endpoint_id: str) -> NotFound:
 def check_endpoint_fields(
     policy: UrlPolicy, url: str | None, description: str | None, prefix: str = ""
 ) -> list[FieldViolation]:
-    violations = []
+    violations = Violations()
     if url is not None:
-        violations += [FieldViolation(f"{prefix}url", p.description, p.reason) for p in policy.problems(url)]
-    if description is not None and len(description) > DESCRIPTION_MAX_LENGTH:
-        violations.append(
-            FieldViolation(f"{prefix}description", f"must be at most {DESCRIPTION_MAX_LENGTH} characters", "TOO_LONG")
-        )
-    return violations
+        violations.extend(FieldViolation(f"{prefix}url", p.description, p.reason) for p in policy.problems(url))
+    if description is not None:
+        check_text(description, f"{prefix}description", violations, DESCRIPTION_MAX_LENGTH)
+    return list(violations)
 
 
 def _raise(violations: Sequence[FieldViolation]) -> None:
     if violations:
-        reason = violations[0].reason or "INVALID_ARGUMENT"
-        raise InvalidArgument("the request has invalid fields", reason=reason, violations=violations)
+        raise InvalidArgument("the request has invalid fields", violations=violations)
 
 
 def _get(uow: GrantUnitOfWork, endpoint_id: str, *, for_update: bool = False) -> WebhookEndpoint:

@@ -8,11 +8,11 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
+from credit_common.db.bulk import insert_ignoring_conflicts
 from credit_common.db.engine import DatabaseSettings, create_db_engine, session_factories
 from credit_common.db.migrations import upgrade
 from credit_common.ids import new_id
 from grant_service.adapters.orm import GrantRow
-from grant_service.adapters.sql import insert_ignoring_conflicts
 from tests.support.grant_rows import insert_due_subscriptions
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)

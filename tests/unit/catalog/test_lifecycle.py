@@ -165,7 +165,7 @@ def test_amendment_values_follow_the_provisioning_rules():
     }
     assert check({"monthly": "1e3"})[1] == {"entitlement_values[monthly]": "INVALID_DECIMAL"}
     assert check({"monthly": "-5"})[1] == {"entitlement_values[monthly]": "INVALID_DECIMAL"}
-    assert check({})[1] == {"entitlement_values": ""}
+    assert check({})[1] == {"entitlement_values": "REQUIRED"}
 
 
 def test_replace_keeps_other_entitlements_untouched():

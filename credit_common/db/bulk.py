@@ -1,34 +1,32 @@
-"""The conflict-skipping bulk insert of the grant service's repositories: inserts that skip
-what a concurrent transaction already wrote (writes that must happen at most once: a period's
-grant, a grant's GRANT and closing entries; two processes racing on the same work cannot both
-succeed and neither crashes). Locking is in locking.py, what a catch-up owes in catch_up.py."""
+"""Inserts in bulk that skip what a concurrent transaction already wrote: writes that must happen
+at most once (a period's grant, a grant's GRANT and closing entries, an event), so that two
+processes racing on the same work cannot both succeed and neither crashes. The renewal storm's
+catch-up runs on it (docs/performance.md): keep it as fast when changing it."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import (
-    Boolean,
-    Integer,
-    select,
-)
+from sqlalchemy import BigInteger, Boolean, Integer, String, Table, select
 from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeEngine
 
-from grant_service.adapters.locking import is_postgres
+from credit_common.db.types import ExactDecimal, UtcDateTime
 
 
 def insert_ignoring_conflicts(session: Session, model: type, rows: Sequence[dict[str, Any]], key: str) -> set[Any]:
-    """Insert `rows` (in bulk, all with the same keys), skipping any that violates a unique
-    constraint; returns the values of column `key` of the rows actually inserted. `key` must be a
-    fresh id of each row (an id made for this insert): a row found with it was inserted here.
+    """Insert `rows` (in bulk, all with the same keys) into the table of the mapped class `model`,
+    skipping any that violates a unique constraint; returns the values of column `key` of the rows
+    actually inserted. `key` must be a fresh id of each row (an id made for this insert): a row found
+    with it was inserted here.
 
     The database counts the rows inserted; only when a conflict skipped some does a query find
     which (RETURNING every key cost the storm's catch-up a row fetch per grant)."""
     if not rows:
         return set()
-    table = model.__table__
-    insert = _insert_unnest if is_postgres(session) else _insert_executemany
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    insert = _insert_unnest if session.get_bind().dialect.name == "postgresql" else _insert_executemany
     count = insert(session, table, rows)
     keys = [row[key] for row in rows]
     if count == len(rows):
@@ -40,7 +38,7 @@ def insert_ignoring_conflicts(session: Session, model: type, rows: Sequence[dict
     return inserted
 
 
-def _insert_executemany(session: Session, table, rows: Sequence[dict[str, Any]]) -> int:
+def _insert_executemany(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> int:
     """SQLite: one prepared INSERT ... ON CONFLICT DO NOTHING run by the driver's executemany over
     plain tuples; returns the rows inserted. SQLAlchemy's multi-row INSERT ... RETURNING built and
     type-processed every value of every row in Python (docs/performance.md); here each column's
@@ -63,21 +61,27 @@ def _insert_executemany(session: Session, table, rows: Sequence[dict[str, Any]])
     return session.connection().exec_driver_sql(statement, list(zip(*values, strict=True))).rowcount
 
 
-def _pg_type(column) -> str:
-    type_ = column.type
-    impl = getattr(type_, "impl", type_)
-    if type_.__class__.__name__ == "ExactDecimal":
-        return "numeric"
-    if type_.__class__.__name__ == "UtcDateTime":
-        return "timestamptz"
-    if isinstance(impl, Boolean):
-        return "boolean"
-    if isinstance(impl, Integer):  # BigInteger included
-        return "bigint"
-    return "text"
+# PostgreSQL's name of each column type the unnest insert binds, most specific first (a BigInteger
+# is an Integer). The exact types of credit_common.db.types are bound as what they store.
+_PG_TYPES: tuple[tuple[type[TypeEngine], str], ...] = (
+    (ExactDecimal, "numeric"),
+    (UtcDateTime, "timestamptz"),
+    (Boolean, "boolean"),
+    (BigInteger, "bigint"),
+    (Integer, "bigint"),
+    (String, "text"),  # Text and Unicode included
+)
 
 
-def _insert_unnest(session: Session, table, rows: Sequence[dict[str, Any]]) -> int:
+def pg_type(type_: TypeEngine) -> str:
+    """The PostgreSQL type a value of a column of type `type_` is cast to in the unnest insert."""
+    for kind, name in _PG_TYPES:
+        if isinstance(type_, kind):
+            return name
+    raise TypeError(f"insert_ignoring_conflicts cannot bind a column of type {type_!r}")
+
+
+def _insert_unnest(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> int:
     """PostgreSQL: one INSERT ... SELECT FROM unnest(array per column) ... ON CONFLICT DO NOTHING
     per 5,000 rows; returns the rows inserted. A multi-row VALUES of 18 columns x 1,000 rows made
     psycopg re-parse 18,000 placeholders in Python for every batch; here the query text is the same
@@ -85,6 +89,7 @@ def _insert_unnest(session: Session, table, rows: Sequence[dict[str, Any]]) -> i
     every row (most columns of a storm's grants and entries) is bound once, not as an array, and
     arrays go in binary (%b: the text format checked every element for quoting with a regex)."""
     columns = [c for c in table.columns if c.key in rows[0]]
+    types = [pg_type(c.type) for c in columns]
     names = ", ".join(f'"{c.name}"' for c in columns)
     count = 0
     for start in range(0, len(rows), 5000):
@@ -94,11 +99,11 @@ def _insert_unnest(session: Session, table, rows: Sequence[dict[str, Any]]) -> i
             values = [row[column.key] for row in chunk]
             # The first column is always an array: unnest gives the rows.
             if n and values.count(values[0]) == len(values):
-                selected.append(f"CAST(%(p{n})s AS {_pg_type(column)})")
+                selected.append(f"CAST(%(p{n})s AS {types[n]})")
                 params[f"p{n}"] = values[0]
             else:
                 selected.append(f"u.a{n}")
-                arrays.append((f"a{n}", f"CAST(%(p{n})b AS {_pg_type(column)}[])"))
+                arrays.append((f"a{n}", f"CAST(%(p{n})b AS {types[n]}[])"))
                 params[f"p{n}"] = values
         statement = (
             f'INSERT INTO "{table.name}" ({names}) SELECT {", ".join(selected)} '
