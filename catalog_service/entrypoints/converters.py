@@ -30,7 +30,7 @@ from catalog_service.domain.outbox import (
     OutboxEntry,
 )
 from catalog_service.domain.plans import CreditEntitlementSpec, FeatureEntitlementSpec, PlanSpec, VariableSpec
-from catalog_service.service_layer.services import SubscriptionView
+from catalog_service.service_layer.subscriptions import SubscriptionView
 from catalog_service.v1 import catalog_service_pb2 as pb
 from credit_common.decimals import format_decimal
 from credit_common.grpc.timestamps import to_timestamp
