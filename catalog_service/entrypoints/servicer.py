@@ -23,7 +23,6 @@ from catalog_service.service_layer.idempotency import Replayed, RequestKey, requ
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
 from credit_common.errors import FieldViolation, InvalidArgument
-from credit_common.grpc.timestamps import from_timestamp
 
 R = TypeVar("R", bound=Message)
 
@@ -185,19 +184,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             "ProvisionSubscription",
             request,
             pb.ProvisionSubscriptionResponse,
-            lambda key: provisioning.provision_subscription(
-                self.ctx,
-                provisioning.ProvisionRequest(
-                    customer_key=request.customer_key,
-                    plan_key=request.plan_key,
-                    plan_version=request.plan_version,
-                    values=dict(request.entitlement_values),
-                    start_time=from_timestamp(request, "start_time"),
-                    end_time=from_timestamp(request, "end_time"),
-                    test_clock_id=request.test_clock_id,
-                ),
-                key,
-            ),
+            lambda key: provisioning.provision_subscription(self.ctx, conv.provision_request(request), key),
             lambda view: pb.ProvisionSubscriptionResponse(subscription=conv.subscription_pb(view)),
         )
 
