@@ -11,14 +11,14 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from catalog_service.adapters.repositories import (
-    CreditCurrencyRepository,
-    CustomerRepository,
-    FeatureRepository,
-    IdempotencyRepository,
-    OutboxRepository,
-    PlanRepository,
     PublishedVersions,
-    SubscriptionRepository,
+    SqlCreditCurrencyRepository,
+    SqlCustomerRepository,
+    SqlFeatureRepository,
+    SqlHandoffRepository,
+    SqlPlanRepository,
+    SqlRequestIdRepository,
+    SqlSubscriptionRepository,
 )
 from credit_common.db.engine import session_factories
 from credit_common.db.transactions import RETRY, RetryPolicy, Transactions
@@ -29,13 +29,13 @@ T = TypeVar("T")
 class SqlCatalogUnitOfWork:
     def __init__(self, session: Session, published_versions: PublishedVersions) -> None:
         self.session = session
-        self.features = FeatureRepository(session)
-        self.currencies = CreditCurrencyRepository(session)
-        self.plans = PlanRepository(session, published_versions)
-        self.customers = CustomerRepository(session)
-        self.subscriptions = SubscriptionRepository(session)
-        self.idempotency = IdempotencyRepository(session)
-        self.outbox = OutboxRepository(session)
+        self.features = SqlFeatureRepository(session)
+        self.currencies = SqlCreditCurrencyRepository(session)
+        self.plans = SqlPlanRepository(session, published_versions)
+        self.customers = SqlCustomerRepository(session)
+        self.subscriptions = SqlSubscriptionRepository(session)
+        self.idempotency = SqlRequestIdRepository(session)
+        self.outbox = SqlHandoffRepository(session)
 
 
 class SqlCatalogUnitsOfWork:
