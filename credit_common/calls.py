@@ -1,10 +1,11 @@
 """The incoming call a thread is serving, for what must honour its deadline and cancellation.
 
 The observing interceptor (credit_common.grpc.observe) binds each RPC's `Call` to the thread that
-runs it. The transaction runners of both services call `check_before_commit()` right before they
-commit: a call whose deadline has passed, or that its client cancelled, does not commit; its
-transaction rolls back and the call ends with DEADLINE_EXCEEDED or CANCELLED (a caller that gave
-up must not find later that its request took effect after all). Outbound calls made while serving
+runs it. The transaction runner of both services (credit_common.db.transactions) and the group
+commit call `check_before_commit()` right before they commit: a call whose deadline has passed, or
+that its client cancelled, does not commit; its transaction rolls back and the call ends with
+DEADLINE_EXCEEDED or CANCELLED (a caller that gave up must not find later that its request took
+effect after all). Outbound calls made while serving
 one use `outbound_timeout(default)`: no later than what is left of the incoming deadline. Work
 without a call (the outbox dispatcher, the catch-up timer) is not affected.
 """

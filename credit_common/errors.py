@@ -52,6 +52,23 @@ class NotFound(DomainError):
     default_reason = "NOT_FOUND"
 
 
+def not_found(what: str, key: str, reason: str, *, key_name: str = "key") -> NotFound:
+    """The one way both services say that a resource named by the caller does not exist: the message
+    "<what> '<key>' does not exist", `reason` (UPPER_SNAKE: PLAN_NOT_FOUND, TEST_CLOCK_NOT_FOUND ...)
+    and the key in the metadata under `key_name` (the request's name for it: "key", "customer_key",
+    "test_clock_id" ...)."""
+    return NotFound(f"{what} {key!r} does not exist", reason=reason, metadata={key_name: key})
+
+
+def test_clock_not_found(test_clock_id: str) -> NotFound:
+    """A test clock of the grant service that does not exist (told by the grant service, and by the
+    catalog for the clocks it reads there)."""
+    return not_found("test clock", test_clock_id, "TEST_CLOCK_NOT_FOUND", key_name="test_clock_id")
+
+
+test_clock_not_found.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
 class AlreadyExists(DomainError):
     code = "ALREADY_EXISTS"
     default_reason = "ALREADY_EXISTS"

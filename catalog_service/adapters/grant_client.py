@@ -21,7 +21,14 @@ from catalog_service.adapters.grant_delivery import channel_options
 from credit_common.auth.client import with_api_key
 from credit_common.calls import outbound_timeout
 from credit_common.config import read_file
-from credit_common.errors import DomainError, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
+from credit_common.errors import (
+    DomainError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    Unavailable,
+    test_clock_not_found,
+)
 from credit_common.grpc.errors import error_details
 from credit_common.tracing import traced_channel
 from grant_service.v1 import grant_service_pb2 as grant_pb2
@@ -100,9 +107,7 @@ class GrantServiceClient:
                 timeout=outbound_timeout(self.deadline.total_seconds()),  # within the caller's deadline
             )
         except grpc.RpcError as error:
-            translated = _translate(
-                error, f"test clock {test_clock_id!r}", not_found_reason="TEST_CLOCK_NOT_FOUND", field=field
-            )
+            translated = _translate(error, f"test clock {test_clock_id!r}", field=field, missing=test_clock_id)
             if translated is None:
                 raise
             raise translated from error
@@ -112,8 +117,9 @@ class GrantServiceClient:
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
-def _translate(error: grpc.RpcError, what: str, *, not_found_reason: str, field: str) -> DomainError | None:
-    """The domain error for a failed call about the caller's `field`, or None for an unexpected one."""
+def _translate(error: grpc.RpcError, what: str, *, field: str, missing: str) -> DomainError | None:
+    """The domain error for a failed call about the caller's `field` (the test clock `missing` for a
+    NOT_FOUND), or None for an unexpected one."""
     code = error.code() if isinstance(error, grpc.Call) else None
     if code in _RETRYABLE:
         return Unavailable(f"the grant service is unavailable ({what}); retry", reason="GRANT_SERVICE_UNAVAILABLE")
@@ -129,7 +135,7 @@ def _translate(error: grpc.RpcError, what: str, *, not_found_reason: str, field:
     info, violations = error_details(error) if isinstance(error, grpc.Call) else (None, [])
     metadata = dict(info.metadata) if info is not None else {}
     if code == grpc.StatusCode.NOT_FOUND:
-        return NotFound(f"{what} does not exist", reason=not_found_reason, metadata=metadata)
+        return test_clock_not_found(missing)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         descriptions = [v.description for v in violations] or [error.details() or "is not valid"]
         return InvalidArgument(

@@ -160,7 +160,7 @@ def add_apply_request(
 
 
 class SqlOutboxRepository:
-    """The dispatcher's OutboxRepository and the handoff-state queries, over `table`."""
+    """The dispatcher's `DeliveryQueue` (service_layer/ports.py) and the handoff-state queries, over `table`."""
 
     def __init__(self, sessions: SessionFactories, table: Table) -> None:
         self._sessions = sessions

@@ -125,7 +125,7 @@ def content_from_json(d: dict[str, Any]) -> PlanContent:
 # ------------------------------------------------------------- repositories
 
 
-class FeatureRepository:
+class SqlFeatureRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
@@ -171,7 +171,7 @@ class RateSet:
     rates: tuple[CreditRate, ...]
 
 
-class CreditCurrencyRepository:
+class SqlCreditCurrencyRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
@@ -275,7 +275,7 @@ class PublishedVersions:
         self._versions[(found.plan_key, found.version)] = found
 
 
-class PlanRepository:
+class SqlPlanRepository:
     def __init__(self, session: Session, published: PublishedVersions | None = None) -> None:
         self.session = session
         self._published = published or PublishedVersions()
@@ -347,7 +347,7 @@ class PlanRepository:
         return [self._to_domain(r) for r in rows]
 
 
-class CustomerRepository:
+class SqlCustomerRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
@@ -403,7 +403,7 @@ def _entitlements_to_json(s: Subscription) -> dict[str, Any]:
     }
 
 
-class SubscriptionRepository:
+class SqlSubscriptionRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
@@ -491,7 +491,7 @@ class SubscriptionRepository:
         return [self._to_domain(r) for r in self.session.scalars(stmt)]
 
 
-class IdempotencyRepository:
+class SqlRequestIdRepository:
     """The catalog's `RequestStore` (credit_common.idempotency): the first response of each request_id."""
 
     def __init__(self, session: Session) -> None:
@@ -513,10 +513,10 @@ class IdempotencyRepository:
 # ------------------------------------------------------------------- outbox
 
 
-class OutboxRepository:
-    """The unit of work's side of the outbox (`outbox_deliveries`): queue an
-    Apply request in the transaction of the change it describes, and read the
-    handoff state of subscriptions. The dispatcher's side (claims, outcomes) is
+class SqlHandoffRepository:
+    """The port `OutboxRepository` (service_layer/ports.py), the unit of work's side of the outbox
+    (`outbox_deliveries`): queue an Apply request in the transaction of the change it describes, and
+    read the handoff state of subscriptions. The dispatcher's side (claims, outcomes) is
     `outbox_sql.SqlOutboxRepository`; both go through `outbox_sql`."""
 
     table = OutboxDeliveryRow.__table__

@@ -63,7 +63,7 @@ class DeliveryOutcome:
 class ClaimedDelivery:
     """A pending delivery leased to one dispatcher until `lease_until`. The lease
     instant is also the fencing token of the claim: outcomes are recorded only
-    while the row still carries it (see OutboxRepository)."""
+    while the row still carries it (see ports.DeliveryQueue)."""
 
     id: int
     kind: str

@@ -12,12 +12,12 @@ from sqlalchemy import Engine
 from catalog_service.adapters.grant_client import GrantServiceClient
 from catalog_service.adapters.orm import API_KEYS, OutboxDeliveryRow
 from catalog_service.adapters.outbox_sql import outbox_gauges
+from catalog_service.adapters.unit_of_work import SqlCatalogUnitsOfWork
 from catalog_service.entrypoints.outbox_worker import start_outbox_worker
 from catalog_service.entrypoints.roles import METHOD_ROLES, READ_METHODS, SERVICE
 from catalog_service.entrypoints.servicer import CatalogServicer
 from catalog_service.entrypoints.settings import FLAGS, CatalogSettings
-from catalog_service.service_layer.services import CatalogService
-from catalog_service.service_layer.unit_of_work import UnitsOfWork
+from catalog_service.service_layer.context import CatalogContext
 from catalog_service.v1 import catalog_service_pb2_grpc
 from credit_common import runtime
 from credit_common.clock import Clock
@@ -47,10 +47,10 @@ def assemble(settings: CatalogSettings, engine: Engine, clock: Clock, on_stop: C
         settings=settings.outbox,
     )
     on_stop(worker.stop)
-    service = CatalogService(UnitsOfWork(engine), clock, test_clocks=grant_client, on_queued=worker.nudge)
+    ctx = CatalogContext(SqlCatalogUnitsOfWork(engine), clock, test_clocks=grant_client, on_queued=worker.nudge)
 
     def register(server) -> None:
-        catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(service), server)
+        catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(ctx), server)
 
     return ServiceParts(register)
 

@@ -30,10 +30,11 @@ from catalog_service.domain.outbox import (
     OutboxEntry,
 )
 from catalog_service.domain.plans import CreditEntitlementSpec, FeatureEntitlementSpec, PlanSpec, VariableSpec
-from catalog_service.service_layer.services import SubscriptionView
+from catalog_service.service_layer.provisioning import ProvisionRequest
+from catalog_service.service_layer.subscriptions import SubscriptionView
 from catalog_service.v1 import catalog_service_pb2 as pb
 from credit_common.decimals import format_decimal
-from credit_common.grpc.timestamps import to_timestamp
+from credit_common.grpc.timestamps import from_timestamp, to_timestamp
 
 FEATURE_TYPES = {pb.FEATURE_TYPE_METERED: FeatureType.METERED, pb.FEATURE_TYPE_BOOLEAN: FeatureType.BOOLEAN}
 FEATURE_TYPES_PB = {v: k for k, v in FEATURE_TYPES.items()}
@@ -116,6 +117,18 @@ def currency_pb(c: CreditCurrency) -> pb.CreditCurrency:
 
 def _variable_in(v: pb.VariableValue) -> VariableSpec:
     return VariableSpec(min=v.min, max=v.max, default_value=v.default_value)
+
+
+def provision_request(request: pb.ProvisionSubscriptionRequest) -> ProvisionRequest:
+    return ProvisionRequest(
+        customer_key=request.customer_key,
+        plan_key=request.plan_key,
+        plan_version=request.plan_version,
+        values=dict(request.entitlement_values),
+        start_time=from_timestamp(request, "start_time"),
+        end_time=from_timestamp(request, "end_time"),
+        test_clock_id=request.test_clock_id,
+    )
 
 
 def plan_spec(p: pb.Plan) -> PlanSpec:

@@ -9,12 +9,20 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from catalog_service.entrypoints import converters as conv
+from catalog_service.service_layer import (
+    currencies,
+    customers,
+    features,
+    handoffs,
+    plans,
+    provisioning,
+    subscriptions,
+)
+from catalog_service.service_layer.context import CatalogContext
 from catalog_service.service_layer.idempotency import Replayed, RequestKey, request_key
-from catalog_service.service_layer.services import CatalogService
 from catalog_service.v1 import catalog_service_pb2 as pb
 from catalog_service.v1 import catalog_service_pb2_grpc as pb_grpc
 from credit_common.errors import FieldViolation, InvalidArgument
-from credit_common.grpc.timestamps import from_timestamp
 
 R = TypeVar("R", bound=Message)
 
@@ -37,8 +45,8 @@ def _mutate(
 
 
 class CatalogServicer(pb_grpc.CatalogServiceServicer):
-    def __init__(self, service: CatalogService) -> None:
-        self.service = service
+    def __init__(self, ctx: CatalogContext) -> None:
+        self.ctx = ctx
 
     # ------------------------------------------------------------ features
 
@@ -48,17 +56,17 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             "CreateFeature",
             request,
             pb.CreateFeatureResponse,
-            lambda key: self.service.create_feature(
-                f.key, f.display_name, conv.FEATURE_TYPES.get(f.type), f.unit_name, key
+            lambda key: features.create_feature(
+                self.ctx, f.key, f.display_name, conv.FEATURE_TYPES.get(f.type), f.unit_name, key
             ),
             lambda feature: pb.CreateFeatureResponse(feature=conv.feature_pb(feature)),
         )
 
     def GetFeature(self, request: pb.GetFeatureRequest, context) -> pb.GetFeatureResponse:
-        return pb.GetFeatureResponse(feature=conv.feature_pb(self.service.get_feature(request.key)))
+        return pb.GetFeatureResponse(feature=conv.feature_pb(features.get_feature(self.ctx, request.key)))
 
     def ListFeatures(self, request: pb.ListFeaturesRequest, context) -> pb.ListFeaturesResponse:
-        items, token = self.service.list_features(request.page_size, request.page_token)
+        items, token = features.list_features(self.ctx, request.page_size, request.page_token)
         return pb.ListFeaturesResponse(features=[conv.feature_pb(f) for f in items], next_page_token=token)
 
     # --------------------------------------------------- credit currencies
@@ -69,7 +77,9 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             "CreateCreditCurrency",
             request,
             pb.CreateCreditCurrencyResponse,
-            lambda key: self.service.create_credit_currency(c.key, c.display_name, c.unit_name, conv.rates_in(c), key),
+            lambda key: currencies.create_credit_currency(
+                self.ctx, c.key, c.display_name, c.unit_name, conv.rates_in(c), key
+            ),
             lambda currency: pb.CreateCreditCurrencyResponse(credit_currency=conv.currency_pb(currency)),
         )
 
@@ -79,19 +89,19 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             "UpdateCreditCurrency",
             request,
             pb.UpdateCreditCurrencyResponse,
-            lambda key: self.service.update_credit_currency(
-                c.key, c.display_name, c.unit_name, conv.rates_in(c), list(request.update_mask.paths), key
+            lambda key: currencies.update_credit_currency(
+                self.ctx, c.key, c.display_name, c.unit_name, conv.rates_in(c), list(request.update_mask.paths), key
             ),
             lambda currency: pb.UpdateCreditCurrencyResponse(credit_currency=conv.currency_pb(currency)),
         )
 
     def GetCreditCurrency(self, request: pb.GetCreditCurrencyRequest, context) -> pb.GetCreditCurrencyResponse:
         return pb.GetCreditCurrencyResponse(
-            credit_currency=conv.currency_pb(self.service.get_credit_currency(request.key))
+            credit_currency=conv.currency_pb(currencies.get_credit_currency(self.ctx, request.key))
         )
 
     def ListCreditCurrencies(self, request: pb.ListCreditCurrenciesRequest, context) -> pb.ListCreditCurrenciesResponse:
-        items, token = self.service.list_credit_currencies(request.page_size, request.page_token)
+        items, token = currencies.list_credit_currencies(self.ctx, request.page_size, request.page_token)
         return pb.ListCreditCurrenciesResponse(
             credit_currencies=[conv.currency_pb(c) for c in items], next_page_token=token
         )
@@ -103,7 +113,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             "CreatePlan",
             request,
             pb.CreatePlanResponse,
-            lambda key: self.service.create_plan(request.plan.key, conv.plan_spec(request.plan), key),
+            lambda key: plans.create_plan(self.ctx, request.plan.key, conv.plan_spec(request.plan), key),
             lambda view: pb.CreatePlanResponse(plan=conv.plan_pb(view)),
         )
 
@@ -112,19 +122,19 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             "UpdatePlan",
             request,
             pb.UpdatePlanResponse,
-            lambda key: self.service.update_plan(
-                request.plan.key, conv.plan_spec(request.plan), list(request.update_mask.paths), key
+            lambda key: plans.update_plan(
+                self.ctx, request.plan.key, conv.plan_spec(request.plan), list(request.update_mask.paths), key
             ),
             lambda view: pb.UpdatePlanResponse(plan=conv.plan_pb(view)),
         )
 
     def GetPlan(self, request: pb.GetPlanRequest, context) -> pb.GetPlanResponse:
-        view = self.service.get_plan(request.key, request.version, request.draft)
+        view = plans.get_plan(self.ctx, request.key, request.version, request.draft)
         return pb.GetPlanResponse(plan=conv.plan_pb(view))
 
     def ListPlans(self, request: pb.ListPlansRequest, context) -> pb.ListPlansResponse:
-        views, token = self.service.list_plans(
-            conv.PLAN_STATUSES.get(request.status), request.page_size, request.page_token
+        views, token = plans.list_plans(
+            self.ctx, conv.PLAN_STATUSES.get(request.status), request.page_size, request.page_token
         )
         return pb.ListPlansResponse(plans=[conv.plan_pb(v) for v in views], next_page_token=token)
 
@@ -133,7 +143,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             "PublishPlan",
             request,
             pb.PublishPlanResponse,
-            lambda key: self.service.publish_plan(request.key, key),
+            lambda key: plans.publish_plan(self.ctx, request.key, key),
             lambda view: pb.PublishPlanResponse(plan=conv.plan_pb(view)),
         )
 
@@ -142,7 +152,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             "ArchivePlan",
             request,
             pb.ArchivePlanResponse,
-            lambda key: self.service.archive_plan(request.key, key),
+            lambda key: plans.archive_plan(self.ctx, request.key, key),
             lambda view: pb.ArchivePlanResponse(plan=conv.plan_pb(view)),
         )
 
@@ -154,15 +164,15 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             "CreateCustomer",
             request,
             pb.CreateCustomerResponse,
-            lambda key: self.service.create_customer(c.key, c.display_name, c.test_clock_id, key),
+            lambda key: customers.create_customer(self.ctx, c.key, c.display_name, c.test_clock_id, key),
             lambda customer: pb.CreateCustomerResponse(customer=conv.customer_pb(customer)),
         )
 
     def GetCustomer(self, request: pb.GetCustomerRequest, context) -> pb.GetCustomerResponse:
-        return pb.GetCustomerResponse(customer=conv.customer_pb(self.service.get_customer(request.key)))
+        return pb.GetCustomerResponse(customer=conv.customer_pb(customers.get_customer(self.ctx, request.key)))
 
     def ListCustomers(self, request: pb.ListCustomersRequest, context) -> pb.ListCustomersResponse:
-        items, token = self.service.list_customers(request.page_size, request.page_token)
+        items, token = customers.list_customers(self.ctx, request.page_size, request.page_token)
         return pb.ListCustomersResponse(customers=[conv.customer_pb(c) for c in items], next_page_token=token)
 
     # ------------------------------------------------------- subscriptions
@@ -174,26 +184,17 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             "ProvisionSubscription",
             request,
             pb.ProvisionSubscriptionResponse,
-            lambda key: self.service.provision_subscription(
-                customer_key=request.customer_key,
-                plan_key=request.plan_key,
-                plan_version=request.plan_version,
-                values=dict(request.entitlement_values),
-                start_time=from_timestamp(request, "start_time"),
-                end_time=from_timestamp(request, "end_time"),
-                test_clock_id=request.test_clock_id,
-                request=key,
-            ),
+            lambda key: provisioning.provision_subscription(self.ctx, conv.provision_request(request), key),
             lambda view: pb.ProvisionSubscriptionResponse(subscription=conv.subscription_pb(view)),
         )
 
     def GetSubscription(self, request: pb.GetSubscriptionRequest, context) -> pb.GetSubscriptionResponse:
-        view = self.service.get_subscription(request.subscription_id)
+        view = subscriptions.get_subscription(self.ctx, request.subscription_id)
         return pb.GetSubscriptionResponse(subscription=conv.subscription_pb(view))
 
     def ListSubscriptions(self, request: pb.ListSubscriptionsRequest, context) -> pb.ListSubscriptionsResponse:
-        views, token = self.service.list_subscriptions(
-            request.customer_key, request.plan_key, request.page_size, request.page_token
+        views, token = subscriptions.list_subscriptions(
+            self.ctx, request.customer_key, request.plan_key, request.page_size, request.page_token
         )
         return pb.ListSubscriptionsResponse(
             subscriptions=[conv.subscription_pb(v) for v in views], next_page_token=token
@@ -204,8 +205,8 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             "CancelSubscription",
             request,
             pb.CancelSubscriptionResponse,
-            lambda key: self.service.cancel_subscription(
-                request.subscription_id, conv.CANCEL_MODES.get(request.mode), key
+            lambda key: subscriptions.cancel_subscription(
+                self.ctx, request.subscription_id, conv.CANCEL_MODES.get(request.mode), key
             ),
             lambda view: pb.CancelSubscriptionResponse(subscription=conv.subscription_pb(view)),
         )
@@ -221,8 +222,8 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             "AmendSubscription",
             request,
             pb.AmendSubscriptionResponse,
-            lambda key: self.service.amend_subscription(
-                request.subscription_id, dict(request.entitlement_values), timing, key
+            lambda key: subscriptions.amend_subscription(
+                self.ctx, request.subscription_id, dict(request.entitlement_values), timing, key
             ),
             lambda view: pb.AmendSubscriptionResponse(subscription=conv.subscription_pb(view)),
         )
@@ -232,7 +233,9 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
     def ListHandoffs(self, request: pb.ListHandoffsRequest, context) -> pb.ListHandoffsResponse:
         status = _enum_in(conv.OUTBOX_STATUSES, request.status, "status")
         kind = _enum_in(conv.HANDOFF_KINDS, request.kind, "kind")
-        items, token = self.service.list_handoffs(status, kind, request.key, request.page_size, request.page_token)
+        items, token = handoffs.list_handoffs(
+            self.ctx, status, kind, request.key, request.page_size, request.page_token
+        )
         return pb.ListHandoffsResponse(handoffs=[conv.handoff_entry_pb(e) for e in items], next_page_token=token)
 
     def RequeueHandoffs(self, request: pb.RequeueHandoffsRequest, context) -> pb.RequeueHandoffsResponse:
@@ -241,7 +244,7 @@ class CatalogServicer(pb_grpc.CatalogServiceServicer):
             "RequeueHandoffs",
             request,
             pb.RequeueHandoffsResponse,
-            lambda key: self.service.requeue_handoffs(kind, request.key, request.all_parked, key),
+            lambda key: handoffs.requeue_handoffs(self.ctx, kind, request.key, request.all_parked, key),
             lambda count: pb.RequeueHandoffsResponse(requeued_count=count),
         )
 

@@ -43,7 +43,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from catalog_service.domain.outbox import (
     KINDS,
@@ -56,6 +55,7 @@ from catalog_service.domain.outbox import (
     Resolution,
     judge_stale,
 )
+from catalog_service.service_layer.ports import Delivery, DeliveryQueue
 from credit_common import tracing
 from credit_common.backoff import BackoffPolicy, RandomSource
 from credit_common.clock import Clock
@@ -67,25 +67,6 @@ log = logging.getLogger("catalog_service.dispatcher")
 
 DEFAULT_BATCH_SIZE = 200  # deliveries claimed per pass
 DEFAULT_SEND_BATCH_SIZE = 100  # deliveries per call to the grant service
-
-
-class OutboxRepository(Protocol):
-    def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[ClaimedDelivery]:
-        """Lease up to `limit` due pending deliveries, at most one per aggregate
-        (its lowest pending revision), until `lease_until`."""
-        ...
-
-    def record(self, resolutions: Sequence[Resolution]) -> list[bool]:
-        """Write the outcomes; for each, whether it applied (False if the claim was fenced out)."""
-        ...
-
-
-class Delivery(Protocol):
-    deadline: timedelta  # the longest a `deliver_many` call may take
-
-    def deliver_many(self, kind: str, payloads: Sequence[bytes]) -> list[DeliveryOutcome]:
-        """Send payloads of one kind; one outcome per payload, in order."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +90,7 @@ class PassReport:
 class Dispatcher:
     def __init__(
         self,
-        outbox: OutboxRepository,
+        outbox: DeliveryQueue,
         delivery: Delivery,
         *,
         clock: Clock,

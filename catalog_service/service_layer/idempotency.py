@@ -10,8 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import IntegrityError
-
 from catalog_service.service_layer.unit_of_work import CatalogUnitOfWork, UnitsOfWork
 from credit_common.clock import Clock
 from credit_common.idempotency import check_request_id, remember, replay
@@ -51,23 +49,17 @@ def replayed(uow: CatalogUnitOfWork, key: RequestKey | None) -> Replayed | None:
 def run_once(
     uows: UnitsOfWork, clock: Clock, key: RequestKey | None, effect: Callable[[CatalogUnitOfWork], T]
 ) -> T | Replayed:
-    """Run `effect` in one write transaction, at most once per request key. A
-    unique-constraint race with a concurrent call is retried once, which then
-    replays or reports the conflict."""
-    for attempt in range(2):
-        try:
-            with uows.write() as uow:
-                earlier = replayed(uow, key)
-                if earlier is not None:
-                    return earlier
-                result = effect(uow)
-                if key is not None:
-                    remember(
-                        uow.idempotency, key.method, key.request_id, key.fingerprint, key.render(result), clock.now()
-                    )
-                uow.commit()
-                return result
-        except IntegrityError:
-            if attempt == 1:
-                raise
-    raise AssertionError("unreachable")
+    """Run `effect` in one write transaction, at most once per request key. A concurrent call
+    with the same key that commits first makes this transaction's record a constraint violation:
+    the runner runs it again, and it then replays (or reports the reuse of the key)."""
+
+    def once(uow: CatalogUnitOfWork) -> T | Replayed:
+        earlier = replayed(uow, key)
+        if earlier is not None:
+            return earlier
+        result = effect(uow)
+        if key is not None:
+            remember(uow.idempotency, key.method, key.request_id, key.fingerprint, key.render(result), clock.now())
+        return result
+
+    return uows.write(once)

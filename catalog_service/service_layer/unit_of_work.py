@@ -1,57 +1,45 @@
-"""The catalog's unit of work: one transaction and its repositories."""
+"""The catalog's unit of work, as the service layer sees it: one transaction and its repositories
+(ports.py). The SQL implementation is catalog_service/adapters/unit_of_work.py, chosen at wiring."""
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
-from catalog_service.adapters.repositories import (
+from catalog_service.service_layer.ports import (
     CreditCurrencyRepository,
     CustomerRepository,
     FeatureRepository,
-    IdempotencyRepository,
     OutboxRepository,
     PlanRepository,
-    PublishedVersions,
+    RequestIdRepository,
     SubscriptionRepository,
 )
-from credit_common.db.engine import session_factories
-from credit_common.db.uow import SqlAlchemyUnitOfWork
+
+T = TypeVar("T")
 
 
-class CatalogUnitOfWork(SqlAlchemyUnitOfWork):
+class CatalogUnitOfWork(Protocol):
     features: FeatureRepository
     currencies: CreditCurrencyRepository
     plans: PlanRepository
     customers: CustomerRepository
     subscriptions: SubscriptionRepository
-    idempotency: IdempotencyRepository
+    idempotency: RequestIdRepository
     outbox: OutboxRepository
 
-    def __init__(self, session_factory: sessionmaker[Session], published_versions: PublishedVersions) -> None:
-        super().__init__(session_factory)
-        self._published_versions = published_versions
 
-    def _open_repositories(self) -> None:
-        self.features = FeatureRepository(self.session)
-        self.currencies = CreditCurrencyRepository(self.session)
-        self.plans = PlanRepository(self.session, self._published_versions)
-        self.customers = CustomerRepository(self.session)
-        self.subscriptions = SubscriptionRepository(self.session)
-        self.idempotency = IdempotencyRepository(self.session)
-        self.outbox = OutboxRepository(self.session)
+class UnitsOfWork(Protocol):
+    """Runs use cases' work in transactions (the shared runner: credit_common.db.transactions)."""
 
+    def write(self, work: Callable[[CatalogUnitOfWork], T]) -> T:
+        """Run `work` in one write transaction and commit when it returns; an exception it raises
+        rolls everything back. A lost race with a concurrent caller (the same request id, the same
+        new key; on PostgreSQL a deadlock or serialization failure) runs it again from scratch, in a
+        new transaction, and `work` then sees what the other caller did: so `work` must have no
+        effect outside its unit of work."""
+        ...
 
-class UnitsOfWork:
-    """Makes units of work: `read()` for queries, `write()` for anything that
-    writes (on SQLite it takes the write lock up front)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._factories = session_factories(engine)
-        self._published_versions = PublishedVersions()  # one database: one set of versions
-
-    def read(self) -> CatalogUnitOfWork:
-        return CatalogUnitOfWork(self._factories.read, self._published_versions)
-
-    def write(self) -> CatalogUnitOfWork:
-        return CatalogUnitOfWork(self._factories.write, self._published_versions)
+    def read(self, work: Callable[[CatalogUnitOfWork], T]) -> T:
+        """Run `work` in one read transaction."""
+        ...

@@ -10,13 +10,12 @@ from functools import partial
 from typing import TypeVar
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from credit_common.calls import check_before_commit
 from credit_common.clock import Clock
-from credit_common.db.engine import CONFLICT_SQLSTATES, SessionFactories, sqlstate
+from credit_common.db.engine import SessionFactories
 from credit_common.db.group_commit import GroupCommit
+from credit_common.db.transactions import RETRY, RetryPolicy, Transactions
 from credit_common.metrics import GROUP_COMMIT_SIZE
 from grant_service.adapters.alerts import AlertsCache, SqlAlertRepository
 from grant_service.adapters.debits import debit_group
@@ -83,43 +82,35 @@ class SqlTransactions:
         clock: Clock,
         *,
         linger_s: float = 0.0,
-        attempts: int = 3,
+        retry: RetryPolicy = RETRY,
         events: bool = True,
     ) -> None:
         self.factories = factories
         self._events_enabled = events
         self._clock = clock
-        self._attempts = attempts
+        # The shared runner and retry policy (credit_common.db.transactions); a debit that must run
+        # alone (its group failed) runs there too.
+        self._transactions = Transactions(factories.write, factories.read, retry)
         self._rates = RatesCache()
         self._alerts = AlertsCache()
         self._events = EventSignal()
         self._events.listen(factories.write)
         self.debits = GroupCommit(
-            factories.write, self._write, debit_group, linger_s=linger_s, observe_size=GROUP_COMMIT_SIZE.observe
+            factories.write,
+            self._transactions.write,
+            debit_group,
+            linger_s=linger_s,
+            observe_size=GROUP_COMMIT_SIZE.observe,
         )
 
     def _unit(self, session: Session) -> SqlGrantUnitOfWork:
         return SqlGrantUnitOfWork(session, self._rates, self._clock, self._alerts, self._events_enabled)
 
-    def _write(self, work: Callable[[Session], T]) -> T:
-        for attempt in range(self._attempts):
-            try:
-                with self.factories.write() as session, session.begin():
-                    result = work(session)
-                    check_before_commit()  # a call whose caller gave up does not commit: credit_common.calls
-                    return result
-            except (IntegrityError, OperationalError) as error:
-                retryable = isinstance(error, IntegrityError) or sqlstate(error) in CONFLICT_SQLSTATES
-                if not retryable or attempt == self._attempts - 1:
-                    raise
-        raise AssertionError("unreachable")
-
     def write(self, work: Callable[[SqlGrantUnitOfWork], T]) -> T:
-        return self._write(lambda session: work(self._unit(session)))
+        return self._transactions.write(lambda session: work(self._unit(session)))
 
     def read(self, work: Callable[[SqlGrantUnitOfWork], T]) -> T:
-        with self.factories.read() as session, session.begin():
-            return work(self._unit(session))
+        return self._transactions.read(lambda session: work(self._unit(session)))
 
     def debit(self, work: Callable[[SqlGrantUnitOfWork], T], customer_key: str, scope: str, request_id: str) -> T:
         return self.debits.run(

@@ -7,12 +7,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from credit_common.errors import InvalidArgument, NotFound
+from credit_common.errors import InvalidArgument
 from credit_common.pagination import PageRequest
 from grant_service.domain.balances import active_in_burn_order, exact_sum
 from grant_service.domain.clocks import on_real_time
 from grant_service.domain.model import GrantInfo, LedgerEntry, evaluate
-from grant_service.service_layer.context import GrantContext, catch_up_customer, customer_due, customer_not_found
+from grant_service.service_layer.context import (
+    GrantContext,
+    catch_up_customer,
+    currency_not_found,
+    customer_due,
+    customer_not_found,
+)
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 
 
@@ -23,14 +29,6 @@ class BalanceInfo:
     as_of: datetime
     available: Decimal
     grants: list[GrantInfo]
-
-
-def currency_not_found(currency_key: str) -> NotFound:
-    return NotFound(
-        f"credit currency {currency_key!r} not found",
-        reason="CURRENCY_NOT_FOUND",
-        metadata={"currency_key": currency_key},
-    )
 
 
 def balance_at(

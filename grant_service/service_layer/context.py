@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from credit_common import idempotency
 from credit_common.clock import Clock
-from credit_common.errors import FailedPrecondition, NotFound
+from credit_common.errors import FailedPrecondition, NotFound, not_found, test_clock_not_found
 from credit_common.idempotency import SeenRequest
 from grant_service.domain.clocks import ClockKey, on_real_time
 from grant_service.domain.events import StoredEvent
@@ -54,13 +54,11 @@ class GrantContext:
 
 
 def customer_not_found(customer_key: str) -> NotFound:
-    return NotFound(
-        f"customer {customer_key!r} not found", reason="CUSTOMER_NOT_FOUND", metadata={"customer_key": customer_key}
-    )
+    return not_found("customer", customer_key, "CUSTOMER_NOT_FOUND", key_name="customer_key")
 
 
-def test_clock_not_found(clock_key: ClockKey) -> NotFound:
-    return NotFound(f"test clock {clock_key!r} not found", reason="TEST_CLOCK_NOT_FOUND")
+def currency_not_found(currency_key: str) -> NotFound:
+    return not_found("credit currency", currency_key, "CURRENCY_NOT_FOUND", key_name="currency_key")
 
 
 def customer_due(ctx: GrantContext, uow: GrantUnitOfWork, customer_key: str) -> tuple[Customer, datetime, bool]:

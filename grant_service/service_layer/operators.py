@@ -6,21 +6,25 @@ from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 
-from credit_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from credit_common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, not_found
 from credit_common.idempotency import fingerprint, remember, replay
 from credit_common.ids import new_id
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_difference
 from grant_service.domain.events import grant_voided
 from grant_service.domain.model import EntryType, Grant, GrantInfo, GrantSource, evaluate
 from grant_service.service_layer import alerts
-from grant_service.service_layer.balances import currency_not_found
-from grant_service.service_layer.context import GrantContext, catch_up_customer, customer_not_found
+from grant_service.service_layer.context import (
+    GrantContext,
+    catch_up_customer,
+    currency_not_found,
+    customer_not_found,
+)
 from grant_service.service_layer.issuance import grant_entry, granted_events, ledger_entry
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 
 
 def _grant_not_found(grant_id: str) -> NotFound:
-    return NotFound(f"grant {grant_id!r} not found", reason="GRANT_NOT_FOUND", metadata={"grant_id": grant_id})
+    return not_found("grant", grant_id, "GRANT_NOT_FOUND", key_name="grant_id")
 
 
 def _grant_info(uow: GrantUnitOfWork, ctx: GrantContext, grant_id: str) -> GrantInfo:

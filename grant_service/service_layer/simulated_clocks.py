@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from credit_common.errors import InvalidArgument, NotFound
+from credit_common.errors import InvalidArgument, test_clock_not_found
 from credit_common.idempotency import fingerprint, remember, replay
 from credit_common.ids import new_id
 from credit_common.pagination import PageRequest
@@ -20,11 +20,7 @@ from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 def _get(uow: GrantUnitOfWork, test_clock_id: str, *, for_update: bool = False) -> SimulatedClock:
     clock = uow.clocks.get(test_clock_id, for_update=for_update)
     if clock is None:
-        raise NotFound(
-            f"test clock {test_clock_id!r} not found",
-            reason="TEST_CLOCK_NOT_FOUND",
-            metadata={"test_clock_id": test_clock_id},
-        )
+        raise test_clock_not_found(test_clock_id)
     return clock
 
 

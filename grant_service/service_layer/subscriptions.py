@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
-from credit_common.errors import DomainError, FailedPrecondition, NotFound, Violations
+from credit_common.errors import DomainError, FailedPrecondition, Violations, not_found, test_clock_not_found
 from credit_common.ids import new_id
 from credit_common.periods import Cadence
 from grant_service.domain.clocks import ClockKey, api_test_clock_id, clock_key_of, on_real_time
@@ -198,7 +198,7 @@ class _Batch:
     def apply(self, spec: SubscriptionSpec) -> ApplyResult:
         clock_key = clock_key_of(spec.test_clock_id)
         if not on_real_time(clock_key) and clock_key not in self.clocks:
-            raise NotFound(f"test clock {clock_key!r} not found", reason="TEST_CLOCK_NOT_FOUND")
+            raise test_clock_not_found(clock_key)
         sub = self.subscriptions.get(spec.subscription_id)
         window = advance(
             "subscription",
@@ -397,11 +397,7 @@ def get_subscription(ctx: GrantContext, subscription_id: str) -> Subscription:
     def work(uow: GrantUnitOfWork) -> Subscription:
         sub = uow.subscriptions.get(subscription_id)
         if sub is None:
-            raise NotFound(
-                f"subscription {subscription_id!r} not found",
-                reason="SUBSCRIPTION_NOT_FOUND",
-                metadata={"subscription_id": subscription_id},
-            )
+            raise not_found("subscription", subscription_id, "SUBSCRIPTION_NOT_FOUND", key_name="subscription_id")
         schedules = sorted(
             (s for s in uow.schedules.of_subscription(subscription_id) if not s.removed), key=lambda s: s.position
         )

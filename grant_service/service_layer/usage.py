@@ -21,6 +21,8 @@ from credit_common.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    not_found,
+    test_clock_not_found,
 )
 from credit_common.idempotency import fingerprint
 from credit_common.ids import new_id, new_ids
@@ -39,9 +41,9 @@ from grant_service.service_layer import alerts
 from grant_service.service_layer.context import (
     GrantContext,
     catch_up_customer,
+    currency_not_found,
     customer_not_found,
     replayed_record,
-    test_clock_not_found,
 )
 from grant_service.service_layer.issuance import catch_up, issue_due_batch, ledger_entry, open_due_batch
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork
@@ -85,11 +87,7 @@ def price(uow: GrantUnitOfWork, rates: dict[str, Decimal], feature_key: str, cur
     if currency_key:
         if currency_key not in rates:
             if not uow.currencies.exists(currency_key):
-                raise NotFound(
-                    f"credit currency {currency_key!r} not found",
-                    reason="CURRENCY_NOT_FOUND",
-                    metadata={"currency_key": currency_key},
-                )
+                raise currency_not_found(currency_key)
             if not uow.rates.feature_known(feature_key):
                 raise _feature_not_found(feature_key)
             raise FailedPrecondition(
@@ -117,9 +115,7 @@ def price(uow: GrantUnitOfWork, rates: dict[str, Decimal], feature_key: str, cur
 
 
 def _feature_not_found(feature_key: str) -> NotFound:
-    return NotFound(
-        f"metered feature {feature_key!r} not found", reason="FEATURE_NOT_FOUND", metadata={"feature_key": feature_key}
-    )
+    return not_found("metered feature", feature_key, "FEATURE_NOT_FOUND", key_name="feature_key")
 
 
 @dataclass(frozen=True)
@@ -395,7 +391,7 @@ def _record(
 def load_usage(uow: GrantUnitOfWork, usage_id: str, *, replayed: bool = False) -> UsageResult:
     recorded = uow.debits.recorded(usage_id)
     if recorded is None:  # its test clock was deleted since
-        raise NotFound(f"usage {usage_id!r} not found", reason="USAGE_NOT_FOUND", metadata={"usage_id": usage_id})
+        raise not_found("usage", usage_id, "USAGE_NOT_FOUND", key_name="usage_id")
     usage, debits = recorded
     return UsageResult(usage, debits, replayed)
 

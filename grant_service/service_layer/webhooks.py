@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from credit_common.errors import FieldViolation, InvalidArgument, NotFound, Violations
+from credit_common.errors import FieldViolation, InvalidArgument, NotFound, Violations, not_found
 from credit_common.fields import check_text
 from credit_common.idempotency import fingerprint, remember, replay
 from credit_common.ids import new_id
@@ -41,11 +41,7 @@ FAN_OUT_BATCH = 500
 
 
 def endpoint_not_found(endpoint_id: str) -> NotFound:
-    return NotFound(
-        f"webhook endpoint {endpoint_id!r} not found",
-        reason="WEBHOOK_ENDPOINT_NOT_FOUND",
-        metadata={"endpoint_id": endpoint_id},
-    )
+    return not_found("webhook endpoint", endpoint_id, "WEBHOOK_ENDPOINT_NOT_FOUND", key_name="endpoint_id")
 
 
 def check_endpoint_fields(
@@ -232,7 +228,7 @@ def resend_event(ctx: GrantContext, endpoint_id: str, event_id: str, request_id:
         _get(uow, endpoint_id, for_update=True)
         stored = uow.webhook_deliveries.event(event_id)
         if stored is None:
-            raise NotFound(f"event {event_id!r} not found", reason="EVENT_NOT_FOUND", metadata={"event_id": event_id})
+            raise not_found("event", event_id, "EVENT_NOT_FOUND", key_name="event_id")
         now = ctx.clock.now()
         key = new_id("rsd")
         body = body_of(stored, uow.events.log_id())

@@ -7,7 +7,7 @@ from google.protobuf import field_mask_pb2
 from sqlalchemy import select
 
 from catalog_service.adapters.orm import CreditRateRow
-from catalog_service.service_layer.unit_of_work import UnitsOfWork
+from catalog_service.adapters.unit_of_work import SqlCatalogUnitsOfWork
 from catalog_service.v1 import catalog_service_pb2 as pb
 from credit_common.db.engine import DatabaseSettings, create_db_engine
 from grant_service.v1 import grant_service_pb2 as grant_pb2
@@ -122,9 +122,12 @@ def test_currency_create_update_revisions_rate_history_and_outbox(catalog):
 
     engine = create_db_engine(DatabaseSettings(url=catalog.engine_url))
     try:
-        with UnitsOfWork(engine).read() as uow:
-            history = uow.currencies.rate_history(key)
-            rows = uow.session.scalars(select(CreditRateRow).where(CreditRateRow.currency_key == key)).all()
+        history, rows = SqlCatalogUnitsOfWork(engine).read(
+            lambda uow: (
+                uow.currencies.rate_history(key),
+                uow.session.scalars(select(CreditRateRow).where(CreditRateRow.currency_key == key)).all(),
+            )
+        )
     finally:
         engine.dispose()
     assert [h.revision for h in history] == [1, 2]  # the rename kept the rate set of revision 2

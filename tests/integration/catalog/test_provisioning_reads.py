@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import delete
 
 from catalog_service.adapters.orm import PlanVersionRow
+from catalog_service.adapters.unit_of_work import SqlCatalogUnitsOfWork
 from catalog_service.domain.model import Plan, PlanContent, PlanVersion, Subscription
 from catalog_service.domain.outbox import summarize
 from catalog_service.entrypoints.app import DEFINITION
-from catalog_service.service_layer.unit_of_work import UnitsOfWork
 from credit_common.db.engine import DatabaseSettings, create_db_engine
 from credit_common.db.migrations import upgrade
 
@@ -23,10 +23,8 @@ NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 def uows(database_url_factory):
     engine = create_db_engine(DatabaseSettings(url=database_url_factory("catalog_reads")))
     upgrade(DEFINITION.migrations, engine)
-    units = UnitsOfWork(engine)
-    with units.write() as uow:
-        uow.plans.save(Plan("pro", PlanContent(), 0, NOW, NOW, None))
-        uow.commit()
+    units = SqlCatalogUnitsOfWork(engine)
+    units.write(lambda uow: uow.plans.save(Plan("pro", PlanContent(), 0, NOW, NOW, None)))
     yield units
     engine.dispose()
 
@@ -36,30 +34,28 @@ def version(key: str, number: int, name: str) -> PlanVersion:
 
 
 def test_a_committed_plan_version_is_read_from_the_database_once(uows):
-    with uows.write() as uow:
-        uow.plans.add_version(version("pro", 1, "Pro"))
-        uow.commit()
-    with uows.read() as uow:
-        assert uow.plans.get_version("pro", 1).content.display_name == "Pro"
+    uows.write(lambda uow: uow.plans.add_version(version("pro", 1, "Pro")))
+    assert uows.read(lambda uow: uow.plans.get_version("pro", 1)).content.display_name == "Pro"
     # Versions are never changed or deleted; were the row gone, the units of work would still know it.
-    with uows.write() as uow:
-        uow.session.execute(delete(PlanVersionRow).where(PlanVersionRow.plan_key == "pro"))
-        uow.commit()
-    with uows.read() as uow:
-        assert uow.plans.get_version("pro", 1) == version("pro", 1, "Pro")
-        assert uow.plans.get_version("pro", 2) is None
+    uows.write(lambda uow: uow.session.execute(delete(PlanVersionRow).where(PlanVersionRow.plan_key == "pro")))
+    assert uows.read(lambda uow: uow.plans.get_version("pro", 1)) == version("pro", 1, "Pro")
+    assert uows.read(lambda uow: uow.plans.get_version("pro", 2)) is None
+
+
+class _RolledBack(Exception):
+    pass
 
 
 def test_a_version_read_in_the_transaction_that_inserts_it_is_not_kept(uows):
-    with uows.write() as uow:
+    def publish_then_fail(uow):
         uow.plans.add_version(version("pro", 1, "Rolled back"))
         assert uow.plans.get_version("pro", 1).content.display_name == "Rolled back"
-        # no commit: the publish is rolled back
-    with uows.write() as uow:
-        uow.plans.add_version(version("pro", 1, "Pro"))
-        uow.commit()
-    with uows.read() as uow:
-        assert uow.plans.get_version("pro", 1).content.display_name == "Pro"
+        raise _RolledBack  # no commit: the publish is rolled back
+
+    with pytest.raises(_RolledBack):
+        uows.write(publish_then_fail)
+    uows.write(lambda uow: uow.plans.add_version(version("pro", 1, "Pro")))
+    assert uows.read(lambda uow: uow.plans.get_version("pro", 1)).content.display_name == "Pro"
 
 
 def test_the_queued_delivery_of_a_new_subscription_is_its_handoff_state(uows):
@@ -76,6 +72,9 @@ def test_the_queued_delivery_of_a_new_subscription_is_its_handoff_state(uows):
         revision=1,
         create_time=NOW,
     )
-    with uows.write() as uow:
+
+    def queue(uow):
         queued = uow.outbox.add_subscription(subscription, NOW)
         assert summarize([queued]) == uow.outbox.handoff_states(["sub_new"])["sub_new"]
+
+    uows.write(queue)
