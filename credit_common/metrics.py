@@ -149,6 +149,11 @@ def tally_ledger(session: Session, entries: Iterable[dict[str, Any]]) -> None:
         tally.append((entry["type"], entry["currency_key"], entry["amount"]))
 
 
+def tally_entries(session: Session, entries: Iterable[tuple[str, str, Decimal]]) -> None:
+    """As `tally_ledger`, of entries given as (type, currency_key, amount)."""
+    session.info.setdefault(_TALLY, []).extend(entries)
+
+
 def _flush_tally(session: Session) -> None:
     tally = session.info.pop(_TALLY, None)
     if not tally:

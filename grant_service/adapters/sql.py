@@ -76,7 +76,8 @@ def _insert_executemany(session: Session, table, rows: Sequence[dict[str, Any]])
     return session.connection().exec_driver_sql(statement, list(zip(*values, strict=True))).rowcount
 
 
-def _pg_type(column) -> str:
+def pg_type(column) -> str:
+    """The PostgreSQL type name of a column, for casts of arrays bound in binary."""
     type_ = column.type
     impl = getattr(type_, "impl", type_)
     if type_.__class__.__name__ == "ExactDecimal":
@@ -107,11 +108,11 @@ def _insert_unnest(session: Session, table, rows: Sequence[dict[str, Any]]) -> i
             values = [row[column.key] for row in chunk]
             # The first column is always an array: unnest gives the rows.
             if n and values.count(values[0]) == len(values):
-                selected.append(f"CAST(%(p{n})s AS {_pg_type(column)})")
+                selected.append(f"CAST(%(p{n})s AS {pg_type(column)})")
                 params[f"p{n}"] = values[0]
             else:
                 selected.append(f"u.a{n}")
-                arrays.append((f"a{n}", f"CAST(%(p{n})b AS {_pg_type(column)}[])"))
+                arrays.append((f"a{n}", f"CAST(%(p{n})b AS {pg_type(column)}[])"))
                 params[f"p{n}"] = values
         statement = (
             f'INSERT INTO "{table.name}" ({names}) SELECT {", ".join(selected)} '

@@ -5,9 +5,8 @@ chosen with it: debits committed in groups, GetBalance's batched reads."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
-from functools import partial
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -22,14 +21,14 @@ from credit_common.db.group_commit import GroupCommit
 from credit_common.metrics import GROUP_COMMIT_SIZE
 from grant_service.adapters.alerts import AlertsCache, SqlAlertRepository
 from grant_service.adapters.balance_reads import current_grants
-from grant_service.adapters.debits import debit_group
+from grant_service.adapters.debits import SqlDebitPort, debit_group
 from grant_service.adapters.events import EventListener, EventSignal, SqlEventRepository
 from grant_service.adapters.mappers import customer_now_of
 from grant_service.adapters.rates import RatesCache
 from grant_service.adapters.repositories import (
     SqlCurrencyRepository,
     SqlCustomerRepository,
-    SqlDebitRepository,
+    SqlDebitAccountRepository,
     SqlGrantRepository,
     SqlIssuanceRepository,
     SqlLedgerRepository,
@@ -63,7 +62,7 @@ class SqlGrantUnitOfWork:
         self.grants = SqlGrantRepository(session)
         self.issuance = SqlIssuanceRepository(session)
         self.ledger = SqlLedgerRepository(session)
-        self.debits = SqlDebitRepository(session, clock, events=events)
+        self.accounts = SqlDebitAccountRepository(session, clock, events=events)
         self.rates = SqlRateRepository(session, rates)
         self.request_ids = SqlRequestIdRepository(session)
         self.subscriptions = SqlSubscriptionRepository(session)
@@ -76,8 +75,9 @@ class SqlUnitsOfWork:
     """`UnitsOfWork` (service_layer/unit_of_work.py) over the service's session factories: writes
     on the write factory (on SQLite, it takes the write lock up front), reads on the read one.
 
-    Debits run in groups (credit_common.db.group_commit): on PostgreSQL a group's customers are
-    locked and their DebitHeads read in one round trip, its writes sent together
+    Debits are made by `debit_port` (adapters/debits.py SqlDebitPort), in groups
+    (credit_common.db.group_commit): a group's customers are locked and their DebitHeads read at
+    once (on PostgreSQL in one round trip), its writes sent together as sets
     (debits.debit_group). GetBalance's hot-path reads of concurrent callers are one statement,
     run by one of them (credit_common.batching), on a connection the thread keeps. `linger_s`: how
     long a batch's leader may wait for more callers. The rate sets are cached (RatesCache)."""
@@ -99,8 +99,11 @@ class SqlUnitsOfWork:
         self._alerts = AlertsCache()
         self._events = EventSignal()
         self._events.listen(factories.write)
-        self.debits = GroupCommit(
-            factories.write, self._write, debit_group, linger_s=linger_s, observe_size=GROUP_COMMIT_SIZE.observe
+        self.debit_port = SqlDebitPort(
+            GroupCommit(
+                factories.write, self._write, debit_group, linger_s=linger_s, observe_size=GROUP_COMMIT_SIZE.observe
+            ),
+            self._unit,
         )
         self._balance_reads = Batcher(self._read_current_grants, linger_s=linger_s)
 
@@ -126,22 +129,6 @@ class SqlUnitsOfWork:
     def read(self, work: Callable[[SqlGrantUnitOfWork], T]) -> T:
         with self.factories.read() as session, session.begin():
             return work(self._unit(session))
-
-    def debit(self, work: Callable[[SqlGrantUnitOfWork], T], customer_key: str, scope: str, request_id: str) -> T:
-        return self.debits.run(
-            lambda session: work(self._unit(session)), key=customer_key, subject=(customer_key, scope, request_id)
-        )
-
-    def debit_together(
-        self, debits: Sequence[tuple[Callable[[SqlGrantUnitOfWork], T], str, str, str]]
-    ) -> list[T | Exception]:
-        slots = self.debits.run_together(
-            [
-                (partial(_in_unit, self._unit, work), customer_key, (customer_key, scope, request_id))
-                for work, customer_key, scope, request_id in debits
-            ]
-        )
-        return [slot.result if slot.error is None else slot.error for slot in slots]
 
     def listen_for_events(self, engine: Engine) -> Callable[[], None]:
         """On PostgreSQL, wake this process's streams on every process's commits of events (the
@@ -175,9 +162,3 @@ class SqlUnitsOfWork:
                     slot.succeed((now, rows.get(slot.item[0], [])))
 
         self.factories.single_statement.run(read)
-
-
-def _in_unit(
-    unit: Callable[[Session], SqlGrantUnitOfWork], work: Callable[[SqlGrantUnitOfWork], T], session: Session
-) -> T:
-    return work(unit(session))

@@ -282,14 +282,12 @@ class DebitableGrant:
 class DebitHead:
     """What a debit needs to know, read with the customer's lock held: its clock (and that clock's
     frozen time), the request id's record if any, what a catch-up owes the customer (so the caller
-    tells at its "now" whether one is due), the version of the rate sets (the number of rate sets
-    the transaction sees: they are append-only), and its open grants of every currency, in id order."""
+    tells at its "now" whether one is due), and its open grants of every currency, in id order."""
 
     clock_key: str
     frozen_time: datetime | None
     seen: SeenRequest[str] | None
     pending: Pending
-    rates_version: int
     open_grants: list[DebitableGrant]
     alerts_version: int = 0  # the version of the balance alert levels (0: none was ever set)
 
