@@ -6,6 +6,7 @@ select() per call costs its cache key each time) and run on the session's connec
 from __future__ import annotations
 
 import functools
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -200,13 +201,23 @@ _GROUP_REQUESTS = DriverStatement(
 )
 _GROUP = "credit_grants.debit_group"
 
+
 # The same on SQLite, for a group of several debits (a batch call's): no round trips to save, but
 # one statement per group instead of two per debit.
-_KEYS_IN = bindparam("keys", expanding=True)
-_GROUP_HEADS_SQLITE = select(CUSTOMERS.c.customer_key, *_head_columns()).where(CUSTOMERS.c.customer_key.in_(_KEYS_IN))
-_GROUP_GRANTS_SQLITE = _open_grants_statement(False, GRANTS.c.customer_key.in_(_KEYS_IN))
-_GROUP_REQUESTS_SQLITE = select(REQUEST_IDS.c.request_id, REQUEST_IDS.c.fingerprint, REQUEST_IDS.c.resource_id).where(
-    REQUEST_IDS.c.scope == bindparam("scope"), REQUEST_IDS.c.request_id.in_(bindparam("request_ids", expanding=True))
+def _json_values(name: str) -> Select:
+    """The values of a JSON array bound as `name` (SQLite's json_each): a list as one parameter, so
+    that the statement is prebuilt and runs on the driver."""
+    return select(func.json_each(bindparam(name, type_=String)).table_valued("value").c.value)
+
+
+_GROUP_HEADS_SQLITE = DriverStatement(
+    select(CUSTOMERS.c.customer_key, *_head_columns()).where(CUSTOMERS.c.customer_key.in_(_json_values("keys")))
+)
+_GROUP_GRANTS_SQLITE = DriverStatement(_open_grants_statement(False, GRANTS.c.customer_key.in_(_json_values("keys"))))
+_GROUP_REQUESTS_SQLITE = DriverStatement(
+    select(REQUEST_IDS.c.request_id, REQUEST_IDS.c.fingerprint, REQUEST_IDS.c.resource_id).where(
+        REQUEST_IDS.c.scope == bindparam("scope"), REQUEST_IDS.c.request_id.in_(_json_values("request_ids"))
+    )
 )
 
 
@@ -358,10 +369,13 @@ def _prefetch_debit_heads(session: Session, group: _Group, orders: Sequence[Debi
             (_GROUP_REQUESTS, {"scope": scope, "request_ids": request_ids}),
         )
     else:
-        connection = session.connection()
-        heads = connection.execute(_GROUP_HEADS_SQLITE, {"keys": customers}).all()
-        grants = connection.execute(_GROUP_GRANTS_SQLITE, {"keys": customers}).all()
-        requests = connection.execute(_GROUP_REQUESTS_SQLITE, {"scope": scope, "request_ids": request_ids}).all()
+        keys = json.dumps(customers)
+        heads, grants, requests = rows_of(
+            session.connection(),
+            (_GROUP_HEADS_SQLITE, {"keys": keys}),
+            (_GROUP_GRANTS_SQLITE, {"keys": keys}),
+            (_GROUP_REQUESTS_SQLITE, {"scope": scope, "request_ids": json.dumps(request_ids)}),
+        )
     by_customer: dict[str, list[Any]] = defaultdict(list)
     for row in grants:
         by_customer[row.customer_key].append(row)

@@ -17,6 +17,11 @@ from grant_service.domain.schedules import GrantSegment, Pending, Schedule, Sche
 
 REAL_TIME = ""  # clock_key of everything that runs on real time
 
+# The values a debit makes (Usage, LedgerEntry, DebitHead, DebitableGrant) are not frozen dataclasses,
+# though nothing changes them once made: a frozen dataclass's constructor sets each field through
+# object.__setattr__, and a ReportUsageBatch makes several of these per usage inside its write
+# transaction (docs/performance.md). Changes go through dataclasses.replace or a new value all the same.
+
 
 @dataclass(frozen=True, slots=True)
 class Customer:
@@ -109,7 +114,7 @@ def evaluate(grant: Grant, used: Decimal, at: datetime) -> GrantInfo:
     return GrantInfo(grant, used, Decimal(remaining), status)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a debit's value (see the note at the top)
 class LedgerEntry:
     entry_id: str
     customer_key: str
@@ -124,7 +129,7 @@ class LedgerEntry:
     seq: int | None = None  # its position in the ledger (the order of entries at the same instant)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a debit's value (see the note at the top)
 class Usage:
     usage_id: str
     request_id: str
@@ -264,7 +269,7 @@ class NewGrant:
 _ZERO = Decimal(0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a debit's value (see the note at the top)
 class DebitableGrant:
     """A grant open to debits (its `used`: the running total), with what its ledger entries repeat."""
 
@@ -278,7 +283,7 @@ class DebitableGrant:
         return self.view.grant_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a debit's value (see the note at the top)
 class DebitHead:
     """What a debit needs to know, read with the customer's lock held: its clock (and that clock's
     frozen time), the request id's record if any, what a catch-up owes the customer (so the caller

@@ -155,7 +155,7 @@ class LedgerRepository(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as a debit's values (domain/model.py): a batch makes one per usage
 class DebitOrder:
     """A debit to make (a usage reported): `quantity` of `feature_key` used by `customer_key`, burnt in
     `currency_key` (empty: the one currency the feature burns), once per `request_id` in `scope`
@@ -170,7 +170,7 @@ class DebitOrder:
     currency_key: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as DebitOrder
 class DebitRecord:
     """What an accepted debit writes: its usage, the new running total (`used`) of each grant it
     debited (grant id, used), its DEBIT ledger entries in ledger order, and its events (the grants

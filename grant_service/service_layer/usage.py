@@ -56,7 +56,7 @@ SCOPE = "ReportUsage"
 BATCH_MAX = 1000  # usages of one ReportUsageBatch call
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen, as a debit's values (domain/model.py): a batch makes one per usage
 class UsageResult:
     usage: Usage
     debits: list[tuple[str, Decimal]]
@@ -191,7 +191,8 @@ class _Round:
         self._clock = ctx.clock
         self._now: datetime | None = None
         self._chunk = min(max(expected, 1), 1000)
-        self._made: dict[str, list[str]] = {}
+        # Made here, before the port's transaction: a usage's id and (mostly) one entry's.
+        self._made: dict[str, list[str]] = {prefix: new_ids(prefix, self._chunk) for prefix in ("use", "led")}
 
     def now(self) -> datetime:
         if self._now is None:
