@@ -114,15 +114,23 @@ def debit_head(session: Session, customer_key: str, scope: str, request_id: str)
     *head, fingerprint, resource_id = heads[0]
     session.info[_RATES_VERSION] = head[5]
     debitable = _debitable(grants)
+    base = _base(head)
     if group is not None:
-        group.heads[customer_key] = (head, debitable)
-    return _head(head, None if fingerprint is None else SeenRequest(fingerprint, resource_id), debitable)
+        group.heads[customer_key] = (base, debitable)
+    return _head(base, None if fingerprint is None else SeenRequest(fingerprint, resource_id), debitable)
 
 
-def _head(columns: Sequence[Any], seen: SeenRequest[str] | None, grants: list[DebitableGrant]) -> DebitHead:
+def _base(columns: Sequence[Any]) -> tuple[str, Any, Pending, int]:
+    """What every DebitHead of a customer in a group shares, from its head columns."""
     clock_key, frozen, next_start, next_expiry, next_open, _version, alerts_version = columns
-    pending = Pending(next_start, next_expiry, next_open)
-    return DebitHead(clock_key, frozen, seen, pending, grants, alerts_version or 0)
+    return clock_key, frozen, Pending(next_start, next_expiry, next_open), alerts_version or 0
+
+
+def _head(
+    base: tuple[str, Any, Pending, int], seen: SeenRequest[str] | None, grants: list[DebitableGrant]
+) -> DebitHead:
+    clock_key, frozen, pending, alerts_version = base
+    return DebitHead(clock_key, frozen, seen, pending, grants, alerts_version)
 
 
 def _open_grants_statement(for_update: bool, customers: Any = None) -> Select:
@@ -232,7 +240,7 @@ class _Group:
 
     scope: str
     request_ids: set[str] = field(default_factory=set)
-    heads: dict[str, tuple[Sequence[Any], list[DebitableGrant]]] = field(default_factory=dict)
+    heads: dict[str, tuple[tuple[str, Any, Pending, int], list[DebitableGrant]]] = field(default_factory=dict)
     seen: dict[str, SeenRequest[str]] = field(default_factory=dict)
     writes: _Writes = field(default_factory=lambda: _Writes())
 
@@ -380,7 +388,7 @@ def _prefetch_debit_heads(session: Session, group: _Group, orders: Sequence[Debi
     for row in grants:
         by_customer[row.customer_key].append(row)
     group.request_ids = set(request_ids)
-    group.heads = {customer: (head, _debitable(by_customer[customer])) for customer, *head in heads}
+    group.heads = {customer: (_base(head), _debitable(by_customer[customer])) for customer, *head in heads}
     group.seen = {
         request_id: SeenRequest(fingerprint, resource_id) for request_id, fingerprint, resource_id in requests
     }

@@ -254,7 +254,7 @@ def _debit(
         raise customer_not_found(customer_key)
     if head.clock_key != REAL_TIME and head.frozen_time is None:
         raise test_clock_not_found(head.clock_key)
-    seen = replayed_record(head.seen, order.scope, request_id, order.fingerprint)
+    seen = None if head.seen is None else replayed_record(head.seen, order.scope, request_id, order.fingerprint)
     if seen is not None:
         return load_usage(uow, seen, replayed=True)
     # The customer's "now", taken once its lock is held: its debits are in time order.
