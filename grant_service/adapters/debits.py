@@ -49,7 +49,6 @@ from grant_service.adapters.orm import (
     USAGES,
 )
 from grant_service.adapters.sql import is_postgres, pending_columns, pg_type
-from grant_service.domain.balances import GrantView
 from grant_service.domain.model import DebitableGrant, DebitHead, LedgerEntry, Usage
 from grant_service.domain.schedules import Pending
 from grant_service.service_layer.ports import DebitOrder, DebitRecord
@@ -436,15 +435,10 @@ def record_debit(
         group.seen[usage.request_id] = SeenRequest(order.fingerprint, usage.usage_id)
     entry = group.heads.get(usage.customer_key)
     if entry is not None:  # its grants' running totals, updated in place
-        grants = entry[1]
         for grant_id, used in record.totals:
-            for i, grant in enumerate(grants):
+            for grant in entry[1]:
                 if grant.grant_id == grant_id:
-                    v = grant.view
-                    view = GrantView(
-                        v.grant_id, v.amount, used, v.priority, v.effective_time, v.expire_time, v.void_time
-                    )
-                    grants[i] = DebitableGrant(view, grant.customer_key, grant.currency_key, grant.subscription_id)
+                    grant.view.used = used
                     break
 
 

@@ -381,8 +381,9 @@ class SqlDebitAccountRepository:
 
     def record(self, order: DebitOrder, record: DebitRecord) -> None:
         events = record.events if self._events else ()
-        recorded = self._clock.now() if self._clock is not None and events else record.usage.usage_time
-        rows = event_rows(events, recorded)
+        rows = []
+        if events:
+            rows = event_rows(events, self._clock.now() if self._clock is not None else record.usage.usage_time)
         record_debit(self.session, order, record, rows)
         if events:
             wrote_events(self.session)
