@@ -193,6 +193,19 @@ class _Round:
         self._chunk = min(max(expected, 1), 1000)
         # Made here, before the port's transaction: a usage's id and (mostly) one entry's.
         self._made: dict[str, list[str]] = {prefix: new_ids(prefix, self._chunk) for prefix in ("use", "led")}
+        self._prices: dict[tuple[str, str, Decimal, datetime], tuple[str, Decimal, Decimal]] = {}
+
+    def priced(
+        self, uow: GrantUnitOfWork, feature_key: str, currency_key: str, quantity: Decimal, now: datetime
+    ) -> tuple[str, Decimal, Decimal]:
+        """(currency, credits per unit, credits) of a usage at `now`: the rates do not change within
+        the port's transaction, so a batch's usages of one feature, quantity and instant are priced once."""
+        key = (feature_key, currency_key, quantity, now)
+        found = self._prices.get(key)
+        if found is None:
+            currency, rate = price(uow, uow.rates.in_force(feature_key, now), feature_key, currency_key)
+            found = self._prices[key] = (currency, rate, exact_product(quantity, rate))
+        return found
 
     def now(self) -> datetime:
         if self._now is None:
@@ -310,9 +323,7 @@ def _burn(
 ) -> UsageResult:
     """Price the debit, burn the customer's open grants (locked) active at `now`, and record it all."""
     feature_key, quantity, currency_key = order.feature_key, order.quantity, order.currency_key
-    rates = uow.rates.in_force(feature_key, now)
-    currency, rate = price(uow, rates, feature_key, currency_key)
-    credits = exact_product(quantity, rate)
+    currency, rate, credits = round_.priced(uow, feature_key, currency_key, quantity, now)
     grants = {g.view.grant_id: g for g in customer_grants if g.currency_key == currency}
     views = [g.view for g in grants.values()]
     try:
