@@ -14,6 +14,7 @@ credit_client.errors.ApiError subclasses."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -411,6 +412,31 @@ class GrantClient(_Client):
             currency_key=currency_key,
         )
         return self.call("ReportUsage", request).usage
+
+    def report_usage_batch(
+        self, usages: Iterable[gpb.ReportUsageRequest | Mapping[str, Any]]
+    ) -> list[gpb.ReportUsageResult]:
+        """ReportUsageBatch: up to 1000 usages in one call, each a ReportUsageRequest or a mapping of
+        its fields (customer_key, feature_key, quantity, and optionally currency_key, request_id). A
+        usage without a request_id gets a new UUID, kept for the retries of UNAVAILABLE: a usage
+        accepted by a call whose answer was lost answers REPLAYED, never twice. One result per usage,
+        in order (outcome ACCEPTED or REPLAYED with its usage, REJECTED with its rejection)."""
+        request = gpb.ReportUsageBatchRequest()
+        for usage in usages:
+            if isinstance(usage, gpb.ReportUsageRequest):
+                item = request.usages.add()
+                item.CopyFrom(usage)
+            else:
+                item = request.usages.add(
+                    request_id=usage.get("request_id", ""),
+                    customer_key=usage["customer_key"],
+                    feature_key=usage["feature_key"],
+                    quantity=decimal_text(usage["quantity"], "quantity"),
+                    currency_key=usage.get("currency_key", ""),
+                )
+            if not item.request_id:
+                item.request_id = str(uuid.uuid4())
+        return list(self.call("ReportUsageBatch", request).results)
 
     def check_usage(
         self, customer_key: str, feature_key: str, quantity: Amount, currency_key: str = ""

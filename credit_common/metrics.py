@@ -144,18 +144,22 @@ def recorded(settings: Any) -> bool:
 
 
 def tally_ledger(session: Session, entries: Iterable[dict[str, Any]]) -> None:
-    """Count ledger entries written in `session`'s transaction (dicts with type, currency_key, amount);
-    added to the counters only if and when that transaction commits. Summed per (type, currency) as
-    they come: a catch-up batch writes hundreds, and a counter's `labels().inc()` per entry was a
-    tenth of a renewal storm (docs/performance.md)."""
+    """Count ledger entries written in `session`'s transaction (rows with type, currency_key, amount);
+    added to the counters only if and when that transaction commits."""
+    tally_entries(session, ((entry["type"], entry["currency_key"], entry["amount"]) for entry in entries))
+
+
+def tally_entries(session: Session, entries: Iterable[tuple[str, str, Decimal]]) -> None:
+    """As `tally_ledger`, of entries given as (type, currency_key, amount). Summed per (type,
+    currency) as they come: a catch-up batch or a usage batch writes hundreds or thousands, and a
+    counter's `labels().inc()` per entry was a tenth of a renewal storm (docs/performance.md)."""
     tally: dict[tuple[str, str], list[Any]] = session.info.setdefault(_TALLY, {})
-    for entry in entries:
-        key = (entry["type"], entry["currency_key"])
-        total = tally.get(key)
+    for kind, currency, amount in entries:
+        total = tally.get((kind, currency))
         if total is None:
-            tally[key] = [abs(Decimal(entry["amount"])), 1]
+            tally[(kind, currency)] = [abs(Decimal(amount)), 1]
         else:
-            total[0] += abs(Decimal(entry["amount"]))
+            total[0] += abs(Decimal(amount))
             total[1] += 1
 
 

@@ -57,6 +57,34 @@ class DriverStatement:
             values[name] = process(params[name]) if process is not None else params[name]
         return tuple(values[name] for name in compiled.positions) if compiled.positions is not None else values
 
+    @staticmethod
+    def _column_args(compiled: _Compiled, columns: Mapping[str, list[Any]]) -> list[Any]:
+        """`_args` of each row, given column by column: each distinct value of a column goes through
+        its bind processor once (a batch's rows share their amounts, times and keys)."""
+        names = compiled.positions if compiled.positions is not None else tuple(compiled.binds)
+        converted = []
+        for name in names:
+            process = compiled.binds[name]
+            values = columns[name]
+            if process is not None:
+                done: dict[tuple[type, Any], Any] = {}  # by type too: 1 == Decimal(1) == True
+                values = [
+                    done[k] if (k := (v.__class__, v)) in done else done.setdefault(k, process(v)) for v in values
+                ]
+            converted.append(values)
+        if compiled.positions is not None:
+            return list(zip(*converted, strict=True))
+        return [dict(zip(names, values, strict=True)) for values in zip(*converted, strict=True)]
+
+    def execute_columns(self, connection: Connection, columns: Mapping[str, list[Any]]) -> None:
+        """As `execute`, the rows given as one list of values per column (all of the same length)."""
+        if not columns or not next(iter(columns.values())):
+            return
+        dialect = connection.dialect
+        keys = tuple(columns)
+        compiled = self._compiled.get((dialect.name, keys)) or self._compile(dialect, keys)
+        self._send(connection, compiled, self._column_args(compiled, columns))
+
     def execute(self, connection: Connection, rows: list[Mapping[str, Any]]) -> None:
         """Run the statement once per row of parameters (all rows with the same keys)."""
         if not rows:
@@ -64,7 +92,13 @@ class DriverStatement:
         dialect = connection.dialect
         keys = tuple(rows[0])
         compiled = self._compiled.get((dialect.name, keys)) or self._compile(dialect, keys)
-        args = [self._args(compiled, row) for row in rows]
+        if len(rows) == 1:
+            args = [self._args(compiled, rows[0])]
+        else:
+            args = self._column_args(compiled, {key: [row[key] for row in rows] for key in keys})
+        self._send(connection, compiled, args)
+
+    def _send(self, connection: Connection, compiled: _Compiled, args: list[Any]) -> None:
         deferred = connection.info.get(_DEFERRED)
         if deferred is not None:
             deferred.append((compiled.sql, args))
@@ -117,6 +151,9 @@ def rows_of(connection: Connection, *queries: tuple[DriverStatement, Mapping[str
     mode): one round trip. Each statement still runs after the previous one has finished, so it sees
     what they wrote, and the rows they locked (FOR UPDATE) as they are once locked."""
     dialect = connection.dialect
+    queue = connection.info.get(_QUEUE)
+    if queue is not None:
+        queue()
     writes = connection.info.get(_DEFERRED) or []
     sent = [(statement, *statement._query(dialect, params)) for statement, params in queries]
     if not sent and not writes:
@@ -148,6 +185,7 @@ def rows_of(connection: Connection, *queries: tuple[DriverStatement, Mapping[str
 
 
 _DEFERRED = "credit_grants.deferred_writes"
+_QUEUE = "credit_grants.deferred_writes.queue"
 
 
 def _coalesced(writes: list[tuple[str, list]]) -> list[tuple[str, list]]:
@@ -163,26 +201,45 @@ def _coalesced(writes: list[tuple[str, list]]) -> list[tuple[str, list]]:
 
 
 @contextmanager
-def deferred_writes(connection: Connection) -> Iterator[None]:
-    """On PostgreSQL, the `DriverStatement.execute`s of the block on `connection` are not sent at once:
-    they go with the next statement run on it (a `rows_of`, or any statement SQLAlchemy runs: see
-    `send_deferred_writes`), or at the end of the block; all in one round trip. An error of one of them
-    is raised there. Elsewhere (SQLite: no round trips) a plain block."""
-    if connection.dialect.name != "postgresql":
-        yield
-        return
+def deferred_writes(connection: Connection, queue: Callable[[], None] | None = None) -> Iterator[None]:
+    """The `DriverStatement.execute`s of the block on `connection` are not sent at once: they go with
+    the next statement run on it (a `rows_of`, or any statement SQLAlchemy runs: see
+    `send_deferred_writes`), or at the end of the block; on PostgreSQL all in one round trip,
+    consecutive runs of one statement as one `executemany`. An error of one of them is raised there.
+
+    `queue`: called first whenever they are sent, to `execute` (defer) writes its caller has kept
+    back until then, e.g. a batch's rows written as sets (a grant's running total updated once for
+    all its debits)."""
     connection.info[_DEFERRED] = []
+    if queue is not None:
+        connection.info[_QUEUE] = queue
     try:
         yield
         send_deferred_writes(connection)
     finally:
         connection.info.pop(_DEFERRED, None)
+        connection.info.pop(_QUEUE, None)
+
+
+def execute_sql(connection: Connection, sql: str, params: Any) -> None:
+    """Run one write given as the driver's SQL and parameters (no type processing: the driver adapts
+    them), deferred as `DriverStatement.execute` is within `deferred_writes`."""
+    deferred = connection.info.get(_DEFERRED)
+    if deferred is not None:
+        deferred.append((sql, [params]))
+        return
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        with _as_sqlalchemy_errors(connection, sql, params, cursor):
+            cursor.execute(sql, params)
+    finally:
+        cursor.close()
 
 
 def send_deferred_writes(connection: Connection) -> None:
     """Send the writes deferred on `connection` now (the engine runs this before each statement of its
     own, so that a statement never misses a write made before it)."""
-    if connection.info.get(_DEFERRED):
+    if connection.info.get(_DEFERRED) or _QUEUE in connection.info:
         rows_of(connection)
 
 

@@ -104,6 +104,8 @@ def _sqlite_engine(settings: DatabaseSettings) -> Engine:
     # seconds. A writer holds the gate until its connection is back in the pool. The gate is not granted
     # in arrival order: every hand-over would then wait for the woken thread to be scheduled
     # (docs/performance.md).
+    # Writes deferred by credit_common.db.driver.deferred_writes go before any statement of SQLAlchemy's.
+    event.listen(engine, "before_cursor_execute", lambda conn, *_: send_deferred_writes(conn))
     database = url.database if url.database and url.database != ":memory:" else None
     gate = WriteGate(database)
     checkpointer = Checkpointer(database) if database else None

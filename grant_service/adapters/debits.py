@@ -5,14 +5,15 @@ select() per call costs its cache key each time) and run on the session's connec
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import json
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -31,9 +32,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from credit_common.db.driver import DriverStatement, deferred_writes, rows_of
+from credit_common.db.bulk import pg_type
+from credit_common.db.driver import DriverStatement, deferred_writes, execute_sql, rows_of
+from credit_common.db.group_commit import GroupCommit
 from credit_common.idempotency import SeenRequest
-from credit_common.metrics import tally_ledger
+from credit_common.metrics import tally_entries
 from grant_service.adapters.catch_up import pending_columns
 from grant_service.adapters.locking import is_postgres
 from grant_service.adapters.mappers import view_of
@@ -48,11 +51,11 @@ from grant_service.adapters.orm import (
     REQUEST_IDS,
     USAGES,
 )
-from grant_service.domain.model import (
-    DebitableGrant,
-    DebitHead,
-)
+from grant_service.domain.model import DebitableGrant, DebitHead, LedgerEntry, Usage
 from grant_service.domain.schedules import Pending
+from grant_service.service_layer.ports import DebitOrder, DebitRecord
+
+T = TypeVar("T")
 
 
 def _head_columns() -> tuple:
@@ -81,14 +84,25 @@ def _debit_head_statement(for_update: bool) -> Select:
 _DEBIT_HEAD = {False: DriverStatement(_debit_head_statement(False)), True: DriverStatement(_debit_head_statement(True))}
 
 
+_RATES_VERSION = "credit_grants.rates_version"
+
+
+def rates_version(session: Session) -> int | None:
+    """The number of rate sets that the transaction's last debit head read saw (rate sets are
+    append-only: it names what the transaction sees, the key of RatesCache); None: none was read."""
+    return session.info.get(_RATES_VERSION)
+
+
 def debit_head(session: Session, customer_key: str, scope: str, request_id: str) -> DebitHead | None:
     """Lock the customer (FOR UPDATE on PostgreSQL; SQLite's write transaction holds the database) and
     read its DebitHead; None if there is no such customer. Its open grants are read (and locked) by a
-    second statement, run once the first holds the lock: one round trip for both on PostgreSQL."""
-    group: _Group | None = session.info.get(_PREFETCHED)
-    if group is not None and group.scope == scope and request_id in group.request_ids:
+    second statement, run once the first holds the lock: one round trip for both on PostgreSQL. In a
+    debit group (`debit_group`), a customer's head is read once, and kept current by the group's
+    writes."""
+    group: _Group | None = session.info.get(_GROUP)
+    if group is not None:
         entry = group.heads.get(customer_key)
-        if entry is not None:
+        if entry is not None and (not request_id or request_id in group.request_ids or request_id in group.seen):
             return _head(entry[0], group.seen.get(request_id), entry[1])
     for_update = is_postgres(session)
     heads, grants = rows_of(
@@ -99,16 +113,25 @@ def debit_head(session: Session, customer_key: str, scope: str, request_id: str)
     if not heads:
         return None
     *head, fingerprint, resource_id = heads[0]
+    session.info[_RATES_VERSION] = head[5]
     debitable = _debitable(grants)
+    base = _base(head)
     if group is not None:
-        group.heads[customer_key] = (head, debitable)
-    return _head(head, None if fingerprint is None else SeenRequest(fingerprint, resource_id), debitable)
+        group.heads[customer_key] = (base, debitable)
+    return _head(base, None if fingerprint is None else SeenRequest(fingerprint, resource_id), debitable)
 
 
-def _head(columns: Sequence[Any], seen: SeenRequest[str] | None, grants: list[DebitableGrant]) -> DebitHead:
-    clock_key, frozen, next_start, next_expiry, next_open, version, alerts_version = columns
-    pending = Pending(next_start, next_expiry, next_open)
-    return DebitHead(clock_key, frozen, seen, pending, version, grants, alerts_version or 0)
+def _base(columns: Sequence[Any]) -> tuple[str, Any, Pending, int]:
+    """What every DebitHead of a customer in a group shares, from its head columns."""
+    clock_key, frozen, next_start, next_expiry, next_open, _version, alerts_version = columns
+    return clock_key, frozen, Pending(next_start, next_expiry, next_open), alerts_version or 0
+
+
+def _head(
+    base: tuple[str, Any, Pending, int], seen: SeenRequest[str] | None, grants: list[DebitableGrant]
+) -> DebitHead:
+    clock_key, frozen, pending, alerts_version = base
+    return DebitHead(clock_key, frozen, seen, pending, grants, alerts_version)
 
 
 def _open_grants_statement(for_update: bool, customers: Any = None) -> Select:
@@ -148,7 +171,7 @@ def open_grants(session: Session, customer_key: str) -> list[DebitableGrant]:
     """The customer's open grants, of every currency, locked in id order, with their running totals:
     those of them active at the customer's "now" are what a debit burns."""
     grants = _debitable(_OPEN_GRANTS[is_postgres(session)].rows(session.connection(), {"customer_key": customer_key}))
-    group: _Group | None = session.info.get(_PREFETCHED)
+    group: _Group | None = session.info.get(_GROUP)
     if group is not None and customer_key in group.heads:  # grants issued since its head was read
         group.heads[customer_key] = (group.heads[customer_key][0], grants)
     return grants
@@ -185,15 +208,25 @@ _GROUP_REQUESTS = DriverStatement(
     .select_from(_REQUEST_KEYS)
     .join(_REQUEST_FOUND, true())
 )
-_PREFETCHED = "credit_grants.debit_heads"
+_GROUP = "credit_grants.debit_group"
+
 
 # The same on SQLite, for a group of several debits (a batch call's): no round trips to save, but
 # one statement per group instead of two per debit.
-_KEYS_IN = bindparam("keys", expanding=True)
-_GROUP_HEADS_SQLITE = select(CUSTOMERS.c.customer_key, *_head_columns()).where(CUSTOMERS.c.customer_key.in_(_KEYS_IN))
-_GROUP_GRANTS_SQLITE = _open_grants_statement(False, GRANTS.c.customer_key.in_(_KEYS_IN))
-_GROUP_REQUESTS_SQLITE = select(REQUEST_IDS.c.request_id, REQUEST_IDS.c.fingerprint, REQUEST_IDS.c.resource_id).where(
-    REQUEST_IDS.c.scope == bindparam("scope"), REQUEST_IDS.c.request_id.in_(bindparam("request_ids", expanding=True))
+def _json_values(name: str) -> Select:
+    """The values of a JSON array bound as `name` (SQLite's json_each): a list as one parameter, so
+    that the statement is prebuilt and runs on the driver."""
+    return select(func.json_each(bindparam(name, type_=String)).table_valued("value").c.value)
+
+
+_GROUP_HEADS_SQLITE = DriverStatement(
+    select(CUSTOMERS.c.customer_key, *_head_columns()).where(CUSTOMERS.c.customer_key.in_(_json_values("keys")))
+)
+_GROUP_GRANTS_SQLITE = DriverStatement(_open_grants_statement(False, GRANTS.c.customer_key.in_(_json_values("keys"))))
+_GROUP_REQUESTS_SQLITE = DriverStatement(
+    select(REQUEST_IDS.c.request_id, REQUEST_IDS.c.fingerprint, REQUEST_IDS.c.resource_id).where(
+        REQUEST_IDS.c.scope == bindparam("scope"), REQUEST_IDS.c.request_id.in_(_json_values("request_ids"))
+    )
 )
 
 
@@ -203,41 +236,142 @@ class _Group:
     write lock held on SQLite), kept current by the group's own writes: each customer's DebitHead
     columns and open grants (`debit_head` answers from them: a customer's later debits in the group
     read nothing; `record_debit` sets the grants' new running totals, `open_grants` the grants issued
-    meanwhile), and the records of the group's request ids (`seen`: those found, and those the group
-    recorded)."""
+    meanwhile), the records of the group's request ids (`seen`: those found, and those the group
+    recorded), and the rows its debits wrote that are not sent yet (`_Writes`)."""
 
     scope: str
-    request_ids: set[str]
-    heads: dict[str, tuple[Sequence[Any], list[DebitableGrant]]]
+    request_ids: set[str] = field(default_factory=set)
+    heads: dict[str, tuple[tuple[str, Any, Pending, int], list[DebitableGrant]]] = field(default_factory=dict)
     seen: dict[str, SeenRequest[str]] = field(default_factory=dict)
+    writes: _Writes = field(default_factory=lambda: _Writes())
+
+
+@dataclass
+class _Writes:
+    """A group's debits as sets of rows, sent when the group ends or before its next read: every
+    usage, each grant's last running total (one UPDATE per grant, however many debits it took),
+    every DEBIT entry, request id record and event, in the order the debits were made. Kept as the
+    typed values the debits recorded, turned into columns when sent."""
+
+    usages: list[Usage] = field(default_factory=list)
+    totals: dict[str, Decimal] = field(default_factory=dict)
+    entries: list[LedgerEntry] = field(default_factory=list)
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (scope, fingerprint) of each usage's request
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def queue(self, connection: Connection) -> None:
+        """Hand the rows to the connection's deferred writes (credit_common.db.driver), in an order
+        that keeps every constraint: usages, grants, entries, request ids, events."""
+        if not self.usages and not self.events:
+            return
+        usages, entries, totals = self.usages, self.entries, self.totals
+        postgres = connection.dialect.name == "postgresql"
+        write = partial(_write_unnest, connection) if postgres else _write_executemany(connection)
+        write(USAGES, {name: [getattr(u, name) for u in usages] for name in _USAGE_COLUMNS})
+        if postgres:
+            execute_sql(connection, _SET_USED_UNNEST, {"ids": list(totals), "used": list(totals.values())})
+        else:
+            _SET_USED.execute_columns(connection, {"b_grant_id": list(totals), "b_used": list(totals.values())})
+        write(
+            LEDGER_ENTRIES,
+            {
+                "entry_id": [e.entry_id for e in entries],
+                "customer_key": [e.customer_key for e in entries],
+                "currency_key": [e.currency_key for e in entries],
+                "type": [e.type.value for e in entries],
+                "amount": [e.amount for e in entries],
+                "grant_id": [e.grant_id for e in entries],
+                "effective_time": [e.effective_time for e in entries],
+                "usage_id": [e.usage_id for e in entries],
+                "subscription_id": [e.subscription_id for e in entries],
+                "description": [e.description for e in entries],
+                "opens_grant_id": [None] * len(entries),
+                "closes_grant_id": [None] * len(entries),
+            },
+        )
+        requested = [
+            (u, scope, print_) for u, (scope, print_) in zip(usages, self.requests, strict=True) if u.request_id
+        ]
+        write(
+            REQUEST_IDS,
+            {
+                "scope": [scope for _, scope, _ in requested],
+                "request_id": [u.request_id for u, _, _ in requested],
+                "fingerprint": [print_ for _, _, print_ in requested],
+                "resource_id": [u.usage_id for u, _, _ in requested],
+                "create_time": [u.usage_time for u, _, _ in requested],
+            },
+        )
+        _INSERT_EVENTS[postgres].execute(connection, self.events)
+        self.usages, self.totals, self.entries, self.requests, self.events = [], {}, [], [], []
+
+
+def _write_executemany(connection: Connection) -> Callable[[Table, dict[str, list[Any]]], None]:
+    """SQLite: a table's rows as one INSERT run by `executemany` (no round trips to save)."""
+    return lambda table, columns: _INSERTS[table.name].execute_columns(connection, columns)
+
+
+def _write_unnest(connection: Connection, table: Table, columns: dict[str, list[Any]]) -> None:
+    """PostgreSQL: a table's rows as one INSERT ... SELECT FROM unnest(one array per column), sent in
+    binary: one statement for the group instead of one per row (each its own trip through the
+    server's executor). psycopg dumps an array element by element in Python: a column whose value
+    is the same in every row (a batch's instant, feature, currency, amounts) is bound once."""
+    names = tuple(columns)
+    if not names or not columns[names[0]]:
+        return
+    # The first column (an id) is always an array: unnest gives the rows.
+    same = tuple(i > 0 and (v := columns[name]).count(v[0]) == len(v) for i, name in enumerate(names))
+    params = {f"p{i}": columns[name][0] if same[i] else columns[name] for i, name in enumerate(names)}
+    execute_sql(connection, _unnest_insert(table.name, names, same), params)
+
+
+@functools.cache
+def _unnest_insert(table_name: str, names: tuple[str, ...], same: tuple[bool, ...]) -> str:
+    table = {t.name: t for t in (USAGES, LEDGER_ENTRIES, REQUEST_IDS)}[table_name]
+    selected = [
+        f"CAST(%(p{i})s AS {pg_type(table.c[name].type)})" if same[i] else f"u.a{i}" for i, name in enumerate(names)
+    ]
+    arrays = [(f"a{i}", f"%(p{i})b::{pg_type(table.c[name].type)}[]") for i, name in enumerate(names) if not same[i]]
+    quoted = ", ".join(f'"{name}"' for name in names)
+    return (
+        f'INSERT INTO "{table_name}" ({quoted}) SELECT {", ".join(selected)} '
+        f"FROM unnest({', '.join(a for _, a in arrays)}) AS u({', '.join(alias for alias, _ in arrays)})"
+    )
+
+
+_SET_USED_UNNEST = (
+    'UPDATE "grants" SET "used" = v.used FROM unnest(%(ids)b::text[], %(used)b::numeric[]) AS v(grant_id, used) '
+    'WHERE "grants"."grant_id" = v.grant_id'
+)
 
 
 @contextmanager
-def debit_group(session: Session, debits: Sequence[tuple[str, str, str]]) -> Iterator[None]:
-    """What a group of debits (credit_common.db.group_commit), each (customer_key, scope, request_id),
-    runs in. On PostgreSQL: their customers locked in key order and their DebitHeads read first, in one
-    round trip for the group (each customer's first `debit_head` in the transaction answers from it; a
-    later one, after that debit's writes, reads again); and their writes sent together at the end
-    (credit_common.db.driver.deferred_writes). Elsewhere nothing: SQLite's statements cost no round
-    trip, and its write transaction already holds the database."""
-    if not debits or (not is_postgres(session) and len(debits) < 2):
-        yield
-        return
-    _prefetch_debit_heads(session, debits)
+def debit_group(session: Session, orders: Sequence[DebitOrder | None]) -> Iterator[None]:
+    """What a group of debits (credit_common.db.group_commit) runs in: their customers locked in key
+    order and their DebitHeads read first (on PostgreSQL in one round trip; on SQLite for a group of
+    several, one statement each for all of them instead of two per debit); their writes kept as sets
+    (`_Writes`) and sent together, before the group's next read or at its end
+    (credit_common.db.driver.deferred_writes)."""
+    known = [order for order in orders if order is not None]
+    scopes = {order.scope for order in known}
+    if len(scopes) > 1:
+        raise ValueError("one scope per group")
+    group = _Group(scopes.pop() if scopes else "")
+    if known and (is_postgres(session) or len(known) > 1):
+        _prefetch_debit_heads(session, group, known)
+    connection = session.connection()
+    session.info[_GROUP] = group
     try:
-        with deferred_writes(session.connection()):
+        with deferred_writes(connection, partial(group.writes.queue, connection)):
             yield
     finally:
-        session.info.pop(_PREFETCHED, None)
+        session.info.pop(_GROUP, None)
 
 
-def _prefetch_debit_heads(session: Session, debits: Sequence[tuple[str, str, str]]) -> None:
-    scopes = {scope for _, scope, _ in debits}
-    if len(scopes) != 1:
-        raise ValueError("one scope per group")
-    scope = scopes.pop()
-    customers = sorted({customer for customer, _, _ in debits})
-    request_ids = sorted({r for _, _, r in debits if r})
+def _prefetch_debit_heads(session: Session, group: _Group, orders: Sequence[DebitOrder]) -> None:
+    customers = sorted({order.customer_key for order in orders})
+    request_ids = sorted({order.request_id for order in orders if order.request_id})
+    scope = group.scope
     if is_postgres(session):
         heads, grants, requests = rows_of(
             session.connection(),
@@ -246,20 +380,23 @@ def _prefetch_debit_heads(session: Session, debits: Sequence[tuple[str, str, str
             (_GROUP_REQUESTS, {"scope": scope, "request_ids": request_ids}),
         )
     else:
-        connection = session.connection()
-        heads = connection.execute(_GROUP_HEADS_SQLITE, {"keys": customers}).all()
-        grants = connection.execute(_GROUP_GRANTS_SQLITE, {"keys": customers}).all()
-        requests = connection.execute(_GROUP_REQUESTS_SQLITE, {"scope": scope, "request_ids": request_ids}).all()
+        keys = json.dumps(customers)
+        heads, grants, requests = rows_of(
+            session.connection(),
+            (_GROUP_HEADS_SQLITE, {"keys": keys}),
+            (_GROUP_GRANTS_SQLITE, {"keys": keys}),
+            (_GROUP_REQUESTS_SQLITE, {"scope": scope, "request_ids": json.dumps(request_ids)}),
+        )
     by_customer: dict[str, list[Any]] = defaultdict(list)
     for row in grants:
         by_customer[row.customer_key].append(row)
-    group = _Group(
-        scope,
-        set(request_ids),
-        {customer: (head, _debitable(by_customer[customer])) for customer, *head in heads},
-        {request_id: SeenRequest(fingerprint, resource_id) for request_id, fingerprint, resource_id in requests},
-    )
-    session.info[_PREFETCHED] = group
+    group.request_ids = set(request_ids)
+    group.heads = {customer: (_base(head), _debitable(by_customer[customer])) for customer, *head in heads}
+    group.seen = {
+        request_id: SeenRequest(fingerprint, resource_id) for request_id, fingerprint, resource_id in requests
+    }
+    if heads:
+        session.info[_RATES_VERSION] = heads[0][6]
 
 
 # Run on the driver (see credit_common.db.driver): each row gives every column.
@@ -267,97 +404,80 @@ _INSERT_USAGE = DriverStatement(insert(USAGES))
 _INSERT_LEDGER = DriverStatement(insert(LEDGER_ENTRIES))
 _INSERT_REQUEST_ID = DriverStatement(insert(REQUEST_IDS))
 # A debit's events (a grant depleted, balance alerts): skipped if the log has their dedupe key.
-_INSERT_EVENTS = DriverStatement(sqlite.insert(EVENTS).on_conflict_do_nothing())
-_EVENT_COLUMNS = [c for c in EVENTS.columns if c.name not in ("seq", "txid")]
+_INSERT_EVENTS = {
+    False: DriverStatement(sqlite.insert(EVENTS).on_conflict_do_nothing()),
+    True: DriverStatement(postgresql.insert(EVENTS).on_conflict_do_nothing()),
+}
+_INSERTS = {table.name: DriverStatement(insert(table)) for table in (USAGES, LEDGER_ENTRIES, REQUEST_IDS)}
 _SET_USED = DriverStatement(
     update(GRANTS).where(GRANTS.c.grant_id == bindparam("b_grant_id")).values(used=bindparam("b_used"))
 )
+_USAGE_COLUMNS = Usage.__slots__
 
 
 def record_debit(
     session: Session,
-    usage: dict[str, Any],
-    used: Sequence[tuple[str, Decimal]],
-    entries: Sequence[dict[str, Any]],
-    request: dict[str, Any] | None,
+    order: DebitOrder,
+    record: DebitRecord,
     events: Sequence[dict[str, Any]] = (),
 ) -> None:
-    """Write one debit: its usage (a unique-constraint conflict on its request_id means a concurrent
-    twin won), the grants' new running totals (grant id, used), its DEBIT entries, the record of its
-    request id (if any) and its events (rows of `events`). On PostgreSQL all of it is one statement
-    (data-modifying CTEs)."""
-    _written(session, usage["customer_key"], used, request)
-    conn = session.connection()
-    tally_ledger(session, entries)
-    if is_postgres(session):
-        params = {f"u_{name}": value for name, value in usage.items()}
-        for i, (grant_id, value) in enumerate(used):
-            params[f"g{i}_id"], params[f"g{i}_used"] = grant_id, value
-        for i, entry in enumerate(entries):
-            params.update({f"l{i}_{name}": value for name, value in entry.items()})
-        if request is not None:
-            params.update({f"r_{name}": value for name, value in request.items()})
-        for i, event in enumerate(events):
-            params.update({f"e{i}_{name}": value for name, value in event.items()})
-        _debit_writes(len(used), len(entries), request is not None, len(events)).execute(conn, [params])
-        return
-    _INSERT_USAGE.execute(conn, [usage])
-    _SET_USED.execute(conn, [{"b_grant_id": grant_id, "b_used": value} for grant_id, value in used])
-    _INSERT_LEDGER.execute(conn, list(entries))
-    if request is not None:
-        insert_request_id(conn, request)
-    _INSERT_EVENTS.execute(conn, list(events))
-
-
-def _written(
-    session: Session, customer_key: str, used: Sequence[tuple[str, Decimal]], request: dict[str, Any] | None
-) -> None:
-    """Keep the group's knowledge (`_Group`) current with a debit's writes."""
-    group: _Group | None = session.info.get(_PREFETCHED)
+    """Write one accepted debit (DebitAccountRepository.record), `events` its events' rows. In a debit
+    group its rows join the group's sets (`_Writes`); otherwise they are written at once."""
+    usage = record.usage
+    group: _Group | None = session.info.get(_GROUP)
+    tally_entries(session, [("DEBIT", e.currency_key, e.amount) for e in record.entries])
+    writes = group.writes if group is not None else _Writes()
+    writes.usages.append(usage)
+    writes.requests.append((order.scope, order.fingerprint))
+    writes.totals.update(record.totals)
+    writes.entries += record.entries
+    writes.events += events
     if group is None:
+        writes.queue(session.connection())
         return
-    if request is not None:
-        group.seen[request["request_id"]] = SeenRequest(request["fingerprint"], request["resource_id"])
-    entry = group.heads.get(customer_key)
-    if entry is not None:
-        totals = dict(used)
-        grants = [
-            grant
-            if grant.grant_id not in totals
-            else dataclasses.replace(grant, view=dataclasses.replace(grant.view, used=totals[grant.grant_id]))
-            for grant in entry[1]
-        ]
-        group.heads[customer_key] = (entry[0], grants)
-
-
-@functools.cache
-def _debit_writes(grants: int, entries: int, request: bool, events: int = 0) -> DriverStatement:
-    """record_debit's one statement on PostgreSQL, for a debit of `grants` grants: the usage's INSERT, with
-    the grants' UPDATEs and the INSERTs of the entries and the request id as CTEs (PostgreSQL runs each
-    data-modifying CTE exactly once, whether the statement reads it or not)."""
-
-    def values(table: Table, prefix: str) -> dict[str, Any]:
-        return {c.name: bindparam(f"{prefix}{c.name}", type_=c.type) for c in table.columns if c.name != "seq"}
-
-    statement = insert(USAGES).values(values(USAGES, "u_"))
-    for i in range(grants):
-        set_used = (
-            update(GRANTS)
-            .where(GRANTS.c.grant_id == bindparam(f"g{i}_id", type_=GRANTS.c.grant_id.type))
-            .values(used=bindparam(f"g{i}_used", type_=GRANTS.c.used.type))
-        )
-        statement = statement.add_cte(set_used.cte(f"used_{i}"))
-    ledger = LEDGER_ENTRIES
-    statement = statement.add_cte(
-        insert(ledger).values([values(ledger, f"l{i}_") for i in range(entries)]).cte("ledger")
-    )
-    if request:
-        statement = statement.add_cte(insert(REQUEST_IDS).values(values(REQUEST_IDS, "r_")).cte("request"))
-    if events:
-        rows = [{c.name: bindparam(f"e{i}_{c.name}", type_=c.type) for c in _EVENT_COLUMNS} for i in range(events)]
-        statement = statement.add_cte(postgresql.insert(EVENTS).values(rows).on_conflict_do_nothing().cte("events"))
-    return DriverStatement(statement)
+    if usage.request_id:
+        group.seen[usage.request_id] = SeenRequest(order.fingerprint, usage.usage_id)
+    entry = group.heads.get(usage.customer_key)
+    if entry is not None:  # its grants' running totals, updated in place
+        for grant_id, used in record.totals:
+            for grant in entry[1]:
+                if grant.grant_id == grant_id:
+                    grant.view.used = used
+                    break
 
 
 def insert_request_id(connection: Connection, record: dict[str, Any]) -> None:
     _INSERT_REQUEST_ID.execute(connection, [record])
+
+
+class SqlDebitPort:
+    """The debit port (service_layer/ports.py DebitPort) over a group commit
+    (credit_common.db.group_commit) whose groups run in `debit_group`: one order joins the group
+    that other callers' debits make at the same time (ReportUsage); the orders of one call (a
+    ReportUsageBatch) make a group of their own, however many. `unit(session)`: the unit of work a
+    rule gets, one per transaction."""
+
+    def __init__(self, group_commit: GroupCommit, unit: Callable[[Session], Any]) -> None:
+        self.group_commit = group_commit
+        self._unit = unit
+
+    def make(self, orders: Sequence[DebitOrder], rule: Callable[[Any, DebitOrder], T]) -> list[T | Exception]:
+        if len(orders) == 1:
+            order = orders[0]
+            try:
+                return [self.group_commit.run(partial(self._run, rule, order), order.customer_key, order)]
+            except Exception as error:
+                return [error]
+        slots = self.group_commit.run_together(
+            [(partial(self._run, rule, order), order.customer_key, order) for order in orders]
+        )
+        return [slot.result if slot.error is None else slot.error for slot in slots]
+
+    def _run(self, rule: Callable[[Any, DebitOrder], T], order: DebitOrder, session: Session) -> T:
+        unit = session.info.get(_UNIT)
+        if unit is None:
+            unit = session.info[_UNIT] = self._unit(session)
+        return rule(unit, order)
+
+
+_UNIT = "credit_grants.debit_unit"

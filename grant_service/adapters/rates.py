@@ -87,7 +87,7 @@ class RatesCache:
     """All rate sets and rates, kept in memory by one process. Rate sets are append-only (a new revision
     is a new rate set with its rates, in one transaction; none is ever changed or deleted), so the number
     of rate sets a transaction sees identifies what it sees: the cache is used only when that number,
-    read by the caller in its own transaction (DebitHead.rates_version), equals the one read with the
+    read by the caller in its own transaction (a debit's head: adapters/debits.py), equals the one read with the
     cached content in one statement. So it answers what the caller's own queries would, in any number of
     processes (on PostgreSQL, as of the snapshot of the statement that read DebitHead)."""
 

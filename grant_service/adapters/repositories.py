@@ -19,7 +19,7 @@ from credit_common.db.keyset import keyset_after
 from credit_common.idempotency import SeenRequest
 from credit_common.metrics import tally_ledger
 from grant_service.adapters.catch_up import pending_columns
-from grant_service.adapters.debits import debit_head, insert_request_id, open_grants, record_debit
+from grant_service.adapters.debits import debit_head, insert_request_id, open_grants, rates_version, record_debit
 from grant_service.adapters.events import event_rows, wrote_events
 from grant_service.adapters.locking import is_postgres, locked
 from grant_service.adapters.mappers import (
@@ -55,7 +55,6 @@ from grant_service.adapters.orm import (
 from grant_service.adapters.rates import RatesCache, feature_known, rates_in_force
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_sum
 from grant_service.domain.clocks import ClockKey
-from grant_service.domain.events import NewEvent
 from grant_service.domain.model import (
     Customer,
     DebitableGrant,
@@ -70,6 +69,7 @@ from grant_service.domain.model import (
 )
 from grant_service.domain.revisions import RevisionWindow
 from grant_service.domain.schedules import Pending, Schedule
+from grant_service.service_layer.ports import DebitOrder, DebitRecord
 
 
 class SqlSimulatedClockRepository:
@@ -369,35 +369,27 @@ def request_id_row(scope: str, request_id: str, fingerprint: str, resource_id: s
     }
 
 
-class SqlDebitRepository:
+class SqlDebitAccountRepository:
+    """DebitAccountRepository: a debit's customer, read and written through adapters/debits.py (in a
+    debit group, from and into the group's sets)."""
+
     def __init__(self, session: Session, clock: Clock | None = None, *, events: bool = True) -> None:
         self.session = session
         self._clock = clock
         self._events = events
 
-    def head(self, customer_key: str, scope: str, request_id: str) -> DebitHead | None:
-        return debit_head(self.session, customer_key, scope, request_id)
+    def head(self, order: DebitOrder) -> DebitHead | None:
+        return debit_head(self.session, order.customer_key, order.scope, order.request_id)
 
     def open_grants(self, customer_key: str) -> list[DebitableGrant]:
         return open_grants(self.session, customer_key)
 
-    def record(
-        self,
-        usage: Usage,
-        used: Sequence[tuple[str, Decimal]],
-        entries: Sequence[LedgerEntry],
-        scope: str,
-        fingerprint: str,
-        events: Sequence[NewEvent] = (),
-    ) -> None:
-        rows = [ledger_row(entry) for entry in entries]
-        request = None
-        if usage.request_id:
-            request = request_id_row(scope, usage.request_id, fingerprint, usage.usage_id, usage.usage_time)
-        usage_row = {name: getattr(usage, name) for name in Usage.__slots__}
-        events = events if self._events else ()
-        recorded = self._clock.now() if self._clock is not None and events else usage.usage_time
-        record_debit(self.session, usage_row, used, rows, request, event_rows(events, recorded))
+    def record(self, order: DebitOrder, record: DebitRecord) -> None:
+        events = record.events if self._events else ()
+        rows = []
+        if events:
+            rows = event_rows(events, self._clock.now() if self._clock is not None else record.usage.usage_time)
+        record_debit(self.session, order, record, rows)
         if events:
             wrote_events(self.session)
 
@@ -418,7 +410,9 @@ class SqlRateRepository:
         self.session = session
         self.cache = cache
 
-    def in_force(self, feature_key: str, at: datetime, version: int | None = None) -> dict[str, Decimal]:
+    def in_force(self, feature_key: str, at: datetime) -> dict[str, Decimal]:
+        # A debit's head read the number of rate sets the transaction sees: the cache's key.
+        version = rates_version(self.session)
         if version is None or self.cache is None:
             return rates_in_force(self.session, feature_key, at)
         return self.cache.rates_in_force(self.session, feature_key, at, version)

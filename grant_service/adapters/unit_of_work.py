@@ -5,8 +5,7 @@ GetBalance's read model is adapters/balance_reads.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Callable
 from typing import TypeVar
 
 from sqlalchemy import Engine
@@ -18,13 +17,13 @@ from credit_common.db.group_commit import GroupCommit
 from credit_common.db.transactions import RETRY, RetryPolicy, Transactions
 from credit_common.metrics import GROUP_COMMIT_SIZE
 from grant_service.adapters.alerts import AlertsCache, SqlAlertRepository
-from grant_service.adapters.debits import debit_group
+from grant_service.adapters.debits import SqlDebitPort, debit_group
 from grant_service.adapters.events import EventListener, EventSignal, SqlEventRepository
 from grant_service.adapters.rates import RatesCache
 from grant_service.adapters.repositories import (
     SqlCurrencyRepository,
     SqlCustomerRepository,
-    SqlDebitRepository,
+    SqlDebitAccountRepository,
     SqlGrantRepository,
     SqlIssuanceRepository,
     SqlLedgerRepository,
@@ -57,7 +56,7 @@ class SqlGrantUnitOfWork:
         self.grants = SqlGrantRepository(session)
         self.issuance = SqlIssuanceRepository(session)
         self.ledger = SqlLedgerRepository(session)
-        self.debits = SqlDebitRepository(session, clock, events=events)
+        self.accounts = SqlDebitAccountRepository(session, clock, events=events)
         self.rates = SqlRateRepository(session, rates)
         self.request_ids = SqlRequestIdRepository(session)
         self.subscriptions = SqlSubscriptionRepository(session)
@@ -71,8 +70,9 @@ class SqlTransactions:
     session factories: writes on the write factory (on SQLite, it takes the write lock up front),
     reads on the read one.
 
-    Debits run in groups (credit_common.db.group_commit): on PostgreSQL a group's customers are
-    locked and their DebitHeads read in one round trip, its writes sent together
+    Debits are made by `debit_port` (adapters/debits.py SqlDebitPort), in groups
+    (credit_common.db.group_commit): a group's customers are locked and their DebitHeads read at
+    once (on PostgreSQL in one round trip), its writes sent together as sets
     (debits.debit_group). `linger_s`: how long a group's leader may wait for more callers. The rate
     sets are cached (RatesCache)."""
 
@@ -95,12 +95,15 @@ class SqlTransactions:
         self._alerts = AlertsCache()
         self._events = EventSignal()
         self._events.listen(factories.write)
-        self.debits = GroupCommit(
-            factories.write,
-            self._transactions.write,
-            debit_group,
-            linger_s=linger_s,
-            observe_size=GROUP_COMMIT_SIZE.observe,
+        self.debit_port = SqlDebitPort(
+            GroupCommit(
+                factories.write,
+                self._transactions.write,
+                debit_group,
+                linger_s=linger_s,
+                observe_size=GROUP_COMMIT_SIZE.observe,
+            ),
+            self._unit,
         )
 
     def _unit(self, session: Session) -> SqlGrantUnitOfWork:
@@ -111,22 +114,6 @@ class SqlTransactions:
 
     def read(self, work: Callable[[SqlGrantUnitOfWork], T]) -> T:
         return self._transactions.read(lambda session: work(self._unit(session)))
-
-    def debit(self, work: Callable[[SqlGrantUnitOfWork], T], customer_key: str, scope: str, request_id: str) -> T:
-        return self.debits.run(
-            lambda session: work(self._unit(session)), key=customer_key, subject=(customer_key, scope, request_id)
-        )
-
-    def debit_together(
-        self, debits: Sequence[tuple[Callable[[SqlGrantUnitOfWork], T], str, str, str]]
-    ) -> list[T | Exception]:
-        slots = self.debits.run_together(
-            [
-                (partial(_in_unit, self._unit, work), customer_key, (customer_key, scope, request_id))
-                for work, customer_key, scope, request_id in debits
-            ]
-        )
-        return [slot.result if slot.error is None else slot.error for slot in slots]
 
     def listen_for_events(self, engine: Engine) -> Callable[[], None]:
         """On PostgreSQL, wake this process's streams on every process's commits of events (the
@@ -141,8 +128,3 @@ class SqlTransactions:
     def wait_for_events(self, generation: int, timeout_s: float) -> None:
         self._events.wait(generation, timeout_s)
 
-
-def _in_unit(
-    unit: Callable[[Session], SqlGrantUnitOfWork], work: Callable[[SqlGrantUnitOfWork], T], session: Session
-) -> T:
-    return work(unit(session))

@@ -30,9 +30,11 @@ def exact_difference(a: Decimal, b: Decimal) -> Decimal:
     return _EXACT.subtract(a, b)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GrantView:
-    """A grant as seen at one instant: `used` counts debits at or before that instant."""
+    """A grant as seen at one instant: `used` counts debits at or before that instant. Not frozen (a
+    frozen dataclass sets each field through object.__setattr__, and reads and debits make one per
+    grant): a debit group keeps its customers' views current by setting `used` (adapters/debits.py)."""
 
     grant_id: str
     amount: Decimal

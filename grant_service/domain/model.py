@@ -17,6 +17,11 @@ from grant_service.domain.clocks import ClockKey, api_test_clock_id
 from grant_service.domain.revisions import NO_WINDOW, RevisionWindow
 from grant_service.domain.schedules import GrantSegment, Pending, Schedule, ScheduledAmount
 
+# The values a debit makes (Usage, LedgerEntry, DebitHead, DebitableGrant) are not frozen dataclasses,
+# though nothing changes them once made: a frozen dataclass's constructor sets each field through
+# object.__setattr__, and a ReportUsageBatch makes several of these per usage inside its write
+# transaction (docs/performance.md). Changes go through dataclasses.replace or a new value all the same.
+
 
 @dataclass(frozen=True, slots=True)
 class Customer:
@@ -119,7 +124,7 @@ def evaluate(grant: Grant, used: Decimal, at: datetime) -> GrantInfo:
     return GrantInfo(grant, used, Decimal(remaining), status)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True)  # not frozen: a debit's value (see the note at the top)
 class LedgerEntry:
     """An entry of the append-only ledger, written by the use cases and read back. `opens`: the
     grant's GRANT (a grant has at most one), `closes`: its EXPIRE or VOID (at most one); the storage
@@ -142,7 +147,7 @@ class LedgerEntry:
     seq: int | None = None  # its place in the ledger (the order of entries at one instant; None: not written yet)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a debit's value (see the note at the top)
 class Usage:
     usage_id: str
     request_id: str
@@ -283,7 +288,7 @@ class NewGrant:
 _ZERO = Decimal(0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a debit's value (see the note at the top)
 class DebitableGrant:
     """A grant open to debits (its `used`: the running total), with what its ledger entries repeat."""
 
@@ -297,18 +302,16 @@ class DebitableGrant:
         return self.view.grant_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a debit's value (see the note at the top)
 class DebitHead:
     """What a debit needs to know, read with the customer's lock held: its clock (and that clock's
     frozen time), the request id's record if any, what a catch-up owes the customer (so the caller
-    tells at its "now" whether one is due), the version of the rate sets (the number of rate sets
-    the transaction sees: they are append-only), and its open grants of every currency, in id order."""
+    tells at its "now" whether one is due), and its open grants of every currency, in id order."""
 
     clock_key: ClockKey
     frozen_time: datetime | None
     seen: SeenRequest[str] | None
     pending: Pending
-    rates_version: int
     open_grants: list[DebitableGrant]
     alerts_version: int = 0  # the version of the balance alert levels (0: none was ever set)
 

@@ -92,11 +92,20 @@ def usage_request(request: pb.ReportUsageRequest) -> UsageRequest:
     return UsageRequest(request.request_id, request.customer_key, request.feature_key, quantity, request.currency_key)
 
 
-def usage_result_pb(result: UsageResult | DomainError) -> pb.ReportUsageResult:
+class DecimalTexts(dict):
+    """`format_decimal`, each distinct value once: the usages of a batch share their amounts (it is a
+    function of the value: Decimal("1.0") and Decimal("1") are equal keys and have the same text)."""
+
+    def __missing__(self, value: Decimal) -> str:
+        text = self[value] = format_decimal(value)
+        return text
+
+
+def usage_result_pb(result: UsageResult | DomainError, texts: DecimalTexts | None = None) -> pb.ReportUsageResult:
     if isinstance(result, DomainError):
         return pb.ReportUsageResult(outcome=pb.USAGE_OUTCOME_REJECTED, rejection=rejected_pb(result).rejection)
     outcome = pb.USAGE_OUTCOME_REPLAYED if result.replayed else pb.USAGE_OUTCOME_ACCEPTED
-    return pb.ReportUsageResult(outcome=outcome, usage=usage_pb(result.usage, result.debits))
+    return pb.ReportUsageResult(outcome=outcome, usage=usage_pb(result.usage, result.debits, texts))
 
 
 def check_apply_batch(request: pb.ApplySubscriptionsRequest) -> None:
@@ -508,19 +517,20 @@ def entry_pb(entry: LedgerEntry) -> pb.LedgerEntry:
     )
 
 
-def usage_pb(usage: Usage, debits: list[tuple[str, Decimal]]) -> pb.Usage:
+def usage_pb(usage: Usage, debits: list[tuple[str, Decimal]], texts: DecimalTexts | None = None) -> pb.Usage:
+    text = format_decimal if texts is None else texts.__getitem__
     return pb.Usage(
         usage_id=usage.usage_id,
         request_id=usage.request_id,
         customer_key=usage.customer_key,
         feature_key=usage.feature_key,
-        quantity=format_decimal(usage.quantity),
+        quantity=text(usage.quantity),
         currency_key=usage.currency_key,
-        credits_per_unit=format_decimal(usage.credits_per_unit),
-        credits=format_decimal(usage.credits),
+        credits_per_unit=text(usage.credits_per_unit),
+        credits=text(usage.credits),
         usage_time=to_timestamp(usage.usage_time),
-        debits=[pb.Debit(grant_id=g, amount=format_decimal(a)) for g, a in debits],
-        balance_after=format_decimal(usage.balance_after),
+        debits=[pb.Debit(grant_id=g, amount=text(a)) for g, a in debits],
+        balance_after=text(usage.balance_after),
     )
 
 

@@ -161,8 +161,11 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
             except DomainError as error:
                 results.append(conv.usage_result_pb(error))
         reported = iter(usage.report_usages(self._ctx, requests) if requests else [])
+        texts = conv.DecimalTexts()  # the answer converted in bulk: each distinct amount formatted once
         return pb.ReportUsageBatchResponse(
-            results=[result if result is not None else conv.usage_result_pb(next(reported)) for result in results]
+            results=[
+                result if result is not None else conv.usage_result_pb(next(reported), texts) for result in results
+            ]
         )
 
     def CheckUsage(self, request: pb.CheckUsageRequest, context) -> pb.CheckUsageResponse:

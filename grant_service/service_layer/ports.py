@@ -1,14 +1,15 @@
 """What the service layer needs of storage, as protocols: the repositories of a
-unit of work (unit_of_work.py), and the read model of GetBalance's fast path
-(`BalanceReads`). Their SQL implementations are in grant_service/adapters/
-(repositories.py, balance_reads.py)."""
+unit of work (unit_of_work.py), the read model of GetBalance's fast path
+(`BalanceReads`) and the debit port (DebitPort). Their SQL implementations are in
+grant_service/adapters/ (repositories.py, balance_reads.py, debits.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from credit_common.idempotency import SeenRequest
 from grant_service.domain.alerts import AlertLevel, BalanceState
@@ -30,6 +31,11 @@ from grant_service.domain.model import (
 from grant_service.domain.revisions import RevisionWindow
 from grant_service.domain.schedules import Pending
 from grant_service.domain.webhooks import DeliveryAttempt, NewDelivery, WebhookEndpoint
+
+if TYPE_CHECKING:
+    from grant_service.service_layer.unit_of_work import GrantUnitOfWork
+
+T = TypeVar("T")
 
 
 class BalanceReads(Protocol):
@@ -163,32 +169,78 @@ class LedgerRepository(Protocol):
         ...
 
 
-class DebitRepository(Protocol):
-    """What a debit (usage.py) reads and writes. A debit's statements run under many concurrent
-    callers: implementations build them once and batch them (see adapters/debits.py)."""
+@dataclass(slots=True)  # not frozen, as a debit's values (domain/model.py): a batch makes one per usage
+class DebitOrder:
+    """A debit to make (a usage reported): `quantity` of `feature_key` used by `customer_key`, burnt in
+    `currency_key` (empty: the one currency the feature burns), once per `request_id` in `scope`
+    (`fingerprint`: of its payload, to tell a replay from a different request with the same id)."""
 
-    def head(self, customer_key: str, scope: str, request_id: str) -> DebitHead | None:
-        """Lock the customer (what serializes its debits) and read what its debit needs, its open
-        grants locked too; None if there is no such customer."""
+    scope: str
+    request_id: str
+    fingerprint: str
+    customer_key: str
+    feature_key: str
+    quantity: Decimal
+    currency_key: str
+
+
+@dataclass(slots=True)  # not frozen, as DebitOrder
+class DebitRecord:
+    """What an accepted debit writes: its usage, the new running total (`used`) of each grant it
+    debited (grant id, used), its DEBIT ledger entries in ledger order, and its events (the grants
+    it depleted, then the balance alert levels it crossed)."""
+
+    usage: Usage
+    totals: tuple[tuple[str, Decimal], ...]
+    entries: tuple[LedgerEntry, ...]
+    events: tuple[NewEvent, ...] = ()
+
+
+class DebitPort(Protocol):
+    """Makes debits. `make(orders, rule)` runs `rule(uow, order)` for each order in a write transaction
+    in which the order's customer is locked (what serializes its debits), and returns, in the order
+    given, each rule's result or the exception it raised. A rule reads its customer through
+    `uow.accounts` (DebitAccountRepository) and records an accepted debit there.
+
+    Contract, whatever the adapter does to be fast (it may share a transaction among the orders of
+    one call and those other callers make at the same time, and write a transaction's debits as
+    sets at its end):
+    - a customer's orders of one call run in the order given, each after the previous one's
+      writes (its `head` shows them);
+    - a `DomainError` that a rule raises before recording anything is that order's own answer: it
+      does not affect the others;
+    - any other failure (a constraint violation: a twin of the request committed meanwhile by
+      another replica; a deadlock; a lost connection) runs each order again in a transaction of
+      its own, so that one order's failure is never another's; if that fails too, it is that
+      order's answer;
+    - an order's effects are committed before its result is returned, and a caller that has gone
+      (deadline, cancel) has none of its orders' effects committed."""
+
+    def make(
+        self, orders: Sequence[DebitOrder], rule: Callable[[GrantUnitOfWork, DebitOrder], T]
+    ) -> list[T | Exception]: ...
+
+
+class DebitAccountRepository(Protocol):
+    """What a debit rule (DebitPort) reads and writes of its customer, in the port's transaction."""
+
+    def head(self, order: DebitOrder) -> DebitHead | None:
+        """Lock the order's customer (what serializes its debits) and read what its debit needs, with
+        the previous orders' debits applied, its open grants locked too; None if there is no such
+        customer."""
         ...
 
     def open_grants(self, customer_key: str) -> list[DebitableGrant]:
-        """The customer's open grants of every currency, locked, in id order, with their running totals."""
+        """The customer's open grants of every currency, locked, in id order, with their running
+        totals, read again (after a catch-up in the transaction issued or opened some)."""
         ...
 
-    def record(
-        self,
-        usage: Usage,
-        used: Sequence[tuple[str, Decimal]],
-        entries: Sequence[LedgerEntry],
-        scope: str,
-        fingerprint: str,
-        events: Sequence[NewEvent] = (),
-    ) -> None:
-        """Write one debit: its usage (a conflict on its request_id means a concurrent twin won: the
-        transaction fails and is run again), each debited grant's new running total (grant id,
-        used), its DEBIT entries, if it has a request_id the request's record in `scope`, and its
-        events (as EventRepository.add: one already in the log is skipped)."""
+    def record(self, order: DebitOrder, record: DebitRecord) -> None:
+        """Write an accepted debit: its usage (a conflict on its request_id means a concurrent twin
+        won: the transaction fails and the order runs again), the grants' new running totals, its
+        DEBIT entries, the record of its request id (if it has one) in the order's scope, and its
+        events (as EventRepository.add: one already in the log is skipped). An implementation may
+        keep the writes until the transaction's end or its next read."""
         ...
 
     def recorded(self, usage_id: str) -> tuple[Usage, list[tuple[str, Decimal]]] | None:
@@ -198,11 +250,10 @@ class DebitRepository(Protocol):
 
 
 class RateRepository(Protocol):
-    def in_force(self, feature_key: str, at: datetime, version: int | None = None) -> dict[str, Decimal]:
+    def in_force(self, feature_key: str, at: datetime) -> dict[str, Decimal]:
         """currency_key -> credits per unit of `feature_key`, for every currency whose rate set in
         force at `at` (the latest effective at or before it; ties to the higher revision) names the
-        feature. `version`: the number of rate sets the caller's transaction sees (DebitHead), which
-        lets an implementation answer from a cache of the rate sets it has seen."""
+        feature, as the caller's transaction sees them."""
         ...
 
     def feature_known(self, feature_key: str) -> bool:

@@ -6,14 +6,15 @@ chosen at wiring."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from grant_service.service_layer.ports import (
     AlertRepository,
     CurrencyRepository,
     CustomerRepository,
-    DebitRepository,
+    DebitAccountRepository,
+    DebitPort,
     EventRepository,
     GrantRepository,
     IssuanceRepository,
@@ -39,7 +40,7 @@ class GrantUnitOfWork(Protocol):
     grants: GrantRepository
     issuance: IssuanceRepository
     ledger: LedgerRepository
-    debits: DebitRepository
+    accounts: DebitAccountRepository
     rates: RateRepository
     request_ids: RequestIdRepository
     subscriptions: SubscriptionRepository
@@ -52,7 +53,9 @@ class GrantUnitOfWork(Protocol):
 
 class Transactions(Protocol):
     """The transaction runner: runs a use case's work (a function of a `GrantUnitOfWork`) in one
-    transaction each time it is called."""
+    transaction each time it is called; `debit_port` makes debits (ports.DebitPort)."""
+
+    debit_port: DebitPort
 
     def write(self, work: Callable[[GrantUnitOfWork], T]) -> T:
         """Run `work` in one write transaction and commit. A lost race with a concurrent caller (the
@@ -62,22 +65,6 @@ class Transactions(Protocol):
 
     def read(self, work: Callable[[GrantUnitOfWork], T]) -> T:
         """Run `work` in one read transaction."""
-        ...
-
-    def debit(self, work: Callable[[GrantUnitOfWork], T], customer_key: str, scope: str, request_id: str) -> T:
-        """Run a debit of `customer_key` (its request `request_id` in `scope`) in a write transaction,
-        which may be shared with the debits other threads submit at the same time, committed
-        together (credit_common.db.group_commit). A DomainError raised by `work` before it writes
-        is its own answer and does not affect the others; any other failure runs it again alone."""
-        ...
-
-    def debit_together(
-        self, debits: Sequence[tuple[Callable[[GrantUnitOfWork], T], str, str, str]]
-    ) -> list[T | Exception]:
-        """Run several debits, each (work, customer_key, scope, request_id) as `debit` takes them, in
-        one write transaction of their own (a batch call's), by the rules of `debit`: a customer's
-        debits in the order given, a DomainError its debit's own answer, any other failure running
-        each debit alone. Each debit's result, or its error, in the order given."""
         ...
 
     def event_generation(self) -> int:

@@ -1,9 +1,12 @@
-"""ReportUsage and CheckUsage: price a usage with the rate in force and burn the
-customer's active grants in burn-down order, atomically, once per request id.
+"""ReportUsage, ReportUsageBatch and CheckUsage: price a usage with the rate in force
+and burn the customer's active grants in burn-down order, atomically, once per
+request id.
 
-Concurrency: the customer row is locked (SELECT ... FOR UPDATE on PostgreSQL; the
-write transaction itself on SQLite) before the balance is read, so two debits of
-one customer never both spend the same credits."""
+Debits are made through the debit port (ports.DebitPort), which locks each debit's
+customer (SELECT ... FOR UPDATE on PostgreSQL; the write transaction itself on
+SQLite) before the rule here reads its balance, so two debits of one customer never
+both spend the same credits; how debits are grouped into transactions and written is
+the adapter's business."""
 
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from grant_service.domain.balances import (
     exact_sum,
 )
 from grant_service.domain.events import NewEvent, grant_depleted, usage_rejected
-from grant_service.domain.model import REAL_TIME, DebitableGrant, DebitHead, EntryType, Usage
+from grant_service.domain.model import REAL_TIME, DebitableGrant, DebitHead, EntryType, LedgerEntry, Usage
 from grant_service.service_layer import alerts
 from grant_service.service_layer.context import (
     GrantContext,
@@ -45,7 +48,8 @@ from grant_service.service_layer.context import (
     customer_not_found,
     replayed_record,
 )
-from grant_service.service_layer.issuance import catch_up, issue_due_batch, ledger_entry, open_due_batch
+from grant_service.service_layer.issuance import catch_up, issue_due_batch, open_due_batch
+from grant_service.service_layer.ports import DebitOrder, DebitRecord
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 
 SCOPE = "ReportUsage"
@@ -54,7 +58,7 @@ SCOPE = "ReportUsage"
 BATCH_MAX = 1000  # usages of one ReportUsageBatch call
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen, as a debit's values (domain/model.py): a batch makes one per usage
 class UsageResult:
     usage: Usage
     debits: list[tuple[str, Decimal]]
@@ -118,7 +122,7 @@ def _feature_not_found(feature_key: str) -> NotFound:
     return not_found("metered feature", feature_key, "FEATURE_NOT_FOUND", key_name="feature_key")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Refused:
     """The usage was refused for insufficient credits: its USAGE_REJECTED event is written in the
     debit's transaction, which commits; `error` is then the caller's answer."""
@@ -134,92 +138,112 @@ class _CatchUpFirst:
     now: datetime
 
 
-@dataclass(frozen=True)
-class _Debit:
-    request_id: str
-    print_: str
-    customer_key: str
-    feature_key: str
-    quantity: Decimal
-    currency_key: str
-
-
 def report_usage(
     ctx: GrantContext, request_id: str, customer_key: str, feature_key: str, quantity: Decimal, currency_key: str
 ) -> UsageResult:
-    """One write transaction: lock the customer and read what the debit needs (DebitHead), price, lock
-    and burn its grants, record. If something of the customer is due at its "now", the transaction
-    is left untouched, the customer caught up (committed by itself, as before a read) and the debit
-    run again; a period that starts in between is then issued in the debit's own transaction."""
-    debit = _debit_of(UsageRequest(request_id, customer_key, feature_key, quantity, currency_key))
-    caught_up = False
-    while True:
-        outcome = ctx.transactions.debit(
-            partial(_debit, ctx, debit, caught_up=caught_up), customer_key, SCOPE, request_id
-        )
-        if isinstance(outcome, UsageResult):
-            return outcome
-        if isinstance(outcome, _Refused):
-            raise outcome.error
-        catch_up(
-            ctx.transactions,
-            clock_key=outcome.clock_key,
-            now=outcome.now,
-            customer_key=customer_key,
-            batch_size=ctx.batch_size,
-        )
-        caught_up = True
+    """One debit (DebitPort): lock the customer and read what the debit needs (DebitHead), price, burn
+    its grants, record. If something of the customer is due at its "now", nothing is written, the
+    customer caught up (committed by itself, as before a read) and the debit made again; a period
+    that starts in between is then issued in the debit's own transaction."""
+    [result] = _make(ctx, [_order_of(UsageRequest(request_id, customer_key, feature_key, quantity, currency_key))])
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
-def _debit_of(request: UsageRequest) -> _Debit:
-    customer_key, feature_key, quantity, currency_key = (
+def report_usages(ctx: GrantContext, requests: list[UsageRequest]) -> list[UsageResult | DomainError]:
+    """ReportUsageBatch: each usage as ReportUsage would debit it, made together (DebitPort: the
+    adapter makes them in one write transaction), a customer's usages in the order given. Each
+    usage's answer: its UsageResult (accepted, or `replayed`), or the DomainError ReportUsage would
+    have raised for it alone (its USAGE_REJECTED event written as ReportUsage writes it). Any other
+    failure (the database) fails the whole call, as it would fail a ReportUsage."""
+    results = _make(ctx, [_order_of(request) for request in requests])
+    for result in results:
+        if isinstance(result, Exception) and not isinstance(result, DomainError):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+def _order_of(request: UsageRequest) -> DebitOrder:
+    print_ = fingerprint(request.customer_key, request.feature_key, str(request.quantity), request.currency_key)
+    return DebitOrder(
+        SCOPE,
+        request.request_id,
+        print_,
         request.customer_key,
         request.feature_key,
         request.quantity,
         request.currency_key,
     )
-    print_ = fingerprint(customer_key, feature_key, str(quantity), currency_key)
-    return _Debit(request.request_id, print_, customer_key, feature_key, quantity, currency_key)
 
 
-def report_usages(ctx: GrantContext, requests: list[UsageRequest]) -> list[UsageResult | DomainError]:
-    """ReportUsageBatch: each usage as ReportUsage would debit it, all of them in one write transaction
-    (the debit group's, `Transactions.debit_together`), a customer's usages in the order given. Each
-    usage's answer: its UsageResult (accepted, or `replayed`), or the DomainError ReportUsage would
-    have raised for it alone (its USAGE_REJECTED event written as ReportUsage writes it).
+class _Round:
+    """What the debits made together (one `DebitPort.make`) share: ids made in bulk (`new_ids`), and
+    real time, read once, at the first debit on real time, once its customer's lock is held: the
+    port holds every customer of its orders until they are all made, so their debits happen at
+    that instant (and a batch's usages convert to rows and answers as one instant)."""
+
+    def __init__(self, ctx: GrantContext, expected: int) -> None:
+        self._clock = ctx.clock
+        self._now: datetime | None = None
+        self._chunk = min(max(expected, 1), 1000)
+        # Made here, before the port's transaction: a usage's id and (mostly) one entry's.
+        self._made: dict[str, list[str]] = {prefix: new_ids(prefix, self._chunk) for prefix in ("use", "led")}
+        self._prices: dict[tuple[str, str, Decimal, datetime], tuple[str, Decimal, Decimal]] = {}
+
+    def priced(
+        self, uow: GrantUnitOfWork, feature_key: str, currency_key: str, quantity: Decimal, now: datetime
+    ) -> tuple[str, Decimal, Decimal]:
+        """(currency, credits per unit, credits) of a usage at `now`: the rates do not change within
+        the port's transaction, so a batch's usages of one feature, quantity and instant are priced once."""
+        key = (feature_key, currency_key, quantity, now)
+        found = self._prices.get(key)
+        if found is None:
+            currency, rate = price(uow, uow.rates.in_force(feature_key, now), feature_key, currency_key)
+            found = self._prices[key] = (currency, rate, exact_product(quantity, rate))
+        return found
+
+    def now(self) -> datetime:
+        if self._now is None:
+            self._now = self._clock.now()
+        return self._now
+
+    def ids(self, prefix: str, n: int) -> list[str]:
+        if n <= 0:
+            return []
+        made = self._made.get(prefix)
+        if made is None or len(made) < n:
+            made = self._made[prefix] = new_ids(prefix, max(self._chunk, n)) + (made or [])
+        if n == 1:
+            return [made.pop()]
+        taken = made[-n:]
+        del made[-n:]
+        return taken
+
+
+def _make(ctx: GrantContext, orders: list[DebitOrder]) -> list[UsageResult | Exception]:
+    """Each order's UsageResult, or the exception that is its answer (a DomainError: refused).
 
     A customer with something due at its "now" (a period to issue, a grant to expire) is caught up
-    between two rounds, as `report_usage` does: its usages from the first that found it due (each
-    later one of it finds it due too, unless it is a replay) run again in the second round, in order,
-    where a period starting in between is issued in the debit's own transaction."""
-    debits = [_debit_of(request) for request in requests]
-    results: list[UsageResult | DomainError | None] = [None] * len(debits)
-    waiting = list(range(len(debits)))
-    caught_up: set[str] = set()
+    between two rounds: its orders from the first that found it due (each later one of it finds it
+    due too, unless it is a replay) are made again in the second round, in order, where a period
+    starting in between is issued in the debit's own transaction."""
+    results: list[UsageResult | Exception | None] = [None] * len(orders)
+    waiting = list(range(len(orders)))
+    caught_up: frozenset[str] = frozenset()
     while waiting:
-        outcomes = ctx.transactions.debit_together(
-            [
-                (
-                    partial(_debit, ctx, debits[i], caught_up=debits[i].customer_key in caught_up),
-                    debits[i].customer_key,
-                    SCOPE,
-                    debits[i].request_id,
-                )
-                for i in waiting
-            ]
-        )
+        rule = partial(_debit, ctx, _Round(ctx, len(waiting)), caught_up)
+        outcomes = ctx.transactions.debit_port.make([orders[i] for i in waiting], rule)
         again: list[int] = []
         due: dict[str, _CatchUpFirst] = {}
         for i, outcome in zip(waiting, outcomes, strict=True):
             if isinstance(outcome, _CatchUpFirst):
                 again.append(i)
-                due.setdefault(debits[i].customer_key, outcome)
+                due.setdefault(orders[i].customer_key, outcome)
             elif isinstance(outcome, _Refused):
                 results[i] = outcome.error
-            elif isinstance(outcome, UsageResult | DomainError):
+            else:
                 results[i] = outcome
-            else:  # not the caller's doing (the database): the whole call fails, as ReportUsage would
-                raise outcome
         for customer_key, first in due.items():
             catch_up(
                 ctx.transactions,
@@ -228,43 +252,44 @@ def report_usages(ctx: GrantContext, requests: list[UsageRequest]) -> list[Usage
                 customer_key=customer_key,
                 batch_size=ctx.batch_size,
             )
-            caught_up.add(customer_key)
+        caught_up = caught_up | due.keys()
         waiting = again
     return [result for result in results if result is not None]
 
 
 def _debit(
-    ctx: GrantContext, debit: _Debit, uow: GrantUnitOfWork, *, caught_up: bool
+    ctx: GrantContext, round_: _Round, caught_up: frozenset[str], uow: GrantUnitOfWork, order: DebitOrder
 ) -> UsageResult | _CatchUpFirst | _Refused:
-    request_id, print_, customer_key = debit.request_id, debit.print_, debit.customer_key
-    head = uow.debits.head(customer_key, SCOPE, request_id)
+    """The rule of a debit (DebitPort.make): its answer, given its customer as the port locked it."""
+    request_id, customer_key = order.request_id, order.customer_key
+    head = uow.accounts.head(order)
     if head is None:
         raise customer_not_found(customer_key)
     if head.clock_key != REAL_TIME and head.frozen_time is None:
         raise test_clock_not_found(head.clock_key)
-    seen = replayed_record(head.seen, SCOPE, request_id, print_)
+    seen = None if head.seen is None else replayed_record(head.seen, order.scope, request_id, order.fingerprint)
     if seen is not None:
         return load_usage(uow, seen, replayed=True)
     # The customer's "now", taken once its lock is held: its debits are in time order.
-    now = ctx.clock.now() if head.clock_key == REAL_TIME else head.frozen_time
+    now = round_.now() if head.clock_key == REAL_TIME else head.frozen_time
     grants = head.open_grants
     if head.pending.due(now):
-        if not caught_up:
+        if customer_key not in caught_up:
             return _CatchUpFirst(head.clock_key, now)
         if head.pending.issue_due(now):
             # Not skip_locked: a concurrent sweep may be issuing this customer's period right now; waiting
             # for it, then seeing its grant, beats rejecting the usage for want of credits.
             open_due_batch(uow, head.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
             issue_due_batch(uow, head.clock_key, now, customer_key, ctx.batch_size, skip_locked=False)
-            grants = uow.debits.open_grants(customer_key)
+            grants = uow.accounts.open_grants(customer_key)
     try:
-        return _burn(debit, uow, now, head, grants)
+        return _burn(order, uow, round_, now, head, grants)
     except DomainError as error:
         # On PostgreSQL the DebitHead comes from a snapshot taken before the customer's lock was granted:
         # a twin of this request (same request_id, e.g. sent to another replica) may have committed in
         # the meantime, and its result, not this error, is the answer. (Had this debit succeeded, its
         # usage's insert would have failed on the request_id, and the write's retry replays the twin.)
-        seen = idempotency.replay(uow.request_ids, SCOPE, request_id, print_)
+        seen = idempotency.replay(uow.request_ids, order.scope, request_id, order.fingerprint)
         if seen is not None:
             return load_usage(uow, seen, replayed=True)
         if error.reason != "INSUFFICIENT_CREDITS":
@@ -277,8 +302,8 @@ def _debit(
                     head.clock_key,
                     now,
                     request_id,
-                    debit.feature_key,
-                    debit.quantity,
+                    order.feature_key,
+                    order.quantity,
                     Decimal(error.metadata["required"]),
                     Decimal(error.metadata["available"]),
                     new_id("evt"),
@@ -289,18 +314,16 @@ def _debit(
 
 
 def _burn(
-    debit: _Debit,
+    order: DebitOrder,
     uow: GrantUnitOfWork,
+    round_: _Round,
     now: datetime,
     head: DebitHead,
     customer_grants: list[DebitableGrant],
 ) -> UsageResult:
     """Price the debit, burn the customer's open grants (locked) active at `now`, and record it all."""
-    request_id, customer_key = debit.request_id, debit.customer_key
-    feature_key, quantity, currency_key = debit.feature_key, debit.quantity, debit.currency_key
-    rates = uow.rates.in_force(feature_key, now, head.rates_version)
-    currency, rate = price(uow, rates, feature_key, currency_key)
-    credits = exact_product(quantity, rate)
+    feature_key, quantity, currency_key = order.feature_key, order.quantity, order.currency_key
+    currency, rate, credits = round_.priced(uow, feature_key, currency_key, quantity, now)
     grants = {g.view.grant_id: g for g in customer_grants if g.currency_key == currency}
     views = [g.view for g in grants.values()]
     try:
@@ -317,9 +340,9 @@ def _burn(
             },
         ) from None
     usage = Usage(
-        usage_id=new_id("use"),
-        request_id=request_id,
-        customer_key=customer_key,
+        usage_id=round_.ids("use", 1)[0],
+        request_id=order.request_id,
+        customer_key=order.customer_key,
         feature_key=feature_key,
         quantity=quantity,
         currency_key=currency,
@@ -332,25 +355,25 @@ def _burn(
     if head.alerts_version:
         before = state_of([(v.amount, v.used) for v in views if v.is_active_at(now)])
         after = BalanceState(exact_difference(before.balance, credits), before.granted)
-        pair = (customer_key, currency)
+        pair = (order.customer_key, currency)
         crossed = alerts.crossed_by_debit(uow, head.clock_key, now, pair, before, after, head.alerts_version)
-    _record(uow, debit, grants, taken, usage, now, head.clock_key, crossed)
+    uow.accounts.record(order, _record(uow, round_, order, grants, taken, usage, now, head.clock_key, crossed))
     return UsageResult(usage, taken)
 
 
 def _record(
     uow: GrantUnitOfWork,
-    debit: _Debit,
+    round_: _Round,
+    order: DebitOrder,
     grants: dict[str, DebitableGrant],
     taken: list[tuple[str, Decimal]],
     usage: Usage,
     now: datetime,
     clock_key: str,
     crossed: list[NewEvent],
-) -> None:
-    """Write the debit with its events: the grants it depleted, then the alert levels it crossed."""
-    quantity, feature_key = debit.quantity, debit.feature_key
-    used = [(grant_id, exact_sum((grants[grant_id].view.used, amount))) for grant_id, amount in taken]
+) -> DebitRecord:
+    """What the debit writes, with its events: the grants it depleted, then the alert levels it crossed."""
+    used = tuple((grant_id, exact_sum((grants[grant_id].view.used, amount))) for grant_id, amount in taken)
     depleted = [(grants[grant_id], total) for grant_id, total in used if total == grants[grant_id].view.amount]
     if not uow.events.enabled:
         depleted = []
@@ -368,28 +391,27 @@ def _record(
         )
         for (grant, total), event_id in zip(depleted, new_ids("evt", len(depleted)), strict=True)
     ]
-    uow.debits.record(
-        usage,
-        used,
-        [
-            ledger_entry(
-                grants[grant_id],
-                EntryType.DEBIT,
-                -amount,
-                now,
-                f"{format_decimal(quantity)} x {feature_key}",
-                usage_id=usage.usage_id,
-            )
-            for grant_id, amount in taken
-        ],
-        SCOPE,
-        debit.print_,
-        events + crossed,
+    description = f"{format_decimal(order.quantity)} x {order.feature_key}"
+    entries = tuple(
+        LedgerEntry(
+            entry_id,
+            grants[grant_id].customer_key,
+            grants[grant_id].currency_key,
+            EntryType.DEBIT,
+            -amount,
+            grant_id,
+            now,
+            usage.usage_id,
+            grants[grant_id].subscription_id,
+            description,
+        )
+        for (grant_id, amount), entry_id in zip(taken, round_.ids("led", len(taken)), strict=True)
     )
+    return DebitRecord(usage, used, entries, tuple(events + crossed))
 
 
 def load_usage(uow: GrantUnitOfWork, usage_id: str, *, replayed: bool = False) -> UsageResult:
-    recorded = uow.debits.recorded(usage_id)
+    recorded = uow.accounts.recorded(usage_id)
     if recorded is None:  # its test clock was deleted since
         raise not_found("usage", usage_id, "USAGE_NOT_FOUND", key_name="usage_id")
     usage, debits = recorded

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from concurrent import futures
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import grpc
@@ -16,7 +17,9 @@ import trustme
 from catalog_service.entrypoints import app as catalog_app
 from credit_client import CatalogClient, ClientSettings, GrantClient
 from credit_client import errors as client_errors
-from credit_common.auth.keys import ADMIN
+from credit_client.clients import timestamp
+from credit_common.auth.keys import ADMIN, USAGE
+from grant_service.entrypoints import app as grant_app
 from grant_service.v1 import grant_service_pb2 as gpb
 from grant_service.v1 import grant_service_pb2_grpc as gpb_grpc
 from tests.support.auth import create_key_at
@@ -180,3 +183,53 @@ def test_errors_carry_reason_metadata_and_field_violations(tmp_path):
             with pytest.raises(client_errors.Unauthenticated) as caught:
                 anonymous.get_feature("calls")
             assert caught.value.reason == "API_KEY_MISSING"
+
+
+def test_report_usage_batch_against_a_real_grant_server(tmp_path):
+    """One result per usage in order: accepted, refused with its reason, replayed; a usage sent
+    without a request_id gets one of its own."""
+    url = f"sqlite:///{tmp_path / 'grant.db'}"
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    with serving(grant_app.DEFINITION, grant_app.build, url) as (running, channel):
+        stub = gpb_grpc.GrantServiceStub(channel)
+        rates = [gpb.CreditRate(feature_key="gpt-calls", credits_per_unit="2.5")]
+        stub.ApplyCreditCurrency(gpb.ApplyCreditCurrencyRequest(currency_key="ai-credits", revision=1, rates=rates))
+        schedule = gpb.CreditSchedule(
+            entitlement_key="credits",
+            currency_key="ai-credits",
+            cadence=gpb.CADENCE_MONTHLY,
+            amounts=[gpb.ScheduledAmount(amount="10")],
+        )
+        stub.ApplySubscription(
+            gpb.ApplySubscriptionRequest(
+                subscription_id="sub_acme",
+                customer_key="acme",
+                revision=1,
+                start_time=timestamp(start),
+                credit_schedules=[schedule],
+            )
+        )
+        key = create_key_at(grant_app.DEFINITION, url, (USAGE,), migrate=False)
+        with GrantClient(address=f"127.0.0.1:{running.port}", api_key=key) as grants:
+            first = grants.report_usage_batch(
+                [
+                    {"customer_key": "acme", "feature_key": "gpt-calls", "quantity": Decimal(2), "request_id": "u-1"},
+                    {"customer_key": "acme", "feature_key": "gpt-calls", "quantity": "3"},  # 7.5 > 5 left
+                    gpb.ReportUsageRequest(customer_key="acme", feature_key="gpt-calls", quantity="1"),
+                ]
+            )
+            again = grants.report_usage_batch(
+                [{"customer_key": "acme", "feature_key": "gpt-calls", "quantity": 2, "request_id": "u-1"}]
+            )
+            with pytest.raises(TypeError):  # a float is not exact
+                grants.report_usage_batch([{"customer_key": "acme", "feature_key": "gpt-calls", "quantity": 1.5}])
+    assert [r.outcome for r in first] == [
+        gpb.USAGE_OUTCOME_ACCEPTED,
+        gpb.USAGE_OUTCOME_REJECTED,
+        gpb.USAGE_OUTCOME_ACCEPTED,
+    ]
+    assert first[0].usage.request_id == "u-1" and first[0].usage.credits == "5" and first[0].usage.balance_after == "5"
+    assert first[1].rejection.reason == "INSUFFICIENT_CREDITS"
+    assert first[2].usage.request_id and first[2].usage.balance_after == "2.5"  # its generated request_id
+    assert [r.outcome for r in again] == [gpb.USAGE_OUTCOME_REPLAYED]
+    assert again[0].usage.usage_id == first[0].usage.usage_id

@@ -121,3 +121,38 @@ def test_deferred_writes_are_sent_before_the_next_read_or_at_the_end_with_sqlalc
     with engine.connect() as c:
         assert sorted(c.scalars(select(ITEMS.c.id).where(ITEMS.c.name == "c"))) == [10, 11, 12, 13]
         assert "credit_grants.deferred_writes" not in c.info  # nothing left behind on the pooled connection
+
+
+def test_deferred_writes_queue_their_callers_kept_rows_first_and_columns_go_through_the_types(engine):
+    """`queue` is called before each send (a read, a statement of SQLAlchemy's, the end of the
+    block), so rows a caller keeps back until then are written before what reads them; rows given
+    column by column are typed as row by row."""
+    add = DriverStatement(insert(ITEMS))
+    kept: list[int] = []
+
+    def queue(connection) -> None:
+        add.execute_columns(
+            connection,
+            {
+                "id": list(kept),
+                "name": ["q"] * len(kept),
+                "amount": [Decimal("2.50")] * len(kept),
+                "at": [T0] * len(kept),
+                "flag": [False] * len(kept),
+            },
+        )
+        kept.clear()
+
+    names = DriverStatement(select(ITEMS.c.id, ITEMS.c.amount, ITEMS.c.at).where(ITEMS.c.name == bindparam("name")))
+    with engine.begin() as c:
+        with deferred_writes(c, lambda: queue(c)):
+            kept.extend([20, 21])
+            assert [tuple(r) for r in names.rows(c, {"name": "q"})] == [
+                (20, Decimal("2.5"), T0),
+                (21, Decimal("2.5"), T0),
+            ]
+            kept.append(22)
+            assert sorted(c.scalars(select(ITEMS.c.id).where(ITEMS.c.name == "q"))) == [20, 21, 22]
+            kept.append(23)
+        assert kept == []  # sent at the end of the block
+        assert sorted(c.scalars(select(ITEMS.c.id).where(ITEMS.c.name == "q"))) == [20, 21, 22, 23]

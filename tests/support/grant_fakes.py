@@ -12,7 +12,7 @@ id, a second customer with the same key: as a unique constraint would). What the
 - the event log's high-water mark: every committed event is visible at once, in commit order;
   nor the bound on the rows a read with an unindexed filter examines (`EventRepository.scan`).
 - caches: a `version` argument (alert levels, rate sets) is accepted and ignored.
-- the debit port (`uow.debits`, `Transactions.debit`/`debit_together`) and webhooks: using them
+- the debit port (`uow.accounts`, `Transactions.debit_port`) and webhooks: using them
   raises NotImplementedError (their fakes can come with their own tests).
 
 A transaction works on a deep copy of the store, which replaces the store when the work returns
@@ -619,7 +619,7 @@ class FakeUnitOfWork:
         self.schedules = FakeScheduleRepository(store)
         self.events = FakeEventRepository(store, clock)
         self.alerts = FakeAlertRepository(store)
-        self.debits = _NotModelled("the debit port")
+        self.accounts = _NotModelled("the debit port")
         self.webhooks = _NotModelled("webhooks")
         self.webhook_deliveries = _NotModelled("webhooks")
 
@@ -632,6 +632,7 @@ class FakeTransactions:
         self.store = store
         self.clock = clock
         self.committed = 0
+        self.debit_port = _NotModelled("the debit port")
         self._generation = itertools.count(1)
         self._events_generation = 0
 
@@ -647,11 +648,6 @@ class FakeTransactions:
     def read(self, work: Callable[[FakeUnitOfWork], T]) -> T:
         return work(FakeUnitOfWork(copy.deepcopy(self.store), self.clock))
 
-    def debit(self, work: Callable[[FakeUnitOfWork], T], customer_key: str, scope: str, request_id: str) -> T:
-        raise NotImplementedError("the in-memory fakes do not model the debit port")
-
-    def debit_together(self, debits: Sequence[Any]) -> list[Any]:
-        raise NotImplementedError("the in-memory fakes do not model the debit port")
 
     def event_generation(self) -> int:
         return self._events_generation

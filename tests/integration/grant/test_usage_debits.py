@@ -21,8 +21,9 @@ from grant_service.adapters.orm import GrantRow, LedgerEntryRow
 from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
 from grant_service.service_layer.context import GrantContext
 from grant_service.service_layer.operators import create_grant
+from grant_service.service_layer.ports import DebitOrder
 from grant_service.service_layer.subscriptions import apply_credit_currency
-from grant_service.service_layer.usage import SCOPE, _Debit, _debit, report_usage
+from grant_service.service_layer.usage import SCOPE, _debit, _Round, report_usage
 from tests.integration.grant.test_catch_up import NOW, _engine, _subscribe
 from tests.integration.grant.test_read_waits_for_timer_batch import _lock_waits
 from tests.support.batches import one_batch
@@ -102,8 +103,9 @@ def test_a_debit_that_waited_for_its_twin_replays_it_instead_of_failing(database
             while not _lock_waits(engine):
                 assert time.monotonic() < deadline, f"the twin did not wait for the customer's lock: {answers}"
                 time.sleep(0.02)
-            debit = _Debit("r", fingerprint("c0", "gpt", "6", ""), "c0", "gpt", Decimal(6), "")
-            usage_id = _debit(ctx, debit, SqlGrantUnitOfWork(first), caught_up=True).usage.usage_id  # all taken
+            order = DebitOrder(SCOPE, "r", fingerprint("c0", "gpt", "6", ""), "c0", "gpt", Decimal(6), "")
+            unit = SqlGrantUnitOfWork(first)
+            usage_id = _debit(ctx, _Round(ctx, 1), frozenset({"c0"}), unit, order).usage.usage_id  # all taken
         waiting.join(timeout=20)
         assert answers == [usage_id]
     finally:
@@ -176,7 +178,7 @@ def test_debits_submitted_together_each_get_their_own_answer_from_one_group(data
 def _together(ctx: GrantContext, calls: list) -> list:
     """Each call's result or error, the calls' debits having made one group, in this order."""
     return one_batch(
-        lambda hold: ctx.transactions.debits.run(lambda _session: hold(), subject=("", SCOPE, "")),
-        lambda: ctx.transactions.debits.waiting,
+        lambda hold: ctx.transactions.debit_port.group_commit.run(lambda _session: hold()),
+        lambda: ctx.transactions.debit_port.group_commit.waiting,
         calls,
     )
