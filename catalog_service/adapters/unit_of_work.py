@@ -38,8 +38,8 @@ class SqlCatalogUnitOfWork:
         self.outbox = SqlHandoffRepository(session)
 
 
-class SqlCatalogUnitsOfWork:
-    """`UnitsOfWork` (service_layer/unit_of_work.py) over an engine: writes on its write sessions
+class SqlCatalogTransactions:
+    """`Transactions` (service_layer/unit_of_work.py) over an engine: writes on its write sessions
     (on SQLite they take the write lock up front), reads on its read sessions."""
 
     def __init__(self, engine: Engine, retry: RetryPolicy = RETRY) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from catalog_service.adapters.grant_client import GrantServiceClient
 from catalog_service.adapters.orm import API_KEYS, OutboxDeliveryRow
 from catalog_service.adapters.outbox_sql import outbox_gauges
-from catalog_service.adapters.unit_of_work import SqlCatalogUnitsOfWork
+from catalog_service.adapters.unit_of_work import SqlCatalogTransactions
 from catalog_service.entrypoints.outbox_worker import start_outbox_worker
 from catalog_service.entrypoints.roles import METHOD_ROLES, READ_METHODS, SERVICE
 from catalog_service.entrypoints.servicer import CatalogServicer
@@ -47,7 +47,7 @@ def assemble(settings: CatalogSettings, engine: Engine, clock: Clock, on_stop: C
         settings=settings.outbox,
     )
     on_stop(worker.stop)
-    ctx = CatalogContext(SqlCatalogUnitsOfWork(engine), clock, test_clocks=grant_client, on_queued=worker.nudge)
+    ctx = CatalogContext(SqlCatalogTransactions(engine), clock, test_clocks=grant_client, on_queued=worker.nudge)
 
     def register(server) -> None:
         catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(ctx), server)

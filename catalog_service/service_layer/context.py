@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from catalog_service.service_layer.ports import TestClockReader
-from catalog_service.service_layer.unit_of_work import UnitsOfWork
+from catalog_service.service_layer.unit_of_work import Transactions
 from credit_common.clock import Clock
 from credit_common.errors import Violations
 
@@ -28,7 +28,7 @@ class CatalogContext:
     """Mutations return their result, or `Replayed` (idempotency.py: the stored first response)
     when their request_id was seen before with the same request."""
 
-    uows: UnitsOfWork
+    transactions: Transactions
     clock: Clock
     test_clocks: TestClockReader
     on_queued: Callable[[], None] = _nothing  # wakes the outbox dispatcher

@@ -46,7 +46,7 @@ def create_credit_currency(
         uow.outbox.add_credit_currency(currency, now)
         return currency
 
-    return ctx.queued(run_once(ctx.uows, ctx.clock, request, effect))
+    return ctx.queued(run_once(ctx.transactions, ctx.clock, request, effect))
 
 
 def update_credit_currency(
@@ -87,11 +87,11 @@ def update_credit_currency(
         uow.outbox.add_credit_currency(changed, now)
         return changed
 
-    return ctx.queued(run_once(ctx.uows, ctx.clock, request, effect))
+    return ctx.queued(run_once(ctx.transactions, ctx.clock, request, effect))
 
 
 def get_credit_currency(ctx: CatalogContext, key: str) -> CreditCurrency:
-    currency = ctx.uows.read(lambda uow: uow.currencies.get(key))
+    currency = ctx.transactions.read(lambda uow: uow.currencies.get(key))
     if currency is None:
         raise currency_not_found(key)
     return currency
@@ -99,5 +99,5 @@ def get_credit_currency(ctx: CatalogContext, key: str) -> CreditCurrency:
 
 def list_credit_currencies(ctx: CatalogContext, page_size: int, page_token: str) -> tuple[list[CreditCurrency], str]:
     page = page_request(page_size, page_token, method=SERVICE + "ListCreditCurrencies", key=(str,))
-    items = ctx.uows.read(lambda uow: uow.currencies.list(page.after, page.size + 1))
+    items = ctx.transactions.read(lambda uow: uow.currencies.list(page.after, page.size + 1))
     return page.cut(items, lambda c: (c.key,))

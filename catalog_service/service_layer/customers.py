@@ -29,11 +29,11 @@ def create_customer(
         uow.customers.add(customer)
         return customer
 
-    return run_once(ctx.uows, ctx.clock, request, effect)
+    return run_once(ctx.transactions, ctx.clock, request, effect)
 
 
 def get_customer(ctx: CatalogContext, key: str) -> Customer:
-    customer = ctx.uows.read(lambda uow: uow.customers.get(key))
+    customer = ctx.transactions.read(lambda uow: uow.customers.get(key))
     if customer is None:
         raise not_found("customer", key, "CUSTOMER_NOT_FOUND")
     return customer
@@ -41,5 +41,5 @@ def get_customer(ctx: CatalogContext, key: str) -> Customer:
 
 def list_customers(ctx: CatalogContext, page_size: int, page_token: str) -> tuple[list[Customer], str]:
     page = page_request(page_size, page_token, method=SERVICE + "ListCustomers", key=(str,))
-    items = ctx.uows.read(lambda uow: uow.customers.list(page.after, page.size + 1))
+    items = ctx.transactions.read(lambda uow: uow.customers.list(page.after, page.size + 1))
     return page.cut(items, lambda c: (c.key,))

@@ -34,11 +34,11 @@ def create_feature(
         uow.features.add(feature)
         return feature
 
-    return run_once(ctx.uows, ctx.clock, request, effect)
+    return run_once(ctx.transactions, ctx.clock, request, effect)
 
 
 def get_feature(ctx: CatalogContext, key: str) -> Feature:
-    feature = ctx.uows.read(lambda uow: uow.features.get(key))
+    feature = ctx.transactions.read(lambda uow: uow.features.get(key))
     if feature is None:
         raise not_found("feature", key, "FEATURE_NOT_FOUND")
     return feature
@@ -46,5 +46,5 @@ def get_feature(ctx: CatalogContext, key: str) -> Feature:
 
 def list_features(ctx: CatalogContext, page_size: int, page_token: str) -> tuple[list[Feature], str]:
     page = page_request(page_size, page_token, method=SERVICE + "ListFeatures", key=(str,))
-    items = ctx.uows.read(lambda uow: uow.features.list(page.after, page.size + 1))
+    items = ctx.transactions.read(lambda uow: uow.features.list(page.after, page.size + 1))
     return page.cut(items, lambda f: (f.key,))

@@ -17,7 +17,7 @@ def list_handoffs(
     """The outbox's deliveries, oldest first; `status`/`kind` None and `key` '' for all."""
     filters = [status or "", kind or "", key]
     page = page_request(page_size, page_token, filters, method=SERVICE + "ListHandoffs", key=(int,))
-    items = ctx.uows.read(
+    items = ctx.transactions.read(
         lambda uow: uow.outbox.list(
             status=status,
             kind=kind,
@@ -52,4 +52,4 @@ def requeue_handoffs(
             return uow.outbox.requeue_failed(None, None, ctx.clock.now())
         return uow.outbox.requeue_failed(kind, key, ctx.clock.now())
 
-    return ctx.queued(run_once(ctx.uows, ctx.clock, request, effect))
+    return ctx.queued(run_once(ctx.transactions, ctx.clock, request, effect))

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from catalog_service.service_layer.unit_of_work import CatalogUnitOfWork, UnitsOfWork
+from catalog_service.service_layer.unit_of_work import CatalogUnitOfWork, Transactions
 from credit_common.clock import Clock
 from credit_common.idempotency import check_request_id, remember, replay
 
@@ -47,7 +47,7 @@ def replayed(uow: CatalogUnitOfWork, key: RequestKey | None) -> Replayed | None:
 
 
 def run_once(
-    uows: UnitsOfWork, clock: Clock, key: RequestKey | None, effect: Callable[[CatalogUnitOfWork], T]
+    transactions: Transactions, clock: Clock, key: RequestKey | None, effect: Callable[[CatalogUnitOfWork], T]
 ) -> T | Replayed:
     """Run `effect` in one write transaction, at most once per request key. A concurrent call
     with the same key that commits first makes this transaction's record a constraint violation:
@@ -62,4 +62,4 @@ def run_once(
             remember(uow.idempotency, key.method, key.request_id, key.fingerprint, key.render(result), clock.now())
         return result
 
-    return uows.write(once)
+    return transactions.write(once)

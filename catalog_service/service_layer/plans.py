@@ -97,7 +97,7 @@ def create_plan(ctx: CatalogContext, key: str, spec: PlanSpec, request: RequestK
         uow.plans.save(plan)
         return _draft_view(plan)
 
-    return run_once(ctx.uows, ctx.clock, request, effect)
+    return run_once(ctx.transactions, ctx.clock, request, effect)
 
 
 def update_plan(
@@ -119,7 +119,7 @@ def update_plan(
         uow.plans.save(plan)
         return _draft_view(plan)
 
-    return run_once(ctx.uows, ctx.clock, request, effect)
+    return run_once(ctx.transactions, ctx.clock, request, effect)
 
 
 def publish_plan(ctx: CatalogContext, key: str, request: RequestKey | None) -> PlanView | Replayed:
@@ -150,7 +150,7 @@ def publish_plan(ctx: CatalogContext, key: str, request: RequestKey | None) -> P
         uow.plans.save(plan)
         return PlanView(plan, version.version, version.content, now)
 
-    return run_once(ctx.uows, ctx.clock, request, effect)
+    return run_once(ctx.transactions, ctx.clock, request, effect)
 
 
 def archive_plan(ctx: CatalogContext, key: str, request: RequestKey | None) -> PlanView | Replayed:
@@ -161,7 +161,7 @@ def archive_plan(ctx: CatalogContext, key: str, request: RequestKey | None) -> P
             uow.plans.save(plan)
         return _latest_view(uow, plan)
 
-    return run_once(ctx.uows, ctx.clock, request, effect)
+    return run_once(ctx.transactions, ctx.clock, request, effect)
 
 
 def get_plan(ctx: CatalogContext, key: str, version: int, draft: bool) -> PlanView:
@@ -185,7 +185,7 @@ def get_plan(ctx: CatalogContext, key: str, version: int, draft: bool) -> PlanVi
             )
         return version_view(uow, plan, version or plan.latest_version)
 
-    return ctx.uows.read(read)
+    return ctx.transactions.read(read)
 
 
 def list_plans(
@@ -198,4 +198,4 @@ def list_plans(
         plans, token = page.cut(uow.plans.list(status, page.after, page.size + 1), lambda p: (p.key,))
         return [_latest_view(uow, p) for p in plans], token
 
-    return ctx.uows.read(read)
+    return ctx.transactions.read(read)

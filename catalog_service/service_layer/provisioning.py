@@ -65,7 +65,7 @@ def provision_subscription(
 
     while True:
         try:
-            return ctx.queued(run_once(ctx.uows, ctx.clock, key, effect))
+            return ctx.queued(run_once(ctx.transactions, ctx.clock, key, effect))
         except _ClockNeeded as needed:
             clock_times[needed.test_clock_id] = ctx.now_of(needed.test_clock_id)
 

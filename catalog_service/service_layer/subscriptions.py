@@ -72,7 +72,7 @@ def _change(
         earlier = replayed(uow, request)
         return earlier, None if earlier is not None else uow.subscriptions.get(subscription_id)
 
-    earlier, current = ctx.uows.read(read)
+    earlier, current = ctx.transactions.read(read)
     if earlier is not None:
         return earlier
     if current is None:
@@ -86,7 +86,7 @@ def _change(
         uow.subscriptions.save_revision(changed)
         return queue_revision(ctx, uow, changed, now)
 
-    return ctx.queued(run_once(ctx.uows, ctx.clock, request, effect))
+    return ctx.queued(run_once(ctx.transactions, ctx.clock, request, effect))
 
 
 def cancel_subscription(
@@ -131,7 +131,7 @@ def get_subscription(ctx: CatalogContext, subscription_id: str) -> SubscriptionV
             raise subscription_not_found(subscription_id)
         return _views(ctx, uow, [subscription])[0]
 
-    return ctx.uows.read(read)
+    return ctx.transactions.read(read)
 
 
 def list_subscriptions(
@@ -145,4 +145,4 @@ def list_subscriptions(
         items, token = page.cut(items, lambda s: (s.create_time, s.subscription_id))
         return _views(ctx, uow, items), token
 
-    return ctx.uows.read(read)
+    return ctx.transactions.read(read)

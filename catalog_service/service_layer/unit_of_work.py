@@ -29,7 +29,7 @@ class CatalogUnitOfWork(Protocol):
     outbox: OutboxRepository
 
 
-class UnitsOfWork(Protocol):
+class Transactions(Protocol):
     """Runs use cases' work in transactions (the shared runner: credit_common.db.transactions)."""
 
     def write(self, work: Callable[[CatalogUnitOfWork], T]) -> T:

@@ -127,4 +127,3 @@ class SqlTransactions:
 
     def wait_for_events(self, generation: int, timeout_s: float) -> None:
         self._events.wait(generation, timeout_s)
-

@@ -239,8 +239,8 @@ class FakeCatalogUnitOfWork:
         self.outbox = _Outbox(state)
 
 
-class FakeCatalogUnitsOfWork:
-    """`UnitsOfWork` in memory. `in_transaction` tells whether a transaction is open (what a test
+class FakeCatalogTransactions:
+    """`Transactions` in memory. `in_transaction` tells whether a transaction is open (what a test
     asserts about calls that must happen outside one); `writes` counts write transactions begun."""
 
     def __init__(self) -> None:

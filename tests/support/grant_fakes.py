@@ -648,7 +648,6 @@ class FakeTransactions:
     def read(self, work: Callable[[FakeUnitOfWork], T]) -> T:
         return work(FakeUnitOfWork(copy.deepcopy(self.store), self.clock))
 
-
     def event_generation(self) -> int:
         return self._events_generation
 

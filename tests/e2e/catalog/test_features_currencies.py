@@ -7,7 +7,7 @@ from google.protobuf import field_mask_pb2
 from sqlalchemy import select
 
 from catalog_service.adapters.orm import CreditRateRow
-from catalog_service.adapters.unit_of_work import SqlCatalogUnitsOfWork
+from catalog_service.adapters.unit_of_work import SqlCatalogTransactions
 from catalog_service.v1 import catalog_service_pb2 as pb
 from credit_common.db.engine import DatabaseSettings, create_db_engine
 from grant_service.v1 import grant_service_pb2 as grant_pb2
@@ -122,7 +122,7 @@ def test_currency_create_update_revisions_rate_history_and_outbox(catalog):
 
     engine = create_db_engine(DatabaseSettings(url=catalog.engine_url))
     try:
-        history, rows = SqlCatalogUnitsOfWork(engine).read(
+        history, rows = SqlCatalogTransactions(engine).read(
             lambda uow: (
                 uow.currencies.rate_history(key),
                 uow.session.scalars(select(CreditRateRow).where(CreditRateRow.currency_key == key)).all(),

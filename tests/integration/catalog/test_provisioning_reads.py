@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import delete
 
 from catalog_service.adapters.orm import PlanVersionRow
-from catalog_service.adapters.unit_of_work import SqlCatalogUnitsOfWork
+from catalog_service.adapters.unit_of_work import SqlCatalogTransactions
 from catalog_service.domain.model import Plan, PlanContent, PlanVersion, Subscription
 from catalog_service.domain.outbox import summarize
 from catalog_service.entrypoints.app import DEFINITION
@@ -20,10 +20,10 @@ NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def uows(database_url_factory):
+def transactions(database_url_factory):
     engine = create_db_engine(DatabaseSettings(url=database_url_factory("catalog_reads")))
     upgrade(DEFINITION.migrations, engine)
-    units = SqlCatalogUnitsOfWork(engine)
+    units = SqlCatalogTransactions(engine)
     units.write(lambda uow: uow.plans.save(Plan("pro", PlanContent(), 0, NOW, NOW, None)))
     yield units
     engine.dispose()
@@ -33,32 +33,32 @@ def version(key: str, number: int, name: str) -> PlanVersion:
     return PlanVersion(key, number, PlanContent(display_name=name), NOW)
 
 
-def test_a_committed_plan_version_is_read_from_the_database_once(uows):
-    uows.write(lambda uow: uow.plans.add_version(version("pro", 1, "Pro")))
-    assert uows.read(lambda uow: uow.plans.get_version("pro", 1)).content.display_name == "Pro"
+def test_a_committed_plan_version_is_read_from_the_database_once(transactions):
+    transactions.write(lambda uow: uow.plans.add_version(version("pro", 1, "Pro")))
+    assert transactions.read(lambda uow: uow.plans.get_version("pro", 1)).content.display_name == "Pro"
     # Versions are never changed or deleted; were the row gone, the units of work would still know it.
-    uows.write(lambda uow: uow.session.execute(delete(PlanVersionRow).where(PlanVersionRow.plan_key == "pro")))
-    assert uows.read(lambda uow: uow.plans.get_version("pro", 1)) == version("pro", 1, "Pro")
-    assert uows.read(lambda uow: uow.plans.get_version("pro", 2)) is None
+    transactions.write(lambda uow: uow.session.execute(delete(PlanVersionRow).where(PlanVersionRow.plan_key == "pro")))
+    assert transactions.read(lambda uow: uow.plans.get_version("pro", 1)) == version("pro", 1, "Pro")
+    assert transactions.read(lambda uow: uow.plans.get_version("pro", 2)) is None
 
 
 class _RolledBack(Exception):
     pass
 
 
-def test_a_version_read_in_the_transaction_that_inserts_it_is_not_kept(uows):
+def test_a_version_read_in_the_transaction_that_inserts_it_is_not_kept(transactions):
     def publish_then_fail(uow):
         uow.plans.add_version(version("pro", 1, "Rolled back"))
         assert uow.plans.get_version("pro", 1).content.display_name == "Rolled back"
         raise _RolledBack  # no commit: the publish is rolled back
 
     with pytest.raises(_RolledBack):
-        uows.write(publish_then_fail)
-    uows.write(lambda uow: uow.plans.add_version(version("pro", 1, "Pro")))
-    assert uows.read(lambda uow: uow.plans.get_version("pro", 1)).content.display_name == "Pro"
+        transactions.write(publish_then_fail)
+    transactions.write(lambda uow: uow.plans.add_version(version("pro", 1, "Pro")))
+    assert transactions.read(lambda uow: uow.plans.get_version("pro", 1)).content.display_name == "Pro"
 
 
-def test_the_queued_delivery_of_a_new_subscription_is_its_handoff_state(uows):
+def test_the_queued_delivery_of_a_new_subscription_is_its_handoff_state(transactions):
     subscription = Subscription(
         subscription_id="sub_new",
         customer_key="acme",
@@ -77,4 +77,4 @@ def test_the_queued_delivery_of_a_new_subscription_is_its_handoff_state(uows):
         queued = uow.outbox.add_subscription(subscription, NOW)
         assert summarize([queued]) == uow.outbox.handoff_states(["sub_new"])["sub_new"]
 
-    uows.write(queue)
+    transactions.write(queue)

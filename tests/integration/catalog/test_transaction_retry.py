@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import text
 
-from catalog_service.adapters.unit_of_work import SqlCatalogUnitsOfWork
+from catalog_service.adapters.unit_of_work import SqlCatalogTransactions
 from catalog_service.domain.model import CreditCurrency, Feature, FeatureType
 from catalog_service.entrypoints.app import DEFINITION
 from catalog_service.service_layer import features
@@ -43,10 +43,10 @@ def _feature(key: str) -> Feature:
 
 
 def test_a_use_case_that_hits_a_serialization_failure_runs_again(engine):
-    uows = SqlCatalogUnitsOfWork(engine)
+    transactions = SqlCatalogTransactions(engine)
     attempts = []
 
-    class FailingOnce(SqlCatalogUnitsOfWork):
+    class FailingOnce(SqlCatalogTransactions):
         def write(self, work):
             def first_fails(uow):
                 attempts.append(1)
@@ -62,13 +62,13 @@ def test_a_use_case_that_hits_a_serialization_failure_runs_again(engine):
     ctx = CatalogContext(FailingOnce(engine), ManualClock(NOW), _NoClocks())
     created = features.create_feature(ctx, "api-calls", "API calls", FeatureType.METERED, "calls", None)
     assert len(attempts) == 2
-    assert uows.read(lambda uow: uow.features.get("api-calls")) == created
+    assert transactions.read(lambda uow: uow.features.get("api-calls")) == created
 
 
 def test_the_loser_of_a_deadlock_runs_again_and_both_commit(engine):
-    uows = SqlCatalogUnitsOfWork(engine)
+    transactions = SqlCatalogTransactions(engine)
     for key in ("a", "b"):
-        uows.write(
+        transactions.write(
             lambda uow, key=key: uow.currencies.save(
                 CreditCurrency(key, key, "credits", (), 1, NOW, NOW), rates_changed=False
             )
@@ -85,11 +85,11 @@ def test_the_loser_of_a_deadlock_runs_again_and_both_commit(engine):
             uow.currencies.get(second, for_update=True)  # one of the two is told 40P01
             uow.features.add(_feature(feature))
 
-        uows.write(work)
+        transactions.write(work)
 
     with ThreadPoolExecutor(2) as pool:
         done = [pool.submit(lock_both, "a", "b", "from-a"), pool.submit(lock_both, "b", "a", "from-b")]
         for future in done:
             future.result()
     assert sorted(attempts.values()) == [1, 2]
-    assert uows.read(lambda uow: [f.key for f in uow.features.list(None, 10)]) == ["from-a", "from-b"]
+    assert transactions.read(lambda uow: [f.key for f in uow.features.list(None, 10)]) == ["from-a", "from-b"]

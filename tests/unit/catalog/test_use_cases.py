@@ -17,7 +17,7 @@ from catalog_service.service_layer.context import CatalogContext
 from catalog_service.service_layer.idempotency import Replayed, RequestKey
 from credit_common.clock import ManualClock
 from credit_common.errors import FailedPrecondition, InvalidArgument, NotFound
-from tests.support.catalog_fakes import FakeCatalogUnitsOfWork
+from tests.support.catalog_fakes import FakeCatalogTransactions
 
 NOW = datetime(2026, 1, 31, 10, 0, tzinfo=UTC)
 CLOCK_TIME = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
@@ -28,25 +28,25 @@ class FakeTestClocks:
 
     __test__ = False
 
-    def __init__(self, uows: FakeCatalogUnitsOfWork) -> None:
-        self.uows = uows
+    def __init__(self, transactions: FakeCatalogTransactions) -> None:
+        self.transactions = transactions
         self.reads: list[tuple[str, bool]] = []
 
     def now_of(self, test_clock_id: str, field: str = "test_clock_id") -> datetime:
-        self.reads.append((test_clock_id, self.uows.in_transaction))
+        self.reads.append((test_clock_id, self.transactions.in_transaction))
         if test_clock_id != "clk_1":
             raise NotFound(f"test clock {test_clock_id!r} does not exist", reason="TEST_CLOCK_NOT_FOUND")
         return CLOCK_TIME
 
 
 @pytest.fixture
-def uows() -> FakeCatalogUnitsOfWork:
-    return FakeCatalogUnitsOfWork()
+def transactions() -> FakeCatalogTransactions:
+    return FakeCatalogTransactions()
 
 
 @pytest.fixture
-def clocks(uows) -> FakeTestClocks:
-    return FakeTestClocks(uows)
+def clocks(transactions) -> FakeTestClocks:
+    return FakeTestClocks(transactions)
 
 
 @pytest.fixture
@@ -55,8 +55,8 @@ def nudges() -> list[int]:
 
 
 @pytest.fixture
-def ctx(uows, clocks, nudges) -> CatalogContext:
-    ctx = CatalogContext(uows, ManualClock(NOW), clocks, on_queued=lambda: nudges.append(1))
+def ctx(transactions, clocks, nudges) -> CatalogContext:
+    ctx = CatalogContext(transactions, ManualClock(NOW), clocks, on_queued=lambda: nudges.append(1))
     currencies.create_credit_currency(ctx, "ai-credits", "AI credits", "credits", [], None)
     spec = PlanSpec(
         display_name="Enterprise",
@@ -95,34 +95,34 @@ def _key(request_id: str) -> RequestKey:
     )
 
 
-def test_provisioning_queues_revision_1_for_the_grant_service_in_the_same_transaction(ctx, uows, nudges):
+def test_provisioning_queues_revision_1_for_the_grant_service_in_the_same_transaction(ctx, transactions, nudges):
     view = provisioning.provision_subscription(ctx, _provision(), None)
     assert view.subscription.revision == 1 and view.now == NOW
     assert view.subscription.credit_entitlements[0].amount == Decimal("50000")
     assert (view.handoff.status, view.handoff.latest_revision) == (HandoffStatus.PENDING, 1)
-    queued = [(e.kind, e.aggregate_key, e.revision) for e in uows.state.outbox if e.kind == "subscription"]
+    queued = [(e.kind, e.aggregate_key, e.revision) for e in transactions.state.outbox if e.kind == "subscription"]
     assert queued == [("subscription", view.subscription.subscription_id, 1)]
     assert nudges == [1]  # the dispatcher is woken after the commit
 
 
-def test_a_customer_on_a_test_clock_reads_it_outside_the_transaction_then_runs_it_again(ctx, uows, clocks):
-    writes = uows.writes
+def test_a_customer_on_a_test_clock_reads_it_outside_the_transaction_then_runs_it_again(ctx, transactions, clocks):
+    writes = transactions.writes
     view = provisioning.provision_subscription(ctx, _provision("clocked"), None)
     assert clocks.reads == [("clk_1", False)]  # once, and never while a transaction was open
-    assert uows.writes - writes == 2  # the first attempt stopped at the customer
+    assert transactions.writes - writes == 2  # the first attempt stopped at the customer
     assert (view.now, view.subscription.start_time, view.subscription.test_clock_id) == (
         CLOCK_TIME,
         CLOCK_TIME,
         "clk_1",
     )
-    assert len(uows.state.subscriptions) == 1
+    assert len(transactions.state.subscriptions) == 1
 
 
-def test_the_same_request_id_provisions_once_and_replays_the_first_response(ctx, uows, nudges):
+def test_the_same_request_id_provisions_once_and_replays_the_first_response(ctx, transactions, nudges):
     first = provisioning.provision_subscription(ctx, _provision(), _key("r-1"))
     again = provisioning.provision_subscription(ctx, _provision(), _key("r-1"))
     assert again == Replayed(first.subscription.subscription_id.encode())
-    assert len(uows.state.subscriptions) == 1
+    assert len(transactions.state.subscriptions) == 1
     assert nudges == [1, 1]
 
 
@@ -137,11 +137,11 @@ def test_the_same_request_id_provisions_once_and_replays_the_first_response(ctx,
     ],
     ids=["customer", "plan", "version", "out-of-bounds", "clock-mismatch"],
 )
-def test_what_provisioning_refuses_leaves_nothing_behind(ctx, uows, nudges, request_, error, reason):
+def test_what_provisioning_refuses_leaves_nothing_behind(ctx, transactions, nudges, request_, error, reason):
     with pytest.raises(error) as raised:
         provisioning.provision_subscription(ctx, request_, None)
     assert raised.value.reason == reason
-    assert uows.state.subscriptions == {} and nudges == []
+    assert transactions.state.subscriptions == {} and nudges == []
 
 
 def test_an_archived_plan_is_not_provisioned(ctx):
@@ -158,19 +158,19 @@ def test_not_found_names_the_key_under_the_requests_name_for_it(ctx):
     assert raised.value.message == "subscription 'sub_nope' does not exist"
 
 
-def test_amend_and_cancel_queue_the_next_revisions(ctx, uows):
+def test_amend_and_cancel_queue_the_next_revisions(ctx, transactions):
     sub = provisioning.provision_subscription(ctx, _provision(), None).subscription.subscription_id
     ctx.clock.advance(timedelta(days=3))
     amended = subscriptions.amend_subscription(ctx, sub, {"monthly": "80000"}, AmendmentTiming.NEXT_PERIOD, None)
     cancelled = subscriptions.cancel_subscription(ctx, sub, CancelMode.AT_PERIOD_END, None)
     assert (amended.subscription.revision, cancelled.subscription.revision) == (2, 3)
     assert cancelled.subscription.end_time == datetime(2026, 2, 28, 10, 0, tzinfo=UTC)
-    assert [e.revision for e in uows.state.outbox if e.aggregate_key == sub] == [1, 2, 3]
+    assert [e.revision for e in transactions.state.outbox if e.aggregate_key == sub] == [1, 2, 3]
     assert cancelled.handoff.latest_revision == 3
 
 
-def test_an_update_that_changes_nothing_queues_nothing(ctx, uows, nudges):
-    before = list(uows.state.outbox)
+def test_an_update_that_changes_nothing_queues_nothing(ctx, transactions, nudges):
+    before = list(transactions.state.outbox)
     same = currencies.update_credit_currency(ctx, "ai-credits", "AI credits", "", [], ["display_name"], None)
     assert same.revision == 1
-    assert uows.state.outbox == before
+    assert transactions.state.outbox == before
