@@ -26,6 +26,24 @@ from grant_service.v1 import grant_service_pb2_grpc
 from grant_service.v1 import webhooks_pb2 as wpb
 
 
+def _each_alone(items, convert, rejected, run, answer) -> list:
+    """The answers of a batch whose items are validated alone: an item that fails the checks the
+    interceptor makes of a single call (check_request) or its conversion answers `rejected(error)`;
+    the valid ones run together, in order (`run` returns one result each), each answering
+    `answer(result)`."""
+    answers: list = []
+    valid = []
+    for item in items:
+        try:
+            check_request(item)
+            valid.append(convert(item))
+            answers.append(None)
+        except DomainError as error:
+            answers.append(rejected(error))
+    done = iter(run(valid) if valid else [])
+    return [a if a is not None else answer(next(done)) for a in answers]
+
+
 class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
     def __init__(self, ctx: GrantContext) -> None:
         self._ctx = ctx
@@ -43,20 +61,14 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
 
     def ApplySubscriptions(self, request: pb.ApplySubscriptionsRequest, context) -> pb.ApplySubscriptionsResponse:
         conv.check_apply_batch(request)
-        # Each item is validated alone: an invalid one is rejected, the others are applied.
-        results: list[pb.ApplySubscriptionResult | None] = []
-        specs: list[subscriptions.SubscriptionSpec] = []
-        for item in request.requests:
-            try:
-                check_request(item)  # what the interceptor checks of an ApplySubscriptionRequest
-                specs.append(conv.subscription_spec(item))
-                results.append(None)
-            except DomainError as error:
-                results.append(conv.rejected_pb(error))
-        applied = iter(subscriptions.apply_subscriptions(self._ctx, specs))
-        return pb.ApplySubscriptionsResponse(
-            results=[result if result is not None else conv.apply_result_pb(next(applied)) for result in results]
+        results = _each_alone(
+            request.requests,
+            conv.subscription_spec,
+            conv.rejected_pb,
+            lambda specs: subscriptions.apply_subscriptions(self._ctx, specs),
+            conv.apply_result_pb,
         )
+        return pb.ApplySubscriptionsResponse(results=results)
 
     def GetSubscription(self, request: pb.GetSubscriptionRequest, context) -> pb.GetSubscriptionResponse:
         conv.check_get_subscription(request)
@@ -150,23 +162,15 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
 
     def ReportUsageBatch(self, request: pb.ReportUsageBatchRequest, context) -> pb.ReportUsageBatchResponse:
         conv.check_usage_batch(request)
-        # Each usage is validated alone: an invalid one is rejected, the others are reported.
-        results: list[pb.ReportUsageResult | None] = []
-        requests: list[usage.UsageRequest] = []
-        for item in request.usages:
-            try:
-                check_request(item)  # what the interceptor checks of a ReportUsageRequest
-                requests.append(conv.usage_request(item))
-                results.append(None)
-            except DomainError as error:
-                results.append(conv.usage_result_pb(error))
-        reported = iter(usage.report_usages(self._ctx, requests) if requests else [])
         texts = conv.DecimalTexts()  # the answer converted in bulk: each distinct amount formatted once
-        return pb.ReportUsageBatchResponse(
-            results=[
-                result if result is not None else conv.usage_result_pb(next(reported), texts) for result in results
-            ]
+        results = _each_alone(
+            request.usages,
+            conv.usage_request,
+            conv.usage_result_pb,
+            lambda requests: usage.report_usages(self._ctx, requests),
+            lambda result: conv.usage_result_pb(result, texts),
         )
+        return pb.ReportUsageBatchResponse(results=results)
 
     def CheckUsage(self, request: pb.CheckUsageRequest, context) -> pb.CheckUsageResponse:
         quantity = conv.usage_quantity(request)
