@@ -25,13 +25,13 @@ import os
 import signal
 import socket
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import replace
 
 from credit_common import metrics
 from credit_common.config import ServiceSettings, split_address
 from credit_common.service import ServiceDefinition
+from credit_common.signals import StopSignals
 
 __all__ = ["reserve_port", "server_settings", "split_address", "supervise"]
 
@@ -74,7 +74,7 @@ def server_settings(settings: ServiceSettings, listen: str, index: int) -> Servi
 Serve = Callable[[ServiceDefinition, ServiceSettings], int]
 
 
-def supervise(definition: ServiceDefinition, settings: ServiceSettings, serve: Serve) -> int:
+def supervise(definition: ServiceDefinition, settings: ServiceSettings, serve: Serve, signals: StopSignals) -> int:
     """Start `settings.processes` server processes, each running `serve(definition, its settings)`
     (credit_common.runtime.main), and supervise them until SIGTERM/SIGINT or until one of them exits.
     The exit code."""
@@ -87,15 +87,6 @@ def supervise(definition: ServiceDefinition, settings: ServiceSettings, serve: S
         return 2
     host, _ = split_address(settings.listen)
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    stop = threading.Event()
-    stopped_by: list[str] = []
-
-    def handle(signum, _frame):
-        stopped_by.append(signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
     exposition = None
     multiprocess_dir, created_dir = None, False
     if settings.metrics_listen:
@@ -112,7 +103,7 @@ def supervise(definition: ServiceDefinition, settings: ServiceSettings, serve: S
             print(f"{definition.name}: {message}", file=sys.stderr)
             return 2
     try:
-        return _supervise(definition, settings, serve, reserved, listen, port, stop, stopped_by, multiprocess_dir)
+        return _supervise(definition, settings, serve, reserved, listen, port, signals, multiprocess_dir)
     finally:
         if exposition is not None:
             exposition[0].stop()
@@ -121,7 +112,7 @@ def supervise(definition: ServiceDefinition, settings: ServiceSettings, serve: S
             metrics.remove_multiprocess_dir(multiprocess_dir)
 
 
-def _supervise(definition, settings, serve, reserved, listen, port, stop, stopped_by, multiprocess_dir) -> int:
+def _supervise(definition, settings, serve, reserved, listen, port, signals, multiprocess_dir) -> int:
     context = multiprocessing.get_context("spawn")
     children = []
     with reserved:
@@ -138,13 +129,13 @@ def _supervise(definition, settings, serve, reserved, listen, port, stop, stoppe
             extra={"address": listen, "port": port, "processes": [child.pid for child in children]},
         )
         failed = None
-        while failed is None and not stop.is_set():
+        while failed is None and not signals.received():
             ended = multiprocessing.connection.wait([child.sentinel for child in children], timeout=0.2)
             for child in children:
                 if child.sentinel in ended:
                     failed = child
                     break
-        if stop.is_set():  # a server process that ended on the same signal (Ctrl-C reaches them all) is no failure
+        if signals.received():  # a server process that ended on the same signal (Ctrl-C reaches them all) is no failure
             failed = None
         if failed is not None:
             failed.join(10)  # its sentinel can fire a moment before its exit status is there
@@ -153,8 +144,6 @@ def _supervise(definition, settings, serve, reserved, listen, port, stop, stoppe
                 "a server process exited: stopping the others",
                 extra={"server_process": failed.name, "pid": failed.pid, "exit_code": failed.exitcode},
             )
-        else:
-            log.info("shutting down", extra={"signal": stopped_by[0] if stopped_by else None})
         codes = _stop_all(children, settings.shutdown_grace_s + 10)
         for child in children:
             metrics.process_ended(child.pid, multiprocess_dir)

@@ -28,6 +28,7 @@ from credit_common.logging import configure_logging
 from credit_common.metrics import recorded, start_metrics, watch_pool
 from credit_common.processes import supervise
 from credit_common.service import ServiceDefinition, Stop
+from credit_common.signals import StopSignals
 
 __all__ = ["ServiceDefinition", "api_key_check", "build", "main", "open_engine", "run", "start"]
 
@@ -144,6 +145,8 @@ def main(definition: ServiceDefinition, settings: ServiceSettings) -> int:
     """Migrate, or serve until SIGTERM/SIGINT (with `--processes N`, supervise N server processes that
     do: credit_common.processes)."""
     supervisor = settings.command == "serve" and settings.processes > 1
+    # A migration keeps Python's own handlers: Ctrl-C interrupts it (its transaction rolls back).
+    signals = StopSignals.catch() if settings.command == "serve" else StopSignals()
     if settings.cpus is not None and not supervisor:
         try:
             pin_to_cpus(settings.cpus)
@@ -172,9 +175,13 @@ def main(definition: ServiceDefinition, settings: ServiceSettings) -> int:
         log.error(message)
         print(f"{definition.name}: {message}", file=sys.stderr)
         return 3
+    if signals.received():  # stopped while migrating or connecting: nothing to start
+        engine.dispose()
+        log.info("stopped")
+        return 0
     if supervisor:
         engine.dispose()
-        return supervise(definition, settings, serve=main)
+        return supervise(definition, settings, serve=main, signals=signals)
     tracing.configure_from_env(definition.name)  # nothing unless the OTEL_* variables ask for traces
     running = build(definition, settings, engine)
     running.on_stop.insert(0, tracing.shutdown)  # the last: spans of the drain are exported too
@@ -204,7 +211,7 @@ def main(definition: ServiceDefinition, settings: ServiceSettings) -> int:
             "transport": ("mtls" if settings.tls.client_ca_file else "tls") if settings.tls.enabled else "plaintext",
         },
     )
-    run_until_signal(running, settings.shutdown_grace_s)
+    run_until_signal(running, settings.shutdown_grace_s, signals)
     return 0
 
 

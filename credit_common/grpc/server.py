@@ -5,7 +5,6 @@ graceful shutdown on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,8 +18,10 @@ from grpc_reflection.v1alpha import reflection as reflection_service
 from credit_common.config import ServerLimits, TlsSettings, read_file
 from credit_common.drain import Drain
 from credit_common.grpc.documented_pool import documented_pool
+from credit_common.grpc.health import HealthServicer
 from credit_common.grpc.interceptors import ServiceInterceptor
 from credit_common.grpc.observe import ObservingInterceptor
+from credit_common.signals import StopSignals
 
 log = logging.getLogger("credit_grants.server")
 INT_MAX = 2**31 - 1
@@ -38,7 +39,7 @@ class RunningServer:
 
     server: grpc.Server
     port: int
-    health: health.HealthServicer
+    health: HealthServicer
     service_names: Sequence[str]
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     drain: Drain = field(default_factory=Drain)
@@ -72,28 +73,6 @@ class RunningServer:
 
     def wait_for_termination(self) -> None:
         self.server.wait_for_termination()
-
-
-class DrainingHealthServicer(health.HealthServicer):
-    """The health service, whose Watch streams end with UNAVAILABLE when the drain begins (after
-    their NOT_SERVING update), so that a watching client moves to another replica."""
-
-    def __init__(self, drain: Drain) -> None:
-        super().__init__(experimental_non_blocking=True)
-        self._drain = drain
-
-    def Watch(self, request, context, send_response_callback=None):
-        watcher = super().Watch(request, context, send_response_callback)
-
-        def end() -> None:
-            Drain.end_stream(context)
-            if send_response_callback is not None:
-                send_response_callback(None)
-            elif watcher is not None:
-                watcher.close()
-
-        context.add_callback(self._drain.on_drain(end))
-        return watcher
 
 
 def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials | None:
@@ -171,7 +150,7 @@ def start_server(
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
     register(server)
-    health_servicer = DrainingHealthServicer(drain)
+    health_servicer = HealthServicer(drain)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection:
         reflection_service.enable_server_reflection(
@@ -192,16 +171,8 @@ def start_server(
     return running
 
 
-def run_until_signal(running: RunningServer, grace: float) -> None:
-    """Block until SIGTERM or SIGINT, then shut down gracefully."""
-    stop = threading.Event()
-
-    def handle(signum, _frame):
-        log.info("shutting down", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    stop.wait()
+def run_until_signal(running: RunningServer, grace: float, signals: StopSignals) -> None:
+    """Block until SIGTERM or SIGINT (perhaps received while starting), then shut down gracefully."""
+    signals.wait()
     running.stop(grace, notice_s=min(DRAIN_NOTICE_S, grace / 2))
     log.info("stopped")
