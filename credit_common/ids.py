@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import time
@@ -45,3 +46,12 @@ def new_ids(prefix: str, n: int) -> list[str]:
     # 10 random bytes are exactly 16 digits: the randomness of all n ids encoded at once.
     tails = base64.b32encode(os.urandom(10 * n)).translate(_TO_CROCKFORD).decode()
     return [head + tails[i : i + 16] for i in range(0, 16 * n, 16)]
+
+
+def derived_id(prefix: str, key: str) -> str:
+    """The id of the thing that `key` names uniquely, e.g. "evt_" and 26 digits: 130 bits of the
+    SHA-256 of the key (128 of them distinct), so that the same key always gives the same id and
+    two keys practically never one. The same fact written twice (a retry, two replicas) has one id,
+    and the id's uniqueness stands for the key's."""
+    digest = hashlib.sha256(key.encode()).digest()[:16] + b"\0"  # 17 bytes: 26 digits and change
+    return f"{prefix}_{base64.b32encode(digest).translate(_TO_CROCKFORD)[:26].decode()}"

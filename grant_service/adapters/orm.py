@@ -214,7 +214,7 @@ class EventRow(Base):
     seq: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
     txid: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     event_id: Mapped[str] = mapped_column(String(40), unique=True)
-    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    dedupe_key: Mapped[str] = mapped_column(String(200))
     type: Mapped[str] = mapped_column(String(32))
     customer_key: Mapped[str] = mapped_column(String(64))
     currency_key: Mapped[str] = mapped_column(String(64), default="")

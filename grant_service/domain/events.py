@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from credit_common.ids import derived_id
 from grant_service.domain.clocks import ClockKey
 
 
@@ -127,13 +128,30 @@ class EventScan:
 # ------------------------------------------------------------------------------ the events' makers
 # Each takes what the change knows (a grant as the ledger sees it: grant_id, customer_key,
 # currency_key, subscription_id, entitlement_key, period_index, amount, effective_time,
-# expire_time; a NewGrant or a Grant) and the event's id (made in bulk by the caller).
+# expire_time; a NewGrant or a Grant). A fact that happens once (a grant issued, expired, voided or
+# depleted; a subscription's revision or end) has its id derived from its dedupe key, so that the
+# log's unique event id is its dedupe as well; one that may happen any number of times (a refusal,
+# a balance crossing) takes a fresh id from the caller and its key is made of it.
 
 
-def credits_granted(grant: Any, clock_key: ClockKey, source: str, event_id: str) -> NewEvent:
-    one_off = source == "ONE_OFF"
+def fact(
+    type_: EventType,
+    customer_key: str,
+    currency_key: str,
+    clock_key: ClockKey,
+    occurred: datetime,
+    dedupe_key: str,
+    payload: Mapping[str, Any],
+) -> NewEvent:
+    """An event of a fact that happens once: its id is derived from its dedupe key."""
     return NewEvent(
-        event_id,
+        derived_id("evt", dedupe_key), type_, customer_key, currency_key, clock_key, occurred, dedupe_key, payload
+    )
+
+
+def credits_granted(grant: Any, clock_key: ClockKey, source: str) -> NewEvent:
+    one_off = source == "ONE_OFF"
+    return fact(
         EventType.CREDITS_GRANTED,
         grant.customer_key,
         grant.currency_key,
@@ -153,9 +171,8 @@ def credits_granted(grant: Any, clock_key: ClockKey, source: str, event_id: str)
     )
 
 
-def credits_expired(grant: Any, clock_key: ClockKey, remainder: Any, event_id: str) -> NewEvent:
-    return NewEvent(
-        event_id,
+def credits_expired(grant: Any, clock_key: ClockKey, remainder: Any) -> NewEvent:
+    return fact(
         EventType.CREDITS_EXPIRED,
         grant.customer_key,
         grant.currency_key,
@@ -173,11 +190,8 @@ def credits_expired(grant: Any, clock_key: ClockKey, remainder: Any, event_id: s
     )
 
 
-def grant_voided(
-    grant: Any, clock_key: ClockKey, remainder: Any, now: datetime, reason: str, event_id: str
-) -> NewEvent:
-    return NewEvent(
-        event_id,
+def grant_voided(grant: Any, clock_key: ClockKey, remainder: Any, now: datetime, reason: str) -> NewEvent:
+    return fact(
         EventType.GRANT_VOIDED,
         grant.customer_key,
         grant.currency_key,
@@ -202,10 +216,8 @@ def grant_depleted(
     clock_key: ClockKey,
     now: datetime,
     usage_id: str,
-    event_id: str,
 ) -> NewEvent:
-    return NewEvent(
-        event_id,
+    return fact(
         EventType.GRANT_DEPLETED,
         customer_key,
         currency_key,
@@ -266,11 +278,9 @@ def subscription_changed(
     end_time: datetime | None,
     late: Sequence[LateChange],
     withdrawn: Sequence[str],
-    event_id: str,
 ) -> NewEvent:
     key = f"{type_.value}:{subscription_id}" + (f":{revision}" if type_ is EventType.SUBSCRIPTION_CHANGED else "")
-    return NewEvent(
-        event_id,
+    return fact(
         type_,
         customer_key,
         "",

@@ -147,9 +147,8 @@ def ended_events(ended: Sequence[StoredSubscription]) -> list[NewEvent]:
             sub.end_time,
             (),
             (),
-            event_id,
         )
-        for sub, event_id in zip(ended, new_ids("evt", len(ended)), strict=True)
+        for sub in ended
         if sub.end_time is not None
     ]
 
@@ -266,16 +265,14 @@ def issue_segments(
 def granted_events(grants: Sequence[Grant | NewGrant]) -> list[NewEvent]:
     """The CREDITS_GRANTED event of each grant (its GRANT entry written in the same transaction)."""
     return [
-        credits_granted(grant, grant.clock_key, grant.source.value, event_id)
-        for grant, event_id in zip(grants, new_ids("evt", len(grants)), strict=True)
+        credits_granted(grant, grant.clock_key, grant.source.value) for grant in grants
     ]
 
 
 def expired_events(grants: Sequence[Grant | NewGrant]) -> list[NewEvent]:
     """The CREDITS_EXPIRED event of each grant (its EXPIRE entry written in the same transaction)."""
     return [
-        credits_expired(grant, grant.clock_key, exact_difference(grant.amount, grant.used), event_id)
-        for grant, event_id in zip(grants, new_ids("evt", len(grants)), strict=True)
+        credits_expired(grant, grant.clock_key, exact_difference(grant.amount, grant.used)) for grant in grants
     ]
 
 

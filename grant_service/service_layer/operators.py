@@ -69,7 +69,7 @@ def void_grant(ctx: GrantContext, grant_id: str, reason: str, request_id: str) -
             uow.ledger.add(
                 ledger_entry(grant, EntryType.VOID, -remaining, now, reason or "voided by an operator", closes=True)
             )
-        uow.events.add([grant_voided(grant, customer.clock_key, remaining, now, reason, new_id("evt"))])
+        uow.events.add([grant_voided(grant, customer.clock_key, remaining, now, reason)])
         # A pending grant (not yet effective) never counted: voided, it never will, and has no ledger entry.
         uow.grants.void(grant_id, now, reason)
         alerts.evaluate(uow, customer.clock_key, now, [customer_key])

@@ -287,7 +287,6 @@ class _Batch:
                 sub.end_time,
                 late,
                 withdrawn,
-                new_id("evt"),
             )
         )
         if sub.end_time is not None and sub.end_time <= now:

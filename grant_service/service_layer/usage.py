@@ -387,9 +387,8 @@ def _record(
             clock_key,
             now,
             usage.usage_id,
-            event_id,
         )
-        for (grant, total), event_id in zip(depleted, new_ids("evt", len(depleted)), strict=True)
+        for grant, total in depleted
     ]
     description = f"{format_decimal(order.quantity)} x {order.feature_key}"
     entries = tuple(

@@ -1,4 +1,5 @@
-"""Server-assigned ids: the batch encoder writes exactly what the one-at-a-time ULID encoding wrote."""
+"""Server-assigned ids: the batch encoder writes exactly what the one-at-a-time ULID encoding wrote;
+ids derived from a key are the same for the same key."""
 
 from __future__ import annotations
 
@@ -35,3 +36,11 @@ def test_new_ids_are_distinct_and_sort_by_creation_time():
     assert len(set(batch)) == 1000
     assert all(len(i) == len("led_") + 26 and set(i[4:]) <= set(CROCKFORD) for i in batch)
     assert ids.new_id("led")[4:14] >= batch[0][4:14]
+
+
+def test_derived_ids_are_the_same_for_the_same_key_and_look_like_new_ids():
+    first = ids.derived_id("evt", "CREDITS_GRANTED:grt_1")
+    assert first == ids.derived_id("evt", "CREDITS_GRANTED:grt_1")
+    assert len(first) == len("evt_") + 26 and set(first[4:]) <= set(CROCKFORD)
+    keys = [f"CREDITS_GRANTED:grt_{i}" for i in range(10_000)]
+    assert len({ids.derived_id("evt", key) for key in keys}) == len(keys)
