@@ -133,6 +133,12 @@ class GrantRow(Base):
     )
 
 
+def where_set(column: str) -> dict[str, object]:
+    """A partial index's condition: only the rows where `column` is set (both backends)."""
+    condition = text(f"{column} IS NOT NULL")
+    return {"sqlite_where": condition, "postgresql_where": condition}
+
+
 class LedgerEntryRow(Base):
     __tablename__ = "ledger_entries"
     seq: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
@@ -143,18 +149,24 @@ class LedgerEntryRow(Base):
     amount: Mapped[Decimal] = mapped_column(ExactDecimal())
     grant_id: Mapped[str] = mapped_column(ForeignKey("grants.grant_id"), index=True)
     effective_time: Mapped[datetime] = mapped_column(UtcDateTime())
-    usage_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    usage_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # DEBIT
     subscription_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     description: Mapped[str] = mapped_column(Text, default="")
-    opens_grant_id: Mapped[str | None] = mapped_column(String(40), nullable=True, unique=True)  # GRANT
-    closes_grant_id: Mapped[str | None] = mapped_column(String(40), nullable=True, unique=True)  # EXPIRE, VOID
-    __table_args__ = (Index("ix_ledger_entries_customer", "customer_key", "effective_time", "seq"),)
+    opens_grant_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # GRANT
+    closes_grant_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # EXPIRE, VOID
+    # Each of the last three is set in one kind of entry only: indexed where set (migration 0008).
+    __table_args__ = (
+        Index("ix_ledger_entries_customer", "customer_key", "effective_time", "seq"),
+        Index("uq_ledger_entries_opens_grant_id", "opens_grant_id", unique=True, **where_set("opens_grant_id")),
+        Index("uq_ledger_entries_closes_grant_id", "closes_grant_id", unique=True, **where_set("closes_grant_id")),
+        Index("ix_ledger_entries_usage_id", "usage_id", **where_set("usage_id")),
+    )
 
 
 class UsageRow(Base):
     __tablename__ = "usages"
     usage_id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    request_id: Mapped[str] = mapped_column(String(128), unique=True)
+    request_id: Mapped[str] = mapped_column(String(128))  # unique in request_ids (its idempotency record)
     customer_key: Mapped[str] = mapped_column(String(64), index=True)
     feature_key: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[Decimal] = mapped_column(ExactDecimal())
