@@ -83,6 +83,7 @@ def test_a_signal_while_building_stops_once_built(tmp_path, monkeypatch, caplog,
 
     monkeypatch.setattr(runtime, "build", build_then_signal)
     monkeypatch.setattr(runtime, "configure_logging", lambda *_args, **_kwargs: None)
+    monkeypatch.setattr(runtime, "quiet_garbage_collection", lambda: None)  # process-wide: not in a test
     caplog.set_level(logging.INFO)
     assert runtime.main(DEFINITION, _settings(tmp_path)) == 0
     messages = _messages(caplog)
