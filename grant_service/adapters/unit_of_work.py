@@ -102,6 +102,7 @@ class SqlTransactions:
                 debit_group,
                 linger_s=linger_s,
                 observe_size=GROUP_COMMIT_SIZE.observe,
+                retryable=retry.retryable,
             ),
             self._unit,
         )
