@@ -129,9 +129,7 @@ def held(table: Table, token: LeaseToken) -> ColumnElement[bool]:
     )
 
 
-def renew(
-    transactions: Transactions, table: Table, tokens: Sequence[LeaseToken], until: datetime
-) -> list[LeaseToken]:
+def renew(transactions: Transactions, table: Table, tokens: Sequence[LeaseToken], until: datetime) -> list[LeaseToken]:
     """Move the leases still held to `until`; the tokens of those renewed (the others were taken over
     or resolved)."""
     if not tokens:
