@@ -3,7 +3,9 @@ to a delivery names changes it applied at its "now" instead of the requested ins
 the handoff state. Recorded in a transaction of its own as soon as the answer arrives, before the
 delivery's outcome is written: a catalog that dies in between sends the revision again and gets
 ALREADY_APPLIED, with the late changes already recorded (a death between the answer and this record
-loses them, and the grant service's SUBSCRIPTION_CHANGED event still has them)."""
+loses them, and the grant service's SUBSCRIPTION_CHANGED event still has them). The record runs on the
+shared transaction runner (credit_common.db.transactions): an insert that loses a race runs again, and
+inserting the same changes twice is harmless (a change already recorded is skipped)."""
 
 from __future__ import annotations
 
@@ -12,17 +14,19 @@ from collections.abc import Iterable, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from catalog_service.adapters.orm import LateChangeRow
 from catalog_service.domain.outbox import LateChange
+from credit_common.db.engine import SessionFactories
+from credit_common.db.transactions import RETRY, RetryPolicy, Transactions
 
 TABLE = LateChangeRow.__table__
 
 
 class LateChangeRecorder:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
-        self._sessions = sessions
+    def __init__(self, sessions: SessionFactories, retry: RetryPolicy = RETRY) -> None:
+        self._transactions = Transactions.of(sessions, retry)
 
     def record(self, subscription_id: str, changes: Sequence[LateChange]) -> None:
         if not changes:
@@ -37,10 +41,12 @@ class LateChangeRecorder:
             }
             for c in changes
         ]
-        with self._sessions() as session, session.begin():
-            dialect = session.get_bind().dialect.name
-            insert = postgresql.insert(TABLE) if dialect == "postgresql" else sqlite.insert(TABLE)
-            session.execute(insert.on_conflict_do_nothing(), rows)
+
+        def insert(session: Session) -> None:
+            dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+            session.execute(dialect.insert(TABLE).on_conflict_do_nothing(), rows)
+
+        self._transactions.write(insert)
 
 
 def late_changes_of(session: Session, subscription_ids: Iterable[str]) -> dict[str, tuple[LateChange, ...]]:

@@ -23,6 +23,11 @@ only while the row is still pending with the same `next_attempt_at` and
 `attempts` as when claimed, so a dispatcher whose lease ran out (and whose rows
 were claimed again by another) cannot overwrite the newer claim. "Delivered" is
 written whenever the row is still pending: it is true whoever holds the lease.
+
+Every transaction here runs on the shared runner (credit_common.db.transactions) with its retry
+policy: a claim or a record of outcomes that loses a race (a deadlock, a serialization failure)
+runs again from scratch. Recording outcomes again is safe: they are fenced by the claim's token,
+and "delivered" is written only over a row still pending.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from catalog_service.domain.outbox import (
     summarize,
 )
 from credit_common.db.engine import SessionFactories
+from credit_common.db.transactions import RETRY, RetryPolicy, Transactions
 from credit_common.db.types import UtcDateTime
 from credit_common.delivery import leases
 from credit_common.delivery.leases import Backlog, LeaseToken
@@ -162,8 +168,8 @@ def add_apply_request(
 class SqlOutboxRepository:
     """The dispatcher's `DeliveryQueue` (service_layer/ports.py) and the handoff-state queries, over `table`."""
 
-    def __init__(self, sessions: SessionFactories, table: Table) -> None:
-        self._sessions = sessions
+    def __init__(self, sessions: SessionFactories, table: Table, retry: RetryPolicy = RETRY) -> None:
+        self._transactions = Transactions.of(sessions, retry)
         self._table = table
         leases.check_queue_table(
             table, ("kind", "aggregate_key", "revision", "payload", "last_error", "created_at", "delivered_at")
@@ -210,7 +216,7 @@ class SqlOutboxRepository:
             .order_by(t.c.next_attempt_at, t.c.id)
             .limit(limit)
         )
-        rows = leases.claim(self._sessions, t, query, now=now, lease_until=lease_until)
+        rows = leases.claim(self._transactions, t, query, now=now, lease_until=lease_until)
         return [
             ClaimedDelivery(
                 id=r.id,
@@ -231,8 +237,9 @@ class SqlOutboxRepository:
         (False: the claim was fenced out, see the module docstring). The deliveries of a
         pass (same status and times) are written by one statement."""
         t = self._table
-        applied = [False] * len(resolutions)
-        with self._sessions.write() as session, session.begin():
+
+        def write(session: Session) -> list[bool]:
+            applied = [False] * len(resolutions)
             leases.lock_in_id_order(session, t, [r.claim.id for r in resolutions])
             delivered: dict[tuple[datetime, datetime | None], list[int]] = {}
             for i, r in enumerate(resolutions):
@@ -268,19 +275,20 @@ class SqlOutboxRepository:
                 )
                 for i in indices:
                     applied[i] = resolutions[i].claim.id in written
-        return applied
+            return applied
+
+        return self._transactions.write(write)
 
     def backlog(self, now: datetime) -> Backlog:
         """Deliveries due now and how long the oldest has waited (for logs and metrics)."""
-        return leases.backlog(self._sessions, self._table, now)
+        return leases.backlog(self._transactions, self._table, now)
 
     # -- operators ------------------------------------------------------------------------------
 
     def requeue_failed(self, kind: str, aggregate_key: str, now: datetime) -> int:
         """Put the parked deliveries of one aggregate back in the queue, due now
         (after the cause was fixed). Returns how many."""
-        with self._sessions.write() as session, session.begin():
-            return requeue_failed(session, self._table, kind, aggregate_key, now)
+        return self._transactions.write(lambda session: requeue_failed(session, self._table, kind, aggregate_key, now))
 
     # -- the catalog's Get/List ------------------------------------------------------------------
 
@@ -291,8 +299,8 @@ class SqlOutboxRepository:
 
     def handoff_states(self, subscription_ids: Iterable[str], kind: str = KIND_SUBSCRIPTION) -> dict[str, HandoffState]:
         """The handoff state of each of several aggregates in one query (for List)."""
-        with self._sessions.read() as session:
-            return handoff_states(session, self._table, subscription_ids, kind)
+        keys = list(subscription_ids)
+        return self._transactions.read(lambda session: handoff_states(session, self._table, keys, kind))
 
 
 def handoff_states(

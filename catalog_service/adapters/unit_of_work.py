@@ -43,8 +43,7 @@ class SqlCatalogTransactions:
     (on SQLite they take the write lock up front), reads on its read sessions."""
 
     def __init__(self, engine: Engine, retry: RetryPolicy = RETRY) -> None:
-        factories = session_factories(engine)
-        self._transactions = Transactions(factories.write, factories.read, retry)
+        self._transactions = Transactions.of(session_factories(engine), retry)
         self._published_versions = PublishedVersions()  # one database: one set of versions
 
     def _unit(self, session: Session) -> SqlCatalogUnitOfWork:

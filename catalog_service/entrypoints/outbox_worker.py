@@ -56,8 +56,9 @@ def start_outbox_worker(
     settings: OutboxSettings,
 ) -> OutboxWorker:
     """Start a dispatcher of `table`'s deliveries over `channel`, each call with `deadline`."""
-    repository = SqlOutboxRepository(session_factories(engine), table)
-    late = LateChangeRecorder(session_factories(engine).write)
+    sessions = session_factories(engine)
+    repository = SqlOutboxRepository(sessions, table)
+    late = LateChangeRecorder(sessions)
     delivery = GrantDelivery(channel=channel, deadline=deadline, on_late=late.record)
     dispatcher = Dispatcher(
         repository,

@@ -1,4 +1,10 @@
-"""The `api_keys` table, in each service's own database, and the store over it."""
+"""The `api_keys` table, in each service's own database, and the store over it.
+
+The store's transactions run on the shared runner (credit_common.db.transactions), as every other
+writer's: on SQLite a write takes the database's write lock up front (BEGIN IMMEDIATE, the file's
+write gate), and a write that loses a race runs again from scratch. Both writes are safe to run
+again: `create` draws a new key in each attempt (a key id taken meanwhile is a constraint violation,
+and the next attempt's id is another), `revoke` sets the revoke time only of a key not yet revoked."""
 
 from __future__ import annotations
 
@@ -6,8 +12,11 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import Column, Engine, MetaData, String, Table, insert, select, update
+from sqlalchemy.orm import Session
 
 from credit_common.auth.keys import ApiKey, new_key
+from credit_common.db.engine import session_factories
+from credit_common.db.transactions import RETRY, RetryPolicy, Transactions
 from credit_common.db.types import UtcDateTime
 from credit_common.errors import InvalidArgument, NotFound
 
@@ -27,19 +36,18 @@ def define_api_keys_table(metadata: MetaData) -> Table:
 
 
 class SqlApiKeyStore:
-    def __init__(self, engine: Engine, table: Table) -> None:
-        self._engine = engine
+    def __init__(self, engine: Engine, table: Table, retry: RetryPolicy = RETRY) -> None:
+        self._transactions = Transactions.of(session_factories(engine), retry)
         self._table = table
 
     def get(self, key_id: str) -> ApiKey | None:
-        with self._engine.connect() as connection:
-            row = connection.execute(select(self._table).where(self._table.c.key_id == key_id)).first()
+        query = select(self._table).where(self._table.c.key_id == key_id)
+        row = self._transactions.read(lambda session: session.execute(query).first())
         return _key(row) if row is not None else None
 
     def list(self) -> list[ApiKey]:
-        with self._engine.connect() as connection:
-            rows = connection.execute(select(self._table).order_by(self._table.c.create_time, self._table.c.key_id))
-            return [_key(row) for row in rows]
+        query = select(self._table).order_by(self._table.c.create_time, self._table.c.key_id)
+        return self._transactions.read(lambda session: [_key(row) for row in session.execute(query)])
 
     def create(
         self, roles: Iterable[str], label: str, now: datetime, *, known_roles: Iterable[str]
@@ -53,24 +61,26 @@ class SqlApiKeyStore:
                 f"roles must be some of {', '.join(sorted(known_roles))}; got {', '.join(sorted(roles)) or 'none'}",
                 reason="UNKNOWN_ROLE",
             )
-        key_id, secret_hash, token = new_key()
-        key = ApiKey(key_id, secret_hash, roles, label, now)
-        with self._engine.begin() as connection:
-            connection.execute(
+
+        def add(session: Session) -> tuple[ApiKey, str]:
+            key_id, secret_hash, token = new_key()  # in the attempt: a retry draws another
+            session.execute(
                 insert(self._table).values(
                     key_id=key_id, secret_hash=secret_hash, roles=",".join(sorted(roles)), label=label, create_time=now
                 )
             )
-        return key, token
+            return ApiKey(key_id, secret_hash, roles, label, now), token
+
+        return self._transactions.write(add)
 
     def revoke(self, key_id: str, now: datetime) -> ApiKey:
         """Revoke a key (a key revoked already keeps its first revoke time)."""
-        with self._engine.begin() as connection:
-            connection.execute(
-                update(self._table)
-                .where(self._table.c.key_id == key_id, self._table.c.revoke_time.is_(None))
-                .values(revoke_time=now)
-            )
+        revoked = (
+            update(self._table)
+            .where(self._table.c.key_id == key_id, self._table.c.revoke_time.is_(None))
+            .values(revoke_time=now)
+        )
+        self._transactions.write(lambda session: session.execute(revoked))
         key = self.get(key_id)
         if key is None:
             raise NotFound(f"no API key {key_id!r}", reason="API_KEY_NOT_FOUND")

@@ -16,8 +16,18 @@ A unit's own answer is a `DomainError` raised before it writes anything it would
 own: the group goes on and commits the others. Any other error of a unit (a constraint violation,
 a deadlock, a lost connection) leaves the transaction unusable: the group is rolled back, nothing of
 it committed, and each of its units is run again in a transaction of its own (`single`, with its own
-retries), so that one unit's failure is never another's. If the COMMIT itself fails, every unit of
-the group gets that error, as each would have alone.
+retries), so that one unit's failure is never another's. If the COMMIT itself fails with a lost race
+(the runner's retry policy: the database rolled the group back), the units run alone the same way;
+any other failure of the COMMIT (a lost connection: the outcome is unknown) is every unit's answer, as
+it would have been alone.
+
+Why the group runs its own transaction and not on the shared runner (credit_common.db.transactions):
+the runner runs one caller's work, answers that caller and runs it again whole after a lost race. A
+group is many callers' units in one transaction: each gets its own answer (a unit's DomainError does
+not roll back the others), a unit whose caller is gone must not commit while the others do, and one
+unit's failure must not become the others'. Running the group again whole would repeat those
+decisions with none of them isolated; so a group that fails for any reason falls back to the runner,
+unit by unit, and the runner's policy decides the retries (docs/architecture.md, Transactions).
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from credit_common import calls
 from credit_common.batching import Batch, Batcher, Slot
+from credit_common.db.transactions import RETRY
 from credit_common.errors import DomainError
 
 T = TypeVar("T")
@@ -49,12 +60,14 @@ class GroupCommit:
     """Runs units of work (`Callable[[Session], T]`) of many threads in shared write transactions.
 
     `sessions` opens the write sessions of the groups; `single(work)` runs one unit in a
-    transaction of its own (with the caller's usual retries). A unit's `key` orders the units of a
-    group (stably: two units of one key keep their order): units that lock rows by that key then
-    lock them in one order in every group, so that two groups (of two processes) never wait for each
-    other in a cycle. A group's units run inside `within(session, subjects)` (if given; `subjects`:
-    each unit's `subject`, in key order), e.g. to read what they all need at once and send their
-    writes together at its end; if it fails, the units run alone."""
+    transaction of its own (with the caller's usual retries: the shared runner's `write`);
+    `retryable` tells a COMMIT that lost a race (the runner's policy) from one whose outcome is
+    unknown. A unit's `key` orders the units of a group (stably: two units of one key keep their
+    order): units that lock rows by that key then lock them in one order in every group, so that two
+    groups (of two processes) never wait for each other in a cycle. A group's units run inside
+    `within(session, subjects)` (if given; `subjects`: each unit's `subject`, in key order), e.g. to
+    read what they all need at once and send their writes together at its end; if it fails, the
+    units run alone."""
 
     def __init__(
         self,
@@ -64,9 +77,11 @@ class GroupCommit:
         max_units: int = 64,
         linger_s: float = 0.0,
         observe_size: Callable[[int], None] | None = None,
+        retryable: Callable[[BaseException], bool] = RETRY.retryable,
     ) -> None:
         """`observe_size`: told the number of units of each group committed (a metric)."""
         self._sessions = sessions
+        self._retryable = retryable
         self._observe_size = observe_size
         self._single = single
         self._within = within
@@ -133,11 +148,14 @@ class GroupCommit:
                 try:
                     session.commit()
                 except Exception as error:
-                    for member in ordered:
-                        member.fail(error)
-                    return
-                if self._observe_size is not None:
-                    self._observe_size(len(ordered))
+                    if not self._retryable(error):  # the outcome is unknown: each unit's answer, as alone
+                        for member in ordered:
+                            member.fail(error)
+                        return
+                    broken = True  # a lost race: the database rolled the group back; each unit alone below
+                else:
+                    if self._observe_size is not None:
+                        self._observe_size(len(ordered))
         if broken:
             for member in ordered:
                 self._run_alone(member)

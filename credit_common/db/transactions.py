@@ -38,7 +38,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from credit_common.calls import check_before_commit
-from credit_common.db.engine import CONFLICT_SQLSTATES, sqlstate
+from credit_common.db.engine import CONFLICT_SQLSTATES, SessionFactories, sqlstate
 
 T = TypeVar("T")
 
@@ -84,6 +84,12 @@ class Transactions:
         self.policy = policy
         self._sleep = sleep
         self._rng = rng
+
+    @classmethod
+    def of(cls, factories: SessionFactories, policy: RetryPolicy = RETRY) -> Transactions:
+        """The runner over a service's session factories: writes on the write sessions (on SQLite
+        they take the write lock up front), reads on the read ones."""
+        return cls(factories.write, factories.read, policy)
 
     def write(self, work: Callable[[Session], T]) -> T:
         """Run `work` in a write transaction and commit; run it again from scratch, in a new

@@ -19,6 +19,12 @@ count and a `next_attempt_at` instant. A row is *due* when pending and `next_att
 - **Renewal** (`renew`): a worker still sending moves its lease end further (a new token).
 - **Release** (`release`): a worker stopping gives back the rows it claimed but did not send:
   due at once, the attempt not counted.
+
+Each of them runs on the shared transaction runner (credit_common.db.transactions) and its retry
+policy, as the request paths do: a claim, renewal or release that loses a race (a deadlock, a
+serialization failure) is rolled back whole and run again from scratch. That is safe: none has an
+effect outside its transaction, a claim run again selects what is due as the winner left it, and a
+renewal or release run again is fenced by the same tokens.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Row, Select, Table, and_, func, select, update
 from sqlalchemy.orm import Session
 
-from credit_common.db.engine import SessionFactories
+from credit_common.db.transactions import Transactions
 
 STATUS_PENDING = "pending"
 
@@ -56,11 +62,11 @@ def due(table: Table, now: datetime) -> ColumnElement[bool]:
     return and_(table.c.status == STATUS_PENDING, table.c.next_attempt_at <= now)
 
 
-def any_due(sessions: SessionFactories, table: Table, now: datetime, *where: ColumnElement[bool]) -> bool:
+def any_due(transactions: Transactions, table: Table, now: datetime, *where: ColumnElement[bool]) -> bool:
     """A cheap read: is any row due? Most polls find nothing, and on SQLite the claim's write
     transaction would take the database's write lock for nothing."""
-    with sessions.read() as session:
-        return session.execute(select(table.c.id).where(due(table, now), *where).limit(1)).first() is not None
+    query = select(table.c.id).where(due(table, now), *where).limit(1)
+    return transactions.read(lambda session: session.execute(query).first() is not None)
 
 
 def skip_locked(session: Session, query: Select, table: Table) -> Select:
@@ -82,7 +88,7 @@ def lease_rows(session: Session, table: Table, ids: Sequence[int], lease_until: 
 
 
 def claim(
-    sessions: SessionFactories,
+    transactions: Transactions,
     table: Table,
     query: Select,
     *,
@@ -93,12 +99,15 @@ def claim(
     """Claim the rows `query` selects (it selects `table.c.id` and `table.c.attempts` among its
     columns, due rows only, ordered and limited), leased until `lease_until`. Returns the rows as
     selected, with `attempts` as it was before this claim (the claim's attempt is `attempts + 1`)."""
-    if not any_due(sessions, table, now, *where):
+    if not any_due(transactions, table, now, *where):
         return []
-    with sessions.write() as session, session.begin():
+
+    def lease(session: Session) -> list[Row]:
         rows = session.execute(skip_locked(session, query, table)).all()
         lease_rows(session, table, [r.id for r in rows], lease_until)
-    return rows
+        return rows
+
+    return transactions.write(lease)
 
 
 def lock_in_id_order(session: Session, table: Table, ids: Sequence[int]) -> None:
@@ -120,35 +129,45 @@ def held(table: Table, token: LeaseToken) -> ColumnElement[bool]:
     )
 
 
-def renew(sessions: SessionFactories, table: Table, tokens: Sequence[LeaseToken], until: datetime) -> list[LeaseToken]:
+def renew(transactions: Transactions, table: Table, tokens: Sequence[LeaseToken], until: datetime) -> list[LeaseToken]:
     """Move the leases still held to `until`; the tokens of those renewed (the others were taken over
     or resolved)."""
-    renewed: list[LeaseToken] = []
     if not tokens:
-        return renewed
-    with sessions.write() as session, session.begin():
+        return []
+
+    def move(session: Session) -> list[LeaseToken]:
         lock_in_id_order(session, table, [t.id for t in tokens])
+        renewed: list[LeaseToken] = []
         for token in tokens:
             result = session.execute(update(table).where(held(table, token)).values(next_attempt_at=until))
             if result.rowcount == 1:
                 renewed.append(LeaseToken(token.id, until, token.attempts))
-    return renewed
+        return renewed
+
+    return transactions.write(move)
 
 
-def release(sessions: SessionFactories, table: Table, tokens: Sequence[LeaseToken], due_at: datetime) -> int:
+def release(
+    transactions: Transactions, table: Table, tokens: Sequence[LeaseToken], due_at: datetime, **values: object
+) -> int:
     """Give back claims never attempted: due at `due_at` (now, or later to hold them back), their
-    attempt not counted. Returns how many were still held."""
+    attempt not counted, and `values` set (a queue's own columns). Returns how many were still held."""
     if not tokens:
         return 0
-    released = 0
-    with sessions.write() as session, session.begin():
+
+    def give_back(session: Session) -> int:
         lock_in_id_order(session, table, [t.id for t in tokens])
+        released = 0
         for token in tokens:
             result = session.execute(
-                update(table).where(held(table, token)).values(next_attempt_at=due_at, attempts=table.c.attempts - 1)
+                update(table)
+                .where(held(table, token))
+                .values(next_attempt_at=due_at, attempts=table.c.attempts - 1, **values)
             )
             released += result.rowcount
-    return released
+        return released
+
+    return transactions.write(give_back)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +179,8 @@ class Backlog:
     lag_s: float
 
 
-def backlog(sessions: SessionFactories, table: Table, now: datetime, *where: ColumnElement[bool]) -> Backlog:
+def backlog(transactions: Transactions, table: Table, now: datetime, *where: ColumnElement[bool]) -> Backlog:
     """The queue's backlog at `now` (one aggregate read; rows leased right now are not due)."""
-    with sessions.read() as session:
-        count, oldest = session.execute(
-            select(func.count(), func.min(table.c.next_attempt_at)).where(due(table, now), *where)
-        ).one()
+    query = select(func.count(), func.min(table.c.next_attempt_at)).where(due(table, now), *where)
+    count, oldest = transactions.read(lambda session: session.execute(query).one())
     return Backlog(count, max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0)

@@ -90,7 +90,7 @@ class SqlTransactions:
         self._clock = clock
         # The shared runner and retry policy (credit_common.db.transactions); a debit that must run
         # alone (its group failed) runs there too.
-        self._transactions = Transactions(factories.write, factories.read, retry)
+        self._transactions = Transactions.of(factories, retry)
         self._rates = RatesCache()
         self._alerts = AlertsCache()
         self._events = EventSignal()
@@ -102,6 +102,7 @@ class SqlTransactions:
                 debit_group,
                 linger_s=linger_s,
                 observe_size=GROUP_COMMIT_SIZE.observe,
+                retryable=retry.retryable,
             ),
             self._unit,
         )

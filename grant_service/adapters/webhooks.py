@@ -8,6 +8,11 @@ endpoint row (SKIP LOCKED on PostgreSQL; SQLite's write transaction serialises c
 only endpoints with no delivery in flight (leased, lease not over). So the first attempts of an
 endpoint's deliveries start in event order, one at a time; a delivery retried later comes back
 among the due ones, in event order with them.
+
+The queue's transactions run on the shared runner (credit_common.db.transactions) with its retry
+policy: a claim or a record that loses a race (a deadlock, a serialization failure) runs again from
+scratch. Safe: a claim run again selects what is due as the winner left it; a record run again writes
+its outcomes under the same lease tokens, and the attempt rows of the rolled-back try are gone with it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from credit_common.db.engine import SessionFactories
 from credit_common.db.keyset import keyset_after
+from credit_common.db.transactions import RETRY, RetryPolicy, Transactions
 from credit_common.delivery import leases
 from credit_common.delivery.leases import Backlog, LeaseToken
 from credit_common.ids import new_ids
@@ -230,8 +236,8 @@ class Lane:
 class SqlWebhookQueue:
     """The delivery workers' side of `webhook_deliveries` (see the module docstring)."""
 
-    def __init__(self, sessions: SessionFactories) -> None:
-        self._sessions = sessions
+    def __init__(self, sessions: SessionFactories, retry: RetryPolicy = RETRY) -> None:
+        self._transactions = Transactions.of(sessions, retry)
         leases.check_queue_table(D)
 
     def _in_flight(self, now: datetime):
@@ -249,10 +255,11 @@ class SqlWebhookQueue:
         """Up to `endpoints` lanes (endpoints not in `busy`, enabled, with due deliveries and none in
         flight), each with up to `batch` due deliveries, leased until `lease_until`."""
         enabled = exists().where(E.c.endpoint_id == D.c.endpoint_id, E.c.disabled_reason == "")
-        if endpoints < 1 or not leases.any_due(self._sessions, D, now, enabled):
+        if endpoints < 1 or not leases.any_due(self._transactions, D, now, enabled):
             return []
-        lanes: list[Lane] = []
-        with self._sessions.write() as session, session.begin():
+
+        def claim(session: Session) -> list[Lane]:
+            lanes: list[Lane] = []
             due_here = exists().where(D.c.endpoint_id == E.c.endpoint_id, leases.due(D, now))
             query = select(E).where(E.c.disabled_reason == "", due_here, ~self._in_flight(now))
             if busy:
@@ -291,7 +298,9 @@ class SqlWebhookQueue:
                     for r in rows
                 ]
                 lanes.append(Lane(_endpoint_of(row), claims))
-        return lanes
+            return lanes
+
+        return self._transactions.write(claim)
 
     def record(
         self, endpoint_id: str, records: Sequence[Any], *, now: datetime, disable_after: timedelta
@@ -302,11 +311,12 @@ class SqlWebhookQueue:
         by a success, set by a failure, and the endpoint disabled (FAILING) once its attempts have
         all failed for `disable_after`. For each record whether it applied, and whether the
         endpoint was disabled now."""
-        applied: list[bool] = []
-        disabled = False
         if not records:
-            return applied, disabled
-        with self._sessions.write() as session, session.begin():
+            return [], False
+
+        def write(session: Session) -> tuple[list[bool], bool]:
+            applied: list[bool] = []
+            disabled = False
             # The endpoint first, then its deliveries: the order of a claim and of the endpoint's
             # own changes, so none of them waits on another in a cycle. A deleted endpoint took
             # its deliveries and attempts with it: nothing to write.
@@ -379,37 +389,27 @@ class SqlWebhookQueue:
                     .values(disabled_reason=DisabledReason.FAILING.value, update_time=now)
                 )
                 disabled = result.rowcount == 1
-        return applied, disabled
+            return applied, disabled
+
+        return self._transactions.write(write)
 
     def renew(self, tokens: Sequence[LeaseToken], until: datetime) -> list[LeaseToken]:
-        return leases.renew(self._sessions, D, tokens, until)
+        return leases.renew(self._transactions, D, tokens, until)
 
     def release(self, tokens: Sequence[LeaseToken], due_at: datetime) -> int:
         """Give back claims never sent (a worker stopping, an endpoint that stopped answering), due
         at `due_at`, not counted as attempts."""
-        if not tokens:
-            return 0
-        with self._sessions.write() as session, session.begin():
-            leases.lock_in_id_order(session, D, [t.id for t in tokens])
-            released = 0
-            for token in tokens:
-                result = session.execute(
-                    update(D)
-                    .where(leases.held(D, token))
-                    .values(next_attempt_at=due_at, attempts=D.c.attempts - 1, leased=False)
-                )
-                released += result.rowcount
-        return released
+        return leases.release(self._transactions, D, tokens, due_at, leased=False)
 
     def backlog(self, now: datetime) -> Backlog:
         """Deliveries due now to enabled endpoints, and how long the oldest has waited."""
         enabled = exists().where(E.c.endpoint_id == D.c.endpoint_id, E.c.disabled_reason == "")
-        return leases.backlog(self._sessions, D, now, enabled)
+        return leases.backlog(self._transactions, D, now, enabled)
 
     def statuses(self) -> dict[str, int]:
         """How many deliveries are in each status (tests, operators)."""
-        with self._sessions.read() as session:
-            return dict(session.execute(select(D.c.status, func.count()).group_by(D.c.status)).all())
+        query = select(D.c.status, func.count()).group_by(D.c.status)
+        return self._transactions.read(lambda session: dict(session.execute(query).all()))
 
 
 __all__ = [

@@ -1,6 +1,7 @@
 """GroupCommit (credit_common.db.group_commit) on a real database: units submitted together share one
 transaction, a unit's domain error is its own answer, a unit that breaks the transaction makes every
-unit of its group run again alone, and a group runs its units in key order."""
+unit of its group run again alone (so does a COMMIT that lost a race), and a group runs its units in
+key order."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from functools import partial
 
 import pytest
 from sqlalchemy import Column, MetaData, String, Table, event, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from credit_common.db.engine import DatabaseSettings, create_db_engine, session_factories
 from credit_common.db.group_commit import GroupCommit
 from credit_common.errors import NotFound
 from tests.support.batches import one_batch
+from tests.support.lost_race import DEADLOCK, SERIALIZATION_FAILURE, lose_race_at_commit
 
 _ROWS = Table("rows", MetaData(), Column("key", String(20), primary_key=True))
 
@@ -190,3 +192,48 @@ def test_run_together_runs_each_unit_alone_once_one_breaks_the_transaction(engin
     with pytest.raises(IntegrityError):
         slots[1].outcome()
     assert _keys(engine) == ["x", "y"] and len(commits) == 2  # x alone, y alone
+
+
+@pytest.mark.parametrize("sqlstate", [SERIALIZATION_FAILURE, DEADLOCK], ids=["serialization-failure", "deadlock"])
+def test_a_commit_that_loses_a_race_makes_each_unit_run_alone(engine, sqlstate):
+    """The database rolled the group back at its COMMIT (a serializable engine, a deferred constraint):
+    nothing of it committed, so each unit runs alone (on the shared runner, with its retries), as
+    after any other failure of the group, and each gets its own answer."""
+    committer, _ = _committer(engine)
+    runs: list[str] = []
+
+    def counted(key: str) -> Callable[[Session], str]:
+        def work(session: Session) -> str:
+            runs.append(key)
+            return _insert(key)(session)
+
+        return work
+
+    with lose_race_at_commit(engine, sqlstate) as race:
+        slots = committer.run_together([(counted("x"), "k", None), (counted("y"), "k", None)])
+    assert race.count == 1
+    assert [slot.outcome() for slot in slots] == ["x", "y"]
+    assert runs == ["x", "y", "x", "y"]  # in the group, then each alone
+    assert _keys(engine) == ["x", "y"]
+
+
+def test_a_commit_of_unknown_outcome_is_each_units_answer(engine):
+    """A COMMIT that failed otherwise (a lost connection: it may have committed) is not run again:
+    each unit of the group gets its error, as it would have alone (the runner does not retry it)."""
+    committer, _ = _committer(engine)
+    runs: list[str] = []
+
+    def counted(key: str) -> Callable[[Session], str]:
+        def work(session: Session) -> str:
+            runs.append(key)
+            return _insert(key)(session)
+
+        return work
+
+    with lose_race_at_commit(engine, "08006") as race:  # connection_failure
+        slots = committer.run_together([(counted("x"), "k", None), (counted("y"), "k", None)])
+    assert race.count == 1
+    for slot in slots:
+        with pytest.raises(OperationalError):
+            slot.outcome()
+    assert runs == ["x", "y"]

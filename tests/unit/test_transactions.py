@@ -5,6 +5,7 @@ each attempt is a new transaction that runs the work from scratch."""
 from __future__ import annotations
 
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
@@ -180,3 +181,13 @@ def test_reads_run_once_in_a_transaction_of_the_read_sessions(pauses):
     with pytest.raises(OperationalError):
         transactions.read(failing(deadlock()))
     assert (writes.transactions, reads.transactions) == ([], ["committed", "rolled back"])
+
+
+def test_the_runner_of_a_services_session_factories_writes_and_reads_on_each(pauses):
+    writes, reads = FakeSessions(), FakeSessions()
+    factories = SimpleNamespace(write=writes, read=reads)
+    transactions = Transactions.of(factories, RetryPolicy(attempts=2))  # type: ignore[arg-type]
+    transactions.write(failing(unique_violation()))  # retried with no pause
+    transactions.read(lambda session: None)
+    assert transactions.policy == RetryPolicy(attempts=2)
+    assert (writes.transactions, reads.transactions) == (["rolled back", "committed"], ["committed"])

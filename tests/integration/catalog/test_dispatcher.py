@@ -45,6 +45,7 @@ from credit_common.errors import FieldViolation, InvalidArgument
 from credit_common.grpc.errors import to_rpc_status
 from grant_service.v1 import grant_service_pb2 as pb
 from grant_service.v1 import grant_service_pb2_grpc
+from tests.support.lost_race import DEADLOCK, SERIALIZATION_FAILURE, lose_race
 
 WAIT_S = 90.0
 FAST_BACKOFF = BackoffPolicy(base=timedelta(milliseconds=10), cap=timedelta(milliseconds=100))
@@ -1026,3 +1027,47 @@ def test_worker_from_command_line_flags_delivers_and_stops(outbox, grant):
         worker.stop()
         client.close()
     assert not worker.dispatcher.running
+
+
+# --- lost races: the outbox's transactions on the shared runner ---------------------------------
+
+
+@pytest.mark.parametrize("sqlstate", [SERIALIZATION_FAILURE, DEADLOCK], ids=["serialization-failure", "deadlock"])
+def test_a_pass_whose_claim_and_record_lose_a_race_sends_and_records_each_delivery_once(outbox, grant, sqlstate):
+    """The claim and the record of outcomes run on the shared runner (credit_common.db.transactions):
+    one that loses a race (a deadlock, a serialization failure) runs again from scratch and the pass
+    goes on. Before, the pass failed: a record lost so left the deliveries sent but pending, sent
+    again once their lease ended. The record's failure comes after its first write (the retry's),
+    so a try not rolled back whole would show (the retry fenced out by its own first try)."""
+    clock = ManualClock(T0)
+    grant.service.code_for = {"cur-1": grpc.StatusCode.UNAVAILABLE}
+    outbox.queue((KIND_SUBSCRIPTION, "sub-1", 1), (KIND_CREDIT_CURRENCY, "cur-1", 1), now=T0)
+    d = dispatcher(outbox.repo, delivery_to(grant), clock=clock, send_concurrency=1)
+    with (
+        lose_race(outbox.engine, "UPDATE outbox_deliveries SET attempts", sqlstate) as claim_race,
+        lose_race(outbox.engine, "UPDATE outbox_deliveries SET status", sqlstate, after=1) as record_race,
+    ):
+        report = d.run_once()
+    assert (claim_race.count, record_race.count) == (1, 1)
+    assert (report.claimed, report.delivered, report.retried, report.fenced) == (2, 1, 1, 0)
+    assert sorted((c.key, c.code) for c in grant.service.snapshot()) == [
+        ("cur-1", grpc.StatusCode.UNAVAILABLE),
+        ("sub-1", grpc.StatusCode.OK),
+    ]  # each sent once
+    rows = {r.aggregate_key: r for r in outbox.rows()}
+    assert (rows["sub-1"].status, rows["sub-1"].attempts) == (STATUS_DELIVERED, 1)  # the claim counted once
+    assert (rows["cur-1"].status, rows["cur-1"].attempts) == (STATUS_PENDING, 1)
+    assert rows["cur-1"].last_error.startswith("UNAVAILABLE")
+    d.stop()
+
+
+@pytest.mark.parametrize("sqlstate", [SERIALIZATION_FAILURE, DEADLOCK], ids=["serialization-failure", "deadlock"])
+def test_a_requeue_that_loses_a_race_runs_again(outbox, sqlstate):
+    clock = ManualClock(T0)
+    outbox.queue((KIND_SUBSCRIPTION, "sub-1", 1), now=T0)
+    [claim] = outbox.repo.claim_due(clock.now(), clock.now() + timedelta(minutes=1), 10)
+    assert outbox.repo.record([Resolution(claim, STATUS_FAILED, 1, T0, "INVALID_ARGUMENT: no")]) == [True]
+    with lose_race(outbox.engine, "UPDATE outbox_deliveries SET status", sqlstate) as race:
+        assert outbox.repo.requeue_failed(KIND_SUBSCRIPTION, "sub-1", clock.now()) == 1
+    assert race.count == 1
+    assert outbox.statuses() == Counter({STATUS_PENDING: 1})
