@@ -22,7 +22,7 @@ from grant_service.domain.model import (
     StoredSubscription,
     Subscription,
 )
-from grant_service.domain.revisions import NO_WINDOW, advance
+from grant_service.domain.revisions import NO_WINDOW, RevisionWindow, advance
 from grant_service.domain.schedules import Schedule, ScheduledAmount, clamp_amounts, clamp_end
 from grant_service.service_layer import alerts
 from grant_service.service_layer.context import GrantContext, require_test_clocks
@@ -88,6 +88,14 @@ class _Rejected(Exception):
         self.index, self.error = index, error
 
 
+class _Refused(Exception):
+    """An item of a batch failed its checks, before it changed anything: the batch goes on without it."""
+
+    def __init__(self, error: DomainError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def check_amounts(spec: SubscriptionSpec, ceiling: Decimal | None) -> None:
     """Refuse amounts above `--max-applied-amount` (None: no ceiling): what a leaked sync key can mint
     through ApplySubscription is bounded by it (docs/security.md, blast radius of each role)."""
@@ -122,10 +130,13 @@ def apply_subscriptions(ctx: GrantContext, specs: Sequence[SubscriptionSpec]) ->
     that two batches cannot deadlock) with one query each; the new customers, subscriptions and
     schedules are inserted with one statement per table. Items are applied in customer_key order,
     each customer's items in the order given (so revisions of one subscription follow each other).
-    A rejected item (a DomainError) rolls the transaction back, and the batch runs again
-    without it: a rejected item leaves no trace and the others see exactly what they would
-    have seen had it never been sent. Rejections are rare (the catalog validates what it
-    sends), so the batch normally runs once."""
+    An item refused by its checks (a revision too far ahead, a test clock that does not exist or
+    differs from its customer's, an amount above the ceiling, a changed immutable field), which
+    come before it changes anything, is skipped and the batch goes on. An item rejected later (a
+    DomainError once it changed something) rolls the transaction back, and the batch runs again
+    without it. Either way a rejected item leaves no trace and the others see exactly what they
+    would have seen had it never been sent; a batch of refused items costs one run, not one run
+    per refusal."""
     rejected: dict[int, DomainError] = {}
     for i, spec in enumerate(specs):
         if spec.test_clock_id:
@@ -143,6 +154,8 @@ def apply_subscriptions(ctx: GrantContext, specs: Sequence[SubscriptionSpec]) ->
         for i in order:
             try:
                 results[i] = batch.apply(specs[i])
+            except _Refused as refusal:
+                results[i] = ApplyResult(None, 0, refusal.error)
             except DomainError as error:
                 raise _Rejected(i, error) from error
         batch.flush()
@@ -196,36 +209,14 @@ class _Batch:
         )
 
     def apply(self, spec: SubscriptionSpec) -> ApplyResult:
-        clock_key = clock_key_of(spec.test_clock_id)
-        if not on_real_time(clock_key) and clock_key not in self.clocks:
-            raise test_clock_not_found(clock_key)
-        sub = self.subscriptions.get(spec.subscription_id)
-        window = advance(
-            "subscription",
-            spec.subscription_id,
-            sub.revision if sub else 0,
-            spec.revision,
-            sub.revision_window if sub else NO_WINDOW,
-            self.real_now,
-            self.ctx.max_revision_step,
-            self.ctx.max_revision_step_window,
-        )
-        if spec.revision > (sub.revision if sub else 0):
-            check_amounts(spec, self.ctx.max_applied_amount)
-        customer = self.customers.get(spec.customer_key)
-        if customer is None:
+        try:
+            clock_key, sub, window = self._check(spec)
+        except DomainError as error:
+            raise _Refused(error) from error
+        if spec.customer_key not in self.customers:
             customer = Customer(spec.customer_key, clock_key)
             self.new_customers.append(customer)
             self.customers[spec.customer_key] = customer
-        elif customer.clock_key != clock_key:
-            raise FailedPrecondition(
-                "the subscription's test clock differs from its customer's",
-                reason="TEST_CLOCK_MISMATCH",
-                metadata={
-                    "customer_key": spec.customer_key,
-                    "customer_test_clock_id": api_test_clock_id(customer.clock_key),
-                },
-            )
         now = self.real_now if on_real_time(clock_key) else self.clocks[clock_key]
         if sub is None:
             sub = StoredSubscription(
@@ -249,7 +240,6 @@ class _Batch:
             return ApplyResult(ApplyOutcome.ALREADY_APPLIED, sub.revision)
         if spec.revision < sub.revision:
             return ApplyResult(ApplyOutcome.STALE, sub.revision)
-        _check_immutable(sub, spec, clock_key)
         self.flush_new()  # the schedules are read back from the database
         # The change applies to the customer's state at `now`: what is due is issued first.
         catch_up_in_transaction(self.uow, clock_key, now, spec.customer_key, self.batch_size)
@@ -265,6 +255,39 @@ class _Batch:
             self.alerts_version = self.uow.alerts.version()
         alerts.evaluate(self.uow, clock_key, now, [spec.customer_key], version=self.alerts_version)
         return ApplyResult(ApplyOutcome.APPLIED, spec.revision, clamped=tuple(clamped))
+
+    def _check(self, spec: SubscriptionSpec) -> tuple[ClockKey, StoredSubscription | None, RevisionWindow]:
+        """The item's checks, which change nothing: its clock, its subscription as held, and the
+        revision window it would leave; raises the DomainError that refuses it."""
+        clock_key = clock_key_of(spec.test_clock_id)
+        if not on_real_time(clock_key) and clock_key not in self.clocks:
+            raise test_clock_not_found(clock_key)
+        sub = self.subscriptions.get(spec.subscription_id)
+        window = advance(
+            "subscription",
+            spec.subscription_id,
+            sub.revision if sub else 0,
+            spec.revision,
+            sub.revision_window if sub else NO_WINDOW,
+            self.real_now,
+            self.ctx.max_revision_step,
+            self.ctx.max_revision_step_window,
+        )
+        if spec.revision > (sub.revision if sub else 0):
+            check_amounts(spec, self.ctx.max_applied_amount)
+        customer = self.customers.get(spec.customer_key)
+        if customer is not None and customer.clock_key != clock_key:
+            raise FailedPrecondition(
+                "the subscription's test clock differs from its customer's",
+                reason="TEST_CLOCK_MISMATCH",
+                metadata={
+                    "customer_key": spec.customer_key,
+                    "customer_test_clock_id": api_test_clock_id(customer.clock_key),
+                },
+            )
+        if sub is not None and spec.revision > sub.revision:
+            _check_immutable(sub, spec, clock_key)
+        return clock_key, sub, window
 
     def _changed(
         self,

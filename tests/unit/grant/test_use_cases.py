@@ -125,6 +125,36 @@ def test_a_rejected_item_of_a_batch_leaves_no_trace_and_the_others_are_applied(c
     assert sorted(store.subscriptions) == ["sub_1", "sub_a"]
 
 
+def test_items_refused_by_their_checks_cost_no_extra_run_and_create_nothing(ctx, store):
+    """Refusals found before an item changes anything (a test clock that does not exist, a revision
+    too far ahead, an immutable field changed) skip the item and the batch goes on: one write run
+    for the batch, however many are refused (each used to roll the batch back and run it again),
+    and a refused item's new customer is not created."""
+    apply_subscription(ctx, _spec(1))
+    runs = []
+    write = ctx.transactions.write
+    ctx.transactions.write = lambda work: runs.append(1) or write(work)
+    results = apply_subscriptions(
+        ctx,
+        [
+            _spec(test_clock_id="clk_missing", subscription_id="sub_x", customer_key="x"),
+            _spec(2, customer_key="moved"),  # sub_1 is c1's: its customer cannot change
+            _spec(10**9, subscription_id="sub_y", customer_key="y"),  # far beyond the revision bound
+            _spec(subscription_id="sub_a", customer_key="a"),
+        ],
+    )
+
+    assert [r.error.reason if r.error else r.outcome for r in results] == [
+        "TEST_CLOCK_NOT_FOUND",
+        "IMMUTABLE_FIELD_CHANGED",
+        "REVISION_TOO_FAR_AHEAD",
+        ApplyOutcome.APPLIED,
+    ]
+    assert runs == [1]
+    assert sorted(store.customers) == ["a", "c1"]
+    assert sorted(store.subscriptions) == ["sub_1", "sub_a"]
+
+
 def test_unknown_subscription_is_not_found(ctx):
     with pytest.raises(NotFound):
         get_subscription(ctx, "sub_nobody")
