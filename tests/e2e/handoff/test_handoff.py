@@ -22,7 +22,7 @@ from tests.e2e.handoff.conftest import (
 
 pytestmark = pytest.mark.slow
 
-COUNT = 100
+COUNT = 60
 
 
 def all_delivered(d, subscriptions):
@@ -70,7 +70,7 @@ def test_grant_service_failing_every_other_call(deployment):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_catalog_restarted_in_the_middle_of_the_backlog(deployment, sig):
-    # Deliveries take 0.2 s each (4 at a time), so 100 take about 5 s; a short
+    # Deliveries take 0.2 s each (4 at a time), so 60 take about 3 s; a short
     # lease makes the deliveries a killed catalog had claimed due again soon.
     d = deployment(
         catalog_args=["--grant-deadline-ms", "1000", "--outbox-lease-s", "3", "--outbox-batch-size", "4"],
