@@ -41,10 +41,10 @@ def _issued_by(process) -> int:
     return sum(r.get("issued", 0) for r in process.log_records() if r["message"] == "catch-up")
 
 
-def test_two_replicas_share_20000_due_subscriptions_and_issue_each_once(postgres_server, services):
+def test_two_replicas_share_10000_due_subscriptions_and_issue_each_once(postgres_server, services):
     url = migrated_database(postgres_server, "grant_replicas", GRANT_MIGRATIONS)
     replicas = [_replica(services, url), _replica(services, url)]
-    count = 20_000
+    count = 10_000
     seed_due_subscriptions(url, count)  # due at once, while both timers are running
     wait_until(lambda: count_rows(url, GrantRow) >= count, "every grant", processes=replicas, limit_s=120)
     for replica in replicas:
