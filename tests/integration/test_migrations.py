@@ -62,3 +62,18 @@ def test_server_refuses_schema_behind_then_migrate_fixes_it(app, database_url_fa
         assert current, "migrate left no alembic version"
     finally:
         engine.dispose()
+
+
+def test_grants_leave_room_for_the_updates_of_debits_on_postgresql(database_url_factory, backend):
+    """Migration 0009: a debit's update of a grant's running total stays on its page (a heap-only
+    tuple, no index entries) because the table's pages are filled to 70%."""
+    if backend != "postgresql":
+        pytest.skip("SQLite updates rows in place")
+    engine = create_db_engine(DatabaseSettings(url=database_url_factory("fill")))
+    try:
+        upgrade(grant_app.DEFINITION.migrations, engine)
+        with engine.connect() as connection:
+            options = connection.exec_driver_sql("SELECT reloptions FROM pg_class WHERE relname = 'grants'").scalar()
+        assert "fillfactor=70" in options
+    finally:
+        engine.dispose()
