@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from credit_common.idempotency import SeenRequest
 from grant_service.domain.alerts import AlertLevel, BalanceState
+from grant_service.domain.balances import GrantView
 from grant_service.domain.clocks import ClockKey
 from grant_service.domain.events import EventFilter, EventPosition, EventScan, NewEvent, StoredEvent
 from grant_service.domain.model import (
     Customer,
     CustomerNow,
-    DebitableGrant,
     DebitHead,
     Grant,
     LedgerEntry,
@@ -230,7 +230,7 @@ class DebitAccountRepository(Protocol):
         customer."""
         ...
 
-    def open_grants(self, customer_key: str) -> list[DebitableGrant]:
+    def open_grants(self, customer_key: str) -> list[GrantView]:
         """The customer's open grants of every currency, locked, in id order, with their running
         totals, read again (after a catch-up in the transaction issued or opened some)."""
         ...

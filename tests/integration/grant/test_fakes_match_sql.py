@@ -49,17 +49,17 @@ def _spec(revision: int, customer_key: str, amounts, *, end=None, test_clock_id:
 def _observe(ctx: GrantContext, customer_key: str) -> dict:
     everything = PageRequest(1000, None)
     entries, _ = balances.list_ledger_entries(ctx, customer_key, "", None, None, None, everything)
-    grants, _ = balances.list_grants(ctx, customer_key, "", "", everything)
+    grants, _, now = balances.list_grants(ctx, customer_key, "", "", everything)
     balance = balances.get_balance(ctx, customer_key, "ai-credits", None, True)
     sub = get_subscription(ctx, f"sub_{customer_key}")
     events = ctx.transactions.read(lambda uow: uow.events.after(None, 1000))
     return {
         "ledger": [(e.type, e.effective_time, e.amount, e.description) for e in entries],
         "grants": [
-            (g.grant.effective_time, g.grant.expire_time, g.grant.amount, g.grant.void_time, g.status, g.remaining)
+            (g.effective_time, g.expire_time, g.amount, g.void_time, g.status_at(now), g.remaining_at(now))
             for g in grants
         ],
-        "balance": (balance.as_of, balance.available, [g.remaining for g in balance.grants]),
+        "balance": (balance.as_of, balance.available, [g.remaining_at(balance.as_of) for g in balance.grants]),
         "subscription": (sub.revision, sub.end_time, [s.amounts for s in sub.credit_schedules]),
         "events": [
             (e.event.type, e.event.customer_key, e.event.occurred_time)
@@ -76,9 +76,9 @@ def _story(ctx: GrantContext, clock: ManualClock) -> dict:
     apply_subscription(ctx, _spec(1, "a", [("100", ANCHOR)]))
     catch_up(ctx.transactions, clock_key=REAL_TIME, now=NOW, batch_size=2)
     apply_subscription(ctx, _spec(2, "a", [("100", ANCHOR), ("250", NOW - timedelta(days=3))]))
-    extra = operators.create_grant(ctx, "r1", "a", "ai-credits", Decimal(40), None, None, 5, "goodwill")
+    extra, _ = operators.create_grant(ctx, "r1", "a", "ai-credits", Decimal(40), None, None, 5, "goodwill")
     operators.create_grant(ctx, "r2", "a", "ai-credits", Decimal(7), NOW + timedelta(days=1), None, None, "")
-    operators.void_grant(ctx, extra.grant.grant_id, "mistake", "v1")
+    operators.void_grant(ctx, extra.grant_id, "mistake", "v1")
     clock.set(NOW + timedelta(days=2))
     apply_subscription(ctx, _spec(3, "a", [("100", ANCHOR), ("250", NOW)], end=NOW + timedelta(days=20)))
 

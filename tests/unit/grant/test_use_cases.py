@@ -209,7 +209,7 @@ def test_a_balance_read_catches_the_customer_up_first(ctx, store):
     info = balances.get_balance(ctx, "c1", "ai-credits", None, True)
 
     assert info.available == Decimal(100)
-    assert [g.grant.effective_time for g in info.grants] == [ANCHOR.replace(month=5)]
+    assert [g.effective_time for g in info.grants] == [ANCHOR.replace(month=5)]
     assert len(store.grants) == 3  # issued by the read's catch-up
 
 
@@ -264,35 +264,40 @@ def test_an_amendment_effective_now_replaces_the_current_grant_from_now(ctx, sto
 # ------------------------------------------------------------------------------ voids and one-off grants
 
 
-def _one_off(ctx, request_id: str = "r1", amount: str = "50", **kwargs):
+def _one_off_at(ctx, request_id: str = "r1", amount: str = "50", **kwargs):
+    """The one-off grant created, and the instant it was created at."""
     fields = {"effective_time": None, "expire_time": None, "priority": None, "reason": "goodwill", **kwargs}
     return operators.create_grant(ctx, request_id, "c1", "ai-credits", Decimal(amount), **fields)
+
+
+def _one_off(ctx, request_id: str = "r1", amount: str = "50", **kwargs):
+    return _one_off_at(ctx, request_id, amount, **kwargs)[0]
 
 
 def test_a_one_off_grant_counts_at_once_and_its_request_id_replays_it(ctx, store):
     apply_subscription(ctx, _spec())
 
-    grant = _one_off(ctx)
+    grant, at = _one_off_at(ctx)
     again = _one_off(ctx)
 
-    assert grant.status is GrantStatus.ACTIVE and again.grant.grant_id == grant.grant.grant_id
+    assert grant.status_at(at) is GrantStatus.ACTIVE and again.grant_id == grant.grant_id
     assert balances.get_balance(ctx, "c1", "ai-credits", None, False).available == Decimal(150)
     with pytest.raises(AlreadyExists):
         _one_off(ctx, amount="51")
-    assert [e.description for e in store.ledger if e.grant_id == grant.grant.grant_id] == ["goodwill"]
+    assert [e.description for e in store.ledger if e.grant_id == grant.grant_id] == ["goodwill"]
 
 
 def test_a_one_off_grant_for_later_is_pending_until_its_time_comes(ctx, store, clock):
     apply_subscription(ctx, _spec())
     later = NOW + timedelta(days=2)
 
-    grant = _one_off(ctx, effective_time=later)
+    grant, at = _one_off_at(ctx, effective_time=later)
 
-    assert grant.status is GrantStatus.PENDING
-    assert not [e for e in store.ledger if e.grant_id == grant.grant.grant_id]
+    assert grant.status_at(at) is GrantStatus.PENDING
+    assert not [e for e in store.ledger if e.grant_id == grant.grant_id]
     clock.set(later)
     assert balances.get_balance(ctx, "c1", "ai-credits", None, False).available == Decimal(150)
-    assert [e.type for e in store.ledger if e.grant_id == grant.grant.grant_id] == [EntryType.GRANT]
+    assert [e.type for e in store.ledger if e.grant_id == grant.grant_id] == [EntryType.GRANT]
 
 
 def test_a_one_off_grant_needs_a_known_customer_and_currency_and_an_expiry_after_its_start(ctx):
@@ -310,14 +315,14 @@ def test_a_void_records_what_was_left_and_cannot_happen_twice(ctx, store):
     apply_subscription(ctx, _spec())
     grant = _one_off(ctx)
 
-    voided = operators.void_grant(ctx, grant.grant.grant_id, "mistake", "v1")
+    voided, at = operators.void_grant(ctx, grant.grant_id, "mistake", "v1")
 
-    assert voided.status is GrantStatus.VOIDED and voided.grant.void_time == NOW
+    assert voided.status_at(at) is GrantStatus.VOIDED and voided.void_time == NOW
     assert _entries(store)[-1] == ("VOID", NOW, Decimal(-50))
     assert balances.get_balance(ctx, "c1", "ai-credits", None, False).available == Decimal(100)
-    assert operators.void_grant(ctx, grant.grant.grant_id, "mistake", "v1").grant.grant_id == grant.grant.grant_id
+    assert operators.void_grant(ctx, grant.grant_id, "mistake", "v1")[0].grant_id == grant.grant_id
     with pytest.raises(FailedPrecondition) as raised:
-        operators.void_grant(ctx, grant.grant.grant_id, "mistake", "v2")
+        operators.void_grant(ctx, grant.grant_id, "mistake", "v2")
     assert raised.value.reason == "GRANT_ALREADY_VOIDED"
     assert _events(store, EventType.GRANT_VOIDED) == [EventType.GRANT_VOIDED]
 
@@ -326,10 +331,10 @@ def test_voiding_a_pending_grant_writes_no_ledger_entry(ctx, store):
     apply_subscription(ctx, _spec())
     grant = _one_off(ctx, effective_time=NOW + timedelta(days=1))
 
-    operators.void_grant(ctx, grant.grant.grant_id, "", "v1")
+    operators.void_grant(ctx, grant.grant_id, "", "v1")
 
-    assert not [e for e in store.ledger if e.grant_id == grant.grant.grant_id]
-    assert store.grants[grant.grant.grant_id].opens_at is None  # never opens
+    assert not [e for e in store.ledger if e.grant_id == grant.grant_id]
+    assert store.grants[grant.grant_id].opens_at is None  # never opens
 
 
 def test_an_expired_or_unknown_grant_cannot_be_voided(ctx, clock):
@@ -338,7 +343,7 @@ def test_an_expired_or_unknown_grant_cannot_be_voided(ctx, clock):
     clock.set(NOW + timedelta(hours=2))
 
     with pytest.raises(FailedPrecondition) as raised:
-        operators.void_grant(ctx, grant.grant.grant_id, "", "v1")
+        operators.void_grant(ctx, grant.grant_id, "", "v1")
     assert raised.value.reason == "GRANT_EXPIRED"
     with pytest.raises(NotFound):
         operators.void_grant(ctx, "grt_nobody", "", "v2")
@@ -369,7 +374,7 @@ def test_a_void_that_crosses_a_level_fires_once_and_recovery_fires_when_back_abo
     alert_types = (EventType.BALANCE_LOW, EventType.BALANCE_RECOVERED, EventType.BALANCE_DEPLETED)
     assert _events(store, *alert_types) == []
 
-    operators.void_grant(ctx, extra.grant.grant_id, "", "v1")  # 100: below 120
+    operators.void_grant(ctx, extra.grant_id, "", "v1")  # 100: below 120
     assert _events(store, *alert_types) == [EventType.BALANCE_LOW]
     _one_off(ctx, "r2", amount="10")  # 110: still below, nothing more
     assert _events(store, *alert_types) == [EventType.BALANCE_LOW]
@@ -383,7 +388,7 @@ def test_voiding_the_last_credits_is_a_low_balance_not_a_depletion_when_nothing_
     grant = _one_off(ctx, amount="5")
     alerts.set_balance_alerts(ctx, "", "ai-credits", [AlertLevel("amount", Decimal(1))])
 
-    operators.void_grant(ctx, grant.grant.grant_id, "", "v1")
+    operators.void_grant(ctx, grant.grant_id, "", "v1")
 
     assert _events(store, EventType.BALANCE_LOW, EventType.BALANCE_DEPLETED) == [EventType.BALANCE_LOW]
 
