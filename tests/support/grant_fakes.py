@@ -5,13 +5,15 @@ FakeRepository and FakeUnitOfWork).
 Each fake keeps its port's documented contract: what it returns, in which order, what it skips
 (a grant already issued for its schedule period segment, a second opening or closing entry of a
 grant, an event whose dedupe key the log holds) and what it refuses (a second record of a request
-id, a second customer with the same key: as a unique constraint would). What they do not model:
+id, a second usage of one request id, a second customer with the same key: as a unique constraint
+would). What they do not model:
 
 - concurrency: one thread at a time. Locks (`for_update`, `lock`, `lock_many`) only read, and
   `skip_locked` skips nothing; no race is ever lost, so `Transactions.write` runs its work once.
   The debit port (`FakeDebitPort`) makes the orders of one call in one transaction, as the SQL
   port's group does, and keeps its rules (a DomainError is the order's own answer; any other
-  failure runs each order alone); it has no other callers to group with.
+  failure runs each order alone); it has no other callers to group with, and no caller that has
+  gone (deadline, cancel: credit_common.calls) keeps a transaction from committing.
 - the event log's high-water mark: every committed event is visible at once, in commit order;
   nor the bound on the rows a read with an unindexed filter examines (`EventRepository.scan`).
 - caches: a `version` argument (alert levels, rate sets) is accepted and ignored.
