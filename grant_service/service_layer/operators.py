@@ -41,8 +41,8 @@ def _grant_now(uow: GrantUnitOfWork, ctx: GrantContext, grant_id: str) -> tuple[
 
 
 def void_grant(ctx: GrantContext, grant_id: str, reason: str, request_id: str) -> tuple[Grant, datetime]:
-    """Void the grant (what was left of it leaves the balance); the grant voided, and the instant it
-    was voided at (the customer's now)."""
+    """Void the grant (what was left of it leaves the balance), once per request id; the grant as it
+    stands at its customer's now (voided), and that now (the instant of its status in an answer)."""
     print_ = fingerprint(grant_id, reason)
     customer_key = ctx.transactions.read(lambda uow: uow.grants.customer_of(grant_id))
     if customer_key is None:
@@ -93,8 +93,8 @@ def create_grant(
     priority: int | None,
     reason: str,
 ) -> tuple[Grant, datetime]:
-    """Give the customer a one-off grant; the grant, and the instant it was created at (the
-    customer's now)."""
+    """Give the customer a one-off grant, once per request id; the grant as it stands at the
+    customer's now, and that now (the instant of its status in an answer)."""
     print_ = fingerprint(customer_key, currency_key, str(amount), effective_time, expire_time, priority, reason)
 
     def work(uow: GrantUnitOfWork) -> tuple[Grant, datetime]:
