@@ -39,7 +39,6 @@ from credit_common.idempotency import SeenRequest
 from credit_common.metrics import tally_entries
 from grant_service.adapters.catch_up import pending_columns
 from grant_service.adapters.locking import is_postgres
-from grant_service.adapters.mappers import view_of
 from grant_service.adapters.orm import (
     ALERT_SETS,
     CLOCKS,
@@ -51,7 +50,8 @@ from grant_service.adapters.orm import (
     REQUEST_IDS,
     USAGES,
 )
-from grant_service.domain.model import DebitableGrant, DebitHead, LedgerEntry, Usage
+from grant_service.domain.balances import GrantView
+from grant_service.domain.model import DebitHead, LedgerEntry, Usage
 from grant_service.domain.schedules import Pending
 from grant_service.service_layer.ports import DebitOrder, DebitRecord
 
@@ -127,15 +127,14 @@ def _base(columns: Sequence[Any]) -> tuple[str, Any, Pending, int]:
     return clock_key, frozen, Pending(next_start, next_expiry, next_open), alerts_version or 0
 
 
-def _head(
-    base: tuple[str, Any, Pending, int], seen: SeenRequest[str] | None, grants: list[DebitableGrant]
-) -> DebitHead:
+def _head(base: tuple[str, Any, Pending, int], seen: SeenRequest[str] | None, grants: list[GrantView]) -> DebitHead:
     clock_key, frozen, pending, alerts_version = base
     return DebitHead(clock_key, frozen, seen, pending, grants, alerts_version)
 
 
 def _open_grants_statement(for_update: bool, customers: Any = None) -> Select:
-    """Open grants of one customer (`customer_key`), or of those `customers` selects, in id order."""
+    """Open grants of one customer (`customer_key`), or of those `customers` selects, in id order: the
+    columns of a GrantView, in the order of its fields (`_debitable`)."""
     if customers is None:
         customers = GRANTS.c.customer_key == bindparam("customer_key")
     statement = (
@@ -163,11 +162,12 @@ _OPEN_GRANTS = {
 }
 
 
-def _debitable(rows: Sequence[Any]) -> list[DebitableGrant]:
-    return [DebitableGrant(view_of(r, r.used), r.customer_key, r.currency_key, r.subscription_id) for r in rows]
+def _debitable(rows: Sequence[Any]) -> list[GrantView]:
+    """The views of rows of `_open_grants_statement`, whose columns are GrantView's fields in order."""
+    return [GrantView(*row) for row in rows]
 
 
-def open_grants(session: Session, customer_key: str) -> list[DebitableGrant]:
+def open_grants(session: Session, customer_key: str) -> list[GrantView]:
     """The customer's open grants, of every currency, locked in id order, with their running totals:
     those of them active at the customer's "now" are what a debit burns."""
     grants = _debitable(_OPEN_GRANTS[is_postgres(session)].rows(session.connection(), {"customer_key": customer_key}))
@@ -241,7 +241,7 @@ class _Group:
 
     scope: str
     request_ids: set[str] = field(default_factory=set)
-    heads: dict[str, tuple[tuple[str, Any, Pending, int], list[DebitableGrant]]] = field(default_factory=dict)
+    heads: dict[str, tuple[tuple[str, Any, Pending, int], list[GrantView]]] = field(default_factory=dict)
     seen: dict[str, SeenRequest[str]] = field(default_factory=dict)
     writes: _Writes = field(default_factory=lambda: _Writes())
 
@@ -442,7 +442,7 @@ def record_debit(
         for grant_id, used in record.totals:
             for grant in entry[1]:
                 if grant.grant_id == grant_id:
-                    grant.view.used = used
+                    grant.used = used
                     break
 
 

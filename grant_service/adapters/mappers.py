@@ -13,7 +13,6 @@ from grant_service.adapters.orm import (
     ClockRow,
     LedgerEntryRow,
 )
-from grant_service.domain.balances import GrantView
 from grant_service.domain.model import (
     CustomerNow,
     EntryType,
@@ -59,11 +58,6 @@ def stored_schedule_of(row: Any, schedule: Schedule | None = None) -> StoredSche
         position=row.position,
         removed=row.removed,
     )
-
-
-def view_of(row: Any, used: Decimal) -> GrantView:
-    """A grant (an ORM row, or any row with the columns of `grants`) with `used` credits debited."""
-    return GrantView(row.grant_id, row.amount, used, row.priority, row.effective_time, row.expire_time, row.void_time)
 
 
 def grant_of(row: Any) -> Grant:

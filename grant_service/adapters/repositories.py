@@ -53,11 +53,10 @@ from grant_service.adapters.orm import (
     UsageRow,
 )
 from grant_service.adapters.rates import RatesCache, feature_known, rates_in_force
-from grant_service.domain.balances import RECURRING_PRIORITY, exact_sum
+from grant_service.domain.balances import RECURRING_PRIORITY, GrantView, exact_sum
 from grant_service.domain.clocks import ClockKey
 from grant_service.domain.model import (
     Customer,
-    DebitableGrant,
     DebitHead,
     Grant,
     LedgerEntry,
@@ -381,7 +380,7 @@ class SqlDebitAccountRepository:
     def head(self, order: DebitOrder) -> DebitHead | None:
         return debit_head(self.session, order.customer_key, order.scope, order.request_id)
 
-    def open_grants(self, customer_key: str) -> list[DebitableGrant]:
+    def open_grants(self, customer_key: str) -> list[GrantView]:
         return open_grants(self.session, customer_key)
 
     def record(self, order: DebitOrder, record: DebitRecord) -> None:

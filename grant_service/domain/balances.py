@@ -1,18 +1,22 @@
-"""Grants at an instant: which count, what remains of them, the burn-down order,
-and how a debit is spread over them. Pure: no I/O. All arithmetic is exact."""
+"""Grants at an instant: which count, what remains of them, their status, the burn-down
+order, and how a debit is spread over them. Pure: no I/O. All arithmetic is exact."""
 
 from __future__ import annotations
 
 import decimal
+import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import TypeVar
 
 # Enough digits for any sum or product of stored amounts (38 digits, 12 after the point): never rounds.
 _EXACT = decimal.Context(prec=120, traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
 
 RECURRING_PRIORITY = 100
+
+G = TypeVar("G", bound="GrantTerms")
 
 
 def exact_sum(values: Iterable[Decimal]) -> Decimal:
@@ -30,11 +34,23 @@ def exact_difference(a: Decimal, b: Decimal) -> Decimal:
     return _EXACT.subtract(a, b)
 
 
-@dataclass(slots=True)
-class GrantView:
-    """A grant as seen at one instant: `used` counts debits at or before that instant. Not frozen (a
-    frozen dataclass sets each field through object.__setattr__, and reads and debits make one per
-    grant): a debit group keeps its customers' views current by setting `used` (adapters/debits.py)."""
+class GrantStatus(enum.Enum):
+    PENDING = 1
+    ACTIVE = 2
+    EXPIRED = 3
+    VOIDED = 4
+
+
+_COUNTING = (GrantStatus.ACTIVE, GrantStatus.PENDING)
+
+
+class GrantTerms:
+    """What a grant is at an instant, from its terms (`amount`, `priority`, `effective_time`,
+    `expire_time`, `void_time`) and the credits debited from it (`used`): the rules shared by the two
+    shapes of a grant that have them, `Grant` (domain/model.py: the grant as stored) and `GrantView`
+    (below: the grant as a debit reads it). No fields of its own."""
+
+    __slots__ = ()
 
     grant_id: str
     amount: Decimal
@@ -46,6 +62,7 @@ class GrantView:
 
     @property
     def remaining(self) -> Decimal:
+        """amount - used: what is left of it while it counts."""
         return exact_difference(self.amount, self.used)
 
     def is_active_at(self, t: datetime) -> bool:
@@ -55,8 +72,43 @@ class GrantView:
             and (self.void_time is None or t < self.void_time)
         )
 
+    def status_at(self, t: datetime) -> GrantStatus:
+        if self.void_time is not None and self.void_time <= t:
+            return GrantStatus.VOIDED
+        if self.effective_time > t:
+            return GrantStatus.PENDING
+        if self.expire_time is not None and self.expire_time <= t:
+            return GrantStatus.EXPIRED
+        return GrantStatus.ACTIVE
 
-def burn_order_key(grant: GrantView) -> tuple:
+    def remaining_at(self, t: datetime) -> Decimal:
+        """What is left of it at `t` as an answer shows it: `remaining` while it is active or pending,
+        nothing once it has expired or been voided."""
+        return self.remaining if self.status_at(t) in _COUNTING else Decimal(0)
+
+
+@dataclass(slots=True)
+class GrantView(GrantTerms):
+    """An open grant as a debit reads it, with its customer locked: its terms, `used` (its running
+    total: debits at or before the debit's instant), and what the debit's ledger entries and events
+    repeat of it (customer, currency, subscription). Separate from `Grant` for speed: a debit reads
+    every open grant of its customer, of every currency, and makes one of these per grant from the
+    ten columns it reads (`Grant` has 19 fields, frozen: several times the cost to build). Not frozen
+    either: a debit group keeps its customers' views current by setting `used` (adapters/debits.py)."""
+
+    grant_id: str
+    amount: Decimal
+    used: Decimal
+    priority: int
+    effective_time: datetime
+    expire_time: datetime | None
+    void_time: datetime | None
+    customer_key: str
+    currency_key: str
+    subscription_id: str | None
+
+
+def burn_order_key(grant: GrantTerms) -> tuple:
     """Lower priority first, then soonest expiry (never-expiring last), then oldest."""
     return (
         grant.priority,
@@ -67,11 +119,11 @@ def burn_order_key(grant: GrantView) -> tuple:
     )
 
 
-def active_in_burn_order(grants: Iterable[GrantView], t: datetime) -> list[GrantView]:
+def active_in_burn_order(grants: Iterable[G], t: datetime) -> list[G]:
     return sorted((g for g in grants if g.is_active_at(t)), key=burn_order_key)
 
 
-def available(grants: Iterable[GrantView], t: datetime) -> Decimal:
+def available(grants: Iterable[GrantTerms], t: datetime) -> Decimal:
     return exact_sum(g.remaining for g in grants if g.is_active_at(t))
 
 
@@ -82,7 +134,7 @@ class InsufficientCredits(Exception):
         self.required = required
 
 
-def allocate(grants: Sequence[GrantView], credits: Decimal, t: datetime) -> list[tuple[str, Decimal]]:
+def allocate(grants: Sequence[GrantTerms], credits: Decimal, t: datetime) -> list[tuple[str, Decimal]]:
     """(grant_id, amount) taken from each grant active at t, in burn-down order, for a debit of
     `credits`; InsufficientCredits (nothing taken) if they do not cover it."""
     ordered = active_in_burn_order(grants, t)

@@ -5,19 +5,20 @@ decimals, times aware UTC."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
 from credit_common.idempotency import SeenRequest
 from credit_common.periods import Cadence
-from grant_service.domain.balances import GrantView, exact_difference
+from grant_service.domain.balances import GrantStatus as GrantStatus  # re-exported: its home is domain.balances
+from grant_service.domain.balances import GrantTerms, GrantView
 from grant_service.domain.clocks import REAL_TIME as REAL_TIME  # re-exported: its home is domain.clocks
 from grant_service.domain.clocks import ClockKey, api_test_clock_id
 from grant_service.domain.revisions import NO_WINDOW, RevisionWindow
 from grant_service.domain.schedules import GrantSegment, Pending, Schedule, ScheduledAmount
 
-# The values a debit makes (Usage, LedgerEntry, DebitHead, DebitableGrant) are not frozen dataclasses,
+# The values a debit makes (Usage, LedgerEntry, DebitHead, GrantView) are not frozen dataclasses,
 # though nothing changes them once made: a frozen dataclass's constructor sets each field through
 # object.__setattr__, and a ReportUsageBatch makes several of these per usage inside its write
 # transaction (docs/performance.md). Changes go through dataclasses.replace or a new value all the same.
@@ -42,15 +43,14 @@ class EntryType(enum.Enum):
     ADJUST = "ADJUST"
 
 
-class GrantStatus(enum.Enum):
-    PENDING = 1
-    ACTIVE = 2
-    EXPIRED = 3
-    VOIDED = 4
-
-
 @dataclass(frozen=True, slots=True)
-class Grant:
+class Grant(GrantTerms):
+    """A grant as stored: every field of it, and its stored state. What the use cases read, change and
+    answer with; its status and what remains of it at an instant are `status_at` and `remaining_at`
+    (GrantTerms). `used` is the running total of its debits; a grant answered for a past instant
+    carries the debits until then instead (`with_used`). The catch-up issues recurring grants as
+    `NewGrant` and a debit reads open grants as `GrantView`: lighter shapes, for speed."""
+
     grant_id: str
     customer_key: str
     currency_key: str
@@ -84,11 +84,9 @@ class Grant:
         """Something was debited from it."""
         return self.used != 0
 
-    def view(self, used: Decimal) -> GrantView:
-        """The grant as seen at an instant at which `used` credits of it were debited."""
-        return GrantView(
-            self.grant_id, self.amount, used, self.priority, self.effective_time, self.expire_time, self.void_time
-        )
+    def with_used(self, used: Decimal) -> Grant:
+        """The grant as it stood when `used` credits of it were debited (itself if that is its `used`)."""
+        return self if used == self.used else replace(self, used=used)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,29 +97,6 @@ class CustomerNow:
     clock_key: ClockKey
     pending: Pending
     grants: tuple[Grant, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class GrantInfo:
-    """A grant evaluated at one instant."""
-
-    grant: Grant
-    used: Decimal
-    remaining: Decimal
-    status: GrantStatus
-
-
-def evaluate(grant: Grant, used: Decimal, at: datetime) -> GrantInfo:
-    if grant.void_time is not None and grant.void_time <= at:
-        status = GrantStatus.VOIDED
-    elif grant.effective_time > at:
-        status = GrantStatus.PENDING
-    elif grant.expire_time is not None and grant.expire_time <= at:
-        status = GrantStatus.EXPIRED
-    else:
-        status = GrantStatus.ACTIVE
-    remaining = exact_difference(grant.amount, used) if status in (GrantStatus.ACTIVE, GrantStatus.PENDING) else 0
-    return GrantInfo(grant, used, Decimal(remaining), status)
 
 
 @dataclass(slots=True)  # not frozen: a debit's value (see the note at the top)
@@ -289,20 +264,6 @@ _ZERO = Decimal(0)
 
 
 @dataclass(slots=True)  # not frozen: a debit's value (see the note at the top)
-class DebitableGrant:
-    """A grant open to debits (its `used`: the running total), with what its ledger entries repeat."""
-
-    view: GrantView
-    customer_key: str
-    currency_key: str
-    subscription_id: str | None
-
-    @property
-    def grant_id(self) -> str:
-        return self.view.grant_id
-
-
-@dataclass(slots=True)  # not frozen: a debit's value (see the note at the top)
 class DebitHead:
     """What a debit needs to know, read with the customer's lock held: its clock (and that clock's
     frozen time), the request id's record if any, what a catch-up owes the customer (so the caller
@@ -312,7 +273,7 @@ class DebitHead:
     frozen_time: datetime | None
     seen: SeenRequest[str] | None
     pending: Pending
-    open_grants: list[DebitableGrant]
+    open_grants: list[GrantView]
     alerts_version: int = 0  # the version of the balance alert levels (0: none was ever set)
 
 

@@ -22,7 +22,7 @@ from grant_service.domain.clocks import api_test_clock_id
 from grant_service.domain.events import PAYLOAD_OF, EventFilter, EventType
 from grant_service.domain.model import (
     EntryType,
-    GrantInfo,
+    Grant,
     GrantSource,
     GrantStatus,
     LedgerEntry,
@@ -476,12 +476,12 @@ def balance_pb(info: BalanceInfo) -> pb.Balance:
         currency_key=info.currency_key,
         as_of_time=to_timestamp(info.as_of),
         available=format_decimal(info.available),
-        grants=[grant_pb(g) for g in info.grants],
+        grants=[grant_pb(g, info.as_of) for g in info.grants],
     )
 
 
-def grant_pb(info: GrantInfo) -> pb.Grant:
-    grant = info.grant
+def grant_pb(grant: Grant, at: datetime) -> pb.Grant:
+    """The grant as it stands at `at` (its `used`: the debits until then)."""
     return pb.Grant(
         grant_id=grant.grant_id,
         customer_key=grant.customer_key,
@@ -491,12 +491,12 @@ def grant_pb(info: GrantInfo) -> pb.Grant:
         entitlement_key=grant.entitlement_key or "",
         period_index=grant.period_index or 0,
         amount=format_decimal(grant.amount),
-        used=format_decimal(info.used),
-        remaining=format_decimal(info.remaining),
+        used=format_decimal(grant.used),
+        remaining=format_decimal(grant.remaining_at(at)),
         effective_time=to_timestamp(grant.effective_time),
         expire_time=to_timestamp(grant.expire_time),
         priority=grant.priority,
-        status=GRANT_STATUSES_PB[info.status],
+        status=GRANT_STATUSES_PB[grant.status_at(at)],
         void_time=to_timestamp(grant.void_time),
         reason=grant.reason,
     )

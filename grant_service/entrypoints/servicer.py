@@ -97,10 +97,10 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
 
     def ListGrants(self, request: pb.ListGrantsRequest, context) -> pb.ListGrantsResponse:
         page = conv.list_grants_page(request)
-        infos, token = balances.list_grants(
+        grants, token, now = balances.list_grants(
             self._ctx, request.customer_key, request.currency_key, request.subscription_id, page
         )
-        return pb.ListGrantsResponse(grants=[conv.grant_pb(g) for g in infos], next_page_token=token)
+        return pb.ListGrantsResponse(grants=[conv.grant_pb(g, now) for g in grants], next_page_token=token)
 
     def ListLedgerEntries(self, request: pb.ListLedgerEntriesRequest, context) -> pb.ListLedgerEntriesResponse:
         query = conv.ledger_query(request)
@@ -181,12 +181,12 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
 
     def VoidGrant(self, request: pb.VoidGrantRequest, context) -> pb.VoidGrantResponse:
         conv.check_void_grant(request)
-        info = operators.void_grant(self._ctx, request.grant_id, request.reason, request.request_id)
-        return pb.VoidGrantResponse(grant=conv.grant_pb(info))
+        grant, now = operators.void_grant(self._ctx, request.grant_id, request.reason, request.request_id)
+        return pb.VoidGrantResponse(grant=conv.grant_pb(grant, now))
 
     def CreateGrant(self, request: pb.CreateGrantRequest, context) -> pb.CreateGrantResponse:
         amount = conv.create_grant_amount(request)
-        info = operators.create_grant(
+        grant, now = operators.create_grant(
             self._ctx,
             request.request_id,
             request.customer_key,
@@ -197,7 +197,7 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
             request.priority if request.HasField("priority") else None,
             request.reason,
         )
-        return pb.CreateGrantResponse(grant=conv.grant_pb(info))
+        return pb.CreateGrantResponse(grant=conv.grant_pb(grant, now))
 
     # ------------------------------------------------------------------ test clocks
 

@@ -11,7 +11,7 @@ from credit_common.errors import InvalidArgument
 from credit_common.pagination import PageRequest
 from grant_service.domain.balances import active_in_burn_order, exact_sum
 from grant_service.domain.clocks import on_real_time
-from grant_service.domain.model import GrantInfo, LedgerEntry, evaluate
+from grant_service.domain.model import Grant, LedgerEntry
 from grant_service.service_layer.context import (
     GrantContext,
     catch_up_customer,
@@ -21,29 +21,34 @@ from grant_service.service_layer.context import (
 )
 from grant_service.service_layer.unit_of_work import GrantUnitOfWork
 
+_ZERO = Decimal(0)
+
 
 @dataclass(frozen=True)
 class BalanceInfo:
+    """A balance at `as_of`, and (if asked for) the grants active then, in burn-down order, as they
+    stood then (their `used`: debits until then; status and remaining: `status_at(as_of)`,
+    `remaining_at(as_of)`)."""
+
     customer_key: str
     currency_key: str
     as_of: datetime
     available: Decimal
-    grants: list[GrantInfo]
+    grants: list[Grant]
 
 
 def balance_at(
     uow: GrantUnitOfWork, customer_key: str, currency_key: str, at: datetime, *, current: bool = False
-) -> tuple[Decimal, list[GrantInfo]]:
-    """The balance at `at` and the grants active then, in burn-down order. `current` (at the customer's
-    now, nothing being due) takes the grants' running debit totals instead of summing the ledger."""
-    grants = {g.grant_id: g for g in uow.grants.active_at(customer_key, currency_key, at)}
-    if current:
-        used = {grant_id: g.used for grant_id, g in grants.items()}
-    else:
-        used = uow.ledger.debits_by_grant(list(grants), at)
-    views = active_in_burn_order((g.view(used.get(g.grant_id, Decimal(0))) for g in grants.values()), at)
-    infos = [evaluate(grants[v.grant_id], v.used, at) for v in views]
-    return exact_sum(v.remaining for v in views), infos
+) -> tuple[Decimal, list[Grant]]:
+    """The balance at `at` and the grants active then, in burn-down order, as they stood then. `current`
+    (at the customer's now, nothing being due) takes the grants' running debit totals instead of
+    summing the ledger."""
+    grants = uow.grants.active_at(customer_key, currency_key, at)
+    if not current:
+        used = uow.ledger.debits_by_grant([g.grant_id for g in grants], at)
+        grants = [g.with_used(used.get(g.grant_id, _ZERO)) for g in grants]
+    active = active_in_burn_order(grants, at)
+    return exact_sum(g.remaining for g in active), active
 
 
 def current_balance(ctx: GrantContext, customer_key: str, currency_key: str, with_grants: bool) -> BalanceInfo | None:
@@ -56,10 +61,10 @@ def current_balance(ctx: GrantContext, customer_key: str, currency_key: str, wit
         raise customer_not_found(customer_key)
     if not on_real_time(customer.clock_key) or customer.pending.due(now) or not customer.grants:
         return None
-    views = active_in_burn_order((g.view(g.used) for g in customer.grants), now)
-    by_id = {g.grant_id: g for g in customer.grants} if with_grants else {}
-    infos = [evaluate(by_id[v.grant_id], v.used, now) for v in views] if with_grants else []
-    return BalanceInfo(customer_key, currency_key, now, exact_sum(v.remaining for v in views), infos)
+    active = active_in_burn_order(customer.grants, now)  # their `used`, running totals, is as of now
+    return BalanceInfo(
+        customer_key, currency_key, now, exact_sum(g.remaining for g in active), active if with_grants else []
+    )
 
 
 def get_balance(
@@ -87,10 +92,10 @@ def get_balance(
                 metadata={"now": now.isoformat()},
             )
         at = as_of or now
-        total, infos = balance_at(uow, customer_key, currency_key, at, current=as_of is None)
-        if not infos and not uow.currencies.exists(currency_key):
+        total, grants = balance_at(uow, customer_key, currency_key, at, current=as_of is None)
+        if not grants and not uow.currencies.exists(currency_key):
             raise currency_not_found(currency_key)
-        return BalanceInfo(customer_key, currency_key, at, total, infos if with_grants else [])
+        return BalanceInfo(customer_key, currency_key, at, total, grants if with_grants else [])
 
     info = ctx.transactions.read(lambda uow: work(uow, None))
     if info is None:
@@ -101,14 +106,16 @@ def get_balance(
 
 def list_grants(
     ctx: GrantContext, customer_key: str, currency_key: str, subscription_id: str, page: PageRequest
-) -> tuple[list[GrantInfo], str]:
+) -> tuple[list[Grant], str, datetime]:
+    """A page of the customer's grants as they stand at its now (their `used`: debits until then), the
+    next page's token, and that now (the instant of their `status_at` and `remaining_at`)."""
     _, now = catch_up_customer(ctx, customer_key)
 
-    def work(uow: GrantUnitOfWork) -> tuple[list[GrantInfo], str]:
+    def work(uow: GrantUnitOfWork) -> tuple[list[Grant], str, datetime]:
         grants = uow.grants.list(customer_key, currency_key, subscription_id, page.after, page.size + 1)
         grants, token = page.cut(grants, lambda g: (g.effective_time, g.grant_id))
         used = uow.ledger.debits_by_grant([g.grant_id for g in grants], now)
-        return [evaluate(g, used.get(g.grant_id, Decimal(0)), now) for g in grants], token
+        return [g.with_used(used.get(g.grant_id, _ZERO)) for g in grants], token, now
 
     return ctx.transactions.read(work)
 

@@ -21,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from credit_common.ids import new_id, new_ids
-from grant_service.domain.balances import exact_difference
+from grant_service.domain.balances import GrantView, exact_difference
 from grant_service.domain.clocks import ClockKey, clock_label, on_real_time
 from grant_service.domain.events import (
     EventType,
@@ -31,7 +31,6 @@ from grant_service.domain.events import (
     subscription_changed,
 )
 from grant_service.domain.model import (
-    DebitableGrant,
     EntryType,
     Grant,
     GrantSource,
@@ -329,7 +328,7 @@ def grant_entry(grant: Grant | NewGrant, description: str, *, entry_id: str | No
 
 
 def ledger_entry(
-    grant: Grant | NewGrant | DebitableGrant,
+    grant: Grant | NewGrant | GrantView,
     type_: EntryType,
     amount: Decimal,
     effective_time: datetime,

@@ -11,7 +11,7 @@ from credit_common.idempotency import fingerprint, remember, replay
 from credit_common.ids import new_id
 from grant_service.domain.balances import RECURRING_PRIORITY, exact_difference
 from grant_service.domain.events import grant_voided
-from grant_service.domain.model import EntryType, Grant, GrantInfo, GrantSource, evaluate
+from grant_service.domain.model import EntryType, Grant, GrantSource
 from grant_service.service_layer import alerts
 from grant_service.service_layer.context import (
     GrantContext,
@@ -27,7 +27,8 @@ def _grant_not_found(grant_id: str) -> NotFound:
     return not_found("grant", grant_id, "GRANT_NOT_FOUND", key_name="grant_id")
 
 
-def _grant_info(uow: GrantUnitOfWork, ctx: GrantContext, grant_id: str) -> GrantInfo:
+def _grant_now(uow: GrantUnitOfWork, ctx: GrantContext, grant_id: str) -> tuple[Grant, datetime]:
+    """The grant as it stands at its customer's now (its `used`: debits until then), and that now."""
     grant = uow.grants.get(grant_id)
     if grant is None:  # its test clock was deleted since
         raise _grant_not_found(grant_id)
@@ -36,21 +37,23 @@ def _grant_info(uow: GrantUnitOfWork, ctx: GrantContext, grant_id: str) -> Grant
         raise customer_not_found(grant.customer_key)
     now = ctx.now_in(uow, customer.clock_key)
     used = uow.ledger.debits_by_grant([grant_id], now).get(grant_id, Decimal(0))
-    return evaluate(grant, used, now)
+    return grant.with_used(used), now
 
 
-def void_grant(ctx: GrantContext, grant_id: str, reason: str, request_id: str) -> GrantInfo:
+def void_grant(ctx: GrantContext, grant_id: str, reason: str, request_id: str) -> tuple[Grant, datetime]:
+    """Void the grant (what was left of it leaves the balance), once per request id; the grant as it
+    stands at its customer's now (voided), and that now (the instant of its status in an answer)."""
     print_ = fingerprint(grant_id, reason)
     customer_key = ctx.transactions.read(lambda uow: uow.grants.customer_of(grant_id))
     if customer_key is None:
         raise _grant_not_found(grant_id)
     customer, _ = catch_up_customer(ctx, customer_key)
 
-    def work(uow: GrantUnitOfWork) -> GrantInfo:
+    def work(uow: GrantUnitOfWork) -> tuple[Grant, datetime]:
         uow.customers.lock(customer_key)
         seen = replay(uow.request_ids, "VoidGrant", request_id, print_)
         if seen is not None:
-            return _grant_info(uow, ctx, seen)
+            return _grant_now(uow, ctx, seen)
         grant = uow.grants.get(grant_id, for_update=True)
         if grant is None:
             raise _grant_not_found(grant_id)
@@ -74,8 +77,7 @@ def void_grant(ctx: GrantContext, grant_id: str, reason: str, request_id: str) -
         uow.grants.void(grant_id, now, reason)
         alerts.evaluate(uow, customer.clock_key, now, [customer_key])
         remember(uow.request_ids, "VoidGrant", request_id, print_, grant_id, now)
-        voided = replace(grant, void_time=now, closed=True, reason=reason, opens_at=None)
-        return evaluate(voided, grant.used, now)
+        return replace(grant, void_time=now, closed=True, reason=reason, opens_at=None), now
 
     return ctx.transactions.write(work)
 
@@ -90,16 +92,18 @@ def create_grant(
     expire_time: datetime | None,
     priority: int | None,
     reason: str,
-) -> GrantInfo:
+) -> tuple[Grant, datetime]:
+    """Give the customer a one-off grant, once per request id; the grant as it stands at the
+    customer's now, and that now (the instant of its status in an answer)."""
     print_ = fingerprint(customer_key, currency_key, str(amount), effective_time, expire_time, priority, reason)
 
-    def work(uow: GrantUnitOfWork) -> GrantInfo:
+    def work(uow: GrantUnitOfWork) -> tuple[Grant, datetime]:
         customer = uow.customers.lock(customer_key) or uow.customers.get(customer_key)
         if customer is None:
             raise customer_not_found(customer_key)
         seen = replay(uow.request_ids, "CreateGrant", request_id, print_)
         if seen is not None:
-            return _grant_info(uow, ctx, seen)
+            return _grant_now(uow, ctx, seen)
         if not uow.currencies.exists(currency_key):
             raise currency_not_found(currency_key)
         now = ctx.now_in(uow, customer.clock_key)
@@ -133,6 +137,6 @@ def create_grant(
             uow.events.add(granted_events([grant]))
             alerts.evaluate(uow, customer.clock_key, now, [customer_key])
         remember(uow.request_ids, "CreateGrant", request_id, print_, grant.grant_id, now)
-        return evaluate(grant, Decimal(0), now)
+        return grant, now
 
     return ctx.transactions.write(work)

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from credit_common.idempotency import SeenRequest
 from grant_service.domain.alerts import AlertLevel, BalanceState
+from grant_service.domain.balances import GrantView
 from grant_service.domain.clocks import ClockKey
 from grant_service.domain.events import EventFilter, EventPosition, EventScan, NewEvent, StoredEvent
 from grant_service.domain.model import (
     Customer,
     CustomerNow,
-    DebitableGrant,
     DebitHead,
     Grant,
     LedgerEntry,
@@ -128,7 +128,8 @@ class GrantRepository(Protocol):
     def customer_of(self, grant_id: str) -> str | None: ...
 
     def active_at(self, customer_key: str, currency_key: str, at: datetime) -> list[Grant]:
-        """The customer's grants in `currency_key` active at `at`, in id order."""
+        """The customer's grants in `currency_key` active at `at`, in id order, as stored now (their
+        `used`: running totals; Grant.with_used gives one as it stood at `at`)."""
         ...
 
     def list(
@@ -226,13 +227,14 @@ class DebitAccountRepository(Protocol):
 
     def head(self, order: DebitOrder) -> DebitHead | None:
         """Lock the order's customer (what serializes its debits) and read what its debit needs, with
-        the previous orders' debits applied, its open grants locked too; None if there is no such
-        customer."""
+        the previous orders' debits applied, its open grants locked too (as `open_grants`); None if
+        there is no such customer."""
         ...
 
-    def open_grants(self, customer_key: str) -> list[DebitableGrant]:
-        """The customer's open grants of every currency, locked, in id order, with their running
-        totals, read again (after a catch-up in the transaction issued or opened some)."""
+    def open_grants(self, customer_key: str) -> list[GrantView]:
+        """The customer's open grants (not closed: pending ones too) of every currency, locked, in id
+        order, as a debit reads them (GrantView: their running totals, and what their DEBIT entries
+        repeat), read again (after a catch-up in the transaction issued or opened some)."""
         ...
 
     def record(self, order: DebitOrder, record: DebitRecord) -> None:

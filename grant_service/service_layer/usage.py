@@ -31,6 +31,7 @@ from credit_common.idempotency import fingerprint
 from credit_common.ids import new_id, new_ids
 from grant_service.domain.alerts import BalanceState, state_of
 from grant_service.domain.balances import (
+    GrantView,
     InsufficientCredits,
     allocate,
     available,
@@ -39,7 +40,7 @@ from grant_service.domain.balances import (
     exact_sum,
 )
 from grant_service.domain.events import NewEvent, grant_depleted, usage_rejected
-from grant_service.domain.model import REAL_TIME, DebitableGrant, DebitHead, EntryType, LedgerEntry, Usage
+from grant_service.domain.model import REAL_TIME, DebitHead, EntryType, LedgerEntry, Usage
 from grant_service.service_layer import alerts
 from grant_service.service_layer.context import (
     GrantContext,
@@ -319,13 +320,13 @@ def _burn(
     round_: _Round,
     now: datetime,
     head: DebitHead,
-    customer_grants: list[DebitableGrant],
+    customer_grants: list[GrantView],
 ) -> UsageResult:
     """Price the debit, burn the customer's open grants (locked) active at `now`, and record it all."""
     feature_key, quantity, currency_key = order.feature_key, order.quantity, order.currency_key
     currency, rate, credits = round_.priced(uow, feature_key, currency_key, quantity, now)
-    grants = {g.view.grant_id: g for g in customer_grants if g.currency_key == currency}
-    views = [g.view for g in grants.values()]
+    grants = {g.grant_id: g for g in customer_grants if g.currency_key == currency}
+    views = list(grants.values())
     try:
         taken = allocate(views, credits, now)
     except InsufficientCredits as error:
@@ -365,7 +366,7 @@ def _record(
     uow: GrantUnitOfWork,
     round_: _Round,
     order: DebitOrder,
-    grants: dict[str, DebitableGrant],
+    grants: dict[str, GrantView],
     taken: list[tuple[str, Decimal]],
     usage: Usage,
     now: datetime,
@@ -373,8 +374,8 @@ def _record(
     crossed: list[NewEvent],
 ) -> DebitRecord:
     """What the debit writes, with its events: the grants it depleted, then the alert levels it crossed."""
-    used = tuple((grant_id, exact_sum((grants[grant_id].view.used, amount))) for grant_id, amount in taken)
-    depleted = [(grants[grant_id], total) for grant_id, total in used if total == grants[grant_id].view.amount]
+    used = tuple((grant_id, exact_sum((grants[grant_id].used, amount))) for grant_id, amount in taken)
+    depleted = [(grants[grant_id], total) for grant_id, total in used if total == grants[grant_id].amount]
     if not uow.events.enabled:
         depleted = []
     events = [
@@ -425,8 +426,7 @@ def check_usage(
     def work(uow: GrantUnitOfWork) -> UsageCheck:
         currency, rate = price(uow, uow.rates.in_force(feature_key, now), feature_key, currency_key)
         credits = exact_product(quantity, rate)
-        views = [grant.view(grant.used) for grant in uow.grants.active_at(customer_key, currency, now)]
-        total = available(views, now)
+        total = available(uow.grants.active_at(customer_key, currency, now), now)
         return UsageCheck(total >= credits, currency, rate, credits, total)
 
     return ctx.transactions.read(work)

@@ -5,15 +5,19 @@ FakeRepository and FakeUnitOfWork).
 Each fake keeps its port's documented contract: what it returns, in which order, what it skips
 (a grant already issued for its schedule period segment, a second opening or closing entry of a
 grant, an event whose dedupe key the log holds) and what it refuses (a second record of a request
-id, a second customer with the same key: as a unique constraint would). What they do not model:
+id, a second usage of one request id, a second customer with the same key: as a unique constraint
+would). What they do not model:
 
 - concurrency: one thread at a time. Locks (`for_update`, `lock`, `lock_many`) only read, and
   `skip_locked` skips nothing; no race is ever lost, so `Transactions.write` runs its work once.
+  The debit port (`FakeDebitPort`) makes the orders of one call in one transaction, as the SQL
+  port's group does, and keeps its rules (a DomainError is the order's own answer; any other
+  failure runs each order alone); it has no other callers to group with, and no caller that has
+  gone (deadline, cancel: credit_common.calls) keeps a transaction from committing.
 - the event log's high-water mark: every committed event is visible at once, in commit order;
   nor the bound on the rows a read with an unindexed filter examines (`EventRepository.scan`).
 - caches: a `version` argument (alert levels, rate sets) is accepted and ignored.
-- the debit port (`uow.accounts`, `Transactions.debit_port`) and webhooks: using them
-  raises NotImplementedError (their fakes can come with their own tests).
+- webhooks: using them raises NotImplementedError (their fakes can come with their own tests).
 
 A transaction works on a deep copy of the store, which replaces the store when the work returns
 (commit) and is dropped when it raises (rollback); a read's copy is always dropped."""
@@ -29,14 +33,16 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from credit_common.clock import Clock
+from credit_common.errors import DomainError
 from credit_common.idempotency import SeenRequest
 from grant_service.domain.alerts import AlertLevel, BalanceState, state_of
-from grant_service.domain.balances import RECURRING_PRIORITY, exact_sum
+from grant_service.domain.balances import RECURRING_PRIORITY, GrantView, exact_sum
 from grant_service.domain.clocks import ClockKey
 from grant_service.domain.events import EventFilter, EventPosition, EventScan, NewEvent, StoredEvent
 from grant_service.domain.model import (
     Customer,
     CustomerNow,
+    DebitHead,
     EntryType,
     Grant,
     GrantSource,
@@ -45,10 +51,12 @@ from grant_service.domain.model import (
     SimulatedClock,
     StoredSchedule,
     StoredSubscription,
+    Usage,
 )
 from grant_service.domain.revisions import RevisionWindow
 from grant_service.domain.schedules import Pending
 from grant_service.service_layer.context import GrantContext
+from grant_service.service_layer.ports import DebitOrder, DebitRecord
 
 T = TypeVar("T")
 Pair = tuple[str, str]
@@ -77,6 +85,7 @@ class FakeStore:
     # (customer_key, currency_key, levels), in the order set
     alert_sets: list[tuple[str, str, tuple[AlertLevel, ...] | None]] = field(default_factory=list)
     alert_states: dict[Pair, frozenset[str]] = field(default_factory=dict)
+    usages: dict[str, Usage] = field(default_factory=dict)
     seq: int = 0  # the last ledger or event sequence number handed out
 
     def next_seq(self) -> int:
@@ -136,6 +145,7 @@ class FakeSimulatedClockRepository:
         customers = {k for k, c in s.customers.items() if c.clock_key == test_clock_id}
         grants = {k for k, g in s.grants.items() if g.clock_key == test_clock_id}
         s.ledger = [e for e in s.ledger if e.grant_id not in grants]
+        s.usages = {k: u for k, u in s.usages.items() if u.customer_key not in customers}
         s.alert_states = {p: v for p, v in s.alert_states.items() if p[0] not in customers}
         s.grants = {k: g for k, g in s.grants.items() if k not in grants}
         s.schedules = {k: v for k, v in s.schedules.items() if v.clock_key != test_clock_id}
@@ -602,6 +612,112 @@ class FakeAlertRepository:
         return {pair: state_of(found) for pair, found in grants.items()}
 
 
+class FakeDebitAccountRepository:
+    """`uow.accounts`: what a debit rule reads and records of its customer (its lock only reads)."""
+
+    def __init__(self, store: FakeStore, events: FakeEventRepository) -> None:
+        self.store = store
+        self._events = events
+
+    def head(self, order: DebitOrder) -> DebitHead | None:
+        s = self.store
+        customer = s.customers.get(order.customer_key)
+        if customer is None:
+            return None
+        clock = s.clocks.get(customer.clock_key)
+        return DebitHead(
+            customer.clock_key,
+            None if clock is None else clock.frozen_time,
+            s.request_ids.get((order.scope, order.request_id)),
+            s.pending(order.customer_key),
+            self.open_grants(order.customer_key),
+            len(s.alert_sets),  # as FakeAlertRepository.version
+        )
+
+    def open_grants(self, customer_key: str) -> list[GrantView]:
+        grants = sorted(
+            (g for g in self.store.grants.values() if g.customer_key == customer_key and not g.closed),
+            key=lambda g: g.grant_id,
+        )
+        return [
+            GrantView(
+                g.grant_id,
+                g.amount,
+                g.used,
+                g.priority,
+                g.effective_time,
+                g.expire_time,
+                g.void_time,
+                g.customer_key,
+                g.currency_key,
+                g.subscription_id,
+            )
+            for g in grants
+        ]
+
+    def record(self, order: DebitOrder, record: DebitRecord) -> None:
+        s, usage = self.store, record.usage
+        if usage.usage_id in s.usages or any(u.request_id == usage.request_id for u in s.usages.values()):
+            raise Conflict(usage.request_id)  # the usages' unique request_id: a twin committed first
+        s.usages[usage.usage_id] = copy.copy(usage)
+        for grant_id, used in record.totals:
+            s.grants[grant_id] = replace(s.grants[grant_id], used=used)
+        _append_entries(s, record.entries, skip_conflicts=False)
+        if usage.request_id:
+            FakeRequestIdRepository(s).add(
+                order.scope, usage.request_id, order.fingerprint, usage.usage_id, usage.usage_time
+            )
+        if self._events.enabled:
+            self._events.add(record.events)
+
+    def recorded(self, usage_id: str) -> tuple[Usage, list[tuple[str, Decimal]]] | None:
+        usage = self.store.usages.get(usage_id)
+        if usage is None:
+            return None
+        debits = [
+            (e.grant_id, -e.amount) for e in self.store.ledger if e.usage_id == usage_id and e.type is EntryType.DEBIT
+        ]
+        return copy.copy(usage), debits
+
+
+class FakeDebitPort:
+    """`DebitPort` over `FakeTransactions`: the orders of one call in one write transaction, in
+    customer key order (a customer's own orders in the order given), as the SQL port's group runs
+    them (credit_common.db.group_commit). A DomainError a rule raises is its order's answer and the
+    others commit; any other failure rolls the transaction back and runs each order again in a
+    write transaction of its own, whose failure is then that order's answer. `transactions` counts
+    the write transactions it ran."""
+
+    def __init__(self, transactions: FakeTransactions) -> None:
+        self._transactions = transactions
+        self.transactions = 0
+
+    def make(self, orders: Sequence[DebitOrder], rule: Callable[[Any, DebitOrder], T]) -> list[T | Exception]:
+        ordered = sorted(range(len(orders)), key=lambda i: orders[i].customer_key)
+
+        def together(uow: FakeUnitOfWork) -> dict[int, T | Exception]:
+            answers: dict[int, T | Exception] = {}
+            for i in ordered:
+                try:
+                    answers[i] = rule(uow, orders[i])
+                except DomainError as error:
+                    answers[i] = error
+            return answers
+
+        try:
+            self.transactions += 1
+            answers = self._transactions.write(together)
+        except Exception:
+            answers = {}
+            for i in ordered:
+                self.transactions += 1
+                try:
+                    answers[i] = self._transactions.write(lambda uow, order=orders[i]: rule(uow, order))
+                except Exception as error:
+                    answers[i] = error
+        return [answers[i] for i in range(len(orders))]
+
+
 class FakeUnitOfWork:
     """`GrantUnitOfWork` over one transaction's copy of the store."""
 
@@ -619,7 +735,7 @@ class FakeUnitOfWork:
         self.schedules = FakeScheduleRepository(store)
         self.events = FakeEventRepository(store, clock)
         self.alerts = FakeAlertRepository(store)
-        self.accounts = _NotModelled("the debit port")
+        self.accounts = FakeDebitAccountRepository(store, self.events)
         self.webhooks = _NotModelled("webhooks")
         self.webhook_deliveries = _NotModelled("webhooks")
 
@@ -632,7 +748,7 @@ class FakeTransactions:
         self.store = store
         self.clock = clock
         self.committed = 0
-        self.debit_port = _NotModelled("the debit port")
+        self.debit_port = FakeDebitPort(self)
         self._generation = itertools.count(1)
         self._events_generation = 0
 

@@ -1,17 +1,18 @@
 """ReportUsageBatch over a real server: each usage its own result (accepted, replayed, rejected as
-ReportUsage would reject it), a customer's usages in order against the balance its predecessors
-left, the ledger exact, the batch limit, and the events ReportUsage writes."""
+ReportUsage would reject it), the ledger exact (each usage against the balance its customer's
+predecessors left), the batch limit, and the events ReportUsage writes. The order within a customer,
+hard limits and the catch-up between rounds are tested at unit speed over the fakes
+(tests/unit/grant/test_use_cases.py)."""
 
 from __future__ import annotations
 
 import random
-from datetime import timedelta
 from decimal import Decimal
 
 import grpc
 
 from grant_service.v1 import grant_service_pb2 as pb
-from tests.e2e.grant.conftest import REAL_NOW, all_entries, expect_error, subscription, utc
+from tests.e2e.grant.conftest import all_entries, expect_error, subscription, utc
 from tests.e2e.grant.test_events import all_events
 
 START = utc(2026, 5, 20)
@@ -108,39 +109,6 @@ def test_a_mixed_batch_answers_each_usage_as_report_usage_would(grant):
     assert _available(stub) == "77.5"
 
 
-def test_a_customers_usages_apply_in_order_and_hard_limits_hold_exactly(grant):
-    stub = grant.stub
-    _setup(stub, customers=("acme", "beta"))
-    results = _batch(
-        stub,
-        _usage("a1", "16"),  # 40 -> 60 left
-        _usage("b1", "39", customer="beta"),  # 97.5 -> 2.5 left
-        _usage("a2", "16"),  # 40 -> 20 left
-        _usage("a3", "10"),  # 25: refused, 20 available
-        _usage("b2", "2", customer="beta"),  # 5: refused, 2.5 available
-        _usage("a4", "8"),  # 20: accepted, 0 left
-        _usage("b3", "1", customer="beta"),  # 2.5: accepted, 0 left
-        _usage("a5", "0.4"),  # 1: refused, 0 available
-    )
-    assert [r.outcome for r in results] == [
-        ACCEPTED,
-        ACCEPTED,
-        ACCEPTED,
-        REJECTED,
-        REJECTED,
-        ACCEPTED,
-        ACCEPTED,
-        REJECTED,
-    ]
-    a1, b1, a2, a3, b2, a4, b3, a5 = results
-    assert [r.usage.balance_after for r in (a1, a2, a4)] == ["60", "20", "0"]
-    assert [r.usage.balance_after for r in (b1, b3)] == ["2.5", "0"]
-    assert (a3.rejection.metadata["available"], a3.rejection.metadata["required"]) == ("20", "25")
-    assert (b2.rejection.metadata["available"], b2.rejection.metadata["required"]) == ("2.5", "5")
-    assert a5.rejection.metadata["available"] == "0"
-    assert _available(stub, "acme") == "0" and _available(stub, "beta") == "0"
-
-
 def test_the_ledger_is_exact_after_a_batch(grant):
     stub = grant.stub
     customers = ("c1", "c2", "c3")
@@ -211,25 +179,3 @@ def test_the_events_of_a_batch_are_those_report_usage_writes(grant):
     assert last.usage.balance_after == "0"
     depleted = [e for e in all_events(stub) if e.type == pb.CREDIT_EVENT_TYPE_GRANT_DEPLETED]
     assert [e.grant_depleted.usage_id for e in depleted] == [last.usage.usage_id]
-
-
-def test_a_customer_with_a_period_due_is_caught_up_then_debited_in_order(grant):
-    stub = grant.stub
-    _setup(stub, customers=("acme", "beta"))
-    assert _batch(stub, _usage("a0", "8"))[0].usage.balance_after == "80"
-    # The first period (from May 20th) has ended and the next one is due, but not issued (no sweeper).
-    grant.clock.set(REAL_NOW + timedelta(days=20))
-    results = _batch(
-        stub,
-        _usage("b1", "4", customer="beta"),
-        _usage("a1", "36"),  # 90 of the new period's 100: the old period's 80 expired
-        _usage("a2", "8"),  # 20: refused, 10 left
-        _usage("a0", "8"),  # replayed, in any round
-        _usage("a3", "4"),  # 10: accepted
-    )
-    assert [r.outcome for r in results] == [ACCEPTED, ACCEPTED, REJECTED, REPLAYED, ACCEPTED]
-    assert [results[i].usage.balance_after for i in (0, 1, 4)] == ["90", "10", "0"]
-    assert results[2].rejection.metadata["available"] == "10"
-    assert _available(stub) == "0"
-    expired = all_entries(stub, "acme", type=pb.LEDGER_ENTRY_TYPE_EXPIRE)
-    assert [e.amount for e in expired] == ["-80"]

@@ -47,8 +47,8 @@ def _subscribe(ctx: GrantContext, customer: str, clock_key: str = "") -> None:
 
 def _same(a, b) -> None:
     assert (a.available, a.as_of) == (b.available, b.as_of)
-    assert [(g.grant.grant_id, g.used, g.remaining, g.status) for g in a.grants] == [
-        (g.grant.grant_id, g.used, g.remaining, g.status) for g in b.grants
+    assert [(g.grant_id, g.used, g.remaining_at(a.as_of), g.status_at(a.as_of)) for g in a.grants] == [
+        (g.grant_id, g.used, g.remaining_at(b.as_of), g.status_at(b.as_of)) for g in b.grants
     ]
 
 
@@ -183,7 +183,9 @@ def _answer(read) -> object:
         return error.reason
     if info is None:
         return None
-    return info.available, [(g.grant.grant_id, g.used, g.remaining, g.status) for g in info.grants]
+    return info.available, [
+        (g.grant_id, g.used, g.remaining_at(info.as_of), g.status_at(info.as_of)) for g in info.grants
+    ]
 
 
 def _alone(ctx: GrantContext, customer: str, currency: str) -> object:

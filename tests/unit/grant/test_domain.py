@@ -57,7 +57,7 @@ def test_end_time_cuts_the_active_period_and_stops_later_ones():
 
 
 def grant(gid, remaining, priority=100, expire=None, effective=A):
-    return GrantView(gid, Decimal(remaining), Decimal(0), priority, effective, expire, None)
+    return GrantView(gid, Decimal(remaining), Decimal(0), priority, effective, expire, None, "c", "ai-credits", None)
 
 
 def test_burn_order_priority_then_soonest_expiry_never_last_then_oldest():
@@ -86,7 +86,7 @@ def test_insufficient_takes_nothing_and_reports_available():
 
 
 def test_active_window_is_half_open_and_void_counts():
-    g = GrantView("g", Decimal(5), Decimal(2), 100, A, utc(2025, 2, 28, 10), utc(2025, 2, 10))
+    g = GrantView("g", Decimal(5), Decimal(2), 100, A, utc(2025, 2, 28, 10), utc(2025, 2, 10), "c", "ai-credits", None)
     assert available([g], A) == Decimal(3)
     assert available([g], utc(2025, 2, 10)) == 0
     assert available([g], A.replace(hour=9)) == 0

@@ -1,7 +1,8 @@
 """The grant service's use cases over the in-memory fakes of its ports (tests/support/grant_fakes.py):
-applying subscriptions, the catch-up, voids and one-off grants, balance alerts and test clocks, at
-unit speed. The SQL repositories behind the same ports are tested on both backends in
-tests/integration/grant; the RPCs over a real server in tests/e2e/grant."""
+applying subscriptions, the catch-up, voids and one-off grants, usage (ReportUsage, ReportUsageBatch,
+CheckUsage), balance alerts and test clocks, at unit speed. The SQL repositories behind the same
+ports are tested on both backends in tests/integration/grant (and test_fakes_match_sql.py checks that
+the fakes and SQL agree); the RPCs over a real server in tests/e2e/grant."""
 
 from __future__ import annotations
 
@@ -11,15 +12,23 @@ from decimal import Decimal
 import pytest
 
 from credit_common.clock import ManualClock
-from credit_common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from credit_common.errors import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from credit_common.pagination import PageRequest
 from credit_common.periods import Cadence
 from grant_service.domain.alerts import AlertLevel
+from grant_service.domain.balances import exact_sum
 from grant_service.domain.clocks import REAL_TIME
 from grant_service.domain.events import EventFilter, EventType
 from grant_service.domain.model import EntryType, GrantStatus
 from grant_service.domain.schedules import ScheduledAmount
-from grant_service.service_layer import alerts, balances, events, operators, simulated_clocks
+from grant_service.service_layer import alerts, balances, events, operators, simulated_clocks, usage
 from grant_service.service_layer.issuance import catch_up
 from grant_service.service_layer.subscriptions import (
     ApplyOutcome,
@@ -209,7 +218,7 @@ def test_a_balance_read_catches_the_customer_up_first(ctx, store):
     info = balances.get_balance(ctx, "c1", "ai-credits", None, True)
 
     assert info.available == Decimal(100)
-    assert [g.grant.effective_time for g in info.grants] == [ANCHOR.replace(month=5)]
+    assert [g.effective_time for g in info.grants] == [ANCHOR.replace(month=5)]
     assert len(store.grants) == 3  # issued by the read's catch-up
 
 
@@ -264,35 +273,40 @@ def test_an_amendment_effective_now_replaces_the_current_grant_from_now(ctx, sto
 # ------------------------------------------------------------------------------ voids and one-off grants
 
 
-def _one_off(ctx, request_id: str = "r1", amount: str = "50", **kwargs):
+def _one_off_at(ctx, request_id: str = "r1", amount: str = "50", **kwargs):
+    """The one-off grant created, and the instant it was created at."""
     fields = {"effective_time": None, "expire_time": None, "priority": None, "reason": "goodwill", **kwargs}
     return operators.create_grant(ctx, request_id, "c1", "ai-credits", Decimal(amount), **fields)
+
+
+def _one_off(ctx, request_id: str = "r1", amount: str = "50", **kwargs):
+    return _one_off_at(ctx, request_id, amount, **kwargs)[0]
 
 
 def test_a_one_off_grant_counts_at_once_and_its_request_id_replays_it(ctx, store):
     apply_subscription(ctx, _spec())
 
-    grant = _one_off(ctx)
+    grant, at = _one_off_at(ctx)
     again = _one_off(ctx)
 
-    assert grant.status is GrantStatus.ACTIVE and again.grant.grant_id == grant.grant.grant_id
+    assert grant.status_at(at) is GrantStatus.ACTIVE and again.grant_id == grant.grant_id
     assert balances.get_balance(ctx, "c1", "ai-credits", None, False).available == Decimal(150)
     with pytest.raises(AlreadyExists):
         _one_off(ctx, amount="51")
-    assert [e.description for e in store.ledger if e.grant_id == grant.grant.grant_id] == ["goodwill"]
+    assert [e.description for e in store.ledger if e.grant_id == grant.grant_id] == ["goodwill"]
 
 
 def test_a_one_off_grant_for_later_is_pending_until_its_time_comes(ctx, store, clock):
     apply_subscription(ctx, _spec())
     later = NOW + timedelta(days=2)
 
-    grant = _one_off(ctx, effective_time=later)
+    grant, at = _one_off_at(ctx, effective_time=later)
 
-    assert grant.status is GrantStatus.PENDING
-    assert not [e for e in store.ledger if e.grant_id == grant.grant.grant_id]
+    assert grant.status_at(at) is GrantStatus.PENDING
+    assert not [e for e in store.ledger if e.grant_id == grant.grant_id]
     clock.set(later)
     assert balances.get_balance(ctx, "c1", "ai-credits", None, False).available == Decimal(150)
-    assert [e.type for e in store.ledger if e.grant_id == grant.grant.grant_id] == [EntryType.GRANT]
+    assert [e.type for e in store.ledger if e.grant_id == grant.grant_id] == [EntryType.GRANT]
 
 
 def test_a_one_off_grant_needs_a_known_customer_and_currency_and_an_expiry_after_its_start(ctx):
@@ -310,14 +324,14 @@ def test_a_void_records_what_was_left_and_cannot_happen_twice(ctx, store):
     apply_subscription(ctx, _spec())
     grant = _one_off(ctx)
 
-    voided = operators.void_grant(ctx, grant.grant.grant_id, "mistake", "v1")
+    voided, at = operators.void_grant(ctx, grant.grant_id, "mistake", "v1")
 
-    assert voided.status is GrantStatus.VOIDED and voided.grant.void_time == NOW
+    assert voided.status_at(at) is GrantStatus.VOIDED and voided.void_time == NOW
     assert _entries(store)[-1] == ("VOID", NOW, Decimal(-50))
     assert balances.get_balance(ctx, "c1", "ai-credits", None, False).available == Decimal(100)
-    assert operators.void_grant(ctx, grant.grant.grant_id, "mistake", "v1").grant.grant_id == grant.grant.grant_id
+    assert operators.void_grant(ctx, grant.grant_id, "mistake", "v1")[0].grant_id == grant.grant_id
     with pytest.raises(FailedPrecondition) as raised:
-        operators.void_grant(ctx, grant.grant.grant_id, "mistake", "v2")
+        operators.void_grant(ctx, grant.grant_id, "mistake", "v2")
     assert raised.value.reason == "GRANT_ALREADY_VOIDED"
     assert _events(store, EventType.GRANT_VOIDED) == [EventType.GRANT_VOIDED]
 
@@ -326,10 +340,10 @@ def test_voiding_a_pending_grant_writes_no_ledger_entry(ctx, store):
     apply_subscription(ctx, _spec())
     grant = _one_off(ctx, effective_time=NOW + timedelta(days=1))
 
-    operators.void_grant(ctx, grant.grant.grant_id, "", "v1")
+    operators.void_grant(ctx, grant.grant_id, "", "v1")
 
-    assert not [e for e in store.ledger if e.grant_id == grant.grant.grant_id]
-    assert store.grants[grant.grant.grant_id].opens_at is None  # never opens
+    assert not [e for e in store.ledger if e.grant_id == grant.grant_id]
+    assert store.grants[grant.grant_id].opens_at is None  # never opens
 
 
 def test_an_expired_or_unknown_grant_cannot_be_voided(ctx, clock):
@@ -338,10 +352,222 @@ def test_an_expired_or_unknown_grant_cannot_be_voided(ctx, clock):
     clock.set(NOW + timedelta(hours=2))
 
     with pytest.raises(FailedPrecondition) as raised:
-        operators.void_grant(ctx, grant.grant.grant_id, "", "v1")
+        operators.void_grant(ctx, grant.grant_id, "", "v1")
     assert raised.value.reason == "GRANT_EXPIRED"
     with pytest.raises(NotFound):
         operators.void_grant(ctx, "grt_nobody", "", "v2")
+
+
+# ------------------------------------------------------------------------------ usage
+
+USAGE_START = datetime(2026, 5, 20, tzinfo=UTC)  # one period (to June 20th) has started at NOW
+ACCEPTED, REPLAYED, REJECTED = "ACCEPTED", "REPLAYED", "REJECTED"
+
+
+def _usage_setup(ctx, customers=("acme",), amount="100") -> None:
+    """gpt-call burns 2.5 ai-credits; shared burns 1 ai-credit or 3 gpu-credits; each customer has a
+    monthly subscription of `amount` ai-credits from USAGE_START, not yet issued."""
+    apply_credit_currency(ctx, "ai-credits", 1, {"gpt-call": Decimal("2.5"), "shared": Decimal(1)}, None)
+    apply_credit_currency(ctx, "gpu-credits", 1, {"shared": Decimal(3)}, None)
+    for customer in customers:
+        amounts = ((amount, USAGE_START),)
+        apply_subscription(
+            ctx, _spec(subscription_id=f"sub_{customer}", customer_key=customer, start=USAGE_START, amounts=amounts)
+        )
+
+
+def _request(request_id: str, quantity: str, customer: str = "acme", feature: str = "gpt-call", currency: str = ""):
+    return usage.UsageRequest(request_id, customer, feature, Decimal(quantity), currency)
+
+
+def _report(ctx, request_id: str, quantity: str, **kwargs) -> usage.UsageResult:
+    r = _request(request_id, quantity, **kwargs)
+    return usage.report_usage(ctx, r.request_id, r.customer_key, r.feature_key, r.quantity, r.currency_key)
+
+
+def _outcome(result) -> str:
+    if isinstance(result, DomainError):
+        return REJECTED
+    return REPLAYED if result.replayed else ACCEPTED
+
+
+def _insufficient(result) -> dict[str, str]:
+    assert isinstance(result, ResourceExhausted) and result.reason == "INSUFFICIENT_CREDITS"
+    return result.metadata
+
+
+def _available(ctx, customer: str = "acme") -> Decimal:
+    return balances.get_balance(ctx, customer, "ai-credits", None, False).available
+
+
+def _debits(store: FakeStore, customer: str = "acme") -> list[Decimal]:
+    return [e.amount for e in store.ledger if e.customer_key == customer and e.type is EntryType.DEBIT]
+
+
+def test_burn_down_order_and_idempotency(ctx, store):
+    _usage_setup(ctx)
+    vip = operators.create_grant(ctx, "g1", "acme", "ai-credits", Decimal(10), None, None, 1, "goodwill")[0]
+    forever = operators.create_grant(ctx, "g2", "acme", "ai-credits", Decimal(10), None, None, None, "")[0]
+
+    first = _report(ctx, "u1", "46.2")  # 115.5 credits
+
+    assert (first.usage.credits, first.usage.credits_per_unit) == (Decimal("115.5"), Decimal("2.5"))
+    [recurring] = [g for g in store.grants.values() if g.subscription_id]
+    assert first.debits == [
+        (vip.grant_id, Decimal(10)),
+        (recurring.grant_id, Decimal(100)),
+        (forever.grant_id, Decimal("5.5")),
+    ]
+    assert first.usage.balance_after == Decimal("4.5")
+    again = _report(ctx, "u1", "46.2")
+    assert (again.usage, again.debits, again.replayed) == (first.usage, first.debits, True)
+    with pytest.raises(AlreadyExists) as raised:
+        _report(ctx, "u1", "1")
+    assert raised.value.reason == "REQUEST_ID_REUSED"
+    assert len(_debits(store)) == 3
+    assert _available(ctx) == Decimal("4.5")
+
+
+def test_insufficient_credits_debits_nothing(ctx, store):
+    _usage_setup(ctx)
+
+    with pytest.raises(ResourceExhausted) as raised:
+        _report(ctx, "big", "40.4")
+
+    assert raised.value.reason == "INSUFFICIENT_CREDITS"
+    assert (raised.value.metadata["available"], raised.value.metadata["required"]) == ("100", "101")
+    assert _debits(store) == []
+    check = usage.check_usage(ctx, "acme", "gpt-call", Decimal("40.4"), "")
+    assert (check.allowed, check.credits_required, check.available, check.currency_key) == (
+        False,
+        Decimal(101),
+        Decimal(100),
+        "ai-credits",
+    )
+    assert usage.check_usage(ctx, "acme", "gpt-call", Decimal(40), "").allowed
+
+
+def test_a_request_id_whose_first_attempt_was_rejected_is_a_fresh_attempt(ctx, store):
+    _usage_setup(ctx)
+    with pytest.raises(ResourceExhausted):
+        _report(ctx, "r1", "40.4")
+    with pytest.raises(InvalidArgument) as raised:
+        _report(ctx, "r1", "1", feature="shared")
+    assert raised.value.reason == "AMBIGUOUS_CURRENCY"
+
+    # Nothing was recorded: the same request_id with another payload is not ALREADY_EXISTS ...
+    assert _report(ctx, "r1", "2").usage.credits == Decimal(5)
+    # ... and once accepted, it is the one recorded.
+    with pytest.raises(AlreadyExists) as reused:
+        _report(ctx, "r1", "40.4")
+    assert reused.value.reason == "REQUEST_ID_REUSED"
+    assert len(_debits(store)) == 1
+
+
+def test_a_debit_at_the_effective_time_of_a_pending_grant_burns_it(ctx, store, clock):
+    _usage_setup(ctx, amount="1")
+    later = NOW + timedelta(hours=2)
+    operators.create_grant(ctx, "g1", "acme", "ai-credits", Decimal(50), later, None, None, "")
+    with pytest.raises(ResourceExhausted):
+        _report(ctx, "early", "4")
+
+    clock.set(later)
+
+    assert _report(ctx, "early", "4").usage.balance_after == Decimal(41)
+    assert exact_sum(e.amount for e in store.ledger if e.customer_key == "acme") == Decimal(41)
+
+
+def test_a_customers_usages_apply_in_order_and_hard_limits_hold_exactly(ctx):
+    _usage_setup(ctx, customers=("acme", "beta"))
+    results = usage.report_usages(
+        ctx,
+        [
+            _request("a1", "16"),  # 40 -> 60 left
+            _request("b1", "39", customer="beta"),  # 97.5 -> 2.5 left
+            _request("a2", "16"),  # 40 -> 20 left
+            _request("a3", "10"),  # 25: refused, 20 available
+            _request("b2", "2", customer="beta"),  # 5: refused, 2.5 available
+            _request("a4", "8"),  # 20: accepted, 0 left
+            _request("b3", "1", customer="beta"),  # 2.5: accepted, 0 left
+            _request("a5", "0.4"),  # 1: refused, 0 available
+        ],
+    )
+    assert [_outcome(r) for r in results] == [
+        ACCEPTED,
+        ACCEPTED,
+        ACCEPTED,
+        REJECTED,
+        REJECTED,
+        ACCEPTED,
+        ACCEPTED,
+        REJECTED,
+    ]
+    a1, b1, a2, a3, b2, a4, b3, a5 = results
+    assert [r.usage.balance_after for r in (a1, a2, a4)] == [Decimal(60), Decimal(20), Decimal(0)]
+    assert [r.usage.balance_after for r in (b1, b3)] == [Decimal("2.5"), Decimal(0)]
+    assert (_insufficient(a3)["available"], _insufficient(a3)["required"]) == ("20", "25")
+    assert (_insufficient(b2)["available"], _insufficient(b2)["required"]) == ("2.5", "5")
+    assert _insufficient(a5)["available"] == "0"
+    assert _available(ctx, "acme") == 0 and _available(ctx, "beta") == 0
+
+
+def test_one_refused_usage_of_a_batch_fails_no_other_and_a_request_id_replays_in_the_same_batch(ctx, store):
+    _usage_setup(ctx)
+    first = _report(ctx, "before", "2")  # 5 credits, before the batch
+    made = ctx.transactions.debit_port.transactions
+    results = usage.report_usages(
+        ctx,
+        [
+            _request("a1", "4"),  # 10 credits
+            _request("before", "2"),  # replayed: the first result
+            _request("before", "3"),  # the same request id with another payload
+            _request("big", "40"),  # 100 credits: 85 left
+            _request("ghost", "1", feature="no-such-feature"),
+            _request("nobody", "1", customer="no-such-customer"),
+            _request("amb", "1", feature="shared"),
+            _request("a1", "4"),  # a1 again in the same batch: replayed
+            _request("a2", "2"),  # 5 credits: still accepted after the refusals
+        ],
+    )
+    assert [_outcome(r) for r in results] == [ACCEPTED, REPLAYED] + [REJECTED] * 5 + [REPLAYED, ACCEPTED]
+    a1, replayed, reused, big, ghost, nobody, amb, a1_again, a2 = results
+    assert (a1.usage.credits, a1.usage.balance_after, a1.debits[0][1]) == (Decimal(10), Decimal(85), Decimal(10))
+    assert (replayed.usage, replayed.debits) == (first.usage, first.debits)
+    assert [(type(e).__name__, e.reason) for e in (reused, ghost, nobody, amb)] == [
+        ("AlreadyExists", "REQUEST_ID_REUSED"),
+        ("NotFound", "FEATURE_NOT_FOUND"),
+        ("NotFound", "CUSTOMER_NOT_FOUND"),
+        ("InvalidArgument", "AMBIGUOUS_CURRENCY"),
+    ]
+    assert _insufficient(big) == {"available": "85", "required": "100", "currency_key": "ai-credits"}
+    assert a1_again.usage == a1.usage and a2.usage.balance_after == Decimal(80)
+    # Exactly the accepted usages are in the ledger; the refusal for want of credits is an event.
+    assert sorted(_debits(store)) == [Decimal(-10), Decimal(-5), Decimal(-5)]
+    assert _available(ctx) == Decimal(80)
+    assert _events(store, EventType.USAGE_REJECTED) == [EventType.USAGE_REJECTED]
+    assert ctx.transactions.debit_port.transactions == made + 1  # the refusals ran none of them again alone
+
+
+def test_a_customer_with_a_period_due_is_caught_up_then_debited_in_order(ctx, store, clock):
+    _usage_setup(ctx, customers=("acme", "beta"))
+    assert _report(ctx, "a0", "8").usage.balance_after == Decimal(80)
+    # The first period (from May 20th) has ended and the next one is due, but not issued (no sweeper).
+    clock.set(NOW + timedelta(days=20))
+    results = usage.report_usages(
+        ctx,
+        [
+            _request("b1", "4", customer="beta"),
+            _request("a1", "36"),  # 90 of the new period's 100: the old period's 80 expired
+            _request("a2", "8"),  # 20: refused, 10 left
+            _request("a0", "8"),  # replayed, in any round
+            _request("a3", "4"),  # 10: accepted
+        ],
+    )
+    assert [_outcome(r) for r in results] == [ACCEPTED, ACCEPTED, REJECTED, REPLAYED, ACCEPTED]
+    assert [results[i].usage.balance_after for i in (0, 1, 4)] == [Decimal(90), Decimal(10), Decimal(0)]
+    assert _insufficient(results[2])["available"] == "10"
+    assert _available(ctx) == 0
+    assert [e.amount for e in store.ledger if e.customer_key == "acme" and e.type is EntryType.EXPIRE] == [Decimal(-80)]
 
 
 # ------------------------------------------------------------------------------ balance alerts
@@ -369,7 +595,7 @@ def test_a_void_that_crosses_a_level_fires_once_and_recovery_fires_when_back_abo
     alert_types = (EventType.BALANCE_LOW, EventType.BALANCE_RECOVERED, EventType.BALANCE_DEPLETED)
     assert _events(store, *alert_types) == []
 
-    operators.void_grant(ctx, extra.grant.grant_id, "", "v1")  # 100: below 120
+    operators.void_grant(ctx, extra.grant_id, "", "v1")  # 100: below 120
     assert _events(store, *alert_types) == [EventType.BALANCE_LOW]
     _one_off(ctx, "r2", amount="10")  # 110: still below, nothing more
     assert _events(store, *alert_types) == [EventType.BALANCE_LOW]
@@ -383,7 +609,7 @@ def test_voiding_the_last_credits_is_a_low_balance_not_a_depletion_when_nothing_
     grant = _one_off(ctx, amount="5")
     alerts.set_balance_alerts(ctx, "", "ai-credits", [AlertLevel("amount", Decimal(1))])
 
-    operators.void_grant(ctx, grant.grant.grant_id, "", "v1")
+    operators.void_grant(ctx, grant.grant_id, "", "v1")
 
     assert _events(store, EventType.BALANCE_LOW, EventType.BALANCE_DEPLETED) == [EventType.BALANCE_LOW]
 
