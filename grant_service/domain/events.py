@@ -143,10 +143,11 @@ def fact(
     dedupe_key: str,
     payload: Mapping[str, Any],
 ) -> NewEvent:
-    """An event of a fact that happens once: its id is derived from its dedupe key."""
-    return NewEvent(
-        derived_id("evt", dedupe_key), type_, customer_key, currency_key, clock_key, occurred, dedupe_key, payload
-    )
+    """An event of a fact that happens once: its id is derived from its dedupe key ("TYPE:<id of what
+    it is about>..."), in the time order of what it is about (credit_common.ids.derived_id)."""
+    about = dedupe_key.split(":", 2)[1]
+    event_id = derived_id("evt", dedupe_key, ordered_by=about)
+    return NewEvent(event_id, type_, customer_key, currency_key, clock_key, occurred, dedupe_key, payload)
 
 
 def credits_granted(grant: Any, clock_key: ClockKey, source: str) -> NewEvent:

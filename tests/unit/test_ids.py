@@ -44,3 +44,17 @@ def test_derived_ids_are_the_same_for_the_same_key_and_look_like_new_ids():
     assert len(first) == len("evt_") + 26 and set(first[4:]) <= set(CROCKFORD)
     keys = [f"CREDITS_GRANTED:grt_{i}" for i in range(10_000)]
     assert len({ids.derived_id("evt", key) for key in keys}) == len(keys)
+
+
+def test_derived_ids_ordered_by_an_id_of_ours_sort_by_its_time_and_stay_distinct():
+    grants = ids.new_ids("grt", 5000)  # one millisecond's: the same time digits
+    later = ids.new_id("grt")
+    made = [ids.derived_id("evt", f"CREDITS_GRANTED:{g}", ordered_by=g) for g in grants]
+    assert len(set(made)) == len(made)
+    assert all(m[4:14] == g[4:14] for m, g in zip(made, grants, strict=True))  # the grant's time digits lead
+    assert ids.derived_id("evt", f"CREDITS_EXPIRED:{later}", ordered_by=later)[4:14] >= made[0][4:14]
+    assert len(made[0]) == len(later) and set(made[0][4:]) <= set(CROCKFORD)
+    # Not one of our ids: the hash alone.
+    assert ids.derived_id("evt", "SUBSCRIPTION_ENDED:acme-42", ordered_by="acme-42") == ids.derived_id(
+        "evt", "SUBSCRIPTION_ENDED:acme-42"
+    )
