@@ -27,7 +27,9 @@ def test_tiny_benchmark_runs_every_scenario(backend: str, tmp_path: Path) -> Non
     scenario's does not: the scrape's gauges on PostgreSQL are tests/integration/test_metrics_processes.py's)."""
     output = tmp_path / "results.json"
     scenarios = "all" if backend == "sqlite" else "storm,reads,usage,provision,events,webhooks"
+    # One grant server process (starts faster): the supervised processes are the test below's.
     args = ["--size", "tiny", "--backend", backend, "--scenario", scenarios, "--metrics-rounds", "1"]
+    args += ["--grant-processes", "1"]
     args += ["--output", str(output)]
     run = subprocess.run(
         [sys.executable, "-m", "bench", *args],
