@@ -50,6 +50,9 @@ def _spec(revision: int, customer_key: str, amounts, *, end=None, test_clock_id:
     )
 
 
+_LAST = datetime.max.replace(tzinfo=UTC)
+
+
 def _observe(ctx: GrantContext, customer_key: str) -> dict:
     everything = PageRequest(1000, None)
     entries, _ = balances.list_ledger_entries(ctx, customer_key, "", None, None, None, everything)
@@ -59,11 +62,15 @@ def _observe(ctx: GrantContext, customer_key: str) -> dict:
     events = ctx.transactions.read(lambda uow: uow.events.after(None, 1000))
     return {
         "ledger": [(e.type, e.effective_time, e.amount, e.description) for e in entries],
-        "grants": [
-            (g.effective_time, g.expire_time, g.amount, g.void_time, g.status_at(now), g.remaining_at(now))
-            for g in grants
-        ],
-        "balance": (balance.as_of, balance.available, [g.remaining_at(balance.as_of) for g in balance.grants]),
+        # In a canonical order: grants of one effective time are listed by id, and ids differ run to run.
+        "grants": sorted(
+            (
+                (g.effective_time, g.expire_time, g.amount, g.void_time, g.status_at(now), g.remaining_at(now))
+                for g in grants
+            ),
+            key=lambda g: (g[0], g[1] or _LAST, g[2], g[3] or _LAST),
+        ),
+        "balance": (balance.as_of, balance.available, sorted(g.remaining_at(balance.as_of) for g in balance.grants)),
         "subscription": (sub.revision, sub.end_time, [s.amounts for s in sub.credit_schedules]),
         "events": [
             (e.event.type, e.event.customer_key, e.event.occurred_time)
