@@ -54,6 +54,16 @@ def _insert(key: str) -> Callable[[Session], str]:
     return work
 
 
+def _counted_insert(runs: list[str], key: str) -> Callable[[Session], str]:
+    """`_insert(key)`, noting `key` in `runs` at each run."""
+
+    def work(session: Session) -> str:
+        runs.append(key)
+        return _insert(key)(session)
+
+    return work
+
+
 def _keys(engine) -> list[str]:
     with engine.connect() as c:
         return sorted(c.scalars(select(_ROWS.c.key)))
@@ -100,13 +110,7 @@ def test_a_unit_that_breaks_the_transaction_makes_each_unit_of_its_group_run_alo
     commits.clear()
     runs: list[str] = []
 
-    def counted(key: str) -> Callable[[Session], str]:
-        def work(session: Session) -> str:
-            runs.append(key)
-            return _insert(key)(session)
-
-        return work
-
+    counted = partial(_counted_insert, runs)
     outcomes = _in_one_group(committer, [("a", counted("a")), ("b", counted("taken")), ("c", counted("c"))])
     assert outcomes[0] == "a" and outcomes[2] == "c"
     assert isinstance(outcomes[1], IntegrityError)  # its own error, from its own transaction
@@ -202,13 +206,7 @@ def test_a_commit_that_loses_a_race_makes_each_unit_run_alone(engine, sqlstate):
     committer, _ = _committer(engine)
     runs: list[str] = []
 
-    def counted(key: str) -> Callable[[Session], str]:
-        def work(session: Session) -> str:
-            runs.append(key)
-            return _insert(key)(session)
-
-        return work
-
+    counted = partial(_counted_insert, runs)
     with lose_race_at_commit(engine, sqlstate) as race:
         slots = committer.run_together([(counted("x"), "k", None), (counted("y"), "k", None)])
     assert race.count == 1
@@ -223,13 +221,7 @@ def test_a_commit_of_unknown_outcome_is_each_units_answer(engine):
     committer, _ = _committer(engine)
     runs: list[str] = []
 
-    def counted(key: str) -> Callable[[Session], str]:
-        def work(session: Session) -> str:
-            runs.append(key)
-            return _insert(key)(session)
-
-        return work
-
+    counted = partial(_counted_insert, runs)
     with lose_race_at_commit(engine, "08006") as race:  # connection_failure
         slots = committer.run_together([(counted("x"), "k", None), (counted("y"), "k", None)])
     assert race.count == 1
