@@ -61,8 +61,8 @@ def derived_id(prefix: str, key: str, *, ordered_by: str = "") -> str:
     digits are Crockford digits too (the ids look like the others); base64's base32 encoder is Python
     code. A collision needs two keys with the same time digits (things made in the same millisecond)
     and the same 64 bits: about 1 in 10^11 for ten thousand of them."""
-    digest = hashlib.sha256(key.encode()).hexdigest().upper()
+    digest = hashlib.sha256(key.encode()).hexdigest()
     if _OUR_ID.match(ordered_by):
-        time_digits = ordered_by[ordered_by.index("_") + 1 :][:10]
-        return f"{prefix}_{time_digits}{digest[:16]}"
-    return f"{prefix}_{digest[:26]}"
+        start = ordered_by.index("_") + 1
+        return f"{prefix}_{ordered_by[start : start + 10]}{digest[:16].upper()}"
+    return f"{prefix}_{digest[:26].upper()}"

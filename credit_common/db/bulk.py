@@ -5,7 +5,7 @@ catch-up runs on it (docs/performance.md): keep it as fast when changing it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Integer, String, Table, select
@@ -19,17 +19,29 @@ def insert_ignoring_conflicts(session: Session, model: type, rows: Sequence[dict
     """Insert `rows` (in bulk, all with the same keys) into the table of the mapped class `model`,
     skipping any that violates a unique constraint; returns the values of column `key` of the rows
     actually inserted. `key` must be a fresh id of each row (an id made for this insert): a row found
-    with it was inserted here.
+    with it was inserted here."""
+    if not rows:
+        return set()
+    columns = {name: [row[name] for row in rows] for name in rows[0]}
+    return insert_columns_ignoring_conflicts(session, model, columns, key)
+
+
+def insert_columns_ignoring_conflicts(
+    session: Session, model: type, columns: Mapping[str, Sequence[Any]], key: str
+) -> set[Any]:
+    """`insert_ignoring_conflicts` of rows given a column at a time (column name -> its value in each
+    row, every column as long): what both drivers bind, and what a caller that builds its rows a
+    field at a time (the event log's batches) passes without making a mapping per row.
 
     The database counts the rows inserted; only when a conflict skipped some does a query find
     which (RETURNING every key cost the storm's catch-up a row fetch per grant)."""
-    if not rows:
+    keys = columns[key]
+    if not keys:
         return set()
     table: Table = model.__table__  # type: ignore[attr-defined]
     insert = _insert_unnest if session.get_bind().dialect.name == "postgresql" else _insert_executemany
-    count = insert(session, table, rows)
-    keys = [row[key] for row in rows]
-    if count == len(rows):
+    count = insert(session, table, columns)
+    if count == len(keys):
         return set(keys)
     inserted: set[Any] = set()
     column = table.c[key]
@@ -38,18 +50,18 @@ def insert_ignoring_conflicts(session: Session, model: type, rows: Sequence[dict
     return inserted
 
 
-def _insert_executemany(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> int:
+def _insert_executemany(session: Session, table: Table, given: Mapping[str, Sequence[Any]]) -> int:
     """SQLite: one prepared INSERT ... ON CONFLICT DO NOTHING run by the driver's executemany over
     plain tuples; returns the rows inserted. SQLAlchemy's multi-row INSERT ... RETURNING built and
     type-processed every value of every row in Python (docs/performance.md); here each column's
     distinct values go through its bind processor once (a storm's rows share their times and
     amounts)."""
     dialect = session.get_bind().dialect
-    columns = [c for c in table.columns if c.key in rows[0]]
+    columns = [c for c in table.columns if c.key in given]
     values = []
     for column in columns:
         process = column.type.dialect_impl(dialect).bind_processor(dialect)
-        raw = [row[column.key] for row in rows]
+        raw = given[column.key]
         if process is None:
             values.append(raw)
             continue
@@ -81,22 +93,22 @@ def pg_type(type_: TypeEngine) -> str:
     raise TypeError(f"insert_ignoring_conflicts cannot bind a column of type {type_!r}")
 
 
-def _insert_unnest(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> int:
+def _insert_unnest(session: Session, table: Table, given: Mapping[str, Sequence[Any]]) -> int:
     """PostgreSQL: one INSERT ... SELECT FROM unnest(array per column) ... ON CONFLICT DO NOTHING
     per 5,000 rows; returns the rows inserted. A multi-row VALUES of 18 columns x 1,000 rows made
     psycopg re-parse 18,000 placeholders in Python for every batch; here the query text is the same
     from batch to batch. psycopg dumps arrays element by element in Python: a column whose value is the same in
     every row (most columns of a storm's grants and entries) is bound once, not as an array, and
     arrays go in binary (%b: the text format checked every element for quoting with a regex)."""
-    columns = [c for c in table.columns if c.key in rows[0]]
+    columns = [c for c in table.columns if c.key in given]
     types = [pg_type(c.type) for c in columns]
     names = ", ".join(f'"{c.name}"' for c in columns)
+    total = len(given[columns[0].key])
     count = 0
-    for start in range(0, len(rows), 5000):
-        chunk = rows[start : start + 5000]
+    for start in range(0, total, 5000):
         selected, arrays, params = [], [], {}
         for n, column in enumerate(columns):
-            values = [row[column.key] for row in chunk]
+            values = list(given[column.key][start : start + 5000])
             # The first column is always an array: unnest gives the rows.
             if n and values.count(values[0]) == len(values):
                 selected.append(f"CAST(%(p{n})s AS {types[n]})")

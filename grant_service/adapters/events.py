@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
@@ -24,7 +24,7 @@ from sqlalchemy import BigInteger, Engine, Select, Text, cast, event, func, sele
 from sqlalchemy.orm import Session
 
 from credit_common.clock import Clock
-from credit_common.db.bulk import insert_ignoring_conflicts
+from credit_common.db.bulk import insert_columns_ignoring_conflicts
 from credit_common.decimals import format_decimal
 from grant_service.adapters.locking import is_postgres
 from grant_service.adapters.orm import EVENT_LOG, EVENTS, EventRow
@@ -137,63 +137,87 @@ _JSON = json.JSONEncoder(separators=(",", ":"))
 _STRING = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str (ensure_ascii)
 
 
-class _Encoder:
-    """Payloads of one batch as JSON, written as `encode_payload` writes them (tested), faster: a
-    storm's events share their times and amounts, so each distinct instant or decimal is converted
-    once, and each field name is written once; a flat payload's strings and integers go straight to
-    the C string encoder. Converting values in json's `default` callback, then a dict per payload
-    through the generic encoder, was most of the cost of a storm's events (docs/performance.md)."""
+def _value_text(value: Any) -> str:
+    kind = value.__class__
+    if kind is str:
+        return _STRING(value)
+    if kind is dict or kind is list or kind is tuple:
+        return encode_payload(value)
+    return _JSON.encode(value if value is None or kind is bool or kind is int else _encode(value))
 
-    def __init__(self) -> None:
-        self._done: dict[tuple[type, Any], str] = {}
-        self._names: dict[str, str] = {}
 
-    def _value(self, value: Any) -> str:
-        """A scalar other than a str: an int as itself, anything else converted once per batch."""
-        kind = value.__class__
+def _field_texts(values: list[Any]) -> list[str]:
+    """One field's values in a batch of payloads, as JSON: by one C-level map where they are all
+    strings or all integers, once where they are all the same (a storm's times and amounts)."""
+    kinds = set(map(type, values))
+    if len(kinds) == 1:
+        kind = kinds.pop()
+        if kind is str:
+            return list(map(_STRING, values))
         if kind is int:
-            return int.__repr__(value)
+            return list(map(int.__repr__, values))
+        if kind is not dict and kind is not list and values.count(values[0]) == len(values):
+            return [_value_text(values[0])] * len(values)
+    texts: dict[tuple[type, Any], str] = {}  # each distinct instant or decimal converted once
+    out = []
+    for value in values:
+        kind = value.__class__
+        if kind is str or kind is dict or kind is list or kind is tuple:  # no conversion to save, or unhashable
+            out.append(_value_text(value))
+            continue
         key = (kind, value)  # by type too: 1 == Decimal(1) == True
-        found = self._done.get(key)
+        found = texts.get(key)
         if found is None:
-            found = self._done[key] = _JSON.encode(value if value is None or kind is bool else _encode(value))
-        return found
+            found = texts[key] = _value_text(value)
+        out.append(found)
+    return out
 
-    def payload(self, payload: Any) -> str:
-        names, done, value = self._names, self._done, self._value
-        parts = []
-        for name, item in payload.items():
-            prefix = names.get(name)
-            if prefix is None:
-                prefix = names[name] = _STRING(name) + ":"
-            kind = item.__class__
-            if kind is str:
-                parts.append(prefix + _STRING(item))
-            elif kind is dict or kind is list or kind is tuple:
-                parts.append(prefix + encode_payload(item))
-            elif (found := done.get((kind, item))) is not None:  # an instant or a decimal seen before
-                parts.append(prefix + found)
-            else:
-                parts.append(prefix + value(item))
-        return "{" + ",".join(parts) + "}"
+
+def encode_payloads(payloads: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each payload as `encode_payload` writes it (tested), faster for a batch: the payloads of one
+    shape (the same field names in the same order: one event type's) are written a field at a time
+    (`_field_texts`), then each through one format string of its field names. Encoding a payload at
+    a time, a value at a time, was most of what a storm's events cost in Python (docs/performance.md)."""
+    shapes = list(map(tuple, payloads))
+    groups: dict[tuple[str, ...], list[int]] = {}
+    if shapes and shapes.count(shapes[0]) == len(shapes):  # a storm: one shape
+        groups[shapes[0]] = list(range(len(payloads)))
+    else:
+        for i, shape in enumerate(shapes):
+            groups.setdefault(shape, []).append(i)
+    texts = [""] * len(payloads)
+    for names, positions in groups.items():
+        group = payloads if len(positions) == len(payloads) else [payloads[i] for i in positions]
+        if not names:
+            for i in positions:
+                texts[i] = "{}"
+            continue
+        fields = [_field_texts([payload[name] for payload in group]) for name in names]
+        template = "{" + ",".join(_STRING(name).replace("%", "%%") + ":%s" for name in names) + "}"
+        for i, encoded in zip(positions, map(template.__mod__, zip(*fields, strict=True)), strict=True):
+            texts[i] = encoded
+    return texts
+
+
+def event_columns(events: Sequence[NewEvent], recorded_time: datetime) -> dict[str, list[Any]]:
+    """The rows of `events` in the log, a column at a time (credit_common.db.bulk)."""
+    return {
+        "event_id": [e.event_id for e in events],
+        "dedupe_key": [e.dedupe_key for e in events],
+        "type": [e.type._value_ for e in events],  # (.value is a property: a call per event)
+        "customer_key": [e.customer_key for e in events],
+        "currency_key": [e.currency_key for e in events],
+        "clock_key": [e.clock_key for e in events],
+        "occurred_time": [e.occurred_time for e in events],
+        "recorded_time": [recorded_time] * len(events),
+        "payload": encode_payloads([e.payload for e in events]),
+    }
 
 
 def event_rows(events: Sequence[NewEvent], recorded_time: datetime) -> list[dict[str, Any]]:
-    encoder = _Encoder()
-    return [
-        {
-            "event_id": e.event_id,
-            "dedupe_key": e.dedupe_key,
-            "type": e.type.value,
-            "customer_key": e.customer_key,
-            "currency_key": e.currency_key,
-            "clock_key": e.clock_key,
-            "occurred_time": e.occurred_time,
-            "recorded_time": recorded_time,
-            "payload": encoder.payload(e.payload),
-        }
-        for e in events
-    ]
+    """The rows of `events` in the log, a mapping each (a debit's few events join its group's rows)."""
+    columns = event_columns(events, recorded_time)
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
 def _below_high_water_mark() -> Any:
@@ -228,7 +252,7 @@ class SqlEventRepository:
         if not events or not self.enabled:
             return
         now = self._clock.now() if self._clock is not None else datetime.now(UTC)
-        insert_ignoring_conflicts(self.session, EventRow, event_rows(events, now), "event_id")
+        insert_columns_ignoring_conflicts(self.session, EventRow, event_columns(events, now), "event_id")
         wrote_events(self.session)
 
     def log_id(self) -> str:

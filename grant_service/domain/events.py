@@ -136,16 +136,20 @@ class EventScan:
 
 def fact(
     type_: EventType,
+    about: str,
     customer_key: str,
     currency_key: str,
     clock_key: ClockKey,
     occurred: datetime,
-    dedupe_key: str,
     payload: Mapping[str, Any],
+    *,
+    qualifier: str = "",
 ) -> NewEvent:
-    """An event of a fact that happens once: its id is derived from its dedupe key ("TYPE:<id of what
-    it is about>..."), in the time order of what it is about (credit_common.ids.derived_id)."""
-    about = dedupe_key.split(":", 2)[1]
+    """An event of a fact that happens once, about the thing whose id is `about` (a grant, a
+    subscription; `qualifier` tells apart the facts of one type about it, e.g. ":<revision>"): its
+    dedupe key is "TYPE:<about><qualifier>" and its id is derived from that key, in the time order
+    of what it is about (credit_common.ids.derived_id)."""
+    dedupe_key = f"{type_._value_}:{about}{qualifier}"  # _value_: .value is a property, slow in a storm
     event_id = derived_id("evt", dedupe_key, ordered_by=about)
     return NewEvent(event_id, type_, customer_key, currency_key, clock_key, occurred, dedupe_key, payload)
 
@@ -154,11 +158,11 @@ def credits_granted(grant: Any, clock_key: ClockKey, source: str) -> NewEvent:
     one_off = source == "ONE_OFF"
     return fact(
         EventType.CREDITS_GRANTED,
+        grant.grant_id,
         grant.customer_key,
         grant.currency_key,
         clock_key,
         grant.effective_time,
-        f"CREDITS_GRANTED:{grant.grant_id}",
         {
             "grant_id": grant.grant_id,
             "source": f"GRANT_SOURCE_{source}",
@@ -175,11 +179,11 @@ def credits_granted(grant: Any, clock_key: ClockKey, source: str) -> NewEvent:
 def credits_expired(grant: Any, clock_key: ClockKey, remainder: Any) -> NewEvent:
     return fact(
         EventType.CREDITS_EXPIRED,
+        grant.grant_id,
         grant.customer_key,
         grant.currency_key,
         clock_key,
         grant.expire_time,
-        f"CREDITS_EXPIRED:{grant.grant_id}",
         {
             "grant_id": grant.grant_id,
             "subscription_id": grant.subscription_id or "",
@@ -194,11 +198,11 @@ def credits_expired(grant: Any, clock_key: ClockKey, remainder: Any) -> NewEvent
 def grant_voided(grant: Any, clock_key: ClockKey, remainder: Any, now: datetime, reason: str) -> NewEvent:
     return fact(
         EventType.GRANT_VOIDED,
+        grant.grant_id,
         grant.customer_key,
         grant.currency_key,
         clock_key,
         now,
-        f"GRANT_VOIDED:{grant.grant_id}",
         {
             "grant_id": grant.grant_id,
             "subscription_id": grant.subscription_id or "",
@@ -220,11 +224,11 @@ def grant_depleted(
 ) -> NewEvent:
     return fact(
         EventType.GRANT_DEPLETED,
+        grant_id,
         customer_key,
         currency_key,
         clock_key,
         now,
-        f"GRANT_DEPLETED:{grant_id}",
         {"grant_id": grant_id, "subscription_id": subscription_id or "", "amount": amount, "usage_id": usage_id},
     )
 
@@ -280,14 +284,13 @@ def subscription_changed(
     late: Sequence[LateChange],
     withdrawn: Sequence[str],
 ) -> NewEvent:
-    key = f"{type_.value}:{subscription_id}" + (f":{revision}" if type_ is EventType.SUBSCRIPTION_CHANGED else "")
     return fact(
         type_,
+        subscription_id,
         customer_key,
         "",
         clock_key,
         occurred,
-        key,
         {
             "subscription_id": subscription_id,
             "revision": revision,
@@ -303,4 +306,5 @@ def subscription_changed(
             ],
             "withdrawn_grant_ids": list(withdrawn),
         },
+        qualifier=f":{revision}" if type_ is EventType.SUBSCRIPTION_CHANGED else "",
     )
