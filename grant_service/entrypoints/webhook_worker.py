@@ -44,10 +44,19 @@ def webhook_dispatcher(
     return dispatcher, sender
 
 
-def wake_on_events(transactions: Transactions, dispatcher: WebhookDispatcher) -> Callable[[], None]:
-    """Nudge the dispatcher whenever a transaction that wrote events commits (this process's, and on
-    PostgreSQL every process's, through the event listener), so a webhook leaves without waiting for
-    the poll. Returns the function that stops it."""
+# The least time between two nudges: commits that write events come hundreds a second under load
+# (a renewal storm's batches, debits), and a pass per commit cost the writers a tenth of their rate
+# (docs/performance.md); the commits of one gap are fanned out by one pass.
+NUDGE_GAP = timedelta(milliseconds=100)
+
+
+def wake_on_events(
+    transactions: Transactions, dispatcher: WebhookDispatcher, gap: timedelta = NUDGE_GAP
+) -> Callable[[], None]:
+    """Nudge the dispatcher when transactions that wrote events commit (this process's, and on
+    PostgreSQL every process's, through the event listener), at most once per `gap`, so a webhook
+    leaves within about `gap` of its event's commit rather than at the next poll. Returns the
+    function that stops it."""
     stopping = threading.Event()
 
     def run() -> None:
@@ -58,6 +67,7 @@ def wake_on_events(transactions: Transactions, dispatcher: WebhookDispatcher) ->
             if current != generation:
                 generation = current
                 dispatcher.nudge()
+                stopping.wait(gap.total_seconds())  # what commits meanwhile: the next nudge
 
     thread = threading.Thread(target=run, name="webhook-wakeup", daemon=True)
     thread.start()
