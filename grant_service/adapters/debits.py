@@ -39,6 +39,7 @@ from credit_common.idempotency import SeenRequest
 from credit_common.metrics import tally_entries
 from grant_service.adapters.catch_up import pending_columns
 from grant_service.adapters.locking import is_postgres
+from grant_service.adapters.mappers import usage_of
 from grant_service.adapters.orm import (
     ALERT_SETS,
     CLOCKS,
@@ -244,6 +245,10 @@ class _Group:
     heads: dict[str, tuple[tuple[str, Any, Pending, int], list[GrantView]]] = field(default_factory=dict)
     seen: dict[str, SeenRequest[str]] = field(default_factory=dict)
     writes: _Writes = field(default_factory=lambda: _Writes())
+    # The usages of the request ids found recorded before the group (`seen` as prefetched), read
+    # together at the first replay (`recorded_usage`); a recorded usage never changes.
+    found: set[str] = field(default_factory=set)
+    recorded: dict[str, tuple[Usage, list[tuple[str, Decimal]]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -395,6 +400,7 @@ def _prefetch_debit_heads(session: Session, group: _Group, orders: Sequence[Debi
     group.seen = {
         request_id: SeenRequest(fingerprint, resource_id) for request_id, fingerprint, resource_id in requests
     }
+    group.found = {resource_id for _, _, resource_id in requests}
     if heads:
         session.info[_RATES_VERSION] = heads[0][6]
 
@@ -444,6 +450,39 @@ def record_debit(
                 if grant.grant_id == grant_id:
                     grant.used = used
                     break
+
+
+def recorded_usage(session: Session, usage_id: str) -> tuple[Usage, list[tuple[str, Decimal]]] | None:
+    """A recorded usage and its debits (grant id, amount), for a replay. In a debit group, the usages
+    of every request id the group found recorded are read at the first replay, in two statements:
+    a batch sent again after an ambiguous failure replays all its usages, and two reads per usage
+    made it ten times slower than the first time (docs/performance.md)."""
+    group: _Group | None = session.info.get(_GROUP)
+    if group is None:
+        return _recorded_usages(session, [usage_id]).get(usage_id)
+    found = group.recorded.get(usage_id)
+    if found is None:
+        wanted = (group.found - group.recorded.keys()) | {usage_id}
+        group.recorded.update(_recorded_usages(session, sorted(wanted)))
+        found = group.recorded.get(usage_id)
+    return found
+
+
+def _recorded_usages(session: Session, usage_ids: Sequence[str]) -> dict[str, tuple[Usage, list[tuple[str, Decimal]]]]:
+    recorded: dict[str, tuple[Usage, list[tuple[str, Decimal]]]] = {}
+    for start in range(0, len(usage_ids), 500):
+        chunk = list(usage_ids[start : start + 500])
+        for row in session.execute(select(USAGES).where(USAGES.c.usage_id.in_(chunk))):
+            recorded[row.usage_id] = (usage_of(row), [])
+        debits = session.execute(
+            select(LEDGER_ENTRIES.c.usage_id, LEDGER_ENTRIES.c.grant_id, LEDGER_ENTRIES.c.amount)
+            .where(LEDGER_ENTRIES.c.usage_id.in_(chunk), LEDGER_ENTRIES.c.type == "DEBIT")
+            .order_by(LEDGER_ENTRIES.c.seq)
+        )
+        for usage_id, grant_id, amount in debits:
+            if usage_id in recorded:
+                recorded[usage_id][1].append((grant_id, -amount))
+    return recorded
 
 
 def insert_request_id(connection: Connection, record: dict[str, Any]) -> None:

@@ -19,7 +19,14 @@ from credit_common.db.keyset import keyset_after
 from credit_common.idempotency import SeenRequest
 from credit_common.metrics import tally_ledger
 from grant_service.adapters.catch_up import pending_columns
-from grant_service.adapters.debits import debit_head, insert_request_id, open_grants, rates_version, record_debit
+from grant_service.adapters.debits import (
+    debit_head,
+    insert_request_id,
+    open_grants,
+    rates_version,
+    record_debit,
+    recorded_usage,
+)
 from grant_service.adapters.events import event_rows, wrote_events
 from grant_service.adapters.locking import is_postgres, locked
 from grant_service.adapters.mappers import (
@@ -32,7 +39,6 @@ from grant_service.adapters.mappers import (
     stored_schedule_of,
     stored_subscription_of,
     subscription_row,
-    usage_of,
 )
 from grant_service.adapters.orm import (
     ALERT_STATES,
@@ -393,15 +399,7 @@ class SqlDebitAccountRepository:
             wrote_events(self.session)
 
     def recorded(self, usage_id: str) -> tuple[Usage, list[tuple[str, Decimal]]] | None:
-        usage = self.session.get(UsageRow, usage_id)
-        if usage is None:
-            return None
-        debits = self.session.execute(
-            select(LedgerEntryRow.grant_id, LedgerEntryRow.amount)
-            .where(LedgerEntryRow.usage_id == usage_id, LedgerEntryRow.type == "DEBIT")
-            .order_by(LedgerEntryRow.seq)
-        )
-        return usage_of(usage), [(grant_id, -amount) for grant_id, amount in debits]
+        return recorded_usage(self.session, usage_id)
 
 
 class SqlRateRepository:

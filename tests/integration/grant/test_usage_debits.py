@@ -23,7 +23,7 @@ from grant_service.service_layer.context import GrantContext
 from grant_service.service_layer.operators import create_grant
 from grant_service.service_layer.ports import DebitOrder
 from grant_service.service_layer.subscriptions import apply_credit_currency
-from grant_service.service_layer.usage import SCOPE, _debit, _Round, report_usage
+from grant_service.service_layer.usage import SCOPE, UsageRequest, _debit, _Round, report_usage, report_usages
 from tests.integration.grant.test_catch_up import NOW, _engine, _subscribe
 from tests.integration.grant.test_read_waits_for_timer_batch import _lock_waits
 from tests.support.batches import one_batch
@@ -182,3 +182,25 @@ def _together(ctx: GrantContext, calls: list) -> list:
         lambda: ctx.transactions.debit_port.group_commit.waiting,
         calls,
     )
+
+
+def test_a_batch_sent_again_replays_every_usage_from_two_reads_not_two_per_usage(database_url_factory):
+    """A ReportUsageBatch sent again after an ambiguous failure: each usage answers as replayed with
+    its first answer (usage and debits), and the usages are read together (SqlDebitAccountRepository
+    .recorded in a debit group), not with two statements each."""
+    engine = _engine(database_url_factory("debit_batch_replay"))
+    ctx = sql_context(session_factories(engine), ManualClock(NOW))
+    apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal("1")}, None)
+    _subscribe(ctx, 5, NOW - timedelta(days=1))  # c0..c4: 7 credits each
+    requests = [UsageRequest(f"r{i}", f"c{i % 5}", "gpt", Decimal(1), "") for i in range(30)]
+    first = report_usages(ctx, requests[:25])  # c0..c4 five each; the last five are new the second time
+    assert all(not r.replayed for r in first)
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    again = report_usages(ctx, requests)
+    replays = [r for r in again if r.replayed]
+    assert [(r.usage, r.debits) for r in replays] == [(r.usage, r.debits) for r in first]
+    assert [r.usage.balance_after for r in again[25:]] == [1] * 5 and not any(r.replayed for r in again[25:])
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(reads) <= 12, reads  # the group's prefetch, the recorded usages and their debits (25 usages)
+    engine.dispose()
