@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 
 import grpc
 import pytest
@@ -167,6 +168,7 @@ def _lines(stream, count: int | None = None) -> queue.Queue:
 def test_events_watch_prints_an_event_produced_while_it_runs_and_ctrl_c_ends_it(run: Cli, tmp_path):
     last = run.ok("-o json events list").json()[-1]
     watcher = _watcher(run, tmp_path, "--cursor", last["cursor"])
+    errors = _lines(watcher.stderr)
     try:
         lines = _lines(watcher.stdout)
         grant = run.ok("-o json grants create globex ai-credits 250 --reason goodwill").json()
@@ -175,14 +177,34 @@ def test_events_watch_prints_an_event_produced_while_it_runs_and_ctrl_c_ends_it(
         assert event["credits_granted"]["grant_id"] == grant["grant_id"]
         assert event["credits_granted"]["amount"] == "250"
         watcher.send_signal(signal.SIGINT)
-        assert watcher.wait(timeout=GUARD_S) == cli.EXIT_OK
+        assert _ended(watcher) == cli.EXIT_OK
     finally:
         if watcher.poll() is None:
             watcher.kill()
             watcher.wait()
     # nothing before the cursor was repeated, no heartbeat printed: the one event, then the end
     assert lines.get(timeout=GUARD_S) is None
-    assert watcher.stderr.read() == ""
+    assert _rest(errors) == ""
+
+
+def _ended(process: subprocess.Popen) -> int:
+    """The process's exit status once it ends; if it has not ended within GUARD_S, the failure shows
+    where each of its threads is (py-spy), so that a rare hang can be understood."""
+    try:
+        return process.wait(timeout=GUARD_S)
+    except subprocess.TimeoutExpired:
+        spy = Path(sys.executable).parent / "py-spy"
+        dump = [str(spy), "dump", "--pid", str(process.pid)]
+        found = subprocess.run(dump, capture_output=True, text=True, timeout=60)
+        raise AssertionError(f"still running {GUARD_S} s later; its threads:\n{found.stdout}{found.stderr}") from None
+
+
+def _rest(lines: queue.Queue) -> str:
+    """What a pipe read by `_lines` gave until it closed (the process has ended)."""
+    out = []
+    while (line := lines.get(timeout=GUARD_S)) is not None:
+        out.append(line)
+    return "".join(out)
 
 
 def _watcher(run: Cli, cwd, *args: str) -> subprocess.Popen:
@@ -201,6 +223,7 @@ def test_events_watch_ends_quietly_when_its_reader_goes(run: Cli, tmp_path):
     """As in `credit-grants -o json events watch | head -n 1`: status 0, no error."""
     last = run.ok("-o json events list").json()[-1]
     watcher = _watcher(run, tmp_path, "--cursor", last["cursor"])
+    errors = _lines(watcher.stderr)
     try:
         lines = _lines(watcher.stdout, count=1)
         run.ok("grants create globex ai-credits 5 --reason one")
@@ -208,12 +231,12 @@ def test_events_watch_ends_quietly_when_its_reader_goes(run: Cli, tmp_path):
         assert lines.get(timeout=GUARD_S) is None
         watcher.stdout.close()  # the reader goes; the next event meets a broken pipe
         run.ok("grants create globex ai-credits 6 --reason two")
-        assert watcher.wait(timeout=GUARD_S) == cli.EXIT_OK
+        assert _ended(watcher) == cli.EXIT_OK
     finally:
         if watcher.poll() is None:
             watcher.kill()
             watcher.wait()
-    assert watcher.stderr.read() == ""
+    assert _rest(errors) == ""
 
 
 class BreakingProxy(gpb_grpc.GrantServiceServicer):
@@ -292,6 +315,8 @@ def test_events_watch_reconnects_from_the_last_cursor_after_unavailable(run: Cli
 
 def test_the_library_watch_reconnects_and_gives_up_after_its_retries(run: Cli, proxy):
     servicer, address = proxy
+    for n in range(3):  # events it wants, whichever tests ran before it on this worker
+        run.ok(f"grants create globex ai-credits {n + 1} --reason library-{n}")
     everything = run.ok("-o json events list").json()
     with GrantClient(address=address, api_key=run.env["CREDIT_GRANTS_GRANT_API_KEY"]) as client:
         stream = client.watch_events(everything[0]["cursor"], types=["credits-granted", "balance-low"])
