@@ -44,9 +44,9 @@ def webhook_dispatcher(
     return dispatcher, sender
 
 
-# The least time between two nudges: commits that write events come hundreds a second under load
-# (a renewal storm's batches, debits), and a pass per commit cost the writers a tenth of their rate
-# (docs/performance.md); the commits of one gap are fanned out by one pass.
+# The least time between two nudges: commits that write events come tens to hundreds a second under
+# load (a renewal storm's batches, debits), and a pass per commit (two reads) cost a storm about 4%
+# of its rate (docs/performance.md); the commits of one gap are fanned out by one pass.
 NUDGE_GAP = timedelta(milliseconds=100)
 
 
