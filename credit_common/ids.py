@@ -48,7 +48,7 @@ def new_ids(prefix: str, n: int) -> list[str]:
     return [head + tails[i : i + 16] for i in range(0, 16 * n, 16)]
 
 
-_OUR_ID = re.compile(r"^[a-z]+_[0-9A-HJKMNP-TV-Z]{26}$")
+_OUR_ID = re.compile(rf"^[a-z]+_[{_CROCKFORD}]{{26}}$")  # what new_ids makes
 
 
 def derived_id(prefix: str, key: str, *, ordered_by: str = "") -> str:
