@@ -39,6 +39,15 @@ class ExactDecimal(TypeDecorator[Decimal]):
             return None
         return Decimal(value) if not isinstance(value, Decimal) else value
 
+    def result_processor(self, dialect: Dialect, coltype: object):
+        if dialect.name == "postgresql":  # NUMERIC: psycopg gives Decimal
+            return super().result_processor(dialect, coltype)
+        return _decimal_of_text  # what process_result_value does with text, in one call
+
+
+def _decimal_of_text(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
 
 class UtcDateTime(TypeDecorator[datetime]):
     """An instant: TIMESTAMP WITH TIME ZONE on PostgreSQL, naive-UTC text on SQLite
@@ -61,6 +70,19 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+    def result_processor(self, dialect: Dialect, coltype: object):
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+        return _instant_of_text  # SQLite's DATETIME processor and process_result_value, in one call
+
+
+def _instant_of_text(value: str | None) -> datetime | None:
+    """An instant of SQLite's text (what SQLAlchemy's SQLite DATETIME reads with `fromisoformat`)."""
+    if value is None:
+        return None
+    instant = datetime.fromisoformat(value)
+    return instant.replace(tzinfo=UTC) if instant.tzinfo is None else instant.astimezone(UTC)
 
 
 NAMING_CONVENTION = {
