@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from catalog_service.adapters.orm import LateChangeRow
 from catalog_service.domain.outbox import LateChange
+from credit_common.db.chunks import chunks
 from credit_common.db.engine import SessionFactories
 from credit_common.db.transactions import RETRY, RetryPolicy, Transactions
 
@@ -52,10 +53,10 @@ class LateChangeRecorder:
 def late_changes_of(session: Session, subscription_ids: Iterable[str]) -> dict[str, tuple[LateChange, ...]]:
     ids = sorted(set(subscription_ids))
     found: dict[str, list[LateChange]] = defaultdict(list)
-    for start in range(0, len(ids), 500):
+    for chunk in chunks(ids):
         rows = session.execute(
             select(TABLE)
-            .where(TABLE.c.subscription_id.in_(ids[start : start + 500]))
+            .where(TABLE.c.subscription_id.in_(chunk))
             .order_by(TABLE.c.subscription_id, TABLE.c.revision, TABLE.c.entitlement_key)
         )
         for r in rows:

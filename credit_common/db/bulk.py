@@ -12,6 +12,7 @@ from sqlalchemy import BigInteger, Boolean, Integer, String, Table, select
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
+from credit_common.db.chunks import chunks
 from credit_common.db.types import ExactDecimal, UtcDateTime
 
 
@@ -45,8 +46,8 @@ def insert_columns_ignoring_conflicts(
         return set(keys)
     inserted: set[Any] = set()
     column = table.c[key]
-    for start in range(0, len(keys), 500):
-        inserted.update(session.execute(select(column).where(column.in_(keys[start : start + 500]))).scalars())
+    for chunk in chunks(keys):
+        inserted.update(session.execute(select(column).where(column.in_(chunk))).scalars())
     return inserted
 
 

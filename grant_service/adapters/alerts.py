@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from credit_common.db.chunks import chunks
 from credit_common.decimals import format_decimal
 from grant_service.adapters.locking import is_postgres
 from grant_service.adapters.orm import ALERT_SETS, ALERT_STATES, GRANTS
@@ -97,10 +98,8 @@ class SqlAlertRepository:
     def states_of(self, customer_keys: Iterable[str]) -> dict[Pair, frozenset[str]]:
         customers = sorted(set(customer_keys))
         found: dict[Pair, frozenset[str]] = {}
-        for start in range(0, len(customers), 500):
-            rows = self.session.execute(
-                select(ALERT_STATES).where(ALERT_STATES.c.customer_key.in_(customers[start : start + 500]))
-            )
+        for chunk in chunks(customers):
+            rows = self.session.execute(select(ALERT_STATES).where(ALERT_STATES.c.customer_key.in_(chunk)))
             found.update({(r.customer_key, r.currency_key): frozenset(json.loads(r.below)) for r in rows})
         return found
 
@@ -121,10 +120,10 @@ class SqlAlertRepository:
     def current_of(self, customer_keys: Iterable[str]) -> dict[Pair, BalanceState]:
         customers = sorted(set(customer_keys))
         grants: dict[Pair, list[tuple[Decimal, Decimal]]] = defaultdict(list)
-        for start in range(0, len(customers), 500):
+        for chunk in chunks(customers):
             rows = self.session.execute(
                 select(GRANTS.c.customer_key, GRANTS.c.currency_key, GRANTS.c.amount, GRANTS.c.used).where(
-                    GRANTS.c.customer_key.in_(customers[start : start + 500]),
+                    GRANTS.c.customer_key.in_(chunk),
                     GRANTS.c.closed.is_(False),
                     GRANTS.c.opens_at.is_(None),
                 )

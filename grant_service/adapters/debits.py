@@ -33,6 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from credit_common.db.bulk import pg_type
+from credit_common.db.chunks import chunks
 from credit_common.db.driver import DriverStatement, deferred_writes, execute_sql, rows_of
 from credit_common.db.group_commit import GroupCommit
 from credit_common.idempotency import SeenRequest
@@ -470,8 +471,7 @@ def recorded_usage(session: Session, usage_id: str) -> tuple[Usage, list[tuple[s
 
 def _recorded_usages(session: Session, usage_ids: Sequence[str]) -> dict[str, tuple[Usage, list[tuple[str, Decimal]]]]:
     recorded: dict[str, tuple[Usage, list[tuple[str, Decimal]]]] = {}
-    for start in range(0, len(usage_ids), 500):
-        chunk = list(usage_ids[start : start + 500])
+    for chunk in chunks(usage_ids):
         for row in session.execute(select(USAGES).where(USAGES.c.usage_id.in_(chunk))):
             recorded[row.usage_id] = (usage_of(row), [])
         debits = session.execute(

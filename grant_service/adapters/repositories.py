@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from credit_common.clock import Clock
 from credit_common.db.bulk import insert_ignoring_conflicts
+from credit_common.db.chunks import chunks
 from credit_common.db.keyset import keyset_after
 from credit_common.idempotency import SeenRequest
 from credit_common.metrics import tally_ledger
@@ -171,9 +172,9 @@ class SqlCustomerRepository:
     def pending_many(self, customer_keys: Sequence[str]) -> dict[str, Pending]:
         keys = sorted(set(customer_keys))
         found: dict[str, Pending] = {}
-        for start in range(0, len(keys), 500):
+        for chunk in chunks(keys):
             query = select(CUSTOMERS.c.customer_key, *pending_columns(CUSTOMERS.c.customer_key)).where(
-                CUSTOMERS.c.customer_key.in_(keys[start : start + 500])
+                CUSTOMERS.c.customer_key.in_(chunk)
             )
             for row in self.session.execute(query):
                 found[row.customer_key] = Pending(row.next_issue, row.next_expiry, row.next_open)
@@ -317,9 +318,9 @@ class SqlLedgerRepository:
     def debits_by_grant(self, grant_ids: Sequence[str], at: datetime | None = None) -> dict[str, Decimal]:
         """Summed exactly in Python."""
         totals: dict[str, list[Decimal]] = defaultdict(list)
-        for start in range(0, len(grant_ids), 500):
+        for chunk in chunks(grant_ids):
             query = select(LedgerEntryRow.grant_id, LedgerEntryRow.amount).where(
-                LedgerEntryRow.grant_id.in_(grant_ids[start : start + 500]), LedgerEntryRow.type == "DEBIT"
+                LedgerEntryRow.grant_id.in_(chunk), LedgerEntryRow.type == "DEBIT"
             )
             if at is not None:
                 query = query.where(LedgerEntryRow.effective_time <= at)
@@ -540,8 +541,8 @@ class SqlIssuanceRepository:
         if is_postgres(self.session):
             self.session.execute(_ADVANCE_ANY, {"ids": list(schedule_ids), **values})
             return
-        for start in range(0, len(schedule_ids), 1000):
-            self.session.execute(_ADVANCE_IN, {"ids": list(schedule_ids[start : start + 1000]), **values})
+        for chunk in chunks(schedule_ids, 1000):
+            self.session.execute(_ADVANCE_IN, {"ids": list(chunk), **values})
 
     def open_grants_of(self, schedule_id: str) -> list[Grant]:
         query = (

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from credit_common.db.chunks import chunks
 from credit_common.db.engine import SessionFactories
 from credit_common.db.keyset import keyset_after
 from credit_common.db.transactions import RETRY, RetryPolicy, Transactions
@@ -170,8 +171,8 @@ class SqlWebhookDeliveryRepository:
             for d in deliveries
         ]
         ids: list[int] = []
-        for start in range(0, len(rows), 500):
-            statement = dialect.insert(D).values(rows[start : start + 500]).on_conflict_do_nothing().returning(D.c.id)
+        for chunk in chunks(rows):
+            statement = dialect.insert(D).values(list(chunk)).on_conflict_do_nothing().returning(D.c.id)
             ids.extend(self.session.scalars(statement))
         return ids
 
