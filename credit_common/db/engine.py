@@ -206,6 +206,7 @@ class SessionFactories:
     read: sessionmaker[Session]
     write: sessionmaker[Session]
     single_statement: ThreadConnections
+    dialect: str  # the database's ("sqlite", "postgresql")
 
 
 def session_factories(engine: Engine, read_engine: Engine | None = None) -> SessionFactories:
@@ -213,6 +214,7 @@ def session_factories(engine: Engine, read_engine: Engine | None = None) -> Sess
         read=sessionmaker(bind=engine, expire_on_commit=False),
         write=sessionmaker(bind=engine.execution_options(write=True), expire_on_commit=False),
         single_statement=ThreadConnections(read_engine or engine),
+        dialect=engine.dialect.name,
     )
 
 

@@ -97,16 +97,24 @@ class GroupCommit:
         `subject` is what `within` is told of the unit."""
         return self._batcher.submit(_Unit(work, key, subject, calls.current()))
 
-    def run_together(self, units: Sequence[tuple[Callable[[Session], Any], str, Any]]) -> list[Slot]:
-        """Run `units` (each (work, key, subject), as `run` takes them) as one group of their own, now,
-        in the calling thread: in key order (stably: a key's units in the order given), in one
-        transaction, with the group's rules (a DomainError is a unit's own answer; any other failure
-        runs each unit alone). One slot per unit, in the order given: its `outcome()` is the unit's
-        result, or raises its error. For a caller that has many units at once (a batch call), so
-        that they share a transaction however large it is (`run`'s groups are at most `max_units`)."""
+    def run_together(
+        self, units: Sequence[tuple[Callable[[Session], Any], str, Any]], part_size: int | None = None
+    ) -> list[Slot]:
+        """Run `units` (each (work, key, subject), as `run` takes them) as groups of their own, now, in
+        the calling thread: in key order (stably: a key's units in the order given), with the group's
+        rules (a DomainError is a unit's own answer; any other failure runs each unit of its group
+        alone). One slot per unit, in the order given: its `outcome()` is the unit's result, or raises
+        its error. For a caller that has many units at once (a batch call), so that they share
+        transactions however many they are (`run`'s groups are at most `max_units`).
+
+        `part_size`: the units are committed in parts of about this many, one after the other (None:
+        all in one transaction). A key's units are never split between two parts. Units that lock
+        rows by key hold their locks for one part's transaction, not the whole call's: two callers
+        whose units share keys then work in step, each on a part of keys the other is not holding,
+        where whole calls would wait for each other one after the other (docs/performance.md)."""
         slots: list[Slot] = [Slot(_Unit(work, key, subject, calls.current())) for work, key, subject in units]
-        if slots:
-            self._run_group(lambda: slots)
+        for part in _parts(sorted(slots, key=lambda slot: slot.item.key), part_size):
+            self._run_group(lambda part=part: part)
         return slots
 
     def _run_group(self, take: Batch) -> None:
@@ -166,3 +174,17 @@ class GroupCommit:
                 slot.succeed(self._single(slot.item.work))
         except Exception as error:
             slot.fail(error)
+
+
+def _parts(ordered: list[Slot], size: int | None) -> list[list[Slot]]:
+    """`ordered` (in key order) cut into consecutive parts of at least `size` slots (the last may be
+    smaller), each ending where a key ends."""
+    if size is None or len(ordered) <= size:
+        return [ordered] if ordered else []
+    parts: list[list[Slot]] = [[]]
+    for slot in ordered:
+        part = parts[-1]
+        if len(part) >= size and part[-1].item.key != slot.item.key:
+            parts.append(part := [])
+        part.append(slot)
+    return parts

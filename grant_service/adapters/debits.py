@@ -489,16 +489,28 @@ def insert_request_id(connection: Connection, record: dict[str, Any]) -> None:
     _INSERT_REQUEST_ID.execute(connection, [record])
 
 
+def part_size(dialect: str) -> int | None:
+    """Orders of one call per transaction (None: all in one). On PostgreSQL a batch's customers stay
+    locked until its transaction commits, and two batches of random customers nearly always share
+    some: whole batches waited for each other one after the other, with the machine a third idle;
+    in parts they work in step. On SQLite every transaction waits for the one write lock, and parts
+    only added their own transactions' cost (docs/performance.md, "Batches committed in parts")."""
+    return 100 if dialect == "postgresql" else None
+
+
 class SqlDebitPort:
     """The debit port (service_layer/ports.py DebitPort) over a group commit
     (credit_common.db.group_commit) whose groups run in `debit_group`: one order joins the group
     that other callers' debits make at the same time (ReportUsage); the orders of one call (a
-    ReportUsageBatch) make a group of their own, however many. `unit(session)`: the unit of work a
-    rule gets, one per transaction."""
+    ReportUsageBatch) make groups of their own, committed in parts of about `part_size` orders (a
+    customer's orders in one part; None: one transaction), so that two batches of overlapping
+    customers hold the locks the other waits for during a part, not a whole call (`part_size`).
+    `unit(session)`: the unit of work a rule gets, one per transaction."""
 
-    def __init__(self, group_commit: GroupCommit, unit: Callable[[Session], Any]) -> None:
+    def __init__(self, group_commit: GroupCommit, unit: Callable[[Session], Any], part_size: int | None) -> None:
         self.group_commit = group_commit
         self._unit = unit
+        self._part_size = part_size
 
     def make(self, orders: Sequence[DebitOrder], rule: Callable[[Any, DebitOrder], T]) -> list[T | Exception]:
         if len(orders) == 1:
@@ -508,7 +520,7 @@ class SqlDebitPort:
             except Exception as error:
                 return [error]
         slots = self.group_commit.run_together(
-            [(partial(self._run, rule, order), order.customer_key, order) for order in orders]
+            [(partial(self._run, rule, order), order.customer_key, order) for order in orders], self._part_size
         )
         return [slot.result if slot.error is None else slot.error for slot in slots]
 

@@ -204,8 +204,10 @@ class DebitPort(Protocol):
     `uow.accounts` (DebitAccountRepository) and records an accepted debit there.
 
     Contract, whatever the adapter does to be fast (it may share a transaction among the orders of
-    one call and those other callers make at the same time, and write a transaction's debits as
-    sets at its end):
+    one call and those other callers make at the same time, commit one call's orders in several
+    transactions, and write a transaction's debits as sets at its end):
+    - a customer's orders of one call are made in one transaction, and each transaction has a
+      unit of work of its own (`rule`'s `uow`);
     - a customer's orders of one call run in the order given, each after the previous one's
       writes (its `head` shows them);
     - a `DomainError` that a rule raises before recording anything is that order's own answer: it
@@ -215,7 +217,8 @@ class DebitPort(Protocol):
       its own, so that one order's failure is never another's; if that fails too, it is that
       order's answer;
     - an order's effects are committed before its result is returned, and a caller that has gone
-      (deadline, cancel) has none of its orders' effects committed."""
+      (deadline, cancel) has nothing committed after it went (the orders of its call already
+      committed stay so: each order is idempotent by its request id)."""
 
     def make(
         self, orders: Sequence[DebitOrder], rule: Callable[[GrantUnitOfWork, DebitOrder], T]

@@ -180,13 +180,15 @@ def _order_of(request: UsageRequest) -> DebitOrder:
 
 class _Round:
     """What the debits made together (one `DebitPort.make`) share: ids made in bulk (`new_ids`), and
-    real time, read once, at the first debit on real time, once its customer's lock is held: the
-    port holds every customer of its orders until they are all made, so their debits happen at
-    that instant (and a batch's usages convert to rows and answers as one instant)."""
+    real time, read once per transaction of the port (one unit of work each), at its first debit on
+    real time, once that debit's customer is locked: the port holds every customer of a transaction
+    until it commits, so the transaction's debits happen at that instant, and each customer's
+    debits are in time order, whichever transaction makes them."""
 
     def __init__(self, ctx: GrantContext, expected: int) -> None:
         self._clock = ctx.clock
         self._now: datetime | None = None
+        self._now_of: GrantUnitOfWork | None = None  # the transaction `_now` was read in
         self._chunk = min(max(expected, 1), 1000)
         # Made here, before the port's transaction: a usage's id and (mostly) one entry's.
         self._made: dict[str, list[str]] = {prefix: new_ids(prefix, self._chunk) for prefix in ("use", "led")}
@@ -204,9 +206,9 @@ class _Round:
             found = self._prices[key] = (currency, rate, exact_product(quantity, rate))
         return found
 
-    def now(self) -> datetime:
-        if self._now is None:
-            self._now = self._clock.now()
+    def now(self, uow: GrantUnitOfWork) -> datetime:
+        if self._now is None or self._now_of is not uow:
+            self._now, self._now_of = self._clock.now(), uow
         return self._now
 
     def ids(self, prefix: str, n: int) -> list[str]:
@@ -272,7 +274,7 @@ def _debit(
     if seen is not None:
         return load_usage(uow, seen, replayed=True)
     # The customer's "now", taken once its lock is held: its debits are in time order.
-    now = round_.now() if head.clock_key == REAL_TIME else head.frozen_time
+    now = round_.now(uow) if head.clock_key == REAL_TIME else head.frozen_time
     grants = head.open_grants
     if head.pending.due(now):
         if customer_key not in caught_up:

@@ -188,6 +188,42 @@ def test_run_together_runs_its_units_in_one_transaction_in_key_order_each_with_i
     assert _keys(engine) == ["a1", "a2", "b1", "b3"] and commits == ["commit"]
 
 
+def test_run_together_commits_in_parts_of_whole_keys_in_key_order(engine):
+    committer, commits = _committer(engine)
+    seen: list[tuple[str, int]] = []  # (unit, the number of commits before it ran)
+
+    def unit(key: str, name: str) -> tuple[Callable[[Session], object], str, None]:
+        def work(session: Session) -> str:
+            seen.append((name, len(commits)))
+            session.execute(insert(_ROWS).values(key=name))
+            return name
+
+        return work, key, None
+
+    units = [unit("c", "c1"), unit("a", "a1"), unit("b", "b1"), unit("a", "a2"), unit("b", "b2"), unit("d", "d1")]
+    slots = committer.run_together(units, part_size=2)
+    assert [slot.outcome() for slot in slots] == ["c1", "a1", "b1", "a2", "b2", "d1"]
+    # parts of at least two units, cut where a key ends: a's two, b's two, then c and d
+    assert seen == [("a1", 0), ("a2", 0), ("b1", 1), ("b2", 1), ("c1", 2), ("d1", 2)]
+    assert len(commits) == 3 and _keys(engine) == ["a1", "a2", "b1", "b2", "c1", "d1"]
+
+
+def test_a_part_that_breaks_runs_its_own_units_alone_and_not_the_other_parts(engine):
+    committer, commits = _committer(engine)
+    runs: list[str] = []
+    units = [
+        (_counted_insert(runs, "a1"), "a", None),
+        (_counted_insert(runs, "b1"), "b", None),
+        (_counted_insert(runs, "b1"), "b", None),  # breaks its part's transaction
+    ]
+    slots = committer.run_together(units, part_size=1)
+    assert slots[0].outcome() == "a1" and slots[1].outcome() == "b1"
+    with pytest.raises(IntegrityError):
+        slots[2].outcome()
+    assert runs == ["a1", "b1", "b1", "b1", "b1"]  # a's part once; b's part, then each of its units alone
+    assert _keys(engine) == ["a1", "b1"] and len(commits) == 2
+
+
 def test_run_together_runs_each_unit_alone_once_one_breaks_the_transaction(engine):
     committer, commits = _committer(engine)
     units = [(_insert("x"), "k", None), (_insert("x"), "k", None), (_insert("y"), "k", None)]

@@ -204,3 +204,78 @@ def test_a_batch_sent_again_replays_every_usage_from_two_reads_not_two_per_usage
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(reads) <= 12, reads  # the group's prefetch, the recorded usages and their debits (25 usages)
     engine.dispose()
+
+
+class _TickingClock(ManualClock):
+    """Moves one millisecond at each reading: every transaction's instant is its own."""
+
+    def now(self):
+        return self.advance(timedelta(milliseconds=1))
+
+
+def _six_left_each(database_url_factory, name: str, customers: int):
+    """A context (on a ticking clock) whose customers c0.. have 6 of their 7 credits left, its engine,
+    and the list of the commits made from then on."""
+    engine = _engine(database_url_factory(name))
+    ctx = sql_context(session_factories(engine), _TickingClock(NOW))
+    apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal("1")}, None)
+    _subscribe(ctx, customers, NOW - timedelta(days=1))
+    for i in range(customers):  # the periods issued: nothing due in the batches
+        report_usage(ctx, f"warm{i}", f"c{i}", "gpt", Decimal(1), "")
+    commits: list[object] = []
+    event.listen(engine, "commit", commits.append)
+    return ctx, engine, commits
+
+
+def test_a_batch_larger_than_a_part_commits_in_parts_each_customer_in_one(database_url_factory, backend):
+    """ReportUsageBatch's debits on PostgreSQL commit in parts (adapters/debits.py part_size): a
+    customer's usages all in one, each part's at the instant read once its customers are locked; the
+    answers and the hard limit are those of one transaction. On SQLite the batch is one transaction."""
+    ctx, engine, commits = _six_left_each(database_url_factory, "debit_parts", 30)
+    requests = [UsageRequest(f"r{i}", f"c{i % 30}", "gpt", Decimal(1), "") for i in range(240)]  # 8 each
+    results = report_usages(ctx, requests)
+    for k in range(30):
+        mine = [result for i, result in enumerate(results) if i % 30 == k]
+        assert [isinstance(r, ResourceExhausted) for r in mine] == [False] * 6 + [True] * 2
+        assert [r.usage.balance_after for r in mine[:6]] == [5, 4, 3, 2, 1, 0]
+        assert len({r.usage.usage_time for r in mine[:6]}) == 1
+    instants = {r.usage.usage_time for r in results if not isinstance(r, Exception)}
+    # parts of at least 100 usages, each ending with a customer's last: 13 customers, 13, then 4
+    expected = 3 if backend == "postgresql" else 1
+    assert len(commits) == expected and len(instants) == expected
+    engine.dispose()
+
+
+def test_concurrent_batches_of_the_same_customers_keep_the_hard_limit_and_time_order(database_url_factory):
+    """Two batches at once of the same 30 customers (four usages each per batch, 6 credits left
+    each): exactly six of each customer's eight usages are accepted, its grant is spent to the
+    last credit, and its DEBIT entries are in time order, whichever batch's part made them."""
+    ctx, engine, _ = _six_left_each(database_url_factory, "debit_parts_race", 30)
+    answers: dict[str, list] = {}
+
+    def send(tag: str) -> None:
+        answers[tag] = report_usages(
+            ctx, [UsageRequest(f"{tag}{i}", f"c{i % 30}", "gpt", Decimal(1), "") for i in range(120)]
+        )
+
+    threads = [threading.Thread(target=send, args=(tag,)) for tag in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    accepted = [r for results in answers.values() for r in results if not isinstance(r, Exception)]
+    assert len(accepted) == 30 * 6 and all(
+        isinstance(r, ResourceExhausted) for rs in answers.values() for r in rs if isinstance(r, Exception)
+    )
+    with engine.connect() as c:
+        assert set(c.scalars(select(GrantRow.used).where(GrantRow.customer_key.like("c%")))) == {Decimal(7)}
+        for k in range(30):
+            times = list(
+                c.scalars(
+                    select(LedgerEntryRow.effective_time)
+                    .where(LedgerEntryRow.customer_key == f"c{k}", LedgerEntryRow.type == "DEBIT")
+                    .order_by(LedgerEntryRow.seq)
+                )
+            )
+            assert len(times) == 7 and times == sorted(times)
+    engine.dispose()
