@@ -206,8 +206,8 @@ class DebitPort(Protocol):
     Contract, whatever the adapter does to be fast (it may share a transaction among the orders of
     one call and those other callers make at the same time, commit one call's orders in several
     transactions, and write a transaction's debits as sets at its end):
-    - a customer's orders of one call are made in one transaction, and each transaction has a
-      unit of work of its own (`rule`'s `uow`);
+    - a customer's orders of one call are made in one transaction (unless they run alone after a
+      failure, below), and each transaction has a unit of work of its own (`rule`'s `uow`);
     - a customer's orders of one call run in the order given, each after the previous one's
       writes (its `head` shows them);
     - a `DomainError` that a rule raises before recording anything is that order's own answer: it
