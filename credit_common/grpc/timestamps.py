@@ -16,10 +16,18 @@ def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     """A Timestamp for `value`, or None (leave the field unset) for None."""
     if value is None:
         return None
+    message = timestamp_pb2.Timestamp()
+    set_timestamp(message, value)
+    return message
+
+
+def set_timestamp(message: timestamp_pb2.Timestamp, value: datetime) -> None:
+    """Set `message` (e.g. a Timestamp field of a message being built, in place) to `value`."""
     # Timestamp.FromDatetime goes through a time tuple and calendar.timegm, a hot spot of GetBalance
     # (docs/performance.md). A timedelta from the epoch gives the same seconds and (non-negative) nanos.
     delta = ensure_utc(value) - _EPOCH
-    return timestamp_pb2.Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
+    message.seconds = delta.days * 86_400 + delta.seconds
+    message.nanos = delta.microseconds * 1000
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -7,13 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from google.protobuf import json_format
 
 from credit_common.decimals import format_decimal
 from credit_common.errors import DomainError
 from credit_common.fields import REQUIRED, Fields, check_length, parse_amount
-from credit_common.grpc.timestamps import from_timestamp, to_timestamp
+from credit_common.grpc.timestamps import from_timestamp, set_timestamp, to_timestamp
 from credit_common.grpc.validation import check_items_in_handler
 from credit_common.pagination import PageRequest, page_request
 from credit_common.periods import Cadence
@@ -101,11 +102,18 @@ class DecimalTexts(dict):
         return text
 
 
-def usage_result_pb(result: UsageResult | DomainError, texts: DecimalTexts | None = None) -> pb.ReportUsageResult:
-    if isinstance(result, DomainError):
-        return pb.ReportUsageResult(outcome=pb.USAGE_OUTCOME_REJECTED, rejection=rejected_pb(result).rejection)
-    outcome = pb.USAGE_OUTCOME_REPLAYED if result.replayed else pb.USAGE_OUTCOME_ACCEPTED
-    return pb.ReportUsageResult(outcome=outcome, usage=usage_pb(result.usage, result.debits, texts))
+def add_usage_results(results: Any, outcomes: list[UsageResult | DomainError]) -> None:
+    """Add each usage's result to `results` (a ReportUsageBatchResponse's), built in place: a message
+    built on its own is copied when it is put in a repeated field, and a batch's results are many
+    (docs/performance.md). Each distinct amount is formatted once (`DecimalTexts`)."""
+    texts = DecimalTexts()
+    add = results.add
+    for outcome in outcomes:
+        if isinstance(outcome, DomainError):
+            add(outcome=pb.USAGE_OUTCOME_REJECTED, rejection=rejected_pb(outcome).rejection)
+        else:
+            added = add(outcome=pb.USAGE_OUTCOME_REPLAYED if outcome.replayed else pb.USAGE_OUTCOME_ACCEPTED)
+            fill_usage(added.usage, outcome.usage, outcome.debits, texts)
 
 
 def check_apply_batch(request: pb.ApplySubscriptionsRequest) -> None:
@@ -517,21 +525,24 @@ def entry_pb(entry: LedgerEntry) -> pb.LedgerEntry:
     )
 
 
-def usage_pb(usage: Usage, debits: list[tuple[str, Decimal]], texts: DecimalTexts | None = None) -> pb.Usage:
+def fill_usage(
+    message: pb.Usage, usage: Usage, debits: list[tuple[str, Decimal]], texts: DecimalTexts | None = None
+) -> None:
+    """Set `message` (a Usage within the answer) to `usage` and its debits."""
     text = format_decimal if texts is None else texts.__getitem__
-    return pb.Usage(
-        usage_id=usage.usage_id,
-        request_id=usage.request_id,
-        customer_key=usage.customer_key,
-        feature_key=usage.feature_key,
-        quantity=text(usage.quantity),
-        currency_key=usage.currency_key,
-        credits_per_unit=text(usage.credits_per_unit),
-        credits=text(usage.credits),
-        usage_time=to_timestamp(usage.usage_time),
-        debits=[pb.Debit(grant_id=g, amount=text(a)) for g, a in debits],
-        balance_after=text(usage.balance_after),
-    )
+    message.usage_id = usage.usage_id
+    message.request_id = usage.request_id
+    message.customer_key = usage.customer_key
+    message.feature_key = usage.feature_key
+    message.quantity = text(usage.quantity)
+    message.currency_key = usage.currency_key
+    message.credits_per_unit = text(usage.credits_per_unit)
+    message.credits = text(usage.credits)
+    set_timestamp(message.usage_time, usage.usage_time)
+    add = message.debits.add
+    for grant_id, amount in debits:
+        add(grant_id=grant_id, amount=text(amount))
+    message.balance_after = text(usage.balance_after)
 
 
 def usage_check_pb(check: UsageCheck) -> pb.CheckUsageResponse:

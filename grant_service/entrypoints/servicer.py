@@ -26,22 +26,25 @@ from grant_service.v1 import grant_service_pb2_grpc
 from grant_service.v1 import webhooks_pb2 as wpb
 
 
-def _each_alone(items, convert, rejected, run, answer) -> list:
-    """The answers of a batch whose items are validated alone: an item that fails the checks the
-    interceptor makes of a single call (check_request) or its conversion answers `rejected(error)`;
-    the valid ones run together, in order (`run` returns one result each), each answering
-    `answer(result)`."""
-    answers: list = []
+def _each_alone(items, convert, run) -> list:
+    """The outcomes of a batch whose items are validated alone, in order: an item that fails the
+    checks the interceptor makes of a single call (check_request) or its conversion has its
+    DomainError; the valid ones run together, in order (`run` returns one result each), and have
+    their results."""
+    outcomes: list = []
     valid = []
     for item in items:
         try:
             check_request(item)
             valid.append(convert(item))
-            answers.append(None)
+            outcomes.append(_RUN)
         except DomainError as error:
-            answers.append(rejected(error))
+            outcomes.append(error)
     done = iter(run(valid) if valid else [])
-    return [a if a is not None else answer(next(done)) for a in answers]
+    return [next(done) if outcome is _RUN else outcome for outcome in outcomes]
+
+
+_RUN = object()  # an item of `_each_alone` that runs
 
 
 class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
@@ -61,14 +64,17 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
 
     def ApplySubscriptions(self, request: pb.ApplySubscriptionsRequest, context) -> pb.ApplySubscriptionsResponse:
         conv.check_apply_batch(request)
-        results = _each_alone(
+        outcomes = _each_alone(
             request.requests,
             conv.subscription_spec,
-            conv.rejected_pb,
             lambda specs: subscriptions.apply_subscriptions(self._ctx, specs),
-            conv.apply_result_pb,
         )
-        return pb.ApplySubscriptionsResponse(results=results)
+        return pb.ApplySubscriptionsResponse(
+            results=[
+                conv.rejected_pb(outcome) if isinstance(outcome, DomainError) else conv.apply_result_pb(outcome)
+                for outcome in outcomes
+            ]
+        )
 
     def GetSubscription(self, request: pb.GetSubscriptionRequest, context) -> pb.GetSubscriptionResponse:
         conv.check_get_subscription(request)
@@ -158,19 +164,18 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
         result = usage.report_usage(
             self._ctx, request.request_id, request.customer_key, request.feature_key, quantity, request.currency_key
         )
-        return pb.ReportUsageResponse(usage=conv.usage_pb(result.usage, result.debits))
+        response = pb.ReportUsageResponse()
+        conv.fill_usage(response.usage, result.usage, result.debits)
+        return response
 
     def ReportUsageBatch(self, request: pb.ReportUsageBatchRequest, context) -> pb.ReportUsageBatchResponse:
         conv.check_usage_batch(request)
-        texts = conv.DecimalTexts()  # the answer converted in bulk: each distinct amount formatted once
-        results = _each_alone(
-            request.usages,
-            conv.usage_request,
-            conv.usage_result_pb,
-            lambda requests: usage.report_usages(self._ctx, requests),
-            lambda result: conv.usage_result_pb(result, texts),
+        outcomes = _each_alone(
+            request.usages, conv.usage_request, lambda requests: usage.report_usages(self._ctx, requests)
         )
-        return pb.ReportUsageBatchResponse(results=results)
+        response = pb.ReportUsageBatchResponse()
+        conv.add_usage_results(response.results, outcomes)
+        return response
 
     def CheckUsage(self, request: pb.CheckUsageRequest, context) -> pb.CheckUsageResponse:
         quantity = conv.usage_quantity(request)
