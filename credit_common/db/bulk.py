@@ -5,6 +5,7 @@ catch-up runs on it (docs/performance.md): keep it as fast when changing it."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -95,33 +96,89 @@ def pg_type(type_: TypeEngine) -> str:
 
 
 def _insert_unnest(session: Session, table: Table, given: Mapping[str, Sequence[Any]]) -> int:
-    """PostgreSQL: one INSERT ... SELECT FROM unnest(array per column) ... ON CONFLICT DO NOTHING
-    per 5,000 rows; returns the rows inserted. A multi-row VALUES of 18 columns x 1,000 rows made
-    psycopg re-parse 18,000 placeholders in Python for every batch; here the query text is the same
-    from batch to batch. psycopg dumps arrays element by element in Python: a column whose value is the same in
-    every row (most columns of a storm's grants and entries) is bound once, not as an array, and
-    arrays go in binary (%b: the text format checked every element for quoting with a regex)."""
-    columns = [c for c in table.columns if c.key in given]
-    types = [pg_type(c.type) for c in columns]
-    names = ", ".join(f'"{c.name}"' for c in columns)
-    total = len(given[columns[0].key])
+    """PostgreSQL: `unnest_insert` ... ON CONFLICT DO NOTHING per 5,000 rows; returns the rows
+    inserted. A multi-row VALUES of 18 columns x 1,000 rows made psycopg re-parse 18,000 placeholders
+    in Python for every batch; here the query text is the same from batch to batch."""
+    keys = [c.key for c in table.columns if c.key in given]
+    total = len(given[keys[0]])
     count = 0
     for start in range(0, total, 5000):
-        selected, arrays, params = [], [], {}
-        for n, column in enumerate(columns):
-            values = list(given[column.key][start : start + 5000])
-            # The first column is always an array: unnest gives the rows.
-            if n and values.count(values[0]) == len(values):
-                selected.append(f"CAST(%(p{n})s AS {types[n]})")
-                params[f"p{n}"] = values[0]
-            else:
-                selected.append(f"u.a{n}")
-                arrays.append((f"a{n}", f"CAST(%(p{n})b AS {types[n]}[])"))
-                params[f"p{n}"] = values
-        statement = (
-            f'INSERT INTO "{table.name}" ({names}) SELECT {", ".join(selected)} '
-            f"FROM unnest({', '.join(a for _, a in arrays)}) AS u({', '.join(alias for alias, _ in arrays)}) "
-            "ON CONFLICT DO NOTHING"
-        )
+        chunk = {key: list(given[key][start : start + 5000]) for key in keys}
+        statement, params = unnest_insert(table, chunk, skip_conflicts=True)
         count += session.connection().exec_driver_sql(statement, params).rowcount
     return count
+
+
+def unnest_insert(
+    table: Table, columns: Mapping[str, list[Any]], *, skip_conflicts: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """PostgreSQL: the statement and parameters (for the driver) that insert rows given a column at a
+    time (column key -> its value in each row, every column as long) as one INSERT ... SELECT FROM
+    unnest(an array per column): one statement for all the rows instead of one per row, each its own
+    trip through the server's executor. A column whose value is the same in every row (a batch's
+    instants, amounts, feature) is bound once, not as an array (`array_parameter`: psycopg dumps a
+    list element by element in Python). The first column is always an array: unnest gives the rows."""
+    keys = tuple(columns)
+    same = tuple(i > 0 and (values := columns[key]).count(values[0]) == len(values) for i, key in enumerate(keys))
+    statement, types = _unnest_statement(table, keys, same, skip_conflicts)
+    params = {
+        f"p{i}": columns[key][0] if same[i] else array_parameter(columns[key], types[i]) for i, key in enumerate(keys)
+    }
+    return statement, params
+
+
+@functools.cache
+def _unnest_statement(
+    table: Table, keys: tuple[str, ...], same: tuple[bool, ...], skip_conflicts: bool
+) -> tuple[str, tuple[str, ...]]:
+    columns = [table.c[key] for key in keys]
+    types = tuple(pg_type(column.type) for column in columns)
+    selected = [f"CAST(%(p{i})s AS {types[i]})" if same[i] else f"u.a{i}" for i in range(len(keys))]
+    arrays = [(f"a{i}", array_placeholder(f"p{i}", types[i])) for i in range(len(keys)) if not same[i]]
+    names = ", ".join(f'"{column.name}"' for column in columns)
+    statement = (
+        f'INSERT INTO "{table.name}" ({names}) SELECT {", ".join(selected)} '
+        f"FROM unnest({', '.join(a for _, a in arrays)}) AS u({', '.join(alias for alias, _ in arrays)})"
+    )
+    return statement + (" ON CONFLICT DO NOTHING" if skip_conflicts else ""), types
+
+
+# An array parameter of a statement for the driver (PostgreSQL). psycopg dumps a list element by
+# element in Python; text and numeric arrays (nearly every array of a write) go instead as one string
+# in PostgreSQL's array syntax, made by one join, which PostgreSQL parses for a little more than the
+# binary (docs/performance.md, "Array parameters as text"). Arrays of other types (instants, integers,
+# booleans) stay lists, sent in binary.
+_AS_TEXT = frozenset({"text", "numeric"})
+
+
+def array_placeholder(name: str, type_name: str) -> str:
+    """The placeholder of array parameter `name` of `type_name` values, cast to its array type."""
+    return f"CAST(%({name}){'s' if type_name in _AS_TEXT else 'b'} AS {type_name}[])"
+
+
+def array_parameter(values: Sequence[Any], type_name: str) -> Any:
+    """What to bind to `array_placeholder(name, type_name)` for `values` (None: NULL)."""
+    if type_name == "text":
+        return text_array(values)
+    if type_name == "numeric":
+        if None in values:
+            return "{" + ",".join("NULL" if value is None else str(value) for value in values) + "}"
+        return "{" + ",".join(map(str, values)) + "}"  # Decimal's str is exact and numeric's input
+    return list(values)
+
+
+def text_array(values: Sequence[str | None]) -> str:
+    """`values` in PostgreSQL's array syntax for text[]: each element double-quoted, so that commas,
+    braces, spaces and the word NULL are text; a double quote or a backslash in one is escaped."""
+    if not values:
+        return "{}"
+    if None not in values:
+        joined = '","'.join(values)  # type: ignore[arg-type]
+        # Quotes only where the join put them: no element has one (or a backslash) to escape.
+        if "\\" not in joined and joined.count('"') == 2 * (len(values) - 1):
+            return '{"' + joined + '"}'
+    return "{" + ",".join("NULL" if value is None else _quoted(value) for value in values) + "}"
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

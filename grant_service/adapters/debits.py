@@ -5,7 +5,6 @@ select() per call costs its cache key each time) and run on the session's connec
 
 from __future__ import annotations
 
-import functools
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +21,7 @@ from sqlalchemy import (
     Table,
     any_,
     bindparam,
+    cast,
     func,
     insert,
     literal_column,
@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from credit_common.db.bulk import pg_type
+from credit_common.db.bulk import array_parameter, array_placeholder, text_array, unnest_insert
 from credit_common.db.chunks import chunks
 from credit_common.db.driver import DriverStatement, deferred_writes, execute_sql, rows_of
 from credit_common.db.group_commit import GroupCommit
@@ -181,7 +181,8 @@ def open_grants(session: Session, customer_key: str) -> list[GrantView]:
 
 # A group of debits (credit_common.db.group_commit) on PostgreSQL: their customers locked in key order
 # and their DebitHeads read, for all of them in one round trip; `debit_head` answers from these.
-_KEYS = bindparam("keys", type_=postgresql.ARRAY(String))
+# Lists of keys bound as one string each (credit_common.db.bulk `text_array`), cast to an array.
+_KEYS = cast(bindparam("keys", type_=String), postgresql.ARRAY(String))
 _GROUP_HEADS = DriverStatement(
     select(CUSTOMERS.c.customer_key, *_head_columns())
     .where(CUSTOMERS.c.customer_key == any_(_KEYS))
@@ -195,7 +196,7 @@ _GROUP_GRANTS = DriverStatement(_open_grants_statement(True, GRANTS.c.customer_k
 # `scope` in the index and filtered every request id of the scope, a cost that grows with the scope's
 # request ids (docs/performance.md).
 _REQUEST_KEYS = (
-    func.unnest(bindparam("request_ids", type_=postgresql.ARRAY(String)))
+    func.unnest(cast(bindparam("request_ids", type_=String), postgresql.ARRAY(String)))
     .table_valued("request_id")
     .render_derived("keys")
 )
@@ -275,7 +276,11 @@ class _Writes:
         write = partial(_write_unnest, connection) if postgres else _write_executemany(connection)
         write(USAGES, {name: [getattr(u, name) for u in usages] for name in _USAGE_COLUMNS})
         if postgres:
-            execute_sql(connection, _SET_USED_UNNEST, {"ids": list(totals), "used": list(totals.values())})
+            used = {
+                "ids": array_parameter(list(totals), "text"),
+                "used": array_parameter(list(totals.values()), "numeric"),
+            }
+            execute_sql(connection, _SET_USED_UNNEST, used)
         else:
             _SET_USED.execute_columns(connection, {"b_grant_id": list(totals), "b_used": list(totals.values())})
         write(
@@ -318,36 +323,15 @@ def _write_executemany(connection: Connection) -> Callable[[Table, dict[str, lis
 
 
 def _write_unnest(connection: Connection, table: Table, columns: dict[str, list[Any]]) -> None:
-    """PostgreSQL: a table's rows as one INSERT ... SELECT FROM unnest(one array per column), sent in
-    binary: one statement for the group instead of one per row (each its own trip through the
-    server's executor). psycopg dumps an array element by element in Python: a column whose value
-    is the same in every row (a batch's instant, feature, currency, amounts) is bound once."""
-    names = tuple(columns)
-    if not names or not columns[names[0]]:
-        return
-    # The first column (an id) is always an array: unnest gives the rows.
-    same = tuple(i > 0 and (v := columns[name]).count(v[0]) == len(v) for i, name in enumerate(names))
-    params = {f"p{i}": columns[name][0] if same[i] else columns[name] for i, name in enumerate(names)}
-    execute_sql(connection, _unnest_insert(table.name, names, same), params)
-
-
-@functools.cache
-def _unnest_insert(table_name: str, names: tuple[str, ...], same: tuple[bool, ...]) -> str:
-    table = {t.name: t for t in (USAGES, LEDGER_ENTRIES, REQUEST_IDS)}[table_name]
-    selected = [
-        f"CAST(%(p{i})s AS {pg_type(table.c[name].type)})" if same[i] else f"u.a{i}" for i, name in enumerate(names)
-    ]
-    arrays = [(f"a{i}", f"%(p{i})b::{pg_type(table.c[name].type)}[]") for i, name in enumerate(names) if not same[i]]
-    quoted = ", ".join(f'"{name}"' for name in names)
-    return (
-        f'INSERT INTO "{table_name}" ({quoted}) SELECT {", ".join(selected)} '
-        f"FROM unnest({', '.join(a for _, a in arrays)}) AS u({', '.join(alias for alias, _ in arrays)})"
-    )
+    """PostgreSQL: a table's rows as one INSERT ... SELECT FROM unnest (credit_common.db.bulk
+    `unnest_insert`): one statement for the group instead of one per row."""
+    if columns and next(iter(columns.values())):
+        execute_sql(connection, *unnest_insert(table, columns))
 
 
 _SET_USED_UNNEST = (
-    'UPDATE "grants" SET "used" = v.used FROM unnest(%(ids)b::text[], %(used)b::numeric[]) AS v(grant_id, used) '
-    'WHERE "grants"."grant_id" = v.grant_id'
+    f'UPDATE "grants" SET "used" = v.used FROM unnest({array_placeholder("ids", "text")}, '
+    f'{array_placeholder("used", "numeric")}) AS v(grant_id, used) WHERE "grants"."grant_id" = v.grant_id'
 )
 
 
@@ -381,9 +365,9 @@ def _prefetch_debit_heads(session: Session, group: _Group, orders: Sequence[Debi
     if is_postgres(session):
         heads, grants, requests = rows_of(
             session.connection(),
-            (_GROUP_HEADS, {"keys": customers}),
-            (_GROUP_GRANTS, {"keys": customers}),
-            (_GROUP_REQUESTS, {"scope": scope, "request_ids": request_ids}),
+            (_GROUP_HEADS, {"keys": text_array(customers)}),
+            (_GROUP_GRANTS, {"keys": text_array(customers)}),
+            (_GROUP_REQUESTS, {"scope": scope, "request_ids": text_array(request_ids)}),
         )
     else:
         keys = json.dumps(customers)

@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import JSON, BigInteger, Boolean, Integer, LargeBinary, String, Text, UniqueConstraint, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from credit_common.db.bulk import insert_ignoring_conflicts, pg_type
+from credit_common.db.bulk import array_parameter, array_placeholder, insert_ignoring_conflicts, pg_type
 from credit_common.db.engine import DatabaseSettings, create_db_engine, session_factories
 from credit_common.db.types import ExactDecimal, UtcDateTime
 from credit_common.ids import new_id
@@ -111,3 +113,41 @@ def test_each_column_type_is_bound_as_what_postgresql_stores():
     for unknown in (JSON(), LargeBinary()):
         with pytest.raises(TypeError, match="cannot bind"):
             pg_type(unknown)
+
+
+# PostgreSQL's text: any character but NUL (and no lone surrogate, which is not UTF-8).
+_TEXT = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=12)
+_AWKWARD = ['"', "\\", '\\"', "a,b", "{a}", "NULL", "null", " ", "", "日本", "''"]
+_AMOUNTS = st.decimals(min_value=Decimal(-(10**26)), max_value=Decimal(10**26), places=12, allow_nan=False)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_text_and_numeric_arrays_reach_postgresql_exactly_as_given(database_url_factory, backend):
+    """The arrays a write binds as one string in PostgreSQL's syntax (`array_parameter`) are read by
+    PostgreSQL as the values given: any text (quotes, backslashes, commas, braces, the word NULL,
+    empty), None as NULL, and exact decimals."""
+    engine = create_db_engine(DatabaseSettings(url=database_url_factory("arrays")))
+
+    def read_back(values: list, type_name: str) -> list:
+        with engine.connect() as conn:
+            statement = f"SELECT {array_placeholder('p', type_name)}"
+            return conn.exec_driver_sql(statement, {"p": array_parameter(values, type_name)}).scalar_one()
+
+    assert read_back(_AWKWARD, "text") == _AWKWARD
+    assert read_back([*_AWKWARD, None], "text") == [*_AWKWARD, None]
+    assert read_back([Decimal("1E+3"), Decimal("-0.000000000001"), None], "numeric") == [1000, Decimal("-1E-12"), None]
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.one_of(_TEXT, st.sampled_from(_AWKWARD), st.none()), min_size=1, max_size=8))
+    def texts(values: list) -> None:
+        assert read_back(values, "text") == values
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.lists(st.one_of(_AMOUNTS, st.none()), min_size=1, max_size=8))
+    def amounts(values: list) -> None:
+        assert read_back(values, "numeric") == values
+
+    texts()
+    amounts()
+    engine.dispose()

@@ -17,7 +17,7 @@ from credit_common.clock import ManualClock
 from credit_common.db.engine import session_factories
 from credit_common.errors import NotFound, ResourceExhausted
 from credit_common.idempotency import fingerprint
-from grant_service.adapters.orm import GrantRow, LedgerEntryRow
+from grant_service.adapters.orm import GrantRow, LedgerEntryRow, UsageRow
 from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
 from grant_service.service_layer.context import GrantContext
 from grant_service.service_layer.operators import create_grant
@@ -203,6 +203,35 @@ def test_a_batch_sent_again_replays_every_usage_from_two_reads_not_two_per_usage
     assert [r.usage.balance_after for r in again[25:]] == [1] * 5 and not any(r.replayed for r in again[25:])
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(reads) <= 12, reads  # the group's prefetch, the recorded usages and their debits (25 usages)
+    engine.dispose()
+
+
+AWKWARD_REQUEST_IDS = ['a"b', "a\\b", "\\", '"', "a,b", "{a}", "NULL", "null", " x ", "日本", 'a\\"b', "''"]
+
+
+def test_a_batch_records_and_replays_request_ids_of_any_text(database_url_factory):
+    """A batch's request ids are written and looked up as sets (on PostgreSQL as text arrays: quotes,
+    backslashes, commas, braces and the word NULL are the caller's text): each is recorded as given,
+    in the batch's one transaction (not by each usage alone after the set failed), and the batch
+    sent again replays every usage."""
+    engine = _engine(database_url_factory("debit_batch_request_ids"))
+    ctx = sql_context(session_factories(engine), ManualClock(NOW))
+    apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal("1")}, None)
+    _subscribe(ctx, 3, NOW - timedelta(days=1))
+    requests = [UsageRequest(r, f"c{i % 3}", "gpt", Decimal(1), "") for i, r in enumerate(AWKWARD_REQUEST_IDS)]
+    warmed = report_usages(ctx, [UsageRequest(f"warm{i}", f"c{i}", "gpt", Decimal(1), "") for i in range(3)])
+    warm = [(r.usage.request_id, r.usage.usage_id) for r in warmed]  # their periods issued: nothing due below
+    commits: list[object] = []
+    event.listen(engine, "commit", commits.append)
+    first = report_usages(ctx, requests)
+    assert [r.usage.request_id for r in first] == AWKWARD_REQUEST_IDS and not any(r.replayed for r in first)
+    assert len(commits) == 1
+    with engine.connect() as conn:
+        recorded = conn.execute(select(UsageRow.request_id, UsageRow.usage_id)).all()
+    assert sorted(recorded) == sorted([(r.usage.request_id, r.usage.usage_id) for r in first] + warm)
+    again = report_usages(ctx, requests)
+    assert all(r.replayed for r in again)
+    assert [r.usage.usage_id for r in again] == [r.usage.usage_id for r in first]
     engine.dispose()
 
 
