@@ -52,8 +52,9 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
             pool_recycle=1800,
             connect_args={
                 "connect_timeout": 5,
+                # Instants in UTC: psycopg then reads them with the UTC tzinfo that UtcDateTime returns.
                 "options": f"-c statement_timeout={settings.statement_timeout_ms}"
-                f" -c lock_timeout={settings.statement_timeout_ms}",
+                f" -c lock_timeout={settings.statement_timeout_ms} -c TimeZone=UTC",
                 "application_name": "credit-grants",
                 # A peer that vanished without closing the connection (a crashed host, a network
                 # partition) is noticed within about a minute instead of the kernel's two hours.

@@ -40,8 +40,8 @@ class ExactDecimal(TypeDecorator[Decimal]):
         return Decimal(value) if not isinstance(value, Decimal) else value
 
     def result_processor(self, dialect: Dialect, coltype: object):
-        if dialect.name == "postgresql":  # NUMERIC: psycopg gives Decimal
-            return super().result_processor(dialect, coltype)
+        if dialect.name == "postgresql":  # NUMERIC: psycopg gives a Decimal, what process_result_value returns
+            return None
         return _decimal_of_text  # what process_result_value does with text, in one call
 
 
@@ -73,8 +73,15 @@ class UtcDateTime(TypeDecorator[datetime]):
 
     def result_processor(self, dialect: Dialect, coltype: object):
         if dialect.name != "sqlite":
-            return super().result_processor(dialect, coltype)
+            return _utc_instant  # process_result_value in one call: psycopg gives an aware datetime
         return _instant_of_text  # SQLite's DATETIME processor and process_result_value, in one call
+
+
+def _utc_instant(value: datetime | None) -> datetime | None:
+    """`process_result_value`: already UTC (a session in UTC, credit_common.db.engine) as it is."""
+    if value is None or value.tzinfo is UTC:
+        return value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _instant_of_text(value: str | None) -> datetime | None:

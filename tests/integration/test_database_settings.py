@@ -5,6 +5,7 @@ never to INTERNAL."""
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 
 import psycopg.errors
 import pytest
@@ -61,6 +62,21 @@ def test_statement_timeout_flag_sets_statement_and_lock_timeouts(database_url_fa
                 connection.execute(text("SELECT pg_sleep(5)"))
         translated = translate_db_error(raised.value)
         assert isinstance(translated, Unavailable) and translated.reason == "DATABASE_UNAVAILABLE"
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_sessions_run_in_utc_so_instants_are_read_in_utc_as_psycopg_gives_them(database_url_factory, backend):
+    """The session's time zone is UTC (whatever the server's default): psycopg reads a timestamptz
+    with the UTC tzinfo that UtcDateTime returns, which its result processor then keeps as it is."""
+    engine = create_db_engine(_settings(database_url_factory("utc")))
+    try:
+        with engine.connect() as connection:
+            assert connection.scalar(text("SHOW TimeZone")) == "UTC"
+            read = connection.scalar(text("SELECT TIMESTAMPTZ '2026-12-07 09:00:00+02'"))
+        assert read == datetime(2026, 12, 7, 7, tzinfo=UTC) and read.tzinfo is UTC
     finally:
         engine.dispose()
 

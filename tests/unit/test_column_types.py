@@ -1,5 +1,5 @@
-"""The shared column types read SQLite's text in one call (`result_processor`): the same values as
-SQLAlchemy's own SQLite processors followed by `process_result_value`."""
+"""The shared column types read a driver's values in one call (`result_processor`): the same values
+as SQLAlchemy's own processors followed by `process_result_value`."""
 
 from __future__ import annotations
 
@@ -49,11 +49,15 @@ def test_an_amount_read_from_sqlite_text_is_exact(value):
     assert ExactDecimal().result_processor(SQLITE, None)(None) is None
 
 
-def test_postgresql_keeps_the_generic_processors():
-    """psycopg gives Decimal and aware datetimes: nothing to parse there."""
+def test_postgresql_reads_what_psycopg_gives_as_process_result_value_would():
+    """psycopg gives a Decimal (kept as it is) and an aware datetime: in the session's zone, UTC on
+    our connections (kept as it is), or any other (the same instant, in UTC)."""
     dialect = postgresql.dialect()
-    at = datetime(2026, 12, 7, 5, 0, tzinfo=timezone(timedelta(hours=2)))
-    assert UtcDateTime().result_processor(dialect, None)(at) == at and (
-        UtcDateTime().result_processor(dialect, None)(at).tzinfo is UTC
-    )
-    assert ExactDecimal().result_processor(dialect, None)(Decimal("1.5")) == Decimal("1.5")
+    assert ExactDecimal().result_processor(dialect, None) is None
+    read = UtcDateTime().result_processor(dialect, None)
+    utc = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
+    assert read(utc) is utc
+    elsewhere = utc.astimezone(timezone(timedelta(hours=2)))
+    assert read(elsewhere) == utc and read(elsewhere).tzinfo is UTC
+    assert read(elsewhere) == UtcDateTime().process_result_value(elsewhere, dialect)
+    assert read(None) is None
