@@ -1,7 +1,9 @@
 """Inserts in bulk that skip what a concurrent transaction already wrote: writes that must happen
 at most once (a period's grant, a grant's GRANT and closing entries, an event), so that two
 processes racing on the same work cannot both succeed and neither crashes. The renewal storm's
-catch-up runs on it (docs/performance.md): keep it as fast when changing it."""
+catch-up runs on it (docs/performance.md): keep it as fast when changing it. On PostgreSQL they are
+`unnest_insert`s, with `array_parameter`s, which the debits' writes (grant_service/adapters/debits.py)
+use as well."""
 
 from __future__ import annotations
 
