@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 log = logging.getLogger("credit_grants.server")
+
+WAKE_S = 0.25  # how long a stop signal received by another thread can wait for its handler
 
 
 class StopSignals:
@@ -37,4 +40,15 @@ class StopSignals:
         return self._received.is_set()
 
     def wait(self, timeout_s: float | None = None) -> bool:
-        return self._received.wait(timeout_s)
+        """Whether a stop signal came within `timeout_s` (None: wait for one). The waiting main thread
+        wakes every WAKE_S: a signal that the kernel hands another thread (gRPC's, the log writer's)
+        runs its Python handler only when the main thread next runs, and a main thread blocked on a
+        lock with no timeout never does (CPython issue 85300: `make run` stopped with Ctrl-C left
+        the catalog serving)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._received.is_set():
+            left = WAKE_S if deadline is None else min(WAKE_S, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            self._received.wait(left)
+        return True

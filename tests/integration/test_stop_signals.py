@@ -8,6 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +19,8 @@ from catalog_service.entrypoints.app import DEFINITION
 from credit_common import runtime
 from credit_common.config import parse_service_args
 from credit_common.signals import StopSignals
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -47,6 +53,35 @@ def test_a_caught_signal_is_recorded_not_raised(restored_handlers):
     assert signals.received() and signals.name == "SIGINT"
     os.kill(os.getpid(), signal.SIGTERM)  # a second signal changes nothing
     assert signals.name == "SIGINT"
+
+
+# A process that waits for its stop signal while the kernel hands the signal to another of its threads.
+_SIGNAL_ON_ANOTHER_THREAD = """
+import signal, threading, time
+from credit_common.signals import StopSignals
+signals = StopSignals.catch()
+other = threading.Thread(target=time.sleep, args=(60,), daemon=True)
+other.start()
+threading.Timer(0.2, signal.pthread_kill, (other.ident, signal.SIGTERM)).start()
+print(signals.wait(), signals.name, flush=True)
+"""
+
+
+def test_a_signal_that_another_thread_receives_still_ends_the_wait():
+    """The kernel may hand a process's SIGINT or SIGTERM to any of its threads; its Python handler
+    runs in the main thread, which a wait on a lock with no timeout never gave the chance (CPython
+    issue 85300): the catalog went on serving after `make run`'s Ctrl-C and the `kill` after it."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_ON_ANOTHER_THREAD], capture_output=True, text=True, timeout=10, cwd=ROOT
+    )
+    assert done.stdout.split() == ["True", "SIGTERM"], done.stderr
+
+
+def test_a_wait_with_a_timeout_ends_without_a_signal():
+    signals = StopSignals()
+    started = time.monotonic()
+    assert not signals.wait(0.3)
+    assert time.monotonic() - started >= 0.3
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
