@@ -363,10 +363,11 @@ def _prefetch_debit_heads(session: Session, group: _Group, orders: Sequence[Debi
     request_ids = sorted({order.request_id for order in orders if order.request_id})
     scope = group.scope
     if is_postgres(session):
+        keys = text_array(customers)
         heads, grants, requests = rows_of(
             session.connection(),
-            (_GROUP_HEADS, {"keys": text_array(customers)}),
-            (_GROUP_GRANTS, {"keys": text_array(customers)}),
+            (_GROUP_HEADS, {"keys": keys}),
+            (_GROUP_GRANTS, {"keys": keys}),
             (_GROUP_REQUESTS, {"scope": scope, "request_ids": text_array(request_ids)}),
         )
     else:
