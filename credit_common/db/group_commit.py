@@ -33,7 +33,7 @@ unit by unit, and the runner's policy decides the retries (docs/architecture.md,
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -65,15 +65,18 @@ class GroupCommit:
     unknown. A unit's `key` orders the units of a group (stably: two units of one key keep their
     order): units that lock rows by that key then lock them in one order in every group, so that two
     groups (of two processes) never wait for each other in a cycle. A group's units run inside
-    `within(session, subjects)` (if given; `subjects`: each unit's `subject`, in key order), e.g. to
-    read what they all need at once and send their writes together at its end; if it fails, the
-    units run alone."""
+    `within(session, subjects, skip_held)` (if given; `subjects`: each unit's `subject`, in key
+    order), e.g. to lock and read what they all need at once and send their writes together at its
+    end; if it fails, the units run alone. What it yields is the keys it did not take: with
+    `skip_held` (`run_together`'s first transaction) it may skip the keys whose rows another
+    transaction holds, and their units are left for the next transaction; without, it yields
+    nothing to skip."""
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
         single: Callable[[Callable[[Session], Any]], Any],
-        within: Callable[[Session, list[Any]], AbstractContextManager[object]] | None = None,
+        within: Callable[[Session, list[Any], bool], AbstractContextManager[Collection[str] | None]] | None = None,
         max_units: int = 64,
         linger_s: float = 0.0,
         observe_size: Callable[[int], None] | None = None,
@@ -98,7 +101,7 @@ class GroupCommit:
         return self._batcher.submit(_Unit(work, key, subject, calls.current()))
 
     def run_together(
-        self, units: Sequence[tuple[Callable[[Session], Any], str, Any]], part_size: int | None = None
+        self, units: Sequence[tuple[Callable[[Session], Any], str, Any]], skip_held: bool = False
     ) -> list[Slot]:
         """Run `units` (each (work, key, subject), as `run` takes them) as groups of their own, now, in
         the calling thread: in key order (stably: a key's units in the order given), with the group's
@@ -107,18 +110,26 @@ class GroupCommit:
         its error. For a caller that has many units at once (a batch call), so that they share
         transactions however many they are (`run`'s groups are at most `max_units`).
 
-        `part_size`: the units are committed in parts of about this many, one after the other (None:
-        all in one transaction). A key's units are never split between two parts. Units that lock
-        rows by key hold their locks for one part's transaction, not the whole call's: two callers
-        whose units share keys then work in step, each on a part of keys the other is not holding,
-        where whole calls would wait for each other one after the other (docs/performance.md)."""
+        `skip_held`: each transaction takes only the keys that no other transaction holds (the
+        `within` skips the others and says which), leaving the units of the keys skipped to the
+        next; once one finds all of them held, the next waits for them, in key order. A key's units
+        are never split between two transactions. Two callers whose units share keys then never wait
+        for each other's whole call (each first does what the other is not holding), and the call
+        pays a transaction or two, not one per part of it (docs/performance.md, "Held customers
+        skipped")."""
         slots: list[Slot] = [Slot(_Unit(work, key, subject, calls.current())) for work, key, subject in units]
-        for part in _parts(sorted(slots, key=lambda slot: slot.item.key), part_size):
-            self._run_group(lambda part=part: part)
+        waiting = sorted(slots, key=lambda slot: slot.item.key)
+        while waiting:
+            left = self._run_group(lambda waiting=waiting: waiting, skip_held)
+            if len(left) == len(waiting):  # none of them free: the next waits for their keys
+                skip_held = False
+            waiting = left
         return slots
 
-    def _run_group(self, take: Batch) -> None:
+    def _run_group(self, take: Batch, skip_held: bool = False) -> list[Slot]:
+        """Run a group; the units it left for another transaction (`within` skipped their keys)."""
         broken = False
+        left: list[Slot] = []
         with self._sessions() as session:
             session.begin()
             try:
@@ -134,7 +145,11 @@ class GroupCommit:
             if not broken:
                 subjects = [member.item.subject for member in ordered]
                 try:
-                    with self._within(session, subjects) if self._within else contextlib.nullcontext():
+                    within = self._within(session, subjects, skip_held) if self._within else contextlib.nullcontext()
+                    with within as skipped:
+                        if skip_held and skipped:
+                            left = [member for member in ordered if member.item.key in skipped]
+                            ordered = [member for member in ordered if member.item.key not in skipped]
                         for member in ordered:
                             try:
                                 member.succeed(member.item.work(session))
@@ -159,7 +174,7 @@ class GroupCommit:
                     if not self._retryable(error):  # the outcome is unknown: each unit's answer, as alone
                         for member in ordered:
                             member.fail(error)
-                        return
+                        return left
                     broken = True  # a lost race: the database rolled the group back; each unit alone below
                 else:
                     if self._observe_size is not None:
@@ -167,6 +182,7 @@ class GroupCommit:
         if broken:
             for member in ordered:
                 self._run_alone(member)
+        return left
 
     def _run_alone(self, slot: Slot) -> None:
         try:
@@ -175,16 +191,3 @@ class GroupCommit:
         except Exception as error:
             slot.fail(error)
 
-
-def _parts(ordered: list[Slot], size: int | None) -> list[list[Slot]]:
-    """`ordered` (in key order) cut into consecutive parts of at least `size` slots (the last may be
-    smaller), each ending where a key ends."""
-    if size is None or len(ordered) <= size:
-        return [ordered] if ordered else []
-    parts: list[list[Slot]] = [[]]
-    for slot in ordered:
-        part = parts[-1]
-        if len(part) >= size and part[-1].item.key != slot.item.key:
-            parts.append(part := [])
-        part.append(slot)
-    return parts

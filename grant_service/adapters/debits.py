@@ -189,6 +189,14 @@ _GROUP_HEADS = DriverStatement(
     .order_by(CUSTOMERS.c.customer_key)
     .with_for_update()
 )
+# The first transaction of a batch call (GroupCommit.run_together's skip_held) skips the customers that
+# another transaction holds.
+_GROUP_HEADS_FREE = DriverStatement(
+    select(CUSTOMERS.c.customer_key, *_head_columns())
+    .where(CUSTOMERS.c.customer_key == any_(_KEYS))
+    .order_by(CUSTOMERS.c.customer_key)
+    .with_for_update(skip_locked=True)
+)
 _GROUP_GRANTS = DriverStatement(_open_grants_statement(True, GRANTS.c.customer_key == any_(_KEYS)))
 # Each request id looked up by the whole primary key, in a LATERAL subquery (its LIMIT keeps PostgreSQL
 # from flattening it into a join), not `request_id = ANY(:request_ids)`: request_id is the key's second
@@ -336,33 +344,53 @@ _SET_USED_UNNEST = (
 
 
 @contextmanager
-def debit_group(session: Session, orders: Sequence[DebitOrder | None]) -> Iterator[None]:
+def debit_group(
+    session: Session, orders: Sequence[DebitOrder | None], skip_held: bool = False
+) -> Iterator[frozenset[str]]:
     """What a group of debits (credit_common.db.group_commit) runs in: their customers locked in key
     order and their DebitHeads read first (on PostgreSQL in one round trip; on SQLite for a group of
     several, one statement each for all of them instead of two per debit); their writes kept as sets
     (`_Writes`) and sent together, before the group's next read or at its end
-    (credit_common.db.driver.deferred_writes)."""
+    (credit_common.db.driver.deferred_writes). Yields the customers it did not lock: with `skip_held`,
+    on PostgreSQL, those that another transaction holds (or that do not exist), whose debits the group
+    leaves for its next transaction; otherwise none."""
     known = [order for order in orders if order is not None]
     scopes = {order.scope for order in known}
     if len(scopes) > 1:
         raise ValueError("one scope per group")
     group = _Group(scopes.pop() if scopes else "")
+    skipped: frozenset[str] = frozenset()
     if known and (is_postgres(session) or len(known) > 1):
-        _prefetch_debit_heads(session, group, known)
+        skipped = _prefetch_debit_heads(session, group, known, skip_held)
     connection = session.connection()
     session.info[_GROUP] = group
     try:
         with deferred_writes(connection, partial(group.writes.queue, connection)):
-            yield
+            yield skipped
     finally:
         session.info.pop(_GROUP, None)
 
 
-def _prefetch_debit_heads(session: Session, group: _Group, orders: Sequence[DebitOrder]) -> None:
+def _prefetch_debit_heads(
+    session: Session, group: _Group, orders: Sequence[DebitOrder], skip_held: bool
+) -> frozenset[str]:
+    """Lock and read the orders' customers' heads, their open grants and the orders' request ids; the
+    customers skipped (`debit_group`)."""
     customers = sorted({order.customer_key for order in orders})
     request_ids = sorted({order.request_id for order in orders if order.request_id})
     scope = group.scope
-    if is_postgres(session):
+    skipped: frozenset[str] = frozenset()
+    if is_postgres(session) and skip_held:
+        # The grants of the customers locked only: a second round trip, once the first has said which.
+        heads, requests = rows_of(
+            session.connection(),
+            (_GROUP_HEADS_FREE, {"keys": text_array(customers)}),
+            (_GROUP_REQUESTS, {"scope": scope, "request_ids": text_array(request_ids)}),
+        )
+        locked = [head[0] for head in heads]
+        skipped = frozenset(customers).difference(locked)
+        [grants] = rows_of(session.connection(), (_GROUP_GRANTS, {"keys": text_array(locked)})) if locked else [[]]
+    elif is_postgres(session):
         keys = text_array(customers)
         heads, grants, requests = rows_of(
             session.connection(),
@@ -389,6 +417,7 @@ def _prefetch_debit_heads(session: Session, group: _Group, orders: Sequence[Debi
     group.found = {resource_id for _, _, resource_id in requests}
     if heads:
         session.info[_RATES_VERSION] = heads[0][6]
+    return skipped
 
 
 # Run on the driver (see credit_common.db.driver): each row gives every column.
@@ -474,28 +503,30 @@ def insert_request_id(connection: Connection, record: dict[str, Any]) -> None:
     _INSERT_REQUEST_ID.execute(connection, [record])
 
 
-def part_size(dialect: str) -> int | None:
-    """Orders of one call per transaction (None: all in one). On PostgreSQL a batch's customers stay
-    locked until its transaction commits, and two batches of random customers nearly always share
-    some: whole batches waited for each other one after the other, with the machine a third idle;
-    in parts they work in step. On SQLite every transaction waits for the one write lock, and parts
-    only added their own transactions' cost (docs/performance.md, "Batches committed in parts")."""
-    return 100 if dialect == "postgresql" else None
+def skips_held(dialect: str) -> bool:
+    """Whether a call's orders first skip the customers another transaction holds
+    (GroupCommit.run_together's `skip_held`). On PostgreSQL a batch's customers stay locked until its
+    transaction commits, and two batches of random customers nearly always share some: whole batches
+    waited for each other one after the other, with the machine a third idle. Skipping them, each
+    batch first debits the customers no one holds, then waits only for the few it skipped. SQLite has
+    no row locks: every write transaction waits for its one write lock (docs/performance.md, "Held
+    customers skipped")."""
+    return dialect == "postgresql"
 
 
 class SqlDebitPort:
     """The debit port (service_layer/ports.py DebitPort) over a group commit
     (credit_common.db.group_commit) whose groups run in `debit_group`: one order joins the group
     that other callers' debits make at the same time (ReportUsage); the orders of one call (a
-    ReportUsageBatch) make groups of their own, committed in parts of about `part_size` orders (a
-    customer's orders in one part; None: one transaction), so that two batches of overlapping
-    customers hold the locks the other waits for during a part, not a whole call (`part_size`).
-    `unit(session)`: the unit of work a rule gets, one per transaction."""
+    ReportUsageBatch) make groups of their own, in one transaction, or with `skip_held`
+    (`skips_held`) two: the first debits the customers no other transaction holds, the second the
+    others, once it holds them (a customer's orders always in one). `unit(session)`: the unit of work
+    a rule gets, one per transaction."""
 
-    def __init__(self, group_commit: GroupCommit, unit: Callable[[Session], Any], part_size: int | None) -> None:
+    def __init__(self, group_commit: GroupCommit, unit: Callable[[Session], Any], skip_held: bool) -> None:
         self.group_commit = group_commit
         self._unit = unit
-        self._part_size = part_size
+        self._skip_held = skip_held
 
     def make(self, orders: Sequence[DebitOrder], rule: Callable[[Any, DebitOrder], T]) -> list[T | Exception]:
         if len(orders) == 1:
@@ -505,7 +536,7 @@ class SqlDebitPort:
             except Exception as error:
                 return [error]
         slots = self.group_commit.run_together(
-            [(partial(self._run, rule, order), order.customer_key, order) for order in orders], self._part_size
+            [(partial(self._run, rule, order), order.customer_key, order) for order in orders], self._skip_held
         )
         return [slot.result if slot.error is None else slot.error for slot in slots]
 

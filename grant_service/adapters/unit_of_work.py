@@ -17,7 +17,7 @@ from credit_common.db.group_commit import GroupCommit
 from credit_common.db.transactions import RETRY, RetryPolicy, Transactions
 from credit_common.metrics import GROUP_COMMIT_SIZE
 from grant_service.adapters.alerts import AlertsCache, SqlAlertRepository
-from grant_service.adapters.debits import SqlDebitPort, debit_group, part_size
+from grant_service.adapters.debits import SqlDebitPort, debit_group, skips_held
 from grant_service.adapters.events import EventListener, EventSignal, SqlEventRepository
 from grant_service.adapters.rates import RatesCache
 from grant_service.adapters.repositories import (
@@ -105,7 +105,7 @@ class SqlTransactions:
                 retryable=retry.retryable,
             ),
             self._unit,
-            part_size(factories.dialect),
+            skips_held(factories.dialect),
         )
 
     def _unit(self, session: Session) -> SqlGrantUnitOfWork:

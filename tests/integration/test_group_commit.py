@@ -5,6 +5,7 @@ key order."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -188,40 +189,85 @@ def test_run_together_runs_its_units_in_one_transaction_in_key_order_each_with_i
     assert _keys(engine) == ["a1", "a2", "b1", "b3"] and commits == ["commit"]
 
 
-def test_run_together_commits_in_parts_of_whole_keys_in_key_order(engine):
-    committer, commits = _committer(engine)
+class _HeldKeys:
+    """A `within` whose transactions find the keys of `held` (one set per transaction, the last one
+    for any after it) held by another: with skip_held it skips them and says so."""
+
+    def __init__(self, *held: set[str]) -> None:
+        self._held = list(held)
+        self.calls: list[tuple[list[str], bool]] = []  # (the keys it was given, skip_held)
+
+    @contextlib.contextmanager
+    def __call__(self, session: Session, subjects: list, skip_held: bool):
+        held = self._held.pop(0) if len(self._held) > 1 else self._held[0]
+        self.calls.append((list(subjects), skip_held))
+        yield set(held).intersection(subjects) if skip_held else None
+
+
+def test_run_together_leaves_the_held_keys_to_later_transactions_then_waits_for_them(engine):
+    """skip_held: each transaction takes the keys that no other holds (a key's units all together, in
+    key order), the others wait for the next one; once a transaction could take none, the next waits
+    for them (its `within` is not asked to skip)."""
+    factories = session_factories(engine)
+    commits: list[str] = []
+    event.listen(engine, "commit", lambda _conn: commits.append("commit"))
+    within = _HeldKeys({"b", "c"}, {"c"}, {"c"})
+    committer = GroupCommit(factories.write, lambda work: None, within)
     seen: list[tuple[str, int]] = []  # (unit, the number of commits before it ran)
 
-    def unit(key: str, name: str) -> tuple[Callable[[Session], object], str, None]:
+    def unit(key: str, name: str) -> tuple[Callable[[Session], object], str, str]:
         def work(session: Session) -> str:
             seen.append((name, len(commits)))
             session.execute(insert(_ROWS).values(key=name))
             return name
 
-        return work, key, None
+        return work, key, key
 
-    units = [unit("c", "c1"), unit("a", "a1"), unit("b", "b1"), unit("a", "a2"), unit("b", "b2"), unit("d", "d1")]
-    slots = committer.run_together(units, part_size=2)
-    assert [slot.outcome() for slot in slots] == ["c1", "a1", "b1", "a2", "b2", "d1"]
-    # parts of at least two units, cut where a key ends: a's two, b's two, then c and d
-    assert seen == [("a1", 0), ("a2", 0), ("b1", 1), ("b2", 1), ("c1", 2), ("d1", 2)]
-    assert len(commits) == 3 and _keys(engine) == ["a1", "a2", "b1", "b2", "c1", "d1"]
+    units = [unit("c", "c1"), unit("a", "a1"), unit("b", "b1"), unit("a", "a2"), unit("b", "b2")]
+    slots = committer.run_together(units, skip_held=True)
+    assert [slot.outcome() for slot in slots] == ["c1", "a1", "b1", "a2", "b2"]
+    assert within.calls == [
+        (["a", "a", "b", "b", "c"], True),  # a taken, b and c held
+        (["b", "b", "c"], True),  # b taken
+        (["c"], True),  # none taken
+        (["c"], False),  # waits for c
+    ]
+    assert seen == [("a1", 0), ("a2", 0), ("b1", 1), ("b2", 1), ("c1", 3)]
+    assert _keys(engine) == ["a1", "a2", "b1", "b2", "c1"]
 
 
-def test_a_part_that_breaks_runs_its_own_units_alone_and_not_the_other_parts(engine):
-    committer, commits = _committer(engine)
+def test_run_together_without_skip_held_takes_every_key_in_one_transaction(engine):
+    factories = session_factories(engine)
+    within = _HeldKeys({"b"})
+    committer = GroupCommit(factories.write, lambda work: None, within)
+    slots = committer.run_together([(_insert("b1"), "b", "b"), (_insert("a1"), "a", "a")])
+    assert [slot.outcome() for slot in slots] == ["b1", "a1"]
+    assert within.calls == [(["a", "b"], False)]
+
+
+def test_a_transaction_that_breaks_runs_its_own_units_alone_and_leaves_the_held_ones_to_the_next(engine):
+    factories = session_factories(engine)
+    commits: list[str] = []
+    event.listen(engine, "commit", lambda _conn: commits.append("commit"))
+
+    def single(work: Callable[[Session], object]) -> object:
+        with factories.write() as session, session.begin():
+            return work(session)
+
+    within = _HeldKeys({"c"}, set())
+    committer = GroupCommit(factories.write, single, within)
     runs: list[str] = []
     units = [
-        (_counted_insert(runs, "a1"), "a", None),
-        (_counted_insert(runs, "b1"), "b", None),
-        (_counted_insert(runs, "b1"), "b", None),  # breaks its part's transaction
+        (_counted_insert(runs, "a1"), "a", "a"),
+        (_counted_insert(runs, "a1"), "a", "a"),  # breaks its transaction
+        (_counted_insert(runs, "c1"), "c", "c"),
     ]
-    slots = committer.run_together(units, part_size=1)
-    assert slots[0].outcome() == "a1" and slots[1].outcome() == "b1"
+    slots = committer.run_together(units, skip_held=True)
+    assert slots[0].outcome() == "a1" and slots[2].outcome() == "c1"
     with pytest.raises(IntegrityError):
-        slots[2].outcome()
-    assert runs == ["a1", "b1", "b1", "b1", "b1"]  # a's part once; b's part, then each of its units alone
-    assert _keys(engine) == ["a1", "b1"] and len(commits) == 2
+        slots[1].outcome()
+    assert runs == ["a1", "a1", "a1", "a1", "c1"]  # a's transaction, then each of its units alone; c once
+    assert _keys(engine) == ["a1", "c1"] and len(commits) == 2
 
 
 def test_run_together_runs_each_unit_alone_once_one_breaks_the_transaction(engine):

@@ -256,23 +256,55 @@ def _six_left_each(database_url_factory, name: str, customers: int):
     return ctx, engine, commits
 
 
-def test_a_batch_larger_than_a_part_commits_in_parts_each_customer_in_one(database_url_factory, backend):
-    """ReportUsageBatch's debits on PostgreSQL commit in parts (adapters/debits.py part_size): a
-    customer's usages all in one, each part's at the instant read once its customers are locked; the
-    answers and the hard limit are those of one transaction. On SQLite the batch is one transaction."""
-    ctx, engine, commits = _six_left_each(database_url_factory, "debit_parts", 30)
+def test_a_batch_is_one_transaction_when_no_other_holds_its_customers(database_url_factory, backend):
+    """ReportUsageBatch's debits: each customer's in order, at one instant, its hard limit kept, all
+    in one transaction when no other transaction holds any of its customers (on either backend)."""
+    ctx, engine, commits = _six_left_each(database_url_factory, "debit_batch", 30)
     requests = [UsageRequest(f"r{i}", f"c{i % 30}", "gpt", Decimal(1), "") for i in range(240)]  # 8 each
     results = report_usages(ctx, requests)
     for k in range(30):
         mine = [result for i, result in enumerate(results) if i % 30 == k]
         assert [isinstance(r, ResourceExhausted) for r in mine] == [False] * 6 + [True] * 2
         assert [r.usage.balance_after for r in mine[:6]] == [5, 4, 3, 2, 1, 0]
-        assert len({r.usage.usage_time for r in mine[:6]}) == 1
-    instants = {r.usage.usage_time for r in results if not isinstance(r, Exception)}
-    # parts of at least 100 usages, each ending with a customer's last: 13 customers, 13, then 4
-    expected = 3 if backend == "postgresql" else 1
-    assert len(commits) == expected and len(instants) == expected
+    assert len({r.usage.usage_time for r in results if not isinstance(r, Exception)}) == 1
+    assert len(commits) == 1
     engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_batch_debits_the_customers_no_one_holds_first_then_waits_for_the_others(database_url_factory, backend):
+    """On PostgreSQL a batch's first transaction skips the customers that another transaction holds
+    (adapters/debits.py skips_held): the others' usages commit while one is held, and the held
+    customer's usages are made once it is free, all of them in the next transaction, at its later
+    instant."""
+    ctx, engine, commits = _six_left_each(database_url_factory, "debit_skip", 5)
+    requests = [UsageRequest(f"r{i}", f"c{i % 5}", "gpt", Decimal(1), "") for i in range(40)]  # 8 each
+    answers: list = []
+    batch = threading.Thread(target=lambda: answers.append(report_usages(ctx, requests)))
+    try:
+        with ctx.transactions.factories.write() as holder, holder.begin():
+            assert SqlGrantUnitOfWork(holder).customers.lock("c3") is not None
+            batch.start()
+            deadline = time.monotonic() + 20
+            while not _lock_waits(engine):  # the batch has made the others' usages and waits for c3
+                assert time.monotonic() < deadline, "the batch did not wait for the held customer"
+                time.sleep(0.02)
+            with engine.connect() as c:
+                debited = dict(c.execute(select(GrantRow.customer_key, GrantRow.used)).all())
+            assert debited == {"c0": 7, "c1": 7, "c2": 7, "c3": 1, "c4": 7}
+            assert len(commits) == 2  # the free customers' transaction, then one that found c3 held
+        batch.join(20)
+        [results] = answers
+        for k in range(5):
+            mine = [result for i, result in enumerate(results) if i % 5 == k]
+            assert [isinstance(r, ResourceExhausted) for r in mine] == [False] * 6 + [True] * 2
+        held = {r.usage.usage_time for i, r in enumerate(results) if i % 5 == 3 and not isinstance(r, Exception)}
+        free = {r.usage.usage_time for i, r in enumerate(results) if i % 5 != 3 and not isinstance(r, Exception)}
+        assert len(held) == len(free) == 1 and held.pop() > free.pop()
+        assert len(commits) == 4  # then the holder's, and c3's
+    finally:
+        engine.dispose()
 
 
 def test_concurrent_batches_of_the_same_customers_keep_the_hard_limit_and_time_order(database_url_factory):
