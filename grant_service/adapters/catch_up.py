@@ -1,9 +1,11 @@
 """What a catch-up owes, in SQL: the one definition of a customer's `Pending` (read by the
-repositories, the debit path and GetBalance's read model), and the catch-up's lag for /metrics."""
+repositories and GetBalance's read model; the debit path reads its first column, and the others
+from the open grants it reads anyway), and the catch-up's lag for /metrics."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from prometheus_client.core import Metric
 from sqlalchemy import Connection, func, select
@@ -12,18 +14,25 @@ from grant_service.adapters.orm import GRANTS, SCHEDULES
 from grant_service.domain.clocks import REAL_TIME
 
 
+def next_issue_column(customer_key) -> Any:
+    """A customer's earliest period to issue, as a scalar subquery correlated to `customer_key`."""
+    next_issue = select(func.min(SCHEDULES.c.next_period_start)).where(SCHEDULES.c.customer_key == customer_key)
+    return next_issue.scalar_subquery().label("next_issue")
+
+
 def pending_columns(customer_key) -> tuple:
     """A customer's `Pending` (its earliest period to issue, its earliest open grant to expire, its
     earliest pending grant to open) as three scalar subqueries correlated to `customer_key`: the one
-    definition of what a catch-up is owed."""
-    schedules, expiring, opening = SCHEDULES, GRANTS.alias("expiring"), GRANTS.alias("opening")
-    next_issue = select(func.min(schedules.c.next_period_start)).where(schedules.c.customer_key == customer_key)
+    definition of what a catch-up is owed. A debit, which reads the customer's open grants anyway,
+    takes the last two from them (`Pending.of`: the same values, tested in
+    tests/integration/grant/test_usage_debits.py)."""
+    expiring, opening = GRANTS.alias("expiring"), GRANTS.alias("opening")
     next_expiry = select(func.min(expiring.c.expire_time)).where(
         expiring.c.customer_key == customer_key, expiring.c.closed.is_(False)
     )
     next_open = select(func.min(opening.c.opens_at)).where(opening.c.customer_key == customer_key)
     return (
-        next_issue.scalar_subquery().label("next_issue"),
+        next_issue_column(customer_key),
         next_expiry.scalar_subquery().label("next_expiry"),
         next_open.scalar_subquery().label("next_open"),
     )

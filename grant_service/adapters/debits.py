@@ -38,7 +38,7 @@ from credit_common.db.driver import DriverStatement, deferred_writes, execute_sq
 from credit_common.db.group_commit import GroupCommit
 from credit_common.idempotency import SeenRequest
 from credit_common.metrics import tally_entries
-from grant_service.adapters.catch_up import pending_columns
+from grant_service.adapters.catch_up import next_issue_column
 from grant_service.adapters.locking import is_postgres
 from grant_service.adapters.mappers import usage_of
 from grant_service.adapters.orm import (
@@ -61,11 +61,13 @@ T = TypeVar("T")
 
 
 def _head_columns() -> tuple:
-    """A DebitHead's columns of a customer (of `customers` in FROM), but its request id's record."""
+    """A DebitHead's columns of a customer (of `customers` in FROM), but its request id's record and
+    its open grants (`_open_grants_statement`), from which `_base` takes the rest of its Pending. The
+    rates' version is the fourth (`_RATES_COLUMN`)."""
     return (
         CUSTOMERS.c.clock_key,
         select(CLOCKS.c.frozen_time).where(CLOCKS.c.test_clock_id == CUSTOMERS.c.clock_key).scalar_subquery(),
-        *pending_columns(CUSTOMERS.c.customer_key),
+        next_issue_column(CUSTOMERS.c.customer_key),
         select(func.count()).select_from(RATE_SETS).scalar_subquery(),
         select(func.max(ALERT_SETS.c.alert_set_id)).scalar_subquery(),  # NULL: none was ever set
     )
@@ -87,6 +89,7 @@ _DEBIT_HEAD = {False: DriverStatement(_debit_head_statement(False)), True: Drive
 
 
 _RATES_VERSION = "credit_grants.rates_version"
+_RATES_COLUMN = 3
 
 
 def rates_version(session: Session) -> int | None:
@@ -115,18 +118,18 @@ def debit_head(session: Session, customer_key: str, scope: str, request_id: str)
     if not heads:
         return None
     *head, fingerprint, resource_id = heads[0]
-    session.info[_RATES_VERSION] = head[5]
+    session.info[_RATES_VERSION] = head[_RATES_COLUMN]
     debitable = _debitable(grants)
-    base = _base(head)
+    base = _base(head, debitable)
     if group is not None:
         group.heads[customer_key] = (base, debitable)
     return _head(base, None if fingerprint is None else SeenRequest(fingerprint, resource_id), debitable)
 
 
-def _base(columns: Sequence[Any]) -> tuple[str, Any, Pending, int]:
-    """What every DebitHead of a customer in a group shares, from its head columns."""
-    clock_key, frozen, next_start, next_expiry, next_open, _version, alerts_version = columns
-    return clock_key, frozen, Pending(next_start, next_expiry, next_open), alerts_version or 0
+def _base(columns: Sequence[Any], grants: list[GrantView]) -> tuple[str, Any, Pending, int]:
+    """What every DebitHead of a customer in a group shares, from its head columns and open grants."""
+    clock_key, frozen, next_issue, _version, alerts_version = columns
+    return clock_key, frozen, Pending.of(next_issue, grants), alerts_version or 0
 
 
 def _head(base: tuple[str, Any, Pending, int], seen: SeenRequest[str] | None, grants: list[GrantView]) -> DebitHead:
@@ -151,6 +154,7 @@ def _open_grants_statement(for_update: bool, customers: Any = None) -> Select:
             GRANTS.c.customer_key,
             GRANTS.c.currency_key,
             GRANTS.c.subscription_id,
+            GRANTS.c.opens_at,
         )
         .where(customers, GRANTS.c.closed.is_(False))
         .order_by(GRANTS.c.grant_id)
@@ -410,13 +414,16 @@ def _prefetch_debit_heads(
     for row in grants:
         by_customer[row.customer_key].append(row)
     group.request_ids = set(request_ids)
-    group.heads = {customer: (_base(head), _debitable(by_customer[customer])) for customer, *head in heads}
+    group.heads = {}
+    for customer, *head in heads:
+        debitable = _debitable(by_customer[customer])
+        group.heads[customer] = (_base(head, debitable), debitable)
     group.seen = {
         request_id: SeenRequest(fingerprint, resource_id) for request_id, fingerprint, resource_id in requests
     }
     group.found = {resource_id for _, _, resource_id in requests}
     if heads:
-        session.info[_RATES_VERSION] = heads[0][6]
+        session.info[_RATES_VERSION] = heads[0][1 + _RATES_COLUMN]
     return skipped
 
 

@@ -106,6 +106,7 @@ class GrantView(GrantTerms):
     customer_key: str
     currency_key: str
     subscription_id: str | None
+    opens_at: datetime | None = None  # a pending grant's: when its GRANT entry is due
 
 
 def burn_order_key(grant: GrantTerms) -> tuple:

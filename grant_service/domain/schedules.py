@@ -14,12 +14,13 @@ the past); reconciliation.py works out what happens to the grants already stored
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
 from credit_common.periods import MAX_INSTANT, Cadence, period_index_at, period_start_or_none
+from grant_service.domain.balances import GrantView
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,16 @@ class Pending:
     next_issue: datetime | None
     next_expiry: datetime | None
     next_open: datetime | None = None
+
+    @classmethod
+    def of(cls, next_issue: datetime | None, open_grants: Iterable[GrantView]) -> Pending:
+        """The Pending of a customer whose earliest period not yet issued is `next_issue`, from its
+        open grants: every grant not yet closed, pending ones included (a grant's `opens_at` is
+        cleared when it opens or is voided, so no closed grant is pending). The same as the columns
+        of adapters/catch_up.py `pending_columns`, from rows a debit reads anyway."""
+        expiries = [grant.expire_time for grant in open_grants if grant.expire_time is not None]
+        opens = [grant.opens_at for grant in open_grants if grant.opens_at is not None]
+        return cls(next_issue, min(expiries, default=None), min(opens, default=None))
 
     def issue_due(self, now: datetime) -> bool:
         """Whether a period is to be issued or a pending grant opened at `now`."""

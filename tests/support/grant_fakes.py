@@ -651,6 +651,7 @@ class FakeDebitAccountRepository:
                 g.customer_key,
                 g.currency_key,
                 g.subscription_id,
+                g.opens_at,
             )
             for g in grants
         ]

@@ -20,7 +20,7 @@ from credit_common.idempotency import fingerprint
 from grant_service.adapters.orm import GrantRow, LedgerEntryRow, UsageRow
 from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
 from grant_service.service_layer.context import GrantContext
-from grant_service.service_layer.operators import create_grant
+from grant_service.service_layer.operators import create_grant, void_grant
 from grant_service.service_layer.ports import DebitOrder
 from grant_service.service_layer.subscriptions import apply_credit_currency
 from grant_service.service_layer.usage import SCOPE, UsageRequest, _debit, _Round, report_usage, report_usages
@@ -134,6 +134,47 @@ def test_a_debit_burns_only_open_grants_of_its_currency_active_at_its_instant(da
         report_usage(ctx, "u2", "c0", "gpt", Decimal(7), "")  # 6 left now; the 100 start later
     clock.advance(timedelta(hours=2))  # "expires soon" has expired (nothing left in it anyway)
     assert report_usage(ctx, "u3", "c0", "gpt", Decimal(6), "").usage.balance_after == 0
+    engine.dispose()
+
+
+def test_a_debits_pending_from_its_open_grants_is_the_catch_ups_pending(database_url_factory, backend):
+    """A debit takes its customer's next expiry and next grant to open from the open grants it reads
+    (Pending.of), not from adapters/catch_up.py pending_columns: the two agree, whatever the grants
+    (expiring, never expiring, pending, a pending one voided, one expired and closed)."""
+    engine = _engine(database_url_factory("debit_pending"))
+    clock = ManualClock(NOW)
+    ctx = sql_context(session_factories(engine), clock)
+    apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal("1")}, None)
+    _subscribe(ctx, 1, NOW - timedelta(days=1))
+
+    def both() -> tuple:
+        def read(uow):
+            head = uow.accounts.head(DebitOrder(SCOPE, "", "", "c0", "gpt", Decimal(1), ""))
+            return head.pending, uow.customers.pending("c0")
+
+        return ctx.transactions.write(read)
+
+    first = both()
+    assert first[0] == first[1] and first[0].next_issue is not None  # the first period, due
+    report_usage(ctx, "u0", "c0", "gpt", Decimal(1), "")  # issued
+    day = timedelta(days=1)
+    create_grant(ctx, "g1", "c0", "ai-credits", Decimal(5), None, NOW + 3 * day, 0, "expires")
+    create_grant(ctx, "g2", "c0", "ai-credits", Decimal(5), None, None, 0, "never expires")
+    create_grant(ctx, "g3", "c0", "ai-credits", Decimal(5), NOW + 5 * day, NOW + 9 * day, 0, "pending")
+    voided, _ = create_grant(ctx, "g4", "c0", "ai-credits", Decimal(5), NOW + 4 * day, None, 0, "pending, voided")
+    void_grant(ctx, voided.grant_id, "changed our minds", "v4")
+    create_grant(ctx, "g5", "c0", "ai-credits", Decimal(5), None, NOW + timedelta(hours=1), 0, "expires first")
+    seen = []
+    for i, step in enumerate((timedelta(0), timedelta(hours=2), 4 * day, 6 * day)):
+        clock.set(NOW + step)
+        if step:
+            report_usage(ctx, f"u{i}", "c0", "gpt", Decimal(1), "")  # caught up first: expiries, the opening
+        from_grants, from_columns = both()
+        assert from_grants == from_columns
+        seen.append(from_columns)
+    # what it went through: g5 expiring first, then g1, g3 pending, then opened
+    assert [p.next_expiry for p in seen[:3]] == [NOW + timedelta(hours=1), NOW + 3 * day, NOW + 9 * day]
+    assert [p.next_open for p in seen] == [NOW + 5 * day] * 3 + [None]
     engine.dispose()
 
 
