@@ -1,5 +1,5 @@
-"""Server-assigned ids: the batch encoder writes exactly what the one-at-a-time ULID encoding wrote;
-ids derived from a key are the same for the same key."""
+"""Server-assigned ids: the batch encoder writes exactly the ULID encoding of the time and of 80
+random bits; ids derived from a key are the same for the same key."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from credit_common import ids
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
-def reference_id(prefix: str, millis: int, random80: bytes) -> str:
-    """The original definition: 26 Crockford digits of (millis << 80 | 80 random bits)."""
-    value = (millis << 80) | int.from_bytes(random80, "big")
+def reference_id(prefix: str, millis: int, random80: int) -> str:
+    """The definition: 26 Crockford digits of (millis << 80 | 80 random bits)."""
+    value = (millis << 80) | random80
     digits = []
     for _ in range(26):
         digits.append(CROCKFORD[value & 31])
@@ -20,15 +20,31 @@ def reference_id(prefix: str, millis: int, random80: bytes) -> str:
     return f"{prefix}_{''.join(reversed(digits))}"
 
 
+def random_bits(sixteen: bytes) -> int:
+    """The 80 random bits that 16 random bytes give: the low 5 bits of each, in order."""
+    value = 0
+    for byte in sixteen:
+        value = (value << 5) | (byte & 31)
+    return value
+
+
 def test_new_ids_encode_time_and_randomness_as_the_ulid_encoding(monkeypatch):
-    randomness = os.urandom(10 * 5)
+    randomness = os.urandom(16 * 5)
     for millis in (0, 1, 1_767_225_600_123, (1 << 48) - 1):
         monkeypatch.setattr(ids.time, "time_ns", lambda m=millis: m * 1_000_000 + 999_999)
         monkeypatch.setattr(ids.os, "urandom", lambda n: randomness[:n])
         assert ids.new_ids("grt", 5) == [
-            reference_id("grt", millis, randomness[10 * i : 10 * i + 10]) for i in range(5)
+            reference_id("grt", millis, random_bits(randomness[16 * i : 16 * i + 16])) for i in range(5)
         ]
-        assert ids.new_id("led") == reference_id("led", millis, randomness[:10])
+        assert ids.new_id("led") == reference_id("led", millis, random_bits(randomness[:16]))
+
+
+def test_every_random_digit_is_equally_likely():
+    """Each byte value gives one digit, and each digit comes from 8 of the 256 byte values."""
+    counts = {digit: 0 for digit in CROCKFORD}
+    for byte in range(256):
+        counts[ids._RANDOM_DIGIT[byte : byte + 1].decode()] += 1
+    assert set(counts.values()) == {8}
 
 
 def test_new_ids_are_distinct_and_sort_by_creation_time():
