@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -34,9 +35,19 @@ class RequestStore(Protocol[T]):
     def add(self, scope: str, request_id: str, fingerprint: str, result: T, now: datetime) -> None: ...
 
 
+_PLAIN = re.compile(r'[ -!#-\[\]-~]*')  # printable ASCII but '"' and '\\': JSON writes them as they are
+
+
 def fingerprint(*values: Any) -> str:
-    """A stable digest of the values that make a request what it is (everything but its request_id)."""
-    return hashlib.sha256(json.dumps(values, default=str, sort_keys=True).encode()).hexdigest()
+    """A stable digest of the values that make a request what it is (everything but its request_id):
+    the SHA-256 of their JSON. Stored with each request id, so it never changes: a request sent
+    again after an upgrade must match. Strings that JSON writes as they are (keys, amounts) are
+    joined here as `json.dumps` joins them, in a third of its time (a batched usage makes one)."""
+    if values and all(type(value) is str for value in values) and _PLAIN.fullmatch("".join(values)):
+        text = '["' + '", "'.join(values) + '"]'
+    else:
+        text = json.dumps(values, default=str, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def check_request_id(request_id: str, field: str = "request_id") -> None:

@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from credit_common.errors import AlreadyExists, InvalidArgument
 from credit_common.idempotency import SeenRequest, check_request_id, fingerprint, remember, replay
@@ -58,3 +63,27 @@ def test_request_id_length_is_bounded():
     with pytest.raises(InvalidArgument) as error:
         check_request_id("x" * 129)
     assert error.value.violations[0].field == "request_id"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(),  # any text
+            st.text(alphabet=' !"#[\\]~\x1f\x7fa0-_.'),  # the plain path's edges
+        ),
+        max_size=5,
+    )
+)
+def test_a_fingerprint_is_the_sha256_of_the_values_json_whatever_their_text(values):
+    """Fingerprints are stored with request ids: they must stay what they were (the SHA-256 of the
+    values' JSON), including on the fast path for plain strings."""
+    reference = hashlib.sha256(json.dumps(tuple(values), default=str, sort_keys=True).encode()).hexdigest()
+    assert fingerprint(*values) == reference
+
+
+def test_a_fingerprint_of_other_values_is_their_json_too():
+    values = ("acme", Decimal("1.50"), None, 3, 'say "hi"\\', "é", "\x7f")
+    reference = hashlib.sha256(json.dumps(values, default=str, sort_keys=True).encode()).hexdigest()
+    assert fingerprint(*values) == reference
+    assert fingerprint("c1", "gpt", "1", "") == hashlib.sha256(b'["c1", "gpt", "1", ""]').hexdigest()
