@@ -121,7 +121,10 @@ def burn_order_key(grant: GrantTerms) -> tuple:
 
 
 def active_in_burn_order(grants: Iterable[G], t: datetime) -> list[G]:
-    return sorted((g for g in grants if g.is_active_at(t)), key=burn_order_key)
+    active = [grant for grant in grants if grant.is_active_at(t)]
+    if len(active) > 1:  # most debits see one grant: no key to make
+        active.sort(key=burn_order_key)
+    return active
 
 
 def available(grants: Iterable[GrantTerms], t: datetime) -> Decimal:
@@ -135,20 +138,22 @@ class InsufficientCredits(Exception):
         self.required = required
 
 
-def allocate(grants: Sequence[GrantTerms], credits: Decimal, t: datetime) -> list[tuple[str, Decimal]]:
-    """(grant_id, amount) taken from each grant active at t, in burn-down order, for a debit of
-    `credits`; InsufficientCredits (nothing taken) if they do not cover it."""
+def allocate(grants: Sequence[G], credits: Decimal, t: datetime) -> tuple[list[tuple[G, Decimal]], Decimal]:
+    """The grants active at t that a debit of `credits` takes from, in burn-down order, each with the
+    amount taken, and what they had before it (`available` at t); InsufficientCredits (nothing
+    taken) if they do not cover it."""
     ordered = active_in_burn_order(grants, t)
-    total = exact_sum(g.remaining for g in ordered)
+    remaining = [grant.remaining for grant in ordered]
+    total = exact_sum(remaining)
     if total < credits:
         raise InsufficientCredits(total, credits)
-    taken: list[tuple[str, Decimal]] = []
+    taken: list[tuple[G, Decimal]] = []
     left = credits
-    for grant in ordered:
+    for grant, has in zip(ordered, remaining, strict=True):
         if left <= 0:
             break
-        take = min(grant.remaining, left)
+        take = min(has, left)
         if take > 0:
-            taken.append((grant.grant_id, take))
+            taken.append((grant, take))
             left = exact_difference(left, take)
-    return taken
+    return taken, total

@@ -327,10 +327,9 @@ def _burn(
     """Price the debit, burn the customer's open grants (locked) active at `now`, and record it all."""
     feature_key, quantity, currency_key = order.feature_key, order.quantity, order.currency_key
     currency, rate, credits = round_.priced(uow, feature_key, currency_key, quantity, now)
-    grants = {g.grant_id: g for g in customer_grants if g.currency_key == currency}
-    views = list(grants.values())
+    views = [grant for grant in customer_grants if grant.currency_key == currency]
     try:
-        taken = allocate(views, credits, now)
+        taken, before = allocate(views, credits, now)
     except InsufficientCredits as error:
         raise ResourceExhausted(
             f"insufficient credits: {format_decimal(error.available)} available, "
@@ -352,7 +351,7 @@ def _burn(
         credits_per_unit=rate,
         credits=credits,
         usage_time=now,
-        balance_after=exact_difference(available(views, now), credits),
+        balance_after=exact_difference(before, credits),
     )
     crossed: list[NewEvent] = []
     if head.alerts_version:
@@ -360,56 +359,57 @@ def _burn(
         after = BalanceState(exact_difference(before.balance, credits), before.granted)
         pair = (order.customer_key, currency)
         crossed = alerts.crossed_by_debit(uow, head.clock_key, now, pair, before, after, head.alerts_version)
-    uow.accounts.record(order, _record(uow, round_, order, grants, taken, usage, now, head.clock_key, crossed))
-    return UsageResult(usage, taken)
+    uow.accounts.record(order, _record(uow, round_, order, taken, usage, now, head.clock_key, crossed))
+    return UsageResult(usage, [(grant.grant_id, amount) for grant, amount in taken])
 
 
 def _record(
     uow: GrantUnitOfWork,
     round_: _Round,
     order: DebitOrder,
-    grants: dict[str, GrantView],
-    taken: list[tuple[str, Decimal]],
+    taken: list[tuple[GrantView, Decimal]],
     usage: Usage,
     now: datetime,
     clock_key: str,
     crossed: list[NewEvent],
 ) -> DebitRecord:
     """What the debit writes, with its events: the grants it depleted, then the alert levels it crossed."""
-    used = tuple((grant_id, exact_sum((grants[grant_id].used, amount))) for grant_id, amount in taken)
-    depleted = [(grants[grant_id], total) for grant_id, total in used if total == grants[grant_id].amount]
-    if not uow.events.enabled:
-        depleted = []
-    events = [
-        grant_depleted(
-            grant.grant_id,
-            grant.customer_key,
-            grant.currency_key,
-            grant.subscription_id,
-            total,
-            clock_key,
-            now,
-            usage.usage_id,
-        )
-        for grant, total in depleted
-    ]
     description = f"{format_decimal(order.quantity)} x {order.feature_key}"
-    entries = tuple(
-        LedgerEntry(
-            entry_id,
-            grants[grant_id].customer_key,
-            grants[grant_id].currency_key,
-            EntryType.DEBIT,
-            -amount,
-            grant_id,
-            now,
-            usage.usage_id,
-            grants[grant_id].subscription_id,
-            description,
+    events_on = uow.events.enabled
+    totals: list[tuple[str, Decimal]] = []
+    entries: list[LedgerEntry] = []
+    events: list[NewEvent] = []
+    for (grant, amount), entry_id in zip(taken, round_.ids("led", len(taken)), strict=True):
+        total = exact_sum((grant.used, amount))
+        totals.append((grant.grant_id, total))
+        entries.append(
+            LedgerEntry(
+                entry_id,
+                grant.customer_key,
+                grant.currency_key,
+                EntryType.DEBIT,
+                -amount,
+                grant.grant_id,
+                now,
+                usage.usage_id,
+                grant.subscription_id,
+                description,
+            )
         )
-        for (grant_id, amount), entry_id in zip(taken, round_.ids("led", len(taken)), strict=True)
-    )
-    return DebitRecord(usage, used, entries, tuple(events + crossed))
+        if events_on and total == grant.amount:
+            events.append(
+                grant_depleted(
+                    grant.grant_id,
+                    grant.customer_key,
+                    grant.currency_key,
+                    grant.subscription_id,
+                    total,
+                    clock_key,
+                    now,
+                    usage.usage_id,
+                )
+            )
+    return DebitRecord(usage, tuple(totals), tuple(entries), tuple(events + crossed))
 
 
 def load_usage(uow: GrantUnitOfWork, usage_id: str, *, replayed: bool = False) -> UsageResult:

@@ -69,8 +69,9 @@ def test_burn_order_priority_then_soonest_expiry_never_last_then_oldest():
         grant("vip", 10, priority=5, expire=utc(2025, 9, 1)),
         grant("older-never", 10, effective=utc(2024, 1, 1)),
     ]
-    taken = allocate(grants, Decimal(45), t)
-    assert taken == [
+    taken, before = allocate(grants, Decimal(45), t)
+    assert before == 50
+    assert [(grant.grant_id, amount) for grant, amount in taken] == [
         ("vip", Decimal(10)),
         ("soon", Decimal(10)),
         ("late", Decimal(10)),
