@@ -167,7 +167,7 @@ class UsageRow(Base):
     __tablename__ = "usages"
     usage_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     request_id: Mapped[str] = mapped_column(String(128))  # unique in request_ids (its idempotency record)
-    customer_key: Mapped[str] = mapped_column(String(64), index=True)
+    customer_key: Mapped[str] = mapped_column(String(64))  # in no index: found by the ledger's (migration 0010)
     feature_key: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[Decimal] = mapped_column(ExactDecimal())
     currency_key: Mapped[str] = mapped_column(String(64))

@@ -17,12 +17,20 @@ from credit_common.clock import ManualClock
 from credit_common.db.engine import session_factories
 from credit_common.errors import NotFound, ResourceExhausted
 from credit_common.idempotency import fingerprint
+from credit_common.periods import Cadence
 from grant_service.adapters.orm import GrantRow, LedgerEntryRow, UsageRow
 from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
+from grant_service.domain.schedules import ScheduledAmount
 from grant_service.service_layer.context import GrantContext
 from grant_service.service_layer.operators import create_grant, void_grant
 from grant_service.service_layer.ports import DebitOrder
-from grant_service.service_layer.subscriptions import apply_credit_currency
+from grant_service.service_layer.simulated_clocks import create_test_clock, delete_test_clock
+from grant_service.service_layer.subscriptions import (
+    ScheduleSpec,
+    SubscriptionSpec,
+    apply_credit_currency,
+    apply_subscription,
+)
 from grant_service.service_layer.usage import SCOPE, UsageRequest, _debit, _Round, report_usage, report_usages
 from tests.integration.grant.test_catch_up import NOW, _engine, _subscribe
 from tests.integration.grant.test_read_waits_for_timer_batch import _lock_waits
@@ -380,4 +388,35 @@ def test_concurrent_batches_of_the_same_customers_keep_the_hard_limit_and_time_o
                 )
             )
             assert len(times) == 7 and times == sorted(times)
+    engine.dispose()
+
+
+def test_deleting_a_test_clock_deletes_its_customers_usages_and_no_others(database_url_factory, backend):
+    """Usages have no index by customer (migration 0010): a test clock's deletion finds its
+    customers' usages through their DEBIT entries."""
+    engine = _engine(database_url_factory("debit_clock_delete"))
+    ctx = sql_context(session_factories(engine), ManualClock(NOW), test_clocks_enabled=True)
+    apply_credit_currency(ctx, "ai-credits", 1, {"gpt": Decimal("1")}, None)
+    clock = create_test_clock(ctx, "trial", NOW, "k1")
+    for i, clock_id in enumerate(("", clock.test_clock_id, clock.test_clock_id)):
+        apply_subscription(
+            ctx,
+            SubscriptionSpec(
+                f"sub_{i}",
+                f"c{i}",
+                1,
+                NOW - timedelta(days=1),
+                None,
+                (ScheduleSpec("credits", "ai-credits", Cadence.MONTHLY, (ScheduledAmount(Decimal(7), NOW),)),),
+                clock_id,
+            ),
+        )
+    report_usages(ctx, [UsageRequest(f"r{i}", f"c{i % 3}", "gpt", Decimal(1), "") for i in range(9)])
+    report_usage(ctx, "more", "c1", "gpt", Decimal(4), "")
+    with engine.connect() as c:
+        assert sorted(c.scalars(select(UsageRow.customer_key))) == ["c0"] * 3 + ["c1"] * 4 + ["c2"] * 3
+    delete_test_clock(ctx, clock.test_clock_id, "k2")
+    with engine.connect() as c:
+        assert sorted(c.scalars(select(UsageRow.customer_key))) == ["c0"] * 3
+        assert set(c.scalars(select(LedgerEntryRow.customer_key))) == {"c0"}
     engine.dispose()
