@@ -112,9 +112,14 @@ class Pending:
         open grants: every grant not yet closed, pending ones included (a grant's `opens_at` is
         cleared when it opens or is voided, so no closed grant is pending). The same as the columns
         of adapters/catch_up.py `pending_columns`, from rows a debit reads anyway."""
-        expiries = [grant.expire_time for grant in open_grants if grant.expire_time is not None]
-        opens = [grant.opens_at for grant in open_grants if grant.opens_at is not None]
-        return cls(next_issue, min(expiries, default=None), min(opens, default=None))
+        next_expiry = next_open = None
+        for grant in open_grants:
+            expiry, opens = grant.expire_time, grant.opens_at
+            if expiry is not None and (next_expiry is None or expiry < next_expiry):
+                next_expiry = expiry
+            if opens is not None and (next_open is None or opens < next_open):
+                next_open = opens
+        return cls(next_issue, next_expiry, next_open)
 
     def issue_due(self, now: datetime) -> bool:
         """Whether a period is to be issued or a pending grant opened at `now`."""

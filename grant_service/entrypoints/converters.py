@@ -16,6 +16,7 @@ from credit_common.errors import DomainError
 from credit_common.fields import REQUIRED, Fields, check_length, parse_amount
 from credit_common.grpc.timestamps import from_timestamp, set_timestamp, to_timestamp
 from credit_common.grpc.validation import check_items_in_handler
+from credit_common.ids import REQUEST_ID_MAX_LENGTH, is_valid_key
 from credit_common.pagination import PageRequest, page_request
 from credit_common.periods import Cadence
 from grant_service.domain.alerts import MAX_LEVELS, AlertLevel
@@ -91,6 +92,36 @@ def usage_request(request: pb.ReportUsageRequest) -> UsageRequest:
     """One usage of a ReportUsageBatch, its fields checked as ReportUsage checks them."""
     quantity = usage_quantity(request)
     return UsageRequest(request.request_id, request.customer_key, request.feature_key, quantity, request.currency_key)
+
+
+class UsageRequests:
+    """`usage_request` for the usages of one ReportUsageBatch: the usages of a batch share their
+    quantities, features and currencies, so each distinct quantity text is parsed, and each feature
+    and currency key checked, once (the checks are functions of the text). A usage with anything
+    not seen valid before goes through `usage_request`, which raises its violations."""
+
+    def __init__(self) -> None:
+        self._quantities: dict[str, Decimal] = {}
+        self._features: set[str] = set()
+        self._currencies: set[str] = {""}  # none named: the feature's one
+
+    def __call__(self, request: pb.ReportUsageRequest) -> UsageRequest:
+        quantity = self._quantities.get(request.quantity)
+        request_id, feature_key, currency_key = request.request_id, request.feature_key, request.currency_key
+        if (
+            quantity is None
+            or feature_key not in self._features
+            or currency_key not in self._currencies
+            or not request_id
+            or len(request_id) > REQUEST_ID_MAX_LENGTH
+            or not is_valid_key(request.customer_key)
+        ):
+            usage = usage_request(request)
+            self._quantities[request.quantity] = usage.quantity
+            self._features.add(feature_key)
+            self._currencies.add(currency_key)
+            return usage
+        return UsageRequest(request_id, request.customer_key, feature_key, quantity, currency_key)
 
 
 class DecimalTexts(dict):

@@ -171,7 +171,7 @@ class GrantServicer(grant_service_pb2_grpc.GrantServiceServicer):
     def ReportUsageBatch(self, request: pb.ReportUsageBatchRequest, context) -> pb.ReportUsageBatchResponse:
         conv.check_usage_batch(request)
         outcomes = _each_alone(
-            request.usages, conv.usage_request, lambda requests: usage.report_usages(self._ctx, requests)
+            request.usages, conv.UsageRequests(), lambda requests: usage.report_usages(self._ctx, requests)
         )
         response = pb.ReportUsageBatchResponse()
         conv.add_usage_results(response.results, outcomes)

@@ -66,7 +66,7 @@ class UsageResult:
     replayed: bool = False  # the first result of this request id, recorded before
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen, as a debit's values: a batch makes one per usage
 class UsageRequest:
     """One usage of a batch (ReportUsageBatch): ReportUsage's arguments."""
 
@@ -341,24 +341,24 @@ def _burn(
                 "currency_key": currency,
             },
         ) from None
-    usage = Usage(
-        usage_id=round_.ids("use", 1)[0],
-        request_id=order.request_id,
-        customer_key=order.customer_key,
-        feature_key=feature_key,
-        quantity=quantity,
-        currency_key=currency,
-        credits_per_unit=rate,
-        credits=credits,
-        usage_time=now,
-        balance_after=exact_difference(before, credits),
+    usage = Usage(  # its fields in order (keywords cost a batched usage about 0.4 us)
+        round_.ids("use", 1)[0],
+        order.request_id,
+        order.customer_key,
+        feature_key,
+        quantity,
+        currency,
+        rate,
+        credits,
+        now,
+        exact_difference(before, credits),
     )
     crossed: list[NewEvent] = []
     if head.alerts_version:
-        before = state_of([(v.amount, v.used) for v in views if v.is_active_at(now)])
-        after = BalanceState(exact_difference(before.balance, credits), before.granted)
+        state = state_of([(v.amount, v.used) for v in views if v.is_active_at(now)])
+        after = BalanceState(exact_difference(state.balance, credits), state.granted)
         pair = (order.customer_key, currency)
-        crossed = alerts.crossed_by_debit(uow, head.clock_key, now, pair, before, after, head.alerts_version)
+        crossed = alerts.crossed_by_debit(uow, head.clock_key, now, pair, state, after, head.alerts_version)
     uow.accounts.record(order, _record(uow, round_, order, taken, usage, now, head.clock_key, crossed))
     return UsageResult(usage, [(grant.grant_id, amount) for grant, amount in taken])
 
