@@ -26,6 +26,10 @@ def exact_sum(values: Iterable[Decimal]) -> Decimal:
     return total
 
 
+def exact_add(a: Decimal, b: Decimal) -> Decimal:
+    return _EXACT.add(a, b)
+
+
 def exact_product(a: Decimal, b: Decimal) -> Decimal:
     return _EXACT.multiply(a, b)
 

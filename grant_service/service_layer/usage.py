@@ -35,9 +35,9 @@ from grant_service.domain.balances import (
     InsufficientCredits,
     allocate,
     available,
+    exact_add,
     exact_difference,
     exact_product,
-    exact_sum,
 )
 from grant_service.domain.events import NewEvent, grant_depleted, usage_rejected
 from grant_service.domain.model import REAL_TIME, DebitHead, EntryType, LedgerEntry, Usage
@@ -380,7 +380,7 @@ def _record(
     entries: list[LedgerEntry] = []
     events: list[NewEvent] = []
     for (grant, amount), entry_id in zip(taken, round_.ids("led", len(taken)), strict=True):
-        total = exact_sum((grant.used, amount))
+        total = exact_add(grant.used, amount)
         totals.append((grant.grant_id, total))
         entries.append(
             LedgerEntry(
