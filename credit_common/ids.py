@@ -36,7 +36,7 @@ def new_ids(prefix: str, n: int) -> list[str]:
     bits), i.e. 10 digits of the time then 16 of randomness. Made in one go for a batch: the catch-up
     makes two ids per grant, and one at a time was a visible share of a batch (docs/performance.md).
     The random digits are random bytes mapped to digits by `bytes.translate` (in C), 5 bits each:
-    base64's base32 encoder is Python code, and cost a debit about 1 us per id."""
+    base64's base32 encoder is Python code, several times slower (docs/performance.md)."""
     if n <= 0:
         return []
     millis = time.time_ns() // 1_000_000

@@ -2,8 +2,7 @@
 
 Its one reader was the deletion of a test clock, which now finds the clock's usages through their
 DEBIT entries, by the ledger's customer index (every usage has one: its credits are more than 0).
-Every debit paid for it: an entry at a random place of a large B-tree, about 2 us of PostgreSQL
-and 1.5 us of SQLite per usage (docs/performance.md).
+Every debit paid for it: an entry at a random place of a large B-tree (docs/performance.md).
 
 Revision ID: 0010
 Revises: 0009 (grants fillfactor)
