@@ -4,6 +4,7 @@ arguments of a use case, each domain object turned into its message."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -136,15 +137,35 @@ class DecimalTexts(dict):
 def add_usage_results(results: Any, outcomes: list[UsageResult | DomainError]) -> None:
     """Add each usage's result to `results` (a ReportUsageBatchResponse's), built in place: a message
     built on its own is copied when it is put in a repeated field, and a batch's results are many
-    (docs/performance.md). Each distinct amount is formatted once (`DecimalTexts`)."""
+    (docs/performance.md). The usages of a batch share most of their fields (feature, quantity,
+    currency, rate, credits, instant): each result starts as a copy (in C) of the one result built
+    with them (`_fill_shared`), then gets its own (`_fill_own`)."""
     texts = DecimalTexts()
     add = results.add
+    templates: dict[tuple, pb.ReportUsageResult] = {}
     for outcome in outcomes:
         if isinstance(outcome, DomainError):
             add(outcome=pb.USAGE_OUTCOME_REJECTED, rejection=rejected_pb(outcome).rejection)
-        else:
-            added = add(outcome=pb.USAGE_OUTCOME_REPLAYED if outcome.replayed else pb.USAGE_OUTCOME_ACCEPTED)
-            fill_usage(added.usage, outcome.usage, outcome.debits, texts)
+            continue
+        usage = outcome.usage
+        key = (
+            outcome.replayed,
+            usage.feature_key,
+            usage.quantity,
+            usage.currency_key,
+            usage.credits_per_unit,
+            usage.credits,
+            usage.usage_time,
+        )
+        template = templates.get(key)
+        if template is None:
+            template = templates[key] = pb.ReportUsageResult(
+                outcome=pb.USAGE_OUTCOME_REPLAYED if outcome.replayed else pb.USAGE_OUTCOME_ACCEPTED
+            )
+            _fill_shared(template.usage, usage, texts.__getitem__)
+        added = add()
+        added.CopyFrom(template)
+        _fill_own(added.usage, usage, outcome.debits, texts.__getitem__)
 
 
 def check_apply_batch(request: pb.ApplySubscriptionsRequest) -> None:
@@ -561,19 +582,32 @@ def fill_usage(
 ) -> None:
     """Set `message` (a Usage within the answer) to `usage` and its debits."""
     text = format_decimal if texts is None else texts.__getitem__
-    message.usage_id = usage.usage_id
-    message.request_id = usage.request_id
-    message.customer_key = usage.customer_key
+    _fill_shared(message, usage, text)
+    _fill_own(message, usage, debits, text)
+
+
+def _fill_shared(message: pb.Usage, usage: Usage, text: Callable[[Decimal], str]) -> None:
+    """The fields of a Usage that the usages of a batch mostly share (`add_usage_results`)."""
     message.feature_key = usage.feature_key
     message.quantity = text(usage.quantity)
     message.currency_key = usage.currency_key
     message.credits_per_unit = text(usage.credits_per_unit)
     message.credits = text(usage.credits)
     set_timestamp(message.usage_time, usage.usage_time)
+
+
+def _fill_own(
+    message: pb.Usage, usage: Usage, debits: list[tuple[str, Decimal]], text: Callable[[Decimal], str]
+) -> None:
+    """The fields of a Usage that are its own: its ids, customer, debits and balance (formatted
+    directly: each usage's is another value)."""
+    message.usage_id = usage.usage_id
+    message.request_id = usage.request_id
+    message.customer_key = usage.customer_key
     add = message.debits.add
     for grant_id, amount in debits:
         add(grant_id=grant_id, amount=text(amount))
-    message.balance_after = text(usage.balance_after)
+    message.balance_after = format_decimal(usage.balance_after)
 
 
 def usage_check_pb(check: UsageCheck) -> pb.CheckUsageResponse:

@@ -193,6 +193,7 @@ class _Round:
         # Made here, before the port's transaction: a usage's id and (mostly) one entry's.
         self._made: dict[str, list[str]] = {prefix: new_ids(prefix, self._chunk) for prefix in ("use", "led")}
         self._prices: dict[tuple[str, str, Decimal, datetime], tuple[str, Decimal, Decimal]] = {}
+        self._descriptions: dict[tuple[Decimal, str], str] = {}
 
     def priced(
         self, uow: GrantUnitOfWork, feature_key: str, currency_key: str, quantity: Decimal, now: datetime
@@ -204,6 +205,15 @@ class _Round:
         if found is None:
             currency, rate = price(uow, uow.rates.in_force(feature_key, now), feature_key, currency_key)
             found = self._prices[key] = (currency, rate, exact_product(quantity, rate))
+        return found
+
+    def description(self, quantity: Decimal, feature_key: str) -> str:
+        """A DEBIT entry's description: a batch's usages share their quantities and features (and the
+        text is a function of the quantity's value)."""
+        key = (quantity, feature_key)
+        found = self._descriptions.get(key)
+        if found is None:
+            found = self._descriptions[key] = f"{format_decimal(quantity)} x {feature_key}"
         return found
 
     def now(self, uow: GrantUnitOfWork) -> datetime:
@@ -374,7 +384,7 @@ def _record(
     crossed: list[NewEvent],
 ) -> DebitRecord:
     """What the debit writes, with its events: the grants it depleted, then the alert levels it crossed."""
-    description = f"{format_decimal(order.quantity)} x {order.feature_key}"
+    description = round_.description(order.quantity, order.feature_key)
     events_on = uow.events.enabled
     totals: list[tuple[str, Decimal]] = []
     entries: list[LedgerEntry] = []
