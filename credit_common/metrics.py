@@ -143,6 +143,16 @@ def recorded(settings: Any) -> bool:
 # -- the ledger tally: counted when the transaction commits ----------------------------------------
 
 
+_counting_ledger = True
+
+
+def count_ledger(enabled: bool) -> None:
+    """Whether the ledger tally counts (`tally_entries`): a server process whose metrics nobody can
+    read (`recorded`) skips it, as it skips the RPCs' metrics, instead of paying for each entry."""
+    global _counting_ledger
+    _counting_ledger = enabled
+
+
 def tally_ledger(session: Session, entries: Iterable[dict[str, Any]]) -> None:
     """Count ledger entries written in `session`'s transaction (rows with type, currency_key, amount);
     added to the counters only if and when that transaction commits."""
@@ -153,6 +163,8 @@ def tally_entries(session: Session, entries: Iterable[tuple[str, str, Decimal]])
     """As `tally_ledger`, of entries given as (type, currency_key, amount). Summed per (type,
     currency) as they come: a catch-up batch or a usage batch writes hundreds or thousands, and a
     counter's `labels().inc()` per entry was a tenth of a renewal storm (docs/performance.md)."""
+    if not _counting_ledger:
+        return
     tally: dict[tuple[str, str], list[Any]] = session.info.setdefault(_TALLY, {})
     for kind, currency, amount in entries:
         total = tally.get((kind, currency))

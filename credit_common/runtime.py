@@ -25,7 +25,7 @@ from credit_common.grpc.interceptors import ServiceInterceptor
 from credit_common.grpc.server import RunningServer, run_until_signal, start_server
 from credit_common.grpc.streams import StreamBudget
 from credit_common.logging import configure_logging
-from credit_common.metrics import recorded, start_metrics, watch_pool
+from credit_common.metrics import count_ledger, recorded, start_metrics, watch_pool
 from credit_common.processes import supervise
 from credit_common.service import ServiceDefinition, Stop
 from credit_common.signals import StopSignals
@@ -98,6 +98,7 @@ def build(
     if definition.assemble is None:
         raise ValueError(f"{definition.name} declares no assemble: nothing to serve")
     clock = clock or SystemClock()
+    count_ledger(recorded(settings))
     stops: list[Stop] = []
     try:
         parts = definition.assemble(settings, engine, clock, stops.append)

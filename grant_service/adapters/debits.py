@@ -453,7 +453,7 @@ def record_debit(
     group its rows join the group's sets (`_Writes`); otherwise they are written at once."""
     usage = record.usage
     group: _Group | None = session.info.get(_GROUP)
-    tally_entries(session, [("DEBIT", e.currency_key, e.amount) for e in record.entries])
+    tally_entries(session, (("DEBIT", e.currency_key, e.amount) for e in record.entries))
     writes = group.writes if group is not None else _Writes()
     writes.usages.append(usage)
     writes.requests.append((order.scope, order.fingerprint))

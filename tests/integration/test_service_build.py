@@ -5,10 +5,14 @@ is stopped at once, nothing left running."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.orm import Session
 
+from credit_common import metrics
 from credit_common.config import parse_service_args
 from credit_common.db.engine import DatabaseSettings, create_db_engine
 from credit_common.runtime import build
@@ -99,3 +103,22 @@ def test_a_failure_while_assembling_stops_what_the_service_had_started(tmp_path)
         build(_definition(assemble), _settings(tmp_path), engine)
     assert events == ["client closed"]
     engine.dispose()
+
+
+@pytest.mark.parametrize("metrics_listen", [None, "127.0.0.1:0"], ids=["metrics-off", "metrics-on"])
+def test_a_service_counts_its_ledger_only_when_its_metrics_can_be_read(tmp_path, monkeypatch, metrics_listen):
+    """The ledger tally (credit_common.metrics.tally_entries) costs every debit and grant: a process
+    whose metrics nobody can read (no --metrics-listen, no supervisor's) skips it, as the RPC metrics."""
+    monkeypatch.setattr(metrics, "_counting_ledger", not metrics_listen)  # the other way round first
+    settings = _settings(tmp_path)
+    if metrics_listen:
+        settings = replace(settings, metrics_listen=metrics_listen)
+    engine = create_db_engine(DatabaseSettings(url=f"sqlite:///{tmp_path / 't.db'}"))
+    running = build(_definition(lambda *_: ServiceParts(register=lambda server: None)), settings, engine)
+    try:
+        session = Session()
+        metrics.tally_entries(session, [("DEBIT", "ai-credits", 5)])
+        assert bool(session.info) == bool(metrics_listen)
+    finally:
+        running.stop(0)
+        engine.dispose()
