@@ -34,8 +34,9 @@ def engine(database_url_factory):
     engine.dispose()
 
 
-def _committer(engine) -> tuple[GroupCommit, list[str]]:
-    """A GroupCommit over `engine`, and the list of the transactions it commits ("group" or "alone")."""
+def _committer(engine, within=None) -> tuple[GroupCommit, list[str]]:
+    """A GroupCommit over `engine` (its groups in `within`, if given), and the list of the transactions
+    it commits ("group" or "alone")."""
     factories = session_factories(engine)
     commits: list[str] = []
     event.listen(engine, "commit", lambda _conn: commits.append("commit"))
@@ -44,7 +45,7 @@ def _committer(engine) -> tuple[GroupCommit, list[str]]:
         with factories.write() as session, session.begin():
             return work(session)
 
-    return GroupCommit(factories.write, single), commits
+    return GroupCommit(factories.write, single, within), commits
 
 
 def _insert(key: str) -> Callable[[Session], str]:
@@ -208,11 +209,8 @@ def test_run_together_leaves_the_held_keys_to_later_transactions_then_waits_for_
     """skip_held: each transaction takes the keys that no other holds (a key's units all together, in
     key order), the others wait for the next one; once a transaction could take none, the next waits
     for them (its `within` is not asked to skip)."""
-    factories = session_factories(engine)
-    commits: list[str] = []
-    event.listen(engine, "commit", lambda _conn: commits.append("commit"))
     within = _HeldKeys({"b", "c"}, {"c"}, {"c"})
-    committer = GroupCommit(factories.write, lambda work: None, within)
+    committer, commits = _committer(engine, within)
     seen: list[tuple[str, int]] = []  # (unit, the number of commits before it ran)
 
     def unit(key: str, name: str) -> tuple[Callable[[Session], object], str, str]:
@@ -237,25 +235,16 @@ def test_run_together_leaves_the_held_keys_to_later_transactions_then_waits_for_
 
 
 def test_run_together_without_skip_held_takes_every_key_in_one_transaction(engine):
-    factories = session_factories(engine)
     within = _HeldKeys({"b"})
-    committer = GroupCommit(factories.write, lambda work: None, within)
+    committer, _ = _committer(engine, within)
     slots = committer.run_together([(_insert("b1"), "b", "b"), (_insert("a1"), "a", "a")])
     assert [slot.outcome() for slot in slots] == ["b1", "a1"]
     assert within.calls == [(["a", "b"], False)]
 
 
 def test_a_transaction_that_breaks_runs_its_own_units_alone_and_leaves_the_held_ones_to_the_next(engine):
-    factories = session_factories(engine)
-    commits: list[str] = []
-    event.listen(engine, "commit", lambda _conn: commits.append("commit"))
-
-    def single(work: Callable[[Session], object]) -> object:
-        with factories.write() as session, session.begin():
-            return work(session)
-
     within = _HeldKeys({"c"}, set())
-    committer = GroupCommit(factories.write, single, within)
+    committer, commits = _committer(engine, within)
     runs: list[str] = []
     units = [
         (_counted_insert(runs, "a1"), "a", "a"),
