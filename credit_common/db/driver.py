@@ -40,7 +40,8 @@ class DriverStatement:
         self._types = [column.type for column in columns]
         self.Row = namedtuple("Row", [str(column.key) for column in columns], rename=True)
         self._compiled: dict[tuple, _Compiled] = {}
-        self._results: dict[str, list[Callable[[Any], Any] | None]] = {}
+        # Per dialect: the (position, result processor) of the columns that have one.
+        self._results: dict[str, list[tuple[int, Callable[[Any], Any]]]] = {}
 
     def _compile(self, dialect: Dialect, keys: tuple[str, ...] = ()) -> _Compiled:
         compiled = self._statement.compile(dialect=dialect, column_keys=list(keys) or None)
@@ -119,13 +120,14 @@ class DriverStatement:
         finally:
             cursor.close()
 
-    def _processors(self, dialect: Dialect, description) -> list[Callable[[Any], Any] | None]:
+    def _processors(self, dialect: Dialect, description) -> list[tuple[int, Callable[[Any], Any]]]:
         processors = [
             type_.dialect_impl(dialect).result_processor(dialect, column[1])
             for type_, column in zip(self._types, description, strict=True)
         ]
-        self._results[dialect.name] = processors
-        return processors
+        converted = [(i, process) for i, process in enumerate(processors) if process is not None]
+        self._results[dialect.name] = converted
+        return converted
 
     def rows(self, connection: Connection, params: Mapping[str, Any]) -> list[tuple]:
         """The rows of the statement with `params`, as named tuples (`self.Row`)."""
@@ -137,12 +139,19 @@ class DriverStatement:
 
     def _typed(self, dialect: Dialect, cursor: Any) -> list[tuple]:
         raw = cursor.fetchall()
-        processors = self._results.get(dialect.name) or self._processors(dialect, cursor.description)
+        converted = self._results.get(dialect.name)
+        if converted is None:
+            converted = self._processors(dialect, cursor.description)
         make = self.Row._make
-        return [
-            make([value if process is None else process(value) for value, process in zip(row, processors, strict=True)])
-            for row in raw
-        ]
+        if not converted:
+            return [make(row) for row in raw]
+        rows = []
+        for row in raw:  # only the columns that have a processor are visited (on PostgreSQL, a few)
+            values = list(row)
+            for i, process in converted:
+                values[i] = process(values[i])
+            rows.append(make(values))
+        return rows
 
 
 def rows_of(connection: Connection, *queries: tuple[DriverStatement, Mapping[str, Any]]) -> list[list[tuple]]:
