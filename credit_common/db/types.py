@@ -85,11 +85,17 @@ def _utc_instant(value: datetime | None) -> datetime | None:
 
 
 def _instant_of_text(value: str | None) -> datetime | None:
-    """An instant of SQLite's text (what SQLAlchemy's SQLite DATETIME reads with `fromisoformat`)."""
+    """An instant of SQLite's text (what SQLAlchemy's SQLite DATETIME reads with `fromisoformat`).
+    What it stores has no offset (UTC): read with one appended, in one call (`replace(tzinfo=...)`
+    after the parse cost several times the parse: docs/performance.md); text that some other writer
+    stored with an offset fails that parse and is read as it says."""
     if value is None:
         return None
-    instant = datetime.fromisoformat(value)
-    return instant.replace(tzinfo=UTC) if instant.tzinfo is None else instant.astimezone(UTC)
+    try:
+        return datetime.fromisoformat(value + "+00:00")
+    except ValueError:
+        instant = datetime.fromisoformat(value)
+        return instant.replace(tzinfo=UTC) if instant.tzinfo is None else instant.astimezone(UTC)
 
 
 NAMING_CONVENTION = {

@@ -312,17 +312,19 @@ class _Writes:
                 "closes_grant_id": [None] * len(entries),
             },
         )
-        requested = [
-            (u, scope, print_) for u, (scope, print_) in zip(usages, self.requests, strict=True) if u.request_id
-        ]
+        kept, requests = usages, self.requests  # the usages that have a request id (a batch's all do)
+        if not all(u.request_id for u in usages):
+            pairs = [(u, request) for u, request in zip(usages, requests, strict=True) if u.request_id]
+            kept, requests = [u for u, _ in pairs], [request for _, request in pairs]
+        scopes, prints = zip(*requests, strict=True) if requests else ((), ())
         write(
             REQUEST_IDS,
             {
-                "scope": [scope for _, scope, _ in requested],
-                "request_id": [u.request_id for u, _, _ in requested],
-                "fingerprint": [print_ for _, _, print_ in requested],
-                "resource_id": [u.usage_id for u, _, _ in requested],
-                "create_time": [u.usage_time for u, _, _ in requested],
+                "scope": list(scopes),
+                "request_id": [u.request_id for u in kept],
+                "fingerprint": list(prints),
+                "resource_id": [u.usage_id for u in kept],
+                "create_time": [u.usage_time for u in kept],
             },
         )
         _INSERT_EVENTS[postgres].execute(connection, self.events)

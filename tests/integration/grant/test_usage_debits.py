@@ -11,14 +11,14 @@ from decimal import Decimal
 from functools import partial
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 
 from credit_common.clock import ManualClock
 from credit_common.db.engine import session_factories
 from credit_common.errors import NotFound, ResourceExhausted
 from credit_common.idempotency import fingerprint
 from credit_common.periods import Cadence
-from grant_service.adapters.orm import GrantRow, LedgerEntryRow, UsageRow
+from grant_service.adapters.orm import GrantRow, LedgerEntryRow, RequestIdRow, UsageRow
 from grant_service.adapters.unit_of_work import SqlGrantUnitOfWork
 from grant_service.domain.schedules import ScheduledAmount
 from grant_service.service_layer.context import GrantContext
@@ -419,4 +419,18 @@ def test_deleting_a_test_clock_deletes_its_customers_usages_and_no_others(databa
     with engine.connect() as c:
         assert sorted(c.scalars(select(UsageRow.customer_key))) == ["c0"] * 3
         assert set(c.scalars(select(LedgerEntryRow.customer_key))) == {"c0"}
+    engine.dispose()
+
+
+def test_a_debit_without_a_request_id_records_no_request_id(database_url_factory, backend):
+    """Internal callers may debit without a request id (the API requires one): such a usage is
+    recorded, and only the others' request ids are, in the same set of writes."""
+    ctx, engine, _ = _six_left_each(database_url_factory, "debit_no_request_id", 3)
+    requests = [UsageRequest("" if i % 2 else f"r{i}", f"c{i % 3}", "gpt", Decimal(1), "") for i in range(6)]
+    results = report_usages(ctx, requests)
+    assert not any(isinstance(r, Exception) for r in results)
+    with engine.connect() as c:
+        recorded = set(c.scalars(select(RequestIdRow.request_id).where(RequestIdRow.request_id.like("r%"))))
+        assert recorded == {"r0", "r2", "r4"}
+        assert c.scalar(select(func.count()).select_from(UsageRow).where(UsageRow.request_id == "")) == 3
     engine.dispose()
