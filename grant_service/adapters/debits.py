@@ -275,7 +275,8 @@ class _Writes:
     usages: list[Usage] = field(default_factory=list)
     totals: dict[str, Decimal] = field(default_factory=dict)
     entries: list[LedgerEntry] = field(default_factory=list)
-    requests: list[tuple[str, str]] = field(default_factory=list)  # (scope, fingerprint) of each usage's request
+    scopes: list[str] = field(default_factory=list)  # of each usage's request
+    fingerprints: list[str] = field(default_factory=list)  # of each usage's request
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def queue(self, connection: Connection) -> None:
@@ -312,23 +313,24 @@ class _Writes:
                 "closes_grant_id": [None] * len(entries),
             },
         )
-        kept, requests = usages, self.requests  # the usages that have a request id (a batch's all do)
+        # The usages with a request id (in a batch, all of them), and their requests' scopes and fingerprints.
+        kept, scopes, prints = usages, self.scopes, self.fingerprints
         if not all(u.request_id for u in usages):
-            pairs = [(u, request) for u, request in zip(usages, requests, strict=True) if u.request_id]
-            kept, requests = [u for u, _ in pairs], [request for _, request in pairs]
-        scopes, prints = zip(*requests, strict=True) if requests else ((), ())
+            wanted = [i for i, u in enumerate(usages) if u.request_id]
+            kept, scopes, prints = ([column[i] for i in wanted] for column in (usages, scopes, prints))
         write(
             REQUEST_IDS,
             {
-                "scope": list(scopes),
+                "scope": scopes,
                 "request_id": [u.request_id for u in kept],
-                "fingerprint": list(prints),
+                "fingerprint": prints,
                 "resource_id": [u.usage_id for u in kept],
                 "create_time": [u.usage_time for u in kept],
             },
         )
         _INSERT_EVENTS[postgres].execute(connection, self.events)
-        self.usages, self.totals, self.entries, self.requests, self.events = [], {}, [], [], []
+        self.usages, self.totals, self.entries, self.events = [], {}, [], []
+        self.scopes, self.fingerprints = [], []
 
 
 def _write_executemany(connection: Connection) -> Callable[[Table, dict[str, list[Any]]], None]:
@@ -458,7 +460,8 @@ def record_debit(
     tally_entries(session, (("DEBIT", e.currency_key, e.amount) for e in record.entries))
     writes = group.writes if group is not None else _Writes()
     writes.usages.append(usage)
-    writes.requests.append((order.scope, order.fingerprint))
+    writes.scopes.append(order.scope)
+    writes.fingerprints.append(order.fingerprint)
     writes.totals.update(record.totals)
     writes.entries += record.entries
     writes.events += events
