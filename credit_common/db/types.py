@@ -9,6 +9,7 @@ from sqlalchemy import DateTime, Numeric, String
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from credit_common.clock import ensure_utc
 from credit_common.decimals import STORAGE_PRECISION, STORAGE_SCALE, format_decimal
 
 
@@ -65,11 +66,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        return None if value is None else ensure_utc(value)
 
     def result_processor(self, dialect: Dialect, coltype: object):
         if dialect.name != "sqlite":
@@ -79,9 +76,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 def _utc_instant(value: datetime | None) -> datetime | None:
     """`process_result_value`: already UTC (a session in UTC, credit_common.db.engine) as it is."""
-    if value is None or value.tzinfo is UTC:
-        return value
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value if value is None or value.tzinfo is UTC else ensure_utc(value)
 
 
 def _instant_of_text(value: str | None) -> datetime | None:
@@ -94,8 +89,7 @@ def _instant_of_text(value: str | None) -> datetime | None:
     try:
         return datetime.fromisoformat(value + "+00:00")
     except ValueError:
-        instant = datetime.fromisoformat(value)
-        return instant.replace(tzinfo=UTC) if instant.tzinfo is None else instant.astimezone(UTC)
+        return ensure_utc(datetime.fromisoformat(value))
 
 
 NAMING_CONVENTION = {
