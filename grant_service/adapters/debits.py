@@ -187,20 +187,17 @@ def open_grants(session: Session, customer_key: str) -> list[GrantView]:
 # and their DebitHeads read, for all of them in one round trip; `debit_head` answers from these.
 # Lists of keys bound as one string each (credit_common.db.bulk `text_array`), cast to an array.
 _KEYS = cast(bindparam("keys", type_=String), postgresql.ARRAY(String))
-_GROUP_HEADS = DriverStatement(
-    select(CUSTOMERS.c.customer_key, *_head_columns())
-    .where(CUSTOMERS.c.customer_key == any_(_KEYS))
-    .order_by(CUSTOMERS.c.customer_key)
-    .with_for_update()
-)
-# The first transaction of a batch call (GroupCommit.run_together's skip_held) skips the customers that
-# another transaction holds.
-_GROUP_HEADS_FREE = DriverStatement(
-    select(CUSTOMERS.c.customer_key, *_head_columns())
-    .where(CUSTOMERS.c.customer_key == any_(_KEYS))
-    .order_by(CUSTOMERS.c.customer_key)
-    .with_for_update(skip_locked=True)
-)
+# By skip_held (GroupCommit.run_together): whether the customers that another transaction holds are
+# skipped instead of waited for.
+_GROUP_HEADS = {
+    skip_held: DriverStatement(
+        select(CUSTOMERS.c.customer_key, *_head_columns())
+        .where(CUSTOMERS.c.customer_key == any_(_KEYS))
+        .order_by(CUSTOMERS.c.customer_key)
+        .with_for_update(skip_locked=skip_held)
+    )
+    for skip_held in (False, True)
+}
 _GROUP_GRANTS = DriverStatement(_open_grants_statement(True, GRANTS.c.customer_key == any_(_KEYS)))
 # Each request id looked up by the whole primary key, in a LATERAL subquery (its LIMIT keeps PostgreSQL
 # from flattening it into a join), not `request_id = ANY(:request_ids)`: request_id is the key's second
@@ -392,7 +389,7 @@ def _prefetch_debit_heads(
         # The grants of the customers locked only: a second round trip, once the first has said which.
         heads, requests = rows_of(
             session.connection(),
-            (_GROUP_HEADS_FREE, {"keys": text_array(customers)}),
+            (_GROUP_HEADS[True], {"keys": text_array(customers)}),
             (_GROUP_REQUESTS, {"scope": scope, "request_ids": text_array(request_ids)}),
         )
         locked = [head[0] for head in heads]
@@ -402,7 +399,7 @@ def _prefetch_debit_heads(
         keys = text_array(customers)
         heads, grants, requests = rows_of(
             session.connection(),
-            (_GROUP_HEADS, {"keys": keys}),
+            (_GROUP_HEADS[False], {"keys": keys}),
             (_GROUP_GRANTS, {"keys": keys}),
             (_GROUP_REQUESTS, {"scope": scope, "request_ids": text_array(request_ids)}),
         )
@@ -531,9 +528,9 @@ class SqlDebitPort:
     (credit_common.db.group_commit) whose groups run in `debit_group`: one order joins the group
     that other callers' debits make at the same time (ReportUsage); the orders of one call (a
     ReportUsageBatch) make groups of their own, in one transaction, or with `skip_held`
-    (`skips_held`) two: the first debits the customers no other transaction holds, the second the
-    others, once it holds them (a customer's orders always in one). `unit(session)`: the unit of work
-    a rule gets, one per transaction."""
+    (`skips_held`) in as many as it takes: each debits the customers no other transaction holds,
+    until one finds all the rest held and the next waits for them (a customer's orders always in
+    one). `unit(session)`: the unit of work a rule gets, one per transaction."""
 
     def __init__(self, group_commit: GroupCommit, unit: Callable[[Session], Any], skip_held: bool) -> None:
         self.group_commit = group_commit
